@@ -1,0 +1,19 @@
+//! The sans-IO core of konnectivity-rs.
+//!
+//! Everything here is pure data and logic: no sockets, no tasks, no clock reads. The
+//! server and agent crates wrap it with I/O.
+//!
+//! - [`packet`]: building packets and reading them with proto3 "getter" semantics.
+//! - [`wire`]: the exact error strings and metadata keys that peers match on.
+//! - [`address`]: destination host extraction and Go-compatible dial error texts.
+//! - [`flow`]: per-connection credit accounting for the negotiated flow control.
+//! - [`select`]: backend tables and the proxy strategies that pick an agent.
+#![deny(missing_docs)]
+
+pub mod address;
+pub mod flow;
+pub mod packet;
+pub mod select;
+pub mod wire;
+
+pub use konnectivity_proto::{Packet, PacketType};

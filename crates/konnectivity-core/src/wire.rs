@@ -1,0 +1,45 @@
+//! Strings that cross the wire and that peers or operators match on.
+//!
+//! The error texts are upstream's, byte for byte: konnectivity-client returns them to
+//! kube-apiserver verbatim and upstream tests match on them.
+
+/// Server → frontend when no backend manager has an agent for the destination.
+pub const NO_AGENT_AVAILABLE: &str = "No agent available";
+/// Server → frontend: CLOSE_REQ before any DIAL_REQ on the stream.
+pub const BACKEND_UNINITIALIZED: &str = "backend uninitialized";
+/// Server → frontend: DATA before any DIAL_REQ on the stream.
+pub const BACKEND_NOT_INITIALIZED: &str = "backend not initialized";
+/// Server → frontend: a Proxy stream used two different connect IDs.
+pub const MISMATCHED_CONNECTION_IDS: &str = "mismatched connection IDs";
+/// Server → frontend: forwarding a CLOSE_REQ to the agent failed.
+pub const CLOSE_REQ_TO_BACKEND_FAILED: &str = "CLOSE_REQ to backend failed";
+/// Server → frontend: `--backend-dial-timeout` elapsed.
+pub const BACKEND_DIAL_TIMEOUT: &str = "timed out waiting for backend dial";
+/// Agent → server: DATA for a connect ID the agent does not know.
+pub const UNRECOGNIZED_CONNECT_ID: &str = "unrecognized connectID";
+/// Agent → server: CLOSE_REQ for a connect ID the agent does not know.
+pub const UNKNOWN_CONNECT_ID: &str = "Unknown connectID";
+/// Server → gRPC frontend when the agent carrying its pending dial disconnected.
+/// (Upstream leaves such dials to time out; answering at once is our improvement.)
+pub const AGENT_DISCONNECTED: &str = "agent disconnected before the dial completed";
+/// Close error when a peer without flow control overran a connection's buffer budget.
+pub const BUFFER_OVERFLOW: &str =
+    "connection closed: the receiving side stopped reading and the buffer budget for this connection is exhausted";
+
+/// gRPC metadata keys. grpc-go lowercases keys on the wire; we always send lowercase.
+pub mod metadata {
+    /// Agent → server: the agent's ID (exactly one value).
+    pub const AGENT_ID: &str = "agentid";
+    /// Agent → server: URL-query identifiers (always sent, possibly empty).
+    pub const AGENT_IDENTIFIERS: &str = "agentidentifiers";
+    /// Agent → server: `Bearer <token>` when token auth is used.
+    pub const AUTHORIZATION: &str = "authorization";
+    /// Server → agent response header: the server's ID.
+    pub const SERVER_ID: &str = "serverid";
+    /// Server → agent response header: `--server-count`.
+    pub const SERVER_COUNT: &str = "servercount";
+    /// konnectivity-rs capability, both directions: the sender's per-connection receive
+    /// window in bytes. Present on both ends ⇒ WINDOW_UPDATE flow control is on for
+    /// that stream. Upstream ignores unknown metadata.
+    pub const FLOW_WINDOW: &str = "konnectivity-rs-window";
+}
