@@ -36,7 +36,7 @@ impl Strategy {
 }
 
 /// What the table needs to know about a backend handle.
-pub trait Candidate: Clone {
+pub trait Candidate {
     /// Unique per agent stream (not per agent ID).
     fn stream_id(&self) -> u64;
     /// Whether the stream announced DRAIN (or was retired).
@@ -88,6 +88,15 @@ impl Cidr {
     }
 }
 
+impl<T: Candidate + ?Sized> Candidate for std::sync::Arc<T> {
+    fn stream_id(&self) -> u64 {
+        (**self).stream_id()
+    }
+    fn is_draining(&self) -> bool {
+        (**self).is_draining()
+    }
+}
+
 #[derive(Debug)]
 struct Keyed<B> {
     /// Keys in first-registration order, so a random start index is meaningful.
@@ -96,7 +105,7 @@ struct Keyed<B> {
     streams: HashMap<String, Vec<B>>,
 }
 
-impl<B: Candidate> Keyed<B> {
+impl<B: Candidate + Clone> Keyed<B> {
     fn new() -> Self {
         Self { order: Vec::new(), streams: HashMap::new() }
     }
@@ -156,7 +165,7 @@ pub struct BackendTable<B> {
     idents: HashMap<u64, Identity>,
 }
 
-impl<B: Candidate> BackendTable<B> {
+impl<B: Candidate + Clone> BackendTable<B> {
     /// A table for the given ordered strategies.
     pub fn new(strategies: Vec<Strategy>) -> Self {
         Self {

@@ -19,6 +19,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+/// A server-side TLS stream.
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
+/// A client-side TLS stream.
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::ServerName;
 

@@ -1,0 +1,66 @@
+//! Dials destinations on the node, with upstream's fixed 5 s timeout and Go's error
+//! texts (which reach kube-apiserver users verbatim).
+use std::time::Duration;
+
+use konnectivity_core::address::{DialFailure, bad_address_text, connect_error_text, lookup_error_text};
+use tokio::net::TcpStream;
+
+/// Upstream's dial timeout.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a TCP connection to `address` (`host:port`). Names resolve on the node.
+pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String, DialFailure)> {
+    let Some((host, _port)) = address.rsplit_once(':') else {
+        return Err((bad_address_text(address), DialFailure::Unknown));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let attempt = async {
+        let addrs: Vec<_> = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| (lookup_error_text(&host, &e), DialFailure::Unknown))?
+            .collect();
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| (format!("dial tcp: lookup {host}: no such host"), DialFailure::Unknown)))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err((format!("dial tcp {address}: i/o timeout"), DialFailure::Timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_reports_connection_refused_like_go() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let (text, why) = dial(&addr, DIAL_TIMEOUT).await.unwrap_err();
+        assert_eq!(text, format!("dial tcp {addr}: connect: connection refused"));
+        assert_eq!(why, DialFailure::Unknown);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_reports_no_such_host() {
+        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT).await.unwrap_err();
+        assert!(text.contains("no such host"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_address_without_port_is_rejected() {
+        let (text, _) = dial("nohost", DIAL_TIMEOUT).await.unwrap_err();
+        assert!(text.contains("missing port"), "{text}");
+    }
+}

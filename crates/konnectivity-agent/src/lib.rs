@@ -1,0 +1,252 @@
+//! proxy-agent: the node end of the Konnectivity tunnel.
+//!
+//! The agent dials *out* to proxy-server (nodes can reach the control plane; the
+//! reverse is what we tunnel), keeps one stream per server, and opens TCP connections
+//! on the node on the server's behalf.
+//!
+//! - [`stream`]: opening one stream and serving it (dispatch, per-connection tasks);
+//! - [`dialer`]: destination dials with Go's error texts;
+//! - [`metrics`]: the agent's Prometheus metrics;
+//! - this module: the connection sync loop (spec §6.3), readiness, drain.
+#![deny(missing_docs)]
+
+pub mod dialer;
+pub mod metrics;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use konnectivity_core::packet;
+use konnectivity_tls::ClientConfig;
+use konnectivity_tunnel::endpoints::{self, Reply, Router};
+use konnectivity_tunnel::outbound::StreamTx;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use stream::Hello;
+
+use crate::metrics::Metrics;
+
+/// Runtime settings of the agent (already validated).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Server hosts (`--proxy-server-host`, a comma list is our extension).
+    pub hosts: Vec<String>,
+    /// `--proxy-server-port`.
+    pub port: u16,
+    /// TLS toward the servers.
+    pub tls: Arc<ClientConfig>,
+    /// What the agent announces.
+    pub hello: Hello,
+    /// `--sync-interval`.
+    pub sync_interval: Duration,
+    /// `--sync-interval-cap`.
+    pub sync_interval_cap: Duration,
+    /// `--sync-forever`.
+    pub sync_forever: bool,
+    /// `--keepalive-time`.
+    pub keepalive: Duration,
+    /// Largest DATA payload read from a destination.
+    pub max_chunk: usize,
+}
+
+/// The agent's live state.
+#[derive(Debug)]
+pub struct Agent {
+    settings: Settings,
+    /// Metric values.
+    pub metrics: Arc<Metrics>,
+    /// Connected servers by server ID: (our serial for the stream, its sender).
+    servers: Mutex<HashMap<String, (u64, StreamTx)>>,
+    serial: AtomicU64,
+    /// Last `servercount` seen on a new, non-duplicate stream (0: none yet).
+    last_count: AtomicU64,
+    draining: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// A new agent.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            metrics: Arc::new(Metrics::default()),
+            servers: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            last_count: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Number of connected servers.
+    pub fn connected(&self) -> usize {
+        lock(&self.servers).len()
+    }
+
+    fn server_count(&self) -> usize {
+        (self.last_count.load(Ordering::Acquire) as usize).max(1)
+    }
+
+    /// Sends DRAIN on every stream and stops making new connections.
+    pub fn drain(&self) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        info!("draining: telling every server to prefer other agents");
+        for (_, tx) in lock(&self.servers).values() {
+            let _ = tx.control(packet::drain());
+        }
+    }
+
+    /// One attempt to add a server connection. Returns whether it was a real error
+    /// (for backoff).
+    async fn sync_once(self: &Arc<Self>, host: &str) -> bool {
+        let s = &self.settings;
+        match stream::open(host, s.port, s.tls.clone(), &s.hello, s.keepalive).await {
+            Ok(st) => {
+                let id = st.server_id.clone();
+                let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut servers = lock(&self.servers);
+                    if servers.contains_key(&id) {
+                        drop(servers);
+                        st.tx.close();
+                        tracing::debug!(server_id = %id, "duplicate server: {id}");
+                        return false;
+                    }
+                    servers.insert(id.clone(), (serial, st.tx.clone()));
+                    self.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                }
+                self.last_count.store(u64::from(st.server_count), Ordering::Release);
+                info!(server_id = %id, host, server_count = st.server_count, flow_control = st.peer_window.is_some(), "connected to proxy-server");
+                if self.draining.load(Ordering::Acquire) {
+                    let _ = st.tx.control(packet::drain());
+                }
+                let agent = self.clone();
+                tokio::spawn(async move {
+                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.metrics.clone()).await;
+                    let mut servers = lock(&agent.servers);
+                    if servers.get(&id).is_some_and(|(s, _)| *s == serial) {
+                        servers.remove(&id);
+                    }
+                    agent.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                });
+                false
+            }
+            Err(e) => {
+                warn!(host, error = %e, "cannot connect to proxy-server");
+                true
+            }
+        }
+    }
+
+    /// The connection sync loop (spec §6.3), until `stop`.
+    pub async fn sync_loop(self: Arc<Self>, stop: CancellationToken) {
+        let s = &self.settings;
+        let mut backoff = s.sync_interval;
+        let mut next_host = 0usize;
+        loop {
+            let mut failed = false;
+            if !self.draining.load(Ordering::Acquire) {
+                let want = self.server_count();
+                self.metrics.known_server_count.store(want as i64, Ordering::Relaxed);
+                if s.sync_forever || self.connected() < want {
+                    let host = &s.hosts[next_host % s.hosts.len()];
+                    next_host = next_host.wrapping_add(1);
+                    failed = self.sync_once(host).await;
+                }
+            }
+            let base = if failed {
+                let b = backoff;
+                backoff = backoff.mul_f64(1.5).min(s.sync_interval_cap);
+                b
+            } else {
+                backoff = s.sync_interval;
+                s.sync_interval
+            };
+            let jitter = base.mul_f64(rand::rng().random_range(0.0..0.1));
+            tokio::select! {
+                _ = tokio::time::sleep(base + jitter) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Closes every stream.
+    pub fn close_all(&self) {
+        for (_, tx) in lock(&self.servers).values() {
+            tx.close();
+        }
+    }
+}
+
+/// The health port's routes (spec §8.2).
+pub fn health_router(a: Arc<Agent>) -> Router {
+    Arc::new(move |path, query, _host| match path {
+        "/healthz" => Reply::text(200, "ok"),
+        "/readyz" | "/ready" => {
+            let verbose = query.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose="));
+            if a.connected() > 0 {
+                if verbose {
+                    Reply::text(200, "[+]ping ok\n[+]server-connected ok\ncheck passed\n")
+                } else {
+                    Reply::text(200, "ok")
+                }
+            } else {
+                Reply::text(503, "[+]ping ok\n[-]server-connected failed: no servers connected\n")
+            }
+        }
+        "/metrics" => Reply::metrics(a.metrics.render()),
+        _ => Reply::not_found(),
+    })
+}
+
+/// The admin port's routes: `/metrics` redirects to the health port, as upstream.
+pub fn admin_router(health_port: u16) -> Router {
+    Arc::new(move |path, _query, host| match path {
+        "/metrics" => {
+            let h = match host.rsplit_once(':') {
+                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+                _ => host,
+            };
+            let mut r = Reply::text(301, "");
+            r.headers.push(("Location", format!("//{h}:{health_port}{path}")));
+            r
+        }
+        _ => Reply::not_found(),
+    })
+}
+
+/// Runs the agent: the sync loop and the endpoints. The first cancellation of `drain`
+/// sends DRAIN; `stop` ends everything.
+pub async fn run(
+    agent: Arc<Agent>,
+    health: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    if let Some(h) = health {
+        let port = h.local_addr().map(|a| a.port()).unwrap_or_default();
+        tokio::spawn(endpoints::serve(h, health_router(agent.clone()), stop.clone()));
+        if let Some(a) = admin {
+            tokio::spawn(endpoints::serve(a, admin_router(port), stop.clone()));
+        }
+    }
+    let sync = tokio::spawn(agent.clone().sync_loop(stop.clone()));
+    tokio::select! {
+        _ = drain.cancelled() => agent.drain(),
+        _ = stop.cancelled() => {}
+    }
+    stop.cancelled().await;
+    agent.close_all();
+    let _ = sync.await;
+}

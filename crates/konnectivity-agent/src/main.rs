@@ -1,0 +1,118 @@
+//! `proxy-agent`: parses upstream's flags and runs the agent.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use konnectivity_agent::{Agent, Hello, Settings};
+use konnectivity_config::{AgentOptions, ConfigError};
+use konnectivity_tunnel::process;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+/// Flags we accept for compatibility but whose behaviour is not implemented yet.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("enable-profiling", "profiling endpoints are Go-specific; not served"),
+    ("enable-contention-profiling", "profiling endpoints are Go-specific; not served"),
+    ("count-server-leases", "lease counting is not implemented yet; the servercount header is used"),
+    ("lease-namespace", "lease counting is not implemented yet"),
+    ("lease-label-selector", "lease counting is not implemented yet"),
+    ("kubeconfig", "lease counting is not implemented yet"),
+    ("kube-api-content-type", "lease counting is not implemented yet"),
+    ("probe-interval", "streams are watched directly; no periodic probe"),
+    ("xfr-channel-size", "queues are bounded in bytes per connection, not in packets"),
+    ("warn-on-channel-limit", "queues never block the stream; nothing to warn about"),
+    ("log-dir", "logs go to stderr"),
+    ("log-file", "logs go to stderr"),
+    ("log-file-max-size", "logs go to stderr"),
+    ("vmodule", "per-module verbosity is not supported; use RUST_LOG"),
+    ("log-backtrace-at", "not supported"),
+];
+
+fn main() -> ExitCode {
+    let opts = match AgentOptions::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(ConfigError::Help(usage)) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            eprintln!("Run 'proxy-agent --help' for usage.");
+            return ExitCode::FAILURE;
+        }
+    };
+    process::init_logging(i64::from(opts.log.v), false);
+    for notice in &opts.deprecation_notices {
+        warn!("{notice}");
+    }
+    if let Err(e) = opts.validate() {
+        error!("error: {e}");
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    for (flag, why) in NOT_IMPLEMENTED {
+        if opts.explicit_flags.iter().any(|f| f == flag) {
+            warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("error: {e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn port(p: i64) -> anyhow::Result<u16> {
+    u16::try_from(p).map_err(|_| anyhow::anyhow!("port {p} out of range"))
+}
+
+async fn serve(o: AgentOptions) -> anyhow::Result<()> {
+    konnectivity_tls::install_provider();
+    if o.ca_cert.is_empty() {
+        anyhow::bail!("--ca-cert is required: the agent verifies the proxy-server's certificate");
+    }
+    let client = match (o.agent_cert.is_empty(), o.agent_key.is_empty()) {
+        (false, false) => Some((Path::new(&o.agent_cert), Path::new(&o.agent_key))),
+        _ => None,
+    };
+    let alpn: Vec<String> = o.alpn_proto.iter().filter(|a| !a.is_empty() && a.as_str() != "[]").cloned().collect();
+    let tls = konnectivity_tls::agent_client(Path::new(&o.ca_cert), client, &alpn)?;
+    let settings = Settings {
+        hosts: o.server_hosts(),
+        port: port(o.proxy_server_port)?,
+        tls: Arc::new(tls),
+        hello: Hello {
+            agent_id: o.agent_id.clone(),
+            identifiers: o.agent_identifiers.clone(),
+            token_path: (!o.service_account_token_path.is_empty()).then(|| PathBuf::from(&o.service_account_token_path)),
+            flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
+        },
+        sync_interval: o.sync_interval.to_std().unwrap_or_default().max(std::time::Duration::from_millis(10)),
+        sync_interval_cap: o.sync_interval_cap.to_std().unwrap_or_default(),
+        sync_forever: o.sync_forever,
+        keepalive: o.keepalive_time.to_std().unwrap_or_default(),
+        max_chunk: konnectivity_core::flow::MAX_CHUNK,
+    };
+    if settings.hosts.is_empty() {
+        anyhow::bail!("--proxy-server-host must name at least one host");
+    }
+    let health = process::bind_tcp(&o.health_server_host, port(o.health_server_port)?)?;
+    let admin = process::bind_tcp(&o.admin_bind_address, port(o.admin_server_port)?)?;
+    let agent = Agent::new(settings);
+    let drain = process::shutdown_on_signals();
+    // The second signal exits the process (see `shutdown_on_signals`); until then the
+    // agent drains and keeps serving established connections.
+    let stop = CancellationToken::new();
+    konnectivity_agent::run(agent, Some(health), Some(admin), drain, stop).await;
+    Ok(())
+}

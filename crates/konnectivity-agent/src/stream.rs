@@ -1,0 +1,326 @@
+//! One agent↔server stream (`AgentService.Connect`): opening it, and serving it.
+//!
+//! The reader dispatches each packet without waiting on any connection: DIAL_REQ starts
+//! a dial task, DATA goes to the connection's queue, CLOSE_REQ closes it. Each
+//! connection is one task that dials, answers DIAL_RSP, splices the destination socket
+//! and finally answers CLOSE_RSP — all through the same ordered queue, so a DIAL_RSP
+//! always precedes the connection's DATA, and its DATA precedes its CLOSE_RSP.
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::wire::{self, metadata};
+use konnectivity_core::{Packet, PacketType};
+use konnectivity_proto::agent_service_client::AgentServiceClient;
+use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
+use konnectivity_tunnel::credit::Credit;
+use konnectivity_tunnel::outbound::{self, StreamTx};
+use konnectivity_tunnel::queue::{Budget, ConnQueue, conn_queue};
+use konnectivity_tunnel::splice::{SpliceEnd, splice};
+use tokio::net::TcpStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Endpoint, Uri};
+use tonic::{Request, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::dialer;
+use crate::metrics::Metrics;
+
+/// Why opening a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// TCP or TLS to the server failed.
+    #[error("connecting to {target}: {source}")]
+    Connect {
+        /// host:port.
+        target: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The gRPC layer failed.
+    #[error("opening the Connect stream to {target}: {reason}")]
+    Grpc {
+        /// host:port.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server's response headers were not as required.
+    #[error("{0}")]
+    Headers(String),
+}
+
+/// What the agent sends when it opens a stream.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    /// `agentid`.
+    pub agent_id: String,
+    /// `agentidentifiers` (raw URL query).
+    pub identifiers: String,
+    /// Token file for `authorization: Bearer …`, read fresh on every attempt.
+    pub token_path: Option<std::path::PathBuf>,
+    /// Our per-connection receive window (announces flow control), if enabled.
+    pub flow_window: Option<u32>,
+}
+
+/// An open stream to one server.
+#[derive(Debug)]
+pub struct ServerStream {
+    /// The server's `serverid`.
+    pub server_id: String,
+    /// The server's `servercount`.
+    pub server_count: u32,
+    /// The server's window when both sides do flow control.
+    pub peer_window: Option<u32>,
+    /// Sends to the server.
+    pub tx: StreamTx,
+    inbound: Streaming<Packet>,
+}
+
+/// Connects to `host:port` with TLS and opens the Connect stream.
+pub async fn open(
+    host: &str,
+    port: u16,
+    tls: Arc<ClientConfig>,
+    hello: &Hello,
+    keepalive: Duration,
+) -> Result<ServerStream, OpenError> {
+    let target = format!("{host}:{port}");
+    let err = |source: io::Error| OpenError::Connect { target: target.clone(), source };
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target))
+        .await
+        .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "i/o timeout")))?
+        .map_err(err)?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+    let tls_stream = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")))?
+        .map_err(err)?;
+
+    // One TCP connection per stream, as upstream: the connector hands over the
+    // already-connected TLS stream once and refuses to reconnect.
+    let slot = Arc::new(Mutex::new(Some(tls_stream)));
+    let connector = tower::service_fn(move |_: Uri| {
+        let io = lock(&slot).take();
+        async move {
+            io.map(hyper_util::rt::TokioIo::new)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection to server closed"))
+        }
+    });
+    let grpc_err = |reason: String| OpenError::Grpc { target: target.clone(), reason };
+    let channel = Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| grpc_err(e.to_string()))?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| grpc_err(e.to_string()))?;
+
+    let (tx, out) = outbound::channel();
+    let mut req = Request::new(out);
+    add_hello(req.metadata_mut(), hello).map_err(|reason| grpc_err(reason))?;
+    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(4 << 20).max_encoding_message_size(usize::MAX);
+    let rsp = client.connect(req).await.map_err(|s| grpc_err(s.message().to_owned()))?;
+    let md = rsp.metadata();
+    let ids: Vec<_> = md.get_all(metadata::SERVER_ID).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect();
+    if ids.len() != 1 {
+        return Err(OpenError::Headers(format!("expected one server ID in the context, got {ids:?}")));
+    }
+    let counts: Vec<_> = md.get_all(metadata::SERVER_COUNT).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect();
+    if counts.len() != 1 {
+        return Err(OpenError::Headers(format!("expected one server count, got {}", counts.len())));
+    }
+    let server_count: u32 = counts[0]
+        .parse()
+        .map_err(|e| OpenError::Headers(format!("strconv.Atoi: parsing {:?}: {e}", counts[0])))?;
+    let peer_window = match hello.flow_window {
+        Some(_) => md.get(metadata::FLOW_WINDOW).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).filter(|w| *w > 0),
+        None => None,
+    };
+    Ok(ServerStream { server_id: ids[0].clone(), server_count, peer_window, tx, inbound: rsp.into_inner() })
+}
+
+/// Puts the agent's metadata on the Connect request.
+fn add_hello(md: &mut tonic::metadata::MetadataMap, hello: &Hello) -> Result<(), String> {
+    fn val(s: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
+        MetadataValue::try_from(s).map_err(|e| format!("invalid metadata value: {e}"))
+    }
+    md.insert(metadata::AGENT_ID, val(&hello.agent_id)?);
+    md.insert(metadata::AGENT_IDENTIFIERS, val(&hello.identifiers)?);
+    if let Some(path) = &hello.token_path {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the service account token {}: {e}", path.display()))?;
+        md.insert(metadata::AUTHORIZATION, val(&format!("Bearer {token}"))?);
+    }
+    if let Some(w) = hello.flow_window {
+        md.insert(metadata::FLOW_WINDOW, MetadataValue::from(w));
+    }
+    Ok(())
+}
+
+/// One connection being served.
+#[derive(Debug)]
+struct Conn {
+    /// Server DATA for the destination (never blocks the reader).
+    queue: ConnQueue,
+    /// Credit for destination → server DATA.
+    credit: Option<Arc<Credit>>,
+}
+
+/// Per-stream state shared by the reader and the connection tasks.
+#[derive(Debug)]
+struct StreamState {
+    tx: StreamTx,
+    conns: Mutex<HashMap<i64, Conn>>,
+    /// Connect IDs are assigned here, per stream, first value 1.
+    next_id: AtomicI64,
+    our_window: Option<u32>,
+    peer_window: Option<u32>,
+    max_chunk: usize,
+    metrics: Arc<Metrics>,
+    server_id: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StreamState {
+    fn flow(&self) -> bool {
+        self.our_window.is_some() && self.peer_window.is_some()
+    }
+}
+
+/// Serves a stream until the server ends it (or `tx` is closed locally).
+pub async fn serve(stream: ServerStream, our_window: Option<u32>, max_chunk: usize, metrics: Arc<Metrics>) {
+    let ServerStream { server_id, peer_window, tx, mut inbound, .. } = stream;
+    let st = Arc::new(StreamState {
+        tx: tx.clone(),
+        conns: Mutex::new(HashMap::new()),
+        next_id: AtomicI64::new(0),
+        our_window,
+        peer_window,
+        max_chunk,
+        metrics,
+        server_id,
+    });
+    loop {
+        let next = tokio::select! {
+            m = inbound.next() => m,
+            _ = tx.closed() => break,
+        };
+        match next {
+            Some(Ok(p)) => dispatch(&st, p),
+            Some(Err(status)) => {
+                warn!(server_id = %st.server_id, error = %status.message(), "stream to server failed");
+                break;
+            }
+            None => {
+                info!(server_id = %st.server_id, "server closed the stream");
+                break;
+            }
+        }
+    }
+    tx.close();
+    let conns: Vec<_> = lock(&st.conns).drain().collect();
+    for (_, c) in conns {
+        c.queue.abort("connection to proxy-server lost");
+    }
+}
+
+fn dispatch(st: &Arc<StreamState>, p: Packet) {
+    match packet::kind(&p) {
+        Kind::Known(PacketType::DialReq) => {
+            let req = packet::dial_request(&p).into_owned();
+            let id = st.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+            tokio::spawn(serve_conn(st.clone(), id, req.random, req.address));
+        }
+        Kind::Known(PacketType::Data) => {
+            let d = packet::into_data(p);
+            if d.connect_id == 0 {
+                return;
+            }
+            let conns = lock(&st.conns);
+            match conns.get(&d.connect_id) {
+                Some(c) => {
+                    if c.queue.push(d.data).is_err() {
+                        warn!(connect_id = d.connect_id, "closing connection: destination stopped reading and its buffer budget is exhausted");
+                    }
+                }
+                None => {
+                    drop(conns);
+                    let _ = st.tx.control(packet::close_rsp(d.connect_id, wire::UNRECOGNIZED_CONNECT_ID));
+                }
+            }
+        }
+        Kind::Known(PacketType::CloseReq) => {
+            let id = packet::close_request(&p).connect_id;
+            let known = lock(&st.conns).get(&id).map(|c| c.queue.clone());
+            match known {
+                Some(q) => q.close(String::new()),
+                None => {
+                    let _ = st.tx.control(packet::close_rsp(id, wire::UNKNOWN_CONNECT_ID));
+                }
+            }
+        }
+        Kind::Known(PacketType::WindowUpdate) => {
+            let w = packet::window_update_of(&p);
+            if let Some(c) = lock(&st.conns).get(&w.connect_id).and_then(|c| c.credit.clone()) {
+                c.grant(w.bytes);
+            }
+        }
+        // DIAL_CLS and DRAIN from the server are ignored, as upstream.
+        _ => debug!(kind = packet::type_name(&p), "ignoring packet from server"),
+    }
+}
+
+/// Dials, answers, splices, and closes one connection.
+async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String) {
+    let sock = match dialer::dial(&address, dialer::DIAL_TIMEOUT).await {
+        Ok(s) => s,
+        Err((text, why)) => {
+            debug!(%address, error = %text, "dial failed");
+            st.metrics.dial_failure(why);
+            let _ = st.tx.send(packet::dial_rsp(random, 0, text)).await;
+            return;
+        }
+    };
+    let budget = match (st.flow(), st.our_window) {
+        (true, Some(window)) => Budget::Flow { window, max_packet: 4 << 20 },
+        _ => Budget::UNMANAGED,
+    };
+    let (queue, rx) = conn_queue(id, budget, st.tx.clone());
+    let credit = if st.flow() { st.peer_window.map(|w| Arc::new(Credit::new(w))) } else { None };
+    lock(&st.conns).insert(id, Conn { queue, credit: credit.clone() });
+    st.metrics.open_endpoint_connections.fetch_add(1, Ordering::Relaxed);
+    if st.tx.send(packet::dial_rsp(random, id, "")).await.is_err() {
+        lock(&st.conns).remove(&id);
+        st.metrics.open_endpoint_connections.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    debug!(%address, connect_id = id, "connected");
+    let end = splice(sock, id, rx, st.tx.clone(), credit, st.max_chunk, Bytes::new()).await;
+    lock(&st.conns).remove(&id);
+    st.metrics.open_endpoint_connections.fetch_sub(1, Ordering::Relaxed);
+    let error = match end {
+        SpliceEnd::PeerClosed(e) => e,
+        SpliceEnd::LocalEof => String::new(),
+        SpliceEnd::LocalError(e) => {
+            debug!(connect_id = id, error = %e, "destination connection failed");
+            String::new()
+        }
+        SpliceEnd::StreamGone => return,
+    };
+    let _ = st.tx.send(packet::close_rsp(id, error)).await;
+}
+

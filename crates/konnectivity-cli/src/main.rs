@@ -1,0 +1,96 @@
+//! `konnectivity`: the operator CLI.
+//!
+//! - `demo`: a self-contained tunnel on loopback (server, agent, HTTP backend, fresh
+//!   certificates), exercised through both frontends, then left running for `curl`.
+//! - `dial`: open a connection through a running proxy-server and relay stdin/stdout.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod dial;
+
+#[derive(Parser, Debug)]
+#[command(name = "konnectivity", version, about = "Operate and diagnose a Konnectivity tunnel (konnectivity-rs)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a complete tunnel on loopback and show it carrying traffic.
+    Demo {
+        /// Exit after the checks instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Keep the generated certificates and socket here instead of a temp dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Open ADDRESS (host:port, as seen from the node) through a proxy-server frontend
+    /// and relay standard input and output.
+    Dial(dial::DialArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    konnectivity_tunnel::process::init_logging(
+        std::env::var("KONNECTIVITY_V").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        false,
+    );
+    konnectivity_tls::install_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Demo { once, dir } => demo::run(once, dir).await,
+            Cmd::Dial(a) => dial::run(a).await,
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long the CLI waits for a dial.
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a frontend description from CLI flags.
+pub(crate) fn frontend(
+    uds: Option<PathBuf>,
+    tcp: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> anyhow::Result<konnectivity_client::Frontend> {
+    match (uds, tcp) {
+        (Some(p), None) => Ok(konnectivity_client::Frontend::Uds(p)),
+        (None, Some(addr)) => {
+            let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+                anyhow::bail!("--tcp needs --ca, --cert and --key (the frontend requires mTLS)");
+            };
+            let tls = konnectivity_tls::client(&ca, Some((&cert, &key)), &[])?;
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_owned();
+            Ok(konnectivity_client::Frontend::Tcp {
+                addr,
+                tls: Arc::new(tls),
+                server_name: server_name.unwrap_or(host),
+            })
+        }
+        _ => anyhow::bail!("give exactly one of --uds or --tcp"),
+    }
+}

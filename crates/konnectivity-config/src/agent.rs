@@ -1,0 +1,1151 @@
+//! `proxy-agent` options: its flag table, parsing, and validation.
+//!
+//! Names, types and defaults are upstream's (including the hidden, deprecated `--lease-label`
+//! alias of `--lease-label-selector`), so that manifests and the upstream integration-test
+//! harness, which passes every flag as `--name=<value>`, work unchanged. Validation follows
+//! upstream's order and messages.
+
+use std::sync::OnceLock;
+
+use crate::duration::GoDuration;
+use crate::error::ConfigError;
+use crate::files::check_file;
+use crate::identifiers::{AgentIdentifiers, IdentifierError};
+use crate::labels::LabelSelector;
+use crate::logging::{KLOG_FLAGS, LogOptions};
+use crate::pflag::{self, FlagKind, FlagSpec, format_string_slice};
+use crate::strconv::quote;
+
+/// The command name cobra prints in the usage text.
+pub const AGENT_COMMAND: &str = "agent";
+
+/// Environment variable that provides the default `--agent-id`.
+pub const AGENT_ID_ENV: &str = "PROXY_AGENT_ID";
+
+/// The default of `--lease-label-selector`.
+pub const DEFAULT_LEASE_SELECTOR: &str = "k8s-app=konnectivity-server";
+
+/// How the agent combines server counts (`--server-count-source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCountSource {
+    /// `""` or `default`: the lease count when lease counting is on, else the response count.
+    Default,
+    /// `max`: the larger of the lease count and the response count.
+    Max,
+}
+
+/// The default `--agent-id`: the environment value when non-empty, else a random UUIDv4.
+pub fn default_agent_id(env_value: Option<String>) -> String {
+    env_value
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn check_selector(s: &str) -> Result<(), String> {
+    LabelSelector::parse(s).map(drop)
+}
+
+const SELECTOR_KIND: FlagKind = FlagKind::Custom {
+    type_name: "string",
+    check: check_selector,
+};
+
+static AGENT_OWN_FLAGS: &[FlagSpec] = &[
+    FlagSpec::new(
+        "agent-cert",
+        FlagKind::String,
+        "",
+        "If non-empty, the client certificate presented to the proxy server.",
+    ),
+    FlagSpec::new(
+        "agent-key",
+        FlagKind::String,
+        "",
+        "If non-empty, the private key for --agent-cert.",
+    ),
+    FlagSpec::new(
+        "ca-cert",
+        FlagKind::String,
+        "",
+        "CA bundle used to verify the proxy server's certificate.",
+    ),
+    FlagSpec::new(
+        "proxy-server-host",
+        FlagKind::String,
+        "127.0.0.1",
+        "Host name of the proxy server (or its load balancer); a comma-separated list dials each.",
+    ),
+    FlagSpec::new(
+        "proxy-server-port",
+        FlagKind::Int,
+        "8091",
+        "Port of the proxy server's agent listener.",
+    ),
+    FlagSpec::new(
+        "alpn-proto",
+        FlagKind::StringSlice,
+        "[]",
+        "Extra ALPN protocol IDs offered before h2, for front doors that share an address with the apiserver.",
+    ),
+    FlagSpec::new(
+        "health-server-host",
+        FlagKind::String,
+        "",
+        "Health endpoint bind host, without port; empty binds all interfaces.",
+    ),
+    FlagSpec::new(
+        "health-server-port",
+        FlagKind::Int,
+        "8093",
+        "Port for the health endpoint.",
+    ),
+    FlagSpec::new(
+        "admin-server-port",
+        FlagKind::Int,
+        "8094",
+        "Port for the admin endpoint.",
+    ),
+    FlagSpec::new(
+        "admin-bind-address",
+        FlagKind::String,
+        "127.0.0.1",
+        "Admin endpoint bind address.",
+    ),
+    FlagSpec::new(
+        "enable-profiling",
+        FlagKind::Bool,
+        "false",
+        "Serve profiling data at host:admin-server-port/debug/pprof.",
+    ),
+    FlagSpec::new(
+        "enable-contention-profiling",
+        FlagKind::Bool,
+        "false",
+        "Also profile lock contention; requires --enable-profiling.",
+    ),
+    FlagSpec::new(
+        "agent-id",
+        FlagKind::String,
+        "",
+        "Unique ID of this agent; defaults to $PROXY_AGENT_ID, else a random UUID.",
+    ),
+    FlagSpec::new(
+        "sync-interval",
+        FlagKind::Duration,
+        "1s",
+        "Initial interval between checks that the agent is connected to every proxy server.",
+    ),
+    FlagSpec::new(
+        "probe-interval",
+        FlagKind::Duration,
+        "1s",
+        "Interval between readiness checks of each proxy server connection.",
+    ),
+    FlagSpec::new(
+        "sync-interval-cap",
+        FlagKind::Duration,
+        "10s",
+        "Upper bound of the sync interval while backing off after failures.",
+    ),
+    FlagSpec::new(
+        "keepalive-time",
+        FlagKind::Duration,
+        "1h0m0s",
+        "Keepalive ping interval on proxy server connections.",
+    ),
+    FlagSpec::new(
+        "service-account-token-path",
+        FlagKind::String,
+        "",
+        "If non-empty, a token file sent to the proxy server to authenticate this agent.",
+    ),
+    FlagSpec::new(
+        "agent-identifiers",
+        FlagKind::String,
+        "",
+        "URL-encoded identifiers the server uses to pick this agent, e.g. host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true",
+    ),
+    FlagSpec::new(
+        "warn-on-channel-limit",
+        FlagKind::Bool,
+        "false",
+        "Log a warning when a connection's transfer queue is full.",
+    ),
+    FlagSpec::new(
+        "sync-forever",
+        FlagKind::Bool,
+        "false",
+        "Keep dialing after the server count is reached, to discover added servers.",
+    ),
+    FlagSpec::new(
+        "xfr-channel-size",
+        FlagKind::Int,
+        "150",
+        "Capacity of each per-connection transfer queue.",
+    ),
+    FlagSpec::new(
+        "count-server-leases",
+        FlagKind::Bool,
+        "false",
+        "Derive the number of proxy servers from their Leases.",
+    ),
+    FlagSpec::new(
+        "lease-namespace",
+        FlagKind::String,
+        "kube-system",
+        "Namespace of the server Leases.",
+    ),
+    FlagSpec::new(
+        "lease-label-selector",
+        SELECTOR_KIND,
+        DEFAULT_LEASE_SELECTOR,
+        "Label selector of the server Leases to count.",
+    ),
+    FlagSpec::new("lease-label", SELECTOR_KIND, DEFAULT_LEASE_SELECTOR, "")
+        .deprecated("Use --lease-label-selector instead"),
+    FlagSpec::new(
+        "server-count-source",
+        FlagKind::String,
+        "default",
+        "How lease and server-reported counts combine: 'default' uses one source, 'max' the larger.",
+    ),
+    FlagSpec::new(
+        "kubeconfig",
+        FlagKind::String,
+        "",
+        "Path to a kubeconfig file for lease listing; empty uses the in-cluster configuration.",
+    ),
+    FlagSpec::new(
+        "kube-api-content-type",
+        FlagKind::String,
+        "application/vnd.kubernetes.protobuf",
+        "Content type of requests to the Kubernetes API.",
+    ),
+    FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h'),
+];
+
+/// Every flag `proxy-agent` accepts (its own, klog's and `--help`), sorted by name.
+pub fn agent_flags() -> &'static [FlagSpec] {
+    static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all: Vec<FlagSpec> = AGENT_OWN_FLAGS.iter().chain(KLOG_FLAGS).copied().collect();
+        all.sort_by_key(|s| s.name);
+        all
+    })
+}
+
+/// Typed `proxy-agent` options. Integer flags keep Go's `int` range so that validation can
+/// report out-of-range values exactly as given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentOptions {
+    /// `--agent-cert`
+    pub agent_cert: String,
+    /// `--agent-key`
+    pub agent_key: String,
+    /// `--ca-cert`
+    pub ca_cert: String,
+    /// `--proxy-server-host` as given; see [`AgentOptions::server_hosts`].
+    pub proxy_server_host: String,
+    /// `--proxy-server-port`
+    pub proxy_server_port: i64,
+    /// `--alpn-proto` (`[]` given literally means none).
+    pub alpn_proto: Vec<String>,
+    /// `--health-server-host`
+    pub health_server_host: String,
+    /// `--health-server-port`
+    pub health_server_port: i64,
+    /// `--admin-server-port`
+    pub admin_server_port: i64,
+    /// `--admin-bind-address`
+    pub admin_bind_address: String,
+    /// `--enable-profiling`
+    pub enable_profiling: bool,
+    /// `--enable-contention-profiling`
+    pub enable_contention_profiling: bool,
+    /// `--agent-id`
+    pub agent_id: String,
+    /// `--sync-interval`
+    pub sync_interval: GoDuration,
+    /// `--probe-interval`
+    pub probe_interval: GoDuration,
+    /// `--sync-interval-cap`
+    pub sync_interval_cap: GoDuration,
+    /// `--keepalive-time`
+    pub keepalive_time: GoDuration,
+    /// `--service-account-token-path`
+    pub service_account_token_path: String,
+    /// `--agent-identifiers`, verbatim (sent as the `agentidentifiers` header).
+    pub agent_identifiers: String,
+    /// `--warn-on-channel-limit`
+    pub warn_on_channel_limit: bool,
+    /// `--sync-forever`
+    pub sync_forever: bool,
+    /// `--xfr-channel-size`
+    pub xfr_channel_size: i64,
+    /// `--count-server-leases`
+    pub count_server_leases: bool,
+    /// `--lease-namespace`
+    pub lease_namespace: String,
+    /// `--lease-label-selector` (or its deprecated alias `--lease-label`; last one wins).
+    pub lease_label_selector: LabelSelector,
+    /// `--server-count-source` as given; see [`AgentOptions::server_count_source`].
+    pub server_count_source: String,
+    /// `--kubeconfig`
+    pub kubeconfig: String,
+    /// `--kube-api-content-type`
+    pub kube_api_content_type: String,
+    /// klog flags.
+    pub log: LogOptions,
+    /// Flags given on the command line, in order of first use.
+    pub explicit_flags: Vec<String>,
+    /// Notices to print for deprecated flags that were used (pflag's wording).
+    pub deprecation_notices: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    /// Upstream defaults; `agent_id` from `$PROXY_AGENT_ID` or a fresh UUID.
+    fn default() -> Self {
+        Self::with_agent_id(default_agent_id(std::env::var(AGENT_ID_ENV).ok()))
+    }
+}
+
+fn apply<T>(target: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *target = v;
+    }
+}
+
+fn default_selector() -> LabelSelector {
+    LabelSelector::parse(DEFAULT_LEASE_SELECTOR).unwrap_or_default()
+}
+
+impl AgentOptions {
+    /// Upstream defaults with the given agent ID.
+    pub fn with_agent_id(agent_id: String) -> Self {
+        AgentOptions {
+            agent_cert: String::new(),
+            agent_key: String::new(),
+            ca_cert: String::new(),
+            proxy_server_host: "127.0.0.1".to_owned(),
+            proxy_server_port: 8091,
+            alpn_proto: Vec::new(),
+            health_server_host: String::new(),
+            health_server_port: 8093,
+            admin_server_port: 8094,
+            admin_bind_address: "127.0.0.1".to_owned(),
+            enable_profiling: false,
+            enable_contention_profiling: false,
+            agent_id,
+            sync_interval: GoDuration::from_secs(1),
+            probe_interval: GoDuration::from_secs(1),
+            sync_interval_cap: GoDuration::from_secs(10),
+            keepalive_time: GoDuration::from_secs(3600),
+            service_account_token_path: String::new(),
+            agent_identifiers: String::new(),
+            warn_on_channel_limit: false,
+            sync_forever: false,
+            xfr_channel_size: 150,
+            count_server_leases: false,
+            lease_namespace: "kube-system".to_owned(),
+            lease_label_selector: default_selector(),
+            server_count_source: "default".to_owned(),
+            kubeconfig: String::new(),
+            kube_api_content_type: "application/vnd.kubernetes.protobuf".to_owned(),
+            log: LogOptions::default(),
+            explicit_flags: Vec::new(),
+            deprecation_notices: Vec::new(),
+        }
+    }
+
+    /// Parses the arguments (without the program name). Does not validate; an invalid label
+    /// selector is already a parse error here, as in upstream.
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<AgentOptions, ConfigError> {
+        let p = pflag::parse(agent_flags(), AGENT_COMMAND, args)?;
+        let mut o = if p.is_set("agent-id") {
+            Self::with_agent_id(String::new())
+        } else {
+            Self::default()
+        };
+        let s = |name: &str| p.string(name).map(str::to_owned);
+        apply(&mut o.agent_cert, s("agent-cert"));
+        apply(&mut o.agent_key, s("agent-key"));
+        apply(&mut o.ca_cert, s("ca-cert"));
+        apply(&mut o.proxy_server_host, s("proxy-server-host"));
+        apply(&mut o.proxy_server_port, p.int("proxy-server-port"));
+        apply(
+            &mut o.alpn_proto,
+            p.string_slice("alpn-proto").map(<[String]>::to_vec),
+        );
+        apply(&mut o.health_server_host, s("health-server-host"));
+        apply(&mut o.health_server_port, p.int("health-server-port"));
+        apply(&mut o.admin_server_port, p.int("admin-server-port"));
+        apply(&mut o.admin_bind_address, s("admin-bind-address"));
+        apply(&mut o.enable_profiling, p.bool("enable-profiling"));
+        apply(
+            &mut o.enable_contention_profiling,
+            p.bool("enable-contention-profiling"),
+        );
+        apply(&mut o.agent_id, s("agent-id"));
+        apply(&mut o.sync_interval, p.duration("sync-interval"));
+        apply(&mut o.probe_interval, p.duration("probe-interval"));
+        apply(&mut o.sync_interval_cap, p.duration("sync-interval-cap"));
+        apply(&mut o.keepalive_time, p.duration("keepalive-time"));
+        apply(
+            &mut o.service_account_token_path,
+            s("service-account-token-path"),
+        );
+        apply(&mut o.agent_identifiers, s("agent-identifiers"));
+        apply(
+            &mut o.warn_on_channel_limit,
+            p.bool("warn-on-channel-limit"),
+        );
+        apply(&mut o.sync_forever, p.bool("sync-forever"));
+        apply(&mut o.xfr_channel_size, p.int("xfr-channel-size"));
+        apply(&mut o.count_server_leases, p.bool("count-server-leases"));
+        apply(&mut o.lease_namespace, s("lease-namespace"));
+        if let Some(pflag::FlagValue::String(sel)) =
+            p.last_of(&["lease-label-selector", "lease-label"])
+        {
+            // Already checked by the flag's parser, so this cannot fail.
+            o.lease_label_selector = LabelSelector::parse(sel).map_err(ConfigError::Parse)?;
+        }
+        apply(&mut o.server_count_source, s("server-count-source"));
+        apply(&mut o.kubeconfig, s("kubeconfig"));
+        apply(&mut o.kube_api_content_type, s("kube-api-content-type"));
+        o.log = LogOptions::from_flags(&p);
+        o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
+        o.deprecation_notices = p.deprecation_notices().to_vec();
+        Ok(o)
+    }
+
+    /// Applies upstream's validation rules in order; the first failure is returned as
+    /// `failed to validate agent options with <msg>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|msg| {
+            ConfigError::Invalid(format!("failed to validate agent options with {msg}"))
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.agent_key.is_empty() {
+            check_file(&self.agent_key, |p, e| {
+                format!("error checking agent key {p}, got {e}")
+            })?;
+            if self.agent_cert.is_empty() {
+                return Err(format!(
+                    "cannot have agent cert empty when agent key is set to {}",
+                    quote(&self.agent_key)
+                ));
+            }
+        }
+        if !self.agent_cert.is_empty() {
+            check_file(&self.agent_cert, |p, e| {
+                format!("error checking agent cert {p}, got {e}")
+            })?;
+            if self.agent_key.is_empty() {
+                return Err(format!(
+                    "cannot have agent key empty when agent cert is set to {}",
+                    quote(&self.agent_cert)
+                ));
+            }
+        }
+        check_file(&self.ca_cert, |p, e| {
+            format!("error checking agent CA cert {p}, got {e}")
+        })?;
+        for (what, port) in [
+            ("proxy server", self.proxy_server_port),
+            ("health server", self.health_server_port),
+            ("admin server", self.admin_server_port),
+        ] {
+            if port <= 0 {
+                return Err(format!("{what} port {port} must be greater than 0"));
+            }
+        }
+        if self.xfr_channel_size <= 0 {
+            return Err(format!(
+                "channel size {} must be greater than 0",
+                self.xfr_channel_size
+            ));
+        }
+        if self.enable_contention_profiling && !self.enable_profiling {
+            return Err(
+                "if --enable-contention-profiling is set, --enable-profiling must also be set"
+                    .to_owned(),
+            );
+        }
+        if self.sync_interval > self.sync_interval_cap {
+            return Err(format!(
+                "sync interval {} must be less than sync interval cap {}",
+                self.sync_interval, self.sync_interval_cap
+            ));
+        }
+        check_file(&self.service_account_token_path, |p, e| {
+            format!("error checking service account token path {p}, got {e}")
+        })?;
+        self.identifiers()
+            .map_err(|e| format!("agent address is invalid: {e}"))?;
+        check_file(&self.kubeconfig, |p, e| {
+            format!("error checking KubeconfigPath {}, got {e}", quote(p))
+        })?;
+        self.server_count_source().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// `--agent-identifiers` parsed with the agent's strict rules.
+    pub fn identifiers(&self) -> Result<AgentIdentifiers, IdentifierError> {
+        AgentIdentifiers::parse_agent(&self.agent_identifiers)
+    }
+
+    /// The proxy-server hosts to dial: `--proxy-server-host` split on commas, items trimmed,
+    /// empty items dropped (our HA extension; a single host is the upstream case). When no
+    /// item is left the raw value is returned as the only host.
+    pub fn server_hosts(&self) -> Vec<String> {
+        let hosts: Vec<String> = self
+            .proxy_server_host
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if hosts.is_empty() {
+            vec![self.proxy_server_host.clone()]
+        } else {
+            hosts
+        }
+    }
+
+    /// `--server-count-source` parsed.
+    pub fn server_count_source(&self) -> Result<ServerCountSource, ConfigError> {
+        match self.server_count_source.as_str() {
+            "" | "default" => Ok(ServerCountSource::Default),
+            "max" => Ok(ServerCountSource::Max),
+            other => Err(ConfigError::Invalid(format!(
+                "--server-count-source must be one of '', 'default', 'max', got {other}"
+            ))),
+        }
+    }
+
+    /// Every flag with its effective value in pflag's `String()` form, sorted by name
+    /// (what upstream logs at `-v=1`, and what its test harness passes back as arguments).
+    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
+        let b = |v: bool| v.to_string();
+        let selector = self.lease_label_selector.to_string();
+        let mut out = vec![
+            ("agent-cert", self.agent_cert.clone()),
+            ("agent-key", self.agent_key.clone()),
+            ("ca-cert", self.ca_cert.clone()),
+            ("proxy-server-host", self.proxy_server_host.clone()),
+            ("proxy-server-port", self.proxy_server_port.to_string()),
+            ("alpn-proto", format_string_slice(&self.alpn_proto)),
+            ("health-server-host", self.health_server_host.clone()),
+            ("health-server-port", self.health_server_port.to_string()),
+            ("admin-server-port", self.admin_server_port.to_string()),
+            ("admin-bind-address", self.admin_bind_address.clone()),
+            ("enable-profiling", b(self.enable_profiling)),
+            (
+                "enable-contention-profiling",
+                b(self.enable_contention_profiling),
+            ),
+            ("agent-id", self.agent_id.clone()),
+            ("sync-interval", self.sync_interval.to_string()),
+            ("probe-interval", self.probe_interval.to_string()),
+            ("sync-interval-cap", self.sync_interval_cap.to_string()),
+            ("keepalive-time", self.keepalive_time.to_string()),
+            (
+                "service-account-token-path",
+                self.service_account_token_path.clone(),
+            ),
+            ("agent-identifiers", self.agent_identifiers.clone()),
+            ("warn-on-channel-limit", b(self.warn_on_channel_limit)),
+            ("sync-forever", b(self.sync_forever)),
+            ("xfr-channel-size", self.xfr_channel_size.to_string()),
+            ("count-server-leases", b(self.count_server_leases)),
+            ("lease-namespace", self.lease_namespace.clone()),
+            ("lease-label-selector", selector.clone()),
+            ("lease-label", selector),
+            ("server-count-source", self.server_count_source.clone()),
+            ("kubeconfig", self.kubeconfig.clone()),
+            ("kube-api-content-type", self.kube_api_content_type.clone()),
+            ("help", "false".to_owned()),
+        ];
+        out.extend(self.log.flag_values());
+        out.sort_by_key(|(n, _)| *n);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn parse(a: &[&str]) -> AgentOptions {
+        match AgentOptions::parse(args(a)) {
+            Ok(o) => o,
+            Err(e) => panic!("parse {a:?}: {e}"),
+        }
+    }
+
+    fn existing_file(name: &str) -> String {
+        let dir: PathBuf = std::env::temp_dir().join(format!(
+            "konnectivity-config-agent-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn valid() -> AgentOptions {
+        AgentOptions::with_agent_id("agent-1".to_owned())
+    }
+
+    fn invalid_message(o: &AgentOptions) -> String {
+        match o.validate() {
+            Err(ConfigError::Invalid(msg)) => msg
+                .strip_prefix("failed to validate agent options with ")
+                .unwrap_or_else(|| panic!("missing prefix: {msg}"))
+                .to_owned(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    const MISSING: &str = "/nonexistent/konnectivity/agent-file";
+
+    #[test]
+    fn defaults_equal_the_spec_table() {
+        let o = AgentOptions::with_agent_id("aid".to_owned());
+        let values = o.flag_values();
+        assert_eq!(values.len(), agent_flags().len());
+        for spec in agent_flags() {
+            let value = values
+                .iter()
+                .find(|(n, _)| *n == spec.name)
+                .map(|(_, v)| v.as_str());
+            if spec.name == "agent-id" {
+                assert_eq!(value, Some("aid"));
+            } else {
+                assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
+            }
+        }
+        assert_eq!(o.validate(), Ok(()));
+        assert_eq!(o.server_hosts(), ["127.0.0.1"]);
+        assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Default);
+        assert_eq!(
+            o.sync_interval.to_std(),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(o.log.v, 4);
+    }
+
+    #[test]
+    fn flag_table_matches_spec_types() {
+        let expect = [
+            ("agent-cert", "string"),
+            ("agent-key", "string"),
+            ("ca-cert", "string"),
+            ("proxy-server-host", "string"),
+            ("proxy-server-port", "int"),
+            ("alpn-proto", "stringSlice"),
+            ("health-server-host", "string"),
+            ("health-server-port", "int"),
+            ("admin-server-port", "int"),
+            ("admin-bind-address", "string"),
+            ("enable-profiling", "bool"),
+            ("enable-contention-profiling", "bool"),
+            ("agent-id", "string"),
+            ("sync-interval", "duration"),
+            ("probe-interval", "duration"),
+            ("sync-interval-cap", "duration"),
+            ("keepalive-time", "duration"),
+            ("service-account-token-path", "string"),
+            ("agent-identifiers", "string"),
+            ("warn-on-channel-limit", "bool"),
+            ("sync-forever", "bool"),
+            ("xfr-channel-size", "int"),
+            ("count-server-leases", "bool"),
+            ("lease-namespace", "string"),
+            ("lease-label-selector", "string"),
+            ("lease-label", "string"),
+            ("server-count-source", "string"),
+            ("kubeconfig", "string"),
+            ("kube-api-content-type", "string"),
+        ];
+        for (name, ty) in expect {
+            let spec = agent_flags()
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(spec.value_type(), ty, "{name}");
+        }
+        assert_eq!(AGENT_OWN_FLAGS.len(), expect.len() + 1);
+        let hidden: Vec<_> = agent_flags()
+            .iter()
+            .filter(|s| s.hidden)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(hidden, ["lease-label"]);
+        assert!(agent_flags().iter().any(|s| s.name == "logtostderr"));
+    }
+
+    #[test]
+    fn agent_id_defaults_to_env_then_uuid_and_flag_wins() {
+        assert_eq!(default_agent_id(Some("env-id".to_owned())), "env-id");
+        assert!(uuid::Uuid::parse_str(&default_agent_id(None)).is_ok());
+        assert_eq!(parse(&["--agent-id=a1"]).agent_id, "a1");
+        assert!(!parse(&[]).agent_id.is_empty());
+    }
+
+    #[test]
+    fn upstream_harness_argument_list_parses_and_validates() {
+        let cert = existing_file("agent.crt");
+        let key = existing_file("agent.key");
+        let ca = existing_file("ca.crt");
+        let harness: Vec<String> = [
+            "--admin-bind-address=127.0.0.1".to_owned(),
+            "--admin-server-port=40001".to_owned(),
+            format!("--agent-cert={cert}"),
+            "--agent-id=test-agent".to_owned(),
+            "--agent-identifiers=".to_owned(),
+            format!("--agent-key={key}"),
+            "--alpn-proto=[]".to_owned(),
+            format!("--ca-cert={ca}"),
+            "--count-server-leases=false".to_owned(),
+            "--enable-contention-profiling=false".to_owned(),
+            "--enable-profiling=false".to_owned(),
+            "--health-server-host=127.0.0.1".to_owned(),
+            "--health-server-port=40000".to_owned(),
+            "--keepalive-time=1h0m0s".to_owned(),
+            "--kube-api-content-type=application/vnd.kubernetes.protobuf".to_owned(),
+            "--kubeconfig=".to_owned(),
+            "--lease-label=k8s-app=konnectivity-server".to_owned(),
+            "--lease-label-selector=k8s-app=konnectivity-server".to_owned(),
+            "--lease-namespace=kube-system".to_owned(),
+            "--probe-interval=100ms".to_owned(),
+            "--proxy-server-host=127.0.0.1".to_owned(),
+            "--proxy-server-port=39999".to_owned(),
+            "--server-count-source=default".to_owned(),
+            "--service-account-token-path=".to_owned(),
+            "--sync-forever=false".to_owned(),
+            "--sync-interval=100ms".to_owned(),
+            "--sync-interval-cap=1s".to_owned(),
+            "--warn-on-channel-limit=false".to_owned(),
+            "--xfr-channel-size=150".to_owned(),
+        ]
+        .into();
+        // Every agent flag (upstream's `o.Flags()`) is in the list.
+        for spec in AGENT_OWN_FLAGS.iter().filter(|s| s.name != "help") {
+            assert!(
+                harness
+                    .iter()
+                    .any(|a| a.starts_with(&format!("--{}=", spec.name))),
+                "{}",
+                spec.name
+            );
+        }
+        let o = match AgentOptions::parse(harness.clone()) {
+            Ok(o) => o,
+            Err(e) => panic!("harness arguments rejected: {e}"),
+        };
+        assert_eq!(o.validate(), Ok(()));
+        assert!(o.alpn_proto.is_empty());
+        assert_eq!(o.sync_interval, GoDuration::from_millis(100));
+        assert_eq!(o.sync_interval_cap, GoDuration::from_secs(1));
+        assert_eq!(o.probe_interval, GoDuration::from_millis(100));
+        assert_eq!(o.proxy_server_port, 39999);
+        assert_eq!(o.health_server_host, "127.0.0.1");
+        assert_eq!(o.agent_id, "test-agent");
+        assert_eq!(
+            o.lease_label_selector.to_string(),
+            "k8s-app=konnectivity-server"
+        );
+        assert_eq!(
+            o.deprecation_notices,
+            ["Flag --lease-label has been deprecated, Use --lease-label-selector instead"]
+        );
+        // Our own effective values, printed the way the harness prints them, parse back to the same options.
+        let round_trip: Vec<String> = o
+            .flag_values()
+            .into_iter()
+            .filter(|(n, _)| AGENT_OWN_FLAGS.iter().any(|s| s.name == *n))
+            .map(|(n, v)| format!("--{n}={v}"))
+            .collect();
+        let again = AgentOptions::parse(round_trip).unwrap();
+        assert_eq!(
+            AgentOptions {
+                explicit_flags: vec![],
+                deprecation_notices: vec![],
+                ..again
+            },
+            AgentOptions {
+                explicit_flags: vec![],
+                deprecation_notices: vec![],
+                ..o
+            }
+        );
+    }
+
+    #[test]
+    fn every_flag_is_read_into_its_field() {
+        let o = parse(&[
+            "--agent-cert=c",
+            "--agent-key=k",
+            "--ca-cert=ca",
+            "--proxy-server-host=a,b",
+            "--proxy-server-port=9000",
+            "--alpn-proto=x,y",
+            "--health-server-host=h",
+            "--health-server-port=9001",
+            "--admin-server-port=9002",
+            "--admin-bind-address=0.0.0.0",
+            "--enable-profiling",
+            "--enable-contention-profiling",
+            "--agent-id=id",
+            "--sync-interval=2s",
+            "--probe-interval=3s",
+            "--sync-interval-cap=20s",
+            "--keepalive-time=30s",
+            "--service-account-token-path=/t",
+            "--agent-identifiers=host=a",
+            "--warn-on-channel-limit",
+            "--sync-forever",
+            "--xfr-channel-size=5",
+            "--count-server-leases",
+            "--lease-namespace=ns",
+            "--lease-label-selector=app in (a,b)",
+            "--server-count-source=max",
+            "--kubeconfig=/kc",
+            "--kube-api-content-type=application/json",
+            "--v=1",
+        ]);
+        let mut want = AgentOptions::with_agent_id("id".to_owned());
+        want.agent_cert = "c".into();
+        want.agent_key = "k".into();
+        want.ca_cert = "ca".into();
+        want.proxy_server_host = "a,b".into();
+        want.proxy_server_port = 9000;
+        want.alpn_proto = vec!["x".into(), "y".into()];
+        want.health_server_host = "h".into();
+        want.health_server_port = 9001;
+        want.admin_server_port = 9002;
+        want.admin_bind_address = "0.0.0.0".into();
+        want.enable_profiling = true;
+        want.enable_contention_profiling = true;
+        want.sync_interval = GoDuration::from_secs(2);
+        want.probe_interval = GoDuration::from_secs(3);
+        want.sync_interval_cap = GoDuration::from_secs(20);
+        want.keepalive_time = GoDuration::from_secs(30);
+        want.service_account_token_path = "/t".into();
+        want.agent_identifiers = "host=a".into();
+        want.warn_on_channel_limit = true;
+        want.sync_forever = true;
+        want.xfr_channel_size = 5;
+        want.count_server_leases = true;
+        want.lease_namespace = "ns".into();
+        want.lease_label_selector = LabelSelector::parse("app in (a,b)").unwrap();
+        want.server_count_source = "max".into();
+        want.kubeconfig = "/kc".into();
+        want.kube_api_content_type = "application/json".into();
+        want.log.v = 1;
+        want.explicit_flags = o.explicit_flags.clone();
+        assert_eq!(o, want);
+        assert_eq!(o.server_hosts(), ["a", "b"]);
+        assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Max);
+    }
+
+    #[test]
+    fn lease_label_alias_and_selector_share_one_value_last_wins() {
+        let o = parse(&["--lease-label-selector=a=1", "--lease-label=b=2"]);
+        assert_eq!(o.lease_label_selector.to_string(), "b=2");
+        let o = parse(&["--lease-label=b=2", "--lease-label-selector=a=1"]);
+        assert_eq!(o.lease_label_selector.to_string(), "a=1");
+    }
+
+    #[test]
+    fn lease_label_selector_parsing() {
+        assert!(
+            parse(&["--lease-label-selector="])
+                .lease_label_selector
+                .is_empty()
+        );
+        let o = parse(&["--lease-label-selector=k8s-app=konnectivity-server,tier!=test"]);
+        let mut labels = BTreeMap::new();
+        labels.insert("k8s-app".to_owned(), "konnectivity-server".to_owned());
+        assert!(o.lease_label_selector.matches(&labels));
+        let err =
+            AgentOptions::parse(args(&["--lease-label-selector=*notavalidlabel*"])).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)));
+        assert!(
+            err.to_string().starts_with(
+                "invalid argument \"*notavalidlabel*\" for \"--lease-label-selector\" flag: "
+            ),
+            "{err}"
+        );
+        let err = AgentOptions::parse(args(&["--lease-label=*bad*"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid argument \"*bad*\" for \"--lease-label\" flag: ")
+        );
+    }
+
+    #[test]
+    fn alpn_proto_literal_brackets_mean_none_and_values_append() {
+        assert!(parse(&["--alpn-proto=[]"]).alpn_proto.is_empty());
+        assert_eq!(
+            parse(&["--alpn-proto=a", "--alpn-proto", "b,c"]).alpn_proto,
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn server_hosts_split_comma_list() {
+        let with = |h: &str| AgentOptions {
+            proxy_server_host: h.into(),
+            ..valid()
+        };
+        assert_eq!(
+            with("s1.example, s2.example,,").server_hosts(),
+            ["s1.example", "s2.example"]
+        );
+        assert_eq!(with("lb").server_hosts(), ["lb"]);
+        assert_eq!(with("").server_hosts(), [""]);
+    }
+
+    #[test]
+    fn key_and_cert_files_are_checked_in_order() {
+        let o = AgentOptions {
+            agent_key: MISSING.into(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!(
+                "error checking agent key {MISSING}, got stat {MISSING}: no such file or directory"
+            )
+        );
+        let key = existing_file("only.key");
+        let o = AgentOptions {
+            agent_key: key.clone(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!("cannot have agent cert empty when agent key is set to \"{key}\"")
+        );
+        let o = AgentOptions {
+            agent_cert: MISSING.into(),
+            ..valid()
+        };
+        assert!(
+            invalid_message(&o).starts_with(&format!("error checking agent cert {MISSING}, got "))
+        );
+        let cert = existing_file("only.crt");
+        let o = AgentOptions {
+            agent_cert: cert.clone(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!("cannot have agent key empty when agent cert is set to \"{cert}\"")
+        );
+        let o = AgentOptions {
+            ca_cert: MISSING.into(),
+            ..valid()
+        };
+        assert!(
+            invalid_message(&o)
+                .starts_with(&format!("error checking agent CA cert {MISSING}, got "))
+        );
+    }
+
+    #[test]
+    fn ports_must_be_positive_without_range_checks() {
+        for port in [0, -1] {
+            let o = AgentOptions {
+                proxy_server_port: port,
+                ..valid()
+            };
+            assert_eq!(
+                invalid_message(&o),
+                format!("proxy server port {port} must be greater than 0")
+            );
+            let o = AgentOptions {
+                health_server_port: port,
+                ..valid()
+            };
+            assert_eq!(
+                invalid_message(&o),
+                format!("health server port {port} must be greater than 0")
+            );
+            let o = AgentOptions {
+                admin_server_port: port,
+                ..valid()
+            };
+            assert_eq!(
+                invalid_message(&o),
+                format!("admin server port {port} must be greater than 0")
+            );
+        }
+        for port in [1023, 49152] {
+            let o = AgentOptions {
+                proxy_server_port: port,
+                health_server_port: port,
+                admin_server_port: port,
+                ..valid()
+            };
+            assert_eq!(o.validate(), Ok(()), "{port}");
+        }
+    }
+
+    #[test]
+    fn channel_size_and_profiling() {
+        for n in [0, -10] {
+            let o = AgentOptions {
+                xfr_channel_size: n,
+                ..valid()
+            };
+            assert_eq!(
+                invalid_message(&o),
+                format!("channel size {n} must be greater than 0")
+            );
+        }
+        let o = AgentOptions {
+            enable_contention_profiling: true,
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            "if --enable-contention-profiling is set, --enable-profiling must also be set"
+        );
+    }
+
+    #[test]
+    fn sync_interval_may_equal_but_not_exceed_cap() {
+        let o = AgentOptions {
+            sync_interval: GoDuration::from_secs(2),
+            sync_interval_cap: GoDuration::from_secs(1),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            "sync interval 2s must be less than sync interval cap 1s"
+        );
+        let o = AgentOptions {
+            sync_interval: GoDuration::from_secs(1),
+            sync_interval_cap: GoDuration::from_secs(1),
+            ..valid()
+        };
+        assert_eq!(o.validate(), Ok(()));
+        let o = parse(&["--sync-interval=1h", "--sync-interval-cap=100ms"]);
+        assert_eq!(
+            invalid_message(&o),
+            "sync interval 1h0m0s must be less than sync interval cap 100ms"
+        );
+    }
+
+    #[test]
+    fn token_path_and_kubeconfig_must_exist() {
+        let o = AgentOptions {
+            service_account_token_path: MISSING.into(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!(
+                "error checking service account token path {MISSING}, got stat {MISSING}: no such file or directory"
+            )
+        );
+        let o = AgentOptions {
+            kubeconfig: MISSING.into(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!(
+                "error checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
+            )
+        );
+    }
+
+    #[test]
+    fn identifiers_are_validated_strictly() {
+        let with = |s: &str| AgentOptions {
+            agent_identifiers: s.into(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&with("uid=1")),
+            "agent address is invalid: unknown address type: uid"
+        );
+        assert_eq!(
+            invalid_message(&with("host=a;host=b")),
+            "agent address is invalid: invalid semicolon separator in query"
+        );
+        assert_eq!(
+            invalid_message(&with("host=%zz")),
+            "agent address is invalid: invalid URL escape \"%zz\""
+        );
+        let o = with("host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true");
+        assert_eq!(o.validate(), Ok(()));
+        let ids = o.identifiers().unwrap();
+        assert!(ids.default_route);
+        assert_eq!(ids.raw, o.agent_identifiers);
+    }
+
+    #[test]
+    fn server_count_source_values() {
+        for ok in ["", "default", "max"] {
+            assert_eq!(
+                AgentOptions {
+                    server_count_source: ok.into(),
+                    ..valid()
+                }
+                .validate(),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        let o = AgentOptions {
+            server_count_source: "min".into(),
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            "--server-count-source must be one of '', 'default', 'max', got min"
+        );
+    }
+
+    #[test]
+    fn validation_order_reports_earliest_rule() {
+        let o = AgentOptions {
+            proxy_server_port: 0,
+            xfr_channel_size: 0,
+            server_count_source: "bogus".into(),
+            ..valid()
+        };
+        assert_eq!(
+            o.validate().unwrap_err().to_string(),
+            "failed to validate agent options with proxy server port 0 must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn help_hides_the_deprecated_alias() {
+        match AgentOptions::parse(args(&["-h"])) {
+            Err(ConfigError::Help(text)) => {
+                assert!(text.starts_with("Usage:\n  agent [flags]"));
+                assert!(text.contains("--lease-label-selector string"));
+                assert!(text.contains("(default \"k8s-app=konnectivity-server\")"));
+                assert!(!text.contains("--lease-label string"));
+                assert!(text.contains("--alpn-proto strings"));
+            }
+            other => panic!("expected help, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The agent side of the server: `AgentService.Connect`, one task per agent stream.
+//!
+//! The stream's reader dispatches every packet without waiting on any connection:
+//! agent DATA goes into the connection's queue (see `konnectivity_tunnel::queue`),
+//! DIAL_RSP completes a pending dial, CLOSE_RSP closes a connection. When the stream
+//! ends, only the connections dialed over *this* stream are closed, and the dials still
+//! pending on it are answered at once instead of being left to time out.
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use konnectivity_config::identifiers::AgentIdentifiers;
+use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::select::{Cidr, Identity};
+use konnectivity_core::wire::{self, metadata};
+use konnectivity_core::{Packet, PacketType};
+use konnectivity_proto::agent_service_server::AgentService;
+use konnectivity_tunnel::credit::Credit;
+use konnectivity_tunnel::outbound;
+use konnectivity_tunnel::queue::{Budget, conn_queue};
+use tokio::time::Instant;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::metrics::{DialFailureReason, Gauge};
+use crate::state::{Backend, ConnEntry, DialOutcome, Established, Shared};
+
+/// The `AgentService` implementation.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoint {
+    shared: Arc<Shared>,
+}
+
+impl AgentEndpoint {
+    /// Serves agents on behalf of `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn one_value(md: &MetadataMap, key: &str) -> Vec<String> {
+    md.get_all(key).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect()
+}
+
+/// Reads the agent's identity from the stream metadata (spec §1.3 preamble order).
+fn identity(md: &MetadataMap) -> Result<Identity, Status> {
+    let ids = one_value(md, metadata::AGENT_ID);
+    if ids.len() != 1 {
+        return Err(Status::unknown(format!("expected one agent ID in the context, got {ids:?}")));
+    }
+    let raw = one_value(md, metadata::AGENT_IDENTIFIERS);
+    if raw.len() > 1 {
+        return Err(Status::unknown(format!(
+            "expected at most one set of agent identifiers in the context, got {raw:?}"
+        )));
+    }
+    let parsed = match raw.first() {
+        Some(r) => AgentIdentifiers::parse_server(r)
+            .map_err(|e| Status::unknown(format!("fail to parse url encoded string: {e}")))?,
+        None => AgentIdentifiers::default(),
+    };
+    let mut hosts = parsed.hosts.clone();
+    hosts.extend(parsed.ipv4.iter().cloned());
+    hosts.extend(parsed.ipv6.iter().cloned());
+    Ok(Identity {
+        agent_id: ids[0].clone(),
+        hosts,
+        cidrs: parsed.cidrs.iter().filter_map(|c| Cidr::parse(c)).collect(),
+        default_route: parsed.default_route,
+    })
+}
+
+type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentEndpoint {
+    type ConnectStream = PacketStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<Packet>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request.remote_addr();
+        let ident = identity(request.metadata()).inspect_err(|e| {
+            warn!(?peer, error = %e.message(), "rejected agent stream");
+        })?;
+        let s = &self.shared;
+        let peer_window = match s.settings.flow_window {
+            Some(_) => request
+                .metadata()
+                .get(metadata::FLOW_WINDOW)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|w| *w > 0),
+            None => None,
+        };
+        let (tx, out) = outbound::channel();
+        let stream_id = s.next_id();
+        let backend = Arc::new(Backend::new(stream_id, ident.agent_id.clone(), tx, peer_window));
+        info!(
+            agent_id = %ident.agent_id, stream = stream_id, ?peer,
+            flow_control = peer_window.is_some(), "agent connected"
+        );
+        s.table().add(backend.clone(), ident);
+        s.refresh_backend_gauges();
+
+        let inbound = request.into_inner();
+        tokio::spawn(serve_agent(s.clone(), backend, inbound));
+
+        let mut response = Response::new(Box::pin(out.map(Ok)) as PacketStream);
+        let md = response.metadata_mut();
+        if let Ok(v) = MetadataValue::try_from(s.settings.server_id.as_str()) {
+            md.insert(metadata::SERVER_ID, v);
+        }
+        md.insert(metadata::SERVER_COUNT, MetadataValue::from(s.settings.server_count));
+        if let (Some(ours), Some(_)) = (s.settings.flow_window, peer_window) {
+            md.insert(metadata::FLOW_WINDOW, MetadataValue::from(ours));
+        }
+        Ok(response)
+    }
+}
+
+/// Reads one agent stream until it ends, then cleans up after it.
+async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streaming<Packet>) {
+    let _gauge = s.metrics.hold(Gauge::GrpcConnect);
+    loop {
+        let next = tokio::select! {
+            m = inbound.message() => m,
+            _ = backend.tx.closed() => break,
+        };
+        match next {
+            Ok(Some(p)) => dispatch(&s, &backend, p),
+            Ok(None) => break,
+            Err(status) => {
+                debug!(agent_id = %backend.agent_id, stream = backend.stream_id, error = %status.message(), "agent stream ended with error");
+                break;
+            }
+        }
+    }
+    info!(agent_id = %backend.agent_id, stream = backend.stream_id, "agent disconnected");
+    backend.tx.close();
+    s.table().remove(backend.stream_id);
+    s.refresh_backend_gauges();
+    let conns: Vec<_> = backend.conns().drain().collect();
+    for (_, entry) in conns {
+        entry.queue.close(String::new());
+    }
+    let gone: Vec<_> = {
+        let mut pending = s.pending();
+        let ids: Vec<i64> = pending
+            .iter()
+            .filter(|(_, p)| p.backend.stream_id == backend.stream_id)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+    };
+    for p in gone {
+        let _ = p.reply.send(DialOutcome::BackendGone);
+    }
+    s.metrics.set_pending(s.pending().len());
+}
+
+/// Handles one packet from an agent. Never waits.
+fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
+    match packet::kind(&p) {
+        Kind::Known(PacketType::DialRsp) => dial_response(s, b, &p),
+        Kind::Known(PacketType::DialCls) => {
+            let random = packet::close_dial(&p).random;
+            let taken = {
+                let mut pending = s.pending();
+                match pending.get(&random) {
+                    Some(pd) if pd.backend.stream_id == b.stream_id => pending.remove(&random),
+                    _ => None,
+                }
+            };
+            match taken {
+                Some(pd) => {
+                    s.metrics.dial_failure(DialFailureReason::BackendClose);
+                    let _ = pd.reply.send(DialOutcome::Closed);
+                }
+                None => debug!(random, "DIAL_CLS for an unknown dial"),
+            }
+        }
+        Kind::Known(PacketType::Data) => {
+            let d = packet::into_data(p);
+            if d.connect_id == 0 {
+                return;
+            }
+            let mut conns = b.conns();
+            match conns.get(&d.connect_id) {
+                Some(entry) => {
+                    if entry.queue.push(d.data).is_err() {
+                        conns.remove(&d.connect_id);
+                        drop(conns);
+                        s.metrics.buffer_overflow();
+                        warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: frontend stopped reading and its buffer budget is exhausted");
+                        let _ = b.tx.control(packet::close_req(d.connect_id));
+                    }
+                }
+                None => {
+                    drop(conns);
+                    let _ = b.tx.control(packet::close_req(d.connect_id));
+                }
+            }
+        }
+        Kind::Known(PacketType::CloseRsp) => {
+            let c = packet::close_response(&p);
+            let entry = b.conns().remove(&c.connect_id);
+            if let Some(e) = entry {
+                e.queue.close(c.error.clone());
+            }
+        }
+        Kind::Known(PacketType::Drain) => {
+            info!(agent_id = %b.agent_id, stream = b.stream_id, "agent is draining");
+            b.set_draining();
+        }
+        Kind::Known(PacketType::WindowUpdate) => {
+            let w = packet::window_update_of(&p);
+            if let Some(c) = b.conns().get(&w.connect_id).and_then(|e| e.credit.clone()) {
+                c.grant(w.bytes);
+            }
+        }
+        _ => debug!(agent_id = %b.agent_id, kind = packet::type_name(&p), "ignoring packet from agent"),
+    }
+}
+
+fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
+    let r = packet::dial_response(p);
+    let taken = {
+        let mut pending = s.pending();
+        let t = match pending.get(&r.random) {
+            Some(pd) if pd.backend.stream_id == b.stream_id => pending.remove(&r.random),
+            _ => None,
+        };
+        s.metrics.set_pending(pending.len());
+        t
+    };
+    let Some(pd) = taken else {
+        s.metrics.dial_failure(DialFailureReason::UnrecognizedResponse);
+        if r.connect_id != 0 {
+            let _ = b.tx.control(packet::close_req(r.connect_id));
+        }
+        return;
+    };
+    if !r.error.is_empty() {
+        s.metrics.dial_failure(DialFailureReason::ErrorResponse);
+        let _ = pd.reply.send(DialOutcome::Failed(r.error.clone()));
+        return;
+    }
+    let budget = match (s.settings.flow_window, b.peer_window) {
+        (Some(window), Some(_)) => Budget::Flow { window, max_packet: s.settings.max_message },
+        _ => Budget::UNMANAGED,
+    };
+    let (queue, rx) = conn_queue(r.connect_id, budget, b.tx.clone());
+    let credit = b.peer_window.map(|w| Arc::new(Credit::new(w)));
+    {
+        let mut conns = b.conns();
+        if conns.contains_key(&r.connect_id) {
+            drop(conns);
+            warn!(agent_id = %b.agent_id, connect_id = r.connect_id, "agent reused a connect ID that is still open");
+            let _ = pd.reply.send(DialOutcome::Failed(format!(
+                "agent reused connect ID {} that is still open",
+                r.connect_id
+            )));
+            return;
+        }
+        conns.insert(r.connect_id, ConnEntry { queue, credit: credit.clone(), since: Instant::now() });
+    }
+    let outcome = DialOutcome::Connected(Established { connect_id: r.connect_id, rx, credit });
+    if pd.reply.send(outcome).is_err() {
+        s.metrics.dial_failure(DialFailureReason::SendRsp);
+        b.conns().remove(&r.connect_id);
+        let _ = b.tx.control(packet::close_req(r.connect_id));
+    }
+    debug!(agent_id = %b.agent_id, connect_id = r.connect_id, elapsed = ?pd.started.elapsed(), "dial established");
+}
+
+/// Sends a DIAL_REQ to `b`, honouring `--backend-dial-timeout` for the send itself: a
+/// backend that cannot take it in time is retired (marked draining, its stream ended).
+pub(crate) async fn send_dial(s: &Shared, b: &Backend, p: Packet) -> Result<(), String> {
+    let send = b.tx.send(p);
+    match s.settings.backend_dial_timeout {
+        None => send.await.map_err(|e| e.to_string()),
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => {
+                warn!(agent_id = %b.agent_id, stream = b.stream_id, "retiring backend: DIAL_REQ not accepted within --backend-dial-timeout");
+                b.set_draining();
+                b.tx.close();
+                Err(wire::BACKEND_DIAL_TIMEOUT.to_owned())
+            }
+        },
+    }
+}

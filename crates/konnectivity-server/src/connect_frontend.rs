@@ -1,0 +1,244 @@
+//! The HTTP-CONNECT frontend (`--mode=http-connect`), over UDS or TCP with mTLS.
+//!
+//! Per client connection: read one request head (bounded in size and time), answer
+//! anything but CONNECT with 405, dial the CONNECT authority through an agent, answer
+//! with exactly `HTTP/1.1 200 Connection Established\r\n\r\n` or an error response
+//! mapped from the agent's error text (spec §3.3), then splice raw bytes. Bytes the
+//! client pipelined after its request head are sent first, not lost; agent DATA is
+//! only written after the 200.
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use konnectivity_core::wire;
+use konnectivity_tunnel::splice::{SpliceEnd, splice};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tracing::debug;
+
+use crate::dial::{self, StartError};
+use crate::metrics::{DialFailureReason, Gauge};
+use crate::state::{DialOutcome, Shared};
+
+/// Largest request head we read (upstream's `MaxHeaderBytes` default is 1 MiB).
+const MAX_HEAD: usize = 1 << 20;
+
+/// The exact success line.
+pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+
+/// A parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `CONNECT authority`: the destination.
+    Connect(String),
+    /// Any other method.
+    Other {
+        /// Bytes of body that follow the head (Content-Length), to skip.
+        body: usize,
+    },
+}
+
+/// Parses a request head from `buf`. `Ok(None)`: incomplete. On success returns the
+/// head and its length in bytes.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(n)) => {
+            let method = req.method.unwrap_or_default();
+            let path = req.path.unwrap_or_default();
+            if method == "CONNECT" {
+                if path.is_empty() || path.starts_with('/') {
+                    return Err(format!("invalid CONNECT authority {path:?}"));
+                }
+                return Ok(Some((Head::Connect(path.to_owned()), n)));
+            }
+            let body = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            Ok(Some((Head::Other { body }, n)))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The status line for an agent dial error (first rule wins, case-insensitive).
+pub fn status_for(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("timeout") || e.contains("deadline exceeded") {
+        "504 Gateway Timeout"
+    } else if e.contains("too many open files") {
+        "503 Service Unavailable"
+    } else {
+        "502 Bad Gateway"
+    }
+}
+
+async fn write_close<S: AsyncWrite + Unpin>(sock: &mut S, bytes: &[u8]) {
+    let _ = sock.write_all(bytes).await;
+    let _ = sock.shutdown().await;
+}
+
+/// Serves one accepted client connection.
+pub async fn serve<S>(s: Arc<Shared>, mut sock: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let authority = loop {
+        let head = timeout(s.settings.connect_header_timeout, async {
+            loop {
+                match parse_head(&buf) {
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) if buf.len() >= MAX_HEAD => return Err("request head too large".to_owned()),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
+                }
+                match sock.read_buf(&mut buf).await {
+                    Ok(0) => return Err(String::new()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        match head {
+            Err(_) => {
+                debug!("CONNECT request head not received in time");
+                return write_close(&mut sock, b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n").await;
+            }
+            Ok(Err(e)) if e.is_empty() => return,
+            Ok(Err(e)) => {
+                debug!(error = %e, "malformed request");
+                return write_close(&mut sock, b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await;
+            }
+            Ok(Ok((Head::Other { body }, n))) => {
+                let body_text = b"this proxy only supports CONNECT passthrough\n";
+                let resp = format!(
+                    "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n",
+                    body_text.len()
+                );
+                if sock.write_all(resp.as_bytes()).await.is_err() || sock.write_all(body_text).await.is_err() {
+                    return;
+                }
+                if body > 0 {
+                    // Do not try to frame a request body; end the connection instead.
+                    let _ = sock.shutdown().await;
+                    return;
+                }
+                buf.advance(n);
+            }
+            Ok(Ok((Head::Connect(a), n))) => {
+                buf.advance(n);
+                break a;
+            }
+        }
+    };
+    let leftover: Bytes = buf.freeze();
+    let _gauge = s.metrics.hold(Gauge::Http);
+    let random = rand::random::<i64>() & i64::MAX;
+    let dialing = match dial::start(&s, &authority, random).await {
+        Ok(d) => d,
+        Err(StartError::NoAgent) => {
+            return write_close(
+                &mut sock,
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ncurrently no tunnels available: No agent available",
+            )
+            .await;
+        }
+        Err(StartError::DuplicateDialId) => {
+            return write_close(&mut sock, b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision").await;
+        }
+        Err(StartError::Send { error, timeout }) => {
+            let status = if timeout { "504 Gateway Timeout" } else { "502 Bad Gateway" };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nFailed to tunnel dial request: {error}\r\n"
+            );
+            return write_close(&mut sock, resp.as_bytes()).await;
+        }
+    };
+    let backend = dialing.backend.clone();
+    let outcome = match s.settings.backend_dial_timeout {
+        None => dialing.reply.await.ok(),
+        Some(t) => match timeout(t, dialing.reply).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                if dial::take_pending(&s, random).is_some() {
+                    s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
+                }
+                return write_close(
+                    &mut sock,
+                    format!("HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBackend dial timeout: {}\r\n", wire::BACKEND_DIAL_TIMEOUT).as_bytes(),
+                )
+                .await;
+            }
+        },
+    };
+    let est = match outcome.unwrap_or(DialOutcome::BackendGone) {
+        DialOutcome::Connected(est) => est,
+        DialOutcome::Failed(e) => {
+            let resp = format!(
+                "HTTP/1.1 {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}",
+                status_for(&e)
+            );
+            return write_close(&mut sock, resp.as_bytes()).await;
+        }
+        DialOutcome::Closed => {
+            let _ = sock.shutdown().await;
+            return;
+        }
+        DialOutcome::BackendGone => {
+            s.metrics.dial_failure(DialFailureReason::BackendClose);
+            return write_close(
+                &mut sock,
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBackend context error: context canceled\r\n",
+            )
+            .await;
+        }
+    };
+    let _established = s.metrics.hold(Gauge::Established);
+    let id = est.connect_id;
+    if sock.write_all(ESTABLISHED).await.is_err() {
+        dial::close_conn(&backend, id).await;
+        return;
+    }
+    let end = splice(sock, id, est.rx, backend.tx.clone(), est.credit, s.settings.max_chunk, leftover).await;
+    debug!(connect_id = id, ?end, "CONNECT tunnel ended");
+    match end {
+        SpliceEnd::PeerClosed(_) => {
+            // The agent closed it; if it was our own abort the entry is already gone
+            // from the table and the agent was told by the dispatcher.
+        }
+        SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
+            dial::close_conn(&backend, id).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_head_yields_authority_and_length() {
+        let req = b"CONNECT 10.0.0.7:10250 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nEXTRA";
+        let (h, n) = parse_head(req).unwrap().unwrap();
+        assert_eq!(h, Head::Connect("10.0.0.7:10250".into()));
+        assert_eq!(&req[n..], b"EXTRA");
+        assert_eq!(parse_head(b"CONNECT a:1 HTTP/1.1\r\n").unwrap(), None);
+        assert!(parse_head(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn dial_errors_map_to_upstream_status_codes() {
+        assert_eq!(status_for("dial tcp 1.2.3.4:1: i/o timeout"), "504 Gateway Timeout");
+        assert_eq!(status_for("context deadline exceeded"), "504 Gateway Timeout");
+        assert_eq!(status_for("dial tcp: too many open files"), "503 Service Unavailable");
+        assert_eq!(status_for("dial tcp 127.0.0.1:1: connect: connection refused"), "502 Bad Gateway");
+        assert_eq!(status_for("dial tcp: lookup x: no such host"), "502 Bad Gateway");
+    }
+}

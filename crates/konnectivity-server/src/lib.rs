@@ -1,0 +1,221 @@
+//! proxy-server: the control-plane end of the Konnectivity tunnel.
+//!
+//! Owns the listeners and the tasks behind them:
+//! - [`backend`]: the agent listener's `AgentService.Connect` (one task per agent
+//!   stream, dispatching without ever waiting on one connection);
+//! - [`grpc_frontend`]: `ProxyService.Proxy` for konnectivity-client (kube-apiserver);
+//! - [`connect_frontend`]: `--mode=http-connect`;
+//! - [`dial`]: what both frontends do to open and close a tunneled connection;
+//! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
+//! - [`listen`]: accept loops and TLS handshakes.
+//!
+//! Binding is the caller's job ([`Listeners`]); [`run`] serves until its shutdown token
+//! is cancelled. The binary (`src/main.rs`) parses upstream's flags into [`Settings`].
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod connect_frontend;
+pub mod dial;
+pub mod grpc_frontend;
+pub mod listen;
+pub mod metrics;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use konnectivity_proto::agent_service_server::AgentServiceServer;
+use konnectivity_proto::proxy_service_server::ProxyServiceServer;
+use konnectivity_tls::ServerConfig;
+use konnectivity_tunnel::endpoints::{self, Reply, Router};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+pub use state::{Settings, Shared};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A gRPC server failed.
+    #[error("{what} server failed: {source}")]
+    Transport {
+        /// Which listener.
+        what: &'static str,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// The frontend protocol (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// konnectivity-client over gRPC.
+    Grpc,
+    /// HTTP CONNECT.
+    HttpConnect,
+}
+
+/// The frontend listener: a UNIX socket (no TLS), or TCP with mTLS.
+#[derive(Debug)]
+pub enum FrontendListener {
+    /// `--uds-name`.
+    Uds(UnixListener),
+    /// `--server-port` with its TLS configuration (client certificates required).
+    Tcp(TcpListener, Arc<ServerConfig>),
+}
+
+/// One frontend: a protocol on a listener.
+#[derive(Debug)]
+pub struct Frontend {
+    /// The protocol.
+    pub mode: Mode,
+    /// Where it listens.
+    pub listener: FrontendListener,
+}
+
+/// Everything the server listens on, already bound.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Agent port, served with `agent_tls`.
+    pub agent: TcpListener,
+    /// TLS for the agent port.
+    pub agent_tls: Arc<ServerConfig>,
+    /// The frontends. The binary has exactly one, as upstream; the library (and
+    /// `konnectivity demo`) may serve several at once.
+    pub frontends: Vec<Frontend>,
+    /// Health port (`/healthz`, `/readyz`, `/metrics`).
+    pub health: Option<TcpListener>,
+    /// Admin port (`/metrics`).
+    pub admin: Option<TcpListener>,
+}
+
+/// The HTTP/2 settings of both gRPC listeners.
+fn grpc_server(keepalive: Duration, stream_window: u32, conn_window: u32) -> Server {
+    Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(conn_window)
+        // kube-apiserver multiplexes many Proxy streams on one connection.
+        .max_concurrent_streams(u32::MAX)
+        .max_frame_size(256 * 1024)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+}
+
+/// The health port's routes (spec §8.1).
+pub fn health_router(s: Arc<Shared>) -> Router {
+    Arc::new(move |path, _query, _host| match path {
+        "/healthz" => Reply::text(200, "ok"),
+        "/readyz" | "/ready" => {
+            if s.ready() {
+                Reply::text(200, "ok")
+            } else {
+                Reply::text(500, "no connection to any proxy agent")
+            }
+        }
+        "/metrics" => Reply::metrics(s.metrics.render()),
+        _ => Reply::not_found(),
+    })
+}
+
+/// The admin port's routes.
+pub fn admin_router(s: Arc<Shared>) -> Router {
+    Arc::new(move |path, _query, _host| match path {
+        "/metrics" => Reply::metrics(s.metrics.render()),
+        _ => Reply::not_found(),
+    })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServerError> {
+    run_with(Shared::new(settings), listeners, shutdown).await
+}
+
+/// Like [`run`], with state the caller keeps a handle to (tests, the demo).
+pub async fn run_with(
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let s = &shared.settings;
+
+    let agent_incoming = listen::tls_incoming(listeners.agent, listeners.agent_tls, "agent", shutdown.clone());
+    let agent_svc = AgentServiceServer::new(backend::AgentEndpoint::new(shared.clone()))
+        .max_decoding_message_size(s.max_message)
+        .max_encoding_message_size(usize::MAX);
+    let agent = grpc_server(s.agent_keepalive, 8 << 20, 32 << 20)
+        .add_service(agent_svc)
+        .serve_with_incoming_shutdown(agent_incoming, shutdown.clone().cancelled_owned());
+
+    let frontends = futures::future::join_all(
+        listeners.frontends.into_iter().map(|f| serve_frontend(shared.clone(), f.mode, f.listener, shutdown.clone())),
+    );
+
+    if let Some(l) = listeners.health {
+        tokio::spawn(endpoints::serve(l, health_router(shared.clone()), shutdown.clone()));
+    }
+    if let Some(l) = listeners.admin {
+        tokio::spawn(endpoints::serve(l, admin_router(shared.clone()), shutdown.clone()));
+    }
+    info!(server_id = %s.server_id, "proxy-server serving");
+    let (a, f) = tokio::join!(agent, frontends);
+    a.map_err(|source| ServerError::Transport { what: "agent", source })?;
+    f.into_iter().collect()
+}
+
+async fn serve_frontend(
+    shared: Arc<Shared>,
+    mode: Mode,
+    listener: FrontendListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let s = &shared.settings;
+    match (mode, listener) {
+        (Mode::Grpc, l) => {
+            let svc = ProxyServiceServer::new(grpc_frontend::ProxyEndpoint::new(shared.clone()))
+                .max_decoding_message_size(s.max_message)
+                .max_encoding_message_size(usize::MAX);
+            let server = grpc_server(s.frontend_keepalive, 1 << 20, 16 << 20).add_service(svc);
+            let done = shutdown.clone().cancelled_owned();
+            match l {
+                FrontendListener::Uds(uds) => {
+                    let incoming = futures::stream::poll_fn(move |cx| {
+                        uds.poll_accept(cx).map(|r| Some(r.map(|(sock, _)| sock)))
+                    });
+                    server.serve_with_incoming_shutdown(incoming, done).await
+                }
+                FrontendListener::Tcp(tcp, tls) => {
+                    let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone());
+                    server.serve_with_incoming_shutdown(incoming, done).await
+                }
+            }
+            .map_err(|source| ServerError::Transport { what: "frontend", source })
+        }
+        (Mode::HttpConnect, FrontendListener::Uds(uds)) => {
+            loop {
+                let sock = tokio::select! {
+                    r = uds.accept() => match r {
+                        Ok((sock, _)) => sock,
+                        Err(e) => {
+                            warn!(error = %e, "frontend accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                tokio::spawn(connect_frontend::serve(shared.clone(), sock));
+            }
+        }
+        (Mode::HttpConnect, FrontendListener::Tcp(tcp, tls)) => {
+            use futures::StreamExt;
+            let mut incoming = std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
+            while let Some(Ok(sock)) = incoming.next().await {
+                tokio::spawn(connect_frontend::serve(shared.clone(), sock));
+            }
+            Ok(())
+        }
+    }
+}

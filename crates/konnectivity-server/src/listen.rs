@@ -1,0 +1,105 @@
+//! Accept loops: TLS handshakes off the accept path, and the IO types tonic serves.
+//!
+//! A handshake runs in its own task with a deadline, so a client that connects and
+//! says nothing delays nobody. Failed handshakes are logged with the peer address.
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use konnectivity_tls::{ServerConfig, TlsAcceptor};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tracing::{debug, warn};
+
+/// Bound on a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server-side TLS connection over TCP.
+#[derive(Debug)]
+pub struct TlsIo {
+    inner: konnectivity_tls::ServerTlsStream<TcpStream>,
+    peer: SocketAddr,
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for TlsIo {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        TcpConnectInfo { local_addr: None, remote_addr: Some(self.peer) }
+    }
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently, and yields the
+/// finished connections until `shutdown`.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    what: &'static str,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<TlsIo, io::Error>> {
+    let (tx, mut rx) = mpsc::channel::<TlsIo>(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let _ = sock.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                    Ok(Ok(inner)) => {
+                        let _ = tx.send(TlsIo { inner, peer }).await;
+                    }
+                    Ok(Err(e)) => warn!(listener = what, %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(listener = what, %peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok)))
+}

@@ -1,0 +1,175 @@
+//! `proxy-server`: parses upstream's flags, binds, and runs the server.
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use konnectivity_config::{ConfigError, ProxyStrategy, ServerOptions, TlsVersion};
+use konnectivity_core::select::Strategy;
+use konnectivity_server::{Frontend, FrontendListener, Listeners, Mode, Settings};
+use konnectivity_tls::MinVersion;
+use konnectivity_tunnel::process;
+use tracing::{error, info, warn};
+
+/// Flags we accept for compatibility but whose behaviour is not implemented yet. Each
+/// one, when set, is logged as a warning at startup.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("enable-profiling", "profiling endpoints are Go-specific; not served"),
+    ("enable-contention-profiling", "profiling endpoints are Go-specific; not served"),
+    ("kubeconfig", "no Kubernetes client is used yet (lease controller not implemented)"),
+    ("kubeconfig-qps", "no Kubernetes client is used yet"),
+    ("kubeconfig-burst", "no Kubernetes client is used yet"),
+    ("kube-api-content-type", "no Kubernetes client is used yet"),
+    ("enable-lease-controller", "the lease controller is not implemented yet; --server-count is used"),
+    ("lease-namespace", "the lease controller is not implemented yet"),
+    ("cipher-suites", "cipher suites are validated but rustls' secure defaults are used"),
+    ("xfr-channel-size", "queues are bounded in bytes per connection, not in packets"),
+    ("graceful-shutdown-timeout", "shutdown is immediate"),
+    ("log-dir", "logs go to stderr"),
+    ("log-file", "logs go to stderr"),
+    ("log-file-max-size", "logs go to stderr"),
+    ("vmodule", "per-module verbosity is not supported; use RUST_LOG"),
+    ("log-backtrace-at", "not supported"),
+];
+
+fn main() -> ExitCode {
+    let opts = match ServerOptions::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(ConfigError::Help(usage)) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            eprintln!("Run 'proxy-server --help' for usage.");
+            return ExitCode::FAILURE;
+        }
+    };
+    process::init_logging(i64::from(opts.log.v), false);
+    for notice in &opts.deprecation_notices {
+        warn!("{notice}");
+    }
+    if let Err(e) = opts.validate() {
+        error!("error: {e}");
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    if opts.token_auth_enabled() {
+        // Accepting agents without the requested authentication would be unsafe.
+        let msg = "--agent-namespace/--agent-service-account/--authentication-audience: ServiceAccount token authentication is not implemented in this build; refusing to start without it";
+        error!("error: {msg}");
+        eprintln!("error: {msg}");
+        return ExitCode::FAILURE;
+    }
+    for (flag, why) in NOT_IMPLEMENTED {
+        if opts.explicit_flags.iter().any(|f| f == flag) {
+            warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("error: {e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn port(p: i64) -> anyhow::Result<u16> {
+    u16::try_from(p).map_err(|_| anyhow::anyhow!("port {p} out of range"))
+}
+
+async fn serve(o: ServerOptions) -> anyhow::Result<()> {
+    konnectivity_tls::install_provider();
+    let mode = match o.mode()? {
+        konnectivity_config::Mode::Grpc => Mode::Grpc,
+        konnectivity_config::Mode::HttpConnect => Mode::HttpConnect,
+    };
+    let min = match o.tls_min_version()? {
+        TlsVersion::Tls13 => MinVersion::Tls13,
+        v => {
+            if matches!(v, TlsVersion::Tls10 | TlsVersion::Tls11) {
+                warn!("--tls-min-version below VersionTLS12 is insecure; rustls offers TLS 1.2 and 1.3 only");
+            }
+            MinVersion::Tls12
+        }
+    };
+    let strategies = o
+        .proxy_strategies()?
+        .into_iter()
+        .map(|s| match s {
+            ProxyStrategy::Default => Strategy::Default,
+            ProxyStrategy::DestHost => Strategy::DestHost,
+            ProxyStrategy::DefaultRoute => Strategy::DefaultRoute,
+        })
+        .collect();
+    let settings = Settings {
+        server_id: o.server_id.clone(),
+        server_count: u32::try_from(o.server_count.max(1)).unwrap_or(1),
+        strategies,
+        backend_dial_timeout: o.backend_dial_timeout.to_std().filter(|d| !d.is_zero()),
+        agent_keepalive: o.keepalive_time.to_std().unwrap_or_default(),
+        frontend_keepalive: o.frontend_keepalive_time.to_std().unwrap_or_default(),
+        ..Settings::default()
+    };
+
+    let cluster_ca = (!o.cluster_ca_cert.is_empty()).then(|| Path::new(&o.cluster_ca_cert));
+    let agent_tls = konnectivity_tls::agent_listener(Path::new(&o.cluster_cert), Path::new(&o.cluster_key), cluster_ca, min)?;
+    let frontend = if o.uds_name.is_empty() {
+        let tls = konnectivity_tls::frontend_listener(
+            Path::new(&o.server_cert),
+            Path::new(&o.server_key),
+            Path::new(&o.server_ca_cert),
+            mode == Mode::HttpConnect,
+            min,
+        )?;
+        let l = process::bind_tcp(&o.server_bind_address, port(o.server_port)?)?;
+        FrontendListener::Tcp(l, Arc::new(tls))
+    } else {
+        FrontendListener::Uds(bind_uds(&o.uds_name, o.delete_existing_uds_file)?)
+    };
+    let agent = process::bind_tcp(&o.agent_bind_address, port(o.agent_port)?)?;
+    let health = process::bind_tcp(&o.health_bind_address, port(o.health_port)?)?;
+    let admin = process::bind_tcp(&o.admin_bind_address, port(o.admin_port)?)?;
+    info!(
+        agent = ?agent.local_addr().ok(), health = ?health.local_addr().ok(), admin = ?admin.local_addr().ok(),
+        uds = %o.uds_name, "listening"
+    );
+    let listeners = Listeners {
+        agent,
+        agent_tls: Arc::new(agent_tls),
+        frontends: vec![Frontend { mode, listener: frontend }],
+        health: Some(health),
+        admin: Some(admin),
+    };
+    let shutdown = process::shutdown_on_signals();
+    konnectivity_server::run(settings, listeners, shutdown).await?;
+    if !o.uds_name.is_empty() {
+        let _ = std::fs::remove_file(&o.uds_name);
+    }
+    Ok(())
+}
+
+/// Binds the frontend UNIX socket. Upstream creates it under umask 0007; we bind and
+/// then restrict it to owner and group (0770) before serving.
+fn bind_uds(path: &str, delete_existing: bool) -> anyhow::Result<tokio::net::UnixListener> {
+    if delete_existing {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path, error = %e, "failed to delete the existing UDS file"),
+        }
+    }
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("failed to listen on UDS {path}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))?;
+    Ok(l)
+}

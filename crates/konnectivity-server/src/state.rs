@@ -1,0 +1,202 @@
+//! The server's shared state: connected agent streams, pending dials, counters.
+//!
+//! Locks here are `std::sync::Mutex`es held only for map operations, never across an
+//! await.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use konnectivity_core::select::{BackendTable, Candidate, Strategy};
+use konnectivity_tunnel::credit::Credit;
+use konnectivity_tunnel::outbound::StreamTx;
+use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// Runtime settings of the server core (already validated).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--server-id`.
+    pub server_id: String,
+    /// `--server-count`.
+    pub server_count: u32,
+    /// `--proxy-strategies`, in order.
+    pub strategies: Vec<Strategy>,
+    /// `--backend-dial-timeout` (`None` = disabled, upstream's default).
+    pub backend_dial_timeout: Option<Duration>,
+    /// Our per-connection receive window, announced to agents that support flow
+    /// control; `None` turns the extension off.
+    pub flow_window: Option<u32>,
+    /// Largest DATA payload we read from a CONNECT client.
+    pub max_chunk: usize,
+    /// Largest gRPC message we accept (grpc-go's default, 4 MiB).
+    pub max_message: usize,
+    /// `--keepalive-time` on the agent listener.
+    pub agent_keepalive: Duration,
+    /// `--frontend-keepalive-time`.
+    pub frontend_keepalive: Duration,
+    /// HTTP-CONNECT request head timeout (upstream: 60 s).
+    pub connect_header_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server_id: "konnectivity-rs".into(),
+            server_count: 1,
+            strategies: vec![Strategy::Default],
+            backend_dial_timeout: None,
+            flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
+            max_chunk: konnectivity_core::flow::MAX_CHUNK,
+            max_message: 4 << 20,
+            agent_keepalive: Duration::from_secs(3600),
+            frontend_keepalive: Duration::from_secs(3600),
+            connect_header_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One established connection, as the agent stream's reader sees it.
+#[derive(Debug)]
+pub struct ConnEntry {
+    /// Where agent DATA for this connection goes (never blocks).
+    pub queue: ConnQueue,
+    /// Credit for frontend → agent DATA, granted by the agent's WINDOW_UPDATEs.
+    pub credit: Option<Arc<Credit>>,
+    /// When the dial completed (for `connection_duration_seconds`).
+    pub since: Instant,
+}
+
+/// One agent stream (`AgentService.Connect`): a backend.
+#[derive(Debug)]
+pub struct Backend {
+    /// Unique per stream.
+    pub stream_id: u64,
+    /// The `agentid` it announced.
+    pub agent_id: String,
+    /// Sends to the agent.
+    pub tx: StreamTx,
+    /// The agent's announced receive window, when both sides do flow control.
+    pub peer_window: Option<u32>,
+    draining: AtomicBool,
+    /// Connections dialed over this stream, by the agent's connect ID.
+    conns: Mutex<HashMap<i64, ConnEntry>>,
+}
+
+impl Backend {
+    /// A new backend for a stream.
+    pub fn new(stream_id: u64, agent_id: String, tx: StreamTx, peer_window: Option<u32>) -> Self {
+        Self { stream_id, agent_id, tx, peer_window, draining: AtomicBool::new(false), conns: Mutex::new(HashMap::new()) }
+    }
+    /// Marks the backend draining (DRAIN received, or retired).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+    /// The connection table.
+    pub fn conns(&self) -> MutexGuard<'_, HashMap<i64, ConnEntry>> {
+        lock(&self.conns)
+    }
+}
+
+impl Candidate for Backend {
+    fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// The frontend's view of an established connection.
+#[derive(Debug)]
+pub struct Established {
+    /// The agent's connect ID.
+    pub connect_id: i64,
+    /// Agent DATA and the close, in order.
+    pub rx: ConnReceiver,
+    /// Credit for sending DATA to the agent (`None`: the agent has no flow control).
+    pub credit: Option<Arc<Credit>>,
+}
+
+/// How a pending dial ended.
+#[derive(Debug)]
+pub enum DialOutcome {
+    /// DIAL_RSP without error.
+    Connected(Established),
+    /// DIAL_RSP with this error text.
+    Failed(String),
+    /// DIAL_CLS from the agent.
+    Closed,
+    /// The agent stream ended first.
+    BackendGone,
+}
+
+/// A dial sent to an agent and not answered yet.
+#[derive(Debug)]
+pub struct Pending {
+    /// The backend the DIAL_REQ went to.
+    pub backend: Arc<Backend>,
+    /// When the server received the DIAL_REQ.
+    pub started: Instant,
+    /// Delivers the outcome to the frontend task.
+    pub reply: oneshot::Sender<DialOutcome>,
+}
+
+/// Everything the server's tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Validated settings.
+    pub settings: Settings,
+    table: Mutex<BackendTable<Arc<Backend>>>,
+    /// Pending dials by dial ID (one global map, as upstream).
+    pending: Mutex<HashMap<i64, Pending>>,
+    /// Counters and gauges.
+    pub metrics: Metrics,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Shared state for `settings`.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        let table = BackendTable::new(settings.strategies.clone());
+        let metrics = Metrics::new(&settings.strategies);
+        Arc::new(Self {
+            settings,
+            table: Mutex::new(table),
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+            next_id: AtomicU64::new(1),
+        })
+    }
+    /// A fresh ID for a stream.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+    /// The backend table.
+    pub fn table(&self) -> MutexGuard<'_, BackendTable<Arc<Backend>>> {
+        lock(&self.table)
+    }
+    /// The pending-dial map.
+    pub fn pending(&self) -> MutexGuard<'_, HashMap<i64, Pending>> {
+        lock(&self.pending)
+    }
+    /// Readiness: the first strategy holds an agent.
+    pub fn ready(&self) -> bool {
+        self.table().ready()
+    }
+    /// Refreshes the `ready_backends` gauges from the table.
+    pub fn refresh_backend_gauges(&self) {
+        let t = self.table();
+        for s in t.strategies() {
+            self.metrics.set_ready_backends(*s, t.keys(*s));
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (a panicked holder left only a map).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,71 @@
+//! A throwaway PKI: one CA and the three leaf certificates a tunnel needs.
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// PEM files written by [`generate`].
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// Directory holding the files.
+    pub dir: PathBuf,
+    /// The CA certificate (trust anchor for every role).
+    pub ca: PathBuf,
+    /// proxy-server certificate (agent listener and TCP frontend).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// proxy-agent client certificate.
+    pub agent_cert: PathBuf,
+    /// Its key.
+    pub agent_key: PathBuf,
+    /// Frontend (kube-apiserver / curl) client certificate.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+fn leaf(
+    name: &str,
+    sans: &[&str],
+    server: bool,
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, issuer)?;
+    let c = dir.join(format!("{name}.crt"));
+    let k = dir.join(format!("{name}.key"));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((c, k))
+}
+
+/// Writes a CA and server, agent and client certificates into `dir`. The server
+/// certificate is valid for `localhost`, `kubernetes`, `127.0.0.1`, `::1` and
+/// `extra_sans` (e.g. a network-namespace address).
+pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "konnectivity-rs test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let ca_path = dir.join("ca.crt");
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
+    sans.extend_from_slice(extra_sans);
+    let (server_cert, server_key) = leaf("proxy-server", &sans, true, &issuer, dir)?;
+    let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
+    let (client_cert, client_key) = leaf("frontend-client", &["kube-apiserver"], false, &issuer, dir)?;
+    Ok(Pki { dir: dir.to_owned(), ca: ca_path, server_cert, server_key, agent_cert, agent_key, client_cert, client_key })
+}

@@ -1,0 +1,80 @@
+//! The awaitable sender side of per-connection flow control.
+//!
+//! Wraps [`konnectivity_core::flow::SendCredit`] semantics in atomics so the shared
+//! stream's reader (which receives WINDOW_UPDATE) can grant credit to a connection
+//! task that is waiting for it, without locks held across awaits.
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::Notify;
+
+/// Credit for one direction of one connection. `None` where the peer has no flow
+/// control (an upstream peer): then sending is never gated.
+#[derive(Debug)]
+pub struct Credit {
+    available: AtomicI64,
+    /// Wakes the single connection task waiting for credit (a stored permit covers a
+    /// grant that lands between its check and its wait).
+    granted: Notify,
+}
+
+impl Credit {
+    /// Starts with the peer's window.
+    pub fn new(window: u32) -> Self {
+        Self { available: AtomicI64::new(i64::from(window)), granted: Notify::new() }
+    }
+
+    /// Waits until some credit is available.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.granted.notified();
+            if self.available.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a packet may be sent now.
+    pub fn can_send(&self) -> bool {
+        self.available.load(Ordering::Acquire) > 0
+    }
+
+    /// How many bytes the next read may take: at most `chunk`, at least 1.
+    pub fn next_chunk(&self, chunk: usize) -> usize {
+        (self.available.load(Ordering::Acquire).max(1) as usize).min(chunk)
+    }
+
+    /// Records `n` bytes sent.
+    pub fn spend(&self, n: usize) {
+        self.available.fetch_sub(n as i64, Ordering::AcqRel);
+    }
+
+    /// Adds credit from a WINDOW_UPDATE; non-positive values are ignored.
+    pub fn grant(&self, n: i64) {
+        if n > 0 {
+            self.available.fetch_add(n, Ordering::AcqRel);
+            self.granted.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_waiting_sender_wakes_when_credit_is_granted() {
+        let c = Arc::new(Credit::new(10));
+        c.spend(10);
+        assert!(!c.can_send());
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move { c2.ready().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        c.grant(5);
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        assert_eq!(c.next_chunk(100), 5);
+    }
+}

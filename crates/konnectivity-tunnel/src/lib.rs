@@ -1,0 +1,24 @@
+//! The tunnel's I/O building blocks, shared by proxy-server and proxy-agent.
+//!
+//! An agent stream (`AgentService.Connect`) multiplexes every connection of one
+//! agent–server pair. The rule that keeps it free of head-of-line blocking: **the task
+//! that reads the shared stream never waits on one connection**. It hands each DATA
+//! payload to that connection's [`queue`] (never blocks) and moves on. Each connection
+//! has its own task that drains its queue into its socket or frontend, and returns
+//! flow-control [`credit`] to the peer as it does. A connection whose reader stops
+//! therefore stops only itself.
+//!
+//! - [`queue`]: the per-connection inbound queue with a byte budget.
+//! - [`credit`]: the sender side of per-connection flow control, awaitable.
+//! - [`outbound`]: the sender half of a shared stream (control packets first).
+//! - [`splice`]: relays one TCP (or TLS/UDS) socket to and from the shared stream.
+//! - [`endpoints`]: the small HTTP/1.1 server behind the health and admin ports.
+//! - [`process`]: logging set-up and signal handling shared by the binaries.
+#![deny(missing_docs)]
+
+pub mod credit;
+pub mod endpoints;
+pub mod outbound;
+pub mod process;
+pub mod queue;
+pub mod splice;

@@ -1,0 +1,92 @@
+//! Process plumbing shared by the binaries: logging set-up and signal handling.
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. klog's `--v` maps onto levels: ≤1 warn, 2–4 info
+/// (upstream's default is 4), 5–9 debug, ≥10 trace. `RUST_LOG` overrides it.
+/// `json` switches to one JSON object per line.
+pub fn init_logging(v: i64, json: bool) {
+    let level = match v {
+        i64::MIN..=1 => "warn",
+        2..=4 => "info",
+        5..=9 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,rustls=warn")));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
+
+/// Cancels the returned token on the first SIGTERM/SIGINT and exits with status 1 on
+/// the second (upstream's behaviour for proxy-server).
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+            return;
+        };
+        let mut seen = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            if seen {
+                std::process::exit(1);
+            }
+            seen = true;
+            tracing::info!("received a termination signal, shutting down (a second one exits at once)");
+            t.cancel();
+        }
+    });
+    token
+}
+
+/// Binds a TCP listener the way Go's `net.Listen("tcp", host:port)` does: an empty
+/// host means every interface (dual-stack when IPv6 is available).
+pub fn bind_tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = if host.is_empty() {
+        std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+    } else {
+        match (host, port).to_socket_addrs_first() {
+            Some(a) => a,
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("cannot resolve bind address {host:?}"),
+                ));
+            }
+        }
+    };
+    let bind = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() && host.is_empty() {
+            sock.set_only_v6(false)?;
+        }
+        sock.set_reuse_address(true)?;
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(1024)?;
+        Ok(sock.into())
+    };
+    let std_listener = match bind(addr) {
+        Ok(l) => l,
+        Err(_) if host.is_empty() => bind(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?,
+        Err(e) => return Err(e),
+    };
+    tokio::net::TcpListener::from_std(std_listener)
+}
+
+trait FirstAddr {
+    fn to_socket_addrs_first(&self) -> Option<std::net::SocketAddr>;
+}
+
+impl FirstAddr for (&str, u16) {
+    fn to_socket_addrs_first(&self) -> Option<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.to_socket_addrs().ok().and_then(|mut a| a.next())
+    }
+}

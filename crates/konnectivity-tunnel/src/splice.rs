@@ -1,0 +1,116 @@
+//! Relays one socket to and from the shared stream, for one connection.
+//!
+//! Both directions run concurrently inside one task (a proxy that alternates between
+//! directions deadlocks against peers that write while being written to):
+//! - socket → stream: read up to the chunk size (and, with flow control, no more than
+//!   the credit), send one DATA packet per read;
+//! - stream → socket: write each queued payload fully, then record it as consumed,
+//!   which returns credit to the peer.
+//!
+//! The first direction to end ends the splice; like upstream, there is no half-close.
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use konnectivity_core::packet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::credit::Credit;
+use crate::outbound::StreamTx;
+use crate::queue::{ConnReceiver, Inbound};
+
+/// Read buffers start small (idle connections stay cheap) and double while reads fill
+/// them, up to the maximal chunk.
+const FIRST_READ: usize = 4096;
+
+/// Why a splice ended.
+#[derive(Debug)]
+pub enum SpliceEnd {
+    /// The local socket reached EOF.
+    LocalEof,
+    /// Reading or writing the local socket failed.
+    LocalError(io::Error),
+    /// The peer closed the connection (or it was aborted), with this error text.
+    PeerClosed(String),
+    /// The shared stream went away.
+    StreamGone,
+}
+
+/// Relays `sock` ↔ connection `connect_id` on `tx`, until either side ends.
+/// `leftover` is sent first (bytes a CONNECT client pipelined after its request).
+pub async fn splice<S>(
+    sock: S,
+    connect_id: i64,
+    mut rx: ConnReceiver,
+    tx: StreamTx,
+    credit: Option<Arc<Credit>>,
+    max_chunk: usize,
+    leftover: Bytes,
+) -> SpliceEnd
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(sock);
+    let up = async {
+        if !leftover.is_empty() {
+            if let Some(c) = &credit {
+                c.ready().await;
+                c.spend(leftover.len());
+            }
+            if tx.send(packet::data(connect_id, leftover)).await.is_err() {
+                return SpliceEnd::StreamGone;
+            }
+        }
+        let mut size = FIRST_READ.min(max_chunk);
+        loop {
+            let want = match &credit {
+                Some(c) => {
+                    c.ready().await;
+                    c.next_chunk(size)
+                }
+                None => size,
+            };
+            let mut buf = BytesMut::with_capacity(want);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return SpliceEnd::LocalEof,
+                Ok(n) => {
+                    if n == want && size < max_chunk {
+                        size = (size * 2).min(max_chunk);
+                    }
+                    if let Some(c) = &credit {
+                        c.spend(n);
+                    }
+                    if tx.send(packet::data(connect_id, buf.freeze())).await.is_err() {
+                        return SpliceEnd::StreamGone;
+                    }
+                }
+                Err(e) => return SpliceEnd::LocalError(e),
+            }
+        }
+    };
+    let down = async {
+        loop {
+            match rx.recv().await {
+                Some(Inbound::Data(b)) => {
+                    let n = b.len();
+                    if let Err(e) = wr.write_all(&b).await {
+                        return SpliceEnd::LocalError(e);
+                    }
+                    rx.written(n);
+                }
+                Some(Inbound::Close(e)) => {
+                    let _ = wr.flush().await;
+                    return SpliceEnd::PeerClosed(e);
+                }
+                None => return SpliceEnd::StreamGone,
+            }
+        }
+    };
+    let end = tokio::select! {
+        e = up => e,
+        e = down => e,
+        _ = tx.closed() => SpliceEnd::StreamGone,
+    };
+    let _ = wr.shutdown().await;
+    end
+}
