@@ -7,12 +7,14 @@
 //! - [`connect_frontend`]: `--mode=http-connect`;
 //! - [`dial`]: what both frontends do to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
-//! - [`listen`]: accept loops and TLS handshakes.
+//! - [`listen`]: accept loops and TLS handshakes;
+//! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority`.
 //!
 //! Binding is the caller's job ([`Listeners`]); [`run`] serves until its shutdown token
 //! is cancelled. The binary (`src/main.rs`) parses upstream's flags into [`Settings`].
 #![deny(missing_docs)]
 
+pub mod authority;
 pub mod backend;
 pub mod connect_frontend;
 pub mod dial;
@@ -182,12 +184,14 @@ async fn serve_frontend(
             match l {
                 FrontendListener::Uds(uds) => {
                     let incoming = futures::stream::poll_fn(move |cx| {
-                        uds.poll_accept(cx).map(|r| Some(r.map(|(sock, _)| sock)))
+                        uds.poll_accept(cx).map(|r| Some(r.map(|(sock, _)| authority::AuthorityFix::new(sock))))
                     });
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
                 FrontendListener::Tcp(tcp, tls) => {
-                    let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone());
+                    use futures::StreamExt;
+                    let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone())
+                        .map(|r| r.map(authority::AuthorityFix::new));
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
             }

@@ -1,0 +1,284 @@
+//! Accepting the `:authority` that grpc-go clients send over a UNIX socket.
+//!
+//! kube-apiserver (through konnectivity-client and grpc-go) dials the frontend socket
+//! with the socket *path* as its target, and grpc-go sends that path, percent-encoded,
+//! as the HTTP/2 `:authority` (e.g. `%2Fetc%2Fkubernetes%2Fkonnectivity-server%2F…`).
+//! That is not a valid URI authority, and the `h2` crate resets such streams with
+//! PROTOCOL_ERROR before any application code runs. Upstream (Go) accepts it.
+//!
+//! [`AuthorityFix`] sits between the socket and the HTTP/2 server on the frontend. It
+//! passes every frame through unchanged except header blocks: those are decoded
+//! (HPACK, following the client's dynamic table), any invalid `:authority` is
+//! replaced with `localhost`, and the block is re-encoded as literals without indexing,
+//! which never touches the server decoder's dynamic table. Every block is re-encoded,
+//! so the server's view of the header table never depends on the client's.
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// Largest header block we assemble (grpc-go's default header list limit is 16 MiB;
+/// real kube-apiserver requests carry a few hundred bytes).
+const MAX_BLOCK: usize = 1 << 20;
+/// The server's default SETTINGS_MAX_FRAME_SIZE, the safe size for frames we emit.
+const MAX_FRAME: usize = 16_384;
+
+struct PendingBlock {
+    stream_id: u32,
+    flags: u8,
+    priority: Option<[u8; 5]>,
+    block: BytesMut,
+}
+
+/// Wraps the server side of a frontend connection; see the module docs.
+pub struct AuthorityFix<T> {
+    inner: T,
+    /// Raw bytes from the client not yet processed.
+    raw: BytesMut,
+    /// Processed bytes ready for the HTTP/2 server.
+    out: BytesMut,
+    preface_left: usize,
+    pending: Option<PendingBlock>,
+    decoder: loona_hpack::Decoder<'static>,
+    eof: bool,
+}
+
+impl<T> AuthorityFix<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            raw: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::new(),
+            preface_left: PREFACE_LEN,
+            pending: None,
+            decoder: loona_hpack::Decoder::new(),
+            eof: false,
+        }
+    }
+
+    /// The wrapped connection.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    fn process(&mut self) -> io::Result<()> {
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(self.raw.len());
+            self.out.extend_from_slice(&self.raw.split_to(n));
+            self.preface_left -= n;
+            if self.preface_left > 0 {
+                return Ok(());
+            }
+        }
+        while self.raw.len() >= FRAME_HEADER {
+            let len = (usize::from(self.raw[0]) << 16) | (usize::from(self.raw[1]) << 8) | usize::from(self.raw[2]);
+            if self.raw.len() < FRAME_HEADER + len {
+                self.raw.reserve(FRAME_HEADER + len - self.raw.len());
+                break;
+            }
+            let kind = self.raw[3];
+            let flags = self.raw[4];
+            let stream_id = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]]) & 0x7fff_ffff;
+            if self.pending.is_some() && kind != CONTINUATION {
+                return Err(bad("expected CONTINUATION frame"));
+            }
+            match kind {
+                HEADERS => {
+                    let mut frame = self.raw.split_to(FRAME_HEADER + len);
+                    frame.advance(FRAME_HEADER);
+                    let mut payload = frame;
+                    let mut pad = 0;
+                    if flags & PADDED != 0 {
+                        if payload.is_empty() {
+                            return Err(bad("padded HEADERS frame without pad length"));
+                        }
+                        pad = usize::from(payload[0]);
+                        payload.advance(1);
+                    }
+                    let mut priority = None;
+                    if flags & PRIORITY != 0 {
+                        if payload.len() < 5 {
+                            return Err(bad("short PRIORITY fields"));
+                        }
+                        let mut p = [0u8; 5];
+                        p.copy_from_slice(&payload[..5]);
+                        priority = Some(p);
+                        payload.advance(5);
+                    }
+                    if pad > payload.len() {
+                        return Err(bad("padding longer than frame"));
+                    }
+                    payload.truncate(payload.len() - pad);
+                    self.pending = Some(PendingBlock { stream_id, flags, priority, block: payload });
+                    if flags & END_HEADERS != 0 {
+                        self.emit_block()?;
+                    }
+                }
+                CONTINUATION => {
+                    let mut frame = self.raw.split_to(FRAME_HEADER + len);
+                    frame.advance(FRAME_HEADER);
+                    let Some(p) = self.pending.as_mut() else {
+                        return Err(bad("CONTINUATION without HEADERS"));
+                    };
+                    if p.stream_id != stream_id {
+                        return Err(bad("CONTINUATION on another stream"));
+                    }
+                    if p.block.len() + frame.len() > MAX_BLOCK {
+                        return Err(bad("header block too large"));
+                    }
+                    p.block.extend_from_slice(&frame);
+                    if flags & END_HEADERS != 0 {
+                        self.emit_block()?;
+                    }
+                }
+                _ => {
+                    let frame = self.raw.split_to(FRAME_HEADER + len);
+                    self.out.extend_from_slice(&frame);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_block(&mut self) -> io::Result<()> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        let headers = self
+            .decoder
+            .decode(&p.block)
+            .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
+        let mut block = BytesMut::with_capacity(p.block.len() + 64);
+        for (name, value) in &headers {
+            let value: &[u8] = if name.as_slice() == b":authority" && http::uri::Authority::try_from(value.as_slice()).is_err() {
+                b"localhost"
+            } else {
+                value
+            };
+            encode_literal(&mut block, name, value);
+        }
+        // HEADERS (keeping END_STREAM and PRIORITY, dropping padding), then
+        // CONTINUATIONs if the block exceeds the frame size.
+        let mut first_room = MAX_FRAME;
+        let mut flags = p.flags & !(PADDED | END_HEADERS);
+        if let Some(prio) = p.priority {
+            first_room -= 5;
+            flags |= PRIORITY;
+            let chunk = block.len().min(first_room);
+            let last = chunk == block.len();
+            put_frame_header(&mut self.out, chunk + 5, HEADERS, if last { flags | END_HEADERS } else { flags }, p.stream_id);
+            self.out.extend_from_slice(&prio);
+            self.out.extend_from_slice(&block.split_to(chunk));
+        } else {
+            let chunk = block.len().min(first_room);
+            let last = chunk == block.len();
+            put_frame_header(&mut self.out, chunk, HEADERS, if last { flags | END_HEADERS } else { flags }, p.stream_id);
+            self.out.extend_from_slice(&block.split_to(chunk));
+        }
+        while !block.is_empty() {
+            let chunk = block.len().min(MAX_FRAME);
+            let last = chunk == block.len();
+            put_frame_header(&mut self.out, chunk, CONTINUATION, if last { END_HEADERS } else { 0 }, p.stream_id);
+            self.out.extend_from_slice(&block.split_to(chunk));
+        }
+        Ok(())
+    }
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream_id: u32) {
+    out.put_uint(len as u64, 3);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream_id & 0x7fff_ffff);
+}
+
+/// HPACK integer with an `n`-bit prefix whose high bits are `first`.
+fn encode_int(out: &mut BytesMut, first: u8, n: u8, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.put_u8(first | v as u8);
+        return;
+    }
+    out.put_u8(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.put_u8((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.put_u8(v as u8);
+}
+
+/// "Literal Header Field without Indexing — New Name" (RFC 7541 §6.2.2), no Huffman.
+fn encode_literal(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_u8(0x00);
+    encode_int(out, 0x00, 7, name.len());
+    out.extend_from_slice(name);
+    encode_int(out, 0x00, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            if this.raw.capacity() - this.raw.len() < 4096 {
+                this.raw.reserve(16 * 1024);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw))?;
+            if n == 0 {
+                this.eof = true;
+                continue;
+            }
+            this.process()?;
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for AuthorityFix<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
