@@ -118,11 +118,13 @@ where
             }
             Ok(Ok((Head::Other { body }, n))) => {
                 let body_text = b"this proxy only supports CONNECT passthrough\n";
-                let resp = format!(
+                let mut resp = format!(
                     "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n",
                     body_text.len()
-                );
-                if sock.write_all(resp.as_bytes()).await.is_err() || sock.write_all(body_text).await.is_err() {
+                )
+                .into_bytes();
+                resp.extend_from_slice(body_text);
+                if sock.write_all(&resp).await.is_err() {
                     return;
                 }
                 if body > 0 {

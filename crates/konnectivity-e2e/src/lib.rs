@@ -1,0 +1,273 @@
+//! Harness for the end-to-end tests: starts the real `proxy-server` and `proxy-agent`
+//! binaries as child processes (optionally inside a network namespace), waits for
+//! them to be healthy, and kills them when dropped. Logs go to files in the test's
+//! temporary directory and are printed when a test fails.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use konnectivity_testkit::pki::Pki;
+
+/// The directory holding the workspace's built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    // Integration tests run from target/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Path of a workspace binary; fails clearly when it has not been built.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let p = bin_dir().join(name);
+    anyhow::ensure!(p.exists(), "{} not built: run `cargo build --bins` (or `cargo test --workspace`) first", p.display());
+    Ok(p)
+}
+
+/// A free TCP port in upstream's allowed range (1024..=49151); the kernel's ephemeral
+/// range starts above it, so port 0 cannot be used with upstream's flag validation.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16 % 600) * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed + n) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Its combined stdout/stderr log.
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `program args…`, optionally inside network namespace `netns`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], netns: Option<&str>, log_dir: &Path) -> anyhow::Result<Proc> {
+        let log = log_dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.args(args).stdout(f.try_clone()?).stderr(f).stdin(Stdio::null());
+        let child = cmd.spawn()?;
+        Ok(Proc { child, log, name: name.to_owned() })
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, …).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Kills the process and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Number of open file descriptors.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("----- log of {} -----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A minimal HTTP GET over a plain TCP connection, returning (status, body).
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Ports of a started server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerPorts {
+    /// Agent port.
+    pub agent: u16,
+    /// Health port.
+    pub health: u16,
+    /// Admin port.
+    pub admin: u16,
+    /// TCP frontend port (0 with UDS).
+    pub frontend: u16,
+}
+
+/// How to run a proxy-server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// `--mode`.
+    pub mode: &'static str,
+    /// Frontend over a UNIX socket at this path; otherwise TCP mTLS.
+    pub uds: Option<PathBuf>,
+    /// Address to bind every listener to.
+    pub bind: String,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl ServerSpec {
+    /// A gRPC server with a UDS frontend.
+    pub fn grpc_uds(path: PathBuf) -> Self {
+        Self { mode: "grpc", uds: Some(path), bind: "127.0.0.1".into(), extra: Vec::new() }
+    }
+}
+
+/// Starts proxy-server and waits until its health port answers.
+pub fn start_server(name: &str, pki: &Pki, spec: &ServerSpec, netns: Option<&str>, dir: &Path) -> anyhow::Result<(Proc, ServerPorts)> {
+    let ports = ServerPorts {
+        agent: free_port(),
+        health: free_port(),
+        admin: free_port(),
+        frontend: if spec.uds.is_some() { 0 } else { free_port() },
+    };
+    let p = |x: &Path| x.display().to_string();
+    let mut args = vec![
+        format!("--mode={}", spec.mode),
+        format!("--cluster-cert={}", p(&pki.server_cert)),
+        format!("--cluster-key={}", p(&pki.server_key)),
+        format!("--cluster-ca-cert={}", p(&pki.ca)),
+        format!("--agent-port={}", ports.agent),
+        format!("--agent-bind-address={}", spec.bind),
+        format!("--health-port={}", ports.health),
+        format!("--health-bind-address={}", spec.bind),
+        format!("--admin-port={}", ports.admin),
+        format!("--admin-bind-address={}", spec.bind),
+        format!("--server-id={name}"),
+    ];
+    match &spec.uds {
+        Some(path) => {
+            args.push(format!("--uds-name={}", p(path)));
+            args.push("--server-port=0".into());
+        }
+        None => {
+            args.push(format!("--server-port={}", ports.frontend));
+            args.push(format!("--server-bind-address={}", spec.bind));
+            args.push(format!("--server-cert={}", p(&pki.server_cert)));
+            args.push(format!("--server-key={}", p(&pki.server_key)));
+            args.push(format!("--server-ca-cert={}", p(&pki.ca)));
+        }
+    }
+    args.extend(spec.extra.iter().cloned());
+    let proc = Proc::spawn(name, &bin("proxy-server")?, &args, netns, dir)?;
+    let health = format!("{}:{}", spec.bind, ports.health);
+    if netns.is_none() {
+        wait_for("proxy-server /healthz", Duration::from_secs(20), || {
+            http_get(&health, "/healthz").map(|(s, _)| s == 200).unwrap_or(false)
+        })?;
+    }
+    Ok((proc, ports))
+}
+
+/// Starts proxy-agent toward `host:agent_port`.
+pub fn start_agent(
+    name: &str,
+    pki: &Pki,
+    host: &str,
+    agent_port: u16,
+    extra: &[String],
+    netns: Option<&str>,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let health = free_port();
+    let p = |x: &Path| x.display().to_string();
+    let mut args = vec![
+        format!("--ca-cert={}", p(&pki.ca)),
+        format!("--agent-cert={}", p(&pki.agent_cert)),
+        format!("--agent-key={}", p(&pki.agent_key)),
+        format!("--proxy-server-host={host}"),
+        format!("--proxy-server-port={agent_port}"),
+        format!("--health-server-port={health}"),
+        format!("--admin-server-port={}", free_port()),
+        format!("--agent-id={name}"),
+        "--sync-interval=100ms".into(),
+        "--sync-interval-cap=1s".into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let proc = Proc::spawn(name, &bin("proxy-agent")?, &args, netns, dir)?;
+    Ok((proc, health))
+}
+
+/// Waits until the server reports ready (an agent is connected).
+pub fn wait_server_ready(bind: &str, health: u16) -> anyhow::Result<()> {
+    let addr = format!("{bind}:{health}");
+    wait_for("proxy-server /readyz", Duration::from_secs(20), || {
+        http_get(&addr, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+    })
+}
+
+/// A frontend description for the Rust client.
+pub fn tcp_frontend(pki: &Pki, port: u16, alpn: &[&[u8]]) -> anyhow::Result<konnectivity_client::Frontend> {
+    konnectivity_tls::install_provider();
+    let tls = konnectivity_tls::client(&pki.ca, Some((&pki.client_cert, &pki.client_key)), alpn)?;
+    Ok(konnectivity_client::Frontend::Tcp {
+        addr: format!("127.0.0.1:{port}"),
+        tls: Arc::new(tls),
+        server_name: "localhost".into(),
+    })
+}

@@ -1,0 +1,176 @@
+//! The Konnectivity use case on a real (virtual) network: the control plane and the
+//! node live in two network namespaces joined by a veth pair, and the node's firewall
+//! drops every connection the control plane opens toward it (a NAT-ed / firewalled
+//! node). The agent dials out to the server, and the server then reaches the node's
+//! kubelet port through the tunnel only. Needs root and `ip netns` + `iptables`;
+//! fails (does not skip) when they are unavailable.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use konnectivity_client::{connect_dial, grpc_dial, Frontend};
+use konnectivity_e2e::{start_agent, start_server, wait_for, Proc, ServerSpec};
+use konnectivity_testkit::pki;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const ID: &str = "kubelet-on-isolated-node";
+const T: Duration = Duration::from_secs(5);
+
+/// Runs `ip netns exec <ns> <args…>` (or a host command when `ns` is empty); true on success.
+fn run_in(ns: &str, args: &[&str]) -> bool {
+    let mut c = if ns.is_empty() { Command::new(args[0]) } else { Command::new("ip") };
+    if ns.is_empty() {
+        c.args(&args[1..]);
+    } else {
+        c.args(["netns", "exec", ns]).args(args);
+    }
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn must(ns: &str, args: &[&str]) {
+    let out = if ns.is_empty() {
+        Command::new(args[0]).args(&args[1..]).output()
+    } else {
+        Command::new("ip").args(["netns", "exec", ns]).args(args).output()
+    };
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("`{}` failed in netns {ns:?}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => panic!("cannot run `{}`: {e} (is iproute2/iptables installed?)", args.join(" ")),
+    }
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop (after the processes, which
+/// are declared later and so dropped first).
+struct Net {
+    cp: String,
+    node: String,
+    cp_ip: String,
+    node_ip: String,
+}
+
+impl Net {
+    fn new(tag: &str, subnet: u8) -> Net {
+        let pid = std::process::id();
+        let n = Net {
+            cp: format!("kcp-{pid}-{tag}"),
+            node: format!("knode-{pid}-{tag}"),
+            cp_ip: format!("10.231.{subnet}.1"),
+            node_ip: format!("10.231.{subnet}.2"),
+        };
+        n.delete(); // stale ones from an earlier run with the same pid
+        for ns in [&n.cp, &n.node] {
+            let o = Command::new("ip").args(["netns", "add", ns]).output().expect("running `ip netns add`");
+            assert!(
+                o.status.success(),
+                "cannot create network namespace {ns} (this test needs root and `ip netns`): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        let (vc, vn) = (format!("kv{pid}{tag}c"), format!("kv{pid}{tag}n"));
+        must("", &["ip", "link", "add", &vc, "netns", &n.cp, "type", "veth", "peer", "name", &vn, "netns", &n.node]);
+        for (ns, dev, ip) in [(&n.cp, &vc, &n.cp_ip), (&n.node, &vn, &n.node_ip)] {
+            must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            must(ns, &["ip", "link", "set", dev, "up"]);
+            must(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        // The node may open connections; the control plane may not open any toward it.
+        must(&n.node, &["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]);
+        must(&n.node, &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
+        must(&n.node, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+        n
+    }
+
+    fn delete(&self) {
+        for ns in [&self.cp, &self.node] {
+            let _ = run_in("", &["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// Sends an HTTP/1.0 GET over `io` and returns everything the peer sent (after `pre`).
+async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, pre: &[u8], host: &str) -> String {
+    let req = format!("GET /id.txt HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    io.write_all(req.as_bytes()).await.expect("writing the request through the tunnel");
+    let mut out = pre.to_vec();
+    tokio::time::timeout(T, io.read_to_end(&mut out)).await.expect("response in time").expect("reading the response");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u8) {
+    let started = Instant::now();
+    let net = Net::new(tag, subnet);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[&net.cp_ip]).expect("pki");
+
+    // The node's kubelet stand-in.
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("id.txt"), ID).unwrap();
+    let node_addr = format!("{}:10250", net.node_ip);
+    let args: Vec<String> =
+        ["-m", "http.server", "10250", "--bind", &net.node_ip, "--directory"].iter().map(|s| s.to_string()).collect();
+    let args = [args, vec![www.display().to_string()]].concat();
+    let _kubelet = Proc::spawn("kubelet", Path::new("python3"), &args, Some(&net.node), d).expect("python3");
+    let url = format!("http://{node_addr}/id.txt");
+    wait_for("the node's :10250 (from the node)", T, || run_in(&net.node, &["curl", "-sf", "-m", "1", &url]))
+        .expect("destination up");
+
+    // (a) Without the tunnel, the control plane cannot reach the node.
+    assert!(
+        !run_in(&net.cp, &["curl", "-s", "-m", "2", &url]),
+        "the control-plane namespace reached {url} directly: the firewall is not isolating the node"
+    );
+
+    let sock = d.join("konnectivity.sock");
+    let spec = ServerSpec { mode, uds: Some(sock.clone()), bind: net.cp_ip.clone(), extra: Vec::new() };
+    let (_server, ports) = start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
+    let (_agent, _) =
+        start_agent("proxy-agent", &pki, &net.cp_ip, ports.agent, &[], Some(&net.node), d).expect("proxy-agent");
+    let readyz = format!("http://{}:{}/readyz", net.cp_ip, ports.health);
+    wait_for("proxy-server /readyz (agent connected)", Duration::from_secs(10), || {
+        run_in(&net.cp, &["curl", "-sf", "-m", "1", &readyz])
+    })
+    .expect("the agent in the node namespace connects out to the server");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let f = Frontend::Uds(sock);
+    let refused_addr = format!("{}:10251", net.node_ip);
+    rt.block_on(async {
+        // (b) Through the tunnel, the node's port answers.
+        let body = if mode == "grpc" {
+            get(grpc_dial(&f, &node_addr, T).await.expect("gRPC dial through the tunnel"), b"", &node_addr).await
+        } else {
+            let (io, rest) = connect_dial(&f, &node_addr, T).await.expect("CONNECT through the tunnel");
+            get(io, &rest, &node_addr).await
+        };
+        assert!(body.starts_with("HTTP/1.0 200"), "unexpected response through the tunnel: {body:?}");
+        assert!(body.ends_with(ID), "response without the node's identity: {body:?}");
+
+        // (c) A closed port on the node: the agent's dial is refused, and that is reported.
+        let err = if mode == "grpc" {
+            grpc_dial(&f, &refused_addr, T).await.map(|_| ()).expect_err("dial to a closed port").to_string()
+        } else {
+            connect_dial(&f, &refused_addr, T).await.map(|_| ()).expect_err("CONNECT to a closed port").to_string()
+        };
+        assert!(err.contains("connection refused"), "dial to {refused_addr}: unexpected error {err:?}");
+    });
+    eprintln!("{mode}: isolated node reached through the tunnel in {:?}", started.elapsed());
+}
+
+#[test]
+fn control_plane_reaches_node_only_through_the_tunnel() {
+    isolated_node_reached_through_tunnel("grpc", "g", (std::process::id() % 100) as u8);
+}
+
+#[test]
+fn control_plane_reaches_node_only_through_the_http_connect_tunnel() {
+    isolated_node_reached_through_tunnel("http-connect", "c", (std::process::id() % 100 + 100) as u8);
+}
