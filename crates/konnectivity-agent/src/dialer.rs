@@ -2,7 +2,9 @@
 //! texts (which reach kube-apiserver users verbatim).
 use std::time::Duration;
 
-use konnectivity_core::address::{DialFailure, bad_address_text, connect_error_text, lookup_error_text};
+use konnectivity_core::address::{
+    DialFailure, bad_address_text, connect_error_text, lookup_error_text,
+};
 use tokio::net::TcpStream;
 
 /// Upstream's dial timeout.
@@ -13,7 +15,10 @@ pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String
     let Some((host, _port)) = address.rsplit_once(':') else {
         return Err((bad_address_text(address), DialFailure::Unknown));
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let attempt = async {
         let addrs: Vec<_> = tokio::net::lookup_host(address)
             .await
@@ -26,7 +31,12 @@ pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String
                 Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
             }
         }
-        Err(last.unwrap_or_else(|| (format!("dial tcp: lookup {host}: no such host"), DialFailure::Unknown)))
+        Err(last.unwrap_or_else(|| {
+            (
+                format!("dial tcp: lookup {host}: no such host"),
+                DialFailure::Unknown,
+            )
+        }))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(s)) => {
@@ -34,7 +44,10 @@ pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String
             Ok(s)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err((format!("dial tcp {address}: i/o timeout"), DialFailure::Timeout)),
+        Err(_) => Err((
+            format!("dial tcp {address}: i/o timeout"),
+            DialFailure::Timeout,
+        )),
     }
 }
 
@@ -48,13 +61,18 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
         let (text, why) = dial(&addr, DIAL_TIMEOUT).await.unwrap_err();
-        assert_eq!(text, format!("dial tcp {addr}: connect: connection refused"));
+        assert_eq!(
+            text,
+            format!("dial tcp {addr}: connect: connection refused")
+        );
         assert_eq!(why, DialFailure::Unknown);
     }
 
     #[tokio::test]
     async fn an_unknown_name_reports_no_such_host() {
-        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT).await.unwrap_err();
+        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(text.contains("no such host"), "{text}");
     }
 

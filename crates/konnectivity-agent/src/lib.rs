@@ -123,21 +123,33 @@ impl Agent {
                         return false;
                     }
                     servers.insert(id.clone(), (serial, st.tx.clone()));
-                    self.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                    self.metrics
+                        .open_server_connections
+                        .store(servers.len() as i64, Ordering::Relaxed);
                 }
-                self.last_count.store(u64::from(st.server_count), Ordering::Release);
+                self.last_count
+                    .store(u64::from(st.server_count), Ordering::Release);
                 info!(server_id = %id, host, server_count = st.server_count, flow_control = st.peer_window.is_some(), "connected to proxy-server");
                 if self.draining.load(Ordering::Acquire) {
                     let _ = st.tx.control(packet::drain());
                 }
                 let agent = self.clone();
                 tokio::spawn(async move {
-                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.metrics.clone()).await;
+                    stream::serve(
+                        st,
+                        agent.settings.hello.flow_window,
+                        agent.settings.max_chunk,
+                        agent.metrics.clone(),
+                    )
+                    .await;
                     let mut servers = lock(&agent.servers);
                     if servers.get(&id).is_some_and(|(s, _)| *s == serial) {
                         servers.remove(&id);
                     }
-                    agent.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                    agent
+                        .metrics
+                        .open_server_connections
+                        .store(servers.len() as i64, Ordering::Relaxed);
                 });
                 false
             }
@@ -157,7 +169,9 @@ impl Agent {
             let mut failed = false;
             if !self.draining.load(Ordering::Acquire) {
                 let want = self.server_count();
-                self.metrics.known_server_count.store(want as i64, Ordering::Relaxed);
+                self.metrics
+                    .known_server_count
+                    .store(want as i64, Ordering::Relaxed);
                 if s.sync_forever || self.connected() < want {
                     let host = &s.hosts[next_host % s.hosts.len()];
                     next_host = next_host.wrapping_add(1);
@@ -193,7 +207,9 @@ pub fn health_router(a: Arc<Agent>) -> Router {
     Arc::new(move |path, query, _host| match path {
         "/healthz" => Reply::text(200, "ok"),
         "/readyz" | "/ready" => {
-            let verbose = query.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose="));
+            let verbose = query
+                .split('&')
+                .any(|kv| kv == "verbose" || kv.starts_with("verbose="));
             if a.connected() > 0 {
                 if verbose {
                     Reply::text(200, "[+]ping ok\n[+]server-connected ok\ncheck passed\n")
@@ -201,7 +217,10 @@ pub fn health_router(a: Arc<Agent>) -> Router {
                     Reply::text(200, "ok")
                 }
             } else {
-                Reply::text(503, "[+]ping ok\n[-]server-connected failed: no servers connected\n")
+                Reply::text(
+                    503,
+                    "[+]ping ok\n[-]server-connected failed: no servers connected\n",
+                )
             }
         }
         "/metrics" => Reply::metrics(a.metrics.render()),
@@ -218,7 +237,8 @@ pub fn admin_router(health_port: u16) -> Router {
                 _ => host,
             };
             let mut r = Reply::text(301, "");
-            r.headers.push(("Location", format!("//{h}:{health_port}{path}")));
+            r.headers
+                .push(("Location", format!("//{h}:{health_port}{path}")));
             r
         }
         _ => Reply::not_found(),
@@ -236,7 +256,11 @@ pub async fn run(
 ) {
     if let Some(h) = health {
         let port = h.local_addr().map(|a| a.port()).unwrap_or_default();
-        tokio::spawn(endpoints::serve(h, health_router(agent.clone()), stop.clone()));
+        tokio::spawn(endpoints::serve(
+            h,
+            health_router(agent.clone()),
+            stop.clone(),
+        ));
         if let Some(a) = admin {
             tokio::spawn(endpoints::serve(a, admin_router(port), stop.clone()));
         }

@@ -11,20 +11,47 @@ use tracing::{error, warn};
 
 /// Flags we accept for compatibility but whose behaviour is not implemented yet.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("enable-profiling", "profiling endpoints are Go-specific; not served"),
-    ("enable-contention-profiling", "profiling endpoints are Go-specific; not served"),
-    ("count-server-leases", "lease counting is not implemented yet; the servercount header is used"),
+    (
+        "enable-profiling",
+        "profiling endpoints are Go-specific; not served",
+    ),
+    (
+        "enable-contention-profiling",
+        "profiling endpoints are Go-specific; not served",
+    ),
+    (
+        "count-server-leases",
+        "lease counting is not implemented yet; the servercount header is used",
+    ),
     ("lease-namespace", "lease counting is not implemented yet"),
-    ("lease-label-selector", "lease counting is not implemented yet"),
+    (
+        "lease-label-selector",
+        "lease counting is not implemented yet",
+    ),
     ("kubeconfig", "lease counting is not implemented yet"),
-    ("kube-api-content-type", "lease counting is not implemented yet"),
-    ("probe-interval", "streams are watched directly; no periodic probe"),
-    ("xfr-channel-size", "queues are bounded in bytes per connection, not in packets"),
-    ("warn-on-channel-limit", "queues never block the stream; nothing to warn about"),
+    (
+        "kube-api-content-type",
+        "lease counting is not implemented yet",
+    ),
+    (
+        "probe-interval",
+        "streams are watched directly; no periodic probe",
+    ),
+    (
+        "xfr-channel-size",
+        "queues are bounded in bytes per connection, not in packets",
+    ),
+    (
+        "warn-on-channel-limit",
+        "queues never block the stream; nothing to warn about",
+    ),
     ("log-dir", "logs go to stderr"),
     ("log-file", "logs go to stderr"),
     ("log-file-max-size", "logs go to stderr"),
-    ("vmodule", "per-module verbosity is not supported; use RUST_LOG"),
+    (
+        "vmodule",
+        "per-module verbosity is not supported; use RUST_LOG",
+    ),
     ("log-backtrace-at", "not supported"),
 ];
 
@@ -55,7 +82,10 @@ fn main() -> ExitCode {
             warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -85,7 +115,12 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
         (false, false) => Some((Path::new(&o.agent_cert), Path::new(&o.agent_key))),
         _ => None,
     };
-    let alpn: Vec<String> = o.alpn_proto.iter().filter(|a| !a.is_empty() && a.as_str() != "[]").cloned().collect();
+    let alpn: Vec<String> = o
+        .alpn_proto
+        .iter()
+        .filter(|a| !a.is_empty() && a.as_str() != "[]")
+        .cloned()
+        .collect();
     let tls = konnectivity_tls::agent_client(Path::new(&o.ca_cert), client, &alpn)?;
     let settings = Settings {
         hosts: o.server_hosts(),
@@ -94,10 +129,15 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
         hello: Hello {
             agent_id: o.agent_id.clone(),
             identifiers: o.agent_identifiers.clone(),
-            token_path: (!o.service_account_token_path.is_empty()).then(|| PathBuf::from(&o.service_account_token_path)),
+            token_path: (!o.service_account_token_path.is_empty())
+                .then(|| PathBuf::from(&o.service_account_token_path)),
             flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
         },
-        sync_interval: o.sync_interval.to_std().unwrap_or_default().max(std::time::Duration::from_millis(10)),
+        sync_interval: o
+            .sync_interval
+            .to_std()
+            .unwrap_or_default()
+            .max(std::time::Duration::from_millis(10)),
         sync_interval_cap: o.sync_interval_cap.to_std().unwrap_or_default(),
         sync_forever: o.sync_forever,
         keepalive: o.keepalive_time.to_std().unwrap_or_default(),

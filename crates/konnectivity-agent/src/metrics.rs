@@ -32,19 +32,44 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(1024);
-        let _ = write!(o, "# HELP {NS}_endpoint_dial_failure_total Number of failures dialing the remote endpoint, by reason (example: timeout).\n# TYPE {NS}_endpoint_dial_failure_total counter\n");
-        for (label, v) in [("timeout", &self.dial_timeout), ("unknown", &self.dial_unknown)] {
+        let _ = write!(
+            o,
+            "# HELP {NS}_endpoint_dial_failure_total Number of failures dialing the remote endpoint, by reason (example: timeout).\n# TYPE {NS}_endpoint_dial_failure_total counter\n"
+        );
+        for (label, v) in [
+            ("timeout", &self.dial_timeout),
+            ("unknown", &self.dial_unknown),
+        ] {
             let v = v.load(Ordering::Relaxed);
             if v > 0 {
-                let _ = writeln!(o, "{NS}_endpoint_dial_failure_total{{reason=\"{label}\"}} {v}");
+                let _ = writeln!(
+                    o,
+                    "{NS}_endpoint_dial_failure_total{{reason=\"{label}\"}} {v}"
+                );
             }
         }
         for (name, help, v) in [
-            ("known_server_count", "Current number of servers agent is trying to connect to.", &self.known_server_count),
-            ("open_endpoint_connections", "Current number of open endpoint connections.", &self.open_endpoint_connections),
-            ("open_server_connections", "Current number of open server connections.", &self.open_server_connections),
+            (
+                "known_server_count",
+                "Current number of servers agent is trying to connect to.",
+                &self.known_server_count,
+            ),
+            (
+                "open_endpoint_connections",
+                "Current number of open endpoint connections.",
+                &self.open_endpoint_connections,
+            ),
+            (
+                "open_server_connections",
+                "Current number of open server connections.",
+                &self.open_server_connections,
+            ),
         ] {
-            let _ = write!(o, "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {}\n", v.load(Ordering::Relaxed));
+            let _ = write!(
+                o,
+                "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {}\n",
+                v.load(Ordering::Relaxed)
+            );
         }
         o
     }

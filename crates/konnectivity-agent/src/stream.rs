@@ -91,18 +91,33 @@ pub async fn open(
     keepalive: Duration,
 ) -> Result<ServerStream, OpenError> {
     let target = format!("{host}:{port}");
-    let err = |source: io::Error| OpenError::Connect { target: target.clone(), source };
+    let err = |source: io::Error| OpenError::Connect {
+        target: target.clone(),
+        source,
+    };
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target))
         .await
         .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "i/o timeout")))?
         .map_err(err)?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
-    let tls_stream = tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")))?
-        .map_err(err)?;
+    let name = ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
+    let tls_stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| {
+        err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))
+    })?
+    .map_err(err)?;
 
     // One TCP connection per stream, as upstream: the connector hands over the
     // already-connected TLS stream once and refuses to reconnect.
@@ -110,11 +125,15 @@ pub async fn open(
     let connector = tower::service_fn(move |_: Uri| {
         let io = lock(&slot).take();
         async move {
-            io.map(hyper_util::rt::TokioIo::new)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection to server closed"))
+            io.map(hyper_util::rt::TokioIo::new).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotConnected, "connection to server closed")
+            })
         }
     });
-    let grpc_err = |reason: String| OpenError::Grpc { target: target.clone(), reason };
+    let grpc_err = |reason: String| OpenError::Grpc {
+        target: target.clone(),
+        reason,
+    };
     let channel = Endpoint::from_shared(format!("http://{target}"))
         .map_err(|e| grpc_err(e.to_string()))?
         .initial_stream_window_size(8 << 20)
@@ -129,25 +148,53 @@ pub async fn open(
     let (tx, out) = outbound::channel();
     let mut req = Request::new(out);
     add_hello(req.metadata_mut(), hello).map_err(|reason| grpc_err(reason))?;
-    let mut client = AgentServiceClient::new(channel).max_decoding_message_size(4 << 20).max_encoding_message_size(usize::MAX);
-    let rsp = client.connect(req).await.map_err(|s| grpc_err(s.message().to_owned()))?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(usize::MAX);
+    let rsp = client
+        .connect(req)
+        .await
+        .map_err(|s| grpc_err(s.message().to_owned()))?;
     let md = rsp.metadata();
-    let ids: Vec<_> = md.get_all(metadata::SERVER_ID).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect();
+    let ids: Vec<_> = md
+        .get_all(metadata::SERVER_ID)
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .collect();
     if ids.len() != 1 {
-        return Err(OpenError::Headers(format!("expected one server ID in the context, got {ids:?}")));
+        return Err(OpenError::Headers(format!(
+            "expected one server ID in the context, got {ids:?}"
+        )));
     }
-    let counts: Vec<_> = md.get_all(metadata::SERVER_COUNT).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect();
+    let counts: Vec<_> = md
+        .get_all(metadata::SERVER_COUNT)
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .collect();
     if counts.len() != 1 {
-        return Err(OpenError::Headers(format!("expected one server count, got {}", counts.len())));
+        return Err(OpenError::Headers(format!(
+            "expected one server count, got {}",
+            counts.len()
+        )));
     }
     let server_count: u32 = counts[0]
         .parse()
         .map_err(|e| OpenError::Headers(format!("strconv.Atoi: parsing {:?}: {e}", counts[0])))?;
     let peer_window = match hello.flow_window {
-        Some(_) => md.get(metadata::FLOW_WINDOW).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).filter(|w| *w > 0),
+        Some(_) => md
+            .get(metadata::FLOW_WINDOW)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .filter(|w| *w > 0),
         None => None,
     };
-    Ok(ServerStream { server_id: ids[0].clone(), server_count, peer_window, tx, inbound: rsp.into_inner() })
+    Ok(ServerStream {
+        server_id: ids[0].clone(),
+        server_count,
+        peer_window,
+        tx,
+        inbound: rsp.into_inner(),
+    })
 }
 
 /// Puts the agent's metadata on the Connect request.
@@ -202,8 +249,19 @@ impl StreamState {
 }
 
 /// Serves a stream until the server ends it (or `tx` is closed locally).
-pub async fn serve(stream: ServerStream, our_window: Option<u32>, max_chunk: usize, metrics: Arc<Metrics>) {
-    let ServerStream { server_id, peer_window, tx, mut inbound, .. } = stream;
+pub async fn serve(
+    stream: ServerStream,
+    our_window: Option<u32>,
+    max_chunk: usize,
+    metrics: Arc<Metrics>,
+) {
+    let ServerStream {
+        server_id,
+        peer_window,
+        tx,
+        mut inbound,
+        ..
+    } = stream;
     let st = Arc::new(StreamState {
         tx: tx.clone(),
         conns: Mutex::new(HashMap::new()),
@@ -254,12 +312,18 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
             match conns.get(&d.connect_id) {
                 Some(c) => {
                     if c.queue.push(d.data).is_err() {
-                        warn!(connect_id = d.connect_id, "closing connection: destination stopped reading and its buffer budget is exhausted");
+                        warn!(
+                            connect_id = d.connect_id,
+                            "closing connection: destination stopped reading and its buffer budget is exhausted"
+                        );
                     }
                 }
                 None => {
                     drop(conns);
-                    let _ = st.tx.control(packet::close_rsp(d.connect_id, wire::UNRECOGNIZED_CONNECT_ID));
+                    let _ = st.tx.control(packet::close_rsp(
+                        d.connect_id,
+                        wire::UNRECOGNIZED_CONNECT_ID,
+                    ));
                 }
             }
         }
@@ -269,13 +333,18 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
             match known {
                 Some(q) => q.close(String::new()),
                 None => {
-                    let _ = st.tx.control(packet::close_rsp(id, wire::UNKNOWN_CONNECT_ID));
+                    let _ = st
+                        .tx
+                        .control(packet::close_rsp(id, wire::UNKNOWN_CONNECT_ID));
                 }
             }
         }
         Kind::Known(PacketType::WindowUpdate) => {
             let w = packet::window_update_of(&p);
-            if let Some(c) = lock(&st.conns).get(&w.connect_id).and_then(|c| c.credit.clone()) {
+            if let Some(c) = lock(&st.conns)
+                .get(&w.connect_id)
+                .and_then(|c| c.credit.clone())
+            {
                 c.grant(w.bytes);
             }
         }
@@ -296,22 +365,50 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
         }
     };
     let budget = match (st.flow(), st.our_window) {
-        (true, Some(window)) => Budget::Flow { window, max_packet: 4 << 20 },
+        (true, Some(window)) => Budget::Flow {
+            window,
+            max_packet: 4 << 20,
+        },
         _ => Budget::UNMANAGED,
     };
     let (queue, rx) = conn_queue(id, budget, st.tx.clone());
-    let credit = if st.flow() { st.peer_window.map(|w| Arc::new(Credit::new(w))) } else { None };
-    lock(&st.conns).insert(id, Conn { queue, credit: credit.clone() });
-    st.metrics.open_endpoint_connections.fetch_add(1, Ordering::Relaxed);
+    let credit = if st.flow() {
+        st.peer_window.map(|w| Arc::new(Credit::new(w)))
+    } else {
+        None
+    };
+    lock(&st.conns).insert(
+        id,
+        Conn {
+            queue,
+            credit: credit.clone(),
+        },
+    );
+    st.metrics
+        .open_endpoint_connections
+        .fetch_add(1, Ordering::Relaxed);
     if st.tx.send(packet::dial_rsp(random, id, "")).await.is_err() {
         lock(&st.conns).remove(&id);
-        st.metrics.open_endpoint_connections.fetch_sub(1, Ordering::Relaxed);
+        st.metrics
+            .open_endpoint_connections
+            .fetch_sub(1, Ordering::Relaxed);
         return;
     }
     debug!(%address, connect_id = id, "connected");
-    let end = splice(sock, id, rx, st.tx.clone(), credit, st.max_chunk, Bytes::new()).await;
+    let end = splice(
+        sock,
+        id,
+        rx,
+        st.tx.clone(),
+        credit,
+        st.max_chunk,
+        Bytes::new(),
+    )
+    .await;
     lock(&st.conns).remove(&id);
-    st.metrics.open_endpoint_connections.fetch_sub(1, Ordering::Relaxed);
+    st.metrics
+        .open_endpoint_connections
+        .fetch_sub(1, Ordering::Relaxed);
     let error = match end {
         SpliceEnd::PeerClosed(e) => e,
         SpliceEnd::LocalEof => String::new(),
@@ -323,4 +420,3 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
     };
     let _ = st.tx.send(packet::close_rsp(id, error)).await;
 }
-

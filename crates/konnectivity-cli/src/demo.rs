@@ -49,7 +49,10 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let pki = konnectivity_testkit::pki::generate(&dir.join("pki"), &[])?;
-    println!("konnectivity demo — everything on loopback, certificates in {}", pki.dir.display());
+    println!(
+        "konnectivity demo — everything on loopback, certificates in {}",
+        pki.dir.display()
+    );
 
     let backend = konnectivity_testkit::servers::http_hello("127.0.0.1:0", BODY).await?;
     println!("  node backend (HTTP)        http://{backend}/");
@@ -64,16 +67,32 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&uds);
     let uds_l = UnixListener::bind(&uds)?;
 
-    let agent_tls = konnectivity_tls::agent_listener(&pki.server_cert, &pki.server_key, Some(&pki.ca), Default::default())?;
-    let connect_tls =
-        konnectivity_tls::frontend_listener(&pki.server_cert, &pki.server_key, &pki.ca, true, Default::default())?;
+    let agent_tls = konnectivity_tls::agent_listener(
+        &pki.server_cert,
+        &pki.server_key,
+        Some(&pki.ca),
+        Default::default(),
+    )?;
+    let connect_tls = konnectivity_tls::frontend_listener(
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.ca,
+        true,
+        Default::default(),
+    )?;
     let shutdown = CancellationToken::new();
-    let shared = Shared::new(Settings { server_id: "demo-server".into(), ..Settings::default() });
+    let shared = Shared::new(Settings {
+        server_id: "demo-server".into(),
+        ..Settings::default()
+    });
     let listeners = Listeners {
         agent: agent_l,
         agent_tls: Arc::new(agent_tls),
         frontends: vec![
-            konnectivity_server::Frontend { mode: Mode::Grpc, listener: FrontendListener::Uds(uds_l) },
+            konnectivity_server::Frontend {
+                mode: Mode::Grpc,
+                listener: FrontendListener::Uds(uds_l),
+            },
             konnectivity_server::Frontend {
                 mode: Mode::HttpConnect,
                 listener: FrontendListener::Tcp(connect_l, Arc::new(connect_tls)),
@@ -82,11 +101,21 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         health: Some(health_l),
         admin: None,
     };
-    let server = tokio::spawn(konnectivity_server::run_with(shared.clone(), listeners, shutdown.clone()));
-    println!("  proxy-server               agent port 127.0.0.1:{agent_port}, gRPC frontend {}, HTTP-CONNECT frontend {connect_addr} (mTLS)", uds.display());
-    println!("                             health http://{health_addr}/readyz  metrics http://{health_addr}/metrics");
+    let server = tokio::spawn(konnectivity_server::run_with(
+        shared.clone(),
+        listeners,
+        shutdown.clone(),
+    ));
+    println!(
+        "  proxy-server               agent port 127.0.0.1:{agent_port}, gRPC frontend {}, HTTP-CONNECT frontend {connect_addr} (mTLS)",
+        uds.display()
+    );
+    println!(
+        "                             health http://{health_addr}/readyz  metrics http://{health_addr}/metrics"
+    );
 
-    let agent_tls = konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
+    let agent_tls =
+        konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
     let agent = Agent::new(konnectivity_agent::Settings {
         hosts: vec!["127.0.0.1".into()],
         port: agent_port,
@@ -104,7 +133,13 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
     });
     let drain = CancellationToken::new();
-    let agent_task = tokio::spawn(konnectivity_agent::run(agent, None, None, drain, shutdown.clone()));
+    let agent_task = tokio::spawn(konnectivity_agent::run(
+        agent,
+        None,
+        None,
+        drain,
+        shutdown.clone(),
+    ));
 
     let started = Instant::now();
     while !shared.ready() {
@@ -113,21 +148,53 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("  proxy-agent \"demo-node\"    connected after {:?}\n", started.elapsed());
+    println!(
+        "  proxy-agent \"demo-node\"    connected after {:?}\n",
+        started.elapsed()
+    );
 
     let t = Instant::now();
-    let io = konnectivity_client::grpc_dial(&Frontend::Uds(uds.clone()), &backend.to_string(), Duration::from_secs(10)).await?;
+    let io = konnectivity_client::grpc_dial(
+        &Frontend::Uds(uds.clone()),
+        &backend.to_string(),
+        Duration::from_secs(10),
+    )
+    .await?;
     let rsp = http_get(io, &backend.to_string()).await?;
-    anyhow::ensure!(rsp.ends_with(BODY), "unexpected response through the gRPC frontend: {rsp:?}");
-    println!("[1] gRPC frontend (what kube-apiserver uses):  GET http://{backend}/  ->  {:?}  in {:?}", rsp.lines().next().unwrap_or(""), t.elapsed());
+    anyhow::ensure!(
+        rsp.ends_with(BODY),
+        "unexpected response through the gRPC frontend: {rsp:?}"
+    );
+    println!(
+        "[1] gRPC frontend (what kube-apiserver uses):  GET http://{backend}/  ->  {:?}  in {:?}",
+        rsp.lines().next().unwrap_or(""),
+        t.elapsed()
+    );
 
-    let client_tls = konnectivity_tls::client(&pki.ca, Some((&pki.client_cert, &pki.client_key)), &[b"http/1.1"])?;
-    let f = Frontend::Tcp { addr: connect_addr.to_string(), tls: Arc::new(client_tls), server_name: "localhost".into() };
+    let client_tls = konnectivity_tls::client(
+        &pki.ca,
+        Some((&pki.client_cert, &pki.client_key)),
+        &[b"http/1.1"],
+    )?;
+    let f = Frontend::Tcp {
+        addr: connect_addr.to_string(),
+        tls: Arc::new(client_tls),
+        server_name: "localhost".into(),
+    };
     let t = Instant::now();
-    let (io, _) = konnectivity_client::connect_dial(&f, &backend.to_string(), Duration::from_secs(10)).await?;
+    let (io, _) =
+        konnectivity_client::connect_dial(&f, &backend.to_string(), Duration::from_secs(10))
+            .await?;
     let rsp = http_get(io, &backend.to_string()).await?;
-    anyhow::ensure!(rsp.ends_with(BODY), "unexpected response through the HTTP-CONNECT frontend: {rsp:?}");
-    println!("[2] HTTP-CONNECT frontend (mTLS):              GET http://{backend}/  ->  {:?}  in {:?}", rsp.lines().next().unwrap_or(""), t.elapsed());
+    anyhow::ensure!(
+        rsp.ends_with(BODY),
+        "unexpected response through the HTTP-CONNECT frontend: {rsp:?}"
+    );
+    println!(
+        "[2] HTTP-CONNECT frontend (mTLS):              GET http://{backend}/  ->  {:?}  in {:?}",
+        rsp.lines().next().unwrap_or(""),
+        t.elapsed()
+    );
     println!("    body: {}", BODY.trim_end());
 
     if once {
@@ -146,7 +213,10 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         pki.client_key.display()
     );
     println!("or with the gRPC frontend, as kube-apiserver does:\n");
-    println!("  printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | cargo run -q --bin konnectivity -- dial --uds {} {backend}\n", uds.display());
+    println!(
+        "  printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | cargo run -q --bin konnectivity -- dial --uds {} {backend}\n",
+        uds.display()
+    );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     shutdown.cancel();

@@ -38,7 +38,8 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
     type R = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
     type W = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
     let (mut r, mut w): (R, W) = if a.http_connect {
-        let (io, rest) = konnectivity_client::connect_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
+        let (io, rest) =
+            konnectivity_client::connect_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))

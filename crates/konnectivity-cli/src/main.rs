@@ -14,7 +14,11 @@ mod demo;
 mod dial;
 
 #[derive(Parser, Debug)]
-#[command(name = "konnectivity", version, about = "Operate and diagnose a Konnectivity tunnel (konnectivity-rs)")]
+#[command(
+    name = "konnectivity",
+    version,
+    about = "Operate and diagnose a Konnectivity tunnel (konnectivity-rs)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,11 +43,17 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     konnectivity_tunnel::process::init_logging(
-        std::env::var("KONNECTIVITY_V").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+        std::env::var("KONNECTIVITY_V")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
         false,
     );
     konnectivity_tls::install_provider();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -84,7 +94,10 @@ pub(crate) fn frontend(
                 anyhow::bail!("--tcp needs --ca, --cert and --key (the frontend requires mTLS)");
             };
             let tls = konnectivity_tls::client(&ca, Some((&cert, &key)), &[])?;
-            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_owned();
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(h, _)| h)
+                .to_owned();
             Ok(konnectivity_client::Frontend::Tcp {
                 addr,
                 tls: Arc::new(tls),

@@ -75,15 +75,29 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 async fn open_frontend(f: &Frontend, alpn: &[u8]) -> Result<Box<dyn Io>, ClientError> {
     match f {
-        Frontend::Uds(path) => Ok(Box::new(UnixStream::connect(path).await.map_err(ClientError::Connect)?)),
-        Frontend::Tcp { addr, tls, server_name } => {
-            let tcp = TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        Frontend::Uds(path) => Ok(Box::new(
+            UnixStream::connect(path)
+                .await
+                .map_err(ClientError::Connect)?,
+        )),
+        Frontend::Tcp {
+            addr,
+            tls,
+            server_name,
+        } => {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(ClientError::Connect)?;
             let _ = tcp.set_nodelay(true);
             let mut cfg = (**tls).clone();
             cfg.alpn_protocols = vec![alpn.to_vec()];
-            let name = ServerName::try_from(server_name.clone())
-                .map_err(|e| ClientError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())))?;
-            let s = TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(ClientError::Connect)?;
+            let name = ServerName::try_from(server_name.clone()).map_err(|e| {
+                ClientError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+            })?;
+            let s = TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(ClientError::Connect)?;
             Ok(Box::new(s))
         }
     }
@@ -92,14 +106,21 @@ async fn open_frontend(f: &Frontend, alpn: &[u8]) -> Result<Box<dyn Io>, ClientE
 /// Opens `address` through the gRPC frontend: one Proxy stream on its own HTTP/2
 /// connection (konnectivity-client's single-use tunnel). The returned stream carries
 /// the connection's bytes; shutting down its write side closes the tunnel.
-pub async fn grpc_dial(f: &Frontend, address: &str, timeout: Duration) -> Result<DuplexStream, ClientError> {
-    let io = tokio::time::timeout(timeout, open_frontend(f, b"h2")).await.map_err(|_| ClientError::Timeout)??;
+pub async fn grpc_dial(
+    f: &Frontend,
+    address: &str,
+    timeout: Duration,
+) -> Result<DuplexStream, ClientError> {
+    let io = tokio::time::timeout(timeout, open_frontend(f, b"h2"))
+        .await
+        .map_err(|_| ClientError::Timeout)??;
     let slot = std::sync::Mutex::new(Some(io));
     let connector = tower::service_fn(move |_: Uri| {
         let io = slot.lock().ok().and_then(|mut s| s.take());
         async move {
-            io.map(hyper_util::rt::TokioIo::new)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "frontend connection closed"))
+            io.map(hyper_util::rt::TokioIo::new).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotConnected, "frontend connection closed")
+            })
         }
     });
     let channel = Endpoint::from_static("http://konnectivity")
@@ -110,10 +131,17 @@ pub async fn grpc_dial(f: &Frontend, address: &str, timeout: Duration) -> Result
         .map_err(|e| ClientError::Stream(e.to_string()))?;
     let (tx, out) = outbound::channel();
     let random = rand::random::<i64>() & i64::MAX;
-    tx.control(packet::dial_req("tcp", address, random)).map_err(|e| ClientError::Stream(e.to_string()))?;
+    tx.control(packet::dial_req("tcp", address, random))
+        .map_err(|e| ClientError::Stream(e.to_string()))?;
     let mut client = ProxyServiceClient::new(channel).max_decoding_message_size(16 << 20);
-    let mut inbound = client.proxy(out).await.map_err(|s| ClientError::Stream(s.message().to_owned()))?.into_inner();
-    let first = tokio::time::timeout(timeout, inbound.next()).await.map_err(|_| ClientError::Timeout)?;
+    let mut inbound = client
+        .proxy(out)
+        .await
+        .map_err(|s| ClientError::Stream(s.message().to_owned()))?
+        .into_inner();
+    let first = tokio::time::timeout(timeout, inbound.next())
+        .await
+        .map_err(|_| ClientError::Timeout)?;
     let connect_id = match first {
         Some(Ok(p)) => match packet::kind(&p) {
             Kind::Known(PacketType::DialRsp) => {
@@ -150,7 +178,11 @@ async fn bridge(
                     return;
                 }
                 Ok(_) => {
-                    if tx.send(packet::data(connect_id, buf.freeze())).await.is_err() {
+                    if tx
+                        .send(packet::data(connect_id, buf.freeze()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -188,23 +220,33 @@ pub async fn connect_dial(
     address: &str,
     timeout: Duration,
 ) -> Result<(Pin<Box<dyn Io>>, Bytes), ClientError> {
-    let mut io = tokio::time::timeout(timeout, open_frontend(f, b"http/1.1")).await.map_err(|_| ClientError::Timeout)??;
+    let mut io = tokio::time::timeout(timeout, open_frontend(f, b"http/1.1"))
+        .await
+        .map_err(|_| ClientError::Timeout)??;
     let req = format!("CONNECT {address} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    io.write_all(req.as_bytes()).await.map_err(ClientError::Connect)?;
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(ClientError::Connect)?;
     let mut buf = BytesMut::with_capacity(1024);
     let read_head = async {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut rsp = httparse::Response::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = rsp.parse(&buf) {
-                return Ok((rsp.code.unwrap_or(0), rsp.reason.unwrap_or("").to_owned(), n));
+                return Ok((
+                    rsp.code.unwrap_or(0),
+                    rsp.reason.unwrap_or("").to_owned(),
+                    n,
+                ));
             }
             if io.read_buf(&mut buf).await.map_err(ClientError::Connect)? == 0 {
                 return Err(ClientError::Closed);
             }
         }
     };
-    let (code, reason, n) = tokio::time::timeout(timeout, read_head).await.map_err(|_| ClientError::Timeout)??;
+    let (code, reason, n) = tokio::time::timeout(timeout, read_head)
+        .await
+        .map_err(|_| ClientError::Timeout)??;
     let rest = buf.split_off(n).freeze();
     if code != 200 {
         let mut body = rest.to_vec();

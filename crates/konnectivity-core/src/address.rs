@@ -31,7 +31,10 @@ pub enum DialFailure {
 pub fn connect_error_text(address: &str, err: &io::Error) -> (String, DialFailure) {
     let reason = match err.kind() {
         io::ErrorKind::TimedOut => {
-            return (format!("dial tcp {address}: i/o timeout"), DialFailure::Timeout);
+            return (
+                format!("dial tcp {address}: i/o timeout"),
+                DialFailure::Timeout,
+            );
         }
         io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         io::ErrorKind::ConnectionReset => "connection reset by peer".to_owned(),
@@ -43,13 +46,19 @@ pub fn connect_error_text(address: &str, err: &io::Error) -> (String, DialFailur
             _ => strip_os_suffix(&err.to_string()).to_lowercase(),
         },
     };
-    (format!("dial tcp {address}: connect: {reason}"), DialFailure::Unknown)
+    (
+        format!("dial tcp {address}: connect: {reason}"),
+        DialFailure::Unknown,
+    )
 }
 
 /// Go's text for a failed name lookup: `dial tcp: lookup <host>: no such host`.
 pub fn lookup_error_text(host: &str, err: &io::Error) -> String {
     let msg = err.to_string();
-    if msg.contains("failed to lookup") || msg.contains("Name or service not known") || msg.contains("No address associated") {
+    if msg.contains("failed to lookup")
+        || msg.contains("Name or service not known")
+        || msg.contains("No address associated")
+    {
         format!("dial tcp: lookup {host}: no such host")
     } else {
         format!("dial tcp: lookup {host}: {}", strip_os_suffix(&msg))
@@ -90,7 +99,8 @@ mod tests {
         let (text, why) = connect_error_text("127.0.0.1:1", &e);
         assert_eq!(text, "dial tcp 127.0.0.1:1: connect: connection refused");
         assert_eq!(why, DialFailure::Unknown);
-        let (text, why) = connect_error_text("10.0.0.1:1", &io::Error::from(io::ErrorKind::TimedOut));
+        let (text, why) =
+            connect_error_text("10.0.0.1:1", &io::Error::from(io::ErrorKind::TimedOut));
         assert_eq!(text, "dial tcp 10.0.0.1:1: i/o timeout");
         assert_eq!(why, DialFailure::Timeout);
     }

@@ -60,7 +60,9 @@ pub struct SendCredit {
 impl SendCredit {
     /// Starts with the peer's announced window.
     pub fn new(window: u32) -> Self {
-        Self { credit: i64::from(window) }
+        Self {
+            credit: i64::from(window),
+        }
     }
     /// Whether a packet may be sent now.
     pub fn can_send(&self) -> bool {

@@ -70,7 +70,10 @@ pub fn into_data(p: Packet) -> Data {
 }
 
 fn packet(t: PacketType, payload: Payload) -> Packet {
-    Packet { r#type: t as i32, payload: Some(payload) }
+    Packet {
+        r#type: t as i32,
+        payload: Some(payload),
+    }
 }
 
 /// `DIAL_REQ{protocol, address, random}`.
@@ -89,31 +92,51 @@ pub fn dial_req(protocol: &str, address: &str, random: i64) -> Packet {
 pub fn dial_rsp(random: i64, connect_id: i64, error: impl Into<String>) -> Packet {
     packet(
         PacketType::DialRsp,
-        Payload::DialResponse(DialResponse { error: error.into(), connect_id, random }),
+        Payload::DialResponse(DialResponse {
+            error: error.into(),
+            connect_id,
+            random,
+        }),
     )
 }
 
 /// `CLOSE_REQ{connectID}`.
 pub fn close_req(connect_id: i64) -> Packet {
-    packet(PacketType::CloseReq, Payload::CloseRequest(CloseRequest { connect_id }))
+    packet(
+        PacketType::CloseReq,
+        Payload::CloseRequest(CloseRequest { connect_id }),
+    )
 }
 
 /// `CLOSE_RSP{connectID, error}`.
 pub fn close_rsp(connect_id: i64, error: impl Into<String>) -> Packet {
     packet(
         PacketType::CloseRsp,
-        Payload::CloseResponse(CloseResponse { error: error.into(), connect_id }),
+        Payload::CloseResponse(CloseResponse {
+            error: error.into(),
+            connect_id,
+        }),
     )
 }
 
 /// `DIAL_CLS{random}`.
 pub fn dial_cls(random: i64) -> Packet {
-    packet(PacketType::DialCls, Payload::CloseDial(CloseDial { random }))
+    packet(
+        PacketType::DialCls,
+        Payload::CloseDial(CloseDial { random }),
+    )
 }
 
 /// `DATA{connectID, data}`.
 pub fn data(connect_id: i64, data: Bytes) -> Packet {
-    packet(PacketType::Data, Payload::Data(Data { connect_id, error: String::new(), data }))
+    packet(
+        PacketType::Data,
+        Payload::Data(Data {
+            connect_id,
+            error: String::new(),
+            data,
+        }),
+    )
 }
 
 /// `DRAIN{}`.
@@ -148,15 +171,24 @@ mod tests {
 
     #[test]
     fn a_packet_without_payload_reads_as_defaults() {
-        let p = Packet { r#type: PacketType::Data as i32, payload: None };
+        let p = Packet {
+            r#type: PacketType::Data as i32,
+            payload: None,
+        };
         assert_eq!(into_data(p).connect_id, 0);
-        let p = Packet { r#type: PacketType::CloseReq as i32, payload: Some(Payload::Drain(Drain {})) };
+        let p = Packet {
+            r#type: PacketType::CloseReq as i32,
+            payload: Some(Payload::Drain(Drain {})),
+        };
         assert_eq!(close_request(&p).connect_id, 0);
     }
 
     #[test]
     fn unknown_type_values_are_kept() {
-        let p = Packet { r#type: 77, payload: None };
+        let p = Packet {
+            r#type: 77,
+            payload: None,
+        };
         assert_eq!(kind(&p), Kind::Unknown(77));
         assert_eq!(type_name(&p), "UNKNOWN");
     }
@@ -165,9 +197,17 @@ mod tests {
     fn field_numbers_match_upstream() {
         // DATA{connectID=1, data="x"}: type=4 (08 04), field 4 (22 len) { 08 01, 1a 01 'x' }
         let bytes = data(1, Bytes::from_static(b"x")).encode_to_vec();
-        assert_eq!(bytes, vec![0x08, 0x04, 0x22, 0x05, 0x08, 0x01, 0x1a, 0x01, b'x']);
+        assert_eq!(
+            bytes,
+            vec![0x08, 0x04, 0x22, 0x05, 0x08, 0x01, 0x1a, 0x01, b'x']
+        );
         // DIAL_RSP{error:"e", connectID:2, random:3}: field 3 { 0a 01 'e', 10 02, 18 03 }
         let bytes = dial_rsp(3, 2, "e").encode_to_vec();
-        assert_eq!(bytes, vec![0x08, 0x01, 0x1a, 0x07, 0x0a, 0x01, b'e', 0x10, 0x02, 0x18, 0x03]);
+        assert_eq!(
+            bytes,
+            vec![
+                0x08, 0x01, 0x1a, 0x07, 0x0a, 0x01, b'e', 0x10, 0x02, 0x18, 0x03
+            ]
+        );
     }
 }

@@ -76,11 +76,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -107,7 +111,10 @@ struct Keyed<B> {
 
 impl<B: Candidate + Clone> Keyed<B> {
     fn new() -> Self {
-        Self { order: Vec::new(), streams: HashMap::new() }
+        Self {
+            order: Vec::new(),
+            streams: HashMap::new(),
+        }
     }
     fn add(&mut self, key: &str, b: B) {
         let list = self.streams.entry(key.to_owned()).or_default();
@@ -149,7 +156,10 @@ impl<B: Candidate + Clone> Keyed<B> {
     /// Streams under `key` in registration order; first non-draining, else the first.
     fn exact(&self, key: &str) -> Option<B> {
         let list = self.streams.get(key)?;
-        list.iter().find(|b| !b.is_draining()).or_else(|| list.first()).cloned()
+        list.iter()
+            .find(|b| !b.is_draining())
+            .or_else(|| list.first())
+            .cloned()
     }
 }
 
@@ -195,7 +205,9 @@ impl<B: Candidate + Clone> BackendTable<B> {
 
     /// Removes exactly this stream (other streams of the same agent ID stay).
     pub fn remove(&mut self, stream_id: u64) {
-        let Some(ident) = self.idents.remove(&stream_id) else { return };
+        let Some(ident) = self.idents.remove(&stream_id) else {
+            return;
+        };
         self.by_agent.remove(&ident.agent_id, stream_id);
         for h in &ident.hosts {
             self.by_host.remove(h, stream_id);
@@ -223,7 +235,8 @@ impl<B: Candidate + Clone> BackendTable<B> {
             let better = match best {
                 None => true,
                 Some((bc, bb)) => {
-                    c.prefix > bc.prefix || (c.prefix == bc.prefix && bb.is_draining() && !b.is_draining())
+                    c.prefix > bc.prefix
+                        || (c.prefix == bc.prefix && bb.is_draining() && !b.is_draining())
                 }
             };
             if better {
@@ -278,7 +291,11 @@ mod tests {
         B(id, Rc::new(Cell::new(false)))
     }
     fn ident(agent: &str, hosts: &[&str]) -> Identity {
-        Identity { agent_id: agent.into(), hosts: hosts.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        Identity {
+            agent_id: agent.into(),
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -23,8 +23,7 @@ pub const UNKNOWN_CONNECT_ID: &str = "Unknown connectID";
 /// (Upstream leaves such dials to time out; answering at once is our improvement.)
 pub const AGENT_DISCONNECTED: &str = "agent disconnected before the dial completed";
 /// Close error when a peer without flow control overran a connection's buffer budget.
-pub const BUFFER_OVERFLOW: &str =
-    "connection closed: the receiving side stopped reading and the buffer budget for this connection is exhausted";
+pub const BUFFER_OVERFLOW: &str = "connection closed: the receiving side stopped reading and the buffer budget for this connection is exhausted";
 
 /// gRPC metadata keys. grpc-go lowercases keys on the wire; we always send lowercase.
 pub mod metadata {

@@ -14,13 +14,20 @@ use konnectivity_testkit::pki::Pki;
 pub fn bin_dir() -> PathBuf {
     // Integration tests run from target/<profile>/deps/<test>-<hash>.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Path of a workspace binary; fails clearly when it has not been built.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let p = bin_dir().join(name);
-    anyhow::ensure!(p.exists(), "{} not built: run `cargo build --bins` (or `cargo test --workspace`) first", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} not built: run `cargo build --bins` (or `cargo test --workspace`) first",
+        p.display()
+    );
     Ok(p)
 }
 
@@ -33,7 +40,9 @@ pub fn free_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20_000 + (seed + n) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
             return port;
         }
     }
@@ -50,9 +59,18 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `program args…`, optionally inside network namespace `netns`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], netns: Option<&str>, log_dir: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        netns: Option<&str>,
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
         let log = log_dir.join(format!("{name}.log"));
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -61,9 +79,16 @@ impl Proc {
             }
             None => Command::new(program),
         };
-        cmd.args(args).stdout(f.try_clone()?).stderr(f).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .stdin(Stdio::null());
         let child = cmd.spawn()?;
-        Ok(Proc { child, log, name: name.to_owned() })
+        Ok(Proc {
+            child,
+            log,
+            name: name.to_owned(),
+        })
     }
 
     /// The process ID.
@@ -78,7 +103,10 @@ impl Proc {
 
     /// Sends a signal (`"TERM"`, `"KILL"`, …).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Kills the process and waits for it.
@@ -94,7 +122,9 @@ impl Proc {
 
     /// Number of open file descriptors.
     pub fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -125,16 +155,30 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if cond() {
@@ -174,12 +218,23 @@ pub struct ServerSpec {
 impl ServerSpec {
     /// A gRPC server with a UDS frontend.
     pub fn grpc_uds(path: PathBuf) -> Self {
-        Self { mode: "grpc", uds: Some(path), bind: "127.0.0.1".into(), extra: Vec::new() }
+        Self {
+            mode: "grpc",
+            uds: Some(path),
+            bind: "127.0.0.1".into(),
+            extra: Vec::new(),
+        }
     }
 }
 
 /// Starts proxy-server and waits until its health port answers.
-pub fn start_server(name: &str, pki: &Pki, spec: &ServerSpec, netns: Option<&str>, dir: &Path) -> anyhow::Result<(Proc, ServerPorts)> {
+pub fn start_server(
+    name: &str,
+    pki: &Pki,
+    spec: &ServerSpec,
+    netns: Option<&str>,
+    dir: &Path,
+) -> anyhow::Result<(Proc, ServerPorts)> {
     let ports = ServerPorts {
         agent: free_port(),
         health: free_port(),
@@ -218,7 +273,9 @@ pub fn start_server(name: &str, pki: &Pki, spec: &ServerSpec, netns: Option<&str
     let health = format!("{}:{}", spec.bind, ports.health);
     if netns.is_none() {
         wait_for("proxy-server /healthz", Duration::from_secs(20), || {
-            http_get(&health, "/healthz").map(|(s, _)| s == 200).unwrap_or(false)
+            http_get(&health, "/healthz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
         })?;
     }
     Ok((proc, ports))
@@ -257,12 +314,18 @@ pub fn start_agent(
 pub fn wait_server_ready(bind: &str, health: u16) -> anyhow::Result<()> {
     let addr = format!("{bind}:{health}");
     wait_for("proxy-server /readyz", Duration::from_secs(20), || {
-        http_get(&addr, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        http_get(&addr, "/readyz")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
     })
 }
 
 /// A frontend description for the Rust client.
-pub fn tcp_frontend(pki: &Pki, port: u16, alpn: &[&[u8]]) -> anyhow::Result<konnectivity_client::Frontend> {
+pub fn tcp_frontend(
+    pki: &Pki,
+    port: u16,
+    alpn: &[&[u8]],
+) -> anyhow::Result<konnectivity_client::Frontend> {
     konnectivity_tls::install_provider();
     let tls = konnectivity_tls::client(&pki.ca, Some((&pki.client_cert, &pki.client_key)), alpn)?;
     Ok(konnectivity_client::Frontend::Tcp {

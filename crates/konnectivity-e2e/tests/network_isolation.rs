@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use konnectivity_client::{connect_dial, grpc_dial, Frontend};
-use konnectivity_e2e::{start_agent, start_server, wait_for, Proc, ServerSpec};
+use konnectivity_client::{Frontend, connect_dial, grpc_dial};
+use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_server, wait_for};
 use konnectivity_testkit::pki;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -18,25 +18,44 @@ const T: Duration = Duration::from_secs(5);
 
 /// Runs `ip netns exec <ns> <args…>` (or a host command when `ns` is empty); true on success.
 fn run_in(ns: &str, args: &[&str]) -> bool {
-    let mut c = if ns.is_empty() { Command::new(args[0]) } else { Command::new("ip") };
+    let mut c = if ns.is_empty() {
+        Command::new(args[0])
+    } else {
+        Command::new("ip")
+    };
     if ns.is_empty() {
         c.args(&args[1..]);
     } else {
         c.args(["netns", "exec", ns]).args(args);
     }
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn must(ns: &str, args: &[&str]) {
     let out = if ns.is_empty() {
         Command::new(args[0]).args(&args[1..]).output()
     } else {
-        Command::new("ip").args(["netns", "exec", ns]).args(args).output()
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
     };
     match out {
         Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("`{}` failed in netns {ns:?}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => panic!("cannot run `{}`: {e} (is iproute2/iptables installed?)", args.join(" ")),
+        Ok(o) => panic!(
+            "`{}` failed in netns {ns:?}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "cannot run `{}`: {e} (is iproute2/iptables installed?)",
+            args.join(" ")
+        ),
     }
 }
 
@@ -60,7 +79,10 @@ impl Net {
         };
         n.delete(); // stale ones from an earlier run with the same pid
         for ns in [&n.cp, &n.node] {
-            let o = Command::new("ip").args(["netns", "add", ns]).output().expect("running `ip netns add`");
+            let o = Command::new("ip")
+                .args(["netns", "add", ns])
+                .output()
+                .expect("running `ip netns add`");
             assert!(
                 o.status.success(),
                 "cannot create network namespace {ns} (this test needs root and `ip netns`): {}",
@@ -68,15 +90,37 @@ impl Net {
             );
         }
         let (vc, vn) = (format!("kv{pid}{tag}c"), format!("kv{pid}{tag}n"));
-        must("", &["ip", "link", "add", &vc, "netns", &n.cp, "type", "veth", "peer", "name", &vn, "netns", &n.node]);
+        must(
+            "",
+            &[
+                "ip", "link", "add", &vc, "netns", &n.cp, "type", "veth", "peer", "name", &vn,
+                "netns", &n.node,
+            ],
+        );
         for (ns, dev, ip) in [(&n.cp, &vc, &n.cp_ip), (&n.node, &vn, &n.node_ip)] {
             must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
             must(ns, &["ip", "link", "set", dev, "up"]);
             must(ns, &["ip", "link", "set", "lo", "up"]);
         }
         // The node may open connections; the control plane may not open any toward it.
-        must(&n.node, &["iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]);
-        must(&n.node, &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
+        must(
+            &n.node,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        must(
+            &n.node,
+            &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+        );
         must(&n.node, &["iptables", "-A", "INPUT", "-j", "DROP"]);
         n
     }
@@ -97,9 +141,14 @@ impl Drop for Net {
 /// Sends an HTTP/1.0 GET over `io` and returns everything the peer sent (after `pre`).
 async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, pre: &[u8], host: &str) -> String {
     let req = format!("GET /id.txt HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    io.write_all(req.as_bytes()).await.expect("writing the request through the tunnel");
+    io.write_all(req.as_bytes())
+        .await
+        .expect("writing the request through the tunnel");
     let mut out = pre.to_vec();
-    tokio::time::timeout(T, io.read_to_end(&mut out)).await.expect("response in time").expect("reading the response");
+    tokio::time::timeout(T, io.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("reading the response");
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -112,16 +161,28 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
 
     // The node's kubelet stand-in.
     let www = d.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("id.txt"), ID).unwrap();
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("id.txt"), ID).expect("id.txt");
     let node_addr = format!("{}:10250", net.node_ip);
-    let args: Vec<String> =
-        ["-m", "http.server", "10250", "--bind", &net.node_ip, "--directory"].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = [
+        "-m",
+        "http.server",
+        "10250",
+        "--bind",
+        &net.node_ip,
+        "--directory",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let args = [args, vec![www.display().to_string()]].concat();
-    let _kubelet = Proc::spawn("kubelet", Path::new("python3"), &args, Some(&net.node), d).expect("python3");
+    let _kubelet =
+        Proc::spawn("kubelet", Path::new("python3"), &args, Some(&net.node), d).expect("python3");
     let url = format!("http://{node_addr}/id.txt");
-    wait_for("the node's :10250 (from the node)", T, || run_in(&net.node, &["curl", "-sf", "-m", "1", &url]))
-        .expect("destination up");
+    wait_for("the node's :10250 (from the node)", T, || {
+        run_in(&net.node, &["curl", "-sf", "-m", "1", &url])
+    })
+    .expect("destination up");
 
     // (a) Without the tunnel, the control plane cannot reach the node.
     assert!(
@@ -130,39 +191,87 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
     );
 
     let sock = d.join("konnectivity.sock");
-    let spec = ServerSpec { mode, uds: Some(sock.clone()), bind: net.cp_ip.clone(), extra: Vec::new() };
-    let (_server, ports) = start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
-    let (_agent, _) =
-        start_agent("proxy-agent", &pki, &net.cp_ip, ports.agent, &[], Some(&net.node), d).expect("proxy-agent");
+    let spec = ServerSpec {
+        mode,
+        uds: Some(sock.clone()),
+        bind: net.cp_ip.clone(),
+        extra: Vec::new(),
+    };
+    let (_server, ports) =
+        start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
+    let (_agent, _) = start_agent(
+        "proxy-agent",
+        &pki,
+        &net.cp_ip,
+        ports.agent,
+        &[],
+        Some(&net.node),
+        d,
+    )
+    .expect("proxy-agent");
     let readyz = format!("http://{}:{}/readyz", net.cp_ip, ports.health);
-    wait_for("proxy-server /readyz (agent connected)", Duration::from_secs(10), || {
-        run_in(&net.cp, &["curl", "-sf", "-m", "1", &readyz])
-    })
+    wait_for(
+        "proxy-server /readyz (agent connected)",
+        Duration::from_secs(10),
+        || run_in(&net.cp, &["curl", "-sf", "-m", "1", &readyz]),
+    )
     .expect("the agent in the node namespace connects out to the server");
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let f = Frontend::Uds(sock);
     let refused_addr = format!("{}:10251", net.node_ip);
     rt.block_on(async {
         // (b) Through the tunnel, the node's port answers.
         let body = if mode == "grpc" {
-            get(grpc_dial(&f, &node_addr, T).await.expect("gRPC dial through the tunnel"), b"", &node_addr).await
+            get(
+                grpc_dial(&f, &node_addr, T)
+                    .await
+                    .expect("gRPC dial through the tunnel"),
+                b"",
+                &node_addr,
+            )
+            .await
         } else {
-            let (io, rest) = connect_dial(&f, &node_addr, T).await.expect("CONNECT through the tunnel");
+            let (io, rest) = connect_dial(&f, &node_addr, T)
+                .await
+                .expect("CONNECT through the tunnel");
             get(io, &rest, &node_addr).await
         };
-        assert!(body.starts_with("HTTP/1.0 200"), "unexpected response through the tunnel: {body:?}");
-        assert!(body.ends_with(ID), "response without the node's identity: {body:?}");
+        assert!(
+            body.starts_with("HTTP/1.0 200"),
+            "unexpected response through the tunnel: {body:?}"
+        );
+        assert!(
+            body.ends_with(ID),
+            "response without the node's identity: {body:?}"
+        );
 
         // (c) A closed port on the node: the agent's dial is refused, and that is reported.
         let err = if mode == "grpc" {
-            grpc_dial(&f, &refused_addr, T).await.map(|_| ()).expect_err("dial to a closed port").to_string()
+            grpc_dial(&f, &refused_addr, T)
+                .await
+                .map(|_| ())
+                .expect_err("dial to a closed port")
+                .to_string()
         } else {
-            connect_dial(&f, &refused_addr, T).await.map(|_| ()).expect_err("CONNECT to a closed port").to_string()
+            connect_dial(&f, &refused_addr, T)
+                .await
+                .map(|_| ())
+                .expect_err("CONNECT to a closed port")
+                .to_string()
         };
-        assert!(err.contains("connection refused"), "dial to {refused_addr}: unexpected error {err:?}");
+        assert!(
+            err.contains("connection refused"),
+            "dial to {refused_addr}: unexpected error {err:?}"
+        );
     });
-    eprintln!("{mode}: isolated node reached through the tunnel in {:?}", started.elapsed());
+    eprintln!(
+        "{mode}: isolated node reached through the tunnel in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -172,5 +281,9 @@ fn control_plane_reaches_node_only_through_the_tunnel() {
 
 #[test]
 fn control_plane_reaches_node_only_through_the_http_connect_tunnel() {
-    isolated_node_reached_through_tunnel("http-connect", "c", (std::process::id() % 100 + 100) as u8);
+    isolated_node_reached_through_tunnel(
+        "http-connect",
+        "c",
+        (std::process::id() % 100 + 100) as u8,
+    );
 }

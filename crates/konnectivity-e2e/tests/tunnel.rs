@@ -12,13 +12,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
 
-async fn get_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) -> anyhow::Result<String> {
-    io.write_all(b"GET / HTTP/1.1\r\nHost: node\r\n\r\n").await?;
+async fn get_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+) -> anyhow::Result<String> {
+    io.write_all(b"GET / HTTP/1.1\r\nHost: node\r\n\r\n")
+        .await?;
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("node says hi") {
         let n = tokio::time::timeout(T, io.read(&mut buf)).await??;
-        anyhow::ensure!(n > 0, "EOF before the body: {:?}", String::from_utf8_lossy(&got));
+        anyhow::ensure!(
+            n > 0,
+            "EOF before the body: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     Ok(String::from_utf8_lossy(&got).into_owned())
@@ -29,17 +36,34 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server("server", &pki, &ServerSpec::grpc_uds(sock.clone()), None, dir.path())?;
-    let (_agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_server, ports) = start_server(
+        "server",
+        &pki,
+        &ServerSpec::grpc_uds(sock.clone()),
+        None,
+        dir.path(),
+    )?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi").await?;
-    let rsp = get_through(grpc_dial(&Frontend::Uds(sock.clone()), &backend.to_string(), T).await?).await?;
+    let rsp = get_through(grpc_dial(&Frontend::Uds(sock.clone()), &backend.to_string(), T).await?)
+        .await?;
     assert!(rsp.starts_with("HTTP/1.1 200 OK"), "{rsp}");
 
     // A refused dial reaches only that frontend, with Go's error text.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     match grpc_dial(&Frontend::Uds(sock.clone()), &closed.to_string(), T).await {
-        Err(ClientError::Dial(e)) => assert_eq!(e, format!("dial tcp {closed}: connect: connection refused")),
+        Err(ClientError::Dial(e)) => {
+            assert_eq!(e, format!("dial tcp {closed}: connect: connection refused"))
+        }
         other => panic!("expected a dial error, got {:?}", other.map(|_| ())),
     }
     // ... and the tunnel still works afterwards.
@@ -48,23 +72,44 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -> anyhow::Result<()> {
+async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -> anyhow::Result<()>
+{
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec { mode: "http-connect", uds: None, bind: "127.0.0.1".into(), extra: vec![] };
+    let spec = ServerSpec {
+        mode: "http-connect",
+        uds: None,
+        bind: "127.0.0.1".into(),
+        extra: vec![],
+    };
     let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
 
     // CONNECT and the first payload in one write: the payload must not be lost, and
     // nothing but the exact 200 line may precede the echo.
     let f = tcp_frontend(&pki, ports.frontend, &[b"http/1.1"])?;
-    let Frontend::Tcp { tls, .. } = &f else { unreachable!() };
+    let Frontend::Tcp { tls, .. } = &f else {
+        unreachable!()
+    };
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports.frontend)).await?;
     let name = konnectivity_tls::ServerName::try_from("localhost")?;
-    let mut s = konnectivity_tls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
-    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\npipelined-bytes").as_bytes()).await?;
+    let mut s = konnectivity_tls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await?;
+    s.write_all(
+        format!("CONNECT {echo} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\npipelined-bytes").as_bytes(),
+    )
+    .await?;
     let want = b"HTTP/1.1 200 Connection Established\r\n\r\npipelined-bytes";
     let mut got = vec![0u8; want.len()];
     tokio::time::timeout(T, s.read_exact(&mut got)).await??;
@@ -94,7 +139,12 @@ async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("c.sock");
-    let spec = ServerSpec { mode: "http-connect", uds: Some(sock.clone()), bind: "127.0.0.1".into(), extra: vec![] };
+    let spec = ServerSpec {
+        mode: "http-connect",
+        uds: Some(sock.clone()),
+        bind: "127.0.0.1".into(),
+        extra: vec![],
+    };
     let (_server, _ports) = start_server("server", &pki, &spec, None, dir.path())?;
     // No agent yet: 500 with upstream's text.
     let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
@@ -112,18 +162,38 @@ async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Re
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf)?;
     let out = String::from_utf8_lossy(&buf[..n]);
-    assert!(out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{out}");
-    assert!(out.ends_with("this proxy only supports CONNECT passthrough\n"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("this proxy only supports CONNECT passthrough\n"),
+        "{out}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend() -> anyhow::Result<()> {
+async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec { mode: "http-connect", uds: None, bind: "127.0.0.1".into(), extra: vec![] };
+    let spec = ServerSpec {
+        mode: "http-connect",
+        uds: None,
+        bind: "127.0.0.1".into(),
+        extra: vec![],
+    };
     let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi via curl").await?;
     let p = |x: &Path| x.display().to_string();
@@ -133,32 +203,69 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
             Command::new("curl")
                 .args(["-sS", "--max-time", "10", "--proxytunnel"])
                 .args(["-x", &format!("https://localhost:{}", ports.frontend)])
-                .args(["--proxy-cacert", &p(&pki.ca), "--proxy-cert", &p(&pki.client_cert), "--proxy-key", &p(&pki.client_key)])
+                .args([
+                    "--proxy-cacert",
+                    &p(&pki.ca),
+                    "--proxy-cert",
+                    &p(&pki.client_cert),
+                    "--proxy-key",
+                    &p(&pki.client_key),
+                ])
                 .arg(format!("http://{backend}/"))
                 .output()
         }
     })
     .await??;
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "node says hi via curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "node says hi via curl"
+    );
 
     // Without a client certificate the frontend refuses the TLS handshake.
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--proxytunnel"])
-        .args(["-x", &format!("https://localhost:{}", ports.frontend), "--proxy-cacert", &p(&pki.ca)])
+        .args([
+            "-x",
+            &format!("https://localhost:{}", ports.frontend),
+            "--proxy-cacert",
+            &p(&pki.ca),
+        ])
         .arg(format!("http://{backend}/"))
         .output()?;
-    assert!(!out.status.success(), "a client without certificate got through");
+    assert!(
+        !out.status.success(),
+        "a client without certificate got through"
+    );
     Ok(())
 }
 
 fn go_interop(args: &[String]) -> anyhow::Result<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
     let out_bin = bin_dir().join("konnectivity-interop");
-    let build = Command::new("go").arg("build").arg("-o").arg(&out_bin).arg(".").current_dir(&src).output();
-    let build = build.map_err(|e| anyhow::anyhow!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-    anyhow::ensure!(build.status.success(), "go build failed: {}", String::from_utf8_lossy(&build.stderr));
-    let out = Command::new(&out_bin).args(args).arg("-timeout=150s").arg("-wait=10s").output()?;
+    let build = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&out_bin)
+        .arg(".")
+        .current_dir(&src)
+        .output();
+    let build =
+        build.map_err(|e| anyhow::anyhow!("cannot run `go` (install Go; .ci/run does): {e}"))?;
+    anyhow::ensure!(
+        build.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let out = Command::new(&out_bin)
+        .args(args)
+        .arg("-timeout=150s")
+        .arg("-wait=10s")
+        .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}");
     anyhow::ensure!(
@@ -174,8 +281,22 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server("server", &pki, &ServerSpec::grpc_uds(sock.clone()), None, dir.path())?;
-    let (_agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_server, ports) = start_server(
+        "server",
+        &pki,
+        &ServerSpec::grpc_uds(sock.clone()),
+        None,
+        dir.path(),
+    )?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let out = go_interop(&[format!("-uds={}", sock.display())])?;
     assert!(out.contains("7 passed, 0 failed"), "{out}");
@@ -186,9 +307,22 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
 fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec { mode: "grpc", uds: None, bind: "127.0.0.1".into(), extra: vec![] };
+    let spec = ServerSpec {
+        mode: "grpc",
+        uds: None,
+        bind: "127.0.0.1".into(),
+        extra: vec![],
+    };
     let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let p = |x: &Path| x.display().to_string();
     let out = go_interop(&[
@@ -209,12 +343,26 @@ async fn agent_reconnects_when_the_server_restarts() -> anyhow::Result<()> {
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (mut server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, agent_health) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_agent, agent_health) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
-    let agent_ready = || http_get(&format!("127.0.0.1:{agent_health}"), "/readyz").map(|(s, _)| s).unwrap_or(0);
+    let agent_ready = || {
+        http_get(&format!("127.0.0.1:{agent_health}"), "/readyz")
+            .map(|(s, _)| s)
+            .unwrap_or(0)
+    };
     wait_for("agent ready", T, || agent_ready() == 200)?;
     server.kill();
-    wait_for("agent to notice the server is gone", T, || agent_ready() == 503)?;
+    wait_for("agent to notice the server is gone", T, || {
+        agent_ready() == 503
+    })?;
     // Restart on the same ports.
     let p = |x: &Path| x.display().to_string();
     let args = vec![
@@ -240,28 +388,121 @@ fn invalid_flag_combinations_exit_1_with_a_message_naming_the_problem() -> anyho
     let server = bin("proxy-server")?;
     let agent = bin("proxy-agent")?;
     let cases: &[(&Path, &[&str], &str)] = &[
-        (&server, &["--mode=ftp"], "mode must be set to either 'grpc' or 'http-connect' not \"ftp\""),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=8090"], "server port should be set to 0 not 8090 for UDS"),
-        (&server, &["--server-port=8090"], "server ca cert must be set when in TCP mode (uds-name is empty)"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--agent-port=50000"], "please do not try to use ephemeral port 50000 for the agent port"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--health-port=80"], "please do not try to use reserved port 80 for the health port"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--proxy-strategies=nope"], "invalid proxy strategies: unknown proxy strategy: nope"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--enable-contention-profiling"], "if --enable-contention-profiling is set, --enable-profiling must also be set"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--backend-dial-timeout=-1s"], "backend-dial-timeout must be >= 0, got -1s"),
-        (&server, &["--cluster-cert=/nonexistent.crt"], "error checking cluster cert /nonexistent.crt"),
-        (&server, &["--uds-name=/tmp/x.sock", "--server-port=0", "--tls-min-version=VersionTLS99"], "unsupported TLS version \"VersionTLS99\""),
+        (
+            &server,
+            &["--mode=ftp"],
+            "mode must be set to either 'grpc' or 'http-connect' not \"ftp\"",
+        ),
+        (
+            &server,
+            &["--uds-name=/tmp/x.sock", "--server-port=8090"],
+            "server port should be set to 0 not 8090 for UDS",
+        ),
+        (
+            &server,
+            &["--server-port=8090"],
+            "server ca cert must be set when in TCP mode (uds-name is empty)",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--agent-port=50000",
+            ],
+            "please do not try to use ephemeral port 50000 for the agent port",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--health-port=80",
+            ],
+            "please do not try to use reserved port 80 for the health port",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--proxy-strategies=nope",
+            ],
+            "invalid proxy strategies: unknown proxy strategy: nope",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--enable-contention-profiling",
+            ],
+            "if --enable-contention-profiling is set, --enable-profiling must also be set",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--backend-dial-timeout=-1s",
+            ],
+            "backend-dial-timeout must be >= 0, got -1s",
+        ),
+        (
+            &server,
+            &["--cluster-cert=/nonexistent.crt"],
+            "error checking cluster cert /nonexistent.crt",
+        ),
+        (
+            &server,
+            &[
+                "--uds-name=/tmp/x.sock",
+                "--server-port=0",
+                "--tls-min-version=VersionTLS99",
+            ],
+            "unsupported TLS version \"VersionTLS99\"",
+        ),
         (&server, &["--no-such-flag"], "unknown flag: --no-such-flag"),
-        (&agent, &["--proxy-server-port=0"], "proxy server port 0 must be greater than 0"),
-        (&agent, &["--sync-interval=5s", "--sync-interval-cap=1s"], "sync interval 5s must be less than sync interval cap 1s"),
-        (&agent, &["--agent-identifiers=foo=bar"], "agent address is invalid: unknown address type: foo"),
-        (&agent, &["--agent-key=/nonexistent.key"], "error checking agent key /nonexistent.key"),
-        (&agent, &["--server-count-source=min"], "--server-count-source must be one of '', 'default', 'max', got min"),
+        (
+            &agent,
+            &["--proxy-server-port=0"],
+            "proxy server port 0 must be greater than 0",
+        ),
+        (
+            &agent,
+            &["--sync-interval=5s", "--sync-interval-cap=1s"],
+            "sync interval 5s must be less than sync interval cap 1s",
+        ),
+        (
+            &agent,
+            &["--agent-identifiers=foo=bar"],
+            "agent address is invalid: unknown address type: foo",
+        ),
+        (
+            &agent,
+            &["--agent-key=/nonexistent.key"],
+            "error checking agent key /nonexistent.key",
+        ),
+        (
+            &agent,
+            &["--server-count-source=min"],
+            "--server-count-source must be one of '', 'default', 'max', got min",
+        ),
     ];
     for (prog, args, want) in cases {
         let out = Command::new(prog).args(*args).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{} {args:?}: expected exit 1, stderr: {stderr}", prog.display());
-        assert!(stderr.contains(want), "{} {args:?}: expected {want:?} in: {stderr}", prog.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{} {args:?}: expected exit 1, stderr: {stderr}",
+            prog.display()
+        );
+        assert!(
+            stderr.contains(want),
+            "{} {args:?}: expected {want:?} in: {stderr}",
+            prog.display()
+        );
     }
     Ok(())
 }

@@ -81,14 +81,18 @@ impl<T> AuthorityFix<T> {
             }
         }
         while self.raw.len() >= FRAME_HEADER {
-            let len = (usize::from(self.raw[0]) << 16) | (usize::from(self.raw[1]) << 8) | usize::from(self.raw[2]);
+            let len = (usize::from(self.raw[0]) << 16)
+                | (usize::from(self.raw[1]) << 8)
+                | usize::from(self.raw[2]);
             if self.raw.len() < FRAME_HEADER + len {
                 self.raw.reserve(FRAME_HEADER + len - self.raw.len());
                 break;
             }
             let kind = self.raw[3];
             let flags = self.raw[4];
-            let stream_id = u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]]) & 0x7fff_ffff;
+            let stream_id =
+                u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
+                    & 0x7fff_ffff;
             if self.pending.is_some() && kind != CONTINUATION {
                 return Err(bad("expected CONTINUATION frame"));
             }
@@ -119,7 +123,12 @@ impl<T> AuthorityFix<T> {
                         return Err(bad("padding longer than frame"));
                     }
                     payload.truncate(payload.len() - pad);
-                    self.pending = Some(PendingBlock { stream_id, flags, priority, block: payload });
+                    self.pending = Some(PendingBlock {
+                        stream_id,
+                        flags,
+                        priority,
+                        block: payload,
+                    });
                     if flags & END_HEADERS != 0 {
                         self.emit_block()?;
                     }
@@ -151,14 +160,18 @@ impl<T> AuthorityFix<T> {
     }
 
     fn emit_block(&mut self) -> io::Result<()> {
-        let Some(p) = self.pending.take() else { return Ok(()) };
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
         let headers = self
             .decoder
             .decode(&p.block)
             .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
         let mut block = BytesMut::with_capacity(p.block.len() + 64);
         for (name, value) in &headers {
-            let value: &[u8] = if name.as_slice() == b":authority" && http::uri::Authority::try_from(value.as_slice()).is_err() {
+            let value: &[u8] = if name.as_slice() == b":authority"
+                && http::uri::Authority::try_from(value.as_slice()).is_err()
+            {
                 b"localhost"
             } else {
                 value
@@ -174,19 +187,37 @@ impl<T> AuthorityFix<T> {
             flags |= PRIORITY;
             let chunk = block.len().min(first_room);
             let last = chunk == block.len();
-            put_frame_header(&mut self.out, chunk + 5, HEADERS, if last { flags | END_HEADERS } else { flags }, p.stream_id);
+            put_frame_header(
+                &mut self.out,
+                chunk + 5,
+                HEADERS,
+                if last { flags | END_HEADERS } else { flags },
+                p.stream_id,
+            );
             self.out.extend_from_slice(&prio);
             self.out.extend_from_slice(&block.split_to(chunk));
         } else {
             let chunk = block.len().min(first_room);
             let last = chunk == block.len();
-            put_frame_header(&mut self.out, chunk, HEADERS, if last { flags | END_HEADERS } else { flags }, p.stream_id);
+            put_frame_header(
+                &mut self.out,
+                chunk,
+                HEADERS,
+                if last { flags | END_HEADERS } else { flags },
+                p.stream_id,
+            );
             self.out.extend_from_slice(&block.split_to(chunk));
         }
         while !block.is_empty() {
             let chunk = block.len().min(MAX_FRAME);
             let last = chunk == block.len();
-            put_frame_header(&mut self.out, chunk, CONTINUATION, if last { END_HEADERS } else { 0 }, p.stream_id);
+            put_frame_header(
+                &mut self.out,
+                chunk,
+                CONTINUATION,
+                if last { END_HEADERS } else { 0 },
+                p.stream_id,
+            );
             self.out.extend_from_slice(&block.split_to(chunk));
         }
         Ok(())
@@ -230,7 +261,11 @@ fn encode_literal(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.out.is_empty() {
@@ -244,7 +279,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
             if this.raw.capacity() - this.raw.len() < 4096 {
                 this.raw.reserve(16 * 1024);
             }
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw))?;
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.raw
+            ))?;
             if n == 0 {
                 this.eof = true;
                 continue;
@@ -255,7 +294,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -276,7 +319,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
     }
 }
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for AuthorityFix<T> {
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFix<T>
+{
     type ConnectInfo = T::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

@@ -40,14 +40,19 @@ impl AgentEndpoint {
 }
 
 fn one_value(md: &MetadataMap, key: &str) -> Vec<String> {
-    md.get_all(key).iter().map(|v| v.to_str().unwrap_or_default().to_owned()).collect()
+    md.get_all(key)
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// Reads the agent's identity from the stream metadata (spec §1.3 preamble order).
 fn identity(md: &MetadataMap) -> Result<Identity, Status> {
     let ids = one_value(md, metadata::AGENT_ID);
     if ids.len() != 1 {
-        return Err(Status::unknown(format!("expected one agent ID in the context, got {ids:?}")));
+        return Err(Status::unknown(format!(
+            "expected one agent ID in the context, got {ids:?}"
+        )));
     }
     let raw = one_value(md, metadata::AGENT_IDENTIFIERS);
     if raw.len() > 1 {
@@ -97,7 +102,12 @@ impl AgentService for AgentEndpoint {
         };
         let (tx, out) = outbound::channel();
         let stream_id = s.next_id();
-        let backend = Arc::new(Backend::new(stream_id, ident.agent_id.clone(), tx, peer_window));
+        let backend = Arc::new(Backend::new(
+            stream_id,
+            ident.agent_id.clone(),
+            tx,
+            peer_window,
+        ));
         info!(
             agent_id = %ident.agent_id, stream = stream_id, ?peer,
             flow_control = peer_window.is_some(), "agent connected"
@@ -113,7 +123,10 @@ impl AgentService for AgentEndpoint {
         if let Ok(v) = MetadataValue::try_from(s.settings.server_id.as_str()) {
             md.insert(metadata::SERVER_ID, v);
         }
-        md.insert(metadata::SERVER_COUNT, MetadataValue::from(s.settings.server_count));
+        md.insert(
+            metadata::SERVER_COUNT,
+            MetadataValue::from(s.settings.server_count),
+        );
         if let (Some(ours), Some(_)) = (s.settings.flow_window, peer_window) {
             md.insert(metadata::FLOW_WINDOW, MetadataValue::from(ours));
         }
@@ -153,7 +166,9 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
             .filter(|(_, p)| p.backend.stream_id == backend.stream_id)
             .map(|(id, _)| *id)
             .collect();
-        ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+        ids.into_iter()
+            .filter_map(|id| pending.remove(&id))
+            .collect()
     };
     for p in gone {
         let _ = p.reply.send(DialOutcome::BackendGone);
@@ -221,7 +236,9 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
                 c.grant(w.bytes);
             }
         }
-        _ => debug!(agent_id = %b.agent_id, kind = packet::type_name(&p), "ignoring packet from agent"),
+        _ => {
+            debug!(agent_id = %b.agent_id, kind = packet::type_name(&p), "ignoring packet from agent")
+        }
     }
 }
 
@@ -237,7 +254,8 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         t
     };
     let Some(pd) = taken else {
-        s.metrics.dial_failure(DialFailureReason::UnrecognizedResponse);
+        s.metrics
+            .dial_failure(DialFailureReason::UnrecognizedResponse);
         if r.connect_id != 0 {
             let _ = b.tx.control(packet::close_req(r.connect_id));
         }
@@ -249,7 +267,10 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         return;
     }
     let budget = match (s.settings.flow_window, b.peer_window) {
-        (Some(window), Some(_)) => Budget::Flow { window, max_packet: s.settings.max_message },
+        (Some(window), Some(_)) => Budget::Flow {
+            window,
+            max_packet: s.settings.max_message,
+        },
         _ => Budget::UNMANAGED,
     };
     let (queue, rx) = conn_queue(r.connect_id, budget, b.tx.clone());
@@ -265,9 +286,20 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
             )));
             return;
         }
-        conns.insert(r.connect_id, ConnEntry { queue, credit: credit.clone(), since: Instant::now() });
+        conns.insert(
+            r.connect_id,
+            ConnEntry {
+                queue,
+                credit: credit.clone(),
+                since: Instant::now(),
+            },
+        );
     }
-    let outcome = DialOutcome::Connected(Established { connect_id: r.connect_id, rx, credit });
+    let outcome = DialOutcome::Connected(Established {
+        connect_id: r.connect_id,
+        rx,
+        credit,
+    });
     if pd.reply.send(outcome).is_err() {
         s.metrics.dial_failure(DialFailureReason::SendRsp);
         b.conns().remove(&r.connect_id);

@@ -94,7 +94,9 @@ where
             loop {
                 match parse_head(&buf) {
                     Ok(Some(h)) => return Ok(h),
-                    Ok(None) if buf.len() >= MAX_HEAD => return Err("request head too large".to_owned()),
+                    Ok(None) if buf.len() >= MAX_HEAD => {
+                        return Err("request head too large".to_owned());
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(e),
                 }
@@ -109,12 +111,20 @@ where
         match head {
             Err(_) => {
                 debug!("CONNECT request head not received in time");
-                return write_close(&mut sock, b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n").await;
+                return write_close(
+                    &mut sock,
+                    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n",
+                )
+                .await;
             }
             Ok(Err(e)) if e.is_empty() => return,
             Ok(Err(e)) => {
                 debug!(error = %e, "malformed request");
-                return write_close(&mut sock, b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await;
+                return write_close(
+                    &mut sock,
+                    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n",
+                )
+                .await;
             }
             Ok(Ok((Head::Other { body }, n))) => {
                 let body_text = b"this proxy only supports CONNECT passthrough\n";
@@ -156,7 +166,11 @@ where
             return write_close(&mut sock, b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision").await;
         }
         Err(StartError::Send { error, timeout }) => {
-            let status = if timeout { "504 Gateway Timeout" } else { "502 Bad Gateway" };
+            let status = if timeout {
+                "504 Gateway Timeout"
+            } else {
+                "502 Bad Gateway"
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nFailed to tunnel dial request: {error}\r\n"
             );
@@ -170,7 +184,8 @@ where
             Ok(r) => r.ok(),
             Err(_) => {
                 if dial::take_pending(&s, random).is_some() {
-                    s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
+                    s.metrics
+                        .dial_failure(DialFailureReason::BackendDialTimeout);
                 }
                 return write_close(
                     &mut sock,
@@ -208,7 +223,16 @@ where
         dial::close_conn(&backend, id).await;
         return;
     }
-    let end = splice(sock, id, est.rx, backend.tx.clone(), est.credit, s.settings.max_chunk, leftover).await;
+    let end = splice(
+        sock,
+        id,
+        est.rx,
+        backend.tx.clone(),
+        est.credit,
+        s.settings.max_chunk,
+        leftover,
+    )
+    .await;
     debug!(connect_id = id, ?end, "CONNECT tunnel ended");
     match end {
         SpliceEnd::PeerClosed(_) => {
@@ -237,10 +261,25 @@ mod tests {
 
     #[test]
     fn dial_errors_map_to_upstream_status_codes() {
-        assert_eq!(status_for("dial tcp 1.2.3.4:1: i/o timeout"), "504 Gateway Timeout");
-        assert_eq!(status_for("context deadline exceeded"), "504 Gateway Timeout");
-        assert_eq!(status_for("dial tcp: too many open files"), "503 Service Unavailable");
-        assert_eq!(status_for("dial tcp 127.0.0.1:1: connect: connection refused"), "502 Bad Gateway");
-        assert_eq!(status_for("dial tcp: lookup x: no such host"), "502 Bad Gateway");
+        assert_eq!(
+            status_for("dial tcp 1.2.3.4:1: i/o timeout"),
+            "504 Gateway Timeout"
+        );
+        assert_eq!(
+            status_for("context deadline exceeded"),
+            "504 Gateway Timeout"
+        );
+        assert_eq!(
+            status_for("dial tcp: too many open files"),
+            "503 Service Unavailable"
+        );
+        assert_eq!(
+            status_for("dial tcp 127.0.0.1:1: connect: connection refused"),
+            "502 Bad Gateway"
+        );
+        assert_eq!(
+            status_for("dial tcp: lookup x: no such host"),
+            "502 Bad Gateway"
+        );
     }
 }

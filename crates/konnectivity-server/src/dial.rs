@@ -42,14 +42,24 @@ pub enum StartError {
 
 /// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`.
 pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, StartError> {
-    let backend = s.table().pick(host_of(address), &mut rand::rng()).ok_or(StartError::NoAgent)?;
+    let backend = s
+        .table()
+        .pick(host_of(address), &mut rand::rng())
+        .ok_or(StartError::NoAgent)?;
     let (tx, reply) = oneshot::channel();
     {
         let mut pending = s.pending();
         if pending.contains_key(&random) {
             return Err(StartError::DuplicateDialId);
         }
-        pending.insert(random, Pending { backend: backend.clone(), started: Instant::now(), reply: tx });
+        pending.insert(
+            random,
+            Pending {
+                backend: backend.clone(),
+                started: Instant::now(),
+                reply: tx,
+            },
+        );
         s.metrics.set_pending(pending.len());
     }
     debug!(address, random, agent_id = %backend.agent_id, "dialing");
@@ -64,7 +74,11 @@ pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, St
         }
         return Err(StartError::Send { error, timeout });
     }
-    Ok(Dialing { backend, random, reply })
+    Ok(Dialing {
+        backend,
+        random,
+        reply,
+    })
 }
 
 /// Removes a pending dial if it is still there.

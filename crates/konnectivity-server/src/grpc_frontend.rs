@@ -77,7 +77,14 @@ struct Tunnel {
 
 async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) {
     let _gauge = s.metrics.hold(Gauge::GrpcProxy);
-    let mut t = Tunnel { backend: None, dialing: None, deadline: None, conn: None, first_data_id: None, discard: false };
+    let mut t = Tunnel {
+        backend: None,
+        dialing: None,
+        deadline: None,
+        conn: None,
+        first_data_id: None,
+        discard: false,
+    };
     let mut established_gauge = None;
     loop {
         let credit = t.conn.as_ref().and_then(|c| c.credit.clone());
@@ -191,7 +198,10 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
             let req = packet::dial_request(&p);
             match dial::start(s, &req.address, req.random).await {
                 Ok(d) => {
-                    t.deadline = s.settings.backend_dial_timeout.map(|to| Instant::now() + to);
+                    t.deadline = s
+                        .settings
+                        .backend_dial_timeout
+                        .map(|to| Instant::now() + to);
                     t.backend = Some(d.backend);
                     t.dialing = Some((d.random, d.reply));
                     true
@@ -207,18 +217,26 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                         StartError::Send { error, .. } => error,
                     };
                     debug!(address = %req.address, error = %text, "dial failed");
-                    out.send(Ok(packet::dial_rsp(req.random, 0, text))).await.is_ok()
+                    out.send(Ok(packet::dial_rsp(req.random, 0, text)))
+                        .await
+                        .is_ok()
                 }
             }
         }
         Kind::Known(PacketType::CloseReq) => {
             let id = packet::close_request(&p).connect_id;
             let Some(b) = &t.backend else {
-                return out.send(Ok(packet::close_rsp(id, wire::BACKEND_UNINITIALIZED))).await.is_ok();
+                return out
+                    .send(Ok(packet::close_rsp(id, wire::BACKEND_UNINITIALIZED)))
+                    .await
+                    .is_ok();
             };
             t.discard = true;
             if b.tx.send(packet::close_req(id)).await.is_err() {
-                return out.send(Ok(packet::close_rsp(id, wire::CLOSE_REQ_TO_BACKEND_FAILED))).await.is_ok();
+                return out
+                    .send(Ok(packet::close_rsp(id, wire::CLOSE_REQ_TO_BACKEND_FAILED)))
+                    .await
+                    .is_ok();
             }
             true
         }
@@ -235,7 +253,10 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
             let Some(b) = t.backend.clone() else {
                 t.discard = true;
                 let id = packet::into_data(p).connect_id;
-                return out.send(Ok(packet::close_rsp(id, wire::BACKEND_NOT_INITIALIZED))).await.is_ok();
+                return out
+                    .send(Ok(packet::close_rsp(id, wire::BACKEND_NOT_INITIALIZED)))
+                    .await
+                    .is_ok();
             };
             let d = packet::into_data(p);
             if d.connect_id == 0 {
@@ -247,8 +268,18 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                     t.discard = true;
                     let _ = b.tx.send(packet::close_req(d.connect_id)).await;
                     let _ = b.tx.send(packet::close_req(first)).await;
-                    let a = out.send(Ok(packet::close_rsp(d.connect_id, wire::MISMATCHED_CONNECTION_IDS))).await;
-                    let c = out.send(Ok(packet::close_rsp(first, wire::MISMATCHED_CONNECTION_IDS))).await;
+                    let a = out
+                        .send(Ok(packet::close_rsp(
+                            d.connect_id,
+                            wire::MISMATCHED_CONNECTION_IDS,
+                        )))
+                        .await;
+                    let c = out
+                        .send(Ok(packet::close_rsp(
+                            first,
+                            wire::MISMATCHED_CONNECTION_IDS,
+                        )))
+                        .await;
                     return a.is_ok() && c.is_ok();
                 }
                 Some(_) => {}
@@ -257,7 +288,10 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                 c.spend(d.data.len());
             }
             if b.tx.send(packet::data(d.connect_id, d.data)).await.is_err() {
-                debug!(connect_id = d.connect_id, "agent stream gone while forwarding DATA");
+                debug!(
+                    connect_id = d.connect_id,
+                    "agent stream gone while forwarding DATA"
+                );
             }
             true
         }

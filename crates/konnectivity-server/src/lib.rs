@@ -131,7 +131,11 @@ pub fn admin_router(s: Arc<Shared>) -> Router {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     run_with(Shared::new(settings), listeners, shutdown).await
 }
 
@@ -143,7 +147,12 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     let s = &shared.settings;
 
-    let agent_incoming = listen::tls_incoming(listeners.agent, listeners.agent_tls, "agent", shutdown.clone());
+    let agent_incoming = listen::tls_incoming(
+        listeners.agent,
+        listeners.agent_tls,
+        "agent",
+        shutdown.clone(),
+    );
     let agent_svc = AgentServiceServer::new(backend::AgentEndpoint::new(shared.clone()))
         .max_decoding_message_size(s.max_message)
         .max_encoding_message_size(usize::MAX);
@@ -152,18 +161,32 @@ pub async fn run_with(
         .serve_with_incoming_shutdown(agent_incoming, shutdown.clone().cancelled_owned());
 
     let frontends = futures::future::join_all(
-        listeners.frontends.into_iter().map(|f| serve_frontend(shared.clone(), f.mode, f.listener, shutdown.clone())),
+        listeners
+            .frontends
+            .into_iter()
+            .map(|f| serve_frontend(shared.clone(), f.mode, f.listener, shutdown.clone())),
     );
 
     if let Some(l) = listeners.health {
-        tokio::spawn(endpoints::serve(l, health_router(shared.clone()), shutdown.clone()));
+        tokio::spawn(endpoints::serve(
+            l,
+            health_router(shared.clone()),
+            shutdown.clone(),
+        ));
     }
     if let Some(l) = listeners.admin {
-        tokio::spawn(endpoints::serve(l, admin_router(shared.clone()), shutdown.clone()));
+        tokio::spawn(endpoints::serve(
+            l,
+            admin_router(shared.clone()),
+            shutdown.clone(),
+        ));
     }
     info!(server_id = %s.server_id, "proxy-server serving");
     let (a, f) = tokio::join!(agent, frontends);
-    a.map_err(|source| ServerError::Transport { what: "agent", source })?;
+    a.map_err(|source| ServerError::Transport {
+        what: "agent",
+        source,
+    })?;
     f.into_iter().collect()
 }
 
@@ -184,7 +207,8 @@ async fn serve_frontend(
             match l {
                 FrontendListener::Uds(uds) => {
                     let incoming = futures::stream::poll_fn(move |cx| {
-                        uds.poll_accept(cx).map(|r| Some(r.map(|(sock, _)| authority::AuthorityFix::new(sock))))
+                        uds.poll_accept(cx)
+                            .map(|r| Some(r.map(|(sock, _)| authority::AuthorityFix::new(sock))))
                     });
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
@@ -195,27 +219,29 @@ async fn serve_frontend(
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
             }
-            .map_err(|source| ServerError::Transport { what: "frontend", source })
+            .map_err(|source| ServerError::Transport {
+                what: "frontend",
+                source,
+            })
         }
-        (Mode::HttpConnect, FrontendListener::Uds(uds)) => {
-            loop {
-                let sock = tokio::select! {
-                    r = uds.accept() => match r {
-                        Ok((sock, _)) => sock,
-                        Err(e) => {
-                            warn!(error = %e, "frontend accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    _ = shutdown.cancelled() => return Ok(()),
-                };
-                tokio::spawn(connect_frontend::serve(shared.clone(), sock));
-            }
-        }
+        (Mode::HttpConnect, FrontendListener::Uds(uds)) => loop {
+            let sock = tokio::select! {
+                r = uds.accept() => match r {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        warn!(error = %e, "frontend accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            tokio::spawn(connect_frontend::serve(shared.clone(), sock));
+        },
         (Mode::HttpConnect, FrontendListener::Tcp(tcp, tls)) => {
             use futures::StreamExt;
-            let mut incoming = std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
+            let mut incoming =
+                std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
             while let Some(Ok(sock)) = incoming.next().await {
                 tokio::spawn(connect_frontend::serve(shared.clone(), sock));
             }

@@ -14,21 +14,45 @@ use tracing::{error, info, warn};
 /// Flags we accept for compatibility but whose behaviour is not implemented yet. Each
 /// one, when set, is logged as a warning at startup.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("enable-profiling", "profiling endpoints are Go-specific; not served"),
-    ("enable-contention-profiling", "profiling endpoints are Go-specific; not served"),
-    ("kubeconfig", "no Kubernetes client is used yet (lease controller not implemented)"),
+    (
+        "enable-profiling",
+        "profiling endpoints are Go-specific; not served",
+    ),
+    (
+        "enable-contention-profiling",
+        "profiling endpoints are Go-specific; not served",
+    ),
+    (
+        "kubeconfig",
+        "no Kubernetes client is used yet (lease controller not implemented)",
+    ),
     ("kubeconfig-qps", "no Kubernetes client is used yet"),
     ("kubeconfig-burst", "no Kubernetes client is used yet"),
     ("kube-api-content-type", "no Kubernetes client is used yet"),
-    ("enable-lease-controller", "the lease controller is not implemented yet; --server-count is used"),
-    ("lease-namespace", "the lease controller is not implemented yet"),
-    ("cipher-suites", "cipher suites are validated but rustls' secure defaults are used"),
-    ("xfr-channel-size", "queues are bounded in bytes per connection, not in packets"),
+    (
+        "enable-lease-controller",
+        "the lease controller is not implemented yet; --server-count is used",
+    ),
+    (
+        "lease-namespace",
+        "the lease controller is not implemented yet",
+    ),
+    (
+        "cipher-suites",
+        "cipher suites are validated but rustls' secure defaults are used",
+    ),
+    (
+        "xfr-channel-size",
+        "queues are bounded in bytes per connection, not in packets",
+    ),
     ("graceful-shutdown-timeout", "shutdown is immediate"),
     ("log-dir", "logs go to stderr"),
     ("log-file", "logs go to stderr"),
     ("log-file-max-size", "logs go to stderr"),
-    ("vmodule", "per-module verbosity is not supported; use RUST_LOG"),
+    (
+        "vmodule",
+        "per-module verbosity is not supported; use RUST_LOG",
+    ),
     ("log-backtrace-at", "not supported"),
 ];
 
@@ -66,7 +90,10 @@ fn main() -> ExitCode {
             warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -97,7 +124,9 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         TlsVersion::Tls13 => MinVersion::Tls13,
         v => {
             if matches!(v, TlsVersion::Tls10 | TlsVersion::Tls11) {
-                warn!("--tls-min-version below VersionTLS12 is insecure; rustls offers TLS 1.2 and 1.3 only");
+                warn!(
+                    "--tls-min-version below VersionTLS12 is insecure; rustls offers TLS 1.2 and 1.3 only"
+                );
             }
             MinVersion::Tls12
         }
@@ -122,7 +151,12 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
     };
 
     let cluster_ca = (!o.cluster_ca_cert.is_empty()).then(|| Path::new(&o.cluster_ca_cert));
-    let agent_tls = konnectivity_tls::agent_listener(Path::new(&o.cluster_cert), Path::new(&o.cluster_key), cluster_ca, min)?;
+    let agent_tls = konnectivity_tls::agent_listener(
+        Path::new(&o.cluster_cert),
+        Path::new(&o.cluster_key),
+        cluster_ca,
+        min,
+    )?;
     let frontend = if o.uds_name.is_empty() {
         let tls = konnectivity_tls::frontend_listener(
             Path::new(&o.server_cert),
@@ -146,7 +180,10 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
     let listeners = Listeners {
         agent,
         agent_tls: Arc::new(agent_tls),
-        frontends: vec![Frontend { mode, listener: frontend }],
+        frontends: vec![Frontend {
+            mode,
+            listener: frontend,
+        }],
         health: Some(health),
         admin: Some(admin),
     };

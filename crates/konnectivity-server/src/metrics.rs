@@ -117,12 +117,17 @@ impl Metrics {
 
     /// Counts a dial failure.
     pub fn dial_failure(&self, r: DialFailureReason) {
-        *crate::state::lock(&self.dial_failures).entry(r).or_default() += 1;
+        *crate::state::lock(&self.dial_failures)
+            .entry(r)
+            .or_default() += 1;
     }
 
     /// The count for one reason (tests and status).
     pub fn dial_failures(&self, r: DialFailureReason) -> u64 {
-        crate::state::lock(&self.dial_failures).get(&r).copied().unwrap_or(0)
+        crate::state::lock(&self.dial_failures)
+            .get(&r)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Sets `pending_backend_dials`.
@@ -137,7 +142,8 @@ impl Metrics {
                 v.store(n as i64, Ordering::Relaxed);
             }
         }
-        self.ready_backend_connections.store(n as i64, Ordering::Relaxed);
+        self.ready_backend_connections
+            .store(n as i64, Ordering::Relaxed);
     }
 
     /// Counts a connection closed for exhausting its buffer budget.
@@ -154,7 +160,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(2048);
         let g = |o: &mut String, name: &str, help: &str, v: i64| {
-            let _ = write!(o, "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {v}\n");
+            let _ = write!(
+                o,
+                "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {v}\n"
+            );
         };
         let _ = write!(
             o,
@@ -163,18 +172,61 @@ impl Metrics {
         for (r, v) in crate::state::lock(&self.dial_failures).iter() {
             let _ = writeln!(o, "{NS}_dial_failure_count{{reason=\"{}\"}} {v}", r.label());
         }
-        g(&mut o, "established_connections", "Current number of established end-to-end connections (post-dial).", self.established.load(Ordering::Relaxed));
-        let _ = write!(o, "# HELP {NS}_grpc_connections Number of current grpc connections, partitioned by service method.\n# TYPE {NS}_grpc_connections gauge\n");
-        let _ = writeln!(o, "{NS}_grpc_connections{{service_method=\"Connect\"}} {}", self.grpc_connect.load(Ordering::Relaxed));
-        let _ = writeln!(o, "{NS}_grpc_connections{{service_method=\"Proxy\"}} {}", self.grpc_proxy.load(Ordering::Relaxed));
-        g(&mut o, "http_connections", "Number of current HTTP CONNECT connections", self.http_connections.load(Ordering::Relaxed));
-        g(&mut o, "pending_backend_dials", "Current number of pending backend dial requests", self.pending.load(Ordering::Relaxed));
-        g(&mut o, "ready_backend_connections", "Number of konnectivity agent connected to the proxy server. DEPRECATED, please use ready_backends", self.ready_backend_connections.load(Ordering::Relaxed));
-        let _ = write!(o, "# HELP {NS}_ready_backends Number of konnectivity agent connected to the proxy server\n# TYPE {NS}_ready_backends gauge\n");
+        g(
+            &mut o,
+            "established_connections",
+            "Current number of established end-to-end connections (post-dial).",
+            self.established.load(Ordering::Relaxed),
+        );
+        let _ = write!(
+            o,
+            "# HELP {NS}_grpc_connections Number of current grpc connections, partitioned by service method.\n# TYPE {NS}_grpc_connections gauge\n"
+        );
+        let _ = writeln!(
+            o,
+            "{NS}_grpc_connections{{service_method=\"Connect\"}} {}",
+            self.grpc_connect.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "{NS}_grpc_connections{{service_method=\"Proxy\"}} {}",
+            self.grpc_proxy.load(Ordering::Relaxed)
+        );
+        g(
+            &mut o,
+            "http_connections",
+            "Number of current HTTP CONNECT connections",
+            self.http_connections.load(Ordering::Relaxed),
+        );
+        g(
+            &mut o,
+            "pending_backend_dials",
+            "Current number of pending backend dial requests",
+            self.pending.load(Ordering::Relaxed),
+        );
+        g(
+            &mut o,
+            "ready_backend_connections",
+            "Number of konnectivity agent connected to the proxy server. DEPRECATED, please use ready_backends",
+            self.ready_backend_connections.load(Ordering::Relaxed),
+        );
+        let _ = write!(
+            o,
+            "# HELP {NS}_ready_backends Number of konnectivity agent connected to the proxy server\n# TYPE {NS}_ready_backends gauge\n"
+        );
         for (s, v) in &self.strategies {
-            let _ = writeln!(o, "{NS}_ready_backends{{proxy_strategy=\"{}\"}} {}", s.name(), v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                o,
+                "{NS}_ready_backends{{proxy_strategy=\"{}\"}} {}",
+                s.name(),
+                v.load(Ordering::Relaxed)
+            );
         }
-        let _ = write!(o, "# HELP konnectivity_rs_server_buffer_overflow_total Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.\n# TYPE konnectivity_rs_server_buffer_overflow_total counter\nkonnectivity_rs_server_buffer_overflow_total {}\n", self.buffer_overflows.load(Ordering::Relaxed));
+        let _ = write!(
+            o,
+            "# HELP konnectivity_rs_server_buffer_overflow_total Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.\n# TYPE konnectivity_rs_server_buffer_overflow_total counter\nkonnectivity_rs_server_buffer_overflow_total {}\n",
+            self.buffer_overflows.load(Ordering::Relaxed)
+        );
         o
     }
 }

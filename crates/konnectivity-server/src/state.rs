@@ -89,7 +89,14 @@ pub struct Backend {
 impl Backend {
     /// A new backend for a stream.
     pub fn new(stream_id: u64, agent_id: String, tx: StreamTx, peer_window: Option<u32>) -> Self {
-        Self { stream_id, agent_id, tx, peer_window, draining: AtomicBool::new(false), conns: Mutex::new(HashMap::new()) }
+        Self {
+            stream_id,
+            agent_id,
+            tx,
+            peer_window,
+            draining: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+        }
     }
     /// Marks the backend draining (DRAIN received, or retired).
     pub fn set_draining(&self) {

@@ -1,7 +1,10 @@
 //! A throwaway PKI: one CA and the three leaf certificates a tunnel needs.
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 
 /// PEM files written by [`generate`].
 #[derive(Debug, Clone)]
@@ -38,7 +41,10 @@ fn leaf(
     } else {
         ExtendedKeyUsagePurpose::ClientAuth
     }];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, issuer)?;
     let c = dir.join(format!("{name}.crt"));
@@ -54,9 +60,14 @@ fn leaf(
 pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
     std::fs::create_dir_all(dir)?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "konnectivity-rs test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "konnectivity-rs test CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     let ca_path = dir.join("ca.crt");
@@ -66,6 +77,16 @@ pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
     sans.extend_from_slice(extra_sans);
     let (server_cert, server_key) = leaf("proxy-server", &sans, true, &issuer, dir)?;
     let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
-    let (client_cert, client_key) = leaf("frontend-client", &["kube-apiserver"], false, &issuer, dir)?;
-    Ok(Pki { dir: dir.to_owned(), ca: ca_path, server_cert, server_key, agent_cert, agent_key, client_cert, client_key })
+    let (client_cert, client_key) =
+        leaf("frontend-client", &["kube-apiserver"], false, &issuer, dir)?;
+    Ok(Pki {
+        dir: dir.to_owned(),
+        ca: ca_path,
+        server_cert,
+        server_key,
+        agent_cert,
+        agent_key,
+        client_cert,
+        client_key,
+    })
 }

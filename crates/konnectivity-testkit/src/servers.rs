@@ -24,7 +24,10 @@ pub async fn http_hello(bind: &str, body: &'static str) -> anyhow::Result<Socket
                             return;
                         }
                     }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+                    let end = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(0, |p| p + 4);
                     buf.drain(..end);
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",

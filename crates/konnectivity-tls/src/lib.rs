@@ -18,13 +18,13 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use tokio_rustls::{TlsAcceptor, TlsConnector};
-/// A server-side TLS stream.
-pub use tokio_rustls::server::TlsStream as ServerTlsStream;
-/// A client-side TLS stream.
-pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::ServerName;
+/// A client-side TLS stream.
+pub use tokio_rustls::client::TlsStream as ClientTlsStream;
+/// A server-side TLS stream.
+pub use tokio_rustls::server::TlsStream as ServerTlsStream;
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +96,9 @@ pub fn load_key_pair(
         .collect::<Result<_, _>>()
         .map_err(|e| err(e.to_string()))?;
     if certs.is_empty() {
-        return Err(err("tls: failed to find any PEM data in certificate input".into()));
+        return Err(err(
+            "tls: failed to find any PEM data in certificate input".into()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(e.to_string()))?;
     Ok((certs, key))
@@ -104,7 +106,10 @@ pub fn load_key_pair(
 
 /// Loads a CA bundle (non-certificate PEM blocks are ignored).
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let err = |reason: String| TlsError::Ca { path: path.display().to_string(), reason };
+    let err = |reason: String| TlsError::Ca {
+        path: path.display().to_string(),
+        reason,
+    };
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
         let cert = cert.map_err(|e| err(e.to_string()))?;
@@ -124,7 +129,9 @@ fn server_builder(
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
-fn client_verifier(ca: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+fn client_verifier(
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let roots = load_roots(ca)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
@@ -145,11 +152,13 @@ pub fn agent_listener(
         Some(ca) => b.with_client_cert_verifier(client_verifier(ca)?),
         None => b.with_no_client_auth(),
     };
-    let mut cfg = b.with_single_cert(certs, key_der).map_err(|e| TlsError::KeyPair {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let mut cfg = b
+        .with_single_cert(certs, key_der)
+        .map_err(|e| TlsError::KeyPair {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            reason: e.to_string(),
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
 }
@@ -172,7 +181,11 @@ pub fn frontend_listener(
             key: key.display().to_string(),
             reason: e.to_string(),
         })?;
-    cfg.alpn_protocols = if http_connect { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec()] };
+    cfg.alpn_protocols = if http_connect {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec()]
+    };
     Ok(cfg)
 }
 
@@ -191,11 +204,12 @@ pub fn agent_client(
     let mut cfg = match client {
         Some((cert, key)) => {
             let (certs, key_der) = load_key_pair(cert, key)?;
-            b.with_client_auth_cert(certs, key_der).map_err(|e| TlsError::KeyPair {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
-                reason: e.to_string(),
-            })?
+            b.with_client_auth_cert(certs, key_der)
+                .map_err(|e| TlsError::KeyPair {
+                    cert: cert.display().to_string(),
+                    key: key.display().to_string(),
+                    reason: e.to_string(),
+                })?
         }
         None => b.with_no_client_auth(),
     };

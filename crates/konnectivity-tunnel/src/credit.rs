@@ -20,7 +20,10 @@ pub struct Credit {
 impl Credit {
     /// Starts with the peer's window.
     pub fn new(window: u32) -> Self {
-        Self { available: AtomicI64::new(i64::from(window)), granted: Notify::new() }
+        Self {
+            available: AtomicI64::new(i64::from(window)),
+            granted: Notify::new(),
+        }
     }
 
     /// Waits until some credit is available.
@@ -74,7 +77,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
         c.grant(5);
-        tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(c.next_chunk(100), 5);
     }
 }

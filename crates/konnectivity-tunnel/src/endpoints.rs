@@ -34,15 +34,30 @@ pub struct Reply {
 impl Reply {
     /// `text/plain` with a status.
     pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", headers: Vec::new(), body: body.into() }
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: body.into(),
+        }
     }
     /// Prometheus text exposition.
     pub fn metrics(body: String) -> Self {
-        Self { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", headers: Vec::new(), body }
+        Self {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            headers: Vec::new(),
+            body,
+        }
     }
     /// JSON.
     pub fn json(body: String) -> Self {
-        Self { status: 200, content_type: "application/json", headers: Vec::new(), body }
+        Self {
+            status: 200,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
     }
     /// 404.
     pub fn not_found() -> Self {
@@ -60,7 +75,8 @@ fn to_response(r: Reply) -> Response<Full<Bytes>> {
     for (k, v) in r.headers {
         b = b.header(k, v);
     }
-    b.body(Full::new(Bytes::from(r.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    b.body(Full::new(Bytes::from(r.body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 /// Serves `router` on `listener` until `shutdown`.
@@ -89,7 +105,11 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
                         .and_then(|h| h.to_str().ok())
                         .unwrap_or_default()
                         .to_owned();
-                    let reply = router(req.uri().path(), req.uri().query().unwrap_or_default(), &host);
+                    let reply = router(
+                        req.uri().path(),
+                        req.uri().query().unwrap_or_default(),
+                        &host,
+                    );
                     Ok::<_, Infallible>(to_response(reply))
                 }
             });

@@ -106,7 +106,14 @@ pub fn channel() -> (StreamTx, Outbound) {
     let merged = stream::select_with_strategy(ctrl, data_s, |_: &mut ()| PollNext::Left);
     let token = closed.clone();
     let out = merged.take_until(async move { token.cancelled_owned().await });
-    (StreamTx { data, control, closed }, Outbound(Box::pin(out)))
+    (
+        StreamTx {
+            data,
+            control,
+            closed,
+        },
+        Outbound(Box::pin(out)),
+    )
 }
 
 fn tokio_stream_unbounded(mut rx: mpsc::UnboundedReceiver<Packet>) -> impl Stream<Item = Packet> {
@@ -125,7 +132,9 @@ mod tests {
     #[tokio::test]
     async fn control_packets_overtake_queued_data() {
         let (tx, mut out) = channel();
-        tx.send(packet::data(1, bytes::Bytes::from_static(b"a"))).await.unwrap();
+        tx.send(packet::data(1, bytes::Bytes::from_static(b"a")))
+            .await
+            .unwrap();
         tx.control(packet::close_req(9)).unwrap();
         let first = out.next().await.unwrap();
         assert_eq!(packet::type_name(&first), "CLOSE_REQ");

@@ -12,10 +12,17 @@ pub fn init_logging(v: i64, json: bool) {
         5..=9 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,rustls=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,rustls=warn"))
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 /// Cancels the returned token on the first SIGTERM/SIGINT and exits with status 1 on
@@ -24,7 +31,9 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             return;
         };
         let mut seen = false;
@@ -37,7 +46,9 @@ pub fn shutdown_on_signals() -> CancellationToken {
                 std::process::exit(1);
             }
             seen = true;
-            tracing::info!("received a termination signal, shutting down (a second one exits at once)");
+            tracing::info!(
+                "received a termination signal, shutting down (a second one exits at once)"
+            );
             t.cancel();
         }
     });
@@ -74,7 +85,10 @@ pub fn bind_tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListene
     };
     let std_listener = match bind(addr) {
         Ok(l) => l,
-        Err(_) if host.is_empty() => bind(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?,
+        Err(_) if host.is_empty() => bind(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::UNSPECIFIED,
+            port,
+        )))?,
         Err(e) => return Err(e),
     };
     tokio::net::TcpListener::from_std(std_listener)

@@ -159,8 +159,18 @@ pub fn conn_queue(connect_id: i64, budget: Budget, reply: StreamTx) -> (ConnQueu
         Budget::Unmanaged { .. } => None,
     };
     (
-        ConnQueue { tx, shared: shared.clone(), budget },
-        ConnReceiver { rx, shared, window, connect_id, reply },
+        ConnQueue {
+            tx,
+            shared: shared.clone(),
+            budget,
+        },
+        ConnReceiver {
+            rx,
+            shared,
+            window,
+            connect_id,
+            reply,
+        },
     )
 }
 
@@ -181,11 +191,14 @@ impl ConnReceiver {
     /// returns credit to the peer.
     pub fn written(&mut self, n: usize) {
         self.shared.queued.fetch_sub(n, Ordering::AcqRel);
-        self.shared
-            .progress_ms
-            .store(self.shared.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        self.shared.progress_ms.store(
+            self.shared.epoch.elapsed().as_millis() as u64,
+            Ordering::Release,
+        );
         if let Some(credit) = self.window.as_mut().and_then(|w| w.consumed(n)) {
-            let _ = self.reply.control(packet::window_update(self.connect_id, credit));
+            let _ = self
+                .reply
+                .control(packet::window_update(self.connect_id, credit));
         }
     }
 
@@ -204,7 +217,14 @@ mod tests {
     #[tokio::test]
     async fn consuming_data_returns_credit_to_a_flow_controlled_peer() {
         let (tx, mut out) = outbound::channel();
-        let (q, mut r) = conn_queue(7, Budget::Flow { window: 1000, max_packet: 100 }, tx);
+        let (q, mut r) = conn_queue(
+            7,
+            Budget::Flow {
+                window: 1000,
+                max_packet: 100,
+            },
+            tx,
+        );
         q.push(Bytes::from(vec![0; 300])).unwrap();
         match r.recv().await {
             Some(Inbound::Data(b)) => r.written(b.len()),
@@ -218,7 +238,14 @@ mod tests {
     #[tokio::test]
     async fn a_flow_controlled_peer_that_overruns_its_window_is_cut_off() {
         let (tx, _out) = outbound::channel();
-        let (q, mut r) = conn_queue(1, Budget::Flow { window: 100, max_packet: 10 }, tx);
+        let (q, mut r) = conn_queue(
+            1,
+            Budget::Flow {
+                window: 100,
+                max_packet: 10,
+            },
+            tx,
+        );
         q.push(Bytes::from(vec![0; 100])).unwrap();
         assert_eq!(q.push(Bytes::from(vec![0; 20])), Err(Overflow));
         match r.recv().await {
@@ -230,7 +257,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unmanaged_connection_over_budget_is_aborted_only_after_it_stalls() {
         let (tx, _out) = outbound::channel();
-        let budget = Budget::Unmanaged { soft: 100, hard: 10_000, stall: Duration::from_secs(10) };
+        let budget = Budget::Unmanaged {
+            soft: 100,
+            hard: 10_000,
+            stall: Duration::from_secs(10),
+        };
         let (q, r) = conn_queue(1, budget, tx);
         q.push(Bytes::from(vec![0; 200])).unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;

@@ -80,7 +80,11 @@ where
                     if let Some(c) = &credit {
                         c.spend(n);
                     }
-                    if tx.send(packet::data(connect_id, buf.freeze())).await.is_err() {
+                    if tx
+                        .send(packet::data(connect_id, buf.freeze()))
+                        .await
+                        .is_err()
+                    {
                         return SpliceEnd::StreamGone;
                     }
                 }

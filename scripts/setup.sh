@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine (idempotent):
+# Debian packages for real-network tests, and the Go modules of the interop client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for tool in ip:iproute2 iptables:iptables curl:curl python3:python3; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo (Rust) is required" >&2; exit 1; }
+command -v go >/dev/null || { echo "setup: go is required for the konnectivity-client interop tests" >&2; exit 1; }
+(cd tests/go-interop && go mod download)
+echo "setup: ok"

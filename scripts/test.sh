@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, build, lint, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== one crypto provider (ring) in the tree"
+if cargo tree -q -i aws-lc-rs >/dev/null 2>&1; then
+  echo "aws-lc-rs is in the dependency tree; konnectivity-rs uses ring only" >&2
+  exit 1
+fi
+
+echo "== build"
+cargo build --workspace --bins --tests -q
+
+echo "== tests"
+cargo test --workspace -q 2>&1 | tee target/test-output.txt
+grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
