@@ -41,6 +41,9 @@ pub struct LogOptions {
     pub one_output: bool,
     /// `--log-backtrace-at` as `file.go:N`; empty when unset.
     pub log_backtrace_at: String,
+    /// `--logging-format` (Kubernetes component-base's flag): `text` (default) or
+    /// `json`. Not a klog flag; upstream's binaries do not have it.
+    pub format: String,
 }
 
 impl Default for LogOptions {
@@ -61,6 +64,7 @@ impl Default for LogOptions {
             skip_log_headers: false,
             one_output: false,
             log_backtrace_at: String::new(),
+            format: "text".to_owned(),
         }
     }
 }
@@ -101,6 +105,13 @@ fn parse_vmodule(s: &str) -> Result<Vec<(String, i32)>, String> {
         }
     }
     Ok(out)
+}
+
+fn check_logging_format(s: &str) -> Result<(), String> {
+    match s {
+        "text" | "json" => Ok(()),
+        _ => Err(format!("unsupported log format {s:?}; permitted formats: \"json\", \"text\"")),
+    }
 }
 
 fn check_trace_location(s: &str) -> Result<(), String> {
@@ -150,6 +161,15 @@ pub(crate) static KLOG_FLAGS: &[FlagSpec] = &[
         FlagKind::GoBool,
         "true",
         "If true, stderrthreshold is ignored when logtostderr=true (legacy behavior). If false, stderrthreshold is honored even when logtostderr=true",
+    ),
+    FlagSpec::new(
+        "logging-format",
+        FlagKind::Custom {
+            type_name: "string",
+            check: check_logging_format,
+        },
+        "text",
+        "Sets the log format. Permitted formats: \"json\", \"text\". (konnectivity-rs)",
     ),
     FlagSpec::new(
         "log-backtrace-at",
@@ -287,6 +307,9 @@ impl LogOptions {
         if let Some(s) = p.string("log-backtrace-at") {
             o.log_backtrace_at = s.to_owned();
         }
+        if let Some(s) = p.string("logging-format") {
+            o.format = s.to_owned();
+        }
         o
     }
 
@@ -317,6 +340,7 @@ impl LogOptions {
                 },
             ),
             ("log-dir", self.log_dir.clone()),
+            ("logging-format", self.format.clone()),
             ("log-file", self.log_file.clone()),
             ("log-file-max-size", self.log_file_max_size.to_string()),
             ("logtostderr", self.logtostderr.to_string()),

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    process::init_logging(i64::from(opts.log.v), false);
+    process::init_logging(i64::from(opts.log.v), opts.log.format == "json");
     for notice in &opts.deprecation_notices {
         warn!("{notice}");
     }
