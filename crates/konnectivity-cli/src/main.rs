@@ -3,6 +3,8 @@
 //! - `demo`: a self-contained tunnel on loopback (server, agent, HTTP backend, fresh
 //!   certificates), exercised through both frontends, then left running for `curl`.
 //! - `dial`: open a connection through a running proxy-server and relay stdin/stdout.
+//! - `bench`: throughput, latency, memory and scale on loopback, as ratios against
+//!   baselines measured in the same run (see `bench.rs`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod dial;
 
@@ -38,6 +41,13 @@ enum Cmd {
     /// Open ADDRESS (host:port, as seen from the node) through a proxy-server frontend
     /// and relay standard input and output.
     Dial(dial::DialArgs),
+    /// Measure the tunnel on loopback against a direct connection and a "null tunnel"
+    /// (same hops, no protocol); writes JSON results and prints a table of targets.
+    Bench(Box<bench::BenchArgs>),
+    /// Internal: the echo backend process of `bench` (prints its address, runs until
+    /// standard input closes).
+    #[command(hide = true)]
+    BenchBackend,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,8 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Demo { once, dir } => demo::run(once, dir).await,
             Cmd::Dial(a) => dial::run(a).await,
+            Cmd::Bench(a) => bench::run(*a).await,
+            Cmd::BenchBackend => bench::backend_helper().await,
         }
     });
     match r {

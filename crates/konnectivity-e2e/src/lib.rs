@@ -334,3 +334,173 @@ pub fn tcp_frontend(
         server_name: "localhost".into(),
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// The real upstream programs (issue 8, mixed fleets). Built from the Go module in
+// `tests/upstream` (which pins sigs.k8s.io/apiserver-network-proxy and only *depends* on
+// it) into `target/upstream/` (or `$KONNECTIVITY_UPSTREAM_BIN_DIR`).
+
+/// The directory holding `upstream-proxy-server` and `upstream-proxy-agent`.
+pub fn upstream_bin_dir() -> PathBuf {
+    match std::env::var_os("KONNECTIVITY_UPSTREAM_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/upstream"),
+    }
+}
+
+/// Path of an upstream binary (`"proxy-server"` or `"proxy-agent"`), building it from
+/// `tests/upstream` with `go build` when it is missing or older than that module's
+/// `go.mod`/`go.sum`. The first build needs the Go module proxy (or a populated module
+/// cache) and takes a few minutes; `tests/upstream/build.sh` does the same ahead of time.
+pub fn upstream_bin(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let pkg = match name {
+        "proxy-server" => "sigs.k8s.io/apiserver-network-proxy/cmd/server",
+        "proxy-agent" => "sigs.k8s.io/apiserver-network-proxy/cmd/agent",
+        other => anyhow::bail!("unknown upstream binary {other}"),
+    };
+    let out = upstream_bin_dir().join(format!("upstream-{name}"));
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/upstream");
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match mtime(&out) {
+        None => true,
+        Some(built) => ["go.mod", "go.sum"]
+            .iter()
+            .any(|f| mtime(&module.join(f)).is_some_and(|m| m > built)),
+    };
+    if stale {
+        let build = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg(pkg)
+            .current_dir(&module)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot run `go` to build upstream {name} (install Go, or run tests/upstream/build.sh): {e}"
+                )
+            })?;
+        anyhow::ensure!(
+            build.status.success(),
+            "building upstream {name} ({pkg}) failed: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Starts the upstream `proxy-server` with the same flags [`start_server`] gives ours
+/// (plus `spec.extra`) and waits until its `/healthz` answers.
+pub fn start_upstream_server(
+    name: &str,
+    pki: &Pki,
+    spec: &ServerSpec,
+    dir: &Path,
+) -> anyhow::Result<(Proc, ServerPorts)> {
+    let ports = ServerPorts {
+        agent: free_port(),
+        health: free_port(),
+        admin: free_port(),
+        frontend: if spec.uds.is_some() { 0 } else { free_port() },
+    };
+    let program = upstream_bin("proxy-server")?;
+    let proc = spawn_upstream_server(name, &program, pki, spec, ports, dir)?;
+    let health = format!("{}:{}", spec.bind, ports.health);
+    wait_for("upstream proxy-server /healthz", Duration::from_secs(30), || {
+        http_get(&health, "/healthz")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    })?;
+    Ok((proc, ports))
+}
+
+/// Spawns the upstream `proxy-server` on the given ports (no waiting).
+pub fn spawn_upstream_server(
+    name: &str,
+    program: &Path,
+    pki: &Pki,
+    spec: &ServerSpec,
+    ports: ServerPorts,
+    dir: &Path,
+) -> anyhow::Result<Proc> {
+    let p = |x: &Path| x.display().to_string();
+    let mut args = vec![
+        format!("--mode={}", spec.mode),
+        format!("--cluster-cert={}", p(&pki.server_cert)),
+        format!("--cluster-key={}", p(&pki.server_key)),
+        format!("--cluster-ca-cert={}", p(&pki.ca)),
+        format!("--agent-port={}", ports.agent),
+        format!("--agent-bind-address={}", spec.bind),
+        format!("--health-port={}", ports.health),
+        format!("--health-bind-address={}", spec.bind),
+        format!("--admin-port={}", ports.admin),
+        format!("--admin-bind-address={}", spec.bind),
+        format!("--server-id={name}"),
+    ];
+    match &spec.uds {
+        Some(path) => {
+            args.push(format!("--uds-name={}", p(path)));
+            args.push("--server-port=0".into());
+        }
+        None => {
+            args.push(format!("--server-port={}", ports.frontend));
+            args.push(format!("--server-bind-address={}", spec.bind));
+            args.push(format!("--server-cert={}", p(&pki.server_cert)));
+            args.push(format!("--server-key={}", p(&pki.server_key)));
+            args.push(format!("--server-ca-cert={}", p(&pki.ca)));
+        }
+    }
+    args.extend(spec.extra.iter().cloned());
+    Proc::spawn(name, program, &args, None, dir)
+}
+
+/// Starts the upstream `proxy-agent` toward `host:agent_port` with the flags upstream's
+/// own integration harness uses (sync 100 ms, cap 1 s, probe 100 ms); returns it and its
+/// health port.
+pub fn start_upstream_agent(
+    name: &str,
+    pki: &Pki,
+    host: &str,
+    agent_port: u16,
+    extra: &[String],
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    let health = free_port();
+    let p = |x: &Path| x.display().to_string();
+    let mut args = vec![
+        format!("--ca-cert={}", p(&pki.ca)),
+        format!("--agent-cert={}", p(&pki.agent_cert)),
+        format!("--agent-key={}", p(&pki.agent_key)),
+        format!("--proxy-server-host={host}"),
+        format!("--proxy-server-port={agent_port}"),
+        "--health-server-host=127.0.0.1".into(),
+        format!("--health-server-port={health}"),
+        format!("--admin-server-port={}", free_port()),
+        format!("--agent-id={name}"),
+        "--sync-interval=100ms".into(),
+        "--sync-interval-cap=1s".into(),
+        "--probe-interval=100ms".into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let proc = Proc::spawn(name, &upstream_bin("proxy-agent")?, &args, None, dir)?;
+    Ok((proc, health))
+}
+
+/// The value of an unlabelled metric `name` from `http://addr/metrics`, or `None` when it
+/// is absent or the endpoint does not answer. (Asks with HTTP/1.0 so that no server
+/// answers with chunked encoding.)
+pub fn scrape_metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let v = rest.strip_prefix(' ')?;
+        v.trim().parse().ok()
+    })
+}

@@ -15,9 +15,11 @@ pub fn init_logging(v: i64, json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,rustls=warn"))
     });
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if json {
         b.json().try_init()
     } else {
