@@ -1,0 +1,246 @@
+//! Server leases (spec §6.1, §6.2): each proxy-server keeps a Lease named
+//! `konnectivity-proxy-server-<server-id>` renewed every 15 s with a 30 s duration and
+//! garbage-collects expired ones; agents count the valid leases to learn how many
+//! servers exist.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Client;
+
+/// Lease duration written by servers.
+pub const LEASE_DURATION_SECONDS: i32 = 30;
+/// How often a server renews its lease and collects expired ones.
+pub const RENEW_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The lease name of a server.
+pub fn lease_name(server_id: &str) -> String {
+    format!("konnectivity-proxy-server-{server_id}")
+}
+
+/// Whether a lease is still valid at `now`: (renewTime, else acquireTime) +
+/// leaseDurationSeconds > now. A lease with no time at all is expired.
+pub fn is_valid(lease: &Lease, now: Timestamp) -> bool {
+    let Some(spec) = &lease.spec else { return false };
+    let Some(t) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else { return false };
+    let dur = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    t.0.checked_add(dur).is_ok_and(|end| end > now)
+}
+
+/// Formats labels as a selector `k1=v1,k2=v2` (sorted, as upstream).
+pub fn selector(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// The server side: heartbeat and garbage collection.
+#[derive(Clone)]
+pub struct LeaseController {
+    api: Api<Lease>,
+    server_id: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for LeaseController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseController").field("server_id", &self.server_id).finish()
+    }
+}
+
+impl LeaseController {
+    /// A controller for `server_id`'s lease in `namespace`, labelled with `labels`.
+    pub fn new(client: Client, namespace: &str, server_id: &str, labels: BTreeMap<String, String>) -> Self {
+        Self { api: Api::namespaced(client, namespace), server_id: server_id.to_owned(), labels }
+    }
+
+    fn desired(&self, existing: Option<Lease>) -> Lease {
+        let mut lease = existing.unwrap_or_default();
+        lease.metadata.name = Some(lease_name(&self.server_id));
+        lease.metadata.labels = Some(self.labels.clone());
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = Some(self.server_id.clone());
+        spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease
+    }
+
+    /// Creates or renews the lease once.
+    pub async fn renew(&self) -> Result<(), kube::Error> {
+        let name = lease_name(&self.server_id);
+        match self.api.get_opt(&name).await? {
+            None => {
+                let mut l = self.desired(None);
+                l.metadata = ObjectMeta { name: Some(name), labels: Some(self.labels.clone()), ..Default::default() };
+                self.api.create(&PostParams::default(), &l).await?;
+            }
+            Some(existing) => {
+                let l = self.desired(Some(existing));
+                self.api.replace(&name, &PostParams::default(), &l).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes expired leases carrying our labels. Returns how many were deleted.
+    pub async fn collect_garbage(&self) -> Result<usize, kube::Error> {
+        let list = self.api.list(&ListParams::default().labels(&selector(&self.labels))).await?;
+        let now = Timestamp::now();
+        let mut culled = 0;
+        for l in list.items {
+            if is_valid(&l, now) {
+                continue;
+            }
+            let Some(name) = l.metadata.name.clone() else { continue };
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions { resource_version: l.metadata.resource_version.clone(), uid: None }),
+                ..Default::default()
+            };
+            match self.api.delete(&name, &dp).await {
+                Ok(_) => culled += 1,
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => warn!(lease = %name, error = %e, "deleting an expired lease failed"),
+            }
+        }
+        Ok(culled)
+    }
+
+    /// Renews and collects every [`RENEW_INTERVAL`] until `stop`, then deletes our lease.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.renew().await {
+                warn!(error = %e, "renewing the server lease failed");
+            }
+            match self.collect_garbage().await {
+                Ok(n) if n > 0 => info!(culled = n, "deleted expired server leases"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "listing server leases failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RENEW_INTERVAL) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        let name = lease_name(&self.server_id);
+        match self.api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => debug!(lease = %name, "deleted our lease"),
+            Err(e) => warn!(lease = %name, error = %e, "deleting our lease on shutdown failed"),
+        }
+    }
+}
+
+/// The agent side: counts valid leases matching a label selector.
+#[derive(Clone)]
+pub struct LeaseCounter {
+    api: Api<Lease>,
+    selector: String,
+}
+
+impl std::fmt::Debug for LeaseCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseCounter").field("selector", &self.selector).finish()
+    }
+}
+
+impl LeaseCounter {
+    /// Counts leases in `namespace` matching `selector` (Kubernetes selector syntax).
+    pub fn new(client: Client, namespace: &str, selector: &str) -> Self {
+        Self { api: Api::namespaced(client, namespace), selector: selector.to_owned() }
+    }
+
+    /// The number of valid leases now.
+    pub async fn count(&self) -> Result<usize, kube::Error> {
+        let lp = if self.selector.is_empty() { ListParams::default() } else { ListParams::default().labels(&self.selector) };
+        let list = self.api.list(&lp).await?;
+        let now = Timestamp::now();
+        Ok(list.items.iter().filter(|l| is_valid(l, now)).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake;
+
+    fn lease_json(name: &str, renew: Option<Timestamp>, acquire: Option<Timestamp>) -> String {
+        let t = |t: Option<Timestamp>| t.map(|t| format!("\"{}\"", t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))).unwrap_or("null".into());
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"kube-system","resourceVersion":"7","labels":{{"k8s-app":"konnectivity-server"}}}},"spec":{{"holderIdentity":"x","leaseDurationSeconds":30,"renewTime":{},"acquireTime":{}}}}}"#,
+            t(renew),
+            t(acquire)
+        )
+    }
+
+    #[test]
+    fn lease_validity_follows_renew_then_acquire_time() {
+        let now = Timestamp::now();
+        let parse = |s: String| serde_json::from_str::<Lease>(&s).unwrap();
+        let fresh = now - SignedDuration::from_secs(5);
+        let old = now - SignedDuration::from_secs(60);
+        assert!(is_valid(&parse(lease_json("a", None, Some(fresh))), now), "acquired-only fresh");
+        assert!(is_valid(&parse(lease_json("a", Some(fresh), None)), now), "renewed fresh");
+        assert!(!is_valid(&parse(lease_json("a", None, None)), now), "no times");
+        assert!(!is_valid(&parse(lease_json("a", Some(old), Some(fresh))), now), "renew time wins and is old");
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_deletes_only_expired_leases_with_a_precondition() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let list = format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{},{}]}}"#,
+            lease_json("konnectivity-proxy-server-live", Some(now), None),
+            lease_json("konnectivity-proxy-server-dead", Some(now - SignedDuration::from_secs(300)), None)
+        );
+        let (kc, seen) = fake::api(vec![(200, list), (200, r#"{"kind":"Status","status":"Success"}"#.into())], dir.path()).await;
+        let client = crate::connect(&kc).await.unwrap();
+        let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
+        let c = LeaseController::new(client, "kube-system", "me", labels);
+        assert_eq!(c.collect_garbage().await.unwrap(), 1);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[0].1.contains("labelSelector=k8s-app%3Dkonnectivity-server"), "{}", seen[0].1);
+        assert_eq!(seen[1].0, "DELETE");
+        assert!(seen[1].1.contains("/namespaces/kube-system/leases/konnectivity-proxy-server-dead"), "{}", seen[1].1);
+        assert!(seen[1].2.contains("\"resourceVersion\":\"7\""), "{}", seen[1].2);
+    }
+
+    #[tokio::test]
+    async fn renew_creates_a_missing_lease_with_upstreams_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let notfound = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_owned();
+        let created = lease_json("konnectivity-proxy-server-me", Some(Timestamp::now()), None);
+        let (kc, seen) = fake::api(vec![(404, notfound), (201, created)], dir.path()).await;
+        let client = crate::connect(&kc).await.unwrap();
+        let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
+        LeaseController::new(client, "kube-system", "me", labels).renew().await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[1].0, "POST");
+        let body: serde_json::Value = serde_json::from_str(&seen[1].2).unwrap();
+        assert_eq!(body["metadata"]["name"], "konnectivity-proxy-server-me");
+        assert_eq!(body["metadata"]["labels"]["k8s-app"], "konnectivity-server");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 30);
+        assert!(body["spec"]["renewTime"].is_string());
+    }
+
+    #[tokio::test]
+    async fn the_agent_counts_only_valid_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let list = format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{},{},{}]}}"#,
+            lease_json("a", Some(now), None),
+            lease_json("b", None, Some(now)),
+            lease_json("c", Some(now - SignedDuration::from_secs(300)), None)
+        );
+        let (kc, _) = fake::api(vec![(200, list)], dir.path()).await;
+        let client = crate::connect(&kc).await.unwrap();
+        assert_eq!(LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server").count().await.unwrap(), 2);
+    }
+}
