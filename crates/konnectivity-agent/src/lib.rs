@@ -53,7 +53,22 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Largest DATA payload read from a destination.
     pub max_chunk: usize,
+    /// Lease-based server counting (`--count-server-leases`), if enabled.
+    pub leases: Option<LeaseCounting>,
 }
+
+/// `--count-server-leases` with `--server-count-source`.
+#[derive(Debug, Clone)]
+pub struct LeaseCounting {
+    /// Counts valid server leases.
+    pub counter: konnectivity_k8s::lease::LeaseCounter,
+    /// `max`: the larger of the lease count and the servers' `servercount`; otherwise
+    /// the lease count alone.
+    pub use_max: bool,
+}
+
+/// How often the agent re-counts server leases (upstream's informer resync).
+pub const LEASE_RECOUNT: Duration = Duration::from_secs(10);
 
 /// The agent's live state.
 #[derive(Debug)]
@@ -66,6 +81,8 @@ pub struct Agent {
     serial: AtomicU64,
     /// Last `servercount` seen on a new, non-duplicate stream (0: none yet).
     last_count: AtomicU64,
+    /// Valid server leases at the last count (0: none, or never counted).
+    lease_count: AtomicU64,
     draining: AtomicBool,
 }
 
@@ -82,6 +99,7 @@ impl Agent {
             servers: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             last_count: AtomicU64::new(0),
+            lease_count: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         })
     }
@@ -91,8 +109,33 @@ impl Agent {
         lock(&self.servers).len()
     }
 
-    fn server_count(&self) -> usize {
-        (self.last_count.load(Ordering::Acquire) as usize).max(1)
+    /// How many servers the agent tries to be connected to (spec §6.2).
+    pub fn server_count(&self) -> usize {
+        let response = (self.last_count.load(Ordering::Acquire) as usize).max(1);
+        let n = match &self.settings.leases {
+            None => response,
+            Some(l) => {
+                let leases = self.lease_count.load(Ordering::Acquire) as usize;
+                if l.use_max { leases.max(response) } else { leases }
+            }
+        };
+        n.max(1)
+    }
+
+    /// Re-counts server leases every [`LEASE_RECOUNT`] until `stop`; a failed count
+    /// keeps the last good value.
+    pub async fn count_leases(self: Arc<Self>, stop: CancellationToken) {
+        let Some(l) = self.settings.leases.clone() else { return };
+        loop {
+            match l.counter.count().await {
+                Ok(n) => self.lease_count.store(n as u64, Ordering::Release),
+                Err(e) => warn!(error = %e, "counting server leases failed; keeping the last count"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_RECOUNT) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     /// Sends DRAIN on every stream and stops making new connections.
@@ -264,6 +307,9 @@ pub async fn run(
         if let Some(a) = admin {
             tokio::spawn(endpoints::serve(a, admin_router(port), stop.clone()));
         }
+    }
+    if agent.settings.leases.is_some() {
+        tokio::spawn(agent.clone().count_leases(stop.clone()));
     }
     let sync = tokio::spawn(agent.clone().sync_loop(stop.clone()));
     tokio::select! {

@@ -142,7 +142,16 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
         sync_forever: o.sync_forever,
         keepalive: o.keepalive_time.to_std().unwrap_or_default(),
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
+        leases: None,
     };
+    let mut settings = settings;
+    if o.count_server_leases {
+        let client = konnectivity_k8s::connect(&o.kubeconfig).await?;
+        settings.leases = Some(konnectivity_agent::LeaseCounting {
+            counter: konnectivity_k8s::lease::LeaseCounter::new(client, &o.lease_namespace, &o.lease_label_selector.to_string()),
+            use_max: matches!(o.server_count_source()?, konnectivity_config::ServerCountSource::Max),
+        });
+    }
     if settings.hosts.is_empty() {
         anyhow::bail!("--proxy-server-host must name at least one host");
     }

@@ -131,6 +131,7 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         sync_forever: false,
         keepalive: Duration::from_secs(3600),
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
+        leases: None,
     });
     let drain = CancellationToken::new();
     let agent_task = tokio::spawn(konnectivity_agent::run(

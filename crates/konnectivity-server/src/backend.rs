@@ -91,6 +91,14 @@ impl AgentService for AgentEndpoint {
             warn!(?peer, error = %e.message(), "rejected agent stream");
         })?;
         let s = &self.shared;
+        if let Some(auth) = &s.auth {
+            let values = one_value(request.metadata(), metadata::AUTHORIZATION);
+            if let Err(e) = auth.authenticate(&values).await {
+                // Logged with the peer and the reason; never with the token.
+                warn!(?peer, agent_id = %ident.agent_id, reason = %e, "rejected agent: authentication failed");
+                return Err(Status::unknown(e));
+            }
+        }
         let peer_window = match s.settings.flow_window {
             Some(_) => request
                 .metadata()

@@ -78,13 +78,6 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    if opts.token_auth_enabled() {
-        // Accepting agents without the requested authentication would be unsafe.
-        let msg = "--agent-namespace/--agent-service-account/--authentication-audience: ServiceAccount token authentication is not implemented in this build; refusing to start without it";
-        error!("error: {msg}");
-        eprintln!("error: {msg}");
-        return ExitCode::FAILURE;
-    }
     for (flag, why) in NOT_IMPLEMENTED {
         if opts.explicit_flags.iter().any(|f| f == flag) {
             warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
@@ -109,6 +102,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// How long a successful TokenReview is trusted before the token is reviewed again.
+const AUTH_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn port(p: i64) -> anyhow::Result<u16> {
     u16::try_from(p).map_err(|_| anyhow::anyhow!("port {p} out of range"))
@@ -187,8 +183,40 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         health: Some(health),
         admin: Some(admin),
     };
+    let client = if o.needs_kubernetes_client() {
+        Some(konnectivity_k8s::connect(&o.kubeconfig).await?)
+    } else {
+        None
+    };
+    let auth = match (&client, o.token_auth_enabled()) {
+        (Some(c), true) => Some(konnectivity_k8s::auth::TokenAuthenticator::new(
+            c.clone(),
+            konnectivity_k8s::auth::Expectation {
+                namespace: o.agent_namespace.clone(),
+                service_account: o.agent_service_account.clone(),
+                audience: o.authentication_audience.clone(),
+            },
+            AUTH_CACHE_TTL,
+        )),
+        _ => None,
+    };
     let shutdown = process::shutdown_on_signals();
-    konnectivity_server::run(settings, listeners, shutdown).await?;
+    let leases = match (&client, o.enable_lease_controller) {
+        (Some(c), true) => {
+            let ctl = konnectivity_k8s::lease::LeaseController::new(c.clone(), &o.lease_namespace, &o.server_id, o.lease_labels()?);
+            let stop = shutdown.clone();
+            Some(tokio::spawn(ctl.run(stop)))
+        }
+        _ => None,
+    };
+    let shared = konnectivity_server::Shared::with_auth(settings, auth);
+    let served = konnectivity_server::run_with(shared, listeners, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(l) = leases {
+        // Deletes our lease before exiting.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), l).await;
+    }
+    served?;
     if !o.uds_name.is_empty() {
         let _ = std::fs::remove_file(&o.uds_name);
     }

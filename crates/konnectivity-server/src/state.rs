@@ -157,6 +157,8 @@ pub struct Pending {
 pub struct Shared {
     /// Validated settings.
     pub settings: Settings,
+    /// ServiceAccount token authentication of agents, when enabled.
+    pub auth: Option<konnectivity_k8s::auth::TokenAuthenticator>,
     table: Mutex<BackendTable<Arc<Backend>>>,
     /// Pending dials by dial ID (one global map, as upstream).
     pending: Mutex<HashMap<i64, Pending>>,
@@ -168,10 +170,16 @@ pub struct Shared {
 impl Shared {
     /// Shared state for `settings`.
     pub fn new(settings: Settings) -> Arc<Self> {
+        Self::with_auth(settings, None)
+    }
+
+    /// Shared state that authenticates agents with `auth`.
+    pub fn with_auth(settings: Settings, auth: Option<konnectivity_k8s::auth::TokenAuthenticator>) -> Arc<Self> {
         let table = BackendTable::new(settings.strategies.clone());
         let metrics = Metrics::new(&settings.strategies);
         Arc::new(Self {
             settings,
+            auth,
             table: Mutex::new(table),
             pending: Mutex::new(HashMap::new()),
             metrics,
