@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod stream;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct Settings {
     pub max_chunk: usize,
     /// Lease-based server counting (`--count-server-leases`), if enabled.
     pub leases: Option<LeaseCounting>,
+    /// After DRAIN, how long established connections may keep the agent alive.
+    pub drain_timeout: Duration,
 }
 
 /// `--count-server-leases` with `--server-count-source`.
@@ -78,6 +81,8 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     /// Connected servers by server ID: (our serial for the stream, its sender).
     servers: Mutex<HashMap<String, (u64, StreamTx)>>,
+    /// Which server each dialed address led to last time.
+    addr_owner: Mutex<HashMap<SocketAddr, String>>,
     serial: AtomicU64,
     /// Last `servercount` seen on a new, non-duplicate stream (0: none yet).
     last_count: AtomicU64,
@@ -97,6 +102,7 @@ impl Agent {
             settings,
             metrics: Arc::new(Metrics::default()),
             servers: Mutex::new(HashMap::new()),
+            addr_owner: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             last_count: AtomicU64::new(0),
             lease_count: AtomicU64::new(0),
@@ -149,11 +155,29 @@ impl Agent {
         }
     }
 
-    /// One attempt to add a server connection. Returns whether it was a real error
-    /// (for backoff).
-    async fn sync_once(self: &Arc<Self>, host: &str) -> bool {
+    /// Resolves every configured host to all of its addresses, in a stable order.
+    async fn targets(&self) -> Vec<(String, SocketAddr)> {
+        let mut out = Vec::new();
+        for host in &self.settings.hosts {
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            match tokio::net::lookup_host((h, self.settings.port)).await {
+                Ok(addrs) => {
+                    let mut addrs: Vec<_> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    out.extend(addrs.into_iter().map(|a| (h.to_owned(), a)));
+                }
+                Err(e) => warn!(host = %h, error = %e, "cannot resolve proxy-server host"),
+            }
+        }
+        out
+    }
+
+    /// One attempt to add a server connection through `addr`. Returns whether it was
+    /// a real error (for backoff).
+    async fn sync_once(self: &Arc<Self>, host: &str, addr: SocketAddr) -> bool {
         let s = &self.settings;
-        match stream::open(host, s.port, s.tls.clone(), &s.hello, s.keepalive).await {
+        match stream::open(host, addr, s.tls.clone(), &s.hello, s.keepalive).await {
             Ok(st) => {
                 let id = st.server_id.clone();
                 let serial = self.serial.fetch_add(1, Ordering::Relaxed);
@@ -162,63 +186,80 @@ impl Agent {
                     if servers.contains_key(&id) {
                         drop(servers);
                         st.tx.close();
-                        tracing::debug!(server_id = %id, "duplicate server: {id}");
+                        tracing::debug!(server_id = %id, %addr, "duplicate server: {id}");
+                        // Remember which server this address led to, so the next round
+                        // tries another address first.
+                        lock(&self.addr_owner).insert(addr, id);
                         return false;
                     }
                     servers.insert(id.clone(), (serial, st.tx.clone()));
-                    self.metrics
-                        .open_server_connections
-                        .store(servers.len() as i64, Ordering::Relaxed);
+                    self.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
                 }
-                self.last_count
-                    .store(u64::from(st.server_count), Ordering::Release);
-                info!(server_id = %id, host, server_count = st.server_count, flow_control = st.peer_window.is_some(), "connected to proxy-server");
+                lock(&self.addr_owner).insert(addr, id.clone());
+                self.last_count.store(u64::from(st.server_count), Ordering::Release);
+                info!(server_id = %id, host, %addr, server_count = st.server_count, flow_control = st.peer_window.is_some(), "connected to proxy-server");
                 if self.draining.load(Ordering::Acquire) {
                     let _ = st.tx.control(packet::drain());
                 }
                 let agent = self.clone();
                 tokio::spawn(async move {
-                    stream::serve(
-                        st,
-                        agent.settings.hello.flow_window,
-                        agent.settings.max_chunk,
-                        agent.metrics.clone(),
-                    )
-                    .await;
+                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.metrics.clone()).await;
                     let mut servers = lock(&agent.servers);
                     if servers.get(&id).is_some_and(|(s, _)| *s == serial) {
                         servers.remove(&id);
+                        info!(server_id = %id, "disconnected from proxy-server");
                     }
-                    agent
-                        .metrics
-                        .open_server_connections
-                        .store(servers.len() as i64, Ordering::Relaxed);
+                    agent.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
                 });
                 false
             }
             Err(e) => {
-                warn!(host, error = %e, "cannot connect to proxy-server");
+                warn!(host, %addr, error = %e, "cannot connect to proxy-server");
                 true
             }
         }
     }
 
-    /// The connection sync loop (spec §6.3), until `stop`.
+    /// Picks the next address to dial: addresses whose last known server is not
+    /// connected (or unknown) first, round-robin; otherwise any, round-robin (a load
+    /// balancer may send the next attempt to another server).
+    fn pick(&self, targets: &[(String, SocketAddr)], next: &mut usize) -> Option<(String, SocketAddr)> {
+        if targets.is_empty() {
+            return None;
+        }
+        let servers = lock(&self.servers);
+        let owners = lock(&self.addr_owner);
+        for i in 0..targets.len() {
+            let t = &targets[(*next + i) % targets.len()];
+            let live = owners.get(&t.1).is_some_and(|id| servers.contains_key(id));
+            if !live {
+                *next = (*next + i + 1) % targets.len();
+                return Some(t.clone());
+            }
+        }
+        let t = targets[*next % targets.len()].clone();
+        *next = (*next + 1) % targets.len();
+        Some(t)
+    }
+
+    /// The connection sync loop (spec §6.3), until `stop`. Unlike upstream it resolves
+    /// every address of every `--proxy-server-host` and dials them directly, so it
+    /// reaches every server without relying on a load balancer to spread attempts.
     pub async fn sync_loop(self: Arc<Self>, stop: CancellationToken) {
         let s = &self.settings;
         let mut backoff = s.sync_interval;
-        let mut next_host = 0usize;
+        let mut next = 0usize;
         loop {
             let mut failed = false;
             if !self.draining.load(Ordering::Acquire) {
                 let want = self.server_count();
-                self.metrics
-                    .known_server_count
-                    .store(want as i64, Ordering::Relaxed);
+                self.metrics.known_server_count.store(want as i64, Ordering::Relaxed);
                 if s.sync_forever || self.connected() < want {
-                    let host = &s.hosts[next_host % s.hosts.len()];
-                    next_host = next_host.wrapping_add(1);
-                    failed = self.sync_once(host).await;
+                    let targets = self.targets().await;
+                    match self.pick(&targets, &mut next) {
+                        Some((host, addr)) => failed = self.sync_once(&host, addr).await,
+                        None => failed = true,
+                    }
                 }
             }
             let base = if failed {
@@ -253,9 +294,15 @@ pub fn health_router(a: Arc<Agent>) -> Router {
             let verbose = query
                 .split('&')
                 .any(|kv| kv == "verbose" || kv.starts_with("verbose="));
-            if a.connected() > 0 {
+            let (connected, want) = (a.connected(), a.server_count());
+            if connected > 0 {
                 if verbose {
-                    Reply::text(200, "[+]ping ok\n[+]server-connected ok\ncheck passed\n")
+                    let count = if connected < want {
+                        format!("[+]server-count degraded: connected to {connected} of {want} servers\n")
+                    } else {
+                        String::new()
+                    };
+                    Reply::text(200, format!("[+]ping ok\n[+]server-connected ok\n{count}check passed\n"))
                 } else {
                     Reply::text(200, "ok")
                 }
@@ -266,7 +313,7 @@ pub fn health_router(a: Arc<Agent>) -> Router {
                 )
             }
         }
-        "/metrics" => Reply::metrics(a.metrics.render()),
+        "/metrics" => Reply::metrics(a.metrics.render() + &a.metrics.render_extra(a.connected(), a.server_count())),
         _ => Reply::not_found(),
     })
 }
@@ -313,10 +360,29 @@ pub async fn run(
     }
     let sync = tokio::spawn(agent.clone().sync_loop(stop.clone()));
     tokio::select! {
-        _ = drain.cancelled() => agent.drain(),
+        _ = drain.cancelled() => {
+            agent.drain();
+            // Keep serving established connections until they end or the bound passes.
+            let bound = tokio::time::sleep(agent.settings.drain_timeout);
+            tokio::pin!(bound);
+            loop {
+                if agent.metrics.open_endpoint_connections.load(Ordering::Relaxed) <= 0 {
+                    info!("drained: no established connections left");
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut bound => {
+                        warn!("drain timeout passed with connections still open; exiting");
+                        break;
+                    }
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            stop.cancel();
+        }
         _ = stop.cancelled() => {}
     }
-    stop.cancelled().await;
     agent.close_all();
     let _ = sync.await;
 }

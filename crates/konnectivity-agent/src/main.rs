@@ -143,6 +143,7 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
         keepalive: o.keepalive_time.to_std().unwrap_or_default(),
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
         leases: None,
+        drain_timeout: std::time::Duration::from_secs(300),
     };
     let mut settings = settings;
     if o.count_server_leases {

@@ -73,4 +73,12 @@ impl Metrics {
         }
         o
     }
+
+    /// konnectivity-rs additions, rendered after upstream's metrics.
+    pub fn render_extra(&self, connected: usize, want: usize) -> String {
+        format!(
+            "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
+            u8::from(connected < want)
+        )
+    }
 }

@@ -83,19 +83,21 @@ pub struct ServerStream {
 }
 
 /// Connects to `host:port` with TLS and opens the Connect stream.
+/// `addr` is where to connect (one resolved address of `host`); `host` is the name
+/// the server certificate must carry.
 pub async fn open(
     host: &str,
-    port: u16,
+    addr: std::net::SocketAddr,
     tls: Arc<ClientConfig>,
     hello: &Hello,
     keepalive: Duration,
 ) -> Result<ServerStream, OpenError> {
-    let target = format!("{host}:{port}");
+    let target = addr.to_string();
     let err = |source: io::Error| OpenError::Connect {
         target: target.clone(),
         source,
     };
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target))
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "i/o timeout")))?
         .map_err(err)?;
@@ -139,7 +141,7 @@ pub async fn open(
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .http2_keep_alive_interval(keepalive)
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_timeout(keepalive.min(Duration::from_secs(20)))
         .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await

@@ -102,7 +102,10 @@ fn grpc_server(keepalive: Duration, stream_window: u32, conn_window: u32) -> Ser
         .max_concurrent_streams(u32::MAX)
         .max_frame_size(256 * 1024)
         .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A peer that does not answer a ping within the interval (at most 20 s, grpc's
+        // default) is dead: its streams end, so its connections and pending dials are
+        // cleaned up within two keepalive periods.
+        .http2_keepalive_timeout(Some(keepalive.min(Duration::from_secs(20))))
         .tcp_nodelay(true)
 }
 

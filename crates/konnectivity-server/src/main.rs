@@ -45,7 +45,6 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
         "xfr-channel-size",
         "queues are bounded in bytes per connection, not in packets",
     ),
-    ("graceful-shutdown-timeout", "shutdown is immediate"),
     ("log-dir", "logs go to stderr"),
     ("log-file", "logs go to stderr"),
     ("log-file-max-size", "logs go to stderr"),
@@ -210,7 +209,25 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         _ => None,
     };
     let shared = konnectivity_server::Shared::with_auth(settings, auth);
-    let served = konnectivity_server::run_with(shared, listeners, shutdown.clone()).await;
+    let grace = o.graceful_shutdown_timeout.to_std().unwrap_or_default();
+    let drained = {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            // Listeners stop accepting at once; established connections may finish
+            // within --graceful-shutdown-timeout (0: exit now).
+            let deadline = tokio::time::Instant::now() + grace;
+            while shared.metrics.established() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            info!(established = shared.metrics.established(), "shutting down");
+        }
+    };
+    let served = tokio::select! {
+        r = konnectivity_server::run_with(shared.clone(), listeners, shutdown.clone()) => r,
+        _ = drained => Ok(()),
+    };
     shutdown.cancel();
     if let Some(l) = leases {
         // Deletes our lease before exiting.
