@@ -407,11 +407,15 @@ pub fn start_upstream_server(
     let program = upstream_bin("proxy-server")?;
     let proc = spawn_upstream_server(name, &program, pki, spec, ports, dir)?;
     let health = format!("{}:{}", spec.bind, ports.health);
-    wait_for("upstream proxy-server /healthz", Duration::from_secs(30), || {
-        http_get(&health, "/healthz")
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-    })?;
+    wait_for(
+        "upstream proxy-server /healthz",
+        Duration::from_secs(30),
+        || {
+            http_get(&health, "/healthz")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+        },
+    )?;
     Ok((proc, ports))
 }
 
@@ -503,4 +507,91 @@ pub fn scrape_metric(addr: &str, name: &str) -> Option<f64> {
         let v = rest.strip_prefix(' ')?;
         v.trim().parse().ok()
     })
+}
+
+/// Network-namespace helpers for topology tests (root, iproute2, iptables).
+pub mod netns {
+    use std::process::{Command, Stdio};
+
+    fn cmd(ns: &str, args: &[&str]) -> Command {
+        let mut c = if ns.is_empty() {
+            Command::new(args[0])
+        } else {
+            Command::new("ip")
+        };
+        if ns.is_empty() {
+            c.args(&args[1..]);
+        } else {
+            c.args(["netns", "exec", ns]).args(args);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command in `ns` (the host when empty); its stdout when it succeeded.
+    pub fn output(ns: &str, args: &[&str]) -> Option<String> {
+        let o = cmd(ns, args).output().ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs a command in `ns`, panicking with its stderr when it fails.
+    pub fn must(ns: &str, args: &[&str]) {
+        match cmd(ns, args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "`{}` failed in netns {ns:?}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!(
+                "cannot run `{}`: {e} (needs root, iproute2 and iptables)",
+                args.join(" ")
+            ),
+        }
+    }
+
+    /// Namespaces created by a test, deleted on drop.
+    pub struct Namespaces(pub Vec<String>);
+
+    impl Namespaces {
+        /// Creates the namespaces (deleting stale ones of the same names first), with
+        /// `lo` up in each.
+        pub fn create(names: &[String]) -> Namespaces {
+            for n in names {
+                let _ = output("", &["ip", "netns", "del", n]);
+                must("", &["ip", "netns", "add", n]);
+                must(n, &["ip", "link", "set", "lo", "up"]);
+            }
+            Namespaces(names.to_vec())
+        }
+    }
+
+    impl Drop for Namespaces {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                // Kill anything left inside, then delete.
+                if let Some(pids) = output("", &["ip", "netns", "pids", n]) {
+                    for p in pids.split_whitespace() {
+                        let _ = output("", &["kill", "-9", p]);
+                    }
+                }
+                let _ = output("", &["ip", "netns", "del", n]);
+            }
+        }
+    }
+
+    /// `curl -s` inside `ns`; the body when the request succeeded.
+    pub fn curl(ns: &str, url: &str) -> Option<String> {
+        output(ns, &["curl", "-s", "-f", "-m", "3", url])
+    }
+
+    /// The value of a metric line (`name{labels} value`) in a Prometheus text page.
+    pub fn metric(page: &str, series: &str) -> Option<f64> {
+        page.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
 }
