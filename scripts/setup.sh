@@ -18,4 +18,7 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo (Rust) is required" >&2; exit 1; }
 command -v go >/dev/null || { echo "setup: go is required for the konnectivity-client interop tests" >&2; exit 1; }
 (cd tests/go-interop && go mod download)
+# Upstream's proxy-server and proxy-agent (pinned, built from the Go module registry)
+# for the mixed-fleet tests.
+bash tests/upstream/build.sh
 echo "setup: ok"

@@ -5,13 +5,15 @@ use std::time::Duration;
 use konnectivity_core::address::{
     DialFailure, bad_address_text, connect_error_text, lookup_error_text,
 };
+use konnectivity_core::policy::DestinationPolicy;
 use tokio::net::TcpStream;
 
 /// Upstream's dial timeout.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a TCP connection to `address` (`host:port`). Names resolve on the node.
-pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String, DialFailure)> {
+/// Resolved addresses the `policy` denies are not dialed.
+pub async fn dial(address: &str, timeout: Duration, policy: &DestinationPolicy) -> Result<TcpStream, (String, DialFailure)> {
     let Some((host, _port)) = address.rsplit_once(':') else {
         return Err((bad_address_text(address), DialFailure::Unknown));
     };
@@ -26,6 +28,10 @@ pub async fn dial(address: &str, timeout: Duration) -> Result<TcpStream, (String
             .collect();
         let mut last = None;
         for a in &addrs {
+            if let Err(e) = policy.check_resolved(*a) {
+                last = Some((e, DialFailure::Unknown));
+                continue;
+            }
             match TcpStream::connect(a).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
@@ -60,7 +66,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let (text, why) = dial(&addr, DIAL_TIMEOUT).await.unwrap_err();
+        let (text, why) = dial(&addr, DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap_err();
         assert_eq!(
             text,
             format!("dial tcp {addr}: connect: connection refused")
@@ -70,15 +76,25 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_name_reports_no_such_host() {
-        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT)
+        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT, &DestinationPolicy::default())
             .await
             .unwrap_err();
         assert!(text.contains("no such host"), "{text}");
     }
 
     #[tokio::test]
+    async fn the_agents_destination_policy_is_checked_after_resolution() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let (text, _) = dial(&format!("localhost:{}", addr.port()), DIAL_TIMEOUT, &only_10).await.unwrap_err();
+        assert!(text.contains("denied by the agent's destination policy"), "{text}");
+        dial(&addr.to_string(), DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn an_address_without_port_is_rejected() {
-        let (text, _) = dial("nohost", DIAL_TIMEOUT).await.unwrap_err();
+        let (text, _) = dial("nohost", DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap_err();
         assert!(text.contains("missing port"), "{text}");
     }
 }

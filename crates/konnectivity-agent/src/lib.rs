@@ -56,8 +56,10 @@ pub struct Settings {
     pub max_chunk: usize,
     /// Lease-based server counting (`--count-server-leases`), if enabled.
     pub leases: Option<LeaseCounting>,
-    /// After DRAIN, how long established connections may keep the agent alive.
+    /// After DRAIN, how long the agent keeps serving before it exits.
     pub drain_timeout: Duration,
+    /// Destinations this agent may dial.
+    pub policy: konnectivity_core::policy::DestinationPolicy,
 }
 
 /// `--count-server-leases` with `--server-count-source`.
@@ -203,7 +205,7 @@ impl Agent {
                 }
                 let agent = self.clone();
                 tokio::spawn(async move {
-                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.metrics.clone()).await;
+                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.settings.policy.clone(), agent.metrics.clone()).await;
                     let mut servers = lock(&agent.servers);
                     if servers.get(&id).is_some_and(|(s, _)| *s == serial) {
                         servers.remove(&id);
@@ -362,22 +364,14 @@ pub async fn run(
     tokio::select! {
         _ = drain.cancelled() => {
             agent.drain();
-            // Keep serving established connections until they end or the bound passes.
-            let bound = tokio::time::sleep(agent.settings.drain_timeout);
-            tokio::pin!(bound);
-            loop {
-                if agent.metrics.open_endpoint_connections.load(Ordering::Relaxed) <= 0 {
-                    info!("drained: no established connections left");
-                    break;
+            // Like upstream, a draining agent keeps serving — its established
+            // connections, and new dials when it is the only candidate — until a second
+            // signal (which exits the process) or the drain bound.
+            tokio::select! {
+                _ = tokio::time::sleep(agent.settings.drain_timeout) => {
+                    info!(open_connections = agent.metrics.open_endpoint_connections.load(Ordering::Relaxed), "drain timeout passed; exiting");
                 }
-                tokio::select! {
-                    _ = &mut bound => {
-                        warn!("drain timeout passed with connections still open; exiting");
-                        break;
-                    }
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
+                _ = stop.cancelled() => {}
             }
             stop.cancel();
         }

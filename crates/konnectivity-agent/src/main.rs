@@ -143,7 +143,8 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
         keepalive: o.keepalive_time.to_std().unwrap_or_default(),
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
         leases: None,
-        drain_timeout: std::time::Duration::from_secs(300),
+        drain_timeout: o.ext.drain_timeout.to_std().unwrap_or_default(),
+        policy: o.ext.policy(),
     };
     let mut settings = settings;
     if o.count_server_leases {

@@ -236,6 +236,7 @@ struct StreamState {
     our_window: Option<u32>,
     peer_window: Option<u32>,
     max_chunk: usize,
+    policy: konnectivity_core::policy::DestinationPolicy,
     metrics: Arc<Metrics>,
     server_id: String,
 }
@@ -255,6 +256,7 @@ pub async fn serve(
     stream: ServerStream,
     our_window: Option<u32>,
     max_chunk: usize,
+    policy: konnectivity_core::policy::DestinationPolicy,
     metrics: Arc<Metrics>,
 ) {
     let ServerStream {
@@ -271,6 +273,7 @@ pub async fn serve(
         our_window,
         peer_window,
         max_chunk,
+        policy,
         metrics,
         server_id,
     });
@@ -357,7 +360,7 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
 
 /// Dials, answers, splices, and closes one connection.
 async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String) {
-    let sock = match dialer::dial(&address, dialer::DIAL_TIMEOUT).await {
+    let sock = match dialer::dial(&address, dialer::DIAL_TIMEOUT, &st.policy).await {
         Ok(s) => s,
         Err((text, why)) => {
             debug!(%address, error = %text, "dial failed");

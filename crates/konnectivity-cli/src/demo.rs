@@ -132,6 +132,8 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         keepalive: Duration::from_secs(3600),
         max_chunk: konnectivity_core::flow::MAX_CHUNK,
         leases: None,
+        drain_timeout: Duration::from_secs(300),
+        policy: Default::default(),
     });
     let drain = CancellationToken::new();
     let agent_task = tokio::spawn(konnectivity_agent::run(

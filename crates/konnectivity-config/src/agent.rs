@@ -228,7 +228,13 @@ static AGENT_OWN_FLAGS: &[FlagSpec] = &[
 pub fn agent_flags() -> &'static [FlagSpec] {
     static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = AGENT_OWN_FLAGS.iter().chain(KLOG_FLAGS).copied().collect();
+        let mut all: Vec<FlagSpec> = AGENT_OWN_FLAGS
+            .iter()
+            .chain(KLOG_FLAGS)
+            .chain(crate::extensions::COMMON_EXT_FLAGS)
+            .chain(crate::extensions::AGENT_EXT_FLAGS)
+            .copied()
+            .collect();
         all.sort_by_key(|s| s.name);
         all
     })
@@ -298,6 +304,8 @@ pub struct AgentOptions {
     pub log: LogOptions,
     /// Flags given on the command line, in order of first use.
     pub explicit_flags: Vec<String>,
+    /// konnectivity-rs extension flags.
+    pub ext: crate::extensions::Extensions,
     /// Notices to print for deprecated flags that were used (pflag's wording).
     pub deprecation_notices: Vec<String>,
 }
@@ -353,6 +361,7 @@ impl AgentOptions {
             kube_api_content_type: "application/vnd.kubernetes.protobuf".to_owned(),
             log: LogOptions::default(),
             explicit_flags: Vec::new(),
+            ext: crate::extensions::Extensions::default(),
             deprecation_notices: Vec::new(),
         }
     }
@@ -413,6 +422,7 @@ impl AgentOptions {
         apply(&mut o.kubeconfig, s("kubeconfig"));
         apply(&mut o.kube_api_content_type, s("kube-api-content-type"));
         o.log = LogOptions::from_flags(&p);
+        o.ext = crate::extensions::Extensions::from_flags(&p);
         o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
         o.deprecation_notices = p.deprecation_notices().to_vec();
         Ok(o)
@@ -421,7 +431,7 @@ impl AgentOptions {
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate agent options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(|msg| {
+        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
             ConfigError::Invalid(format!("failed to validate agent options with {msg}"))
         })
     }
@@ -569,6 +579,7 @@ impl AgentOptions {
             ("help", "false".to_owned()),
         ];
         out.extend(self.log.flag_values());
+        out.extend(self.ext.flag_values(false));
         out.sort_by_key(|(n, _)| *n);
         out
     }

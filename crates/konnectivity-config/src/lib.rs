@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod duration;
 pub mod error;
+pub mod extensions;
 mod files;
 pub mod identifiers;
 pub mod labels;

@@ -127,7 +127,13 @@ static SERVER_OWN_FLAGS: &[FlagSpec] = &[
 pub fn server_flags() -> &'static [FlagSpec] {
     static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = SERVER_OWN_FLAGS.iter().chain(KLOG_FLAGS).copied().collect();
+        let mut all: Vec<FlagSpec> = SERVER_OWN_FLAGS
+            .iter()
+            .chain(KLOG_FLAGS)
+            .chain(crate::extensions::COMMON_EXT_FLAGS)
+            .chain(crate::extensions::SERVER_EXT_FLAGS)
+            .copied()
+            .collect();
         all.sort_by_key(|s| s.name);
         all
     })
@@ -221,6 +227,8 @@ pub struct ServerOptions {
     pub log: LogOptions,
     /// Flags given on the command line, in order of first use.
     pub explicit_flags: Vec<String>,
+    /// konnectivity-rs extension flags.
+    pub ext: crate::extensions::Extensions,
     /// Notices to print for deprecated flags that were used (pflag's wording).
     pub deprecation_notices: Vec<String>,
 }
@@ -284,6 +292,7 @@ impl ServerOptions {
             warn_on_channel_limit_used: false,
             log: LogOptions::default(),
             explicit_flags: Vec::new(),
+            ext: crate::extensions::Extensions::default(),
             deprecation_notices: Vec::new(),
         }
     }
@@ -359,6 +368,7 @@ impl ServerOptions {
         );
         o.warn_on_channel_limit_used = p.is_set("warn-on-channel-limit");
         o.log = LogOptions::from_flags(&p);
+        o.ext = crate::extensions::Extensions::from_flags(&p);
         o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
         o.deprecation_notices = p.deprecation_notices().to_vec();
         Ok(o)
@@ -367,7 +377,7 @@ impl ServerOptions {
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate server options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().map_err(|msg| {
+        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
             ConfigError::Invalid(format!("failed to validate server options with {msg}"))
         })
     }
@@ -602,6 +612,7 @@ impl ServerOptions {
             ("help", "false".to_owned()),
         ];
         out.extend(self.log.flag_values());
+        out.extend(self.ext.flag_values(true));
         out.sort_by_key(|(n, _)| *n);
         out
     }

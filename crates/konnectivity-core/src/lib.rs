@@ -8,11 +8,13 @@
 //! - [`address`]: destination host extraction and Go-compatible dial error texts.
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
+//! - [`policy`]: allowed destinations (CIDRs and ports).
 #![deny(missing_docs)]
 
 pub mod address;
 pub mod flow;
 pub mod packet;
+pub mod policy;
 pub mod select;
 pub mod wire;
 

@@ -525,8 +525,14 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         .unwrap();
     let body = first.len() + rest.len();
     assert!(body > 100 << 20, "transfer cut short at {body} bytes");
-    // With its last connection done, the draining agent exits by itself.
-    wait_for("drained agent exits", Duration::from_secs(10), || {
+    // Like upstream, the draining agent stays (a fallback when it is the only
+    // candidate) until a second signal.
+    assert!(
+        matches!(agents[0].proc.child.try_wait(), Ok(None)),
+        "the draining agent exited on the first SIGTERM"
+    );
+    agents[0].proc.signal("TERM");
+    wait_for("agent exits on the second signal", Duration::from_secs(10), || {
         matches!(agents[0].proc.child.try_wait(), Ok(Some(_)))
     })
     .unwrap();

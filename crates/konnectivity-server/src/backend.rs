@@ -179,7 +179,7 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
             .collect()
     };
     for p in gone {
-        let _ = p.reply.send(DialOutcome::BackendGone);
+        let _ = p.resolve(DialOutcome::BackendGone);
     }
     s.metrics.set_pending(s.pending().len());
 }
@@ -200,7 +200,7 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             match taken {
                 Some(pd) => {
                     s.metrics.dial_failure(DialFailureReason::BackendClose);
-                    let _ = pd.reply.send(DialOutcome::Closed);
+                    let _ = pd.resolve(DialOutcome::Closed);
                 }
                 None => debug!(random, "DIAL_CLS for an unknown dial"),
             }
@@ -271,7 +271,7 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
     };
     if !r.error.is_empty() {
         s.metrics.dial_failure(DialFailureReason::ErrorResponse);
-        let _ = pd.reply.send(DialOutcome::Failed(r.error.clone()));
+        let _ = pd.resolve(DialOutcome::Failed(r.error.clone()));
         return;
     }
     let budget = match (s.settings.flow_window, b.peer_window) {
@@ -285,10 +285,22 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
     let credit = b.peer_window.map(|w| Arc::new(Credit::new(w)));
     {
         let mut conns = b.conns();
+        let max = s.settings.max_conns_per_agent;
+        if max > 0 && conns.len() >= max {
+            drop(conns);
+            s.metrics.limit_hit("max-connections-per-agent");
+            warn!(agent_id = %b.agent_id, max, "refusing a connection: --max-connections-per-agent reached");
+            let _ = b.tx.control(packet::close_req(r.connect_id));
+            let _ = pd.resolve(DialOutcome::Failed(format!(
+                "too many connections through agent {} (--max-connections-per-agent={max})",
+                b.agent_id
+            )));
+            return;
+        }
         if conns.contains_key(&r.connect_id) {
             drop(conns);
             warn!(agent_id = %b.agent_id, connect_id = r.connect_id, "agent reused a connect ID that is still open");
-            let _ = pd.reply.send(DialOutcome::Failed(format!(
+            let _ = pd.resolve(DialOutcome::Failed(format!(
                 "agent reused connect ID {} that is still open",
                 r.connect_id
             )));
@@ -308,12 +320,13 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         rx,
         credit,
     });
-    if pd.reply.send(outcome).is_err() {
+    let elapsed = pd.started.elapsed();
+    if !pd.resolve(outcome) {
         s.metrics.dial_failure(DialFailureReason::SendRsp);
         b.conns().remove(&r.connect_id);
         let _ = b.tx.control(packet::close_req(r.connect_id));
     }
-    debug!(agent_id = %b.agent_id, connect_id = r.connect_id, elapsed = ?pd.started.elapsed(), "dial established");
+    debug!(agent_id = %b.agent_id, connect_id = r.connect_id, ?elapsed, "dial established");
 }
 
 /// Sends a DIAL_REQ to `b`, honouring `--backend-dial-timeout` for the send itself: a

@@ -34,6 +34,9 @@ pub enum Head {
     Other {
         /// Bytes of body that follow the head (Content-Length), to skip.
         body: usize,
+        /// The client asked to close after the response (`Connection: close`, or
+        /// HTTP/1.0 without keep-alive).
+        close: bool,
     },
 }
 
@@ -60,7 +63,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
                 .and_then(|h| std::str::from_utf8(h.value).ok())
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
-            Ok(Some((Head::Other { body }, n)))
+            let connection = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("connection"))
+                .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+                .unwrap_or_default();
+            let close = connection.contains("close") || (req.version == Some(0) && !connection.contains("keep-alive"));
+            Ok(Some((Head::Other { body, close }, n)))
         }
         Err(e) => Err(e.to_string()),
     }
@@ -126,10 +136,11 @@ where
                 )
                 .await;
             }
-            Ok(Ok((Head::Other { body }, n))) => {
+            Ok(Ok((Head::Other { body, close }, n))) => {
                 let body_text = b"this proxy only supports CONNECT passthrough\n";
                 let mut resp = format!(
-                    "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 405 Method Not Allowed\r\n{}Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n\r\n",
+                    if close || body > 0 { "Connection: close\r\n" } else { "" },
                     body_text.len()
                 )
                 .into_bytes();
@@ -137,7 +148,7 @@ where
                 if sock.write_all(&resp).await.is_err() {
                     return;
                 }
-                if body > 0 {
+                if body > 0 || close {
                     // Do not try to frame a request body; end the connection instead.
                     let _ = sock.shutdown().await;
                     return;
@@ -162,6 +173,14 @@ where
             )
             .await;
         }
+        Err(StartError::Denied(e)) => {
+            let resp = format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}");
+            return write_close(&mut sock, resp.as_bytes()).await;
+        }
+        Err(StartError::Limit(e)) => {
+            let resp = format!("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}");
+            return write_close(&mut sock, resp.as_bytes()).await;
+        }
         Err(StartError::DuplicateDialId) => {
             return write_close(&mut sock, b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision").await;
         }
@@ -178,7 +197,7 @@ where
         }
     };
     let backend = dialing.backend.clone();
-    let outcome = match s.settings.backend_dial_timeout {
+    let outcome = match s.settings.backend_dial_timeout.or(s.settings.dial_deadline) {
         None => dialing.reply.await.ok(),
         Some(t) => match timeout(t, dialing.reply).await {
             Ok(r) => r.ok(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use konnectivity_core::address::host_of;
 use konnectivity_core::packet;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::backend::send_dial;
@@ -31,6 +30,10 @@ pub enum StartError {
     NoAgent,
     /// The dial ID is already pending (a collision, or a client reusing IDs).
     DuplicateDialId,
+    /// The destination policy denies the address.
+    Denied(String),
+    /// A limit was reached; the text names it.
+    Limit(String),
     /// The DIAL_REQ could not be sent; `timeout` when `--backend-dial-timeout` hit.
     Send {
         /// The error text.
@@ -42,10 +45,22 @@ pub enum StartError {
 
 /// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`.
 pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, StartError> {
+    if let Err(e) = s.settings.policy.check_address(address) {
+        s.metrics.policy_denied();
+        return Err(StartError::Denied(e));
+    }
     let backend = s
         .table()
         .pick(host_of(address), &mut rand::rng())
         .ok_or(StartError::NoAgent)?;
+    let max = s.settings.max_pending_per_agent;
+    if max > 0 && backend.pending_dials() >= max {
+        s.metrics.limit_hit("max-pending-dials-per-agent");
+        return Err(StartError::Limit(format!(
+            "too many pending dials on agent {} (--max-pending-dials-per-agent={max})",
+            backend.agent_id
+        )));
+    }
     let (tx, reply) = oneshot::channel();
     {
         let mut pending = s.pending();
@@ -54,11 +69,7 @@ pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, St
         }
         pending.insert(
             random,
-            Pending {
-                backend: backend.clone(),
-                started: Instant::now(),
-                reply: tx,
-            },
+            Pending::new(backend.clone(), tx),
         );
         s.metrics.set_pending(pending.len());
     }

@@ -214,6 +214,7 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                             wire::NO_AGENT_AVAILABLE.to_owned()
                         }
                         StartError::DuplicateDialId => "dial ID already in use".to_owned(),
+                        StartError::Denied(e) | StartError::Limit(e) => e,
                         StartError::Send { error, .. } => error,
                     };
                     debug!(address = %req.address, error = %text, "dial failed");

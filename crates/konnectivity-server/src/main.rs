@@ -102,9 +102,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// How long a successful TokenReview is trusted before the token is reviewed again.
-const AUTH_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
 fn port(p: i64) -> anyhow::Result<u16> {
     u16::try_from(p).map_err(|_| anyhow::anyhow!("port {p} out of range"))
 }
@@ -142,6 +139,11 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         backend_dial_timeout: o.backend_dial_timeout.to_std().filter(|d| !d.is_zero()),
         agent_keepalive: o.keepalive_time.to_std().unwrap_or_default(),
         frontend_keepalive: o.frontend_keepalive_time.to_std().unwrap_or_default(),
+        connect_header_timeout: o.ext.connect_header_timeout.to_std().unwrap_or_default(),
+        dial_deadline: o.ext.dial_deadline.to_std().filter(|d| !d.is_zero()),
+        policy: o.ext.policy(),
+        max_pending_per_agent: usize::try_from(o.ext.max_pending_dials_per_agent).unwrap_or(0),
+        max_conns_per_agent: usize::try_from(o.ext.max_connections_per_agent).unwrap_or(0),
         ..Settings::default()
     };
 
@@ -195,7 +197,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
                 service_account: o.agent_service_account.clone(),
                 audience: o.authentication_audience.clone(),
             },
-            AUTH_CACHE_TTL,
+            o.ext.authentication_cache_ttl.to_std().unwrap_or_default(),
         )),
         _ => None,
     };

@@ -58,6 +58,10 @@ pub struct Metrics {
     dial_failures: Mutex<BTreeMap<DialFailureReason, u64>>,
     /// konnectivity-rs: connections closed because their buffer budget was exhausted.
     buffer_overflows: AtomicU64,
+    /// konnectivity-rs: limit hits by flag name.
+    limit_hits: Mutex<BTreeMap<&'static str, u64>>,
+    /// konnectivity-rs: dials denied by the destination policy.
+    policy_denied: AtomicU64,
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.
@@ -96,6 +100,8 @@ impl Metrics {
             http_connections: AtomicI64::new(0),
             dial_failures: Mutex::new(BTreeMap::new()),
             buffer_overflows: AtomicU64::new(0),
+            limit_hits: Mutex::new(BTreeMap::new()),
+            policy_denied: AtomicU64::new(0),
         }
     }
 
@@ -149,6 +155,16 @@ impl Metrics {
     /// Counts a connection closed for exhausting its buffer budget.
     pub fn buffer_overflow(&self) {
         self.buffer_overflows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a limit hit (`limit` is the flag name).
+    pub fn limit_hit(&self, limit: &'static str) {
+        *crate::state::lock(&self.limit_hits).entry(limit).or_default() += 1;
+    }
+
+    /// Counts a dial denied by the destination policy.
+    pub fn policy_denied(&self) {
+        self.policy_denied.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Current `established_connections`.
@@ -227,6 +243,11 @@ impl Metrics {
             "# HELP konnectivity_rs_server_buffer_overflow_total Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.\n# TYPE konnectivity_rs_server_buffer_overflow_total counter\nkonnectivity_rs_server_buffer_overflow_total {}\n",
             self.buffer_overflows.load(Ordering::Relaxed)
         );
+        let _ = write!(o, "# HELP konnectivity_rs_server_limit_hits_total Requests refused because a configured limit was reached, by limit flag.\n# TYPE konnectivity_rs_server_limit_hits_total counter\n");
+        for (l, v) in crate::state::lock(&self.limit_hits).iter() {
+            let _ = writeln!(o, "konnectivity_rs_server_limit_hits_total{{limit=\"{l}\"}} {v}");
+        }
+        let _ = write!(o, "# HELP konnectivity_rs_server_destination_denied_total Dials refused by the destination policy.\n# TYPE konnectivity_rs_server_destination_denied_total counter\nkonnectivity_rs_server_destination_denied_total {}\n", self.policy_denied.load(Ordering::Relaxed));
         o
     }
 }

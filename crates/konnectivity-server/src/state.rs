@@ -40,6 +40,15 @@ pub struct Settings {
     pub frontend_keepalive: Duration,
     /// HTTP-CONNECT request head timeout (upstream: 60 s).
     pub connect_header_timeout: Duration,
+    /// Bound on a pending dial when `backend_dial_timeout` is off (`None`: unbounded,
+    /// upstream's behaviour).
+    pub dial_deadline: Option<Duration>,
+    /// Allowed destinations.
+    pub policy: konnectivity_core::policy::DestinationPolicy,
+    /// Pending dials per agent stream (0: unlimited).
+    pub max_pending_per_agent: usize,
+    /// Established connections per agent stream (0: unlimited).
+    pub max_conns_per_agent: usize,
 }
 
 impl Default for Settings {
@@ -55,6 +64,10 @@ impl Default for Settings {
             agent_keepalive: Duration::from_secs(3600),
             frontend_keepalive: Duration::from_secs(3600),
             connect_header_timeout: Duration::from_secs(60),
+            dial_deadline: Some(Duration::from_secs(60)),
+            policy: Default::default(),
+            max_pending_per_agent: 1000,
+            max_conns_per_agent: 20_000,
         }
     }
 }
@@ -82,6 +95,8 @@ pub struct Backend {
     /// The agent's announced receive window, when both sides do flow control.
     pub peer_window: Option<u32>,
     draining: AtomicBool,
+    /// Dials pending on this stream (maintained by [`Pending`]'s constructor and drop).
+    pending: std::sync::atomic::AtomicUsize,
     /// Connections dialed over this stream, by the agent's connect ID.
     conns: Mutex<HashMap<i64, ConnEntry>>,
 }
@@ -95,12 +110,17 @@ impl Backend {
             tx,
             peer_window,
             draining: AtomicBool::new(false),
+            pending: Default::default(),
             conns: Mutex::new(HashMap::new()),
         }
     }
     /// Marks the backend draining (DRAIN received, or retired).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+    /// Dials pending on this stream.
+    pub fn pending_dials(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
     }
     /// The connection table.
     pub fn conns(&self) -> MutexGuard<'_, HashMap<i64, ConnEntry>> {
@@ -141,7 +161,7 @@ pub enum DialOutcome {
     BackendGone,
 }
 
-/// A dial sent to an agent and not answered yet.
+/// A dial sent to an agent and not answered yet. Counted on its backend while it exists.
 #[derive(Debug)]
 pub struct Pending {
     /// The backend the DIAL_REQ went to.
@@ -149,7 +169,26 @@ pub struct Pending {
     /// When the server received the DIAL_REQ.
     pub started: Instant,
     /// Delivers the outcome to the frontend task.
-    pub reply: oneshot::Sender<DialOutcome>,
+    reply: Option<oneshot::Sender<DialOutcome>>,
+}
+
+impl Pending {
+    /// A pending dial on `backend`.
+    pub fn new(backend: Arc<Backend>, reply: oneshot::Sender<DialOutcome>) -> Self {
+        backend.pending.fetch_add(1, Ordering::AcqRel);
+        Self { backend, started: Instant::now(), reply: Some(reply) }
+    }
+
+    /// Delivers the outcome; false when the frontend is already gone.
+    pub fn resolve(mut self, outcome: DialOutcome) -> bool {
+        self.reply.take().is_some_and(|r| r.send(outcome).is_ok())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.backend.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Everything the server's tasks share.

@@ -1,0 +1,164 @@
+//! `konnectivity bench --smoke` keeps working: it runs every measurement with tiny
+//! sizes (checking every byte it moves) and writes all of them to the JSON file.
+//!
+//! The memory and scale parts start the real `proxy-server` and `proxy-agent` from the
+//! same target directory: build them first (`cargo build --bins`; `scripts/test.sh`
+//! does).
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("konnectivity-bench-test-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&d);
+    d.join(name)
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur
+}
+
+fn positive(v: &Value, path: &[&str]) {
+    let x = get(v, path);
+    assert!(
+        x.as_f64().is_some_and(|x| x > 0.0),
+        "{} is {x}, expected a positive number",
+        path.join(".")
+    );
+}
+
+#[test]
+fn smoke_run_reports_every_measurement() {
+    let out = tmp("smoke.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
+        .args(["bench", "--smoke", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run konnectivity bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "konnectivity bench --smoke failed ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    assert!(
+        stdout.contains("measurement"),
+        "no table printed:\n{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&out).expect("results file written");
+    let _ = std::fs::remove_file(&out);
+    let v: Value = serde_json::from_str(&text).expect("results are JSON");
+    assert_eq!(v["mode"], "smoke");
+    positive(&v, &["machine", "cpus"]);
+
+    let m = &v["measurements"];
+    for path in [
+        "direct",
+        "null_plain",
+        "null_tls",
+        "grpc_uds",
+        "http_connect_uds",
+    ] {
+        positive(m, &["bulk_1conn", &format!("{path}_gbps"), "median"]);
+        positive(m, &["dial", path, "p50_us"]);
+        positive(m, &["dial", path, "p99_us"]);
+    }
+    positive(m, &["bulk_1conn", "ratio_grpc_vs_null_tls"]);
+    for path in ["direct", "null_tls", "grpc_uds"] {
+        positive(m, &["bulk_1conn_upload", &format!("{path}_gbps"), "median"]);
+    }
+    for path in ["direct", "null_tls", "grpc_uds", "http_connect_uds"] {
+        positive(m, &["bulk_parallel", &format!("{path}_gbps"), "median"]);
+        positive(m, &["rtt", "paths", path, "p50_us"]);
+        positive(m, &["rtt", "paths", path, "p99_us"]);
+    }
+    assert_eq!(m["bulk_parallel"]["connections"], 16);
+    for path in ["null_tls", "grpc_uds", "http_connect_uds"] {
+        positive(m, &["rtt_under_load", "paths", path, "p99_us"]);
+        positive(m, &["rtt_under_load", "paths", path, "background_gbps"]);
+    }
+    positive(m, &["stalled_reader", "alone_gbps", "median"]);
+    positive(m, &["stalled_reader", "beside_stalled_gbps", "median"]);
+    assert_eq!(
+        m["stalled_reader"]["stalled_connection_resumed_intact"],
+        true
+    );
+
+    let steps = m["memory_idle_conns"]["steps"]
+        .as_array()
+        .expect("memory steps");
+    assert_eq!(steps.len(), 3, "0 and two idle-connection counts");
+    for s in steps {
+        positive(s, &["server_rss_kib"]);
+        positive(s, &["agent_rss_kib"]);
+    }
+    assert!(m["memory_idle_conns"]["total_kib_per_conn"].is_number());
+    positive(m, &["idle_agent", "agent_rss_kib"]);
+    positive(m, &["bulk_1conn_processes", "grpc_uds_gbps", "median"]);
+
+    let runs = m["scale_agents"]["runs"].as_array().expect("scale runs");
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        positive(r, &["all_ready_seconds"]);
+        positive(r, &["server_rss_kib"]);
+        assert_eq!(r["ready_seen"], r["agents"], "every agent became ready");
+    }
+
+    let ids: Vec<&str> = v["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| {
+            assert!(t["pass"].is_boolean(), "target without a verdict: {t}");
+            t["id"].as_str().unwrap_or("")
+        })
+        .collect();
+    for id in [
+        "bulk_1conn",
+        "bulk_1conn_connect",
+        "bulk_1conn_upload",
+        "bulk_parallel",
+        "dial_p50",
+        "dial_p50_connect",
+        "dial_p99",
+        "rtt_p50",
+        "rtt_p99_loaded",
+        "stalled_reader",
+        "memory_per_conn",
+        "idle_agent_rss",
+        "scale_ready",
+        "scale_rss",
+    ] {
+        assert!(ids.contains(&id), "target {id} missing from {ids:?}");
+    }
+}
+
+#[test]
+fn missing_binaries_fail_clearly() {
+    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
+        .args([
+            "bench",
+            "--smoke",
+            "--only",
+            "memory",
+            "--bin-dir",
+            "/nonexistent",
+        ])
+        .arg("--out")
+        .arg(tmp("never.json"))
+        .output()
+        .expect("run konnectivity bench");
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("proxy-server not found"),
+        "unexpected error: {stderr}"
+    );
+}
