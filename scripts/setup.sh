@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 iptables:iptables curl:curl python3:python3; do
+for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -63,6 +63,12 @@ pub struct Cidr {
     prefix: u8,
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl Cidr {
     /// Parses `10.0.0.0/8` or `fd00::/64`; `None` if malformed.
     pub fn parse(s: &str) -> Option<Cidr> {
@@ -263,6 +269,19 @@ impl<B: Candidate + Clone> BackendTable<B> {
     /// The configured strategies.
     pub fn strategies(&self) -> &[Strategy] {
         &self.strategies
+    }
+
+    /// Every registered stream with its identity, in no particular order.
+    pub fn entries(&self) -> Vec<(B, Identity)> {
+        let mut out = Vec::with_capacity(self.idents.len());
+        for list in self.by_agent.streams.values() {
+            for b in list {
+                if let Some(i) = self.idents.get(&b.stream_id()) {
+                    out.push((b.clone(), i.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Number of registered streams.

@@ -210,6 +210,7 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             if d.connect_id == 0 {
                 return;
             }
+            b.bytes_from_agent.fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut conns = b.conns();
             match conns.get(&d.connect_id) {
                 Some(entry) => {

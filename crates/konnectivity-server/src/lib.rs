@@ -7,6 +7,7 @@
 //! - [`connect_frontend`]: `--mode=http-connect`;
 //! - [`dial`]: what both frontends do to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
+//! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;
 //! - [`listen`]: accept loops and TLS handshakes;
 //! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority`.
 //!
@@ -22,6 +23,7 @@ pub mod grpc_frontend;
 pub mod listen;
 pub mod metrics;
 pub mod state;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +131,12 @@ pub fn health_router(s: Arc<Shared>) -> Router {
 pub fn admin_router(s: Arc<Shared>) -> Router {
     Arc::new(move |path, _query, _host| match path {
         "/metrics" => Reply::metrics(s.metrics.render()),
+        "/status" => Reply::json(status::json(&s).to_string()),
+        "/status.html" | "/" => {
+            let mut r = Reply::text(200, status::html(&s));
+            r.content_type = "text/html; charset=utf-8";
+            r
+        }
         _ => Reply::not_found(),
     })
 }

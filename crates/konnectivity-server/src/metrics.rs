@@ -167,6 +167,16 @@ impl Metrics {
         self.policy_denied.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Open gRPC frontend streams.
+    pub fn grpc_proxy_streams(&self) -> i64 {
+        self.grpc_proxy.load(Ordering::Relaxed)
+    }
+
+    /// Open HTTP-CONNECT connections.
+    pub fn http_connections(&self) -> i64 {
+        self.http_connections.load(Ordering::Relaxed)
+    }
+
     /// Current `established_connections`.
     pub fn established(&self) -> i64 {
         self.established.load(Ordering::Relaxed)

@@ -99,6 +99,10 @@ pub struct Backend {
     pending: std::sync::atomic::AtomicUsize,
     /// Connections dialed over this stream, by the agent's connect ID.
     conns: Mutex<HashMap<i64, ConnEntry>>,
+    /// When the stream was accepted.
+    pub since: std::time::SystemTime,
+    /// DATA payload bytes received from the agent.
+    pub bytes_from_agent: std::sync::atomic::AtomicU64,
 }
 
 impl Backend {
@@ -112,6 +116,8 @@ impl Backend {
             draining: AtomicBool::new(false),
             pending: Default::default(),
             conns: Mutex::new(HashMap::new()),
+            since: std::time::SystemTime::now(),
+            bytes_from_agent: Default::default(),
         }
     }
     /// Marks the backend draining (DRAIN received, or retired).

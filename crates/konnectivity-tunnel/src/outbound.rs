@@ -34,11 +34,16 @@ pub struct StreamTx {
     control: mpsc::UnboundedSender<Packet>,
     /// Cancelled when the stream ends (peer gone, or we retire it).
     closed: CancellationToken,
+    /// DATA payload bytes queued on this stream (for status and metrics).
+    data_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StreamTx {
     /// Sends a DATA (or DIAL_REQ) packet, waiting for queue space.
     pub async fn send(&self, p: Packet) -> Result<(), StreamClosed> {
+        if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
+            self.data_bytes.fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         tokio::select! {
             r = self.data.send(p) => r.map_err(|_| StreamClosed),
             _ = self.closed.cancelled() => Err(StreamClosed),
@@ -66,6 +71,11 @@ impl StreamTx {
     /// Ends the stream (e.g. retiring a backend, or on shutdown).
     pub fn close(&self) {
         self.closed.cancel()
+    }
+
+    /// DATA payload bytes sent on this stream so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The token cancelled when the stream ends.
@@ -111,6 +121,7 @@ pub fn channel() -> (StreamTx, Outbound) {
             data,
             control,
             closed,
+            data_bytes: Default::default(),
         },
         Outbound(Box::pin(out)),
     )
