@@ -595,3 +595,11 @@ pub mod netns {
             .and_then(|v| v.parse().ok())
     }
 }
+
+impl Proc {
+    /// Whether the process is still running.
+    pub fn child_alive(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.pid())).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default().contains(") Z ")
+    }
+}

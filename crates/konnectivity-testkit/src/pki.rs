@@ -25,6 +25,10 @@ pub struct Pki {
     pub client_cert: PathBuf,
     /// Its key.
     pub client_key: PathBuf,
+    /// An agent client certificate from the same CA that expired in 2020.
+    pub expired_agent_cert: PathBuf,
+    /// Its key.
+    pub expired_agent_key: PathBuf,
 }
 
 fn leaf(
@@ -34,7 +38,22 @@ fn leaf(
     issuer: &Issuer<'_, KeyPair>,
     dir: &Path,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    leaf_with(name, sans, server, issuer, dir, false)
+}
+
+fn leaf_with(
+    name: &str,
+    sans: &[&str],
+    server: bool,
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    expired: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    }
     p.distinguished_name.push(DnType::CommonName, name);
     p.extended_key_usages = vec![if server {
         ExtendedKeyUsagePurpose::ServerAuth
@@ -79,6 +98,8 @@ pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
     let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
     let (client_cert, client_key) =
         leaf("frontend-client", &["kube-apiserver"], false, &issuer, dir)?;
+    let (expired_agent_cert, expired_agent_key) =
+        leaf_with("expired-agent", &["proxy-agent"], false, &issuer, dir, true)?;
     Ok(Pki {
         dir: dir.to_owned(),
         ca: ca_path,
@@ -88,5 +109,7 @@ pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
         agent_key,
         client_cert,
         client_key,
+        expired_agent_cert,
+        expired_agent_key,
     })
 }
