@@ -5,6 +5,7 @@
 //!
 //! - [`packet`]: building packets and reading them with proto3 "getter" semantics.
 //! - [`wire`]: the exact error strings and metadata keys that peers match on.
+//! - [`connect`]: the HTTP-CONNECT request head parser and error status mapping.
 //! - [`address`]: destination host extraction and Go-compatible dial error texts.
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
@@ -12,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod connect;
 pub mod flow;
 pub mod packet;
 pub mod policy;

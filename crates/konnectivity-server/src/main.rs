@@ -147,20 +147,26 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         ..Settings::default()
     };
 
+    for name in &o.cipher_suites {
+        if !name.starts_with("TLS_AES_") && !name.starts_with("TLS_CHACHA20") && konnectivity_tls::tls12_suite(name).is_none() {
+            warn!(suite = %name, "--cipher-suites: rustls does not implement this suite; it is not offered");
+        }
+    }
+    let policy = konnectivity_tls::TlsPolicy { min, cipher_suites: o.cipher_suites.clone() };
     let cluster_ca = (!o.cluster_ca_cert.is_empty()).then(|| Path::new(&o.cluster_ca_cert));
-    let agent_tls = konnectivity_tls::agent_listener(
+    let agent_tls = konnectivity_tls::agent_listener_with(
         Path::new(&o.cluster_cert),
         Path::new(&o.cluster_key),
         cluster_ca,
-        min,
+        &policy,
     )?;
     let frontend = if o.uds_name.is_empty() {
-        let tls = konnectivity_tls::frontend_listener(
+        let tls = konnectivity_tls::frontend_listener_with(
             Path::new(&o.server_cert),
             Path::new(&o.server_key),
             Path::new(&o.server_ca_cert),
             mode == Mode::HttpConnect,
-            min,
+            &policy,
         )?;
         let l = process::bind_tcp(&o.server_bind_address, port(o.server_port)?)?;
         FrontendListener::Tcp(l, Arc::new(tls))
