@@ -13,6 +13,9 @@ fi
 echo "== build"
 cargo build --workspace --bins --tests -q
 
+echo "== fuzz (bounded)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
+
 echo "== tests"
 cargo test --workspace -q 2>&1 | tee target/test-output.txt
 grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
