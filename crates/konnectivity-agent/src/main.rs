@@ -9,51 +9,6 @@ use konnectivity_tunnel::process;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-/// Flags we accept for compatibility but whose behaviour is not implemented yet.
-const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    (
-        "enable-profiling",
-        "profiling endpoints are Go-specific; not served",
-    ),
-    (
-        "enable-contention-profiling",
-        "profiling endpoints are Go-specific; not served",
-    ),
-    (
-        "count-server-leases",
-        "lease counting is not implemented yet; the servercount header is used",
-    ),
-    ("lease-namespace", "lease counting is not implemented yet"),
-    (
-        "lease-label-selector",
-        "lease counting is not implemented yet",
-    ),
-    ("kubeconfig", "lease counting is not implemented yet"),
-    (
-        "kube-api-content-type",
-        "lease counting is not implemented yet",
-    ),
-    (
-        "probe-interval",
-        "streams are watched directly; no periodic probe",
-    ),
-    (
-        "xfr-channel-size",
-        "queues are bounded in bytes per connection, not in packets",
-    ),
-    (
-        "warn-on-channel-limit",
-        "queues never block the stream; nothing to warn about",
-    ),
-    ("log-dir", "logs go to stderr"),
-    ("log-file", "logs go to stderr"),
-    ("log-file-max-size", "logs go to stderr"),
-    (
-        "vmodule",
-        "per-module verbosity is not supported; use RUST_LOG",
-    ),
-    ("log-backtrace-at", "not supported"),
-];
 
 fn main() -> ExitCode {
     let opts = match AgentOptions::parse(std::env::args().skip(1)) {
@@ -77,10 +32,8 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    for (flag, why) in NOT_IMPLEMENTED {
-        if opts.explicit_flags.iter().any(|f| f == flag) {
-            warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
-        }
+    for w in konnectivity_config::compat::not_implemented_warnings(&opts.explicit_flags, false) {
+        warn!("{w}");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod compat;
 pub mod duration;
 pub mod error;
 pub mod extensions;

@@ -11,49 +11,6 @@ use konnectivity_tls::MinVersion;
 use konnectivity_tunnel::process;
 use tracing::{error, info, warn};
 
-/// Flags we accept for compatibility but whose behaviour is not implemented yet. Each
-/// one, when set, is logged as a warning at startup.
-const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    (
-        "enable-profiling",
-        "profiling endpoints are Go-specific; not served",
-    ),
-    (
-        "enable-contention-profiling",
-        "profiling endpoints are Go-specific; not served",
-    ),
-    (
-        "kubeconfig",
-        "no Kubernetes client is used yet (lease controller not implemented)",
-    ),
-    ("kubeconfig-qps", "no Kubernetes client is used yet"),
-    ("kubeconfig-burst", "no Kubernetes client is used yet"),
-    ("kube-api-content-type", "no Kubernetes client is used yet"),
-    (
-        "enable-lease-controller",
-        "the lease controller is not implemented yet; --server-count is used",
-    ),
-    (
-        "lease-namespace",
-        "the lease controller is not implemented yet",
-    ),
-    (
-        "cipher-suites",
-        "cipher suites are validated but rustls' secure defaults are used",
-    ),
-    (
-        "xfr-channel-size",
-        "queues are bounded in bytes per connection, not in packets",
-    ),
-    ("log-dir", "logs go to stderr"),
-    ("log-file", "logs go to stderr"),
-    ("log-file-max-size", "logs go to stderr"),
-    (
-        "vmodule",
-        "per-module verbosity is not supported; use RUST_LOG",
-    ),
-    ("log-backtrace-at", "not supported"),
-];
 
 fn main() -> ExitCode {
     let opts = match ServerOptions::parse(std::env::args().skip(1)) {
@@ -77,10 +34,8 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    for (flag, why) in NOT_IMPLEMENTED {
-        if opts.explicit_flags.iter().any(|f| f == flag) {
-            warn!(flag = %format!("--{flag}"), "flag accepted but not implemented: {why}");
-        }
+    for w in konnectivity_config::compat::not_implemented_warnings(&opts.explicit_flags, true) {
+        warn!("{w}");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,168 @@
+//! How each upstream flag is supported here — the single source for the startup
+//! warnings of both binaries and for `docs/compatibility.md` (a test regenerates the
+//! document and fails when the committed copy differs, so it cannot drift).
+use std::fmt::Write as _;
+
+use crate::pflag::FlagSpec;
+
+/// Support status of a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Same name, type, default and behaviour as upstream.
+    Same,
+    /// Accepted, behaves differently (the text says how).
+    Different(&'static str),
+    /// Accepted but without effect yet (the text says why); logged as a warning when set.
+    NotImplemented(&'static str),
+    /// A konnectivity-rs addition (upstream does not have it).
+    Extension,
+}
+
+const LOGS_TO_STDERR: &str = "logs always go to standard error (structured, `tracing`)";
+
+/// proxy-server flags that differ from upstream.
+pub fn server_flag(name: &str) -> Support {
+    match name {
+        "enable-profiling" | "enable-contention-profiling" => {
+            Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
+        }
+        "kubeconfig-qps" | "kubeconfig-burst" => Support::NotImplemented("the Kubernetes client is not rate-limited client-side"),
+        "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
+        "xfr-channel-size" => Support::NotImplemented("queues are bounded in bytes per connection (flow control), not in packets per stream"),
+        "cipher-suites" => Support::Different("names validated as upstream; CBC-SHA suites are accepted but not offered (rustls implements only AEAD suites)"),
+        "tls-min-version" => Support::Different("VersionTLS10/11 are accepted with a warning and act as VersionTLS12 (rustls has no TLS < 1.2)"),
+        "uds-name" => Support::Different("the socket is bound and then set to mode 0770 (upstream binds under umask 0007)"),
+        "backend-dial-timeout" => Support::Different("when 0, --dial-deadline (60 s) still bounds pending dials"),
+        "agent-namespace" | "agent-service-account" | "authentication-audience" => {
+            Support::Different("successful TokenReviews are cached for --authentication-cache-ttl (10 s)")
+        }
+        _ => common(name),
+    }
+}
+
+/// proxy-agent flags that differ from upstream.
+pub fn agent_flag(name: &str) -> Support {
+    match name {
+        "enable-profiling" | "enable-contention-profiling" => {
+            Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
+        }
+        "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
+        "probe-interval" => Support::NotImplemented("streams are watched directly and by HTTP/2 keepalive; no polling"),
+        "xfr-channel-size" => Support::NotImplemented("queues are bounded in bytes per connection (flow control), not in packets"),
+        "warn-on-channel-limit" => Support::NotImplemented("queues never block the shared stream; nothing to warn about"),
+        "proxy-server-host" => Support::Different("also accepts a comma-separated list; every resolved address of every host is dialed directly"),
+        "count-server-leases" => Support::Different("leases are listed every 10 s instead of watched through an informer"),
+        _ => common(name),
+    }
+}
+
+fn common(name: &str) -> Support {
+    match name {
+        "logtostderr" | "alsologtostderr" => Support::Different("logs always go to standard error"),
+        "log-dir" | "log-file" | "log-file-max-size" | "alsologtostderrthreshold" | "stderrthreshold" | "one-output" | "skip-log-headers" | "legacy-stderr-threshold-behavior" => {
+            Support::NotImplemented(LOGS_TO_STDERR)
+        }
+        "add-dir-header" | "skip-headers" | "log-backtrace-at" => Support::NotImplemented("klog header options have no effect on `tracing` output"),
+        "vmodule" => Support::NotImplemented("per-file verbosity is not supported; use RUST_LOG"),
+        "v" => Support::Different("mapped onto levels: ≤1 warn, 2–4 info, 5–9 debug, ≥10 trace"),
+        "keepalive-time" => Support::Different("a ping not answered within the same period (at most 20 s) drops the peer"),
+        "logging-format" | "allowed-destination-cidrs" | "allowed-destination-ports" | "max-pending-dials-per-agent"
+        | "max-connections-per-agent" | "dial-deadline" | "authentication-cache-ttl" | "connect-header-timeout"
+        | "drain-timeout" => Support::Extension,
+        _ => Support::Same,
+    }
+}
+
+/// The warnings a binary logs for flags that were set explicitly but have no effect.
+pub fn not_implemented_warnings(explicit: &[String], server: bool) -> Vec<String> {
+    explicit
+        .iter()
+        .filter_map(|f| {
+            let s = if server { server_flag(f) } else { agent_flag(f) };
+            match s {
+                Support::NotImplemented(why) => Some(format!("flag --{f} is accepted but has no effect: {why}")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn table(o: &mut String, flags: &[FlagSpec], status: fn(&str) -> Support) {
+    o.push_str("| flag | type | default | status |\n|---|---|---|---|\n");
+    for f in flags.iter().filter(|f| f.name != "help") {
+        let st = match status(f.name) {
+            Support::Same => "same".to_owned(),
+            Support::Different(w) => format!("**different**: {w}"),
+            Support::NotImplemented(w) => format!("**accepted, no effect** (warns): {w}"),
+            Support::Extension => format!("**konnectivity-rs extension**: {}", f.help.trim_start_matches("konnectivity-rs: ")),
+        };
+        let hidden = if f.hidden { " (hidden)" } else { "" };
+        let _ = writeln!(o, "| `--{}`{hidden} | {} | `{}` | {} |", f.name, f.value_type(), f.default, st);
+    }
+}
+
+/// The text of `docs/compatibility.md`.
+pub fn render_markdown() -> String {
+    let mut o = String::new();
+    o.push_str("# Compatibility with upstream apiserver-network-proxy\n\n");
+    o.push_str("Generated from the flag tables and `konnectivity-config::compat` by the test\n");
+    o.push_str("`compatibility_doc_is_up_to_date` (run it with `UPDATE_COMPAT=1` to rewrite this file).\n");
+    o.push_str("Every upstream flag is accepted with pflag syntax; the table says what it does here.\n\n");
+    o.push_str("## proxy-server flags\n\n");
+    table(&mut o, crate::server::server_flags(), server_flag);
+    o.push_str("\n## proxy-agent flags\n\n");
+    table(&mut o, crate::agent::agent_flags(), agent_flag);
+    o.push_str(ENDPOINTS_AND_METRICS);
+    o
+}
+
+const ENDPOINTS_AND_METRICS: &str = r#"
+## Wire protocol and endpoints
+
+| item | status |
+|---|---|
+| `/ProxyService/Proxy`, `/AgentService/Connect`, packet types 0–6, field numbers | same (protos have no package) |
+| metadata `agentid`, `agentidentifiers`, `authorization`, `serverid`, `servercount` | same |
+| metadata `konnectivity-rs-window`, packet type `WINDOW_UPDATE` (100) | **extension**, only between konnectivity-rs peers (negotiated) |
+| server `/healthz`, `/readyz`, `/ready` (500 `no connection to any proxy agent`) | same |
+| agent `/healthz`, `/readyz[?verbose]` (503 body), admin `/metrics` → 301 to the health port | same; verbose adds a `server-count degraded` line when connected to fewer servers than known |
+| server admin `/metrics` | same |
+| server admin `/status` (JSON), `/status.html` | **extension** |
+| `/debug/pprof/*` | not served |
+| HTTP-CONNECT: `200 Connection Established`, 405/500/502/503/504 texts | same; plus 403 for the destination policy, 503 for limits, 408 for a slow request head |
+
+## Metrics
+
+| metric | status |
+|---|---|
+| server `dial_failure_count{reason}`, `established_connections`, `grpc_connections{service_method}`, `http_connections`, `pending_backend_dials`, `ready_backend_connections`, `ready_backends{proxy_strategy}` | same names, types, labels, HELP |
+| server `dial_duration_seconds`, `frontend_write_duration_seconds`, `connection_duration_seconds`, `full_receive_channels`, `stream_packets_total`, `stream_errors_total`, lease metrics | not exported yet |
+| agent `open_server_connections`, `known_server_count`, `open_endpoint_connections`, `endpoint_dial_failure_total{reason}` | same (exported from startup, where upstream exports some only after first use) |
+| agent `dial_duration_seconds`, `server_connection_failure_count`, `stream_packets_total`, `stream_errors_total`, lease metrics | not exported yet |
+| `konnectivity_rs_server_buffer_overflow_total`, `konnectivity_rs_server_limit_hits_total{limit}`, `konnectivity_rs_server_destination_denied_total`, `konnectivity_rs_agent_degraded` | **extensions** |
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatibility_doc_is_up_to_date() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/compatibility.md");
+        let want = render_markdown();
+        if std::env::var_os("UPDATE_COMPAT").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "docs/compatibility.md is stale: run `UPDATE_COMPAT=1 cargo test -p konnectivity-config compatibility_doc`");
+    }
+
+    #[test]
+    fn every_extension_flag_is_marked_as_such() {
+        for f in crate::server::server_flags().iter().chain(crate::agent::agent_flags()) {
+            let ext = f.help.starts_with("konnectivity-rs") || f.help.contains("(konnectivity-rs)");
+            let st = if crate::server::server_flags().iter().any(|s| s.name == f.name) { server_flag(f.name) } else { agent_flag(f.name) };
+            assert_eq!(ext, st == Support::Extension, "{}", f.name);
+        }
+    }
+}
