@@ -135,11 +135,12 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 
 | metric | status |
 |---|---|
-| server `dial_failure_count{reason}`, `established_connections`, `grpc_connections{service_method}`, `http_connections`, `pending_backend_dials`, `ready_backend_connections`, `ready_backends{proxy_strategy}` | same names, types, labels, HELP |
-| server `dial_duration_seconds`, `frontend_write_duration_seconds`, `connection_duration_seconds`, `full_receive_channels`, `stream_packets_total`, `stream_errors_total`, lease metrics | not exported yet |
+| server `dial_failure_count{reason}`, `established_connections`, `grpc_connections{service_method}`, `http_connections`, `pending_backend_dials`, `ready_backend_connections`, `ready_backends{proxy_strategy}`, `dial_duration_seconds`, `connection_duration_seconds`, `frontend_write_duration_seconds` (gRPC frontend), `stream_packets_total{segment,packet_type}`, process metrics | same names, types, labels, buckets, HELP |
+| server `full_receive_channels` | not exported: no receive queue ever blocks here |
+| server `stream_errors_total`, lease metrics (`lease_*`, `culled_leases_count`) | not exported yet |
 | agent `open_server_connections`, `known_server_count`, `open_endpoint_connections`, `endpoint_dial_failure_total{reason}` | same (exported from startup, where upstream exports some only after first use) |
 | agent `dial_duration_seconds`, `server_connection_failure_count`, `stream_packets_total`, `stream_errors_total`, lease metrics | not exported yet |
-| `konnectivity_rs_server_buffer_overflow_total`, `konnectivity_rs_server_limit_hits_total{limit}`, `konnectivity_rs_server_destination_denied_total`, `konnectivity_rs_agent_degraded` | **extensions** |
+| `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`; `konnectivity_rs_agent_degraded` | **extensions** |
 "#;
 
 #[cfg(test)]

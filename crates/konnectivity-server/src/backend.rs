@@ -23,7 +23,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{DialFailureReason, Gauge};
+use crate::metrics::{DialFailureReason, Gauge, Segment};
 use crate::state::{Backend, ConnEntry, DialOutcome, Established, Shared};
 
 /// The `AgentService` implementation.
@@ -108,7 +108,14 @@ impl AgentService for AgentEndpoint {
                 .filter(|w| *w > 0),
             None => None,
         };
-        let (tx, out) = outbound::channel();
+        let metrics_shared = s.clone();
+        let hook: outbound::Hook = std::sync::Arc::new(move |p: &Packet| {
+            metrics_shared.metrics.packet(Segment::ToAgent, packet::type_name(p));
+            if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
+                metrics_shared.metrics.bytes(true, d.data.len());
+            }
+        });
+        let (tx, out) = outbound::channel_with(Some(hook));
         let stream_id = s.next_id();
         let backend = Arc::new(Backend::new(
             stream_id,
@@ -165,6 +172,7 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
     s.refresh_backend_gauges();
     let conns: Vec<_> = backend.conns().drain().collect();
     for (_, entry) in conns {
+        s.metrics.connection_closed(entry.since.elapsed(), "agent_disconnected");
         entry.queue.close(String::new());
     }
     let gone: Vec<_> = {
@@ -186,6 +194,7 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
 
 /// Handles one packet from an agent. Never waits.
 fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
+    s.metrics.packet(Segment::FromAgent, packet::type_name(&p));
     match packet::kind(&p) {
         Kind::Known(PacketType::DialRsp) => dial_response(s, b, &p),
         Kind::Known(PacketType::DialCls) => {
@@ -211,12 +220,15 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
                 return;
             }
             b.bytes_from_agent.fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
             match conns.get(&d.connect_id) {
                 Some(entry) => {
                     if entry.queue.push(d.data).is_err() {
+                        let since = entry.since;
                         conns.remove(&d.connect_id);
                         drop(conns);
+                        s.metrics.connection_closed(since.elapsed(), "buffer_overflow");
                         s.metrics.buffer_overflow();
                         warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: frontend stopped reading and its buffer budget is exhausted");
                         let _ = b.tx.control(packet::close_req(d.connect_id));
@@ -232,6 +244,7 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             let c = packet::close_response(&p);
             let entry = b.conns().remove(&c.connect_id);
             if let Some(e) = entry {
+                s.metrics.connection_closed(e.since.elapsed(), "agent_closed");
                 e.queue.close(c.error.clone());
             }
         }
@@ -322,6 +335,7 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         credit,
     });
     let elapsed = pd.started.elapsed();
+    s.metrics.dial_succeeded(elapsed);
     if !pd.resolve(outcome) {
         s.metrics.dial_failure(DialFailureReason::SendRsp);
         b.conns().remove(&r.connect_id);

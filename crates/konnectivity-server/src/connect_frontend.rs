@@ -177,7 +177,7 @@ where
     let _established = s.metrics.hold(Gauge::Established);
     let id = est.connect_id;
     if sock.write_all(ESTABLISHED).await.is_err() {
-        dial::close_conn(&backend, id).await;
+        dial::close_conn(&s, &backend, id).await;
         return;
     }
     let end = splice(
@@ -197,7 +197,7 @@ where
             // from the table and the agent was told by the dispatcher.
         }
         SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
-            dial::close_conn(&backend, id).await;
+            dial::close_conn(&s, &backend, id).await;
         }
     }
 }

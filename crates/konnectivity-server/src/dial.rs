@@ -111,9 +111,10 @@ pub fn abandon(s: &Shared, random: i64, reason: DialFailureReason) {
 
 /// The frontend closed an established connection: if the agent has not closed it yet,
 /// forget it and send CLOSE_REQ after any DATA already queued for the agent.
-pub async fn close_conn(b: &Backend, connect_id: i64) {
+pub async fn close_conn(s: &Shared, b: &Backend, connect_id: i64) {
     let entry = b.conns().remove(&connect_id);
-    if entry.is_some() {
+    if let Some(e) = entry {
+        s.metrics.connection_closed(e.since.elapsed(), "frontend_closed");
         let _ = b.tx.send(packet::close_req(connect_id)).await;
     }
 }

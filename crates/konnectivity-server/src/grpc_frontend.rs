@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::dial::{self, StartError};
-use crate::metrics::{DialFailureReason, Gauge};
+use crate::metrics::{DialFailureReason, Gauge, Segment};
 use crate::state::{Backend, DialOutcome, Established, Shared};
 
 /// Packets queued toward one frontend before its HTTP/2 stream pushes back.
@@ -52,7 +52,12 @@ impl ProxyService for ProxyEndpoint {
     ) -> Result<Response<Self::ProxyStream>, Status> {
         let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
         tokio::spawn(serve_stream(self.shared.clone(), request.into_inner(), tx));
-        let out = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let shared = self.shared.clone();
+        let out = futures::StreamExt::inspect(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)), move |r| {
+            if let Ok(p) = r {
+                shared.metrics.packet(Segment::ToClient, packet::type_name(p));
+            }
+        });
         Ok(Response::new(Box::pin(out) as PacketStream))
     }
 }
@@ -126,9 +131,11 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                 match msg {
                     Some(Inbound::Data(b)) => {
                         let n = b.len();
+                        let started = Instant::now();
                         if out.send(Ok(packet::data(id, b))).await.is_err() {
                             break;
                         }
+                        s.metrics.frontend_write(started.elapsed());
                         conn.rx.written(n);
                     }
                     Some(Inbound::Close(e)) => {
@@ -137,7 +144,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                         established_gauge = None;
                         t.discard = true;
                         if aborted {
-                            if let Some(b) = &t.backend { dial::close_conn(b, id).await; }
+                            if let Some(b) = &t.backend { dial::close_conn(&s, b, id).await; }
                         }
                         if out.send(Ok(packet::close_rsp(id, e))).await.is_err() { break; }
                     }
@@ -162,6 +169,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
             next = inbound.message(), if may_read => {
                 match next {
                     Ok(Some(p)) => {
+                        s.metrics.packet(Segment::FromClient, packet::type_name(&p));
                         if !t.discard && !on_frontend_packet(&s, &mut t, p, &out).await {
                             break;
                         }
@@ -183,7 +191,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
         dial::abandon(&s, random, DialFailureReason::FrontendClose);
     }
     if let (Some(conn), Some(b)) = (t.conn.take(), &t.backend) {
-        dial::close_conn(b, conn.connect_id).await;
+        dial::close_conn(&s, b, conn.connect_id).await;
     }
 }
 

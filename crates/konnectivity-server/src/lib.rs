@@ -122,7 +122,10 @@ pub fn health_router(s: Arc<Shared>) -> Router {
                 Reply::text(500, "no connection to any proxy agent")
             }
         }
-        "/metrics" => Reply::metrics(s.metrics.render()),
+        "/metrics" => {
+            s.refresh_scrape_gauges();
+            Reply::metrics(s.metrics.render())
+        }
         _ => Reply::not_found(),
     })
 }
@@ -130,7 +133,10 @@ pub fn health_router(s: Arc<Shared>) -> Router {
 /// The admin port's routes.
 pub fn admin_router(s: Arc<Shared>) -> Router {
     Arc::new(move |path, _query, _host| match path {
-        "/metrics" => Reply::metrics(s.metrics.render()),
+        "/metrics" => {
+            s.refresh_scrape_gauges();
+            Reply::metrics(s.metrics.render())
+        }
         "/status" => Reply::json(status::json(&s).to_string()),
         "/status.html" | "/" => {
             let mut r = Reply::text(200, status::html(&s));

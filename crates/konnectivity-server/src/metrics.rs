@@ -1,16 +1,22 @@
-//! The server's Prometheus metrics (a first subset of upstream's catalogue, with
-//! upstream's names, types, labels and HELP texts).
+//! The server's Prometheus metrics, with upstream's names, types, labels, buckets and
+//! HELP texts (spec §8.3), plus konnectivity-rs additions prefixed
+//! `konnectivity_rs_server_`. Built on the `prometheus` crate with one registry per
+//! server (process metrics included).
 //!
-//! Counters with labels appear only once a label value has been touched, as upstream
-//! does (tests compare the exact set of `dial_failure_count` series).
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+//! Vectors only show a label combination once it has been touched, as upstream does
+//! (tests compare the exact set of `dial_failure_count` series).
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use konnectivity_core::select::Strategy;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
-const NS: &str = "konnectivity_network_proxy_server";
+const NS: &str = "konnectivity_network_proxy";
+const SUB: &str = "server";
+const LATENCY_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.005, 0.025, 0.1, 0.5, 2.5, 12.5];
+const LIFETIME_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0];
 
 /// Why a dial failed (`dial_failure_count{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,7 +31,7 @@ pub enum DialFailureReason {
     SendRsp,
     /// The agent closed the dial, or its stream ended.
     BackendClose,
-    /// `--backend-dial-timeout` elapsed.
+    /// `--backend-dial-timeout` (or `--dial-deadline`) elapsed.
     BackendDialTimeout,
     /// The frontend went away before the dial completed.
     FrontendClose,
@@ -45,25 +51,6 @@ impl DialFailureReason {
     }
 }
 
-/// The server's metric values.
-#[derive(Debug)]
-pub struct Metrics {
-    strategies: Vec<(Strategy, AtomicI64)>,
-    ready_backend_connections: AtomicI64,
-    established: AtomicI64,
-    pending: AtomicI64,
-    grpc_proxy: AtomicI64,
-    grpc_connect: AtomicI64,
-    http_connections: AtomicI64,
-    dial_failures: Mutex<BTreeMap<DialFailureReason, u64>>,
-    /// konnectivity-rs: connections closed because their buffer budget was exhausted.
-    buffer_overflows: AtomicU64,
-    /// konnectivity-rs: limit hits by flag name.
-    limit_hits: Mutex<BTreeMap<&'static str, u64>>,
-    /// konnectivity-rs: dials denied by the destination policy.
-    policy_denied: AtomicU64,
-}
-
 /// Which gauge a [`GaugeGuard`] holds up.
 #[derive(Debug, Clone, Copy)]
 pub enum Gauge {
@@ -79,185 +66,238 @@ pub enum Gauge {
 
 /// Increments a gauge now and decrements it when dropped.
 #[derive(Debug)]
-pub struct GaugeGuard<'a>(&'a AtomicI64);
+pub struct GaugeGuard(IntGauge);
 
-impl Drop for GaugeGuard<'_> {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
+/// Where a packet was seen (`stream_packets_total{segment}`).
+#[derive(Debug, Clone, Copy)]
+pub enum Segment {
+    /// Received from a frontend.
+    FromClient = 0,
+    /// Sent to a frontend.
+    ToClient = 1,
+    /// Received from an agent.
+    FromAgent = 2,
+    /// Sent to an agent.
+    ToAgent = 3,
+}
+
+const SEGMENTS: [&str; 4] = ["from_client", "to_client", "from_agent", "to_agent"];
+const TYPES: [&str; 9] = ["DIAL_REQ", "DIAL_RSP", "CLOSE_REQ", "CLOSE_RSP", "DATA", "DIAL_CLS", "DRAIN", "WINDOW_UPDATE", "UNKNOWN"];
+
+fn type_index(name: &str) -> usize {
+    TYPES.iter().position(|t| *t == name).unwrap_or(TYPES.len() - 1)
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    ready_backends: IntGaugeVec,
+    ready_backend_connections: IntGauge,
+    established: IntGauge,
+    pending: IntGauge,
+    grpc: IntGaugeVec,
+    http_connections: IntGauge,
+    dial_failures: IntCounterVec,
+    dial_duration: Histogram,
+    connection_duration: Histogram,
+    frontend_write: Histogram,
+    packets: IntCounterVec,
+    /// Resolved `packets` children, created on first use (no zero series up front).
+    packet_handles: [[OnceLock<IntCounter>; 9]; 4],
+    buffer_overflows: IntCounter,
+    limit_hits: IntCounterVec,
+    policy_denied: IntCounter,
+    closes: IntCounterVec,
+    bytes: IntCounterVec,
+    oldest_pending: prometheus::Gauge,
+    buffered: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS).subsystem(SUB)
+}
+
+fn rs(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("konnectivity_rs").subsystem(SUB)
+}
+
 impl Metrics {
-    /// Metrics for the configured strategies, gauges at 0.
+    /// Metrics for the configured strategies; gauges at 0.
     pub fn new(strategies: &[Strategy]) -> Self {
-        Self {
-            strategies: strategies.iter().map(|s| (*s, AtomicI64::new(0))).collect(),
-            ready_backend_connections: AtomicI64::new(0),
-            established: AtomicI64::new(0),
-            pending: AtomicI64::new(0),
-            grpc_proxy: AtomicI64::new(0),
-            grpc_connect: AtomicI64::new(0),
-            http_connections: AtomicI64::new(0),
-            dial_failures: Mutex::new(BTreeMap::new()),
-            buffer_overflows: AtomicU64::new(0),
-            limit_hits: Mutex::new(BTreeMap::new()),
-            policy_denied: AtomicU64::new(0),
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, buckets: &[f64]| {
+            Histogram::with_opts(HistogramOpts::from(opts(name, help)).buckets(buckets.to_vec())).expect("valid histogram")
+        };
+        let m = Self {
+            ready_backends: IntGaugeVec::new(opts("ready_backends", "Number of konnectivity agent connected to the proxy server"), &["proxy_strategy"]).expect("valid"),
+            ready_backend_connections: IntGauge::with_opts(opts("ready_backend_connections", "Number of konnectivity agent connected to the proxy server. DEPRECATED, please use ready_backends")).expect("valid"),
+            established: IntGauge::with_opts(opts("established_connections", "Current number of established end-to-end connections (post-dial).")).expect("valid"),
+            pending: IntGauge::with_opts(opts("pending_backend_dials", "Current number of pending backend dial requests")).expect("valid"),
+            grpc: IntGaugeVec::new(opts("grpc_connections", "Number of current grpc connections, partitioned by service method."), &["service_method"]).expect("valid"),
+            http_connections: IntGauge::with_opts(opts("http_connections", "Number of current HTTP CONNECT connections")).expect("valid"),
+            dial_failures: IntCounterVec::new(opts("dial_failure_count", "Number of dial failures observed. Multiple failures can occur for a single dial request."), &["reason"]).expect("valid"),
+            dial_duration: hist("dial_duration_seconds", "Latency of dial to the remote endpoint in seconds", LATENCY_BUCKETS),
+            connection_duration: hist("connection_duration_seconds", "Duration of established connections in seconds", LIFETIME_BUCKETS),
+            frontend_write: hist("frontend_write_duration_seconds", "Latency of write to the frontend in seconds", LATENCY_BUCKETS),
+            packets: IntCounterVec::new(opts("stream_packets_total", "Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)"), &["segment", "packet_type"]).expect("valid"),
+            packet_handles: Default::default(),
+            buffer_overflows: IntCounter::with_opts(rs("buffer_overflow_total", "Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.")).expect("valid"),
+            limit_hits: IntCounterVec::new(rs("limit_hits_total", "Requests refused because a configured limit was reached, by limit flag."), &["limit"]).expect("valid"),
+            policy_denied: IntCounter::with_opts(rs("destination_denied_total", "Dials refused by the destination policy.")).expect("valid"),
+            closes: IntCounterVec::new(rs("connection_closes_total", "Established connections closed, by who or what closed them."), &["reason"]).expect("valid"),
+            bytes: IntCounterVec::new(rs("bytes_total", "Payload bytes relayed, by direction (to_agent, from_agent)."), &["direction"]).expect("valid"),
+            oldest_pending: prometheus::Gauge::with_opts(rs("oldest_pending_dial_seconds", "Age of the oldest dial still waiting for its agent's answer.")).expect("valid"),
+            buffered: IntGauge::with_opts(rs("buffered_bytes", "Agent data queued on the server for frontends that have not taken it yet, summed over connections.")).expect("valid"),
+            registry,
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.ready_backends.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.ready_backend_connections.clone()),
+            Box::new(m.established.clone()),
+            Box::new(m.pending.clone()),
+            Box::new(m.grpc.clone()),
+            Box::new(m.http_connections.clone()),
+            Box::new(m.dial_failures.clone()),
+            Box::new(m.dial_duration.clone()),
+            Box::new(m.connection_duration.clone()),
+            Box::new(m.frontend_write.clone()),
+            Box::new(m.packets.clone()),
+            Box::new(m.buffer_overflows.clone()),
+            Box::new(m.limit_hits.clone()),
+            Box::new(m.policy_denied.clone()),
+            Box::new(m.closes.clone()),
+            Box::new(m.bytes.clone()),
+            Box::new(m.oldest_pending.clone()),
+            Box::new(m.buffered.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            let _ = r.register(c);
         }
+        for s in strategies {
+            m.ready_backends.with_label_values(&[s.name()]).set(0);
+        }
+        m.grpc.with_label_values(&["Connect"]).set(0);
+        m.grpc.with_label_values(&["Proxy"]).set(0);
+        m
     }
 
-    fn gauge(&self, g: Gauge) -> &AtomicI64 {
+    fn gauge(&self, g: Gauge) -> IntGauge {
         match g {
-            Gauge::GrpcProxy => &self.grpc_proxy,
-            Gauge::GrpcConnect => &self.grpc_connect,
-            Gauge::Http => &self.http_connections,
-            Gauge::Established => &self.established,
+            Gauge::GrpcProxy => self.grpc.with_label_values(&["Proxy"]),
+            Gauge::GrpcConnect => self.grpc.with_label_values(&["Connect"]),
+            Gauge::Http => self.http_connections.clone(),
+            Gauge::Established => self.established.clone(),
         }
     }
 
     /// Holds a gauge up for the guard's lifetime.
-    pub fn hold(&self, g: Gauge) -> GaugeGuard<'_> {
-        let a = self.gauge(g);
-        a.fetch_add(1, Ordering::Relaxed);
-        GaugeGuard(a)
+    pub fn hold(&self, g: Gauge) -> GaugeGuard {
+        let gauge = self.gauge(g);
+        gauge.inc();
+        GaugeGuard(gauge)
     }
 
     /// Counts a dial failure.
     pub fn dial_failure(&self, r: DialFailureReason) {
-        *crate::state::lock(&self.dial_failures)
-            .entry(r)
-            .or_default() += 1;
+        self.dial_failures.with_label_values(&[r.label()]).inc();
     }
 
     /// The count for one reason (tests and status).
     pub fn dial_failures(&self, r: DialFailureReason) -> u64 {
-        crate::state::lock(&self.dial_failures)
-            .get(&r)
-            .copied()
-            .unwrap_or(0)
+        self.dial_failures.get_metric_with_label_values(&[r.label()]).map(|c| c.get()).unwrap_or(0)
     }
 
     /// Sets `pending_backend_dials`.
     pub fn set_pending(&self, n: usize) {
-        self.pending.store(n as i64, Ordering::Relaxed);
+        self.pending.set(n as i64);
     }
 
     /// Sets `ready_backends{proxy_strategy}` (and the deprecated total).
     pub fn set_ready_backends(&self, s: Strategy, n: usize) {
-        for (st, v) in &self.strategies {
-            if *st == s {
-                v.store(n as i64, Ordering::Relaxed);
-            }
-        }
-        self.ready_backend_connections
-            .store(n as i64, Ordering::Relaxed);
+        self.ready_backends.with_label_values(&[s.name()]).set(n as i64);
+        self.ready_backend_connections.set(n as i64);
+    }
+
+    /// Observes a successful dial's latency.
+    pub fn dial_succeeded(&self, d: Duration) {
+        self.dial_duration.observe(d.as_secs_f64());
+    }
+
+    /// Observes an established connection's end: lifetime and why it closed.
+    pub fn connection_closed(&self, lifetime: Duration, reason: &'static str) {
+        self.connection_duration.observe(lifetime.as_secs_f64());
+        self.closes.with_label_values(&[reason]).inc();
+    }
+
+    /// Observes one agent → frontend relay write.
+    pub fn frontend_write(&self, d: Duration) {
+        self.frontend_write.observe(d.as_secs_f64());
+    }
+
+    /// Counts a packet.
+    pub fn packet(&self, segment: Segment, type_name: &str) {
+        let (s, t) = (segment as usize, type_index(type_name));
+        self.packet_handles[s][t]
+            .get_or_init(|| self.packets.with_label_values(&[SEGMENTS[s], TYPES[t]]))
+            .inc();
+    }
+
+    /// Counts relayed payload bytes.
+    pub fn bytes(&self, to_agent: bool, n: usize) {
+        self.bytes.with_label_values(&[if to_agent { "to_agent" } else { "from_agent" }]).inc_by(n as u64);
     }
 
     /// Counts a connection closed for exhausting its buffer budget.
     pub fn buffer_overflow(&self) {
-        self.buffer_overflows.fetch_add(1, Ordering::Relaxed);
+        self.buffer_overflows.inc();
     }
 
     /// Counts a limit hit (`limit` is the flag name).
     pub fn limit_hit(&self, limit: &'static str) {
-        *crate::state::lock(&self.limit_hits).entry(limit).or_default() += 1;
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     /// Counts a dial denied by the destination policy.
     pub fn policy_denied(&self) {
-        self.policy_denied.fetch_add(1, Ordering::Relaxed);
+        self.policy_denied.inc();
+    }
+
+    /// Sets the scrape-time gauges.
+    pub fn set_scrape_state(&self, oldest_pending: Duration, buffered: usize) {
+        self.oldest_pending.set(oldest_pending.as_secs_f64());
+        self.buffered.set(buffered as i64);
     }
 
     /// Open gRPC frontend streams.
     pub fn grpc_proxy_streams(&self) -> i64 {
-        self.grpc_proxy.load(Ordering::Relaxed)
+        self.grpc.with_label_values(&["Proxy"]).get()
     }
 
     /// Open HTTP-CONNECT connections.
     pub fn http_connections(&self) -> i64 {
-        self.http_connections.load(Ordering::Relaxed)
+        self.http_connections.get()
     }
 
     /// Current `established_connections`.
     pub fn established(&self) -> i64 {
-        self.established.load(Ordering::Relaxed)
+        self.established.get()
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::with_capacity(2048);
-        let g = |o: &mut String, name: &str, help: &str, v: i64| {
-            let _ = write!(
-                o,
-                "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {v}\n"
-            );
-        };
-        let _ = write!(
-            o,
-            "# HELP {NS}_dial_failure_count Number of dial failures observed. Multiple failures can occur for a single dial request.\n# TYPE {NS}_dial_failure_count counter\n"
-        );
-        for (r, v) in crate::state::lock(&self.dial_failures).iter() {
-            let _ = writeln!(o, "{NS}_dial_failure_count{{reason=\"{}\"}} {v}", r.label());
-        }
-        g(
-            &mut o,
-            "established_connections",
-            "Current number of established end-to-end connections (post-dial).",
-            self.established.load(Ordering::Relaxed),
-        );
-        let _ = write!(
-            o,
-            "# HELP {NS}_grpc_connections Number of current grpc connections, partitioned by service method.\n# TYPE {NS}_grpc_connections gauge\n"
-        );
-        let _ = writeln!(
-            o,
-            "{NS}_grpc_connections{{service_method=\"Connect\"}} {}",
-            self.grpc_connect.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "{NS}_grpc_connections{{service_method=\"Proxy\"}} {}",
-            self.grpc_proxy.load(Ordering::Relaxed)
-        );
-        g(
-            &mut o,
-            "http_connections",
-            "Number of current HTTP CONNECT connections",
-            self.http_connections.load(Ordering::Relaxed),
-        );
-        g(
-            &mut o,
-            "pending_backend_dials",
-            "Current number of pending backend dial requests",
-            self.pending.load(Ordering::Relaxed),
-        );
-        g(
-            &mut o,
-            "ready_backend_connections",
-            "Number of konnectivity agent connected to the proxy server. DEPRECATED, please use ready_backends",
-            self.ready_backend_connections.load(Ordering::Relaxed),
-        );
-        let _ = write!(
-            o,
-            "# HELP {NS}_ready_backends Number of konnectivity agent connected to the proxy server\n# TYPE {NS}_ready_backends gauge\n"
-        );
-        for (s, v) in &self.strategies {
-            let _ = writeln!(
-                o,
-                "{NS}_ready_backends{{proxy_strategy=\"{}\"}} {}",
-                s.name(),
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = write!(
-            o,
-            "# HELP konnectivity_rs_server_buffer_overflow_total Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.\n# TYPE konnectivity_rs_server_buffer_overflow_total counter\nkonnectivity_rs_server_buffer_overflow_total {}\n",
-            self.buffer_overflows.load(Ordering::Relaxed)
-        );
-        let _ = write!(o, "# HELP konnectivity_rs_server_limit_hits_total Requests refused because a configured limit was reached, by limit flag.\n# TYPE konnectivity_rs_server_limit_hits_total counter\n");
-        for (l, v) in crate::state::lock(&self.limit_hits).iter() {
-            let _ = writeln!(o, "konnectivity_rs_server_limit_hits_total{{limit=\"{l}\"}} {v}");
-        }
-        let _ = write!(o, "# HELP konnectivity_rs_server_destination_denied_total Dials refused by the destination policy.\n# TYPE konnectivity_rs_server_destination_denied_total counter\nkonnectivity_rs_server_destination_denied_total {}\n", self.policy_denied.load(Ordering::Relaxed));
-        o
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }

@@ -247,6 +247,19 @@ impl Shared {
     pub fn ready(&self) -> bool {
         self.table().ready()
     }
+    /// Updates the gauges computed at scrape time: the oldest pending dial's age and the
+    /// bytes queued for frontends.
+    pub fn refresh_scrape_gauges(&self) {
+        let oldest = self.pending().values().map(|p| p.started.elapsed()).max().unwrap_or_default();
+        let buffered: usize = self
+            .table()
+            .entries()
+            .iter()
+            .map(|(b, _)| b.conns().values().map(|c| c.queue.queued()).sum::<usize>())
+            .sum();
+        self.metrics.set_scrape_state(oldest, buffered);
+    }
+
     /// Refreshes the `ready_backends` gauges from the table.
     pub fn refresh_backend_gauges(&self) {
         let t = self.table();

@@ -108,6 +108,14 @@ impl Stream for Outbound {
 
 /// Creates a shared stream's sender and the packet stream to hand to gRPC.
 pub fn channel() -> (StreamTx, Outbound) {
+    channel_with(None)
+}
+
+/// Observes every packet as it is handed to gRPC (metrics).
+pub type Hook = std::sync::Arc<dyn Fn(&Packet) + Send + Sync>;
+
+/// [`channel`] with a hook called for each packet put on the wire.
+pub fn channel_with(hook: Option<Hook>) -> (StreamTx, Outbound) {
     let (data, data_rx) = mpsc::channel(DATA_QUEUE);
     let (control, control_rx) = mpsc::unbounded_channel();
     let closed = CancellationToken::new();
@@ -115,7 +123,13 @@ pub fn channel() -> (StreamTx, Outbound) {
     let data_s = tokio_stream_bounded(data_rx);
     let merged = stream::select_with_strategy(ctrl, data_s, |_: &mut ()| PollNext::Left);
     let token = closed.clone();
-    let out = merged.take_until(async move { token.cancelled_owned().await });
+    let out = merged
+        .inspect(move |p| {
+            if let Some(h) = &hook {
+                h(p)
+            }
+        })
+        .take_until(async move { token.cancelled_owned().await });
     (
         StreamTx {
             data,
