@@ -3,6 +3,8 @@
 //! - `demo`: a self-contained tunnel on loopback (server, agent, HTTP backend, fresh
 //!   certificates), exercised through both frontends, then left running for `curl`.
 //! - `dial`: open a connection through a running proxy-server and relay stdin/stdout.
+//! - `doctor`: names the cause when kube-apiserver cannot reach a node through the
+//!   tunnel (`doctor server` on the control plane, `doctor agent` on a node).
 //! - `bench`: throughput, latency, memory and scale on loopback, as ratios against
 //!   baselines measured in the same run (see `bench.rs`).
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod dial;
+mod doctor;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +44,9 @@ enum Cmd {
     /// Open ADDRESS (host:port, as seen from the node) through a proxy-server frontend
     /// and relay standard input and output.
     Dial(dial::DialArgs),
+    /// Find why the control plane cannot reach a node through the tunnel (exit code 0
+    /// when every check passes, 1 otherwise).
+    Doctor(doctor::DoctorArgs),
     /// Measure the tunnel on loopback against a direct connection and a "null tunnel"
     /// (same hops, no protocol); writes JSON results and prints a table of targets.
     Bench(Box<bench::BenchArgs>),
@@ -70,12 +76,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Cmd::Doctor(a) = cli.cmd {
+        return match rt.block_on(doctor::run(a)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let r = rt.block_on(async {
         match cli.cmd {
             Cmd::Demo { once, dir } => demo::run(once, dir).await,
             Cmd::Dial(a) => dial::run(a).await,
             Cmd::Bench(a) => bench::run(*a).await,
             Cmd::BenchBackend => bench::backend_helper().await,
+            Cmd::Doctor(_) => Ok(()),
         }
     });
     match r {
