@@ -307,7 +307,9 @@ fn socket_owner<'a>(local: SocketAddr, procs: &[(&'a str, u32)]) -> Option<&'a s
         let (ip, port) = f.get(1)?.split_once(':')?;
         let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
         let port = u16::from_str_radix(port, 16).ok()?;
-        (ip == *local.ip() && port == local.port()).then(|| f.get(9).map(|s| s.to_string()))?
+        // Skip TIME_WAIT leftovers of earlier rounds (inode 0) and keep live sockets.
+        let inode = f.get(9).filter(|i| **i != "0")?;
+        (ip == *local.ip() && port == local.port()).then(|| inode.to_string())
     })?;
     let want = format!("socket:[{inode}]");
     procs.iter().find_map(|(name, pid)| {
