@@ -11,11 +11,16 @@
 # kube-apiserver, etcd and kubectl are built from the Go module proxy at the versions
 # pinned in tests/k8s/go.mod, once, into a cache outside the work tree
 # (${KONNECTIVITY_CACHE:-$HOME/.cache/konnectivity-rs}/k8s-<versions>/); later runs reuse
-# them. The scenario runs twice: egress `cluster` over GRPC, then over HTTPConnect.
+# them. The scenario runs twice: egress `cluster` over GRPC, then over HTTPConnect
+# (with `konnectivity doctor` on the healthy setup and with the node dropping port 10250).
+# A third phase, token-leases, runs kube-apiserver on deploy/egress-selector-configuration.yaml,
+# dry-runs deploy/*.yaml server-side, and runs two proxy-servers (second address
+# 10.232.7.3) that authenticate agents by ServiceAccount token (TokenReview) and publish
+# Leases, with one agent counting the Leases and joining both.
 #
 # Environment: KONNECTIVITY_CACHE (cache root), KONNECTIVITY_BIN_DIR (prebuilt
-# proxy-server/proxy-agent; default: `cargo build --bins` into target/debug),
-# K8S_E2E_MODES (default "grpc http-connect"), K8S_E2E_KEEP=1 (keep the work dir).
+# proxy-server/proxy-agent, optionally konnectivity; default: `cargo build --bins` into target/debug),
+# K8S_E2E_MODES (default "grpc http-connect token-leases"), K8S_E2E_KEEP=1 (keep the work dir).
 # Needs root (network namespaces, iptables), go, cargo, openssl, curl, iproute2.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
@@ -106,13 +111,17 @@ else
   RBIN=$ROOT/target/debug
 fi
 for b in proxy-server proxy-agent; do [ -x "$RBIN/$b" ] || die "no $RBIN/$b"; done
-say "binaries: $("$KDIR/bin/kube-apiserver" --version), etcd $ETCD_VERSION, kubectl $K8S_VERSION, $RBIN/{proxy-server,proxy-agent}"
+# `konnectivity doctor` (the CLI) is checked when the binary has it.
+DOCTOR=0
+"$RBIN/konnectivity" doctor --help >/dev/null 2>&1 && DOCTOR=1
+say "binaries: $("$KDIR/bin/kube-apiserver" --version), etcd $ETCD_VERSION, kubectl $K8S_VERSION, $RBIN/{proxy-server,proxy-agent$([ "$DOCTOR" = 0 ] || echo ,konnectivity)}"
 
 # ───────────────────────────── topology ─────────────────────────────
 TAG=k8se2e-$$
 CP=$TAG-cp
 NODE=$TAG-node
 CP_IP=10.232.7.1
+CP_IP2=10.232.7.3     # a second control-plane address: the second proxy-server of token-leases
 NODE_IP=10.232.7.2
 SVC_RANGE=10.232.8.0/24   # never routed anywhere; only a setting kube-apiserver requires
 W=$(mktemp -d /tmp/konnectivity-k8s-e2e.XXXXXX)
@@ -136,7 +145,9 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  for n in kubectl-pf agent kube-apiserver proxy-server webhook kubelet etcd; do stop "$n"; done
+  for n in kubectl-pf agent agent-wrong-audience agent-wrong-sa proxy-server-b kube-apiserver proxy-server webhook kubelet etcd; do
+    stop "$n"
+  done
   for n in "${!PIDS[@]}"; do stop "$n"; done
   ip netns del "$CP" 2>/dev/null
   ip netns del "$NODE" 2>/dev/null
@@ -173,6 +184,7 @@ ip link add "${TAG}c" netns "$CP" type veth peer name "${TAG}n" netns "$NODE" 2>
 VC=$(ip -n "$CP" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1)
 VN=$(ip -n "$NODE" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1)
 ip -n "$CP" addr add "$CP_IP/24" dev "$VC"
+ip -n "$CP" addr add "$CP_IP2/24" dev "$VC"
 ip -n "$NODE" addr add "$NODE_IP/24" dev "$VN"
 for ns in "$CP" "$NODE"; do ip -n "$ns" link set lo up; done
 ip -n "$CP" link set "$VC" up
@@ -227,7 +239,7 @@ cert() {
 cert apiserver kube-apiserver "" serverAuth "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,IP:127.0.0.1,IP:$CP_IP,IP:10.232.8.1"
 cert admin admin system:masters clientAuth ""
 cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth ""
-cert proxy-server proxy-server "" serverAuth "DNS:localhost,IP:127.0.0.1,IP:$CP_IP"
+cert proxy-server proxy-server "" serverAuth "DNS:localhost,IP:127.0.0.1,IP:$CP_IP,IP:$CP_IP2"
 cert proxy-agent proxy-agent "" clientAuth ""
 cert kubelet "system:node:konn-node" system:nodes serverAuth "DNS:konn-node,IP:$NODE_IP"
 cert webhook konn-webhook.konn-e2e.svc "" serverAuth "DNS:konn-webhook.konn-e2e.svc,IP:$NODE_IP"
@@ -280,16 +292,24 @@ start_proxy_server() { # mode
     --admin-port=8095 --admin-bind-address=127.0.0.1 --server-id=e2e-server
   wait_until "proxy-server /healthz" 20 in_cp curl -sf "http://$CP_IP:8092/healthz"
 }
+# --drain-timeout=1s: a stopped agent exits after 1 s instead of draining (stop() would
+# otherwise wait 10 s and KILL it).
 start_agent() {
   start agent "$NODE" "$RBIN/proxy-agent" --proxy-server-host="$CP_IP" --proxy-server-port=8091 \
     --ca-cert="$P/ca.crt" --agent-cert="$P/proxy-agent.crt" --agent-key="$P/proxy-agent.key" \
     --agent-id=konn-node --agent-identifiers="host=konn-node&ipv4=$NODE_IP" \
-    --health-server-port=8093 --admin-server-port=8094 --sync-interval=200ms --sync-interval-cap=1s
+    --health-server-port=8093 --admin-server-port=8094 --sync-interval=200ms --sync-interval-cap=1s \
+    --drain-timeout=1s
   wait_until "proxy-server /readyz (agent connected)" 30 in_cp curl -sf "http://$CP_IP:8092/readyz"
 }
 
-start_apiserver() { # GRPC|HTTPConnect
-  cat >"$W/egress.yaml" <<EOF
+start_apiserver() { # GRPC|HTTPConnect|deploy
+  if [ "$1" = deploy ]; then
+    # The shipped deploy/egress-selector-configuration.yaml, only its socket path changed.
+    sed "s#udsName: .*#udsName: $UDS#" "$ROOT/deploy/egress-selector-configuration.yaml" >"$W/egress.yaml"
+    grep -q "udsName: $UDS\$" "$W/egress.yaml" || die "deploy/egress-selector-configuration.yaml has no udsName to point at $UDS"
+  else
+    cat >"$W/egress.yaml" <<EOF
 apiVersion: apiserver.k8s.io/v1beta1
 kind: EgressSelectorConfiguration
 egressSelections:
@@ -309,10 +329,11 @@ egressSelections:
   connection:
     proxyProtocol: Direct
 EOF
+  fi
   : >"$L/kube-apiserver.log"
   start kube-apiserver "$CP" "$KDIR/bin/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
-    --bind-address=127.0.0.1 --secure-port=6443 --advertise-address="$CP_IP" \
+    --bind-address=0.0.0.0 --secure-port=6443 --advertise-address="$CP_IP" \
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
     --client-ca-file="$P/ca.crt" --authorization-mode=Node,RBAC \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$P/sa.pub" \
@@ -325,7 +346,11 @@ EOF
     --enable-priority-and-fairness=false --profiling=false --v=2
   local t=$SECONDS
   KC_TIMEOUT=10 wait_until "kube-apiserver /readyz" 180 kc get --raw=/readyz
-  say "kube-apiserver ready in $((SECONDS - t)) s (egress cluster: $1 over UDS)"
+  if [ "$1" = deploy ]; then
+    say "kube-apiserver ready in $((SECONDS - t)) s (egress: deploy/egress-selector-configuration.yaml, cluster = GRPC over UDS, controlplane Direct)"
+  else
+    say "kube-apiserver ready in $((SECONDS - t)) s (egress cluster: $1 over UDS)"
+  fi
 }
 
 objects() {
@@ -339,6 +364,11 @@ metadata:
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: konn-e2e}
+---
+# What kube-controller-manager (not run here) would create; Pods in kube-system need it.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: kube-system}
 ---
 apiVersion: v1
 kind: Node
@@ -521,11 +551,237 @@ check_agent_down() {
   ok "[$1] agent restarted: kubectl logs works again"
 }
 
+# ─────────────────────────── konnectivity doctor ───────────────────────────
+# doctor_server MODE: `konnectivity doctor server` in the control-plane namespace, against
+# the running proxy-server's admin port and frontend, for the node's kubelet port.
+doctor_server() {
+  local fl=()
+  [ "$1" != http-connect ] || fl=(--http-connect)
+  in_cp timeout 60 "$RBIN/konnectivity" doctor server --admin=127.0.0.1:8095 --uds="$UDS" "${fl[@]}" \
+    --node="$NODE_IP" --port=10250 --timeout=10s 2>&1
+}
+doctor_agent() { # the agent's own flags, as start_agent gives them
+  in_node timeout 60 "$RBIN/konnectivity" doctor agent --kubelet-port=10250 --timeout=3s -- \
+    --proxy-server-host="$CP_IP" --proxy-server-port=8091 \
+    --ca-cert="$P/ca.crt" --agent-cert="$P/proxy-agent.crt" --agent-key="$P/proxy-agent.key" \
+    --agent-id=konn-node-doctor --agent-identifiers="host=konn-node&ipv4=$NODE_IP" 2>&1
+}
+
+# finding STATUS CHECK TARGET TEXT: the first doctor text line with that status, check and target
+finding() { grep -E "^ *$1 +$2 $3: " <<<"$4" | head -1 | sed 's/^ *//'; }
+
+# check_doctor MODE [agent]: doctor reports the healthy setup as healthy; with the node's
+# INPUT chain dropping port 10250 (the agent's dial to the kubelet times out) it names
+# the cause. With `agent`, also `doctor agent` on the node, with the agent's flags.
+check_doctor() {
+  local m=$1 side=${2:-} out rc=0 f
+  out=$(doctor_server "$m") || rc=$?
+  f=$(finding ok dial "$NODE_IP:10250" "$out")
+  [ "$rc" = 0 ] && [ -n "$f" ] || bad "[$m] konnectivity doctor server on the healthy setup (exit $rc): $out"
+  ok "[$m] konnectivity doctor server, healthy setup: $(tail -1 <<<"$out"); $f"
+  if [ "$side" = agent ]; then
+    rc=0
+    out=$(doctor_agent) || rc=$?
+    f=$(finding ok connect "$CP_IP:8091" "$out")
+    [ "$rc" = 0 ] && [ -n "$f" ] && [ -n "$(finding ok kubelet "$NODE_IP:10250" "$out")" ] ||
+      bad "[$m] konnectivity doctor agent on the healthy setup (exit $rc): $out"
+    ok "[$m] konnectivity doctor agent (on the node, with the agent's flags), healthy setup: $(tail -1 <<<"$out"); $f"
+  fi
+  in_node iptables -I INPUT 1 -p tcp --dport 10250 -j DROP
+  rc=0
+  out=$(doctor_server "$m") || rc=$?
+  local rc2=0 out2=
+  [ "$side" != agent ] || { out2=$(doctor_agent) || rc2=$?; }
+  in_node iptables -D INPUT -p tcp --dport 10250 -j DROP
+  f=$(finding 'timed out' dial "$NODE_IP:10250" "$out")
+  [ "$rc" = 1 ] && grep -qi firewall <<<"$f" ||
+    bad "[$m] konnectivity doctor server with the node dropping 10250 (exit $rc) does not name a timeout and the firewall: $out"
+  ok "[$m] node's iptables drops 10250: doctor server exits 1: $f"
+  if [ "$side" = agent ]; then
+    f=$(finding 'timed out' kubelet "$NODE_IP:10250" "$out2")
+    [ "$rc2" = 1 ] && grep -qi firewall <<<"$f" ||
+      bad "[$m] konnectivity doctor agent with the node dropping 10250 (exit $rc2) does not name a timeout and the firewall: $out2"
+    ok "[$m] node's iptables drops 10250: doctor agent exits 1: $f"
+  fi
+}
+
+# ─────────────── token authentication, two servers with leases, deploy/ ───────────────
+# kubectl apply --dry-run=server of every API-object manifest in deploy/.
+check_deploy_manifests() {
+  local f out n=0
+  for f in "$ROOT"/deploy/*.yaml; do
+    if grep -q '^kind: EgressSelectorConfiguration' "$f"; then
+      continue # a kube-apiserver file, not an API object: this phase's kube-apiserver runs on it
+    fi
+    out=$(kc apply --dry-run=server -f "$f" 2>&1) || bad "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $out"
+    ok "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $(tr '\n' ' ' <<<"$out")"
+    n=$((n + 1))
+  done
+  [ "$n" -ge 3 ] || bad "[token-leases] only $n API-object manifests in deploy/"
+  # For real: the ServiceAccounts and RBAC the servers and the agent below run with (the
+  # DaemonSet and Deployment stay inert: no kube-controller-manager, no kubelet).
+  out=$(kc apply -f "$ROOT/deploy/konnectivity-agent.yaml" -f "$ROOT/deploy/konnectivity-server-deployment.yaml" 2>&1) ||
+    bad "[token-leases] kubectl apply deploy/konnectivity-agent.yaml deploy/konnectivity-server-deployment.yaml: $out"
+}
+
+# token_kubeconfig FILE APISERVER_URL TOKEN_FILE
+token_kubeconfig() {
+  cat >"$1" <<EOK
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {server: "$2", certificate-authority: "$P/ca.crt"}
+users:
+- name: sa
+  user: {token: "$(cat "$3")"}
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: sa}
+current-context: e2e
+EOK
+}
+
+# start_token_server NAME ID AGENT_IP UDS HEALTH_PORT ADMIN_PORT KUBECONFIG: token authentication of
+# agents (TokenReview), lease controller; no --cluster-ca-cert (upstream forbids both).
+start_token_server() {
+  local n=$1 id=$2 ip=$3 uds=$4 hp=$5 ap=$6 kcfg=$7
+  : >"$L/$n.log"
+  start "$n" "$CP" "$RBIN/proxy-server" --mode=grpc --uds-name="$uds" --server-port=0 \
+    --cluster-cert="$P/proxy-server.crt" --cluster-key="$P/proxy-server.key" \
+    --agent-port=8091 --agent-bind-address="$ip" --health-port="$hp" --health-bind-address="$ip" \
+    --admin-port="$ap" --admin-bind-address=127.0.0.1 --server-id="$id" \
+    --agent-namespace=kube-system --agent-service-account=konnectivity-agent \
+    --authentication-audience=system:konnectivity-server \
+    --enable-lease-controller --kubeconfig="$kcfg"
+  wait_until "$n /healthz" 20 in_cp curl -sf "http://$ip:$hp/healthz"
+}
+
+# start_token_agent NAME AGENT_ID TOKEN_FILE HEALTH_PORT ADMIN_PORT HOSTS [FLAGS...]
+start_token_agent() {
+  local n=$1 id=$2 tok=$3 hp=$4 ap=$5 hosts=$6
+  shift 6
+  : >"$L/$n.log"
+  start "$n" "$NODE" "$RBIN/proxy-agent" --proxy-server-host="$hosts" --proxy-server-port=8091 \
+    --ca-cert="$P/ca.crt" --service-account-token-path="$tok" \
+    --agent-id="$id" --agent-identifiers="host=konn-node&ipv4=$NODE_IP" \
+    --health-server-port="$hp" --admin-server-port="$ap" --sync-interval=200ms --sync-interval-cap=1s \
+    --drain-timeout=1s "$@"
+}
+
+# agent_metric HEALTH_PORT NAME: the agent's gauge konnectivity_network_proxy_agent_NAME
+agent_metric() {
+  in_node curl -sf -m 5 "http://127.0.0.1:$1/metrics" |
+    awk -v n="konnectivity_network_proxy_agent_$2" '$1 == n {print $2}'
+}
+agent_metrics_are() { # HEALTH_PORT OPEN KNOWN
+  [ "$(agent_metric "$1" open_server_connections)" = "$2" ] && [ "$(agent_metric "$1" known_server_count)" = "$3" ]
+}
+server_leases() {
+  kc -n kube-system get leases -l k8s-app=konnectivity-server -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'
+}
+leases_are() { [ "$(server_leases)" = "$*" ] || [ "$(server_leases)" = "$* " ]; }
+
+# check_wrong_token NAME AGENT_ID TOKEN_FILE HEALTH_PORT ADMIN_PORT WHAT: the server refuses it.
+check_wrong_token() {
+  local n=$1 id=$2 tok=$3 hp=$4 ap=$5 what=$6 line code
+  start_token_agent "$n" "$id" "$tok" "$hp" "$ap" "$CP_IP"
+  wait_until "proxy-server to reject agent $id" 30 \
+    grep -q "rejected agent: authentication failed.*agent_id=$id" "$L/proxy-server.log"
+  line=$(grep "rejected agent: authentication failed.*agent_id=$id" "$L/proxy-server.log" | tail -1)
+  code=$(in_node curl -s -o /dev/null -w '%{http_code}' -m 5 "http://127.0.0.1:$hp/readyz" || true)
+  [ "$code" = 503 ] || bad "[token-leases] agent with $what: /readyz answers $code, want 503"
+  [ "$(agent_metric "$hp" open_server_connections)" = 0 ] || bad "[token-leases] agent with $what holds a server connection"
+  ! grep -qF "$(cat "$tok")" "$L/proxy-server.log" || bad "[token-leases] proxy-server logged the token"
+  ok "[token-leases] agent with $what is rejected (its /readyz 503): ${line#*rejected agent: }"
+  stop "$n"
+}
+
+# `konnectivity doctor agent` with the token agent's flags: both servers accept it; with
+# another ServiceAccount's token the connect finding carries the server's reason.
+check_doctor_tokens() {
+  local m=token-leases out rc=0 f
+  out=$(in_node timeout 60 "$RBIN/konnectivity" doctor agent --timeout=3s -- \
+    --proxy-server-host="$CP_IP,$CP_IP2" --proxy-server-port=8091 --ca-cert="$P/ca.crt" \
+    --service-account-token-path="$T/agent" --agent-id=konn-node-doctor \
+    --agent-identifiers="host=konn-node&ipv4=$NODE_IP" --count-server-leases --kubeconfig="$W/agent.kubeconfig" 2>&1) || rc=$?
+  [ "$rc" = 0 ] && [ -n "$(finding ok connect "$CP_IP:8091" "$out")" ] && [ -n "$(finding ok connect "$CP_IP2:8091" "$out")" ] ||
+    bad "[$m] konnectivity doctor agent with the agent's token (exit $rc): $out"
+  ok "[$m] konnectivity doctor agent with the agent's token: $(tail -1 <<<"$out"); $(finding ok token "$T/agent" "$out")"
+  rc=0
+  out=$(in_node timeout 60 "$RBIN/konnectivity" doctor agent --timeout=3s -- \
+    --proxy-server-host="$CP_IP" --proxy-server-port=8091 --ca-cert="$P/ca.crt" \
+    --service-account-token-path="$T/other-sa" --agent-id=konn-node-doctor \
+    --agent-identifiers="host=konn-node&ipv4=$NODE_IP" 2>&1) || rc=$?
+  f=$(finding '[a-z ]+' connect "$CP_IP:8091" "$out")
+  [ "$rc" = 1 ] && ! grep -q '^ok ' <<<"$f" && grep -qF 'Expected "konnectivity-agent"' <<<"$f" ||
+    bad "[$m] konnectivity doctor agent with another ServiceAccount's token (exit $rc): $out"
+  ok "[$m] konnectivity doctor agent with another ServiceAccount's token exits 1: ${f%% — *}"
+}
+
+token_leases() {
+  local m=token-leases out
+  say "── token-leases: agent ServiceAccount tokens (TokenReview), two proxy-servers with the lease controller, deploy/ manifests"
+  start_apiserver deploy
+  create_objects
+  check_deploy_manifests
+  T=$W/tokens # also read by check_doctor_tokens
+  mkdir -p "$T"
+  kc -n kube-system create token konnectivity-agent --audience=system:konnectivity-server >"$T/agent" ||
+    bad "[$m] kubectl create token konnectivity-agent"
+  # Tokens for kube-apiserver's own audience; and another ServiceAccount's for ours.
+  kc -n kube-system create token konnectivity-agent >"$T/agent-api" || bad "[$m] kubectl create token konnectivity-agent"
+  kc -n kube-system create token konnectivity-server >"$T/server-api" || bad "[$m] kubectl create token konnectivity-server"
+  kc -n kube-system create token default --audience=system:konnectivity-server >"$T/other-sa" ||
+    bad "[$m] kubectl create token default"
+  # Server a like deploy/konnectivity-server-static-pod.yaml (an admin kubeconfig); server b
+  # like deploy/konnectivity-server-deployment.yaml (its ServiceAccount and RBAC).
+  token_kubeconfig "$W/server-b.kubeconfig" https://127.0.0.1:6443 "$T/server-api"
+  # The agent lists Leases as its ServiceAccount (deploy/konnectivity-agent.yaml's Role),
+  # from the node namespace, through kube-apiserver's control-plane address.
+  token_kubeconfig "$W/agent.kubeconfig" "https://$CP_IP:6443" "$T/agent-api"
+
+  start_token_server proxy-server e2e-server-a "$CP_IP" "$UDS" 8092 8095 "$W/admin.kubeconfig"
+  start_token_server proxy-server-b e2e-server-b "$CP_IP2" "$W/konnectivity-server-b.socket" 8192 8195 "$W/server-b.kubeconfig"
+  local want="konnectivity-proxy-server-e2e-server-a konnectivity-proxy-server-e2e-server-b"
+  wait_until "both servers' Leases" 30 leases_are "$want"
+  ok "[$m] both proxy-servers publish Leases in kube-system (label k8s-app=konnectivity-server): $(server_leases)"
+
+  start_token_agent agent konn-node "$T/agent" 8093 8094 "$CP_IP,$CP_IP2" \
+    --count-server-leases --kubeconfig="$W/agent.kubeconfig"
+  wait_until "proxy-server /readyz (token-authenticated agent)" 30 in_cp curl -sf "http://$CP_IP:8092/readyz"
+  ! grep -q "rejected agent.*agent_id=konn-node " "$L/proxy-server.log" || bad "[$m] proxy-server rejected the agent's own token"
+  ok "[$m] the agent with its ServiceAccount token (audience system:konnectivity-server) is accepted: $(grep -m1 -o 'agent connected agent_id=konn-node .*' "$L/proxy-server.log")"
+  check_logs "$m"
+  ok "[$m] kube-apiserver runs on deploy/egress-selector-configuration.yaml (only udsName changed) and sends 'cluster' traffic (kubectl logs) through proxy-server"
+  wait_until "the agent connected to both servers" 30 agent_metrics_are 8093 2 2
+  in_cp curl -sf "http://$CP_IP2:8192/readyz" >/dev/null || bad "[$m] server b has no agent"
+  ok "[$m] agent (--count-server-leases, --proxy-server-host=$CP_IP,$CP_IP2): open_server_connections 2, known_server_count 2"
+
+  if [ "$DOCTOR" = 1 ]; then check_doctor_tokens; fi
+  check_wrong_token agent-wrong-audience konn-wrong-audience "$T/agent-api" 8183 8184 \
+    "its ServiceAccount's token for kube-apiserver's audience"
+  check_wrong_token agent-wrong-sa konn-wrong-sa "$T/other-sa" 8173 8174 \
+    "another ServiceAccount's token (kube-system/default)"
+
+  # A server that stops deletes its Lease; the agent then counts one server.
+  stop proxy-server-b
+  wait_until "server b's Lease to go" 30 leases_are konnectivity-proxy-server-e2e-server-a
+  wait_until "the agent to count one server" 30 agent_metrics_are 8093 1 1
+  ok "[$m] server b stopped: its Lease is deleted, the agent counts and holds 1 server"
+  check_logs "$m"
+
+  stop agent
+  stop proxy-server
+  stop kube-apiserver
+}
+
 # ───────────────────────────── the scenario ─────────────────────────────
-for mode in ${K8S_E2E_MODES:-grpc http-connect}; do
+for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases}; do
   case $mode in
     grpc) protocol=GRPC ;;
     http-connect) protocol=HTTPConnect ;;
+    token-leases) token_leases; continue ;;
     *) die "unknown mode $mode" ;;
   esac
   say "── egress 'cluster' = $protocol over UDS, proxy-server --mode=$mode"
@@ -538,13 +794,14 @@ for mode in ${K8S_E2E_MODES:-grpc http-connect}; do
   check_port_forward "$mode"
   check_webhook "$mode" service
   check_webhook "$mode" url
+  if [ "$DOCTOR" = 1 ]; then
+    if [ "$mode" = grpc ]; then check_doctor "$mode" agent; else check_doctor "$mode"; fi
+  fi
   check_agent_down "$mode"
   stop kube-apiserver
   stop agent
   stop proxy-server
 done
 
-PENDING+=("agent ServiceAccount token auth via TokenReview (not implemented in the binaries yet)"
-  "two proxy-servers with the lease controller (not implemented yet)"
-  "konnectivity doctor (not implemented yet)")
+[ "$DOCTOR" = 1 ] || PENDING+=("konnectivity doctor (no $RBIN/konnectivity with a doctor command)")
 for p in "${PENDING[@]}"; do say "pending: $p"; done
