@@ -121,6 +121,10 @@ pub struct BenchArgs {
     /// Exit with failure when a target is missed (not only when a check fails).
     #[arg(long)]
     pub strict: bool,
+    /// Per-connection flow-control window of the in-process tunnel (both directions),
+    /// for experiments; the processes use the binaries' default [default: 1MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub window: Option<u64>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -162,6 +166,7 @@ struct Cfg {
     agents: Vec<usize>,
     phases: Vec<Phase>,
     stall_size: u64,
+    window: u32,
     warmup_dials: usize,
     rtt_time_cap: Duration,
     scale_deadline: Duration,
@@ -221,6 +226,10 @@ impl Cfg {
             agents,
             phases,
             stall_size: (size / 4).max(MIB),
+            window: match a.window {
+                Some(w) => u32::try_from(w).context("--window must be below 4GiB")?,
+                None => konnectivity_core::flow::DEFAULT_WINDOW,
+            },
             warmup_dials: if smoke { 3 } else { 50 },
             rtt_time_cap: Duration::from_secs(if smoke { 10 } else { 60 }),
             scale_deadline: Duration::from_secs(if smoke { 30 } else { 120 }),
@@ -786,7 +795,11 @@ struct InProc {
     agent: tokio::task::JoinHandle<()>,
 }
 
-async fn start_inproc(pki: &Pki, dir: &Path) -> anyhow::Result<(InProc, Frontend, Frontend)> {
+async fn start_inproc(
+    pki: &Pki,
+    dir: &Path,
+    window: u32,
+) -> anyhow::Result<(InProc, Frontend, Frontend)> {
     let agent_l = TcpListener::bind("127.0.0.1:0").await?;
     let agent_port = agent_l.local_addr()?.port();
     let grpc_sock = dir.join("grpc.sock");
@@ -802,6 +815,7 @@ async fn start_inproc(pki: &Pki, dir: &Path) -> anyhow::Result<(InProc, Frontend
     let shutdown = CancellationToken::new();
     let shared = Shared::new(Settings {
         server_id: "bench-server".into(),
+        flow_window: Some(window),
         ..Settings::default()
     });
     let listeners = Listeners {
@@ -827,13 +841,15 @@ async fn start_inproc(pki: &Pki, dir: &Path) -> anyhow::Result<(InProc, Frontend
     ));
     let tls =
         konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
-    let agent = Agent::new(agent_settings(
+    let mut settings = agent_settings(
         agent_port,
         Arc::new(tls),
         "bench-node".into(),
         Duration::from_millis(200),
         Duration::from_secs(2),
-    ));
+    );
+    settings.hello.flow_window = Some(window);
+    let agent = Agent::new(settings);
     let agent = tokio::spawn(konnectivity_agent::run(
         agent,
         None,
@@ -1819,6 +1835,34 @@ async fn phase_memory(
             "rss_after_kib": { "server": busy_rss.0, "agent": busy_rss.1 },
         }),
     );
+    let proc_gbps = median(&rates);
+    let null_inproc = num(
+        &Value::Object(res.measurements.clone()),
+        &["bulk_1conn", "null_tls_gbps", "median"],
+    );
+    let grpc_inproc = num(
+        &Value::Object(res.measurements.clone()),
+        &["bulk_1conn", "grpc_uds_gbps", "median"],
+    );
+    res.rows.push(Row {
+        id: "bulk_1conn_processes",
+        label: format!(
+            "bulk 1 conn {} download, gRPC/UDS, separate processes",
+            human_bytes(n_bulk)
+        ),
+        value: format!("{proc_gbps:.2} Gbit/s"),
+        baseline: if null_inproc.is_finite() {
+            format!("null {null_inproc:.2} (in-process tunnel {grpc_inproc:.2})")
+        } else {
+            "—".into()
+        },
+        ratio: null_inproc.is_finite().then_some(proc_gbps / null_inproc),
+        target: "—".into(),
+        source: "info",
+        pass: None,
+        judged: proc_gbps,
+        unit: "Gbit/s",
+    });
     res.abs_row(
         "memory_per_conn",
         format!("RSS per idle tunneled conn, server+agent (0→{n})"),
@@ -2006,6 +2050,30 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The machine-wide `cpu` line of /proc/stat (jiffies per state).
+fn cpu_times() -> Vec<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Where the machine's CPU time went between two `cpu_times` readings, in percent.
+/// Steal is time the hypervisor gave to other guests: high steal means noisy numbers.
+fn cpu_split(a: &[u64], b: &[u64]) -> Value {
+    let d: Vec<u64> = a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x)).collect();
+    let total: u64 = d.iter().sum();
+    let pct = |i: usize| round(100.0 * *d.get(i).unwrap_or(&0) as f64 / total.max(1) as f64);
+    json!({ "user": pct(0) + pct(1), "system": pct(2) + pct(5) + pct(6), "idle": pct(3) + pct(4), "steal": pct(7) })
+}
+
 fn nofile_limit() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/limits").ok()?;
     let l = s.lines().find(|l| l.starts_with("Max open files"))?;
@@ -2084,6 +2152,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
+    let cpu0 = cpu_times();
     let tmp = TempDir::new()?;
     let dir = tmp.0.clone();
     let pki = konnectivity_testkit::pki::generate(&dir.join("pki"), &[])?;
@@ -2135,7 +2204,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
             }
         };
-        let (inproc, grpc, connect) = start_inproc(&pki, &dir).await?;
+        let (inproc, grpc, connect) = start_inproc(&pki, &dir, cfg.window).await?;
         let world = Arc::new(World {
             source: target(source).await?,
             sink: target(sink).await?,
@@ -2181,6 +2250,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .context("scale")?;
     }
 
+    let cpu = cpu_split(&cpu0, &cpu_times());
     let targets: Vec<Value> = res
         .rows
         .iter()
@@ -2202,16 +2272,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "rtt_samples": cfg.rtt_samples, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
             "agents": cfg.agents, "stall_bytes": cfg.stall_size,
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
-            "flow_window": konnectivity_core::flow::DEFAULT_WINDOW,
+            "flow_window_in_process": cfg.window,
+            "flow_window_processes": konnectivity_core::flow::DEFAULT_WINDOW,
             "null_tunnel": "client → relay S → (TLS 1.3 with the agent link's rustls configs, full handshake per connection | plain TCP) → relay A → backend; copy_bidirectional_with_sizes 64 KiB; same process and runtime as the in-process tunnel",
         },
         "measurements": Value::Object(res.measurements.clone()),
         "targets": targets,
         "elapsed_seconds": round(started.elapsed().as_secs_f64()),
+        "cpu_percent_during_run": cpu,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)? + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
-    print_table(&res, mode, started.elapsed(), &args.out);
+    print_table(&res, mode, started.elapsed(), &args.out, &cpu);
     let missed: Vec<&str> = res
         .rows
         .iter()
@@ -2224,7 +2296,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(res: &Results, mode: &str, took: Duration, out: &Path) {
+fn print_table(res: &Results, mode: &str, took: Duration, out: &Path, cpu: &Value) {
     let m = machine();
     println!(
         "\nkonnectivity bench ({mode}, {} build) — {} CPUs ({}), {}, kernel {}",
@@ -2265,6 +2337,7 @@ fn print_table(res: &Results, mode: &str, took: Duration, out: &Path) {
             (Some(true), _) => "ok",
             (Some(false), "issue") => "MISSED",
             (Some(false), _) => "missed (research)",
+            (None, "info") => "info",
             (None, _) => "n/a",
         };
         let target = if r.source == "research" {
@@ -2279,9 +2352,18 @@ fn print_table(res: &Results, mode: &str, took: Duration, out: &Path) {
     }
     println!(
         "Throughput in Gbit/s (10^9 bit/s), medians; baselines measured in the same run. \"null\" = null tunnel \
-         (TLS middle hop for throughput and RTT, plain middle hop for dials). * = target from perf-anchors §5.4, informational."
+         (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with. * = target from perf-anchors §5.4, informational."
     );
-    println!("Took {:.0?}. Results: {}", took, out.display());
+    println!(
+        "Took {:.0?}; machine CPU during the run: user {}%, system {}%, idle {}%, steal {}% \
+         (steal = taken by other guests of the host; above a few % the numbers are noisy). Results: {}",
+        took,
+        cpu["user"],
+        cpu["system"],
+        cpu["idle"],
+        cpu["steal"],
+        out.display()
+    );
 }
 
 /// A temporary directory removed on drop.
