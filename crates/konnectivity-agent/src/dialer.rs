@@ -13,7 +13,11 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a TCP connection to `address` (`host:port`). Names resolve on the node.
 /// Resolved addresses the `policy` denies are not dialed.
-pub async fn dial(address: &str, timeout: Duration, policy: &DestinationPolicy) -> Result<TcpStream, (String, DialFailure)> {
+pub async fn dial(
+    address: &str,
+    timeout: Duration,
+    policy: &DestinationPolicy,
+) -> Result<TcpStream, (String, DialFailure)> {
     let Some((host, _port)) = address.rsplit_once(':') else {
         return Err((bad_address_text(address), DialFailure::Unknown));
     };
@@ -66,7 +70,9 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let (text, why) = dial(&addr, DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap_err();
+        let (text, why) = dial(&addr, DIAL_TIMEOUT, &DestinationPolicy::default())
+            .await
+            .unwrap_err();
         assert_eq!(
             text,
             format!("dial tcp {addr}: connect: connection refused")
@@ -76,9 +82,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_name_reports_no_such_host() {
-        let (text, _) = dial("thisdefinitelydoesnotexist.invalid:80", DIAL_TIMEOUT, &DestinationPolicy::default())
-            .await
-            .unwrap_err();
+        let (text, _) = dial(
+            "thisdefinitelydoesnotexist.invalid:80",
+            DIAL_TIMEOUT,
+            &DestinationPolicy::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(text.contains("no such host"), "{text}");
     }
 
@@ -87,14 +97,31 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let (text, _) = dial(&format!("localhost:{}", addr.port()), DIAL_TIMEOUT, &only_10).await.unwrap_err();
-        assert!(text.contains("denied by the agent's destination policy"), "{text}");
-        dial(&addr.to_string(), DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap();
+        let (text, _) = dial(
+            &format!("localhost:{}", addr.port()),
+            DIAL_TIMEOUT,
+            &only_10,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            text.contains("denied by the agent's destination policy"),
+            "{text}"
+        );
+        dial(
+            &addr.to_string(),
+            DIAL_TIMEOUT,
+            &DestinationPolicy::default(),
+        )
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
     async fn an_address_without_port_is_rejected() {
-        let (text, _) = dial("nohost", DIAL_TIMEOUT, &DestinationPolicy::default()).await.unwrap_err();
+        let (text, _) = dial("nohost", DIAL_TIMEOUT, &DestinationPolicy::default())
+            .await
+            .unwrap_err();
         assert!(text.contains("missing port"), "{text}");
     }
 }

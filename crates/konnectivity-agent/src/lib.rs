@@ -124,7 +124,11 @@ impl Agent {
             None => response,
             Some(l) => {
                 let leases = self.lease_count.load(Ordering::Acquire) as usize;
-                if l.use_max { leases.max(response) } else { leases }
+                if l.use_max {
+                    leases.max(response)
+                } else {
+                    leases
+                }
             }
         };
         n.max(1)
@@ -133,11 +137,15 @@ impl Agent {
     /// Re-counts server leases every [`LEASE_RECOUNT`] until `stop`; a failed count
     /// keeps the last good value.
     pub async fn count_leases(self: Arc<Self>, stop: CancellationToken) {
-        let Some(l) = self.settings.leases.clone() else { return };
+        let Some(l) = self.settings.leases.clone() else {
+            return;
+        };
         loop {
             match l.counter.count().await {
                 Ok(n) => self.lease_count.store(n as u64, Ordering::Release),
-                Err(e) => warn!(error = %e, "counting server leases failed; keeping the last count"),
+                Err(e) => {
+                    warn!(error = %e, "counting server leases failed; keeping the last count")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(LEASE_RECOUNT) => {}
@@ -195,23 +203,36 @@ impl Agent {
                         return false;
                     }
                     servers.insert(id.clone(), (serial, st.tx.clone()));
-                    self.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                    self.metrics
+                        .open_server_connections
+                        .store(servers.len() as i64, Ordering::Relaxed);
                 }
                 lock(&self.addr_owner).insert(addr, id.clone());
-                self.last_count.store(u64::from(st.server_count), Ordering::Release);
+                self.last_count
+                    .store(u64::from(st.server_count), Ordering::Release);
                 info!(server_id = %id, host, %addr, server_count = st.server_count, flow_control = st.peer_window.is_some(), "connected to proxy-server");
                 if self.draining.load(Ordering::Acquire) {
                     let _ = st.tx.control(packet::drain());
                 }
                 let agent = self.clone();
                 tokio::spawn(async move {
-                    stream::serve(st, agent.settings.hello.flow_window, agent.settings.max_chunk, agent.settings.policy.clone(), agent.metrics.clone()).await;
+                    stream::serve(
+                        st,
+                        agent.settings.hello.flow_window,
+                        agent.settings.max_chunk,
+                        agent.settings.policy.clone(),
+                        agent.metrics.clone(),
+                    )
+                    .await;
                     let mut servers = lock(&agent.servers);
                     if servers.get(&id).is_some_and(|(s, _)| *s == serial) {
                         servers.remove(&id);
                         info!(server_id = %id, "disconnected from proxy-server");
                     }
-                    agent.metrics.open_server_connections.store(servers.len() as i64, Ordering::Relaxed);
+                    agent
+                        .metrics
+                        .open_server_connections
+                        .store(servers.len() as i64, Ordering::Relaxed);
                 });
                 false
             }
@@ -225,7 +246,11 @@ impl Agent {
     /// Picks the next address to dial: addresses whose last known server is not
     /// connected (or unknown) first, round-robin; otherwise any, round-robin (a load
     /// balancer may send the next attempt to another server).
-    fn pick(&self, targets: &[(String, SocketAddr)], next: &mut usize) -> Option<(String, SocketAddr)> {
+    fn pick(
+        &self,
+        targets: &[(String, SocketAddr)],
+        next: &mut usize,
+    ) -> Option<(String, SocketAddr)> {
         if targets.is_empty() {
             return None;
         }
@@ -255,7 +280,9 @@ impl Agent {
             let mut failed = false;
             if !self.draining.load(Ordering::Acquire) {
                 let want = self.server_count();
-                self.metrics.known_server_count.store(want as i64, Ordering::Relaxed);
+                self.metrics
+                    .known_server_count
+                    .store(want as i64, Ordering::Relaxed);
                 if s.sync_forever || self.connected() < want {
                     let targets = self.targets().await;
                     match self.pick(&targets, &mut next) {
@@ -300,11 +327,16 @@ pub fn health_router(a: Arc<Agent>) -> Router {
             if connected > 0 {
                 if verbose {
                     let count = if connected < want {
-                        format!("[+]server-count degraded: connected to {connected} of {want} servers\n")
+                        format!(
+                            "[+]server-count degraded: connected to {connected} of {want} servers\n"
+                        )
                     } else {
                         String::new()
                     };
-                    Reply::text(200, format!("[+]ping ok\n[+]server-connected ok\n{count}check passed\n"))
+                    Reply::text(
+                        200,
+                        format!("[+]ping ok\n[+]server-connected ok\n{count}check passed\n"),
+                    )
                 } else {
                     Reply::text(200, "ok")
                 }
@@ -315,7 +347,9 @@ pub fn health_router(a: Arc<Agent>) -> Router {
                 )
             }
         }
-        "/metrics" => Reply::metrics(a.metrics.render() + &a.metrics.render_extra(a.connected(), a.server_count())),
+        "/metrics" => Reply::metrics(
+            a.metrics.render() + &a.metrics.render_extra(a.connected(), a.server_count()),
+        ),
         _ => Reply::not_found(),
     })
 }

@@ -9,7 +9,6 @@ use konnectivity_tunnel::process;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-
 fn main() -> ExitCode {
     let opts = match AgentOptions::parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -103,8 +102,15 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
     if o.count_server_leases {
         let client = konnectivity_k8s::connect(&o.kubeconfig).await?;
         settings.leases = Some(konnectivity_agent::LeaseCounting {
-            counter: konnectivity_k8s::lease::LeaseCounter::new(client, &o.lease_namespace, &o.lease_label_selector.to_string()),
-            use_max: matches!(o.server_count_source()?, konnectivity_config::ServerCountSource::Max),
+            counter: konnectivity_k8s::lease::LeaseCounter::new(
+                client,
+                &o.lease_namespace,
+                &o.lease_label_selector.to_string(),
+            ),
+            use_max: matches!(
+                o.server_count_source()?,
+                konnectivity_config::ServerCountSource::Max
+            ),
         });
     }
     if settings.hosts.is_empty() {

@@ -12,20 +12,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
-use konnectivity_proto::agent_service_client::AgentServiceClient;
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
 use konnectivity_tunnel::credit::Credit;
-use konnectivity_tunnel::outbound::{self, StreamTx};
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
+use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
+use konnectivity_tunnel::paced::{self, PacedIo};
 use konnectivity_tunnel::queue::{Budget, ConnQueue, conn_queue};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tokio::net::TcpStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Endpoint, Uri};
-use tonic::{Request, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::dialer;
@@ -79,7 +78,7 @@ pub struct ServerStream {
     pub peer_window: Option<u32>,
     /// Sends to the server.
     pub tx: StreamTx,
-    inbound: Streaming<Packet>,
+    inbound: PacketReader<hyper::body::Incoming>,
 }
 
 /// Connects to `host:port` with TLS and opens the Connect stream.
@@ -102,6 +101,7 @@ pub async fn open(
         .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "i/o timeout")))?
         .map_err(err)?;
     let _ = tcp.set_nodelay(true);
+    let _ = paced::set_notsent_lowat(&tcp, paced::NOTSENT_LOWAT);
     let name = ServerName::try_from(
         host.trim_start_matches('[')
             .trim_end_matches(']')
@@ -121,43 +121,69 @@ pub async fn open(
     })?
     .map_err(err)?;
 
-    // One TCP connection per stream, as upstream: the connector hands over the
-    // already-connected TLS stream once and refuses to reconnect.
-    let slot = Arc::new(Mutex::new(Some(tls_stream)));
-    let connector = tower::service_fn(move |_: Uri| {
-        let io = lock(&slot).take();
-        async move {
-            io.map(hyper_util::rt::TokioIo::new).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotConnected, "connection to server closed")
-            })
-        }
-    });
+    // One TCP connection per stream, as upstream. HTTP/2 directly (hyper), so that
+    // the stream's bodies are ours: no codec copies DATA payloads (see
+    // `konnectivity_tunnel::grpc`).
+    let pacer = Pacer::new(paced::PACER_LIMIT);
+    let io = TokioIo::new(PacedIo::new(tls_stream, pacer.clone()));
     let grpc_err = |reason: String| OpenError::Grpc {
         target: target.clone(),
         reason,
     };
-    let channel = Endpoint::from_shared(format!("http://{target}"))
-        .map_err(|e| grpc_err(e.to_string()))?
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
-        .http2_keep_alive_interval(keepalive)
+        .max_frame_size(256 * 1024)
+        .keep_alive_interval(keepalive)
         .keep_alive_timeout(keepalive.min(Duration::from_secs(20)))
         .keep_alive_while_idle(true)
-        .connect_with_connector(connector)
+        .handshake::<_, PacketBody>(io)
         .await
         .map_err(|e| grpc_err(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "connection to server ended");
+        }
+    });
 
-    let (tx, out) = outbound::channel();
-    let mut req = Request::new(out);
-    add_hello(req.metadata_mut(), hello).map_err(|reason| grpc_err(reason))?;
-    let mut client = AgentServiceClient::new(channel)
-        .max_decoding_message_size(4 << 20)
-        .max_encoding_message_size(usize::MAX);
-    let rsp = client
-        .connect(req)
+    let (tx, out) = outbound::channel_with(None, Some(pacer));
+    let mut md = tonic::metadata::MetadataMap::new();
+    add_hello(&mut md, hello).map_err(|reason| grpc_err(reason))?;
+    let mut req = http::Request::new(PacketBody::request(out));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = format!("http://{target}{}", konnectivity_proto::CONNECT_PATH)
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| grpc_err(e.to_string()))?;
+    let headers = req.headers_mut();
+    *headers = md.into_headers();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!(
+            "konnectivity-rs-agent/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    );
+    let rsp = send
+        .send_request(req)
         .await
-        .map_err(|s| grpc_err(s.message().to_owned()))?;
-    let md = rsp.metadata();
+        .map_err(|e| grpc_err(e.to_string()))?;
+    drop(send);
+    let (parts, body) = rsp.into_parts();
+    if let Some((code, message)) = status_of(&parts.headers)
+        && code != 0
+    {
+        return Err(grpc_err(message));
+    }
+    if parts.status != http::StatusCode::OK {
+        return Err(grpc_err(format!("unexpected HTTP status {}", parts.status)));
+    }
+    let md = tonic::metadata::MetadataMap::from_headers(parts.headers);
     let ids: Vec<_> = md
         .get_all(metadata::SERVER_ID)
         .iter()
@@ -195,7 +221,7 @@ pub async fn open(
         server_count,
         peer_window,
         tx,
-        inbound: rsp.into_inner(),
+        inbound: PacketReader::new(body, 4 << 20),
     })
 }
 
@@ -279,16 +305,16 @@ pub async fn serve(
     });
     loop {
         let next = tokio::select! {
-            m = inbound.next() => m,
+            m = inbound.message() => m,
             _ = tx.closed() => break,
         };
         match next {
-            Some(Ok(p)) => dispatch(&st, p),
-            Some(Err(status)) => {
-                warn!(server_id = %st.server_id, error = %status.message(), "stream to server failed");
+            Ok(Some(p)) => dispatch(&st, p),
+            Err(e) => {
+                warn!(server_id = %st.server_id, error = %e, "stream to server failed");
                 break;
             }
-            None => {
+            Ok(None) => {
                 info!(server_id = %st.server_id, "server closed the stream");
                 break;
             }

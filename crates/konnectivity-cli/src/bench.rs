@@ -15,10 +15,23 @@
 //!   the agent link's own rustls configurations — a full handshake per connection — or
 //!   plain TCP; relays copy with `copy_bidirectional_with_sizes`, 64 KiB buffers, no
 //!   framing). The null tunnel has the tunnel's hops and crypto and nothing else.
-//! * **Separate processes** (memory): the real `proxy-server` and `proxy-agent`
-//!   binaries from the directory of this executable, so that their resident memory can
-//!   be read from `/proc/<pid>/status`. The idle connections' echo backend runs in a
-//!   helper process (`konnectivity bench-backend`) to keep file descriptors apart.
+//! * **Separate processes** (memory, latency beside bulk): the real `proxy-server`
+//!   and `proxy-agent` binaries from the directory of this executable.
+//!   - Memory: their resident memory is read from `/proc/<pid>/status`. The idle
+//!     connections' echo backend runs in a helper process (`konnectivity
+//!     bench-backend`) to keep file descriptors apart.
+//!   - Latency (`rtt`, besides the in-process figures): under saturation the
+//!     in-process numbers measure this process's tokio scheduling (a task copying
+//!     64 KiB runs for milliseconds per poll, even in the null tunnel), not the
+//!     tunnel's head-of-line blocking. So the 1-byte round trips are also measured
+//!     the way they happen in a deployment: two proxy-server processes (gRPC and
+//!     HTTP-CONNECT frontend, each on a UNIX socket), each with its own proxy-agent
+//!     process, and the null tunnel (TLS middle hop) in a process of its own
+//!     (`konnectivity bench-null`), each carrying the bulk download and the round
+//!     trips on its one runtime. The measuring client runs on a dedicated OS thread
+//!     with a current-thread runtime, the echo backend on dedicated OS threads with
+//!     blocking sockets; only the bulk source and its reader share this process's
+//!     multi-thread runtime.
 //! * **Scale**: one `proxy-server` process and N agents run as tasks inside this
 //!   process (the agent library, each with its own agent ID and TCP/TLS connection, TLS
 //!   session resumption off so every agent pays a full handshake like a cold node).
@@ -69,7 +82,8 @@ pub enum Phase {
     Parallel,
     /// Connection set-up: dial + first byte.
     Dial,
-    /// Interactive 1-byte round trips, alone and beside a bulk transfer.
+    /// Interactive 1-byte round trips, alone and beside a bulk transfer: in-process,
+    /// and through separate proxy-server, proxy-agent and null-tunnel processes.
     Rtt,
     /// A healthy connection beside one whose reader stopped.
     Stalled,
@@ -404,6 +418,69 @@ async fn null_tunnel(target: SocketAddr, tls: Option<Arc<NullTls>>) -> anyhow::R
     Ok(s_addr)
 }
 
+/// The null tunnel's TLS from the agent link's configurations: the server
+/// certificate on relay A, the agent's client certificate on relay S.
+fn null_tls(
+    ca: &Path,
+    server_cert: &Path,
+    server_key: &Path,
+    agent_cert: &Path,
+    agent_key: &Path,
+) -> anyhow::Result<Arc<NullTls>> {
+    let mut client = konnectivity_tls::agent_client(ca, Some((agent_cert, agent_key)), &[])?;
+    // A full handshake per tunneled connection (perf-anchors §4.4).
+    client.resumption = rustls::client::Resumption::disabled();
+    let server: ServerConfig =
+        konnectivity_tls::agent_listener(server_cert, server_key, Some(ca), Default::default())?;
+    Ok(Arc::new(NullTls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+    }))
+}
+
+/// `konnectivity bench-null` flags (internal).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NullArgs {
+    /// Backend address; one null tunnel (TLS middle hop) per --target.
+    #[arg(long, required = true)]
+    target: Vec<SocketAddr>,
+    /// CA of the middle hop's certificates.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Relay A's (server) certificate.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Relay S's (client) certificate.
+    #[arg(long)]
+    client_cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    client_key: PathBuf,
+}
+
+/// `konnectivity bench-null`: the null tunnel in a process of its own (relays on this
+/// process's multi-thread runtime, like proxy-server's and proxy-agent's). Prints the
+/// entrance of each target's tunnel, one per line in --target order, and runs until
+/// standard input closes.
+pub async fn null_helper(a: NullArgs) -> anyhow::Result<()> {
+    let tls = null_tls(&a.ca, &a.cert, &a.key, &a.client_cert, &a.client_key)?;
+    let mut out = std::io::stdout();
+    for t in &a.target {
+        let entrance = null_tunnel(*t, Some(tls.clone()))
+            .await
+            .with_context(|| format!("null tunnel to {t}"))?;
+        writeln!(out, "{entrance}")?;
+    }
+    out.flush()?;
+    let mut stdin = tokio::io::stdin();
+    let mut b = [0u8; 64];
+    while stdin.read(&mut b).await? > 0 {}
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 // The paths a client can take to a backend
 // ---------------------------------------------------------------------------------
@@ -456,26 +533,32 @@ async fn tcp(addr: SocketAddr) -> anyhow::Result<BoxIo> {
     Ok(Box::new(s))
 }
 
+/// `addr` through a gRPC frontend (one Proxy stream on its own HTTP/2 connection).
+async fn grpc(f: &Frontend, addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    Ok(Box::new(
+        konnectivity_client::grpc_dial(f, &addr.to_string(), DIAL).await?,
+    ))
+}
+
+/// `addr` through an HTTP-CONNECT frontend.
+async fn connect(f: &Frontend, addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    let (io, rest) = konnectivity_client::connect_dial(f, &addr.to_string(), DIAL).await?;
+    ensure!(
+        rest.is_empty(),
+        "unexpected bytes after the CONNECT response"
+    );
+    Ok(std::pin::Pin::into_inner(io))
+}
+
 impl World {
     async fn open(&self, p: PathKind, t: &Target) -> anyhow::Result<BoxIo> {
-        let addr = t.addr.to_string();
-        Ok(match p {
-            PathKind::Direct => tcp(t.addr).await?,
-            PathKind::NullPlain => tcp(t.null_plain).await?,
-            PathKind::NullTls => tcp(t.null_tls).await?,
-            PathKind::Grpc => {
-                Box::new(konnectivity_client::grpc_dial(&self.grpc, &addr, DIAL).await?)
-            }
-            PathKind::Connect => {
-                let (io, rest) =
-                    konnectivity_client::connect_dial(&self.connect, &addr, DIAL).await?;
-                ensure!(
-                    rest.is_empty(),
-                    "unexpected bytes after the CONNECT response"
-                );
-                std::pin::Pin::into_inner(io)
-            }
-        })
+        match p {
+            PathKind::Direct => tcp(t.addr).await,
+            PathKind::NullPlain => tcp(t.null_plain).await,
+            PathKind::NullTls => tcp(t.null_tls).await,
+            PathKind::Grpc => grpc(&self.grpc, t.addr).await,
+            PathKind::Connect => connect(&self.connect, t.addr).await,
+        }
     }
 }
 
@@ -626,6 +709,52 @@ async fn stream_until(
         moved.fetch_add(k as u64, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A continuous download ([`stream_until`]) on this runtime: the load beside the
+/// round trips.
+struct Background {
+    stop: Arc<AtomicBool>,
+    moved: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Background {
+    /// Starts reading from `io`, a source connection, and returns once 8 MiB have
+    /// arrived: the transfer is really running.
+    async fn start(io: BoxIo, what: &str) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let moved = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(stream_until(io, 1 << 40, stop.clone(), moved.clone()));
+        let t = Instant::now();
+        while moved.load(Ordering::Relaxed) < 8 * MIB {
+            if task.is_finished() || t.elapsed() > STEP {
+                stop.store(true, Ordering::Relaxed);
+                let r = tokio::time::timeout(STEP, task).await;
+                bail!(
+                    "background transfer via {what} did not start: {:?}",
+                    r.map(|r| r.map(|r| r.err()))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Self { stop, moved, task })
+    }
+
+    /// Bytes received and checked so far.
+    fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    /// Stops the transfer; fails if it broke (wrong bytes, stall, early end).
+    async fn finish(self, what: &str) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(STEP, self.task)
+            .await
+            .context("background transfer did not stop")?
+            .context("background transfer task")?
+            .with_context(|| format!("background transfer via {what}"))
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1198,38 +1327,17 @@ async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> anyhow::Resu
     }
     let mut loaded = serde_json::Map::new();
     for p in [NullTls, Grpc, Connect] {
-        let stop = Arc::new(AtomicBool::new(false));
-        let moved = Arc::new(AtomicU64::new(0));
-        let bulk_io = w.open(p, &w.source).await?;
-        let bulk = tokio::spawn(stream_until(bulk_io, 1 << 40, stop.clone(), moved.clone()));
-        // Wait until the background transfer is really running.
-        let t = Instant::now();
-        while moved.load(Ordering::Relaxed) < 8 * MIB {
-            if bulk.is_finished() || t.elapsed() > STEP {
-                stop.store(true, Ordering::Relaxed);
-                let r = bulk.await;
-                bail!(
-                    "background transfer via {} did not start: {:?}",
-                    p.key(),
-                    r.map(|r| r.err())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let bulk = Background::start(w.open(p, &w.source).await?, p.key()).await?;
         let mut io = w.open(p, &w.echo).await?;
-        let before = moved.load(Ordering::Relaxed);
+        let before = bulk.moved();
         let t0 = Instant::now();
         let r = round_trips(&mut io, cfg.rtt_samples, warm, cfg.rtt_time_cap).await;
         let window = t0.elapsed();
-        let during = moved.load(Ordering::Relaxed) - before;
-        stop.store(true, Ordering::Relaxed);
-        let b = tokio::time::timeout(STEP, bulk)
-            .await
-            .context("background transfer did not stop")?;
+        let during = bulk.moved() - before;
+        let b = bulk.finish(p.key()).await;
         let mut s =
             r.with_context(|| format!("round trips beside a bulk transfer via {}", p.key()))?;
-        b.context("background transfer task")?
-            .with_context(|| format!("background transfer via {}", p.key()))?;
+        b?;
         ensure!(!s.is_empty(), "no round trip completed via {}", p.key());
         let mut l = latency(&mut s);
         l["background_gbps"] = json!(round(gbps(during, window)));
@@ -1255,7 +1363,7 @@ async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> anyhow::Resu
     res.measurements.insert(
         "rtt_under_load".into(),
         json!({
-            "what": "the same round trips while another connection of the same path (same agent) downloads continuously",
+            "what": "the same round trips while another connection of the same path (same agent) downloads continuously, all in this process on one multi-thread runtime: under saturation this measures the runtime's scheduling (the null tunnel too), see rtt_under_load_processes for the deployment-like figure",
             "paths": loaded,
         }),
     );
@@ -1274,20 +1382,22 @@ async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> anyhow::Resu
         "research",
     );
     let g99 = num(&l, &["grpc_uds", "p99_us"]);
-    res.abs_row(
-        "rtt_p99_loaded",
-        "1-byte RTT p99 beside bulk, gRPC/UDS".into(),
-        format!(
-            "{g99:.0} µs (null {:.0}, CONNECT {:.0})",
-            num(&l, &["null_tls", "p99_us"]),
+    let n99 = num(&l, &["null_tls", "p99_us"]);
+    res.rows.push(Row {
+        id: "rtt_p99_loaded_inproc",
+        label: "1-byte RTT p99 beside bulk, gRPC/UDS, in-process".into(),
+        value: format!("{g99:.0} µs"),
+        baseline: format!(
+            "null {n99:.0}, CONNECT {:.0}",
             num(&l, &["http_connect_uds", "p99_us"])
         ),
-        g99,
-        1000.0,
-        "≤ 1 ms".into(),
-        "µs",
-        "issue",
-    );
+        ratio: Some(g99 / n99),
+        target: "—".into(),
+        source: "info",
+        pass: None,
+        judged: g99,
+        unit: "µs",
+    });
     Ok(())
 }
 
@@ -1429,46 +1539,63 @@ impl Drop for Proc {
     }
 }
 
-/// The echo backend in a helper process (`konnectivity bench-backend`).
+/// A helper process running this executable (`konnectivity bench-backend`, the echo
+/// backend; `konnectivity bench-null`, the null tunnel): it prints one address per
+/// line and runs until its standard input closes.
 struct Helper {
     child: Child,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
 }
 
 impl Helper {
-    fn start() -> anyhow::Result<Self> {
+    /// Runs `konnectivity ARGS` and reads the `lines` addresses it prints.
+    fn start(args: &[String], lines: usize) -> anyhow::Result<Self> {
+        let name = args.first().map_or("helper", String::as_str).to_owned();
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .arg("bench-backend")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting the bench-backend helper")?;
+            .with_context(|| format!("starting the {name} helper"))?;
+        let pid = child.id();
         let out = child.stdout.take().context("helper stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut out = BufReader::new(out);
+            for _ in 0..lines {
+                let mut line = String::new();
+                if !matches!(out.read_line(&mut line), Ok(n) if n > 0) {
+                    break;
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the bench-backend helper did not start");
-            }
+        // Killed by Drop (its own PID) on any error below.
+        let mut h = Self {
+            child,
+            addrs: Vec::with_capacity(lines),
         };
-        let addr = match line.trim().parse() {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the bench-backend helper printed {line:?}");
-            }
-        };
-        Ok(Self { child, addr })
+        let t = Instant::now();
+        while h.addrs.len() < lines {
+            let left = Duration::from_secs(20).saturating_sub(t.elapsed());
+            let Ok(line) = rx.recv_timeout(left) else {
+                bail!("the {name} helper (pid {pid}) did not start");
+            };
+            let addr = line
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("the {name} helper printed {line:?}"))?;
+            h.addrs.push(addr);
+        }
+        Ok(h)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -1636,8 +1763,11 @@ struct ServerProc {
     uds: PathBuf,
 }
 
+/// A proxy-server process with its frontend (`mode`: `grpc` or `http-connect`) on a
+/// UNIX socket in `dir`; returns once /healthz answers.
 async fn start_server_proc(
     name: &str,
+    mode: &str,
     bin_dir: &Path,
     pki: &Pki,
     dir: &Path,
@@ -1647,7 +1777,7 @@ async fn start_server_proc(
     let _ = std::fs::remove_file(&uds);
     let p = |x: &Path| x.display().to_string();
     let args = vec![
-        "--mode=grpc".into(),
+        format!("--mode={mode}"),
         format!("--uds-name={}", p(&uds)),
         "--server-port=0".into(),
         format!("--cluster-cert={}", p(&pki.server_cert)),
@@ -1675,6 +1805,362 @@ async fn start_server_proc(
     })
 }
 
+/// A proxy-server process (`NAME-server`) and one proxy-agent process (`NAME-agent`)
+/// connected to it.
+struct TunnelProcs {
+    server: ServerProc,
+    agent: Proc,
+}
+
+impl TunnelProcs {
+    /// Starts both; returns once the server reports the agent ready (/readyz).
+    async fn start(
+        name: &str,
+        mode: &str,
+        bin_dir: &Path,
+        pki: &Pki,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut server =
+            start_server_proc(&format!("{name}-server"), mode, bin_dir, pki, dir).await?;
+        let p = |x: &Path| x.display().to_string();
+        let args = vec![
+            format!("--ca-cert={}", p(&pki.ca)),
+            format!("--agent-cert={}", p(&pki.agent_cert)),
+            format!("--agent-key={}", p(&pki.agent_key)),
+            "--proxy-server-host=127.0.0.1".into(),
+            format!("--proxy-server-port={}", server.agent_port),
+            format!("--health-server-port={}", free_port()),
+            format!("--admin-server-port={}", free_port()),
+            "--agent-id=bench-node".into(),
+        ];
+        let mut agent = Proc::spawn(
+            &format!("{name}-agent"),
+            &bin(bin_dir, "proxy-agent")?,
+            &args,
+            dir,
+        )?;
+        if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
+            agent.alive()?;
+            server.proc.alive()?;
+            return Err(e);
+        }
+        Ok(Self { server, agent })
+    }
+
+    fn frontend(&self) -> Frontend {
+        Frontend::Uds(self.server.uds.clone())
+    }
+
+    /// Fails (with the log's tail) if either process exited.
+    fn alive(&mut self) -> anyhow::Result<()> {
+        self.server.proc.alive()?;
+        self.agent.alive()
+    }
+}
+
+/// Where a connection of the separate-process latency test goes: straight to an
+/// address (a backend, or a null-tunnel entrance), or through a proxy-server frontend
+/// to a backend.
+#[derive(Clone)]
+enum Hop {
+    Tcp(SocketAddr),
+    Grpc(Frontend, SocketAddr),
+    Connect(Frontend, SocketAddr),
+}
+
+impl Hop {
+    async fn open(&self) -> anyhow::Result<BoxIo> {
+        match self {
+            Hop::Tcp(a) => tcp(*a).await,
+            Hop::Grpc(f, a) => grpc(f, *a).await,
+            Hop::Connect(f, a) => connect(f, *a).await,
+        }
+    }
+}
+
+/// The echo backend on dedicated OS threads with blocking sockets (one accepting,
+/// one per connection): echoing never waits for a runtime the load keeps busy.
+/// Stops accepting when dropped; a connection's thread ends at its EOF.
+struct EchoThreads {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoThreads {
+    fn start() -> anyhow::Result<Self> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding the echo backend")?;
+        let addr = l.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("bench-echo".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match s {
+                        Ok(s) => {
+                            let _ = std::thread::Builder::new()
+                                .name("bench-echo-conn".into())
+                                .spawn(move || echo_blocking(s));
+                        }
+                        // e.g. a connection reset before accept(): keep serving.
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .context("starting the echo backend thread")?;
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for EchoThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accepting thread, which then sees `stop`.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn echo_blocking(mut s: std::net::TcpStream) {
+    let _ = s.set_nodelay(true);
+    // Bounded: a connection silent this long is abandoned.
+    let _ = s.set_read_timeout(Some(2 * STEP));
+    let mut b = [0u8; 4096];
+    while let Ok(k) = s.read(&mut b) {
+        if k == 0 || s.write_all(&b[..k]).is_err() {
+            return;
+        }
+    }
+}
+
+/// [`round_trips`] on a new connection through `hop`, from a dedicated OS thread with
+/// its own current-thread runtime: the measuring client never waits behind the load
+/// generators' tasks on this process's runtime.
+async fn round_trips_on_thread(
+    hop: Hop,
+    n: usize,
+    warmup: usize,
+    cap: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-rtt".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the round-trip thread's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let mut io = hop.open().await?;
+                        let s = round_trips(&mut io, n, warmup, cap).await?;
+                        let _ = io.shutdown().await;
+                        Ok(s)
+                    })
+                });
+            let _ = tx.send(r);
+        })
+        .context("starting the round-trip thread")?;
+    // The dial is bounded by DIAL, the round trips by `cap` plus one trip's timeout.
+    tokio::time::timeout(cap + DIAL + STEP, rx)
+        .await
+        .context("the round-trip thread did not finish")?
+        .context("the round-trip thread ended without a result")?
+}
+
+/// 1-byte round trips through separate processes, alone and beside a continuous
+/// download on the same path: the null tunnel in its own process (`bench-null`), and
+/// proxy-server + proxy-agent processes with a gRPC and with an HTTP-CONNECT frontend.
+/// The round trips run from a dedicated thread to an echo backend on dedicated
+/// threads; the download's source and reader run on this process's runtime.
+async fn phase_rtt_processes(
+    cfg: &Cfg,
+    bin_dir: &Path,
+    pki: &Pki,
+    dir: &Path,
+    source: SocketAddr,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let warm = cfg.rtt_samples.min(500);
+    let echo = EchoThreads::start()?;
+    let p = |x: &Path| x.display().to_string();
+    let mut null = Helper::start(
+        &[
+            "bench-null".into(),
+            format!("--target={source}"),
+            format!("--target={}", echo.addr),
+            format!("--ca={}", p(&pki.ca)),
+            format!("--cert={}", p(&pki.server_cert)),
+            format!("--key={}", p(&pki.server_key)),
+            format!("--client-cert={}", p(&pki.agent_cert)),
+            format!("--client-key={}", p(&pki.agent_key)),
+        ],
+        2,
+    )?;
+    let mut g = TunnelProcs::start("rtt-grpc", "grpc", bin_dir, pki, dir).await?;
+    let mut c = TunnelProcs::start("rtt-connect", "http-connect", bin_dir, pki, dir).await?;
+    // (key, bulk hop, echo hop, processes carrying the path)
+    let routes = [
+        (
+            "null_tls",
+            Hop::Tcp(null.addrs[0]),
+            Hop::Tcp(null.addrs[1]),
+            vec![("bench-null", null.pid())],
+        ),
+        (
+            "grpc_uds",
+            Hop::Grpc(g.frontend(), source),
+            Hop::Grpc(g.frontend(), echo.addr),
+            vec![
+                ("proxy-server", g.server.proc.pid()),
+                ("proxy-agent", g.agent.pid()),
+            ],
+        ),
+        (
+            "http_connect_uds",
+            Hop::Connect(c.frontend(), source),
+            Hop::Connect(c.frontend(), echo.addr),
+            vec![
+                ("proxy-server", c.server.proc.pid()),
+                ("proxy-agent", c.agent.pid()),
+            ],
+        ),
+    ];
+
+    let mut alone = serde_json::Map::new();
+    let direct = ("direct", Hop::Tcp(echo.addr));
+    for (key, hop) in std::iter::once(direct).chain(routes.iter().map(|r| (r.0, r.2.clone()))) {
+        let mut s = round_trips_on_thread(hop, cfg.rtt_samples, warm, cfg.rtt_time_cap)
+            .await
+            .with_context(|| format!("round trips via {key}"))?;
+        ensure!(!s.is_empty(), "no round trip completed via {key}");
+        alone.insert(key.into(), latency(&mut s));
+        progress(format!("rtt alone, processes {key:<17} done"));
+    }
+
+    let mut loaded = serde_json::Map::new();
+    for (key, bulk_hop, echo_hop, pids) in &routes {
+        let bulk = Background::start(bulk_hop.open().await?, key).await?;
+        let cpu0: Vec<f64> = pids
+            .iter()
+            .map(|(_, pid)| cpu_s(&pid.to_string()))
+            .collect();
+        let me0 = cpu_s("self");
+        let before = bulk.moved();
+        let t0 = Instant::now();
+        let r =
+            round_trips_on_thread(echo_hop.clone(), cfg.rtt_samples, warm, cfg.rtt_time_cap).await;
+        let window = t0.elapsed();
+        let during = bulk.moved() - before;
+        let secs = window.as_secs_f64().max(1e-9);
+        let mut cpu: serde_json::Map<String, Value> = pids
+            .iter()
+            .zip(&cpu0)
+            .map(|((name, pid), c0)| {
+                let pct = 100.0 * (cpu_s(&pid.to_string()) - c0) / secs;
+                ((*name).to_owned(), json!(round(pct)))
+            })
+            .collect();
+        cpu.insert(
+            "bench".into(),
+            json!(round(100.0 * (cpu_s("self") - me0) / secs)),
+        );
+        let b = bulk.finish(key).await;
+        let mut s = r.with_context(|| format!("round trips beside a bulk transfer via {key}"))?;
+        b?;
+        ensure!(!s.is_empty(), "no round trip completed via {key}");
+        ensure!(
+            during > 0,
+            "the bulk transfer via {key} did not move during the round trips"
+        );
+        let mut l = latency(&mut s);
+        l["background_gbps"] = json!(round(gbps(during, window)));
+        l["cpu_percent"] = Value::Object(cpu);
+        progress(format!(
+            "rtt beside bulk, processes {key:<17} done: p50 {:.0} µs, p99 {:.0} µs (bulk {:.2} Gbit/s meanwhile)",
+            num(&l, &["p50_us"]),
+            num(&l, &["p99_us"]),
+            gbps(during, window)
+        ));
+        loaded.insert((*key).into(), l);
+    }
+    g.alive()?;
+    c.alive()?;
+    if let Some(st) = null.child.try_wait()? {
+        bail!("the bench-null helper exited ({st})");
+    }
+    drop(routes);
+    drop((g, c, null, echo));
+
+    let a = Value::Object(alone.clone());
+    let l = Value::Object(loaded.clone());
+    res.measurements.insert(
+        "rtt_processes".into(),
+        json!({
+            "what": "1 byte written, echoed back, on an open connection, through separate processes: proxy-server (gRPC or HTTP-CONNECT frontend on a UNIX socket) + proxy-agent, or the null tunnel (TLS middle hop) in its own process (konnectivity bench-null); the client on a dedicated thread (current-thread runtime), the echo backend on dedicated threads (blocking sockets)",
+            "paths": alone,
+        }),
+    );
+    res.measurements.insert(
+        "rtt_under_load_processes".into(),
+        json!({
+            "what": "the same round trips while another connection of the same path (same processes, same agent) downloads continuously from a source in the bench process; bulk and interactive connections share the tunnel processes' runtimes as in a deployment, the client and echo backend do not share a runtime with the load. cpu_percent: CPU of each process during the round trips (100 = one core)",
+            "paths": loaded,
+        }),
+    );
+    let (g50, n50) = (
+        num(&a, &["grpc_uds", "p50_us"]),
+        num(&a, &["null_tls", "p50_us"]),
+    );
+    let g99 = num(&l, &["grpc_uds", "p99_us"]);
+    let n99 = num(&l, &["null_tls", "p99_us"]);
+    let rows = [
+        Row {
+            id: "rtt_p50_processes",
+            label: "1-byte RTT p50 alone, gRPC/UDS, separate processes".into(),
+            value: format!("{g50:.0} µs"),
+            baseline: format!(
+                "null {n50:.0} (direct {:.0})",
+                num(&a, &["direct", "p50_us"])
+            ),
+            ratio: Some(g50 / n50),
+            target: "—".into(),
+            source: "info",
+            pass: None,
+            judged: g50,
+            unit: "µs",
+        },
+        Row {
+            id: "rtt_p99_loaded",
+            label: "1-byte RTT p99 beside bulk, gRPC/UDS, separate processes".into(),
+            value: format!("{g99:.0} µs"),
+            baseline: format!(
+                "null {n99:.0}, CONNECT {:.0}",
+                num(&l, &["http_connect_uds", "p99_us"])
+            ),
+            ratio: Some(g99 / n99),
+            target: "≤ 1 ms".into(),
+            source: "issue",
+            pass: g99.is_finite().then_some(g99 <= 1000.0),
+            judged: g99,
+            unit: "µs",
+        },
+    ];
+    // Next to the in-process RTT rows, before the in-process figure beside bulk.
+    let at = res
+        .rows
+        .iter()
+        .position(|r| r.id == "rtt_p99_loaded_inproc")
+        .unwrap_or(res.rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        res.rows.insert(at + i, r);
+    }
+    Ok(())
+}
+
 async fn phase_memory(
     cfg: &Cfg,
     bin_dir: &Path,
@@ -1683,25 +2169,11 @@ async fn phase_memory(
     source: SocketAddr,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let helper = Helper::start()?;
-    let mut server = start_server_proc("mem-server", bin_dir, pki, dir).await?;
-    let p = |x: &Path| x.display().to_string();
-    let args = vec![
-        format!("--ca-cert={}", p(&pki.ca)),
-        format!("--agent-cert={}", p(&pki.agent_cert)),
-        format!("--agent-key={}", p(&pki.agent_key)),
-        "--proxy-server-host=127.0.0.1".into(),
-        format!("--proxy-server-port={}", server.agent_port),
-        format!("--health-server-port={}", free_port()),
-        format!("--admin-server-port={}", free_port()),
-        "--agent-id=bench-node".into(),
-    ];
-    let mut agent = Proc::spawn("mem-agent", &bin(bin_dir, "proxy-agent")?, &args, dir)?;
-    if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
-        agent.alive()?;
-        server.proc.alive()?;
-        return Err(e);
-    }
+    let helper = Helper::start(&["bench-backend".into()], 1)?;
+    let TunnelProcs {
+        mut server,
+        mut agent,
+    } = TunnelProcs::start("mem", "grpc", bin_dir, pki, dir).await?;
     let (sp, ap) = (server.proc.pid(), agent.pid());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s0 = settled_rss(sp).await;
@@ -1710,7 +2182,7 @@ async fn phase_memory(
         "memory: idle server {s0} KiB, idle agent {a0} KiB (RSS)"
     ));
     let f = Frontend::Uds(server.uds.clone());
-    let echo = helper.addr.to_string();
+    let echo = helper.addrs[0].to_string();
     let mut conns: Vec<BoxIo> = Vec::new();
     let mut steps = vec![json!({
         "connections": 0, "server_rss_kib": s0, "agent_rss_kib": a0,
@@ -1904,7 +2376,8 @@ async fn phase_scale(
     let mut runs = Vec::new();
     let mut last = None;
     for (i, &n) in cfg.agents.iter().enumerate() {
-        let mut server = start_server_proc(&format!("scale-server-{i}"), bin_dir, pki, dir).await?;
+        let mut server =
+            start_server_proc(&format!("scale-server-{i}"), "grpc", bin_dir, pki, dir).await?;
         let sp = server.proc.pid();
         let s0 = settled_rss(sp).await;
         let cpu0 = cpu_s(&sp.to_string());
@@ -2128,7 +2601,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(Path::to_path_buf)
             .context("no directory for the current executable")?,
     };
-    if cfg.has(Phase::Memory) || cfg.has(Phase::Scale) {
+    if cfg.has(Phase::Memory) || cfg.has(Phase::Scale) || cfg.has(Phase::Rtt) {
         bin(&bin_dir, "proxy-server")?;
         bin(&bin_dir, "proxy-agent")?;
     }
@@ -2180,20 +2653,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if in_proc_phases.iter().any(|p| cfg.has(*p)) {
         let sink = sink_server().await?;
         let echo = konnectivity_testkit::servers::echo("127.0.0.1:0").await?;
-        let mut null_client =
-            konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
-        // A full handshake per tunneled connection (perf-anchors §4.4).
-        null_client.resumption = rustls::client::Resumption::disabled();
-        let null_server: ServerConfig = konnectivity_tls::agent_listener(
+        let ntls = null_tls(
+            &pki.ca,
             &pki.server_cert,
             &pki.server_key,
-            Some(&pki.ca),
-            Default::default(),
+            &pki.agent_cert,
+            &pki.agent_key,
         )?;
-        let ntls = Arc::new(NullTls {
-            acceptor: TlsAcceptor::from(Arc::new(null_server)),
-            connector: TlsConnector::from(Arc::new(null_client)),
-        });
         let target = |addr: SocketAddr| {
             let ntls = ntls.clone();
             async move {
@@ -2229,6 +2695,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             phase_rtt(&world, &cfg, &mut res)
                 .await
                 .context("interactive latency")?;
+            phase_rtt_processes(&cfg, &bin_dir, &pki, &dir, source, &mut res)
+                .await
+                .context("interactive latency, separate processes")?;
         }
         if cfg.has(Phase::Stalled) {
             phase_stalled(&world, &cfg, &mut res)
@@ -2274,7 +2743,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "flow_window_in_process": cfg.window,
             "flow_window_processes": konnectivity_core::flow::DEFAULT_WINDOW,
-            "null_tunnel": "client → relay S → (TLS 1.3 with the agent link's rustls configs, full handshake per connection | plain TCP) → relay A → backend; copy_bidirectional_with_sizes 64 KiB; same process and runtime as the in-process tunnel",
+            "null_tunnel": "client → relay S → (TLS 1.3 with the agent link's rustls configs, full handshake per connection | plain TCP) → relay A → backend; copy_bidirectional_with_sizes 64 KiB; same process and runtime as the in-process tunnel, except for rtt_processes and rtt_under_load_processes, where it runs in a process of its own (konnectivity bench-null) like the proxy-server and proxy-agent processes it is compared with",
         },
         "measurements": Value::Object(res.measurements.clone()),
         "targets": targets,
@@ -2352,7 +2821,8 @@ fn print_table(res: &Results, mode: &str, took: Duration, out: &Path, cpu: &Valu
     }
     println!(
         "Throughput in Gbit/s (10^9 bit/s), medians; baselines measured in the same run. \"null\" = null tunnel \
-         (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with. * = target from perf-anchors §5.4, informational."
+         (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with, \
+         and a process of its own in the \"separate processes\" RTT rows. * = target from perf-anchors §5.4, informational."
     );
     println!(
         "Took {:.0?}; machine CPU during the run: user {}%, system {}%, idle {}%, steal {}% \

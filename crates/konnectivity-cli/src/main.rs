@@ -54,6 +54,10 @@ enum Cmd {
     /// standard input closes).
     #[command(hide = true)]
     BenchBackend,
+    /// Internal: the null tunnel process of `bench` (prints one entrance address per
+    /// --target, runs until standard input closes).
+    #[command(hide = true)]
+    BenchNull(bench::NullArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             Cmd::Dial(a) => dial::run(a).await,
             Cmd::Bench(a) => bench::run(*a).await,
             Cmd::BenchBackend => bench::backend_helper().await,
+            Cmd::BenchNull(a) => bench::null_helper(a).await,
             Cmd::Doctor(_) => Ok(()),
         }
     });

@@ -126,6 +126,7 @@ pub async fn grpc_dial(
     let channel = Endpoint::from_static("http://konnectivity")
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(8 << 20)
+        .max_frame_size(256 * 1024)
         .connect_with_connector(connector)
         .await
         .map_err(|e| ClientError::Stream(e.to_string()))?;

@@ -26,15 +26,29 @@ pub fn server_flag(name: &str) -> Support {
         "enable-profiling" | "enable-contention-profiling" => {
             Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
         }
-        "kubeconfig-qps" | "kubeconfig-burst" => Support::NotImplemented("the Kubernetes client is not rate-limited client-side"),
+        "kubeconfig-qps" | "kubeconfig-burst" => {
+            Support::NotImplemented("the Kubernetes client is not rate-limited client-side")
+        }
         "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
-        "xfr-channel-size" => Support::NotImplemented("queues are bounded in bytes per connection (flow control), not in packets per stream"),
-        "cipher-suites" => Support::Different("names validated as upstream; CBC-SHA suites are accepted but not offered (rustls implements only AEAD suites)"),
-        "tls-min-version" => Support::Different("VersionTLS10/11 are accepted with a warning and act as VersionTLS12 (rustls has no TLS < 1.2)"),
-        "uds-name" => Support::Different("the socket is bound and then set to mode 0770 (upstream binds under umask 0007)"),
-        "backend-dial-timeout" => Support::Different("when 0, --dial-deadline (60 s) still bounds pending dials"),
+        "xfr-channel-size" => Support::NotImplemented(
+            "queues are bounded in bytes per connection (flow control), not in packets per stream",
+        ),
+        "cipher-suites" => Support::Different(
+            "names validated as upstream; CBC-SHA suites are accepted but not offered (rustls implements only AEAD suites)",
+        ),
+        "tls-min-version" => Support::Different(
+            "VersionTLS10/11 are accepted with a warning and act as VersionTLS12 (rustls has no TLS < 1.2)",
+        ),
+        "uds-name" => Support::Different(
+            "the socket is bound and then set to mode 0770 (upstream binds under umask 0007)",
+        ),
+        "backend-dial-timeout" => {
+            Support::Different("when 0, --dial-deadline (60 s) still bounds pending dials")
+        }
         "agent-namespace" | "agent-service-account" | "authentication-audience" => {
-            Support::Different("successful TokenReviews are cached for --authentication-cache-ttl (10 s)")
+            Support::Different(
+                "successful TokenReviews are cached for --authentication-cache-ttl (10 s)",
+            )
         }
         _ => common(name),
     }
@@ -47,11 +61,21 @@ pub fn agent_flag(name: &str) -> Support {
             Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
         }
         "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
-        "probe-interval" => Support::NotImplemented("streams are watched directly and by HTTP/2 keepalive; no polling"),
-        "xfr-channel-size" => Support::NotImplemented("queues are bounded in bytes per connection (flow control), not in packets"),
-        "warn-on-channel-limit" => Support::NotImplemented("queues never block the shared stream; nothing to warn about"),
-        "proxy-server-host" => Support::Different("also accepts a comma-separated list; every resolved address of every host is dialed directly"),
-        "count-server-leases" => Support::Different("leases are listed every 10 s instead of watched through an informer"),
+        "probe-interval" => Support::NotImplemented(
+            "streams are watched directly and by HTTP/2 keepalive; no polling",
+        ),
+        "xfr-channel-size" => Support::NotImplemented(
+            "queues are bounded in bytes per connection (flow control), not in packets",
+        ),
+        "warn-on-channel-limit" => {
+            Support::NotImplemented("queues never block the shared stream; nothing to warn about")
+        }
+        "proxy-server-host" => Support::Different(
+            "also accepts a comma-separated list; every resolved address of every host is dialed directly",
+        ),
+        "count-server-leases" => Support::Different(
+            "leases are listed every 10 s instead of watched through an informer",
+        ),
         _ => common(name),
     }
 }
@@ -59,15 +83,30 @@ pub fn agent_flag(name: &str) -> Support {
 fn common(name: &str) -> Support {
     match name {
         "logtostderr" | "alsologtostderr" => Support::Different("logs always go to standard error"),
-        "log-dir" | "log-file" | "log-file-max-size" | "alsologtostderrthreshold" | "stderrthreshold" | "one-output" | "skip-log-headers" | "legacy-stderr-threshold-behavior" => {
-            Support::NotImplemented(LOGS_TO_STDERR)
+        "log-dir"
+        | "log-file"
+        | "log-file-max-size"
+        | "alsologtostderrthreshold"
+        | "stderrthreshold"
+        | "one-output"
+        | "skip-log-headers"
+        | "legacy-stderr-threshold-behavior" => Support::NotImplemented(LOGS_TO_STDERR),
+        "add-dir-header" | "skip-headers" | "log-backtrace-at" => {
+            Support::NotImplemented("klog header options have no effect on `tracing` output")
         }
-        "add-dir-header" | "skip-headers" | "log-backtrace-at" => Support::NotImplemented("klog header options have no effect on `tracing` output"),
         "vmodule" => Support::NotImplemented("per-file verbosity is not supported; use RUST_LOG"),
         "v" => Support::Different("mapped onto levels: ≤1 warn, 2–4 info, 5–9 debug, ≥10 trace"),
-        "keepalive-time" => Support::Different("a ping not answered within the same period (at most 20 s) drops the peer"),
-        "logging-format" | "allowed-destination-cidrs" | "allowed-destination-ports" | "max-pending-dials-per-agent"
-        | "max-connections-per-agent" | "dial-deadline" | "authentication-cache-ttl" | "connect-header-timeout"
+        "keepalive-time" => Support::Different(
+            "a ping not answered within the same period (at most 20 s) drops the peer",
+        ),
+        "logging-format"
+        | "allowed-destination-cidrs"
+        | "allowed-destination-ports"
+        | "max-pending-dials-per-agent"
+        | "max-connections-per-agent"
+        | "dial-deadline"
+        | "authentication-cache-ttl"
+        | "connect-header-timeout"
         | "drain-timeout" => Support::Extension,
         _ => Support::Same,
     }
@@ -78,9 +117,15 @@ pub fn not_implemented_warnings(explicit: &[String], server: bool) -> Vec<String
     explicit
         .iter()
         .filter_map(|f| {
-            let s = if server { server_flag(f) } else { agent_flag(f) };
+            let s = if server {
+                server_flag(f)
+            } else {
+                agent_flag(f)
+            };
             match s {
-                Support::NotImplemented(why) => Some(format!("flag --{f} is accepted but has no effect: {why}")),
+                Support::NotImplemented(why) => {
+                    Some(format!("flag --{f} is accepted but has no effect: {why}"))
+                }
                 _ => None,
             }
         })
@@ -94,10 +139,20 @@ fn table(o: &mut String, flags: &[FlagSpec], status: fn(&str) -> Support) {
             Support::Same => "same".to_owned(),
             Support::Different(w) => format!("**different**: {w}"),
             Support::NotImplemented(w) => format!("**accepted, no effect** (warns): {w}"),
-            Support::Extension => format!("**konnectivity-rs extension**: {}", f.help.trim_start_matches("konnectivity-rs: ")),
+            Support::Extension => format!(
+                "**konnectivity-rs extension**: {}",
+                f.help.trim_start_matches("konnectivity-rs: ")
+            ),
         };
         let hidden = if f.hidden { " (hidden)" } else { "" };
-        let _ = writeln!(o, "| `--{}`{hidden} | {} | `{}` | {} |", f.name, f.value_type(), f.default, st);
+        let _ = writeln!(
+            o,
+            "| `--{}`{hidden} | {} | `{}` | {} |",
+            f.name,
+            f.value_type(),
+            f.default,
+            st
+        );
     }
 }
 
@@ -106,8 +161,12 @@ pub fn render_markdown() -> String {
     let mut o = String::new();
     o.push_str("# Compatibility with upstream apiserver-network-proxy\n\n");
     o.push_str("Generated from the flag tables and `konnectivity-config::compat` by the test\n");
-    o.push_str("`compatibility_doc_is_up_to_date` (run it with `UPDATE_COMPAT=1` to rewrite this file).\n");
-    o.push_str("Every upstream flag is accepted with pflag syntax; the table says what it does here.\n\n");
+    o.push_str(
+        "`compatibility_doc_is_up_to_date` (run it with `UPDATE_COMPAT=1` to rewrite this file).\n",
+    );
+    o.push_str(
+        "Every upstream flag is accepted with pflag syntax; the table says what it does here.\n\n",
+    );
     o.push_str("## proxy-server flags\n\n");
     table(&mut o, crate::server::server_flags(), server_flag);
     o.push_str("\n## proxy-agent flags\n\n");
@@ -149,20 +208,34 @@ mod tests {
 
     #[test]
     fn compatibility_doc_is_up_to_date() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/compatibility.md");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/compatibility.md");
         let want = render_markdown();
         if std::env::var_os("UPDATE_COMPAT").is_some() {
             std::fs::write(&path, &want).unwrap();
         }
         let have = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(have == want, "docs/compatibility.md is stale: run `UPDATE_COMPAT=1 cargo test -p konnectivity-config compatibility_doc`");
+        assert!(
+            have == want,
+            "docs/compatibility.md is stale: run `UPDATE_COMPAT=1 cargo test -p konnectivity-config compatibility_doc`"
+        );
     }
 
     #[test]
     fn every_extension_flag_is_marked_as_such() {
-        for f in crate::server::server_flags().iter().chain(crate::agent::agent_flags()) {
+        for f in crate::server::server_flags()
+            .iter()
+            .chain(crate::agent::agent_flags())
+        {
             let ext = f.help.starts_with("konnectivity-rs") || f.help.contains("(konnectivity-rs)");
-            let st = if crate::server::server_flags().iter().any(|s| s.name == f.name) { server_flag(f.name) } else { agent_flag(f.name) };
+            let st = if crate::server::server_flags()
+                .iter()
+                .any(|s| s.name == f.name)
+            {
+                server_flag(f.name)
+            } else {
+                agent_flag(f.name)
+            };
             assert_eq!(ext, st == Support::Extension, "{}", f.name);
         }
     }

@@ -135,8 +135,14 @@ impl Extensions {
         DestinationPolicy::parse(&self.allowed_cidrs, &self.allowed_ports)
             .map_err(|e| format!("--allowed-destination-cidrs/--allowed-destination-ports: {e}"))?;
         for (name, v) in [
-            ("--max-pending-dials-per-agent", self.max_pending_dials_per_agent),
-            ("--max-connections-per-agent", self.max_connections_per_agent),
+            (
+                "--max-pending-dials-per-agent",
+                self.max_pending_dials_per_agent,
+            ),
+            (
+                "--max-connections-per-agent",
+                self.max_connections_per_agent,
+            ),
         ] {
             if v < 0 {
                 return Err(format!("{name} must be >= 0, got {v}"));
@@ -164,16 +170,34 @@ impl Extensions {
     pub fn flag_values(&self, server: bool) -> Vec<(&'static str, String)> {
         use crate::pflag::format_string_slice;
         let mut v = vec![
-            ("allowed-destination-cidrs", format_string_slice(&self.allowed_cidrs)),
-            ("allowed-destination-ports", format_string_slice(&self.allowed_ports)),
+            (
+                "allowed-destination-cidrs",
+                format_string_slice(&self.allowed_cidrs),
+            ),
+            (
+                "allowed-destination-ports",
+                format_string_slice(&self.allowed_ports),
+            ),
         ];
         if server {
             v.extend([
-                ("max-pending-dials-per-agent", self.max_pending_dials_per_agent.to_string()),
-                ("max-connections-per-agent", self.max_connections_per_agent.to_string()),
+                (
+                    "max-pending-dials-per-agent",
+                    self.max_pending_dials_per_agent.to_string(),
+                ),
+                (
+                    "max-connections-per-agent",
+                    self.max_connections_per_agent.to_string(),
+                ),
                 ("dial-deadline", self.dial_deadline.to_string()),
-                ("authentication-cache-ttl", self.authentication_cache_ttl.to_string()),
-                ("connect-header-timeout", self.connect_header_timeout.to_string()),
+                (
+                    "authentication-cache-ttl",
+                    self.authentication_cache_ttl.to_string(),
+                ),
+                (
+                    "connect-header-timeout",
+                    self.connect_header_timeout.to_string(),
+                ),
             ]);
         } else {
             v.push(("drain-timeout", self.drain_timeout.to_string()));

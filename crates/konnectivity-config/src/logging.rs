@@ -110,7 +110,9 @@ fn parse_vmodule(s: &str) -> Result<Vec<(String, i32)>, String> {
 fn check_logging_format(s: &str) -> Result<(), String> {
     match s {
         "text" | "json" => Ok(()),
-        _ => Err(format!("unsupported log format {s:?}; permitted formats: \"json\", \"text\"")),
+        _ => Err(format!(
+            "unsupported log format {s:?}; permitted formats: \"json\", \"text\""
+        )),
     }
 }
 

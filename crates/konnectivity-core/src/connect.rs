@@ -45,7 +45,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
                 .find(|h| h.name.eq_ignore_ascii_case("connection"))
                 .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
                 .unwrap_or_default();
-            let close = connection.contains("close") || (req.version == Some(0) && !connection.contains("keep-alive"));
+            let close = connection.contains("close")
+                || (req.version == Some(0) && !connection.contains("keep-alive"));
             Ok(Some((Head::Other { body, close }, n)))
         }
         Err(e) => Err(e.to_string()),
@@ -63,7 +64,6 @@ pub fn status_for(error: &str) -> &'static str {
         "502 Bad Gateway"
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@
 /// Default per-connection window in bytes.
 pub const DEFAULT_WINDOW: u32 = 1024 * 1024;
 /// Largest DATA payload we send (a read chunk). Well inside grpc-go's 4 MiB limit.
-pub const MAX_CHUNK: usize = 64 * 1024;
+pub const MAX_CHUNK: usize = 256 * 1024;
 
 /// The receiving side of one direction of one connection: counts bytes written onward
 /// and says when to return credit.

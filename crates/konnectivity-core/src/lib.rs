@@ -7,6 +7,7 @@
 //! - [`wire`]: the exact error strings and metadata keys that peers match on.
 //! - [`connect`]: the HTTP-CONNECT request head parser and error status mapping.
 //! - [`address`]: destination host extraction and Go-compatible dial error texts.
+//! - [`frame`]: gRPC message framing of packets without copying DATA payloads.
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
 //! - [`policy`]: allowed destinations (CIDRs and ports).
@@ -15,6 +16,7 @@
 pub mod address;
 pub mod connect;
 pub mod flow;
+pub mod frame;
 pub mod packet;
 pub mod policy;
 pub mod select;

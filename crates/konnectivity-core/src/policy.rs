@@ -25,14 +25,20 @@ impl DestinationPolicy {
             let cidr = if c.contains('/') {
                 Cidr::parse(c)
             } else {
-                c.parse::<IpAddr>().ok().and_then(|ip| Cidr::parse(&format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })))
+                c.parse::<IpAddr>().ok().and_then(|ip| {
+                    Cidr::parse(&format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                })
             };
-            p.cidrs.push(cidr.ok_or_else(|| format!("invalid CIDR {c:?}"))?);
+            p.cidrs
+                .push(cidr.ok_or_else(|| format!("invalid CIDR {c:?}"))?);
         }
         for r in ports.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
             let bad = || format!("invalid port or port range {r:?}");
             let (lo, hi) = match r.split_once('-') {
-                Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+                Some((a, b)) => (
+                    a.trim().parse::<u16>().map_err(|_| bad())?,
+                    b.trim().parse::<u16>().map_err(|_| bad())?,
+                ),
                 None => {
                     let v = r.parse::<u16>().map_err(|_| bad())?;
                     (v, v)
@@ -52,7 +58,11 @@ impl DestinationPolicy {
     }
 
     fn port_ok(&self, port: u16) -> bool {
-        self.ports.is_empty() || self.ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+        self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&port))
     }
 
     fn ip_ok(&self, ip: IpAddr) -> bool {
@@ -64,16 +74,28 @@ impl DestinationPolicy {
         if self.is_open() {
             return Ok(());
         }
-        let deny = |why: &str| Err(format!("dial to {address} denied by destination policy: {why}"));
-        let Some((host, port)) = address.rsplit_once(':') else { return deny("no port") };
-        let Ok(port) = port.parse::<u16>() else { return deny("bad port") };
+        let deny = |why: &str| {
+            Err(format!(
+                "dial to {address} denied by destination policy: {why}"
+            ))
+        };
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return deny("no port");
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return deny("bad port");
+        };
         if !self.port_ok(port) {
             return deny("port not allowed");
         }
         if self.cidrs.is_empty() {
             return Ok(());
         }
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(ip) if self.ip_ok(ip) => Ok(()),
             Ok(_) => deny("address not in an allowed CIDR"),
             Err(_) => deny("host names are not allowed when destination CIDRs are restricted"),
@@ -85,7 +107,9 @@ impl DestinationPolicy {
         if self.port_ok(addr.port()) && self.ip_ok(addr.ip()) {
             Ok(())
         } else {
-            Err(format!("dial to {addr} denied by the agent's destination policy"))
+            Err(format!(
+                "dial to {addr} denied by the agent's destination policy"
+            ))
         }
     }
 }
@@ -109,11 +133,29 @@ mod tests {
         let pol = p(&["10.0.0.0/16", "fd00::/64"], &["10250"]);
         assert!(pol.check_address("10.0.3.4:10250").is_ok());
         assert!(pol.check_address("[fd00::5]:10250").is_ok());
-        assert!(pol.check_address("10.0.3.4:22").unwrap_err().contains("port not allowed"));
-        assert!(pol.check_address("10.1.0.1:10250").unwrap_err().contains("not in an allowed CIDR"));
-        assert!(pol.check_address("evil.example:10250").unwrap_err().contains("host names"));
-        assert!(pol.check_resolved("10.0.0.9:10250".parse().unwrap()).is_ok());
-        assert!(pol.check_resolved("127.0.0.1:10250".parse().unwrap()).is_err());
+        assert!(
+            pol.check_address("10.0.3.4:22")
+                .unwrap_err()
+                .contains("port not allowed")
+        );
+        assert!(
+            pol.check_address("10.1.0.1:10250")
+                .unwrap_err()
+                .contains("not in an allowed CIDR")
+        );
+        assert!(
+            pol.check_address("evil.example:10250")
+                .unwrap_err()
+                .contains("host names")
+        );
+        assert!(
+            pol.check_resolved("10.0.0.9:10250".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            pol.check_resolved("127.0.0.1:10250".parse().unwrap())
+                .is_err()
+        );
     }
 
     #[test]
@@ -121,7 +163,11 @@ mod tests {
         let pol = p(&[], &["30000-32767"]);
         assert!(pol.check_address("h:31000").is_ok());
         assert!(pol.check_address("h:29999").is_err());
-        assert!(DestinationPolicy::parse(&["10.0.0.0/99".into()], &[]).unwrap_err().contains("10.0.0.0/99"));
+        assert!(
+            DestinationPolicy::parse(&["10.0.0.0/99".into()], &[])
+                .unwrap_err()
+                .contains("10.0.0.0/99")
+        );
         assert!(DestinationPolicy::parse(&[], &["9-1".into()]).is_err());
     }
 }

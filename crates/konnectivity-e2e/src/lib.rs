@@ -600,6 +600,8 @@ impl Proc {
     /// Whether the process is still running.
     pub fn child_alive(&self) -> bool {
         std::fs::metadata(format!("/proc/{}", self.pid())).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default().contains(") Z ")
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                .unwrap_or_default()
+                .contains(") Z ")
     }
 }

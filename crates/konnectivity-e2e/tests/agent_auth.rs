@@ -54,7 +54,10 @@ fn fake_apiserver(dir: &std::path::Path) -> anyhow::Result<(String, Arc<AtomicUs
                     } else {
                         r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{},"status":{"authenticated":false}}"#
                     };
-                    let rsp = format!("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}", json.len());
+                    let rsp = format!(
+                        "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
                     if s.write_all(rsp.as_bytes()).is_err() {
                         return;
                     }
@@ -65,13 +68,16 @@ fn fake_apiserver(dir: &std::path::Path) -> anyhow::Result<(String, Arc<AtomicUs
     let kc = dir.join("kubeconfig");
     std::fs::write(
         &kc,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: server\n"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: server\n"
+        ),
     )?;
     Ok((kc.display().to_string(), reviews))
 }
 
 #[test]
-fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected() -> anyhow::Result<()> {
+fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let (kubeconfig, reviews) = fake_apiserver(dir.path())?;
@@ -101,14 +107,29 @@ fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
         None,
         dir.path(),
     )?;
-    wait_for("a rejection in the server log", Duration::from_secs(10), || {
-        server.log_text().contains("rejected agent: authentication failed")
-    })?;
+    wait_for(
+        "a rejection in the server log",
+        Duration::from_secs(10),
+        || {
+            server
+                .log_text()
+                .contains("rejected agent: authentication failed")
+        },
+    )?;
     let log = server.log_text();
     assert!(log.contains("service account jwt not valid"), "{log}");
-    assert!(!log.contains("stolen-token"), "the token must never be logged");
-    assert_eq!(http_get(&format!("127.0.0.1:{}", ports.health), "/readyz")?.0, 500);
-    assert_eq!(http_get(&format!("127.0.0.1:{bad_health}"), "/readyz")?.0, 503);
+    assert!(
+        !log.contains("stolen-token"),
+        "the token must never be logged"
+    );
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{}", ports.health), "/readyz")?.0,
+        500
+    );
+    assert_eq!(
+        http_get(&format!("127.0.0.1:{bad_health}"), "/readyz")?.0,
+        503
+    );
     drop(bad_agent);
 
     let good = dir.path().join("good-token");

@@ -532,9 +532,11 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "the draining agent exited on the first SIGTERM"
     );
     agents[0].proc.signal("TERM");
-    wait_for("agent exits on the second signal", Duration::from_secs(10), || {
-        matches!(agents[0].proc.child.try_wait(), Ok(Some(_)))
-    })
+    wait_for(
+        "agent exits on the second signal",
+        Duration::from_secs(10),
+        || matches!(agents[0].proc.child.try_wait(), Ok(Some(_))),
+    )
     .unwrap();
     drop(backends);
 }

@@ -34,20 +34,32 @@ impl RawFrontend {
         let sock = sock.to_owned();
         let connector = tower::service_fn(move |_: Uri| {
             let sock = sock.clone();
-            async move { tokio::net::UnixStream::connect(sock).await.map(hyper_util::rt::TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(sock)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
         });
-        let ch = Endpoint::from_static("http://x").connect_with_connector(connector).await?;
+        let ch = Endpoint::from_static("http://x")
+            .connect_with_connector(connector)
+            .await?;
         let (tx, out) = outbound::channel();
         let rx = ProxyServiceClient::new(ch).proxy(out).await?.into_inner();
         Ok(Self { tx, rx })
     }
     async fn next(&mut self) -> anyhow::Result<Packet> {
-        Ok(tokio::time::timeout(T, self.rx.next()).await?.ok_or_else(|| anyhow::anyhow!("stream ended"))??)
+        Ok(tokio::time::timeout(T, self.rx.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??)
     }
 }
 
 /// Echo round trips through the tunnel, continuously, counting failures.
-fn healthy_traffic(sock: PathBuf, echo: SocketAddr, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>, Arc<AtomicU64>) {
+fn healthy_traffic(
+    sock: PathBuf,
+    echo: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>, Arc<AtomicU64>) {
     let ok = Arc::new(AtomicU64::new(0));
     let bad = Arc::new(AtomicU64::new(0));
     let (o, b) = (ok.clone(), bad.clone());
@@ -91,21 +103,38 @@ fn tls_agent(pki_ca: &Path, cert: &Path, key: &Path) -> Arc<konnectivity_tls::Cl
 }
 
 fn hello(id: &str, identifiers: &str) -> Hello {
-    Hello { agent_id: id.into(), identifiers: identifiers.into(), token_path: None, flow_window: Some(1 << 20) }
+    Hello {
+        agent_id: id.into(),
+        identifiers: identifiers.into(),
+        token_path: None,
+        flow_window: Some(1 << 20),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources_intact() -> anyhow::Result<()> {
+async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources_intact()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let other = pki::generate(&dir.path().join("other-pki"), &[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec {
-        extra: vec!["--proxy-strategies=destHost".into(), "--max-pending-dials-per-agent=20".into()],
+        extra: vec![
+            "--proxy-strategies=destHost".into(),
+            "--max-pending-dials-per-agent=20".into(),
+        ],
         ..ServerSpec::grpc_uds(sock.clone())
     };
     let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent("good", &pki, "127.0.0.1", ports.agent, &["--agent-identifiers=ipv4=127.0.0.1".into()], None, dir.path())?;
+    let (_agent, _) = start_agent(
+        "good",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &["--agent-identifiers=ipv4=127.0.0.1".into()],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let agent_addr: SocketAddr = format!("127.0.0.1:{}", ports.agent).parse()?;
@@ -125,43 +154,105 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
 
     // 1. Garbage and truncated bytes on every listening port.
     for port in [ports.agent, ports.health, ports.admin] {
-        for junk in [&b"\x16\x03\x01\x00\x05hello"[..], b"GET", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00garbage\r\n\r\n\xff\xfe"] {
+        for junk in [
+            &b"\x16\x03\x01\x00\x05hello"[..],
+            b"GET",
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00garbage\r\n\r\n\xff\xfe",
+        ] {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
             let _ = s.write_all(junk);
         }
     }
-    for junk in [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff"[..], b"not http/2 at all", b""] {
+    for junk in [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff"[..],
+        b"not http/2 at all",
+        b"",
+    ] {
         let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
         let _ = s.write_all(junk);
     }
 
     // 2. TLS: an untrusted CA, an expired certificate, no client certificate.
-    let untrusted = konnectivity_agent::stream::open("localhost", agent_addr, tls_agent(&other.ca, &other.agent_cert, &other.agent_key), &hello("x", ""), T).await;
-    assert!(untrusted.is_err(), "agent with a server CA it does not know connected");
-    let foreign = konnectivity_agent::stream::open("localhost", agent_addr, tls_agent(&pki.ca, &other.agent_cert, &other.agent_key), &hello("x", ""), T).await;
-    assert!(foreign.is_err(), "agent with a client certificate from another CA was accepted");
-    let expired = konnectivity_agent::stream::open("localhost", agent_addr, tls_agent(&pki.ca, &pki.expired_agent_cert, &pki.expired_agent_key), &hello("x", ""), T).await;
-    assert!(expired.is_err(), "agent with an expired certificate was accepted");
+    let untrusted = konnectivity_agent::stream::open(
+        "localhost",
+        agent_addr,
+        tls_agent(&other.ca, &other.agent_cert, &other.agent_key),
+        &hello("x", ""),
+        T,
+    )
+    .await;
+    assert!(
+        untrusted.is_err(),
+        "agent with a server CA it does not know connected"
+    );
+    let foreign = konnectivity_agent::stream::open(
+        "localhost",
+        agent_addr,
+        tls_agent(&pki.ca, &other.agent_cert, &other.agent_key),
+        &hello("x", ""),
+        T,
+    )
+    .await;
+    assert!(
+        foreign.is_err(),
+        "agent with a client certificate from another CA was accepted"
+    );
+    let expired = konnectivity_agent::stream::open(
+        "localhost",
+        agent_addr,
+        tls_agent(&pki.ca, &pki.expired_agent_cert, &pki.expired_agent_key),
+        &hello("x", ""),
+        T,
+    )
+    .await;
+    assert!(
+        expired.is_err(),
+        "agent with an expired certificate was accepted"
+    );
     let no_cert = Arc::new(konnectivity_tls::client(&pki.ca, None, &[b"h2"])?);
     let tcp = tokio::net::TcpStream::connect(agent_addr).await?;
-    let r = konnectivity_tls::TlsConnector::from(no_cert).connect(konnectivity_tls::ServerName::try_from("localhost")?, tcp).await;
+    let r = konnectivity_tls::TlsConnector::from(no_cert)
+        .connect(konnectivity_tls::ServerName::try_from("localhost")?, tcp)
+        .await;
     if let Ok(mut s) = r {
         // TLS 1.3 reports the missing certificate after the handshake: the read fails.
         let mut b = [0u8; 1];
-        assert!(!matches!(s.read(&mut b).await, Ok(n) if n > 0), "a client without certificate got data");
+        assert!(
+            !matches!(s.read(&mut b).await, Ok(n) if n > 0),
+            "a client without certificate got data"
+        );
     }
     // 3. A bad agent ID header: two values.
     // (konnectivity-agent always sends one; the server's parser is unit-tested.)
 
     // 4. A hostile agent with a valid certificate.
-    let evil = konnectivity_agent::stream::open("localhost", agent_addr, tls_agent(&pki.ca, &pki.agent_cert, &pki.agent_key), &hello("evil", "ipv4=10.66.0.1"), T).await?;
+    let evil = konnectivity_agent::stream::open(
+        "localhost",
+        agent_addr,
+        tls_agent(&pki.ca, &pki.agent_cert, &pki.agent_key),
+        &hello("evil", "ipv4=10.66.0.1"),
+        T,
+    )
+    .await?;
     for id in 1..200 {
-        evil.tx.send(packet::data(id, Bytes::from_static(b"not yours"))).await?;
+        evil.tx
+            .send(packet::data(id, Bytes::from_static(b"not yours")))
+            .await?;
         evil.tx.send(packet::close_rsp(id, "")).await?;
         evil.tx.send(packet::dial_rsp(id * 7919, id, "")).await?; // unsolicited DIAL_RSP
     }
-    evil.tx.send(Packet { r#type: 77, payload: None }).await?; // unknown type
-    evil.tx.send(Packet { r#type: PacketType::Data as i32, payload: None }).await?; // no payload
+    evil.tx
+        .send(Packet {
+            r#type: 77,
+            payload: None,
+        })
+        .await?; // unknown type
+    evil.tx
+        .send(Packet {
+            r#type: PacketType::Data as i32,
+            payload: None,
+        })
+        .await?; // no payload
 
     // 5. A hostile frontend: DATA and CLOSE before any dial.
     let mut f = RawFrontend::open(&sock).await?;
@@ -169,7 +260,8 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     let p = f.next().await?;
     assert_eq!(packet::kind(&p), Kind::Known(PacketType::CloseRsp));
     assert_eq!(packet::close_response(&p).error, "backend uninitialized");
-    f.tx.send(packet::data(5, Bytes::from_static(b"early"))).await?;
+    f.tx.send(packet::data(5, Bytes::from_static(b"early")))
+        .await?;
     let p = f.next().await?;
     assert_eq!(packet::close_response(&p).error, "backend not initialized");
 
@@ -178,7 +270,8 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     let mut refused = 0;
     for i in 0..40 {
         let mut f = RawFrontend::open(&sock).await?;
-        f.tx.send(packet::dial_req("tcp", "10.66.0.1:1", 1_000_000 + i)).await?;
+        f.tx.send(packet::dial_req("tcp", "10.66.0.1:1", 1_000_000 + i))
+            .await?;
         match tokio::time::timeout(Duration::from_millis(300), f.rx.next()).await {
             Ok(Some(Ok(p))) => {
                 let e = packet::dial_response(&p).error.clone();
@@ -197,7 +290,9 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     let big = Bytes::from(vec![0u8; 5 << 20]);
     let _ = evil.tx.send(packet::data(1, big)).await;
     wait_for("the oversized agent stream to be dropped", T, || {
-        http_get(&format!("127.0.0.1:{}", ports.admin), "/status").map(|(_, b)| !b.contains("\"evil\"")).unwrap_or(false)
+        http_get(&format!("127.0.0.1:{}", ports.admin), "/status")
+            .map(|(_, b)| !b.contains("\"evil\""))
+            .unwrap_or(false)
     })?;
 
     // 8. Churn: many connections opened and closed, bounded in time.
@@ -214,24 +309,46 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     healthy.await?;
     // A refused dial is an error for that frontend only.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    assert!(matches!(grpc_dial(&Frontend::Uds(sock.clone()), &closed.to_string(), T).await, Err(ClientError::Dial(_))));
+    assert!(matches!(
+        grpc_dial(&Frontend::Uds(sock.clone()), &closed.to_string(), T).await,
+        Err(ClientError::Dial(_))
+    ));
 
     assert!(matches!(server.child_alive(), true), "proxy-server died");
-    assert_eq!(bad.load(Ordering::Relaxed), 0, "the healthy transfer was disturbed");
-    assert!(ok.load(Ordering::Relaxed) > 10, "the healthy transfer made no progress");
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "the healthy transfer was disturbed"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 10,
+        "the healthy transfer made no progress"
+    );
 
     // Resources back to baseline (5 %, plus a small absolute slack for allocator noise).
     let settle = Instant::now();
     let (mut fd1, mut rss1) = (server.fds(), server.rss_kib());
-    while (fd1 > fd0 + 2 || rss1 > rss0 + rss0 / 20 + 2048) && settle.elapsed() < Duration::from_secs(15) {
+    while (fd1 > fd0 + 2 || rss1 > rss0 + rss0 / 20 + 2048)
+        && settle.elapsed() < Duration::from_secs(15)
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
         (fd1, rss1) = (server.fds(), server.rss_kib());
     }
-    println!("churned {churned} connections in {:?}; fds {fd0} -> {fd1}; RSS {rss0} -> {rss1} KiB; healthy round trips {}", churn_start.elapsed(), ok.load(Ordering::Relaxed));
+    println!(
+        "churned {churned} connections in {:?}; fds {fd0} -> {fd1}; RSS {rss0} -> {rss1} KiB; healthy round trips {}",
+        churn_start.elapsed(),
+        ok.load(Ordering::Relaxed)
+    );
     assert!(fd1 <= fd0 + 2, "file descriptors leaked: {fd0} -> {fd1}");
-    assert!(rss1 <= rss0 + rss0 / 20 + 2048, "memory did not return to baseline: {rss0} -> {rss1} KiB");
+    assert!(
+        rss1 <= rss0 + rss0 / 20 + 2048,
+        "memory did not return to baseline: {rss0} -> {rss1} KiB"
+    );
     let log = server.log_text();
-    assert!(log.contains("TLS handshake failed"), "TLS rejections are logged with the peer");
+    assert!(
+        log.contains("TLS handshake failed"),
+        "TLS rejections are logged with the peer"
+    );
     Ok(())
 }
 
@@ -263,7 +380,10 @@ fn a_connect_request_sent_one_byte_per_second_is_cut_off() -> anyhow::Result<()>
     }
     let mut out = String::new();
     let _ = std::io::Read::read_to_string(&mut s, &mut out);
-    assert!(cut || out.starts_with("HTTP/1.1 408"), "slow client was not cut off: {out:?}");
+    assert!(
+        cut || out.starts_with("HTTP/1.1 408"),
+        "slow client was not cut off: {out:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(8));
     assert!(server.child_alive());
     Ok(())

@@ -508,12 +508,27 @@ fn invalid_flag_combinations_exit_1_with_a_message_naming_the_problem() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connections() -> anyhow::Result<()> {
+async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connections()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server("server", &pki, &ServerSpec::grpc_uds(sock.clone()), None, dir.path())?;
-    let (_first, _) = start_agent("same-id", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_server, ports) = start_server(
+        "server",
+        &pki,
+        &ServerSpec::grpc_uds(sock.clone()),
+        None,
+        dir.path(),
+    )?;
+    let (_first, _) = start_agent(
+        "same-id",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let mut conn = grpc_dial(&Frontend::Uds(sock.clone()), &echo.to_string(), T).await?;
@@ -521,9 +536,19 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
     let mut buf = [0u8; 6];
     conn.read_exact(&mut buf).await?;
     // A second process with the same agent ID connects.
-    let (_second, second_health) = start_agent("same-id", &pki, "127.0.0.1", ports.agent, &[], None, dir.path())?;
+    let (_second, second_health) = start_agent(
+        "same-id",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
     wait_for("second agent ready", T, || {
-        http_get(&format!("127.0.0.1:{second_health}"), "/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        http_get(&format!("127.0.0.1:{second_health}"), "/readyz")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
     })?;
     // The first agent's connection still works, and new dials work too.
     conn.write_all(b"after!").await?;

@@ -38,7 +38,10 @@ pub struct TokenAuthenticator {
 
 impl std::fmt::Debug for TokenAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuthenticator").field("want", &self.want).field("ttl", &self.ttl).finish()
+        f.debug_struct("TokenAuthenticator")
+            .field("want", &self.want)
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
@@ -55,13 +58,20 @@ const MAX_CACHE: usize = 100_000;
 impl TokenAuthenticator {
     /// An authenticator; `ttl` zero disables the cache.
     pub fn new(client: Client, want: Expectation, ttl: Duration) -> Self {
-        Self { client, want, ttl, cache: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            want,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Checks the `authorization` metadata values of an agent stream. The error text is
     /// upstream's, wrapped as `Failed to validate authentication token, err:<…>`.
     pub async fn authenticate(&self, authorization: &[String]) -> Result<(), String> {
-        self.check(authorization).await.map_err(|e| format!("Failed to validate authentication token, err:{e}"))
+        self.check(authorization)
+            .await
+            .map_err(|e| format!("Failed to validate authentication token, err:{e}"))
     }
 
     async fn check(&self, authorization: &[String]) -> Result<(), String> {
@@ -93,7 +103,10 @@ impl TokenAuthenticator {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let got = api.create(&PostParams::default(), &review).await.map_err(|e| e.to_string())?;
+        let got = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = got.status.unwrap_or_default();
         if let Some(e) = status.error.filter(|e| !e.is_empty()) {
             return Err(format!("lookup failed: {e}"));
@@ -107,7 +120,9 @@ impl TokenAuthenticator {
             return Err("lookup failed: unexpected username format".into());
         }
         if parts[0] != "system" || parts[1] != "serviceaccount" {
-            return Err(format!("lookup failed: {username} is not a service account"));
+            return Err(format!(
+                "lookup failed: {username} is not a service account"
+            ));
         }
         if parts[2] != self.want.namespace {
             return Err(format!(
@@ -149,7 +164,10 @@ mod tests {
         )
     }
 
-    async fn authn(responses: Vec<(u16, String)>, ttl: Duration) -> (TokenAuthenticator, fake::Seen, tempfile::TempDir) {
+    async fn authn(
+        responses: Vec<(u16, String)>,
+        ttl: Duration,
+    ) -> (TokenAuthenticator, fake::Seen, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let (kc, seen) = fake::api(responses, dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();
@@ -171,7 +189,13 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1, "the second check must come from the cache");
         assert_eq!(seen[0].0, "POST");
-        assert!(seen[0].1.starts_with("/apis/authentication.k8s.io/v1/tokenreviews"), "{}", seen[0].1);
+        assert!(
+            seen[0]
+                .1
+                .starts_with("/apis/authentication.k8s.io/v1/tokenreviews"),
+            "{}",
+            seen[0].1
+        );
         assert!(seen[0].2.contains("\"token\":\"tok\""));
         assert!(seen[0].2.contains("system:konnectivity-server"));
     }
@@ -190,19 +214,36 @@ mod tests {
         .await;
         let hdr = vec!["Bearer tok".to_owned()];
         let e = a.authenticate(&hdr).await.unwrap_err();
-        assert_eq!(e, "Failed to validate authentication token, err:lookup failed: service account jwt not valid");
+        assert_eq!(
+            e,
+            "Failed to validate authentication token, err:lookup failed: service account jwt not valid"
+        );
         let e = a.authenticate(&hdr).await.unwrap_err();
-        assert!(e.ends_with("incoming request from \"default\" namespace. Expected \"kube-system\""), "{e}");
+        assert!(
+            e.ends_with("incoming request from \"default\" namespace. Expected \"kube-system\""),
+            "{e}"
+        );
         let e = a.authenticate(&hdr).await.unwrap_err();
-        assert!(e.ends_with("incoming request from \"other\" service account. Expected \"konnectivity-agent\""), "{e}");
+        assert!(
+            e.ends_with(
+                "incoming request from \"other\" service account. Expected \"konnectivity-agent\""
+            ),
+            "{e}"
+        );
         let e = a.authenticate(&hdr).await.unwrap_err();
-        assert!(e.ends_with("lookup failed: unexpected username format"), "{e}");
+        assert!(
+            e.ends_with("lookup failed: unexpected username format"),
+            "{e}"
+        );
         assert_eq!(seen.lock().unwrap().len(), 4);
         let e = a.authenticate(&[]).await.unwrap_err();
         assert!(e.ends_with("Authentication context was not found in metadata"));
         let e = a.authenticate(&["tok".into()]).await.unwrap_err();
         assert!(e.ends_with("received token does not have \"Bearer \" prefix"));
-        let e = a.authenticate(&["Bearer a".into(), "Bearer b".into()]).await.unwrap_err();
+        let e = a
+            .authenticate(&["Bearer a".into(), "Bearer b".into()])
+            .await
+            .unwrap_err();
         assert!(e.ends_with("too many (2) tokens are received"));
     }
 }

@@ -28,15 +28,23 @@ pub fn lease_name(server_id: &str) -> String {
 /// Whether a lease is still valid at `now`: (renewTime, else acquireTime) +
 /// leaseDurationSeconds > now. A lease with no time at all is expired.
 pub fn is_valid(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else { return false };
-    let Some(t) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else { return false };
+    let Some(spec) = &lease.spec else {
+        return false;
+    };
+    let Some(t) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
+        return false;
+    };
     let dur = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
     t.0.checked_add(dur).is_ok_and(|end| end > now)
 }
 
 /// Formats labels as a selector `k1=v1,k2=v2` (sorted, as upstream).
 pub fn selector(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The server side: heartbeat and garbage collection.
@@ -49,14 +57,25 @@ pub struct LeaseController {
 
 impl std::fmt::Debug for LeaseController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseController").field("server_id", &self.server_id).finish()
+        f.debug_struct("LeaseController")
+            .field("server_id", &self.server_id)
+            .finish()
     }
 }
 
 impl LeaseController {
     /// A controller for `server_id`'s lease in `namespace`, labelled with `labels`.
-    pub fn new(client: Client, namespace: &str, server_id: &str, labels: BTreeMap<String, String>) -> Self {
-        Self { api: Api::namespaced(client, namespace), server_id: server_id.to_owned(), labels }
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        server_id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            server_id: server_id.to_owned(),
+            labels,
+        }
     }
 
     fn desired(&self, existing: Option<Lease>) -> Lease {
@@ -76,7 +95,11 @@ impl LeaseController {
         match self.api.get_opt(&name).await? {
             None => {
                 let mut l = self.desired(None);
-                l.metadata = ObjectMeta { name: Some(name), labels: Some(self.labels.clone()), ..Default::default() };
+                l.metadata = ObjectMeta {
+                    name: Some(name),
+                    labels: Some(self.labels.clone()),
+                    ..Default::default()
+                };
                 self.api.create(&PostParams::default(), &l).await?;
             }
             Some(existing) => {
@@ -89,16 +112,24 @@ impl LeaseController {
 
     /// Deletes expired leases carrying our labels. Returns how many were deleted.
     pub async fn collect_garbage(&self) -> Result<usize, kube::Error> {
-        let list = self.api.list(&ListParams::default().labels(&selector(&self.labels))).await?;
+        let list = self
+            .api
+            .list(&ListParams::default().labels(&selector(&self.labels)))
+            .await?;
         let now = Timestamp::now();
         let mut culled = 0;
         for l in list.items {
             if is_valid(&l, now) {
                 continue;
             }
-            let Some(name) = l.metadata.name.clone() else { continue };
+            let Some(name) = l.metadata.name.clone() else {
+                continue;
+            };
             let dp = DeleteParams {
-                preconditions: Some(Preconditions { resource_version: l.metadata.resource_version.clone(), uid: None }),
+                preconditions: Some(Preconditions {
+                    resource_version: l.metadata.resource_version.clone(),
+                    uid: None,
+                }),
                 ..Default::default()
             };
             match self.api.delete(&name, &dp).await {
@@ -143,19 +174,28 @@ pub struct LeaseCounter {
 
 impl std::fmt::Debug for LeaseCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseCounter").field("selector", &self.selector).finish()
+        f.debug_struct("LeaseCounter")
+            .field("selector", &self.selector)
+            .finish()
     }
 }
 
 impl LeaseCounter {
     /// Counts leases in `namespace` matching `selector` (Kubernetes selector syntax).
     pub fn new(client: Client, namespace: &str, selector: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), selector: selector.to_owned() }
+        Self {
+            api: Api::namespaced(client, namespace),
+            selector: selector.to_owned(),
+        }
     }
 
     /// The number of valid leases now.
     pub async fn count(&self) -> Result<usize, kube::Error> {
-        let lp = if self.selector.is_empty() { ListParams::default() } else { ListParams::default().labels(&self.selector) };
+        let lp = if self.selector.is_empty() {
+            ListParams::default()
+        } else {
+            ListParams::default().labels(&self.selector)
+        };
         let list = self.api.list(&lp).await?;
         let now = Timestamp::now();
         Ok(list.items.iter().filter(|l| is_valid(l, now)).count())
@@ -168,7 +208,10 @@ mod tests {
     use crate::fake;
 
     fn lease_json(name: &str, renew: Option<Timestamp>, acquire: Option<Timestamp>) -> String {
-        let t = |t: Option<Timestamp>| t.map(|t| format!("\"{}\"", t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))).unwrap_or("null".into());
+        let t = |t: Option<Timestamp>| {
+            t.map(|t| format!("\"{}\"", t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")))
+                .unwrap_or("null".into())
+        };
         format!(
             r#"{{"metadata":{{"name":"{name}","namespace":"kube-system","resourceVersion":"7","labels":{{"k8s-app":"konnectivity-server"}}}},"spec":{{"holderIdentity":"x","leaseDurationSeconds":30,"renewTime":{},"acquireTime":{}}}}}"#,
             t(renew),
@@ -182,10 +225,22 @@ mod tests {
         let parse = |s: String| serde_json::from_str::<Lease>(&s).unwrap();
         let fresh = now - SignedDuration::from_secs(5);
         let old = now - SignedDuration::from_secs(60);
-        assert!(is_valid(&parse(lease_json("a", None, Some(fresh))), now), "acquired-only fresh");
-        assert!(is_valid(&parse(lease_json("a", Some(fresh), None)), now), "renewed fresh");
-        assert!(!is_valid(&parse(lease_json("a", None, None)), now), "no times");
-        assert!(!is_valid(&parse(lease_json("a", Some(old), Some(fresh))), now), "renew time wins and is old");
+        assert!(
+            is_valid(&parse(lease_json("a", None, Some(fresh))), now),
+            "acquired-only fresh"
+        );
+        assert!(
+            is_valid(&parse(lease_json("a", Some(fresh), None)), now),
+            "renewed fresh"
+        );
+        assert!(
+            !is_valid(&parse(lease_json("a", None, None)), now),
+            "no times"
+        );
+        assert!(
+            !is_valid(&parse(lease_json("a", Some(old), Some(fresh))), now),
+            "renew time wins and is old"
+        );
     }
 
     #[tokio::test]
@@ -195,19 +250,46 @@ mod tests {
         let list = format!(
             r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{},{}]}}"#,
             lease_json("konnectivity-proxy-server-live", Some(now), None),
-            lease_json("konnectivity-proxy-server-dead", Some(now - SignedDuration::from_secs(300)), None)
+            lease_json(
+                "konnectivity-proxy-server-dead",
+                Some(now - SignedDuration::from_secs(300)),
+                None
+            )
         );
-        let (kc, seen) = fake::api(vec![(200, list), (200, r#"{"kind":"Status","status":"Success"}"#.into())], dir.path()).await;
+        let (kc, seen) = fake::api(
+            vec![
+                (200, list),
+                (200, r#"{"kind":"Status","status":"Success"}"#.into()),
+            ],
+            dir.path(),
+        )
+        .await;
         let client = crate::connect(&kc).await.unwrap();
         let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
         let c = LeaseController::new(client, "kube-system", "me", labels);
         assert_eq!(c.collect_garbage().await.unwrap(), 1);
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
-        assert!(seen[0].1.contains("labelSelector=k8s-app%3Dkonnectivity-server"), "{}", seen[0].1);
+        assert!(
+            seen[0]
+                .1
+                .contains("labelSelector=k8s-app%3Dkonnectivity-server"),
+            "{}",
+            seen[0].1
+        );
         assert_eq!(seen[1].0, "DELETE");
-        assert!(seen[1].1.contains("/namespaces/kube-system/leases/konnectivity-proxy-server-dead"), "{}", seen[1].1);
-        assert!(seen[1].2.contains("\"resourceVersion\":\"7\""), "{}", seen[1].2);
+        assert!(
+            seen[1]
+                .1
+                .contains("/namespaces/kube-system/leases/konnectivity-proxy-server-dead"),
+            "{}",
+            seen[1].1
+        );
+        assert!(
+            seen[1].2.contains("\"resourceVersion\":\"7\""),
+            "{}",
+            seen[1].2
+        );
     }
 
     #[tokio::test]
@@ -218,7 +300,10 @@ mod tests {
         let (kc, seen) = fake::api(vec![(404, notfound), (201, created)], dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();
         let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
-        LeaseController::new(client, "kube-system", "me", labels).renew().await.unwrap();
+        LeaseController::new(client, "kube-system", "me", labels)
+            .renew()
+            .await
+            .unwrap();
         let seen = seen.lock().unwrap();
         assert_eq!(seen[1].0, "POST");
         let body: serde_json::Value = serde_json::from_str(&seen[1].2).unwrap();
@@ -241,6 +326,12 @@ mod tests {
         );
         let (kc, _) = fake::api(vec![(200, list)], dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();
-        assert_eq!(LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server").count().await.unwrap(), 2);
+        assert_eq!(
+            LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server")
+                .count()
+                .await
+                .unwrap(),
+            2
+        );
     }
 }

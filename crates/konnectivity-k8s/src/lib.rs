@@ -31,7 +31,10 @@ pub enum K8sError {
 
 /// A client from `kubeconfig` (a path), or the in-cluster configuration when empty.
 pub async fn connect(kubeconfig: &str) -> Result<Client, K8sError> {
-    let err = |reason: String| K8sError::Kubeconfig { path: kubeconfig.to_owned(), reason };
+    let err = |reason: String| K8sError::Kubeconfig {
+        path: kubeconfig.to_owned(),
+        reason,
+    };
     let config = if kubeconfig.is_empty() {
         kube::Config::incluster().map_err(|e| err(e.to_string()))?
     } else {
@@ -92,12 +95,17 @@ pub(crate) mod fake {
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
-                        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+                        let body =
+                            String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
                         let mut first = head.lines().next().unwrap_or("").split_whitespace();
                         let method = first.next().unwrap_or("").to_owned();
                         let path = first.next().unwrap_or("").to_owned();
                         log.lock().unwrap().push((method, path, body));
-                        let (status, json) = responses.lock().unwrap().next().unwrap_or((500, "{}".into()));
+                        let (status, json) = responses
+                            .lock()
+                            .unwrap()
+                            .next()
+                            .unwrap_or((500, "{}".into()));
                         let rsp = format!(
                             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
                             json.len()

@@ -8,19 +8,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use konnectivity_config::identifiers::AgentIdentifiers;
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::select::{Cidr, Identity};
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
-use konnectivity_proto::agent_service_server::AgentService;
 use konnectivity_tunnel::credit::Credit;
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
 use konnectivity_tunnel::outbound;
 use konnectivity_tunnel::queue::{Budget, conn_queue};
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{DialFailureReason, Gauge, Segment};
@@ -76,81 +75,126 @@ fn identity(md: &MetadataMap) -> Result<Identity, Status> {
     })
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+/// The `AgentService` as an HTTP service: tonic's router hands it every request under
+/// `/AgentService/`, and it answers `Connect` with a [`PacketBody`] (no generic codec
+/// in the data path, see `konnectivity_tunnel::grpc`).
+impl tonic::server::NamedService for AgentEndpoint {
+    const NAME: &'static str = "AgentService";
+}
 
-#[tonic::async_trait]
-impl AgentService for AgentEndpoint {
-    type ConnectStream = PacketStream;
+type HttpResponse = http::Response<tonic::body::Body>;
+type ResponseFuture = Pin<
+    Box<dyn std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>,
+>;
 
-    async fn connect(
-        &self,
-        request: Request<Streaming<Packet>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = request.remote_addr();
-        let ident = identity(request.metadata()).inspect_err(|e| {
-            warn!(?peer, error = %e.message(), "rejected agent stream");
-        })?;
-        let s = &self.shared;
-        if let Some(auth) = &s.auth {
-            let values = one_value(request.metadata(), metadata::AUTHORIZATION);
-            if let Err(e) = auth.authenticate(&values).await {
-                // Logged with the peer and the reason; never with the token.
-                warn!(?peer, agent_id = %ident.agent_id, reason = %e, "rejected agent: authentication failed");
-                return Err(Status::unknown(e));
+impl tower::Service<http::Request<tonic::body::Body>> for AgentEndpoint {
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if req.uri().path() != konnectivity_proto::CONNECT_PATH {
+                return Ok(Status::unimplemented("").into_http());
             }
-        }
-        let peer_window = match s.settings.flow_window {
-            Some(_) => request
-                .metadata()
-                .get(metadata::FLOW_WINDOW)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|w| *w > 0),
-            None => None,
-        };
-        let metrics_shared = s.clone();
-        let hook: outbound::Hook = std::sync::Arc::new(move |p: &Packet| {
-            metrics_shared.metrics.packet(Segment::ToAgent, packet::type_name(p));
-            if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
-                metrics_shared.metrics.bytes(true, d.data.len());
-            }
-        });
-        let (tx, out) = outbound::channel_with(Some(hook));
-        let stream_id = s.next_id();
-        let backend = Arc::new(Backend::new(
-            stream_id,
-            ident.agent_id.clone(),
-            tx,
-            peer_window,
-        ));
-        info!(
-            agent_id = %ident.agent_id, stream = stream_id, ?peer,
-            flow_control = peer_window.is_some(), "agent connected"
-        );
-        s.table().add(backend.clone(), ident);
-        s.refresh_backend_gauges();
-
-        let inbound = request.into_inner();
-        tokio::spawn(serve_agent(s.clone(), backend, inbound));
-
-        let mut response = Response::new(Box::pin(out.map(Ok)) as PacketStream);
-        let md = response.metadata_mut();
-        if let Ok(v) = MetadataValue::try_from(s.settings.server_id.as_str()) {
-            md.insert(metadata::SERVER_ID, v);
-        }
-        md.insert(
-            metadata::SERVER_COUNT,
-            MetadataValue::from(s.settings.server_count),
-        );
-        if let (Some(ours), Some(_)) = (s.settings.flow_window, peer_window) {
-            md.insert(metadata::FLOW_WINDOW, MetadataValue::from(ours));
-        }
-        Ok(response)
+            Ok(connect(shared, req).await.unwrap_or_else(|s| s.into_http()))
+        })
     }
 }
 
+/// Accepts one `AgentService.Connect` stream: identity, authentication, then the
+/// response headers; the stream itself is read by [`serve_agent`].
+async fn connect(
+    s: Arc<Shared>,
+    request: http::Request<tonic::body::Body>,
+) -> Result<HttpResponse, Status> {
+    let (parts, body) = request.into_parts();
+    let conn_info = parts
+        .extensions
+        .get::<crate::listen::AgentConnInfo>()
+        .cloned();
+    let peer = conn_info.as_ref().map(|c| c.peer);
+    let md = MetadataMap::from_headers(parts.headers);
+    let ident = identity(&md).inspect_err(|e| {
+        warn!(?peer, error = %e.message(), "rejected agent stream");
+    })?;
+    if let Some(auth) = &s.auth {
+        let values = one_value(&md, metadata::AUTHORIZATION);
+        if let Err(e) = auth.authenticate(&values).await {
+            // Logged with the peer and the reason; never with the token.
+            warn!(?peer, agent_id = %ident.agent_id, reason = %e, "rejected agent: authentication failed");
+            return Err(Status::unknown(e));
+        }
+    }
+    let peer_window = match s.settings.flow_window {
+        Some(_) => md
+            .get(metadata::FLOW_WINDOW)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|w| *w > 0),
+        None => None,
+    };
+    let metrics_shared = s.clone();
+    let hook: outbound::Hook = std::sync::Arc::new(move |p: &Packet| {
+        metrics_shared
+            .metrics
+            .packet(Segment::ToAgent, packet::type_name(p));
+        if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
+            metrics_shared.metrics.bytes(true, d.data.len());
+        }
+    });
+    let (tx, out) = outbound::channel_with(Some(hook), conn_info.map(|c| c.pacer));
+    let stream_id = s.next_id();
+    let backend = Arc::new(Backend::new(
+        stream_id,
+        ident.agent_id.clone(),
+        tx,
+        peer_window,
+    ));
+    info!(
+        agent_id = %ident.agent_id, stream = stream_id, ?peer,
+        flow_control = peer_window.is_some(), "agent connected"
+    );
+    s.table().add(backend.clone(), ident);
+    s.refresh_backend_gauges();
+
+    let inbound = PacketReader::new(body, s.settings.max_message);
+    tokio::spawn(serve_agent(s.clone(), backend, inbound));
+
+    let mut md = MetadataMap::new();
+    if let Ok(v) = MetadataValue::try_from(s.settings.server_id.as_str()) {
+        md.insert(metadata::SERVER_ID, v);
+    }
+    md.insert(
+        metadata::SERVER_COUNT,
+        MetadataValue::from(s.settings.server_count),
+    );
+    if let (Some(ours), Some(_)) = (s.settings.flow_window, peer_window) {
+        md.insert(metadata::FLOW_WINDOW, MetadataValue::from(ours));
+    }
+    let mut response = http::Response::new(tonic::body::Body::new(PacketBody::response(out)));
+    *response.headers_mut() = md.into_headers();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(response)
+}
+
 /// Reads one agent stream until it ends, then cleans up after it.
-async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streaming<Packet>) {
+async fn serve_agent(
+    s: Arc<Shared>,
+    backend: Arc<Backend>,
+    mut inbound: PacketReader<tonic::body::Body>,
+) {
     let _gauge = s.metrics.hold(Gauge::GrpcConnect);
     loop {
         let next = tokio::select! {
@@ -160,8 +204,8 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
         match next {
             Ok(Some(p)) => dispatch(&s, &backend, p),
             Ok(None) => break,
-            Err(status) => {
-                debug!(agent_id = %backend.agent_id, stream = backend.stream_id, error = %status.message(), "agent stream ended with error");
+            Err(e) => {
+                debug!(agent_id = %backend.agent_id, stream = backend.stream_id, error = %e, "agent stream ended with error");
                 break;
             }
         }
@@ -172,7 +216,8 @@ async fn serve_agent(s: Arc<Shared>, backend: Arc<Backend>, mut inbound: Streami
     s.refresh_backend_gauges();
     let conns: Vec<_> = backend.conns().drain().collect();
     for (_, entry) in conns {
-        s.metrics.connection_closed(entry.since.elapsed(), "agent_disconnected");
+        s.metrics
+            .connection_closed(entry.since.elapsed(), "agent_disconnected");
         entry.queue.close(String::new());
     }
     let gone: Vec<_> = {
@@ -219,7 +264,8 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             if d.connect_id == 0 {
                 return;
             }
-            b.bytes_from_agent.fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            b.bytes_from_agent
+                .fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
             match conns.get(&d.connect_id) {
@@ -228,7 +274,8 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
                         let since = entry.since;
                         conns.remove(&d.connect_id);
                         drop(conns);
-                        s.metrics.connection_closed(since.elapsed(), "buffer_overflow");
+                        s.metrics
+                            .connection_closed(since.elapsed(), "buffer_overflow");
                         s.metrics.buffer_overflow();
                         warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: frontend stopped reading and its buffer budget is exhausted");
                         let _ = b.tx.control(packet::close_req(d.connect_id));
@@ -244,7 +291,8 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             let c = packet::close_response(&p);
             let entry = b.conns().remove(&c.connect_id);
             if let Some(e) = entry {
-                s.metrics.connection_closed(e.since.elapsed(), "agent_closed");
+                s.metrics
+                    .connection_closed(e.since.elapsed(), "agent_closed");
                 e.queue.close(c.error.clone());
             }
         }

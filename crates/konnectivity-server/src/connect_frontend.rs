@@ -16,9 +16,9 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::dial::{self, StartError};
-pub use konnectivity_core::connect::{Head, parse_head, status_for};
 use crate::metrics::{DialFailureReason, Gauge};
 use crate::state::{DialOutcome, Shared};
+pub use konnectivity_core::connect::{Head, parse_head, status_for};
 
 /// Largest request head we read (upstream's `MaxHeaderBytes` default is 1 MiB).
 const MAX_HEAD: usize = 1 << 20;
@@ -112,11 +112,15 @@ where
             .await;
         }
         Err(StartError::Denied(e)) => {
-            let resp = format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}");
+            let resp = format!(
+                "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}"
+            );
             return write_close(&mut sock, resp.as_bytes()).await;
         }
         Err(StartError::Limit(e)) => {
-            let resp = format!("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}");
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}"
+            );
             return write_close(&mut sock, resp.as_bytes()).await;
         }
         Err(StartError::DuplicateDialId) => {
@@ -201,4 +205,3 @@ where
         }
     }
 }
-

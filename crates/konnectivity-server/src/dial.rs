@@ -67,10 +67,7 @@ pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, St
         if pending.contains_key(&random) {
             return Err(StartError::DuplicateDialId);
         }
-        pending.insert(
-            random,
-            Pending::new(backend.clone(), tx),
-        );
+        pending.insert(random, Pending::new(backend.clone(), tx));
         s.metrics.set_pending(pending.len());
     }
     debug!(address, random, agent_id = %backend.agent_id, "dialing");
@@ -114,7 +111,8 @@ pub fn abandon(s: &Shared, random: i64, reason: DialFailureReason) {
 pub async fn close_conn(s: &Shared, b: &Backend, connect_id: i64) {
     let entry = b.conns().remove(&connect_id);
     if let Some(e) = entry {
-        s.metrics.connection_closed(e.since.elapsed(), "frontend_closed");
+        s.metrics
+            .connection_closed(e.since.elapsed(), "frontend_closed");
         let _ = b.tx.send(packet::close_req(connect_id)).await;
     }
 }

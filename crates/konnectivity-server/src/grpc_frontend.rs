@@ -53,11 +53,16 @@ impl ProxyService for ProxyEndpoint {
         let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
         tokio::spawn(serve_stream(self.shared.clone(), request.into_inner(), tx));
         let shared = self.shared.clone();
-        let out = futures::StreamExt::inspect(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)), move |r| {
-            if let Ok(p) = r {
-                shared.metrics.packet(Segment::ToClient, packet::type_name(p));
-            }
-        });
+        let out = futures::StreamExt::inspect(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            move |r| {
+                if let Ok(p) = r {
+                    shared
+                        .metrics
+                        .packet(Segment::ToClient, packet::type_name(p));
+                }
+            },
+        );
         Ok(Response::new(Box::pin(out) as PacketStream))
     }
 }

@@ -28,7 +28,6 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use konnectivity_proto::agent_service_server::AgentServiceServer;
 use konnectivity_proto::proxy_service_server::ProxyServiceServer;
 use konnectivity_tls::ServerConfig;
 use konnectivity_tunnel::endpoints::{self, Reply, Router};
@@ -170,9 +169,7 @@ pub async fn run_with(
         "agent",
         shutdown.clone(),
     );
-    let agent_svc = AgentServiceServer::new(backend::AgentEndpoint::new(shared.clone()))
-        .max_decoding_message_size(s.max_message)
-        .max_encoding_message_size(usize::MAX);
+    let agent_svc = backend::AgentEndpoint::new(shared.clone());
     let agent = grpc_server(s.agent_keepalive, 8 << 20, 32 << 20)
         .add_service(agent_svc)
         .serve_with_incoming_shutdown(agent_incoming, shutdown.clone().cancelled_owned());

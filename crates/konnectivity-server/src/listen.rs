@@ -11,21 +11,33 @@ use std::time::Duration;
 
 use futures::Stream;
 use konnectivity_tls::{ServerConfig, TlsAcceptor};
+use konnectivity_tunnel::outbound::Pacer;
+use konnectivity_tunnel::paced::{NOTSENT_LOWAT, PACER_LIMIT, PacedIo, set_notsent_lowat};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 /// Bound on a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server-side TLS connection over TCP.
+/// A server-side TLS connection over TCP. Its writes are reported to a [`Pacer`]
+/// that the agent stream served on it uses to bound what HTTP/2 and TLS buffer.
 #[derive(Debug)]
 pub struct TlsIo {
-    inner: konnectivity_tls::ServerTlsStream<TcpStream>,
+    inner: PacedIo<konnectivity_tls::ServerTlsStream<TcpStream>>,
     peer: SocketAddr,
+}
+
+/// What a request served on a [`TlsIo`] learns about its connection.
+#[derive(Debug, Clone)]
+pub struct AgentConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The connection's write pacer.
+    pub pacer: Arc<Pacer>,
 }
 
 impl AsyncRead for TlsIo {
@@ -65,11 +77,11 @@ impl AsyncWrite for TlsIo {
 }
 
 impl Connected for TlsIo {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        TcpConnectInfo {
-            local_addr: None,
-            remote_addr: Some(self.peer),
+    type ConnectInfo = AgentConnInfo;
+    fn connect_info(&self) -> AgentConnInfo {
+        AgentConnInfo {
+            peer: self.peer,
+            pacer: self.inner.pacer().clone(),
         }
     }
 }
@@ -99,11 +111,13 @@ pub fn tls_incoming(
                 _ = shutdown.cancelled() => return,
             };
             let _ = sock.set_nodelay(true);
+            let _ = set_notsent_lowat(&sock, NOTSENT_LOWAT);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                     Ok(Ok(inner)) => {
+                        let inner = PacedIo::new(inner, Pacer::new(PACER_LIMIT));
                         let _ = tx.send(TlsIo { inner, peer }).await;
                     }
                     Ok(Err(e)) => warn!(listener = what, %peer, error = %e, "TLS handshake failed"),

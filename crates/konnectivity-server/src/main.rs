@@ -11,7 +11,6 @@ use konnectivity_tls::MinVersion;
 use konnectivity_tunnel::process;
 use tracing::{error, info, warn};
 
-
 fn main() -> ExitCode {
     let opts = match ServerOptions::parse(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -103,11 +102,17 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
     };
 
     for name in &o.cipher_suites {
-        if !name.starts_with("TLS_AES_") && !name.starts_with("TLS_CHACHA20") && konnectivity_tls::tls12_suite(name).is_none() {
+        if !name.starts_with("TLS_AES_")
+            && !name.starts_with("TLS_CHACHA20")
+            && konnectivity_tls::tls12_suite(name).is_none()
+        {
             warn!(suite = %name, "--cipher-suites: rustls does not implement this suite; it is not offered");
         }
     }
-    let policy = konnectivity_tls::TlsPolicy { min, cipher_suites: o.cipher_suites.clone() };
+    let policy = konnectivity_tls::TlsPolicy {
+        min,
+        cipher_suites: o.cipher_suites.clone(),
+    };
     let cluster_ca = (!o.cluster_ca_cert.is_empty()).then(|| Path::new(&o.cluster_ca_cert));
     let agent_tls = konnectivity_tls::agent_listener_with(
         Path::new(&o.cluster_cert),
@@ -165,7 +170,12 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
     let shutdown = process::shutdown_on_signals();
     let leases = match (&client, o.enable_lease_controller) {
         (Some(c), true) => {
-            let ctl = konnectivity_k8s::lease::LeaseController::new(c.clone(), &o.lease_namespace, &o.server_id, o.lease_labels()?);
+            let ctl = konnectivity_k8s::lease::LeaseController::new(
+                c.clone(),
+                &o.lease_namespace,
+                &o.server_id,
+                o.lease_labels()?,
+            );
             let stop = shutdown.clone();
             Some(tokio::spawn(ctl.run(stop)))
         }

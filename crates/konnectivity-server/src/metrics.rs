@@ -16,7 +16,9 @@ use prometheus::{
 const NS: &str = "konnectivity_network_proxy";
 const SUB: &str = "server";
 const LATENCY_BUCKETS: &[f64] = &[0.000001, 0.00001, 0.0001, 0.005, 0.025, 0.1, 0.5, 2.5, 12.5];
-const LIFETIME_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0];
+const LIFETIME_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0,
+];
 
 /// Why a dial failed (`dial_failure_count{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,10 +90,23 @@ pub enum Segment {
 }
 
 const SEGMENTS: [&str; 4] = ["from_client", "to_client", "from_agent", "to_agent"];
-const TYPES: [&str; 9] = ["DIAL_REQ", "DIAL_RSP", "CLOSE_REQ", "CLOSE_RSP", "DATA", "DIAL_CLS", "DRAIN", "WINDOW_UPDATE", "UNKNOWN"];
+const TYPES: [&str; 9] = [
+    "DIAL_REQ",
+    "DIAL_RSP",
+    "CLOSE_REQ",
+    "CLOSE_RSP",
+    "DATA",
+    "DIAL_CLS",
+    "DRAIN",
+    "WINDOW_UPDATE",
+    "UNKNOWN",
+];
 
 fn type_index(name: &str) -> usize {
-    TYPES.iter().position(|t| *t == name).unwrap_or(TYPES.len() - 1)
+    TYPES
+        .iter()
+        .position(|t| *t == name)
+        .unwrap_or(TYPES.len() - 1)
 }
 
 /// The server's metrics.
@@ -130,7 +145,9 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 fn rs(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace("konnectivity_rs").subsystem(SUB)
+    Opts::new(name, help)
+        .namespace("konnectivity_rs")
+        .subsystem(SUB)
 }
 
 impl Metrics {
@@ -138,7 +155,8 @@ impl Metrics {
     pub fn new(strategies: &[Strategy]) -> Self {
         let registry = Registry::new();
         let hist = |name: &str, help: &str, buckets: &[f64]| {
-            Histogram::with_opts(HistogramOpts::from(opts(name, help)).buckets(buckets.to_vec())).expect("valid histogram")
+            Histogram::with_opts(HistogramOpts::from(opts(name, help)).buckets(buckets.to_vec()))
+                .expect("valid histogram")
         };
         let m = Self {
             ready_backends: IntGaugeVec::new(opts("ready_backends", "Number of konnectivity agent connected to the proxy server"), &["proxy_strategy"]).expect("valid"),
@@ -217,7 +235,10 @@ impl Metrics {
 
     /// The count for one reason (tests and status).
     pub fn dial_failures(&self, r: DialFailureReason) -> u64 {
-        self.dial_failures.get_metric_with_label_values(&[r.label()]).map(|c| c.get()).unwrap_or(0)
+        self.dial_failures
+            .get_metric_with_label_values(&[r.label()])
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 
     /// Sets `pending_backend_dials`.
@@ -227,7 +248,9 @@ impl Metrics {
 
     /// Sets `ready_backends{proxy_strategy}` (and the deprecated total).
     pub fn set_ready_backends(&self, s: Strategy, n: usize) {
-        self.ready_backends.with_label_values(&[s.name()]).set(n as i64);
+        self.ready_backends
+            .with_label_values(&[s.name()])
+            .set(n as i64);
         self.ready_backend_connections.set(n as i64);
     }
 
@@ -257,7 +280,9 @@ impl Metrics {
 
     /// Counts relayed payload bytes.
     pub fn bytes(&self, to_agent: bool, n: usize) {
-        self.bytes.with_label_values(&[if to_agent { "to_agent" } else { "from_agent" }]).inc_by(n as u64);
+        self.bytes
+            .with_label_values(&[if to_agent { "to_agent" } else { "from_agent" }])
+            .inc_by(n as u64);
     }
 
     /// Counts a connection closed for exhausting its buffer budget.
@@ -298,6 +323,8 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }

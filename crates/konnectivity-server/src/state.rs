@@ -182,7 +182,11 @@ impl Pending {
     /// A pending dial on `backend`.
     pub fn new(backend: Arc<Backend>, reply: oneshot::Sender<DialOutcome>) -> Self {
         backend.pending.fetch_add(1, Ordering::AcqRel);
-        Self { backend, started: Instant::now(), reply: Some(reply) }
+        Self {
+            backend,
+            started: Instant::now(),
+            reply: Some(reply),
+        }
     }
 
     /// Delivers the outcome; false when the frontend is already gone.
@@ -219,7 +223,10 @@ impl Shared {
     }
 
     /// Shared state that authenticates agents with `auth`.
-    pub fn with_auth(settings: Settings, auth: Option<konnectivity_k8s::auth::TokenAuthenticator>) -> Arc<Self> {
+    pub fn with_auth(
+        settings: Settings,
+        auth: Option<konnectivity_k8s::auth::TokenAuthenticator>,
+    ) -> Arc<Self> {
         let table = BackendTable::new(settings.strategies.clone());
         let metrics = Metrics::new(&settings.strategies);
         Arc::new(Self {
@@ -250,7 +257,12 @@ impl Shared {
     /// Updates the gauges computed at scrape time: the oldest pending dial's age and the
     /// bytes queued for frontends.
     pub fn refresh_scrape_gauges(&self) {
-        let oldest = self.pending().values().map(|p| p.started.elapsed()).max().unwrap_or_default();
+        let oldest = self
+            .pending()
+            .values()
+            .map(|p| p.started.elapsed())
+            .max()
+            .unwrap_or_default();
         let buffered: usize = self
             .table()
             .entries()

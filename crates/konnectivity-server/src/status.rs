@@ -27,7 +27,11 @@ pub fn json(s: &Shared) -> Value {
         .entries()
         .into_iter()
         .map(|(b, ident)| {
-            let since = b.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let since = b
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             json!({
                 "agent_id": b.agent_id,
                 "stream": b.stream_id,
@@ -44,7 +48,12 @@ pub fn json(s: &Shared) -> Value {
             })
         })
         .collect();
-    agents.sort_by(|a, b| a["agent_id"].as_str().cmp(&b["agent_id"].as_str()).then(a["stream"].as_u64().cmp(&b["stream"].as_u64())));
+    agents.sort_by(|a, b| {
+        a["agent_id"]
+            .as_str()
+            .cmp(&b["agent_id"].as_str())
+            .then(a["stream"].as_u64().cmp(&b["stream"].as_u64()))
+    });
     json!({
         "server_id": s.settings.server_id,
         "server_count": s.settings.server_count,
@@ -63,10 +72,21 @@ pub fn json(s: &Shared) -> Value {
 fn esc(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(", "),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     };
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The same, as a self-contained HTML page (no external assets, no scripts).
@@ -82,7 +102,11 @@ pub fn html(s: &Shared) -> String {
          <p>Ready: <b class=\"{rc}\">{ready}</b> · strategies: {strat} · server count: {count} · established connections: {est} · pending dials: {pend} · gRPC frontend streams: {gs} · HTTP-CONNECT connections: {hc}</p>\
          <h2>Agents ({n})</h2><table id=\"agents\"><tr><th>agent ID</th><th>stream</th><th>hosts</th><th>CIDRs</th><th>default route</th><th>connected since (unix)</th><th>draining</th><th>flow control</th><th>connections</th><th>pending dials</th><th>bytes to agent</th><th>bytes from agent</th></tr>",
         id = esc(&j["server_id"]),
-        rc = if j["ready"].as_bool() == Some(true) { "ok" } else { "bad" },
+        rc = if j["ready"].as_bool() == Some(true) {
+            "ok"
+        } else {
+            "bad"
+        },
         ready = j["ready"],
         strat = esc(&j["strategies"]),
         count = j["server_count"],
@@ -94,7 +118,20 @@ pub fn html(s: &Shared) -> String {
     );
     for a in j["agents"].as_array().into_iter().flatten() {
         let _ = write!(o, "<tr class=\"agent\">");
-        for k in ["agent_id", "stream", "hosts", "cidrs", "default_route", "connected_since", "draining", "flow_control", "connections", "pending_dials", "bytes_to_agent", "bytes_from_agent"] {
+        for k in [
+            "agent_id",
+            "stream",
+            "hosts",
+            "cidrs",
+            "default_route",
+            "connected_since",
+            "draining",
+            "flow_control",
+            "connections",
+            "pending_dials",
+            "bytes_to_agent",
+            "bytes_from_agent",
+        ] {
             let _ = write!(o, "<td>{}</td>", esc(&a[k]));
         }
         o.push_str("</tr>");

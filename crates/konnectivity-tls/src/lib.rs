@@ -80,10 +80,14 @@ pub fn tls12_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
     Some(match name {
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
         "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
         _ => return None,
     })
 }
@@ -103,7 +107,11 @@ impl TlsPolicy {
     fn provider(&self) -> Result<Arc<rustls::crypto::CryptoProvider>, TlsError> {
         let mut p = rustls::crypto::ring::default_provider();
         if !self.cipher_suites.is_empty() {
-            let tls12: Vec<_> = self.cipher_suites.iter().filter_map(|n| tls12_suite(n)).collect();
+            let tls12: Vec<_> = self
+                .cipher_suites
+                .iter()
+                .filter_map(|n| tls12_suite(n))
+                .collect();
             if tls12.is_empty() && self.min == MinVersion::Tls12 {
                 return Err(TlsError::Config(format!(
                     "--cipher-suites: none of {:?} is a TLS 1.2 suite rustls implements (ECDHE with AES-GCM or ChaCha20-Poly1305); TLS 1.2 clients could not connect",
@@ -112,7 +120,9 @@ impl TlsPolicy {
             }
             p.cipher_suites.retain(|s| match s {
                 rustls::SupportedCipherSuite::Tls13(_) => true,
-                rustls::SupportedCipherSuite::Tls12(_) => tls12.iter().any(|t| t.suite() == s.suite()),
+                rustls::SupportedCipherSuite::Tls12(_) => {
+                    tls12.iter().any(|t| t.suite() == s.suite())
+                }
             });
         }
         Ok(Arc::new(p))
@@ -193,7 +203,15 @@ pub fn agent_listener(
     client_ca: Option<&Path>,
     min: MinVersion,
 ) -> Result<ServerConfig, TlsError> {
-    agent_listener_with(cert, key, client_ca, &TlsPolicy { min, cipher_suites: Vec::new() })
+    agent_listener_with(
+        cert,
+        key,
+        client_ca,
+        &TlsPolicy {
+            min,
+            cipher_suites: Vec::new(),
+        },
+    )
 }
 
 /// [`agent_listener`] with a full [`TlsPolicy`]. The certificate is re-read when its
@@ -224,7 +242,16 @@ pub fn frontend_listener(
     http_connect: bool,
     min: MinVersion,
 ) -> Result<ServerConfig, TlsError> {
-    frontend_listener_with(cert, key, client_ca, http_connect, &TlsPolicy { min, cipher_suites: Vec::new() })
+    frontend_listener_with(
+        cert,
+        key,
+        client_ca,
+        http_connect,
+        &TlsPolicy {
+            min,
+            cipher_suites: Vec::new(),
+        },
+    )
 }
 
 /// [`frontend_listener`] with a full [`TlsPolicy`]; the certificate reloads on change.
@@ -397,13 +424,17 @@ impl ReloadingCert {
 
     fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
         let (certs, key_der) = load_key_pair(cert, key)?;
-        rustls::sign::CertifiedKey::from_der(certs, key_der, &rustls::crypto::ring::default_provider())
-            .map(Arc::new)
-            .map_err(|e| TlsError::KeyPair {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
-                reason: e.to_string(),
-            })
+        rustls::sign::CertifiedKey::from_der(
+            certs,
+            key_der,
+            &rustls::crypto::ring::default_provider(),
+        )
+        .map(Arc::new)
+        .map_err(|e| TlsError::KeyPair {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// The current certificate, reloading it first if the files changed.
@@ -428,13 +459,20 @@ impl ReloadingCert {
 }
 
 impl rustls::server::ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.current())
     }
 }
 
 impl rustls::client::ResolvesClientCert for ReloadingCert {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.current())
     }
     fn has_certs(&self) -> bool {
@@ -472,11 +510,27 @@ mod tests {
     #[test]
     fn cipher_suites_restrict_tls12_and_reject_unusable_lists() {
         install_provider();
-        let p = TlsPolicy { min: MinVersion::Tls12, cipher_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()] };
+        let p = TlsPolicy {
+            min: MinVersion::Tls12,
+            cipher_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()],
+        };
         let prov = p.provider().unwrap();
-        let tls12 = prov.cipher_suites.iter().filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_))).count();
+        let tls12 = prov
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .count();
         assert_eq!(tls12, 1);
-        let only_cbc = TlsPolicy { min: MinVersion::Tls12, cipher_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA".into()] };
-        assert!(only_cbc.provider().unwrap_err().to_string().contains("--cipher-suites"));
+        let only_cbc = TlsPolicy {
+            min: MinVersion::Tls12,
+            cipher_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA".into()],
+        };
+        assert!(
+            only_cbc
+                .provider()
+                .unwrap_err()
+                .to_string()
+                .contains("--cipher-suites")
+        );
     }
 }

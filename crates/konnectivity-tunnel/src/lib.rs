@@ -10,15 +10,22 @@
 //!
 //! - [`queue`]: the per-connection inbound queue with a byte budget.
 //! - [`credit`]: the sender side of per-connection flow control, awaitable.
-//! - [`outbound`]: the sender half of a shared stream (control packets first).
+//! - [`outbound`]: the sender half of a shared stream: per-connection lanes taken in
+//!   turn, control packets first, paced against what the transport has written.
+//! - [`paced`]: the transport wrapper and socket option that bound the bytes below
+//!   the scheduler.
 //! - [`splice`]: relays one TCP (or TLS/UDS) socket to and from the shared stream.
+//! - [`grpc`]: the agent stream's request/response bodies, framed without copying
+//!   DATA payloads.
 //! - [`endpoints`]: the small HTTP/1.1 server behind the health and admin ports.
 //! - [`process`]: logging set-up and signal handling shared by the binaries.
 #![deny(missing_docs)]
 
 pub mod credit;
 pub mod endpoints;
+pub mod grpc;
 pub mod outbound;
+pub mod paced;
 pub mod process;
 pub mod queue;
 pub mod splice;

@@ -1,18 +1,43 @@
-//! The sending half of a shared stream (`Connect`), as seen by connection tasks.
+//! The sending half of a shared stream (`Connect`), as seen by connection tasks, and
+//! the scheduler that decides which packet goes on the wire next.
 //!
-//! Two queues feed the gRPC stream: a bounded one for DATA and DIAL_REQ (a full queue
-//! makes only the sending connection wait) and an unbounded one for small control
-//! packets (CLOSE_*, DIAL_RSP, WINDOW_UPDATE) that the shared stream's reader must
-//! be able to send without ever blocking. Control packets go first.
+//! Every connection has its own small *lane* (at most [`LANE_PACKETS`] packets). The
+//! wire takes one packet per lane in turn (round robin), so a connection moving bulk
+//! data cannot put more than one packet ahead of an interactive connection's byte,
+//! and a full lane makes only its own connection wait. Packets of one connection
+//! (DIAL_RSP, DATA, CLOSE_*) share its lane and keep their order; DIAL_REQs share one
+//! lane of their own. Small control packets that the shared stream's reader must send
+//! without ever waiting (WINDOW_UPDATE, CLOSE_REQ for unknown IDs, DIAL_CLS, DRAIN) go
+//! first, unbounded.
+//!
+//! Below the scheduler sit HTTP/2, TLS and the socket, each with buffers of its own;
+//! whatever is queued there is ahead of every lane. A [`Pacer`] bounds it: the
+//! transport reports the bytes it has written, and the scheduler stops handing out
+//! DATA while more than [`Pacer::limit`] bytes are still below it.
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use futures::stream::{self, PollNext, Stream, StreamExt};
+use futures::stream::{Stream, StreamExt};
+use futures::task::AtomicWaker;
 use konnectivity_proto::Packet;
-use tokio::sync::mpsc;
+use konnectivity_proto::packet::Payload;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Capacity of the DATA queue, in packets (each at most one read chunk).
-pub const DATA_QUEUE: usize = 32;
+/// Packets one connection may have queued for the wire before its sender waits.
+pub const LANE_PACKETS: usize = 4;
+
+/// Packets the shared DIAL_REQ lane holds before dialers wait.
+pub const DIAL_LANE_PACKETS: usize = 32;
+
+/// The lane of packets that belong to no connection yet (DIAL_REQ).
+const DIAL_LANE: i64 = i64::MIN;
+
+/// Bytes counted per packet on top of its payload (gRPC, protobuf and HTTP/2 framing).
+const FRAMING: i64 = 0;
 
 /// The shared stream is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,66 +50,264 @@ impl std::fmt::Display for StreamClosed {
 }
 impl std::error::Error for StreamClosed {}
 
+/// Bounds the bytes queued below the scheduler (HTTP/2 and TLS buffers).
+///
+/// The scheduler adds what it hands to gRPC ([`Pacer::sent`]); the transport subtracts
+/// what it has written ([`Pacer::written`]). The count never goes below zero, so the
+/// framing bytes it does not know about cannot accumulate into an error.
+#[derive(Debug)]
+pub struct Pacer {
+    below: AtomicI64,
+    limit: i64,
+    waker: AtomicWaker,
+}
+
+impl Pacer {
+    /// A pacer that lets at most `limit` bytes sit below the scheduler.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            below: AtomicI64::new(0),
+            limit: limit as i64,
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// The configured bound, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// Bytes handed to gRPC and not yet written by the transport (approximate).
+    pub fn below(&self) -> usize {
+        self.below.load(Ordering::Acquire).max(0) as usize
+    }
+
+    fn sent(&self, n: i64) {
+        self.below.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Called by the transport after writing `n` bytes.
+    pub fn written(&self, n: usize) {
+        let n = n as i64;
+        let mut cur = self.below.load(Ordering::Acquire);
+        loop {
+            let next = (cur - n).max(0);
+            match self
+                .below
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        if cur >= self.limit && cur - n < self.limit {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether more may be handed down now; if not, `cx` is woken when it may.
+    fn poll_room(&self, cx: &mut Context<'_>) -> bool {
+        if self.below.load(Ordering::Acquire) < self.limit {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.below.load(Ordering::Acquire) < self.limit
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    queue: VecDeque<Packet>,
+    /// Senders waiting for room in this lane.
+    room: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    control: VecDeque<Packet>,
+    lanes: HashMap<i64, Lane>,
+    /// Lanes with packets, in the order they get their next turn.
+    turns: VecDeque<i64>,
+}
+
+#[derive(Debug)]
+struct Sched {
+    state: Mutex<State>,
+    /// The wire side, waiting for a packet.
+    consumer: AtomicWaker,
+    closed: CancellationToken,
+    data_bytes: AtomicU64,
+    pacer: Option<Arc<Pacer>>,
+}
+
+impl Sched {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queues half-updated in a way
+        // that matters more than losing the stream; keep going with the data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next(&self, cx: &mut Context<'_>) -> Poll<Option<Packet>> {
+        let mut st = self.lock();
+        if let Some(p) = st.control.pop_front() {
+            return Poll::Ready(Some(p));
+        }
+        if st.turns.is_empty() {
+            self.consumer.register(cx.waker());
+            return Poll::Pending;
+        }
+        if let Some(pacer) = &self.pacer
+            && !pacer.poll_room(cx)
+        {
+            // Control packets must still get through while DATA waits for the pacer.
+            self.consumer.register(cx.waker());
+            return Poll::Pending;
+        }
+        let Some(id) = st.turns.pop_front() else {
+            return Poll::Pending;
+        };
+        let Some(lane) = st.lanes.get_mut(&id) else {
+            return Poll::Pending;
+        };
+        let Some(p) = lane.queue.pop_front() else {
+            st.lanes.remove(&id);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        };
+        lane.room.notify_waiters();
+        if lane.queue.is_empty() {
+            st.lanes.remove(&id);
+        } else {
+            st.turns.push_back(id);
+        }
+        drop(st);
+        if let Some(pacer) = &self.pacer {
+            pacer.sent(wire_size(&p));
+        }
+        Poll::Ready(Some(p))
+    }
+}
+
+fn wire_size(p: &Packet) -> i64 {
+    match &p.payload {
+        Some(Payload::Data(d)) => d.data.len() as i64 + FRAMING,
+        _ => FRAMING,
+    }
+}
+
+/// Which lane a packet queued with [`StreamTx::send`] belongs to.
+fn lane_of(p: &Packet) -> i64 {
+    match &p.payload {
+        Some(Payload::Data(d)) => d.connect_id,
+        Some(Payload::DialResponse(r)) => r.connect_id,
+        Some(Payload::CloseRequest(c)) => c.connect_id,
+        Some(Payload::CloseResponse(c)) => c.connect_id,
+        Some(Payload::WindowUpdate(w)) => w.connect_id,
+        _ => DIAL_LANE,
+    }
+}
+
 /// A cloneable handle to send on a shared stream.
 #[derive(Debug, Clone)]
 pub struct StreamTx {
-    /// Bounded: back-pressure for the connection that sends bulk data.
-    data: mpsc::Sender<Packet>,
-    /// Unbounded: control packets from the stream reader, which must never wait.
-    control: mpsc::UnboundedSender<Packet>,
-    /// Cancelled when the stream ends (peer gone, or we retire it).
-    closed: CancellationToken,
-    /// DATA payload bytes queued on this stream (for status and metrics).
-    data_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sched: Arc<Sched>,
 }
 
 impl StreamTx {
-    /// Sends a DATA (or DIAL_REQ) packet, waiting for queue space.
+    /// Queues a packet in its connection's lane (DIAL_REQ: the dial lane), waiting
+    /// while that lane is full.
     pub async fn send(&self, p: Packet) -> Result<(), StreamClosed> {
-        if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
-            self.data_bytes.fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        tokio::select! {
-            r = self.data.send(p) => r.map_err(|_| StreamClosed),
-            _ = self.closed.cancelled() => Err(StreamClosed),
+        let id = lane_of(&p);
+        let cap = if id == DIAL_LANE {
+            DIAL_LANE_PACKETS
+        } else {
+            LANE_PACKETS
+        };
+        let s = &self.sched;
+        loop {
+            if s.closed.is_cancelled() {
+                return Err(StreamClosed);
+            }
+            let room = {
+                let mut st = s.lock();
+                let lane = st.lanes.entry(id).or_default();
+                if lane.queue.len() < cap {
+                    if let Some(Payload::Data(d)) = &p.payload {
+                        s.data_bytes
+                            .fetch_add(d.data.len() as u64, Ordering::Relaxed);
+                    }
+                    let first = lane.queue.is_empty();
+                    lane.queue.push_back(p);
+                    if first {
+                        st.turns.push_back(id);
+                    }
+                    drop(st);
+                    s.consumer.wake();
+                    return Ok(());
+                }
+                lane.room.clone()
+            };
+            let notified = room.notified();
+            tokio::pin!(notified);
+            // Registered before re-checking, so a pop between the check above and the
+            // wait below is not missed.
+            notified.as_mut().enable();
+            let full = {
+                let st = s.lock();
+                st.lanes.get(&id).is_some_and(|l| l.queue.len() >= cap)
+            };
+            if full {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = s.closed.cancelled() => return Err(StreamClosed),
+                }
+            }
         }
     }
 
     /// Sends a control packet without waiting.
     pub fn control(&self, p: Packet) -> Result<(), StreamClosed> {
-        if self.closed.is_cancelled() {
+        let s = &self.sched;
+        if s.closed.is_cancelled() {
             return Err(StreamClosed);
         }
-        self.control.send(p).map_err(|_| StreamClosed)
+        s.lock().control.push_back(p);
+        s.consumer.wake();
+        Ok(())
     }
 
     /// Resolves when the stream has ended.
     pub async fn closed(&self) {
-        self.closed.cancelled().await
+        self.sched.closed.cancelled().await
     }
 
     /// Whether the stream has ended.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.sched.closed.is_cancelled()
     }
 
     /// Ends the stream (e.g. retiring a backend, or on shutdown).
     pub fn close(&self) {
-        self.closed.cancel()
+        self.sched.closed.cancel()
     }
 
     /// DATA payload bytes sent on this stream so far.
     pub fn data_bytes(&self) -> u64 {
-        self.data_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.sched.data_bytes.load(Ordering::Relaxed)
     }
 
     /// The token cancelled when the stream ends.
     pub fn token(&self) -> &CancellationToken {
-        &self.closed
+        &self.sched.closed
+    }
+
+    /// Connections with packets waiting for the wire (for status pages and tests).
+    pub fn busy_lanes(&self) -> usize {
+        self.sched.lock().lanes.len()
     }
 }
 
-/// The packets to put on the wire, control first, ending when the stream is closed.
+/// The packets to put on the wire, ending when the stream is closed.
 ///
 /// A named type rather than a boxed `dyn Stream` alias: passing the alias to tonic's
 /// generated client trips a higher-ranked `Send` inference failure in rustc.
@@ -98,66 +321,61 @@ impl std::fmt::Debug for Outbound {
 
 impl Stream for Outbound {
     type Item = Packet;
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Packet>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Packet>> {
         self.0.as_mut().poll_next(cx)
     }
 }
 
 /// Creates a shared stream's sender and the packet stream to hand to gRPC.
 pub fn channel() -> (StreamTx, Outbound) {
-    channel_with(None)
+    channel_with(None, None)
 }
 
 /// Observes every packet as it is handed to gRPC (metrics).
-pub type Hook = std::sync::Arc<dyn Fn(&Packet) + Send + Sync>;
+pub type Hook = Arc<dyn Fn(&Packet) + Send + Sync>;
 
-/// [`channel`] with a hook called for each packet put on the wire.
-pub fn channel_with(hook: Option<Hook>) -> (StreamTx, Outbound) {
-    let (data, data_rx) = mpsc::channel(DATA_QUEUE);
-    let (control, control_rx) = mpsc::unbounded_channel();
+/// [`channel`] with a hook called for each packet put on the wire, and a pacer that
+/// bounds what is queued below the scheduler.
+pub fn channel_with(hook: Option<Hook>, pacer: Option<Arc<Pacer>>) -> (StreamTx, Outbound) {
     let closed = CancellationToken::new();
-    let ctrl = tokio_stream_unbounded(control_rx);
-    let data_s = tokio_stream_bounded(data_rx);
-    let merged = stream::select_with_strategy(ctrl, data_s, |_: &mut ()| PollNext::Left);
+    let sched = Arc::new(Sched {
+        state: Mutex::new(State::default()),
+        consumer: AtomicWaker::new(),
+        closed: closed.clone(),
+        data_bytes: AtomicU64::new(0),
+        pacer,
+    });
+    let s = sched.clone();
     let token = closed.clone();
-    let out = merged
+    let out = futures::stream::poll_fn(move |cx| s.next(cx))
         .inspect(move |p| {
             if let Some(h) = &hook {
                 h(p)
             }
         })
         .take_until(async move { token.cancelled_owned().await });
-    (
-        StreamTx {
-            data,
-            control,
-            closed,
-            data_bytes: Default::default(),
-        },
-        Outbound(Box::pin(out)),
-    )
-}
-
-fn tokio_stream_unbounded(mut rx: mpsc::UnboundedReceiver<Packet>) -> impl Stream<Item = Packet> {
-    stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-fn tokio_stream_bounded(mut rx: mpsc::Receiver<Packet>) -> impl Stream<Item = Packet> {
-    stream::poll_fn(move |cx| rx.poll_recv(cx))
+    (StreamTx { sched }, Outbound(Box::pin(out)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use konnectivity_core::packet;
+    use std::time::Duration;
+
+    fn data(id: i64, n: usize) -> Packet {
+        packet::data(id, Bytes::from(vec![b'x'; n]))
+    }
+
+    fn id_of(p: &Packet) -> i64 {
+        lane_of(p)
+    }
 
     #[tokio::test]
     async fn control_packets_overtake_queued_data() {
         let (tx, mut out) = channel();
-        tx.send(packet::data(1, bytes::Bytes::from_static(b"a")))
+        tx.send(packet::data(1, Bytes::from_static(b"a")))
             .await
             .unwrap();
         tx.control(packet::close_req(9)).unwrap();
@@ -165,5 +383,94 @@ mod tests {
         assert_eq!(packet::type_name(&first), "CLOSE_REQ");
         tx.close();
         assert!(tx.control(packet::close_req(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_interactive_packet_waits_behind_at_most_one_bulk_packet() {
+        let (tx, mut out) = channel();
+        for _ in 0..LANE_PACKETS {
+            tx.send(data(1, 65536)).await.unwrap();
+        }
+        tx.send(data(2, 1)).await.unwrap();
+        let order: Vec<i64> = (0..3)
+            .map(|_| id_of(&futures::executor::block_on(out.next()).unwrap()))
+            .collect();
+        assert_eq!(order, vec![1, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_makes_only_its_own_sender_wait() {
+        let (tx, mut out) = channel();
+        for _ in 0..LANE_PACKETS {
+            tx.send(data(1, 10)).await.unwrap();
+        }
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.send(data(1, 10))).await;
+        assert!(blocked.is_err(), "a full lane must wait");
+        tokio::time::timeout(Duration::from_millis(50), tx.send(data(2, 10)))
+            .await
+            .expect("another connection's lane is free")
+            .unwrap();
+        // One packet of lane 1 leaves: its sender gets room again.
+        out.next().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), tx.send(data(1, 10)))
+            .await
+            .expect("room after a packet left")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_connection_keeps_its_packet_order() {
+        let (tx, mut out) = channel();
+        tx.send(packet::dial_rsp(5, 3, "")).await.unwrap();
+        tx.send(data(3, 1)).await.unwrap();
+        tx.send(packet::close_rsp(3, "")).await.unwrap();
+        let names: Vec<_> = (0..3)
+            .map(|_| packet::type_name(&futures::executor::block_on(out.next()).unwrap()))
+            .collect();
+        assert_eq!(names, vec!["DIAL_RSP", "DATA", "CLOSE_RSP"]);
+        assert_eq!(tx.busy_lanes(), 0, "empty lanes are dropped");
+    }
+
+    #[tokio::test]
+    async fn the_pacer_holds_data_but_not_control_packets() {
+        let pacer = Pacer::new(1000);
+        let (tx, mut out) = channel_with(None, Some(pacer.clone()));
+        tx.send(data(1, 2000)).await.unwrap();
+        tx.send(data(1, 10)).await.unwrap();
+        out.next().await.unwrap();
+        assert!(pacer.below() >= 2000);
+        tx.control(packet::close_req(4)).unwrap();
+        let p = tokio::time::timeout(Duration::from_millis(50), out.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(packet::type_name(&p), "CLOSE_REQ");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), out.next())
+                .await
+                .is_err()
+        );
+        pacer.written(1900);
+        let p = tokio::time::timeout(Duration::from_secs(1), out.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(id_of(&p), 1);
+        pacer.written(1 << 20);
+        assert_eq!(pacer.below(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn senders_fail_once_the_stream_is_closed() {
+        let (tx, _out) = channel();
+        for _ in 0..LANE_PACKETS {
+            tx.send(data(1, 1)).await.unwrap();
+        }
+        let t = tx.clone();
+        let waiting = tokio::spawn(async move { t.send(data(1, 1)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.close();
+        assert_eq!(waiting.await.unwrap(), Err(StreamClosed));
+        assert_eq!(tx.send(data(2, 1)).await, Err(StreamClosed));
     }
 }
