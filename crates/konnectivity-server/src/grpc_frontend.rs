@@ -13,11 +13,11 @@ use futures::Stream;
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::wire;
 use konnectivity_core::{Packet, PacketType};
-use konnectivity_proto::proxy_service_server::ProxyService;
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
 use konnectivity_tunnel::queue::Inbound;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::dial::{self, StartError};
@@ -40,34 +40,61 @@ impl ProxyEndpoint {
     }
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send>>;
+/// `ProxyService` as an HTTP service under tonic's router: the request and response
+/// bodies are framed by `konnectivity_tunnel::grpc`, so DATA payloads pass through
+/// without a codec copying them.
+impl tonic::server::NamedService for ProxyEndpoint {
+    const NAME: &'static str = "ProxyService";
+}
 
-#[tonic::async_trait]
-impl ProxyService for ProxyEndpoint {
-    type ProxyStream = PacketStream;
+type HttpResponse = http::Response<tonic::body::Body>;
+type ResponseFuture = Pin<
+    Box<dyn std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>,
+>;
 
-    async fn proxy(
-        &self,
-        request: Request<Streaming<Packet>>,
-    ) -> Result<Response<Self::ProxyStream>, Status> {
-        let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
-        tokio::spawn(serve_stream(self.shared.clone(), request.into_inner(), tx));
+impl tower::Service<http::Request<tonic::body::Body>> for ProxyEndpoint {
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let shared = self.shared.clone();
-        let out = futures::StreamExt::inspect(
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
-            move |r| {
-                if let Ok(p) = r {
+        Box::pin(async move {
+            if req.uri().path() != konnectivity_proto::PROXY_PATH {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            let inbound = PacketReader::new(req.into_body(), shared.settings.max_message);
+            let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
+            tokio::spawn(serve_stream(shared.clone(), inbound, tx));
+            let out = futures::StreamExt::inspect(
+                futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+                move |p| {
                     shared
                         .metrics
                         .packet(Segment::ToClient, packet::type_name(p));
-                }
-            },
-        );
-        Ok(Response::new(Box::pin(out) as PacketStream))
+                },
+            );
+            let body = PacketBody::response(Box::pin(out) as PacketStream);
+            let mut rsp = http::Response::new(tonic::body::Body::new(body));
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            Ok(rsp)
+        })
     }
 }
 
-type Out = mpsc::Sender<Result<Packet, Status>>;
+type PacketStream = Pin<Box<dyn Stream<Item = Packet> + Send>>;
+
+type Out = mpsc::Sender<Packet>;
 
 /// Where the stream is in its life.
 struct Tunnel {
@@ -85,7 +112,7 @@ struct Tunnel {
     discard: bool,
 }
 
-async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) {
+async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Body>, out: Out) {
     let _gauge = s.metrics.hold(Gauge::GrpcProxy);
     let mut t = Tunnel {
         backend: None,
@@ -111,22 +138,22 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                         let rsp = packet::dial_rsp(random, est.connect_id, "");
                         established_gauge = Some(s.metrics.hold(Gauge::Established));
                         t.conn = Some(est);
-                        if out.send(Ok(rsp)).await.is_err() {
+                        if out.send(rsp).await.is_err() {
                             break;
                         }
                     }
                     DialOutcome::Failed(e) => {
                         t.discard = true;
-                        if out.send(Ok(packet::dial_rsp(random, 0, e))).await.is_err() { break; }
+                        if out.send(packet::dial_rsp(random, 0, e)).await.is_err() { break; }
                     }
                     DialOutcome::Closed => {
                         t.discard = true;
-                        if out.send(Ok(packet::dial_cls(random))).await.is_err() { break; }
+                        if out.send(packet::dial_cls(random)).await.is_err() { break; }
                     }
                     DialOutcome::BackendGone => {
                         t.discard = true;
                         s.metrics.dial_failure(DialFailureReason::BackendClose);
-                        if out.send(Ok(packet::dial_rsp(random, 0, wire::AGENT_DISCONNECTED))).await.is_err() { break; }
+                        if out.send(packet::dial_rsp(random, 0, wire::AGENT_DISCONNECTED)).await.is_err() { break; }
                     }
                 }
             }
@@ -137,7 +164,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                     Some(Inbound::Data(b)) => {
                         let n = b.len();
                         let started = Instant::now();
-                        if out.send(Ok(packet::data(id, b))).await.is_err() {
+                        if out.send(packet::data(id, b)).await.is_err() {
                             break;
                         }
                         s.metrics.frontend_write(started.elapsed());
@@ -151,13 +178,13 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                         if aborted {
                             if let Some(b) = &t.backend { dial::close_conn(&s, b, id).await; }
                         }
-                        if out.send(Ok(packet::close_rsp(id, e))).await.is_err() { break; }
+                        if out.send(packet::close_rsp(id, e)).await.is_err() { break; }
                     }
                     None => {
                         t.conn = None;
                         established_gauge = None;
                         t.discard = true;
-                        if out.send(Ok(packet::close_rsp(id, ""))).await.is_err() { break; }
+                        if out.send(packet::close_rsp(id, "")).await.is_err() { break; }
                     }
                 }
             }
@@ -167,7 +194,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                     if dial::take_pending(&s, random).is_some() {
                         s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
                         t.discard = true;
-                        if out.send(Ok(packet::dial_rsp(random, 0, wire::BACKEND_DIAL_TIMEOUT))).await.is_err() { break; }
+                        if out.send(packet::dial_rsp(random, 0, wire::BACKEND_DIAL_TIMEOUT)).await.is_err() { break; }
                     }
                 }
             }
@@ -180,8 +207,8 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: Streaming<Packet>, out: Out) 
                         }
                     }
                     Ok(None) => break,
-                    Err(status) => {
-                        debug!(error = %status.message(), "frontend stream ended with error");
+                    Err(e) => {
+                        debug!(error = %e, "frontend stream ended with error");
                         break;
                     }
                 }
@@ -231,7 +258,7 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                         StartError::Send { error, .. } => error,
                     };
                     debug!(address = %req.address, error = %text, "dial failed");
-                    out.send(Ok(packet::dial_rsp(req.random, 0, text)))
+                    out.send(packet::dial_rsp(req.random, 0, text))
                         .await
                         .is_ok()
                 }
@@ -241,14 +268,14 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
             let id = packet::close_request(&p).connect_id;
             let Some(b) = &t.backend else {
                 return out
-                    .send(Ok(packet::close_rsp(id, wire::BACKEND_UNINITIALIZED)))
+                    .send(packet::close_rsp(id, wire::BACKEND_UNINITIALIZED))
                     .await
                     .is_ok();
             };
             t.discard = true;
             if b.tx.send(packet::close_req(id)).await.is_err() {
                 return out
-                    .send(Ok(packet::close_rsp(id, wire::CLOSE_REQ_TO_BACKEND_FAILED)))
+                    .send(packet::close_rsp(id, wire::CLOSE_REQ_TO_BACKEND_FAILED))
                     .await
                     .is_ok();
             }
@@ -268,7 +295,7 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                 t.discard = true;
                 let id = packet::into_data(p).connect_id;
                 return out
-                    .send(Ok(packet::close_rsp(id, wire::BACKEND_NOT_INITIALIZED)))
+                    .send(packet::close_rsp(id, wire::BACKEND_NOT_INITIALIZED))
                     .await
                     .is_ok();
             };
@@ -283,16 +310,13 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                     let _ = b.tx.send(packet::close_req(d.connect_id)).await;
                     let _ = b.tx.send(packet::close_req(first)).await;
                     let a = out
-                        .send(Ok(packet::close_rsp(
+                        .send(packet::close_rsp(
                             d.connect_id,
                             wire::MISMATCHED_CONNECTION_IDS,
-                        )))
+                        ))
                         .await;
                     let c = out
-                        .send(Ok(packet::close_rsp(
-                            first,
-                            wire::MISMATCHED_CONNECTION_IDS,
-                        )))
+                        .send(packet::close_rsp(first, wire::MISMATCHED_CONNECTION_IDS))
                         .await;
                     return a.is_ok() && c.is_ok();
                 }

@@ -28,7 +28,6 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use konnectivity_proto::proxy_service_server::ProxyServiceServer;
 use konnectivity_tls::ServerConfig;
 use konnectivity_tunnel::endpoints::{self, Reply, Router};
 use tokio::net::{TcpListener, UnixListener};
@@ -213,9 +212,7 @@ async fn serve_frontend(
     let s = &shared.settings;
     match (mode, listener) {
         (Mode::Grpc, l) => {
-            let svc = ProxyServiceServer::new(grpc_frontend::ProxyEndpoint::new(shared.clone()))
-                .max_decoding_message_size(s.max_message)
-                .max_encoding_message_size(usize::MAX);
+            let svc = grpc_frontend::ProxyEndpoint::new(shared.clone());
             let server = grpc_server(s.frontend_keepalive, 1 << 20, 16 << 20).add_service(svc);
             let done = shutdown.clone().cancelled_owned();
             match l {

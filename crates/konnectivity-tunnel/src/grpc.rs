@@ -18,10 +18,10 @@ use konnectivity_core::frame::{Decoder, FrameError, encode};
 
 use crate::outbound::Outbound;
 
-/// The outbound packets of a stream as an HTTP/2 body.
+/// A stream of packets (by default the outbound scheduler) as an HTTP/2 body.
 #[derive(Debug)]
-pub struct PacketBody {
-    out: Outbound,
+pub struct PacketBody<S = Outbound> {
+    out: S,
     /// A DATA payload that follows the head just yielded.
     payload: Option<Bytes>,
     /// Whether the body ends with `grpc-status: 0` trailers (server responses).
@@ -29,9 +29,9 @@ pub struct PacketBody {
     done: bool,
 }
 
-impl PacketBody {
+impl<S> PacketBody<S> {
     /// A request body (ends without trailers).
-    pub fn request(out: Outbound) -> Self {
+    pub fn request(out: S) -> Self {
         Self {
             out,
             payload: None,
@@ -41,7 +41,7 @@ impl PacketBody {
     }
 
     /// A response body: ends with an OK status in the trailers.
-    pub fn response(out: Outbound) -> Self {
+    pub fn response(out: S) -> Self {
         Self {
             trailers: true,
             ..Self::request(out)
@@ -49,7 +49,7 @@ impl PacketBody {
     }
 }
 
-impl Body for PacketBody {
+impl<S: Stream<Item = Packet> + Unpin> Body for PacketBody<S> {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
