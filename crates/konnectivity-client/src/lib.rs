@@ -14,16 +14,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use konnectivity_core::flow::MAX_CHUNK;
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::{Packet, PacketType};
-use konnectivity_proto::proxy_service_client::ProxyServiceClient;
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
 use konnectivity_tunnel::outbound;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tonic::transport::{Endpoint, Uri};
 
 /// Where the server's frontend listens.
 #[derive(Debug, Clone)]
@@ -110,41 +113,52 @@ pub async fn grpc_dial(
     f: &Frontend,
     address: &str,
     timeout: Duration,
-) -> Result<DuplexStream, ClientError> {
+) -> Result<GrpcStream, ClientError> {
     let io = tokio::time::timeout(timeout, open_frontend(f, b"h2"))
         .await
         .map_err(|_| ClientError::Timeout)??;
-    let slot = std::sync::Mutex::new(Some(io));
-    let connector = tower::service_fn(move |_: Uri| {
-        let io = slot.lock().ok().and_then(|mut s| s.take());
-        async move {
-            io.map(hyper_util::rt::TokioIo::new).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotConnected, "frontend connection closed")
-            })
-        }
-    });
-    let channel = Endpoint::from_static("http://konnectivity")
+    let stream_err = |e: &dyn std::fmt::Display| ClientError::Stream(e.to_string());
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(8 << 20)
         .max_frame_size(256 * 1024)
-        .connect_with_connector(connector)
+        .handshake::<_, PacketBody>(TokioIo::new(io))
         .await
-        .map_err(|e| ClientError::Stream(e.to_string()))?;
+        .map_err(|e| stream_err(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     let (tx, out) = outbound::channel();
     let random = rand::random::<i64>() & i64::MAX;
     tx.control(packet::dial_req("tcp", address, random))
-        .map_err(|e| ClientError::Stream(e.to_string()))?;
-    let mut client = ProxyServiceClient::new(channel).max_decoding_message_size(16 << 20);
-    let mut inbound = client
-        .proxy(out)
+        .map_err(|e| stream_err(&e))?;
+    let mut req = http::Request::new(PacketBody::request(out));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_static("http://konnectivity/ProxyService/Proxy");
+    let h = req.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let rsp = tokio::time::timeout(timeout, send.send_request(req))
         .await
-        .map_err(|s| ClientError::Stream(s.message().to_owned()))?
-        .into_inner();
-    let first = tokio::time::timeout(timeout, inbound.next())
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| stream_err(&e))?;
+    drop(send);
+    let (parts, body) = rsp.into_parts();
+    if let Some((code, message)) = status_of(&parts.headers)
+        && code != 0
+    {
+        return Err(ClientError::Stream(message));
+    }
+    let mut inbound = PacketReader::new(body, 16 << 20);
+    let first = tokio::time::timeout(timeout, inbound.message())
         .await
         .map_err(|_| ClientError::Timeout)?;
     let connect_id = match first {
-        Some(Ok(p)) => match packet::kind(&p) {
+        Ok(Some(p)) => match packet::kind(&p) {
             Kind::Known(PacketType::DialRsp) => {
                 let r = packet::dial_response(&p);
                 if !r.error.is_empty() {
@@ -154,64 +168,181 @@ pub async fn grpc_dial(
             }
             _ => return Err(ClientError::Closed),
         },
-        Some(Err(s)) => return Err(ClientError::Stream(s.message().to_owned())),
-        None => return Err(ClientError::Closed),
+        Err(e) => return Err(stream_err(&e)),
+        Ok(None) => return Err(ClientError::Closed),
     };
-    let (user, mine) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(bridge(mine, connect_id, tx, inbound));
-    Ok(user)
+    Ok(GrpcStream {
+        connect_id,
+        tx,
+        inbound: Some(inbound),
+        pending: Bytes::new(),
+        eof: false,
+        sending: None,
+        closed: false,
+    })
 }
 
-/// Relays the duplex half to the Proxy stream until either side ends.
-async fn bridge(
-    io: DuplexStream,
+type SendFuture = Pin<Box<dyn Future<Output = Result<(), outbound::StreamClosed>> + Send>>;
+
+/// One tunneled connection over a Proxy stream, as a byte stream.
+///
+/// Reads hand out the DATA payloads as they arrive; a write becomes one DATA packet
+/// (at most [`MAX_CHUNK`] bytes). Shutting down the write side sends CLOSE_REQ; the
+/// stream is closed for good when it is dropped, after waiting (in the background, at
+/// most 10 s, like the Go client's close timeout) for the server's CLOSE_RSP.
+pub struct GrpcStream {
     connect_id: i64,
     tx: outbound::StreamTx,
-    mut inbound: tonic::Streaming<Packet>,
-) {
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let up = async {
-        loop {
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(packet::close_req(connect_id)).await;
-                    return;
-                }
-                Ok(_) => {
-                    if tx
-                        .send(packet::data(connect_id, buf.freeze()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let down = async {
-        while let Some(Ok(p)) = inbound.next().await {
-            match packet::kind(&p) {
-                Kind::Known(PacketType::Data) => {
-                    let d = packet::into_data(p);
-                    if wr.write_all(&d.data).await.is_err() {
-                        return;
-                    }
-                }
-                Kind::Known(PacketType::CloseRsp) => break,
-                _ => {}
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    // After our side closes, keep reading until CLOSE_RSP, for at most 10 s (like the
-    // Go client's close timeout).
-    tokio::select! {
-        _ = async { up.await; tokio::time::sleep(Duration::from_secs(10)).await } => {}
-        _ = down => {}
+    inbound: Option<PacketReader<hyper::body::Incoming>>,
+    /// The rest of the DATA payload being read.
+    pending: Bytes,
+    eof: bool,
+    /// A packet handed over but not yet queued (its lane was full).
+    sending: Option<SendFuture>,
+    /// CLOSE_REQ has been queued.
+    closed: bool,
+}
+
+impl std::fmt::Debug for GrpcStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcStream")
+            .field("connect_id", &self.connect_id)
+            .finish_non_exhaustive()
     }
-    tx.close();
+}
+
+impl GrpcStream {
+    /// The connect ID the agent assigned.
+    pub fn connect_id(&self) -> i64 {
+        self.connect_id
+    }
+
+    fn poll_sending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(f) = self.sending.as_mut() {
+            let r = std::task::ready!(f.as_mut().poll(cx));
+            self.sending = None;
+            if r.is_err() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "tunnel closed",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(&mut self, p: Packet, cx: &mut Context<'_>) {
+        let tx = self.tx.clone();
+        let mut f: SendFuture = Box::pin(async move { tx.send(p).await });
+        // Usually the lane has room and the packet is queued right here.
+        match f.as_mut().poll(cx) {
+            Poll::Ready(_) => {}
+            Poll::Pending => self.sending = Some(f),
+        }
+    }
+}
+
+impl AsyncRead for GrpcStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                let chunk = self.pending.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match std::task::ready!(inbound.poll_message(cx)) {
+                Ok(Some(p)) => match packet::kind(&p) {
+                    Kind::Known(PacketType::Data) => self.pending = packet::into_data(p).data,
+                    Kind::Known(PacketType::CloseRsp) => self.eof = true,
+                    _ => {}
+                },
+                Ok(None) | Err(_) => self.eof = true,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GrpcStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_sending(cx))?;
+        if self.closed || self.tx.is_closed() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel closed",
+            )));
+        }
+        let n = buf.len().min(MAX_CHUNK);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let id = self.connect_id;
+        self.start_send(packet::data(id, Bytes::copy_from_slice(&buf[..n])), cx);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_sending(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_sending(cx))?;
+        if !self.closed {
+            self.closed = true;
+            let id = self.connect_id;
+            self.start_send(packet::close_req(id), cx);
+        }
+        self.poll_sending(cx)
+    }
+}
+
+impl Drop for GrpcStream {
+    fn drop(&mut self) {
+        let tx = self.tx.clone();
+        let id = self.connect_id;
+        let closed = self.closed;
+        let sending = self.sending.take();
+        let inbound = self.inbound.take();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tx.close();
+            return;
+        };
+        // Finish the close handshake in the background so the server and agent see a
+        // clean CLOSE_REQ/CLOSE_RSP rather than a reset stream.
+        rt.spawn(async move {
+            let finish = async {
+                if let Some(f) = sending {
+                    let _ = f.await;
+                }
+                if !closed {
+                    let _ = tx.send(packet::close_req(id)).await;
+                }
+                if let Some(mut inbound) = inbound {
+                    while let Ok(Some(p)) = inbound.message().await {
+                        if packet::type_name(&p) == "CLOSE_RSP" {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), finish).await;
+            tx.close();
+        });
+    }
 }
 
 /// Opens `address` through the HTTP-CONNECT frontend. Returns the raw stream after a

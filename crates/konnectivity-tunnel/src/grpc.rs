@@ -181,7 +181,11 @@ where
         std::future::poll_fn(|cx| self.poll_message(cx)).await
     }
 
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Packet>, ReadError>> {
+    /// Polls for the next packet (see [`PacketReader::message`]).
+    pub fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Packet>, ReadError>> {
         loop {
             if let Some(p) = self.decoder.next().map_err(ReadError::Frame)? {
                 return Poll::Ready(Ok(Some(p)));

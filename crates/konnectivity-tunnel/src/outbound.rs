@@ -207,10 +207,22 @@ fn lane_of(p: &Packet) -> i64 {
     }
 }
 
-/// A cloneable handle to send on a shared stream.
+/// A cloneable handle to send on a shared stream. When the last handle is dropped
+/// the stream ends, as nobody can send on it any more.
 #[derive(Debug, Clone)]
 pub struct StreamTx {
     sched: Arc<Sched>,
+    _senders: Arc<EndOnDrop>,
+}
+
+/// Shared by all clones of a [`StreamTx`]: ends the stream when the last one goes.
+#[derive(Debug)]
+struct EndOnDrop(CancellationToken);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl StreamTx {
@@ -354,7 +366,14 @@ pub fn channel_with(hook: Option<Hook>, pacer: Option<Arc<Pacer>>) -> (StreamTx,
             }
         })
         .take_until(async move { token.cancelled_owned().await });
-    (StreamTx { sched }, Outbound(Box::pin(out)))
+    let senders = Arc::new(EndOnDrop(closed));
+    (
+        StreamTx {
+            sched,
+            _senders: senders,
+        },
+        Outbound(Box::pin(out)),
+    )
 }
 
 #[cfg(test)]
@@ -458,6 +477,18 @@ mod tests {
         assert_eq!(id_of(&p), 1);
         pacer.written(1 << 20);
         assert_eq!(pacer.below(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_every_sender_is_gone() {
+        let (tx, mut out) = channel();
+        let other = tx.clone();
+        drop(tx);
+        other.control(packet::drain()).unwrap();
+        assert!(out.next().await.is_some());
+        drop(other);
+        let end = tokio::time::timeout(Duration::from_secs(1), out.next()).await;
+        assert!(matches!(end, Ok(None)), "stream must end: {end:?}");
     }
 
     #[tokio::test]
