@@ -310,6 +310,11 @@ pub async fn serve(
         };
         match next {
             Ok(Some(p)) => dispatch(&st, p),
+            Err(e) if tx.is_closed() => {
+                // We were closing it ourselves (shutdown, or the server was retired).
+                debug!(server_id = %st.server_id, error = %e, "stream to server ended while closing");
+                break;
+            }
             Err(e) => {
                 warn!(server_id = %st.server_id, error = %e, "stream to server failed");
                 break;
