@@ -413,4 +413,7 @@ pub async fn run(
     }
     agent.close_all();
     let _ = sync.await;
+    // A connection attempt that was under way when `stop` came may have added a stream
+    // after the first pass.
+    agent.close_all();
 }
