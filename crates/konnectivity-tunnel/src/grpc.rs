@@ -227,7 +227,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_reads_back_as_the_packets_sent_and_ends_with_ok_trailers() {
         let (tx, out) = outbound::channel();
-        let big = Bytes::from(vec![7u8; 100_000]);
+        let big = Bytes::from(vec![7u8; 60_000]);
         tx.send(packet::data(1, big.clone())).await.unwrap();
         tx.send(packet::close_rsp(1, "")).await.unwrap();
         let want = konnectivity_core::frame::encode(packet::data(1, big.clone())).len()
