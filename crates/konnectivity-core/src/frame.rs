@@ -234,7 +234,7 @@ impl Decoder {
     }
 
     /// The next complete packet, if one is buffered.
-    pub fn next(&mut self) -> Result<Option<Packet>, FrameError> {
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, FrameError> {
         let len = match self.want {
             Some(len) => len,
             None => {
@@ -340,7 +340,7 @@ mod tests {
             let mut out = vec![];
             for c in wire.chunks(step) {
                 d.push(Bytes::copy_from_slice(c));
-                while let Some(p) = d.next().unwrap() {
+                while let Some(p) = d.next_packet().unwrap() {
                     out.push(p);
                 }
             }
@@ -354,7 +354,7 @@ mod tests {
         let payload = e.payload.clone().unwrap();
         d.push(e.head.clone());
         d.push(payload.clone());
-        let p = d.next().unwrap().unwrap();
+        let p = d.next_packet().unwrap().unwrap();
         let got = packet::into_data(p).data;
         assert_eq!(got.as_ptr(), payload.as_ptr(), "payload was copied");
     }
@@ -363,19 +363,19 @@ mod tests {
     fn bad_frames_are_errors_not_panics() {
         let mut d = Decoder::new(100);
         d.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
-        assert_eq!(d.next(), Err(FrameError::Compressed(1)));
+        assert_eq!(d.next_packet(), Err(FrameError::Compressed(1)));
         let mut d = Decoder::new(100);
         d.push(Bytes::from_static(&[0, 0, 0, 1, 0]));
         assert!(matches!(
-            d.next(),
+            d.next_packet(),
             Err(FrameError::TooLarge { len: 256, max: 100 })
         ));
         let mut d = Decoder::new(100);
         d.push(Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]));
-        assert!(matches!(d.next(), Err(FrameError::Protobuf(_))));
+        assert!(matches!(d.next_packet(), Err(FrameError::Protobuf(_))));
         let mut d = Decoder::new(100);
         d.push(Bytes::from_static(&[0, 0, 0, 0, 9, 1]));
-        assert_eq!(d.next(), Ok(None));
+        assert_eq!(d.next_packet(), Ok(None));
         assert_eq!(d.finish(), Err(FrameError::Truncated(1)));
     }
 }

@@ -23,6 +23,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{DialFailureReason, Gauge, Segment};
+use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, ConnEntry, DialOutcome, Established, Shared};
 
 /// The `AgentService` implementation.
@@ -75,47 +76,23 @@ fn identity(md: &MetadataMap) -> Result<Identity, Status> {
     })
 }
 
-/// The `AgentService` as an HTTP service: tonic's router hands it every request under
-/// `/AgentService/`, and it answers `Connect` with a [`PacketBody`] (no generic codec
-/// in the data path, see `konnectivity_tunnel::grpc`).
-impl tonic::server::NamedService for AgentEndpoint {
-    const NAME: &'static str = "AgentService";
-}
+/// `AgentService.Connect`, answered with a [`PacketBody`] (no generic codec in the data
+/// path, see `konnectivity_tunnel::grpc`).
+impl StreamingRpc for AgentEndpoint {
+    const SERVICE: &'static str = "AgentService";
+    const PATH: &'static str = konnectivity_proto::CONNECT_PATH;
 
-type HttpResponse = http::Response<tonic::body::Body>;
-type ResponseFuture = Pin<
-    Box<dyn std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>,
->;
-
-impl tower::Service<http::Request<tonic::body::Body>> for AgentEndpoint {
-    type Response = HttpResponse;
-    type Error = std::convert::Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            if req.uri().path() != konnectivity_proto::CONNECT_PATH {
-                return Ok(Status::unimplemented("").into_http());
-            }
-            Ok(connect(shared, req).await.unwrap_or_else(|s| s.into_http()))
-        })
+    fn handle(
+        &self,
+        req: HttpRequest,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Status>> + Send>> {
+        Box::pin(connect(self.shared.clone(), req))
     }
 }
 
 /// Accepts one `AgentService.Connect` stream: identity, authentication, then the
 /// response headers; the stream itself is read by [`serve_agent`].
-async fn connect(
-    s: Arc<Shared>,
-    request: http::Request<tonic::body::Body>,
-) -> Result<HttpResponse, Status> {
+async fn connect(s: Arc<Shared>, request: HttpRequest) -> Result<HttpResponse, Status> {
     let (parts, body) = request.into_parts();
     let conn_info = parts
         .extensions

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::dial::{self, StartError};
 use crate::metrics::{DialFailureReason, Gauge, Segment};
+use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
 
 /// Packets queued toward one frontend before its HTTP/2 stream pushes back.
@@ -40,55 +41,36 @@ impl ProxyEndpoint {
     }
 }
 
-/// `ProxyService` as an HTTP service under tonic's router: the request and response
-/// bodies are framed by `konnectivity_tunnel::grpc`, so DATA payloads pass through
-/// without a codec copying them.
-impl tonic::server::NamedService for ProxyEndpoint {
-    const NAME: &'static str = "ProxyService";
-}
+/// `ProxyService.Proxy`: the request and response bodies are framed by
+/// `konnectivity_tunnel::grpc`, so DATA payloads pass through without a codec copying
+/// them.
+impl StreamingRpc for ProxyEndpoint {
+    const SERVICE: &'static str = "ProxyService";
+    const PATH: &'static str = konnectivity_proto::PROXY_PATH;
 
-type HttpResponse = http::Response<tonic::body::Body>;
-type ResponseFuture = Pin<
-    Box<dyn std::future::Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>,
->;
-
-impl tower::Service<http::Request<tonic::body::Body>> for ProxyEndpoint {
-    type Response = HttpResponse;
-    type Error = std::convert::Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn handle(
+        &self,
+        req: HttpRequest,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Status>> + Send>> {
         let shared = self.shared.clone();
-        Box::pin(async move {
-            if req.uri().path() != konnectivity_proto::PROXY_PATH {
-                return Ok(Status::unimplemented("").into_http());
-            }
-            let inbound = PacketReader::new(req.into_body(), shared.settings.max_message);
-            let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
-            tokio::spawn(serve_stream(shared.clone(), inbound, tx));
-            let out = futures::StreamExt::inspect(
-                futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
-                move |p| {
-                    shared
-                        .metrics
-                        .packet(Segment::ToClient, packet::type_name(p));
-                },
-            );
-            let body = PacketBody::response(Box::pin(out) as PacketStream);
-            let mut rsp = http::Response::new(tonic::body::Body::new(body));
-            rsp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
-            Ok(rsp)
-        })
+        let inbound = PacketReader::new(req.into_body(), shared.settings.max_message);
+        let (tx, mut rx) = mpsc::channel(OUT_QUEUE);
+        tokio::spawn(serve_stream(shared.clone(), inbound, tx));
+        let out = futures::StreamExt::inspect(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            move |p| {
+                shared
+                    .metrics
+                    .packet(Segment::ToClient, packet::type_name(p));
+            },
+        );
+        let body = PacketBody::response(Box::pin(out) as PacketStream);
+        let mut rsp = http::Response::new(tonic::body::Body::new(body));
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Box::pin(async move { Ok(rsp) })
     }
 }
 

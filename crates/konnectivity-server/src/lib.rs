@@ -9,7 +9,8 @@
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
 //! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;
 //! - [`listen`]: accept loops and TLS handshakes;
-//! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority`.
+//! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority`;
+//! - [`rpc`]: the adapter between tonic's router and the two streaming RPCs.
 //!
 //! Binding is the caller's job ([`Listeners`]); [`run`] serves until its shutdown token
 //! is cancelled. The binary (`src/main.rs`) parses upstream's flags into [`Settings`].
@@ -22,6 +23,7 @@ pub mod dial;
 pub mod grpc_frontend;
 pub mod listen;
 pub mod metrics;
+pub mod rpc;
 pub mod state;
 pub mod status;
 
@@ -168,7 +170,7 @@ pub async fn run_with(
         "agent",
         shutdown.clone(),
     );
-    let agent_svc = backend::AgentEndpoint::new(shared.clone());
+    let agent_svc = rpc::Rpc(backend::AgentEndpoint::new(shared.clone()));
     let agent = grpc_server(s.agent_keepalive, 8 << 20, 32 << 20)
         .add_service(agent_svc)
         .serve_with_incoming_shutdown(agent_incoming, shutdown.clone().cancelled_owned());
@@ -212,7 +214,7 @@ async fn serve_frontend(
     let s = &shared.settings;
     match (mode, listener) {
         (Mode::Grpc, l) => {
-            let svc = grpc_frontend::ProxyEndpoint::new(shared.clone());
+            let svc = rpc::Rpc(grpc_frontend::ProxyEndpoint::new(shared.clone()));
             let server = grpc_server(s.frontend_keepalive, 1 << 20, 16 << 20).add_service(svc);
             let done = shutdown.clone().cancelled_owned();
             match l {

@@ -187,7 +187,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Packet>, ReadError>> {
         loop {
-            if let Some(p) = self.decoder.next().map_err(ReadError::Frame)? {
+            if let Some(p) = self.decoder.next_packet().map_err(ReadError::Frame)? {
                 return Poll::Ready(Ok(Some(p)));
             }
             if self.ended {
