@@ -72,6 +72,8 @@ fn healthy_traffic(
                     Err(e) => {
                         eprintln!("healthy dial failed: {e}");
                         b.fetch_add(1, Ordering::Relaxed);
+                        // Never spin: a dead server must not turn this into a busy loop.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 }
@@ -288,7 +290,9 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
 
     // 7. A frame over the 4 MiB message limit ends only the sender's stream.
     let big = Bytes::from(vec![0u8; 5 << 20]);
-    let _ = evil.tx.send(packet::data(1, big)).await;
+    // The control queue sends a packet whole (DATA queued normally would leave in
+    // read-sized pieces), so the server sees one oversized message.
+    let _ = evil.tx.control(packet::data(1, big));
     wait_for("the oversized agent stream to be dropped", T, || {
         http_get(&format!("127.0.0.1:{}", ports.admin), "/status")
             .map(|(_, b)| !b.contains("\"evil\""))
