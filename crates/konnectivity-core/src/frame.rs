@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use konnectivity_proto::packet::Payload;
-use konnectivity_proto::{Data, Packet, PacketType};
+use konnectivity_proto::{Data, Packet};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
@@ -272,11 +272,6 @@ impl Decoder {
             n => Err(FrameError::Truncated(n)),
         }
     }
-}
-
-/// Whether `p` is a DATA packet (the kind worth splitting).
-pub fn is_data(p: &Packet) -> bool {
-    p.r#type == PacketType::Data as i32
 }
 
 #[cfg(test)]

@@ -43,9 +43,6 @@ pub const DIAL_LANE_PACKETS: usize = 32;
 /// The lane of packets that belong to no connection yet (DIAL_REQ).
 const DIAL_LANE: i64 = i64::MIN;
 
-/// Bytes counted per packet on top of its payload (gRPC, protobuf and HTTP/2 framing).
-const FRAMING: i64 = 0;
-
 /// The shared stream is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamClosed;
@@ -216,10 +213,13 @@ impl Sched {
     }
 }
 
+/// What the pacer counts for a packet: its DATA payload only. Framing is left out so
+/// that the transport always reports at least as much as was counted and the count
+/// drains to zero (an over-count would hold DATA back for good).
 fn wire_size(p: &Packet) -> i64 {
     match &p.payload {
-        Some(Payload::Data(d)) => d.data.len() as i64 + FRAMING,
-        _ => FRAMING,
+        Some(Payload::Data(d)) => d.data.len() as i64,
+        _ => 0,
     }
 }
 
