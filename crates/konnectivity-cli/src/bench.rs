@@ -2267,6 +2267,7 @@ async fn phase_memory(
     }
     let n_bulk = cfg.size;
     let mut rates = Vec::new();
+    let cpu0 = (cpu_s(&sp.to_string()), cpu_s(&ap.to_string()));
     for _ in 0..cfg.reps.min(3) {
         let mut io: BoxIo =
             Box::new(konnectivity_client::grpc_dial(&f, &source.to_string(), DIAL).await?);
@@ -2276,6 +2277,14 @@ async fn phase_memory(
             .context("bulk download through the proxy-server and proxy-agent processes")?;
         rates.push(gbps(n_bulk, end - start));
     }
+    // CPU seconds the two processes spent per GiB moved (user + system, from
+    // /proc/<pid>/stat): the cost side of the throughput, independent of how much CPU
+    // other guests of the host take.
+    let gib_moved = (n_bulk * rates.len() as u64) as f64 / GIB as f64;
+    let cpu_per_gib = (
+        (cpu_s(&sp.to_string()) - cpu0.0) / gib_moved,
+        (cpu_s(&ap.to_string()) - cpu0.1) / gib_moved,
+    );
     let busy_rss = (rss_kib(sp), rss_kib(ap));
     server.proc.alive()?;
     agent.alive()?;
@@ -2305,6 +2314,7 @@ async fn phase_memory(
             "bytes": n_bulk,
             "grpc_uds_gbps": summary(&rates),
             "rss_after_kib": { "server": busy_rss.0, "agent": busy_rss.1 },
+            "cpu_s_per_gib": { "server": round(cpu_per_gib.0), "agent": round(cpu_per_gib.1) },
         }),
     );
     let proc_gbps = median(&rates);
@@ -2335,6 +2345,37 @@ async fn phase_memory(
         judged: proc_gbps,
         unit: "Gbit/s",
     });
+    // The null tunnel's CPU per GiB comes from the latency phase, where it carried a
+    // continuous download in a process of its own (cpu_percent at background_gbps).
+    let null_cpu = {
+        let m = Value::Object(res.measurements.clone());
+        let path = ["rtt_under_load_processes", "paths", "null_tls"];
+        let pct = num(&m, &[path[0], path[1], path[2], "cpu_percent", "bench-null"]);
+        let g = num(&m, &[path[0], path[1], path[2], "background_gbps"]);
+        (pct / 100.0) / (g * 1e9 / 8.0 / GIB as f64)
+    };
+    let tunnel_cpu = cpu_per_gib.0 + cpu_per_gib.1;
+    if tunnel_cpu.is_finite() {
+        res.rows.push(Row {
+            id: "cpu_per_gib_processes",
+            label: "CPU per GiB downloaded, separate processes".into(),
+            value: format!(
+                "{tunnel_cpu:.2} s (server {:.2} + agent {:.2})",
+                cpu_per_gib.0, cpu_per_gib.1
+            ),
+            baseline: if null_cpu.is_finite() {
+                format!("null {null_cpu:.2} s")
+            } else {
+                "—".into()
+            },
+            ratio: null_cpu.is_finite().then_some(tunnel_cpu / null_cpu),
+            target: "—".into(),
+            source: "info",
+            pass: None,
+            judged: tunnel_cpu,
+            unit: "s/GiB",
+        });
+    }
     res.abs_row(
         "memory_per_conn",
         format!("RSS per idle tunneled conn, server+agent (0→{n})"),

@@ -291,7 +291,8 @@ impl AsyncWrite for GrpcStream {
             return Poll::Ready(Ok(0));
         }
         let id = self.connect_id;
-        self.start_send(packet::data(id, Bytes::copy_from_slice(&buf[..n])), cx);
+        let chunk = konnectivity_tunnel::bufpool::copy_chunk(&buf[..n]);
+        self.start_send(packet::data(id, chunk), cx);
         Poll::Ready(Ok(n))
     }
 

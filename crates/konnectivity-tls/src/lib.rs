@@ -448,11 +448,11 @@ impl ReloadingCert {
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         s.checked = std::time::Instant::now();
         let stamp = (mtime(&self.cert), mtime(&self.key));
-        if stamp != s.stamp {
-            if let Ok(c) = Self::load(&self.cert, &self.key) {
-                s.certified = c;
-                s.stamp = stamp;
-            }
+        if stamp != s.stamp
+            && let Ok(c) = Self::load(&self.cert, &self.key)
+        {
+            s.certified = c;
+            s.stamp = stamp;
         }
         s.certified.clone()
     }

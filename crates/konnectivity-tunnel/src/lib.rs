@@ -14,6 +14,7 @@
 //!   turn, control packets first, paced against what the transport has written.
 //! - [`paced`]: the transport wrapper and socket option that bound the bytes below
 //!   the scheduler.
+//! - [`bufpool`]: reuse of full-size read buffers (no page faults per chunk).
 //! - [`splice`]: relays one TCP (or TLS/UDS) socket to and from the shared stream.
 //! - [`grpc`]: the agent stream's request/response bodies, framed without copying
 //!   DATA payloads.
@@ -21,6 +22,7 @@
 //! - [`process`]: logging set-up and signal handling shared by the binaries.
 #![deny(missing_docs)]
 
+pub mod bufpool;
 pub mod credit;
 pub mod endpoints;
 pub mod grpc;

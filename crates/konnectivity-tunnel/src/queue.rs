@@ -118,10 +118,10 @@ impl ConnQueue {
 
     /// Stops the connection at once, dropping queued data.
     pub fn abort(&self, reason: &str) {
-        if let Ok(mut r) = self.shared.abort_reason.lock() {
-            if r.is_empty() {
-                *r = reason.to_owned();
-            }
+        if let Ok(mut r) = self.shared.abort_reason.lock()
+            && r.is_empty()
+        {
+            *r = reason.to_owned();
         }
         self.shared.abort.cancel();
     }

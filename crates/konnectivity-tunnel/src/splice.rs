@@ -3,7 +3,8 @@
 //! Both directions run concurrently inside one task (a proxy that alternates between
 //! directions deadlocks against peers that write while being written to):
 //! - socket → stream: read up to the chunk size (and, with flow control, no more than
-//!   the credit), send one DATA packet per read;
+//!   the credit), send one DATA packet per read (full-size reads reuse pooled
+//!   buffers, [`crate::bufpool`]);
 //! - stream → socket: write each queued payload fully, then record it as consumed,
 //!   which returns credit to the peer.
 //!
@@ -11,10 +12,11 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use konnectivity_core::packet;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::bufpool;
 use crate::credit::Credit;
 use crate::outbound::StreamTx;
 use crate::queue::{ConnReceiver, Inbound};
@@ -70,21 +72,17 @@ where
                 }
                 None => size,
             };
-            let mut buf = BytesMut::with_capacity(want);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => return SpliceEnd::LocalEof,
-                Ok(n) => {
+            match bufpool::read_chunk(&mut rd, want).await {
+                Ok(chunk) if chunk.is_empty() => return SpliceEnd::LocalEof,
+                Ok(chunk) => {
+                    let n = chunk.len();
                     if n == want && size < max_chunk {
                         size = (size * 2).min(max_chunk);
                     }
                     if let Some(c) = &credit {
                         c.spend(n);
                     }
-                    if tx
-                        .send(packet::data(connect_id, buf.freeze()))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(packet::data(connect_id, chunk)).await.is_err() {
                         return SpliceEnd::StreamGone;
                     }
                 }

@@ -1,0 +1,137 @@
+//! Reuse of full-size read buffers (the hot path's only large allocations).
+//!
+//! A bulk transfer reads its socket in chunks of [`MAX_CHUNK`] (256 KiB). Allocating a
+//! fresh buffer for each read and freeing it once the chunk has been written elsewhere
+//! looks cheap, but allocations that large sit at the allocator's mmap/trim threshold:
+//! glibc hands them out from freshly mapped or freshly trimmed memory, musl maps and
+//! unmaps each one. Every page of every chunk is then faulted in again (measured: about
+//! 0.9 million page faults per 2 GiB through the agent and server, see BENCHMARKS.md).
+//!
+//! [`read_chunk`] (and [`copy_chunk`], for writers handing over large slices) reads into a buffer taken from a small process-wide free list and
+//! returns the bytes as [`Bytes`] that give the buffer back when the last reference is
+//! dropped (after the chunk has been written to the peer). The list keeps at most
+//! [`KEPT`] buffers (4 MiB), and only buffers of exactly the full size, so an idle
+//! process pays nothing and a busy one reaches a steady set of warm buffers. Smaller
+//! reads (a connection still growing its read size, interactive traffic) use ordinary
+//! allocations, which the allocator serves from its free lists.
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use konnectivity_core::flow::MAX_CHUNK;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Most buffers kept for reuse (each [`MAX_CHUNK`] bytes).
+pub const KEPT: usize = 16;
+
+static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A pooled buffer owned by [`Bytes`]; going back to the free list on drop.
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut v = std::mem::take(&mut self.0);
+        if v.capacity() != MAX_CHUNK {
+            return;
+        }
+        v.clear();
+        if let Ok(mut free) = FREE.lock()
+            && free.len() < KEPT
+        {
+            free.push(v);
+        }
+    }
+}
+
+fn take() -> Vec<u8> {
+    let reused = FREE.lock().ok().and_then(|mut f| f.pop());
+    reused.unwrap_or_else(|| Vec::with_capacity(MAX_CHUNK))
+}
+
+/// Reads once from `rd`, at most `want` bytes, and returns what was read (empty at
+/// EOF). Full-size reads (`want == MAX_CHUNK`) use a pooled buffer.
+pub async fn read_chunk<R>(rd: &mut R, want: usize) -> std::io::Result<Bytes>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    if want != MAX_CHUNK {
+        let mut buf = Vec::with_capacity(want);
+        rd.read_buf(&mut buf).await?;
+        return Ok(Bytes::from(buf));
+    }
+    let mut buf = take();
+    // On an error or EOF the buffer goes straight back through `Pooled`'s drop.
+    let res = rd.read_buf(&mut buf).await;
+    let pooled = Pooled(buf);
+    match res {
+        Ok(0) => Ok(Bytes::new()),
+        Ok(_) => Ok(Bytes::from_owner(pooled)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies `data` (at most [`MAX_CHUNK`] bytes) into a new chunk; copies of more than
+/// a quarter of the full size land in a pooled buffer.
+pub fn copy_chunk(data: &[u8]) -> Bytes {
+    if data.len() <= MAX_CHUNK / 4 || data.len() > MAX_CHUNK {
+        return Bytes::copy_from_slice(data);
+    }
+    let mut buf = take();
+    buf.extend_from_slice(data);
+    Bytes::from_owner(Pooled(buf))
+}
+
+/// How many buffers the free list holds now (for tests).
+pub fn kept() -> usize {
+    FREE.lock().map(|f| f.len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_size_buffers_are_reused_small_ones_are_not_kept_and_the_list_is_bounded() {
+        let data: Vec<u8> = (0..MAX_CHUNK * 2).map(|i| (i % 251) as u8).collect();
+        let mut rd = &data[..];
+        let a = read_chunk(&mut rd, MAX_CHUNK).await.unwrap();
+        assert_eq!(&a[..], &data[..MAX_CHUNK]);
+        let ptr = a.as_ptr();
+        let before = kept();
+        drop(a);
+        assert_eq!(kept(), before + 1, "a dropped full-size chunk goes back");
+        let b = read_chunk(&mut rd, MAX_CHUNK).await.unwrap();
+        assert_eq!(&b[..], &data[MAX_CHUNK..]);
+        // No other test in this crate reads full-size chunks, so the list is ours.
+        assert_eq!(b.as_ptr(), ptr, "the freed buffer is read into again");
+        let small = read_chunk(&mut &b"xyz"[..], 4096).await.unwrap();
+        assert_eq!(&small[..], b"xyz");
+        let n = kept();
+        drop(small);
+        assert_eq!(kept(), n, "small buffers are not kept");
+        assert!(read_chunk(&mut &b""[..], MAX_CHUNK).await.unwrap().is_empty());
+
+        // Large copies use the list too.
+        let n = kept();
+        let c = copy_chunk(&data[..MAX_CHUNK / 2]);
+        assert_eq!(&c[..], &data[..MAX_CHUNK / 2]);
+        assert_eq!(kept(), n.saturating_sub(1));
+        drop(c);
+        assert_eq!(kept(), n.max(1));
+
+        // The list is bounded.
+        let data = vec![7u8; MAX_CHUNK];
+        let mut chunks = Vec::new();
+        for _ in 0..KEPT + 8 {
+            chunks.push(read_chunk(&mut &data[..], MAX_CHUNK).await.unwrap());
+        }
+        drop(chunks);
+        assert!(kept() <= KEPT);
+    }
+}
