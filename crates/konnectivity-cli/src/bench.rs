@@ -2350,7 +2350,10 @@ async fn phase_memory(
     let null_cpu = {
         let m = Value::Object(res.measurements.clone());
         let path = ["rtt_under_load_processes", "paths", "null_tls"];
-        let pct = num(&m, &[path[0], path[1], path[2], "cpu_percent", "bench-null"]);
+        let pct = num(
+            &m,
+            &[path[0], path[1], path[2], "cpu_percent", "bench-null"],
+        );
         let g = num(&m, &[path[0], path[1], path[2], "background_gbps"]);
         (pct / 100.0) / (g * 1e9 / 8.0 / GIB as f64)
     };

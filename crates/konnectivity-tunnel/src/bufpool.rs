@@ -115,7 +115,12 @@ mod tests {
         let n = kept();
         drop(small);
         assert_eq!(kept(), n, "small buffers are not kept");
-        assert!(read_chunk(&mut &b""[..], MAX_CHUNK).await.unwrap().is_empty());
+        assert!(
+            read_chunk(&mut &b""[..], MAX_CHUNK)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // Large copies use the list too.
         let n = kept();
