@@ -187,7 +187,16 @@ impl Agent {
     /// a real error (for backoff).
     async fn sync_once(self: &Arc<Self>, host: &str, addr: SocketAddr) -> bool {
         let s = &self.settings;
-        match stream::open(host, addr, s.tls.clone(), &s.hello, s.keepalive).await {
+        match stream::open(
+            host,
+            addr,
+            s.tls.clone(),
+            &s.hello,
+            s.keepalive,
+            Some(self.metrics.clone()),
+        )
+        .await
+        {
             Ok(st) => {
                 let id = st.server_id.clone();
                 let serial = self.serial.fetch_add(1, Ordering::Relaxed);

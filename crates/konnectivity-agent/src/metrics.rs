@@ -1,7 +1,12 @@
-//! The agent's Prometheus metrics (a first subset of upstream's catalogue, same names
-//! and HELP texts).
+//! The agent's Prometheus metrics: upstream's catalogue for the agent (same names,
+//! labels and HELP texts), rendered by hand so the agent does not link a metrics
+//! library. Label sets that were never touched are not rendered (no zero series), as
+//! with upstream's vectors; the label-less histogram is always rendered.
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use konnectivity_core::address::DialFailure;
 
@@ -18,6 +23,117 @@ pub struct Metrics {
     pub open_endpoint_connections: AtomicI64,
     dial_timeout: AtomicU64,
     dial_unknown: AtomicU64,
+    dial_duration: Histogram,
+    /// `stream_packets_total`, by [`Segment`] and packet type index ([`TYPES`]).
+    packets: [[AtomicU64; TYPES.len()]; 2],
+    /// `stream_errors_total`, by (segment, gRPC code name, packet type).
+    stream_errors: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    /// `server_connection_failure_count{direction="from_server"}`.
+    failures_from_server: AtomicU64,
+}
+
+/// Upstream's agent dial buckets, in seconds.
+const DIAL_BUCKETS: [f64; 7] = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
+
+/// A label-less histogram with [`DIAL_BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is above every bound.
+    counts: [AtomicU64; DIAL_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DIAL_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DIAL_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut total = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(Ordering::Relaxed);
+            match DIAL_BUCKETS.get(i) {
+                Some(b) => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(o, "{name}_sum {sum}");
+        let _ = writeln!(o, "{name}_count {total}");
+    }
+}
+
+/// Which way a packet went on an agent stream (`stream_packets_total{segment}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// Sent by the agent.
+    FromAgent = 0,
+    /// Received by the agent.
+    ToAgent = 1,
+}
+
+impl Segment {
+    fn name(self) -> &'static str {
+        match self {
+            Segment::FromAgent => "from_agent",
+            Segment::ToAgent => "to_agent",
+        }
+    }
+}
+
+const TYPES: [&str; 9] = [
+    "DIAL_REQ",
+    "DIAL_RSP",
+    "CLOSE_REQ",
+    "CLOSE_RSP",
+    "DATA",
+    "DIAL_CLS",
+    "DRAIN",
+    "WINDOW_UPDATE",
+    "UNKNOWN",
+];
+
+fn type_index(name: &str) -> usize {
+    TYPES
+        .iter()
+        .position(|t| *t == name)
+        .unwrap_or(TYPES.len() - 1)
+}
+
+/// The name grpc-go gives a status code (`codes.Code.String()`), for the `code` label.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
 }
 
 impl Metrics {
@@ -29,9 +145,75 @@ impl Metrics {
         };
     }
 
+    /// Records a successful destination dial and how long it took.
+    pub fn dial_done(&self, took: Duration) {
+        self.dial_duration.observe(took);
+    }
+
+    /// Counts a packet sent or received on a server stream.
+    pub fn packet(&self, segment: Segment, type_name: &str) {
+        self.packets[segment as usize][type_index(type_name)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed server stream: `stream_errors_total{segment, code, packet_type}`
+    /// and the deprecated `server_connection_failure_count{direction}`. Receive errors
+    /// carry `packet_type="Unknown"`, as upstream.
+    pub fn stream_error(&self, segment: Segment, code: &'static str, packet_type: &'static str) {
+        if let Ok(mut m) = self.stream_errors.lock() {
+            *m.entry((segment.name(), code, packet_type)).or_default() += 1;
+        }
+        if segment == Segment::ToAgent {
+            self.failures_from_server.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::with_capacity(1024);
+        let mut o = String::with_capacity(4096);
+        self.dial_duration.render(
+            &mut o,
+            &format!("{NS}_dial_duration_seconds"),
+            "Latency of dial to the remote endpoint in seconds",
+        );
+        let failures = self.failures_from_server.load(Ordering::Relaxed);
+        let _ = write!(
+            o,
+            "# HELP {NS}_server_connection_failure_count Count of failures to send to or receive from the proxy server, labeled by the direction (from_server or to_server). DEPRECATED, please use stream_events_error_total\n# TYPE {NS}_server_connection_failure_count counter\n"
+        );
+        if failures > 0 {
+            let _ = writeln!(
+                o,
+                "{NS}_server_connection_failure_count{{direction=\"from_server\"}} {failures}"
+            );
+        }
+        let _ = write!(
+            o,
+            "# HELP {NS}_stream_packets_total Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)\n# TYPE {NS}_stream_packets_total counter\n"
+        );
+        for seg in [Segment::FromAgent, Segment::ToAgent] {
+            for (t, c) in TYPES.iter().zip(&self.packets[seg as usize]) {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{NS}_stream_packets_total{{packet_type=\"{t}\",segment=\"{}\"}} {v}",
+                        seg.name()
+                    );
+                }
+            }
+        }
+        let _ = write!(
+            o,
+            "# HELP {NS}_stream_errors_total Count of gRPC stream errors, by segment, grpc Code, packet type. (example: from_agent, Code.Unavailable, DIAL_RSP)\n# TYPE {NS}_stream_errors_total counter\n"
+        );
+        if let Ok(m) = self.stream_errors.lock() {
+            for ((seg, code, t), v) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "{NS}_stream_errors_total{{code=\"{code}\",packet_type=\"{t}\",segment=\"{seg}\"}} {v}"
+                );
+            }
+        }
         let _ = write!(
             o,
             "# HELP {NS}_endpoint_dial_failure_total Number of failures dialing the remote endpoint, by reason (example: timeout).\n# TYPE {NS}_endpoint_dial_failure_total counter\n"
@@ -80,5 +262,90 @@ impl Metrics {
             "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
             u8::from(connected < want)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn the_histogram_is_cumulative_and_untouched_series_are_absent() {
+        let m = Metrics::default();
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "konnectivity_network_proxy_agent_dial_duration_seconds_count"
+            ),
+            Some(0.0)
+        );
+        assert!(!text.contains("stream_packets_total{"));
+        assert!(!text.contains("stream_errors_total{"));
+        assert!(!text.contains("server_connection_failure_count{"));
+
+        m.dial_done(Duration::from_millis(1));
+        m.dial_done(Duration::from_millis(50));
+        m.dial_done(Duration::from_secs(60));
+        m.packet(Segment::ToAgent, "DIAL_REQ");
+        m.packet(Segment::FromAgent, "DIAL_RSP");
+        m.packet(Segment::FromAgent, "DIAL_RSP");
+        m.stream_error(Segment::ToAgent, grpc_code_name(14), "Unknown");
+        let text = m.render();
+        let h = "konnectivity_network_proxy_agent_dial_duration_seconds";
+        assert_eq!(
+            value(&text, &format!("{h}_bucket{{le=\"0.005\"}}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, &format!("{h}_bucket{{le=\"0.025\"}}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, &format!("{h}_bucket{{le=\"0.1\"}}")),
+            Some(2.0)
+        );
+        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"30\"}}")), Some(2.0));
+        assert_eq!(
+            value(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")),
+            Some(3.0)
+        );
+        assert_eq!(value(&text, &format!("{h}_count")), Some(3.0));
+        let sum = value(&text, &format!("{h}_sum")).unwrap_or(0.0);
+        assert!((sum - 60.051).abs() < 1e-6, "{sum}");
+        let p = "konnectivity_network_proxy_agent_stream_packets_total";
+        assert_eq!(
+            value(
+                &text,
+                &format!("{p}{{packet_type=\"DIAL_RSP\",segment=\"from_agent\"}}")
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("{p}{{packet_type=\"DIAL_REQ\",segment=\"to_agent\"}}")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "konnectivity_network_proxy_agent_stream_errors_total{code=\"Unavailable\",packet_type=\"Unknown\",segment=\"to_agent\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "konnectivity_network_proxy_agent_server_connection_failure_count{direction=\"from_server\"}"
+            ),
+            Some(1.0)
+        );
     }
 }

@@ -18,7 +18,7 @@ use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
 use konnectivity_tunnel::credit::Credit;
-use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader, ReadError, status_of};
 use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
 use konnectivity_tunnel::paced::{self, PacedIo};
 use konnectivity_tunnel::queue::{Budget, ConnQueue, conn_queue};
@@ -28,7 +28,7 @@ use tonic::metadata::MetadataValue;
 use tracing::{debug, info, warn};
 
 use crate::dialer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Segment, grpc_code_name};
 
 /// Why opening a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,7 @@ pub async fn open(
     tls: Arc<ClientConfig>,
     hello: &Hello,
     keepalive: Duration,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<ServerStream, OpenError> {
     let target = addr.to_string();
     let err = |source: io::Error| OpenError::Connect {
@@ -147,9 +148,13 @@ pub async fn open(
         }
     });
 
-    let (tx, out) = outbound::channel_with(None, Some(pacer));
+    // Counts every packet as it goes to the wire (`stream_packets_total{from_agent}`).
+    let hook = metrics.map(|m| -> outbound::Hook {
+        Arc::new(move |p: &Packet| m.packet(Segment::FromAgent, packet::type_name(p)))
+    });
+    let (tx, out) = outbound::channel_with(hook, Some(pacer));
     let mut md = tonic::metadata::MetadataMap::new();
-    add_hello(&mut md, hello).map_err(|reason| grpc_err(reason))?;
+    add_hello(&mut md, hello).map_err(&grpc_err)?;
     let mut req = http::Request::new(PacketBody::request(out));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = format!("http://{target}{}", konnectivity_proto::CONNECT_PATH)
@@ -309,7 +314,10 @@ pub async fn serve(
             _ = tx.closed() => break,
         };
         match next {
-            Ok(Some(p)) => dispatch(&st, p),
+            Ok(Some(p)) => {
+                st.metrics.packet(Segment::ToAgent, packet::type_name(&p));
+                dispatch(&st, p)
+            }
             Err(e) if tx.is_closed() => {
                 // We were closing it ourselves (shutdown, or the server was retired).
                 debug!(server_id = %st.server_id, error = %e, "stream to server ended while closing");
@@ -317,6 +325,12 @@ pub async fn serve(
             }
             Err(e) => {
                 warn!(server_id = %st.server_id, error = %e, "stream to server failed");
+                let code = match &e {
+                    ReadError::Status { code, .. } => grpc_code_name(*code),
+                    ReadError::Transport(_) => "Unavailable",
+                    ReadError::Frame(_) => "Internal",
+                };
+                st.metrics.stream_error(Segment::ToAgent, code, "Unknown");
                 break;
             }
             Ok(None) => {
@@ -391,8 +405,12 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
 
 /// Dials, answers, splices, and closes one connection.
 async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String) {
+    let started = std::time::Instant::now();
     let sock = match dialer::dial(&address, dialer::DIAL_TIMEOUT, &st.policy).await {
-        Ok(s) => s,
+        Ok(s) => {
+            st.metrics.dial_done(started.elapsed());
+            s
+        }
         Err((text, why)) => {
             debug!(%address, error = %text, "dial failed");
             st.metrics.dial_failure(why);

@@ -1180,7 +1180,7 @@ async fn connect_check(
     let target = addr.to_string();
     let r = tokio::time::timeout(
         t,
-        konnectivity_agent::stream::open(host, addr, tls, hello, Duration::from_secs(30)),
+        konnectivity_agent::stream::open(host, addr, tls, hello, Duration::from_secs(30), None),
     )
     .await;
     match r {

@@ -1,4 +1,4 @@
-//! The server's /metrics after known traffic: upstream's names, labels and HELP texts,
+//! The server's and the agent's /metrics after known traffic: upstream's names, labels and HELP texts,
 //! values that match what happened, and no zero series for untouched failure reasons.
 use std::time::Duration;
 
@@ -152,5 +152,30 @@ async fn metrics_count_known_traffic_with_upstream_names() -> anyhow::Result<()>
         Some(1.0)
     );
     assert!(am.contains("# HELP konnectivity_network_proxy_agent_open_endpoint_connections Current number of open endpoint connections."));
+    let a = "konnectivity_network_proxy_agent_";
+    let av = |s: &str| metric(&am, s).unwrap_or_else(|| panic!("missing series {s}\n{am}"));
+    // Three dials succeeded and were timed; the refused one is not a dial duration.
+    assert!(am.contains(&format!("# TYPE {a}dial_duration_seconds histogram")));
+    assert_eq!(av(&format!("{a}dial_duration_seconds_count")), 3.0);
+    assert_eq!(
+        av(&format!("{a}dial_duration_seconds_bucket{{le=\"+Inf\"}}")),
+        3.0
+    );
+    // Four DIAL_REQs arrived and four DIAL_RSPs left; each tunnel's 1000 bytes went
+    // both ways, in at least one DATA packet each.
+    let pk = |t: &str, seg: &str| {
+        metric(
+            &am,
+            &format!("{a}stream_packets_total{{packet_type=\"{t}\",segment=\"{seg}\"}}"),
+        )
+    };
+    assert_eq!(pk("DIAL_REQ", "to_agent"), Some(4.0), "{am}");
+    assert_eq!(pk("DIAL_RSP", "from_agent"), Some(4.0), "{am}");
+    assert!(pk("DATA", "to_agent").is_some_and(|n| n >= 3.0), "{am}");
+    assert!(pk("DATA", "from_agent").is_some_and(|n| n >= 3.0), "{am}");
+    assert_eq!(pk("DIAL_REQ", "from_agent"), None, "no zero series: {am}");
+    // Nothing failed on the stream: the vectors are declared but carry no series.
+    assert!(am.contains(&format!("# TYPE {a}stream_errors_total counter")));
+    assert!(!am.contains(&format!("{a}stream_errors_total{{")), "{am}");
     Ok(())
 }
