@@ -769,6 +769,13 @@ token_leases() {
   wait_until "server b's Lease to go" 30 leases_are konnectivity-proxy-server-e2e-server-a
   wait_until "the agent to count one server" 30 agent_metrics_are 8093 1 1
   ok "[$m] server b stopped: its Lease is deleted, the agent counts and holds 1 server"
+  # Recounting took at least two list calls, each answered 200 by kube-apiserver.
+  local lists
+  lists=$(agent_metric 8093 'lease_lists_total{http_response_code="200",reason=""}')
+  [ "${lists:-0}" -ge 2 ] 2>/dev/null || bad "[$m] agent lease_lists_total{http_response_code=\"200\"} is '$lists', want at least 2"
+  [ "$(agent_metric 8093 'lease_list_latency_seconds_count{http_response_code="200"}')" = "$lists" ] ||
+    bad "[$m] agent lease_list_latency_seconds_count differs from lease_lists_total"
+  ok "[$m] agent metrics: lease_lists_total{http_response_code=\"200\",reason=\"\"} $lists, with as many latency observations"
   check_logs "$m"
 
   stop agent

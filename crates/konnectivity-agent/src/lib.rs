@@ -141,7 +141,10 @@ impl Agent {
             return;
         };
         loop {
-            match l.counter.count().await {
+            let started = std::time::Instant::now();
+            let (counted, status) = l.counter.count_with_status().await;
+            self.metrics.lease_list(status, started.elapsed());
+            match counted {
                 Ok(n) => self.lease_count.store(n as u64, Ordering::Release),
                 Err(e) => {
                     warn!(error = %e, "counting server leases failed; keeping the last count")

@@ -30,9 +30,13 @@ pub struct Metrics {
     stream_errors: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     /// `server_connection_failure_count{direction="from_server"}`.
     failures_from_server: AtomicU64,
+    /// `lease_lists_total`, by (HTTP status code, reason).
+    lease_lists: Mutex<BTreeMap<(u16, String), u64>>,
+    /// `lease_list_latency_seconds`, by HTTP status code.
+    lease_list_latency: Mutex<BTreeMap<u16, Histogram>>,
 }
 
-/// Upstream's agent dial buckets, in seconds.
+/// Upstream's agent latency buckets (dials and lease lists), in seconds.
 const DIAL_BUCKETS: [f64; 7] = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
 
 /// A label-less histogram with [`DIAL_BUCKETS`].
@@ -57,21 +61,32 @@ impl Histogram {
 
     fn render(&self, o: &mut String, name: &str, help: &str) {
         let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+        self.render_series(o, name, "");
+    }
+
+    /// The series of one label set; `labels` is empty or `name="value",`.
+    fn render_series(&self, o: &mut String, name: &str, labels: &str) {
         let mut total = 0;
         for (i, c) in self.counts.iter().enumerate() {
             total += c.load(Ordering::Relaxed);
             match DIAL_BUCKETS.get(i) {
                 Some(b) => {
-                    let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {total}");
+                    let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{b}\"}} {total}");
                 }
                 None => {
-                    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {total}");
+                    let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
                 }
             }
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(o, "{name}_sum {sum}");
-        let _ = writeln!(o, "{name}_count {total}");
+        let braced = labels.trim_end_matches(',');
+        if braced.is_empty() {
+            let _ = writeln!(o, "{name}_sum {sum}");
+            let _ = writeln!(o, "{name}_count {total}");
+        } else {
+            let _ = writeln!(o, "{name}_sum{{{braced}}} {sum}");
+            let _ = writeln!(o, "{name}_count{{{braced}}} {total}");
+        }
     }
 }
 
@@ -167,6 +182,22 @@ impl Metrics {
         }
     }
 
+    /// Records one server-lease list call: its HTTP status and reason when the API
+    /// server answered (`lease_lists_total`, `lease_list_latency_seconds`). A call that
+    /// failed before an answer is not counted (upstream counts only API statuses, and
+    /// we do not label its latency with a status it never received).
+    pub fn lease_list(&self, status: Option<(u16, String)>, took: Duration) {
+        let Some((code, reason)) = status else {
+            return;
+        };
+        if let Ok(mut m) = self.lease_lists.lock() {
+            *m.entry((code, reason)).or_default() += 1;
+        }
+        if let Ok(mut m) = self.lease_list_latency.lock() {
+            m.entry(code).or_default().observe(took);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
@@ -212,6 +243,34 @@ impl Metrics {
                     o,
                     "{NS}_stream_errors_total{{code=\"{code}\",packet_type=\"{t}\",segment=\"{seg}\"}} {v}"
                 );
+            }
+        }
+        let _ = write!(
+            o,
+            "# HELP {NS}_lease_lists_total Count of server lease list calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason\n# TYPE {NS}_lease_lists_total counter\n"
+        );
+        if let Ok(m) = self.lease_lists.lock() {
+            for ((code, reason), v) in m.iter() {
+                let _ = writeln!(
+                    o,
+                    "{NS}_lease_lists_total{{http_response_code=\"{code}\",reason=\"{}\"}} {v}",
+                    escape_label(reason)
+                );
+            }
+        }
+        // Declared as upstream does; the agent lists leases and never watches them.
+        let _ = write!(
+            o,
+            "# HELP {NS}_lease_watches_total Count of server lease watch calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason\n# TYPE {NS}_lease_watches_total counter\n"
+        );
+        let name = format!("{NS}_lease_list_latency_seconds");
+        let _ = write!(
+            o,
+            "# HELP {name} Latency of server lease listing in seconds\n# TYPE {name} histogram\n"
+        );
+        if let Ok(m) = self.lease_list_latency.lock() {
+            for (code, h) in m.iter() {
+                h.render_series(&mut o, &name, &format!("http_response_code=\"{code}\","));
             }
         }
         let _ = write!(
@@ -263,6 +322,13 @@ impl Metrics {
             u8::from(connected < want)
         )
     }
+}
+
+/// Escapes a label value for the text exposition.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -347,5 +413,51 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn lease_lists_are_counted_by_status_and_reason() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("lease_lists_total{"));
+        m.lease_list(Some((200, String::new())), Duration::from_millis(3));
+        m.lease_list(Some((200, String::new())), Duration::from_millis(30));
+        m.lease_list(Some((403, "Forbidden".into())), Duration::from_millis(2));
+        m.lease_list(None, Duration::from_secs(10));
+        let text = m.render();
+        let l = "konnectivity_network_proxy_agent_lease_lists_total";
+        assert_eq!(
+            value(
+                &text,
+                &format!("{l}{{http_response_code=\"200\",reason=\"\"}}")
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("{l}{{http_response_code=\"403\",reason=\"Forbidden\"}}")
+            ),
+            Some(1.0)
+        );
+        let h = "konnectivity_network_proxy_agent_lease_list_latency_seconds";
+        assert_eq!(
+            value(
+                &text,
+                &format!("{h}_bucket{{http_response_code=\"200\",le=\"0.005\"}}")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, &format!("{h}_count{{http_response_code=\"200\"}}")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, &format!("{h}_count{{http_response_code=\"403\"}}")),
+            Some(1.0)
+        );
+        assert!(
+            text.contains("# TYPE konnectivity_network_proxy_agent_lease_watches_total counter")
+        );
+        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

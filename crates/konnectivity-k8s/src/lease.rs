@@ -191,6 +191,26 @@ impl LeaseCounter {
 
     /// The number of valid leases now.
     pub async fn count(&self) -> Result<usize, kube::Error> {
+        self.count_with_status().await.0
+    }
+
+    /// [`Self::count`], plus what the list call answered for metrics: the HTTP status
+    /// code and the `Status` reason (`200, ""` on success), or `None` when the call
+    /// failed before the API server answered (connection, TLS, timeout).
+    pub async fn count_with_status(&self) -> (Result<usize, kube::Error>, Option<(u16, String)>) {
+        match self.list_valid().await {
+            Ok(n) => (Ok(n), Some((200, String::new()))),
+            Err(e) => {
+                let status = match &e {
+                    kube::Error::Api(s) => Some((s.code, s.reason.clone())),
+                    _ => None,
+                };
+                (Err(e), status)
+            }
+        }
+    }
+
+    async fn list_valid(&self) -> Result<usize, kube::Error> {
         let lp = if self.selector.is_empty() {
             ListParams::default()
         } else {
@@ -333,5 +353,25 @@ mod tests {
                 .unwrap(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_lease_list_reports_the_api_status_for_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let list = format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{}]}}"#,
+            lease_json("a", Some(now), None)
+        );
+        let forbidden = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io is forbidden","reason":"Forbidden","code":403}"#;
+        let (kc, _) = fake::api(vec![(200, list), (403, forbidden.into())], dir.path()).await;
+        let client = crate::connect(&kc).await.unwrap();
+        let c = LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server");
+        let (n, status) = c.count_with_status().await;
+        assert_eq!(n.unwrap(), 1);
+        assert_eq!(status, Some((200, String::new())));
+        let (n, status) = c.count_with_status().await;
+        assert!(n.is_err());
+        assert_eq!(status, Some((403, "Forbidden".to_owned())));
     }
 }
