@@ -680,6 +680,11 @@ agent_metrics_are() { # HEALTH_PORT OPEN KNOWN
 server_leases() {
   kc -n kube-system get leases -l k8s-app=konnectivity-server -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}'
 }
+server_lease_lists() {
+  in_cp curl -sf -m 5 "http://$CP_IP:8092/metrics" |
+    awk '$1 == "konnectivity_network_proxy_server_lease_list_total{http_status_code=\"200\",reason=\"\"}" {print $2}'
+}
+server_lease_lists_at_least() { local n; n=$(server_lease_lists); [ "${n:-0}" -ge "$1" ] 2>/dev/null; }
 leases_are() { [ "$(server_leases)" = "$*" ] || [ "$(server_leases)" = "$* " ]; }
 
 # check_wrong_token NAME AGENT_ID TOKEN_FILE HEALTH_PORT ADMIN_PORT WHAT: the server refuses it.
@@ -746,6 +751,9 @@ token_leases() {
   local want="konnectivity-proxy-server-e2e-server-a konnectivity-proxy-server-e2e-server-b"
   wait_until "both servers' Leases" 30 leases_are "$want"
   ok "[$m] both proxy-servers publish Leases in kube-system (label k8s-app=konnectivity-server): $(server_leases)"
+  # The garbage collector's list calls show in server a's metrics, answered 200.
+  wait_until "server a's lease_list_total" 30 server_lease_lists_at_least 1
+  ok "[$m] proxy-server metrics: lease_list_total{http_status_code=\"200\",reason=\"\"} $(server_lease_lists), culled_leases_count $(in_cp curl -sf -m 5 "http://$CP_IP:8092/metrics" | awk '$1 == "konnectivity_network_proxy_server_culled_leases_count" {print $2}')"
 
   start_token_agent agent konn-node "$T/agent" 8093 8094 "$CP_IP,$CP_IP2" \
     --count-server-leases --kubeconfig="$W/agent.kubeconfig"

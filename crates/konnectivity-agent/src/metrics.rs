@@ -127,30 +127,6 @@ fn type_index(name: &str) -> usize {
         .unwrap_or(TYPES.len() - 1)
 }
 
-/// The name grpc-go gives a status code (`codes.Code.String()`), for the `code` label.
-pub fn grpc_code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
-    }
-}
-
 impl Metrics {
     /// Counts a failed destination dial.
     pub fn dial_failure(&self, why: DialFailure) {
@@ -361,7 +337,11 @@ mod tests {
         m.packet(Segment::ToAgent, "DIAL_REQ");
         m.packet(Segment::FromAgent, "DIAL_RSP");
         m.packet(Segment::FromAgent, "DIAL_RSP");
-        m.stream_error(Segment::ToAgent, grpc_code_name(14), "Unknown");
+        m.stream_error(
+            Segment::ToAgent,
+            konnectivity_tunnel::grpc::grpc_code_name(14),
+            "Unknown",
+        );
         let text = m.render();
         let h = "konnectivity_network_proxy_agent_dial_duration_seconds";
         assert_eq!(

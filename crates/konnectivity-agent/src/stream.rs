@@ -18,7 +18,7 @@ use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
 use konnectivity_tunnel::credit::Credit;
-use konnectivity_tunnel::grpc::{PacketBody, PacketReader, ReadError, status_of};
+use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
 use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
 use konnectivity_tunnel::paced::{self, PacedIo};
 use konnectivity_tunnel::queue::{Budget, ConnQueue, conn_queue};
@@ -28,7 +28,7 @@ use tonic::metadata::MetadataValue;
 use tracing::{debug, info, warn};
 
 use crate::dialer;
-use crate::metrics::{Metrics, Segment, grpc_code_name};
+use crate::metrics::{Metrics, Segment};
 
 /// Why opening a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -325,12 +325,8 @@ pub async fn serve(
             }
             Err(e) => {
                 warn!(server_id = %st.server_id, error = %e, "stream to server failed");
-                let code = match &e {
-                    ReadError::Status { code, .. } => grpc_code_name(*code),
-                    ReadError::Transport(_) => "Unavailable",
-                    ReadError::Frame(_) => "Internal",
-                };
-                st.metrics.stream_error(Segment::ToAgent, code, "Unknown");
+                st.metrics
+                    .stream_error(Segment::ToAgent, e.code_name(), "Unknown");
                 break;
             }
             Ok(None) => {

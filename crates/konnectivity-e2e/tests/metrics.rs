@@ -20,7 +20,7 @@ async fn metrics_count_known_traffic_with_upstream_names() -> anyhow::Result<()>
         None,
         dir.path(),
     )?;
-    let (_agent, agent_health) = start_agent(
+    let (agent, agent_health) = start_agent(
         "agent",
         &pki,
         "127.0.0.1",
@@ -177,5 +177,21 @@ async fn metrics_count_known_traffic_with_upstream_names() -> anyhow::Result<()>
     // Nothing failed on the stream: the vectors are declared but carry no series.
     assert!(am.contains(&format!("# TYPE {a}stream_errors_total counter")));
     assert!(!am.contains(&format!("{a}stream_errors_total{{")), "{am}");
+    // So far no stream failed on the server either; then the agent dies mid-stream.
+    assert!(!m.contains(&format!("{p}stream_errors_total{{")), "{m}");
+    drop(agent);
+    let lost = format!(
+        "{p}stream_errors_total{{code=\"Unavailable\",packet_type=\"Unknown\",segment=\"from_agent\"}}"
+    );
+    wait_for(
+        "the lost agent stream counted",
+        Duration::from_secs(10),
+        || {
+            http_get(&health, "/metrics")
+                .ok()
+                .and_then(|(_, m)| metric(&m, &lost))
+                == Some(1.0)
+        },
+    )?;
     Ok(())
 }

@@ -53,6 +53,7 @@ pub struct LeaseController {
     api: Api<Lease>,
     server_id: String,
     labels: BTreeMap<String, String>,
+    events: Option<std::sync::Arc<dyn LeaseEvents>>,
 }
 
 impl std::fmt::Debug for LeaseController {
@@ -75,6 +76,7 @@ impl LeaseController {
             api: Api::namespaced(client, namespace),
             server_id: server_id.to_owned(),
             labels,
+            events: None,
         }
     }
 
@@ -110,12 +112,23 @@ impl LeaseController {
         Ok(())
     }
 
+    /// Reports the controller's API calls to `events` (the server's metrics).
+    pub fn with_events(mut self, events: std::sync::Arc<dyn LeaseEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Deletes expired leases carrying our labels. Returns how many were deleted.
     pub async fn collect_garbage(&self) -> Result<usize, kube::Error> {
-        let list = self
+        let started = std::time::Instant::now();
+        let listed = self
             .api
             .list(&ListParams::default().labels(&selector(&self.labels)))
-            .await?;
+            .await;
+        if let Some(ev) = &self.events {
+            ev.listed(answered(&listed), started.elapsed());
+        }
+        let list = listed?;
         let now = Timestamp::now();
         let mut culled = 0;
         for l in list.items {
@@ -132,7 +145,15 @@ impl LeaseController {
                 }),
                 ..Default::default()
             };
-            match self.api.delete(&name, &dp).await {
+            let started = std::time::Instant::now();
+            let deleted = self.api.delete(&name, &dp).await;
+            if let Some(ev) = &self.events {
+                ev.deleted(answered(&deleted), started.elapsed());
+                if deleted.is_ok() {
+                    ev.culled();
+                }
+            }
+            match deleted {
                 Ok(_) => culled += 1,
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => warn!(lease = %name, error = %e, "deleting an expired lease failed"),
@@ -162,6 +183,28 @@ impl LeaseController {
             Ok(_) => debug!(lease = %name, "deleted our lease"),
             Err(e) => warn!(lease = %name, error = %e, "deleting our lease on shutdown failed"),
         }
+    }
+}
+
+/// What the lease controller's API calls answered, for the server's metrics
+/// (`lease_list_*`, `lease_delete_*`, `culled_leases_count`). A status is the HTTP code
+/// and the `Status` reason (`200, ""` on success); `None` when the call failed before
+/// the API server answered, which upstream does not count.
+pub trait LeaseEvents: Send + Sync {
+    /// A garbage-collection list call.
+    fn listed(&self, status: Option<(u16, String)>, took: Duration);
+    /// A delete of an expired lease.
+    fn deleted(&self, status: Option<(u16, String)>, took: Duration);
+    /// An expired lease was deleted.
+    fn culled(&self);
+}
+
+/// The status of an API call for [`LeaseEvents`].
+fn answered<T>(r: &Result<T, kube::Error>) -> Option<(u16, String)> {
+    match r {
+        Ok(_) => Some((200, String::new())),
+        Err(kube::Error::Api(s)) => Some((s.code, s.reason.clone())),
+        Err(_) => None,
     }
 }
 
@@ -198,16 +241,9 @@ impl LeaseCounter {
     /// code and the `Status` reason (`200, ""` on success), or `None` when the call
     /// failed before the API server answered (connection, TLS, timeout).
     pub async fn count_with_status(&self) -> (Result<usize, kube::Error>, Option<(u16, String)>) {
-        match self.list_valid().await {
-            Ok(n) => (Ok(n), Some((200, String::new()))),
-            Err(e) => {
-                let status = match &e {
-                    kube::Error::Api(s) => Some((s.code, s.reason.clone())),
-                    _ => None,
-                };
-                (Err(e), status)
-            }
-        }
+        let r = self.list_valid().await;
+        let status = answered(&r);
+        (r, status)
     }
 
     async fn list_valid(&self) -> Result<usize, kube::Error> {
@@ -286,8 +322,31 @@ mod tests {
         .await;
         let client = crate::connect(&kc).await.unwrap();
         let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
-        let c = LeaseController::new(client, "kube-system", "me", labels);
+        #[derive(Default)]
+        struct Seen(std::sync::Mutex<Vec<String>>);
+        impl LeaseEvents for Seen {
+            fn listed(&self, status: Option<(u16, String)>, _: Duration) {
+                self.0.lock().unwrap().push(format!("list {status:?}"));
+            }
+            fn deleted(&self, status: Option<(u16, String)>, _: Duration) {
+                self.0.lock().unwrap().push(format!("delete {status:?}"));
+            }
+            fn culled(&self) {
+                self.0.lock().unwrap().push("culled".into());
+            }
+        }
+        let events = std::sync::Arc::new(Seen::default());
+        let c =
+            LeaseController::new(client, "kube-system", "me", labels).with_events(events.clone());
         assert_eq!(c.collect_garbage().await.unwrap(), 1);
+        assert_eq!(
+            *events.0.lock().unwrap(),
+            [
+                "list Some((200, \"\"))".to_owned(),
+                "delete Some((200, \"\"))".to_owned(),
+                "culled".to_owned()
+            ]
+        );
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
         assert!(

@@ -183,6 +183,7 @@ async fn serve_agent(
             Ok(None) => break,
             Err(e) => {
                 debug!(agent_id = %backend.agent_id, stream = backend.stream_id, error = %e, "agent stream ended with error");
+                s.metrics.stream_error(Segment::FromAgent, e.code_name());
                 break;
             }
         }

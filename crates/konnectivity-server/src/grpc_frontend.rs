@@ -191,6 +191,12 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Bod
                     Ok(None) => break,
                     Err(e) => {
                         debug!(error = %e, "frontend stream ended with error");
+                        // A client that tears down a finished tunnel (CLOSE_RSP sent,
+                        // or its dial answered with an error) without ending the stream
+                        // first has lost nothing: only live tunnels count.
+                        if !t.discard {
+                            s.metrics.stream_error(Segment::FromClient, e.code_name());
+                        }
                         break;
                     }
                 }

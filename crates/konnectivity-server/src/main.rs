@@ -168,6 +168,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         _ => None,
     };
     let shutdown = process::shutdown_on_signals();
+    let shared = konnectivity_server::Shared::with_auth(settings, auth);
     let leases = match (&client, o.enable_lease_controller) {
         (Some(c), true) => {
             let ctl = konnectivity_k8s::lease::LeaseController::new(
@@ -175,13 +176,13 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
                 &o.lease_namespace,
                 &o.server_id,
                 o.lease_labels()?,
-            );
+            )
+            .with_events(shared.clone());
             let stop = shutdown.clone();
             Some(tokio::spawn(ctl.run(stop)))
         }
         _ => None,
     };
-    let shared = konnectivity_server::Shared::with_auth(settings, auth);
     let grace = o.graceful_shutdown_timeout.to_std().unwrap_or_default();
     let drained = {
         let shared = shared.clone();

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use konnectivity_core::select::Strategy;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 const NS: &str = "konnectivity_network_proxy";
@@ -123,6 +124,12 @@ pub struct Metrics {
     connection_duration: Histogram,
     frontend_write: Histogram,
     packets: IntCounterVec,
+    stream_errors: IntCounterVec,
+    culled_leases: IntCounter,
+    lease_deletes: IntCounterVec,
+    lease_delete_latency: HistogramVec,
+    lease_lists: IntCounterVec,
+    lease_list_latency: HistogramVec,
     /// Resolved `packets` children, created on first use (no zero series up front).
     packet_handles: [[OnceLock<IntCounter>; 9]; 4],
     buffer_overflows: IntCounter,
@@ -171,6 +178,13 @@ impl Metrics {
             frontend_write: hist("frontend_write_duration_seconds", "Latency of write to the frontend in seconds", LATENCY_BUCKETS),
             packets: IntCounterVec::new(opts("stream_packets_total", "Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)"), &["segment", "packet_type"]).expect("valid"),
             packet_handles: Default::default(),
+            stream_errors: IntCounterVec::new(opts("stream_errors_total", "Count of gRPC stream errors, by segment, grpc Code, packet type. (example: from_agent, Code.Unavailable, DIAL_RSP)"), &["segment", "code", "packet_type"]).expect("valid"),
+            culled_leases: IntCounter::with_opts(opts("culled_leases_count", "Count of expired leases that the lease garbage collection controller has culled.")).expect("valid"),
+            // Upstream's HELP texts, typos and all (dashboards and tests compare them).
+            lease_deletes: IntCounterVec::new(opts("lease_delete_total", "Count of lease delection calls by the garbage collection controller. Labeled by HTTP status code and reason."), &["http_status_code", "reason"]).expect("valid"),
+            lease_delete_latency: HistogramVec::new(HistogramOpts::from(opts("lease_delete_latency_seconds", "Latency of lease deletion calls by the garbage collection controller in seconds.")), &["http_status_code"]).expect("valid"),
+            lease_lists: IntCounterVec::new(opts("lease_list_total", "Count of lease deletion calls by the garbage collection controller. Labeled by HTTP status code and reason."), &["http_status_code", "reason"]).expect("valid"),
+            lease_list_latency: HistogramVec::new(HistogramOpts::from(opts("lease_list_latency_seconds", "Latency of lease list calls by the garbage collection controller in seconds.")), &["http_status_code"]).expect("valid"),
             buffer_overflows: IntCounter::with_opts(rs("buffer_overflow_total", "Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.")).expect("valid"),
             limit_hits: IntCounterVec::new(rs("limit_hits_total", "Requests refused because a configured limit was reached, by limit flag."), &["limit"]).expect("valid"),
             policy_denied: IntCounter::with_opts(rs("destination_denied_total", "Dials refused by the destination policy.")).expect("valid"),
@@ -193,6 +207,12 @@ impl Metrics {
             Box::new(m.connection_duration.clone()),
             Box::new(m.frontend_write.clone()),
             Box::new(m.packets.clone()),
+            Box::new(m.stream_errors.clone()),
+            Box::new(m.culled_leases.clone()),
+            Box::new(m.lease_deletes.clone()),
+            Box::new(m.lease_delete_latency.clone()),
+            Box::new(m.lease_lists.clone()),
+            Box::new(m.lease_list_latency.clone()),
             Box::new(m.buffer_overflows.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(m.policy_denied.clone()),
@@ -278,6 +298,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed stream read (`packet_type="Unknown"`, as upstream for receive
+    /// errors; end of stream is not an error).
+    pub fn stream_error(&self, segment: Segment, code: &'static str) {
+        self.stream_errors
+            .with_label_values(&[SEGMENTS[segment as usize], code, "Unknown"])
+            .inc();
+    }
+
     /// Counts relayed payload bytes.
     pub fn bytes(&self, to_agent: bool, n: usize) {
         self.bytes
@@ -326,5 +354,33 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
+    }
+}
+
+impl konnectivity_k8s::lease::LeaseEvents for Metrics {
+    fn listed(&self, status: Option<(u16, String)>, took: Duration) {
+        if let Some((code, reason)) = status {
+            let code = code.to_string();
+            self.lease_lists.with_label_values(&[&code, &reason]).inc();
+            self.lease_list_latency
+                .with_label_values(&[&code])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    fn deleted(&self, status: Option<(u16, String)>, took: Duration) {
+        if let Some((code, reason)) = status {
+            let code = code.to_string();
+            self.lease_deletes
+                .with_label_values(&[&code, &reason])
+                .inc();
+            self.lease_delete_latency
+                .with_label_values(&[&code])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    fn culled(&self) {
+        self.culled_leases.inc();
     }
 }

@@ -285,3 +285,18 @@ impl Shared {
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The lease controller reports its API calls to the server's metrics.
+impl konnectivity_k8s::lease::LeaseEvents for Shared {
+    fn listed(&self, status: Option<(u16, String)>, took: std::time::Duration) {
+        self.metrics.listed(status, took)
+    }
+
+    fn deleted(&self, status: Option<(u16, String)>, took: std::time::Duration) {
+        self.metrics.deleted(status, took)
+    }
+
+    fn culled(&self) {
+        self.metrics.culled()
+    }
+}

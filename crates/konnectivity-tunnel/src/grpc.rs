@@ -104,6 +104,45 @@ pub enum ReadError {
     },
 }
 
+/// The name grpc-go gives a status code (`codes.Code.String()`), for the `code` label.
+pub fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+impl ReadError {
+    /// The gRPC code this error stands for, by grpc-go's name (the `code` label of
+    /// `stream_errors_total`): the peer's status as sent; a stream reset with CANCEL
+    /// is `Canceled`, any other lost transport `Unavailable`; bytes that are not a
+    /// message stream `Internal`.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            ReadError::Status { code, .. } => grpc_code_name(*code),
+            ReadError::Transport(t) if t.contains("stream no longer needed") => "Canceled",
+            ReadError::Transport(_) => "Unavailable",
+            ReadError::Frame(_) => "Internal",
+        }
+    }
+}
+
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
