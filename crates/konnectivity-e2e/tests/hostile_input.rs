@@ -181,6 +181,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         tls_agent(&other.ca, &other.agent_cert, &other.agent_key),
         &hello("x", ""),
         T,
+        None,
     )
     .await;
     assert!(
@@ -193,6 +194,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         tls_agent(&pki.ca, &other.agent_cert, &other.agent_key),
         &hello("x", ""),
         T,
+        None,
     )
     .await;
     assert!(
@@ -205,6 +207,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         tls_agent(&pki.ca, &pki.expired_agent_cert, &pki.expired_agent_key),
         &hello("x", ""),
         T,
+        None,
     )
     .await;
     assert!(
@@ -234,6 +237,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         tls_agent(&pki.ca, &pki.agent_cert, &pki.agent_key),
         &hello("evil", "ipv4=10.66.0.1"),
         T,
+        None,
     )
     .await?;
     for id in 1..200 {
