@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use konnectivity_core::address::DialFailure;
+use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 
 const NS: &str = "konnectivity_network_proxy_agent";
 
@@ -106,25 +107,6 @@ impl Segment {
             Segment::ToAgent => "to_agent",
         }
     }
-}
-
-const TYPES: [&str; 9] = [
-    "DIAL_REQ",
-    "DIAL_RSP",
-    "CLOSE_REQ",
-    "CLOSE_RSP",
-    "DATA",
-    "DIAL_CLS",
-    "DRAIN",
-    "WINDOW_UPDATE",
-    "UNKNOWN",
-];
-
-fn type_index(name: &str) -> usize {
-    TYPES
-        .iter()
-        .position(|t| *t == name)
-        .unwrap_or(TYPES.len() - 1)
 }
 
 impl Metrics {

@@ -36,6 +36,28 @@ pub fn type_name(p: &Packet) -> &'static str {
     }
 }
 
+/// Every name [`type_name`] returns, in a fixed order: per-type counters (the
+/// `packet_type` label of the metrics) are indexed by [`type_index`].
+pub const TYPE_NAMES: [&str; 9] = [
+    "DIAL_REQ",
+    "DIAL_RSP",
+    "CLOSE_REQ",
+    "CLOSE_RSP",
+    "DATA",
+    "DIAL_CLS",
+    "DRAIN",
+    "WINDOW_UPDATE",
+    "UNKNOWN",
+];
+
+/// The position of a [`type_name`] in [`TYPE_NAMES`] (`UNKNOWN`'s for any other name).
+pub fn type_index(name: &str) -> usize {
+    TYPE_NAMES
+        .iter()
+        .position(|t| *t == name)
+        .unwrap_or(TYPE_NAMES.len() - 1)
+}
+
 macro_rules! getter {
     ($(#[$doc:meta])* $fn:ident, $variant:ident, $ty:ty) => {
         $(#[$doc])*
@@ -154,6 +176,18 @@ pub fn window_update(connect_id: i64, bytes: i64) -> Packet {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_packet_type_has_a_metric_name() {
+        for v in 0..64 {
+            if let Ok(t) = PacketType::try_from(v) {
+                let name = t.as_str_name();
+                assert_eq!(TYPE_NAMES[type_index(name)], name);
+            }
+        }
+        assert_eq!(TYPE_NAMES[type_index("NO_SUCH_TYPE")], "UNKNOWN");
+    }
+
     use super::*;
     use prost::Message;
 

@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_core::select::Strategy;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -91,24 +92,6 @@ pub enum Segment {
 }
 
 const SEGMENTS: [&str; 4] = ["from_client", "to_client", "from_agent", "to_agent"];
-const TYPES: [&str; 9] = [
-    "DIAL_REQ",
-    "DIAL_RSP",
-    "CLOSE_REQ",
-    "CLOSE_RSP",
-    "DATA",
-    "DIAL_CLS",
-    "DRAIN",
-    "WINDOW_UPDATE",
-    "UNKNOWN",
-];
-
-fn type_index(name: &str) -> usize {
-    TYPES
-        .iter()
-        .position(|t| *t == name)
-        .unwrap_or(TYPES.len() - 1)
-}
 
 /// The server's metrics.
 pub struct Metrics {
