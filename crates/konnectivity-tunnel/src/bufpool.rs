@@ -7,16 +7,23 @@
 //! unmaps each one. Every page of every chunk is then faulted in again (measured: about
 //! 0.9 million page faults per 2 GiB through the agent and server, see BENCHMARKS.md).
 //!
-//! [`read_chunk`] (and [`copy_chunk`], for writers handing over large slices) reads into a buffer taken from a small process-wide free list and
-//! returns the bytes as [`Bytes`] that give the buffer back when the last reference is
-//! dropped (after the chunk has been written to the peer). The list keeps at most
-//! [`KEPT`] buffers (4 MiB), and only buffers of exactly the full size, so an idle
-//! process pays nothing and a busy one reaches a steady set of warm buffers. Smaller
-//! reads (a connection still growing its read size, interactive traffic) use ordinary
-//! allocations, which the allocator serves from its free lists.
+//! [`read_chunk`] (and [`copy_chunk`], for writers handing over large slices) reads into
+//! a buffer taken from a small process-wide free list and returns the bytes as [`Bytes`]
+//! that give the buffer back when the last reference is dropped (after the chunk has been
+//! written to the peer). Both pool anything larger than a quarter of the full size. The
+//! list keeps at most [`KEPT`] buffers (4 MiB), and only buffers of exactly the full size,
+//! so an idle process pays nothing and a busy one reaches a steady set of warm buffers.
+//! Smaller reads (a connection still growing its read size, interactive traffic) use
+//! ordinary allocations, which the allocator serves from its free lists.
+//!
+//! A chunk never pins much more memory than it carries: a read that fills less than a
+//! quarter of its buffer is copied into an allocation of its own size and the buffer is
+//! released at once. Without that, a trickling peer (a log line at a time after a bulk
+//! phase) would queue one 256 KiB buffer per few bytes while its reader is slow; the
+//! credit window bounds bytes, not buffers.
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use konnectivity_core::flow::MAX_CHUNK;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -54,32 +61,53 @@ fn take() -> Vec<u8> {
     reused.unwrap_or_else(|| Vec::with_capacity(MAX_CHUNK))
 }
 
-/// Reads once from `rd`, at most `want` bytes, and returns what was read (empty at
-/// EOF). Full-size reads (`want == MAX_CHUNK`) use a pooled buffer.
+/// Whether a buffer of `len` bytes comes from the free list.
+fn pooled(len: usize) -> bool {
+    len > MAX_CHUNK / 4 && len <= MAX_CHUNK
+}
+
+/// Turns a filled buffer into a chunk: copied out when it fills under a quarter of its
+/// capacity (the buffer is released now), else owned by the chunk.
+fn seal(buf: Vec<u8>) -> Bytes {
+    if buf.len() <= buf.capacity() / 4 {
+        let small = Bytes::copy_from_slice(&buf);
+        drop(Pooled(buf));
+        return small;
+    }
+    if buf.capacity() == MAX_CHUNK {
+        Bytes::from_owner(Pooled(buf))
+    } else {
+        Bytes::from(buf)
+    }
+}
+
+/// Reads once from `rd`, at most `want` bytes (at least 1 is asked for), and returns
+/// what was read (empty at EOF). Reads of more than a quarter of [`MAX_CHUNK`] use a
+/// pooled buffer.
 pub async fn read_chunk<R>(rd: &mut R, want: usize) -> std::io::Result<Bytes>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    if want != MAX_CHUNK {
-        let mut buf = Vec::with_capacity(want);
-        rd.read_buf(&mut buf).await?;
-        return Ok(Bytes::from(buf));
-    }
-    let mut buf = take();
-    // On an error or EOF the buffer goes straight back through `Pooled`'s drop.
-    let res = rd.read_buf(&mut buf).await;
-    let pooled = Pooled(buf);
+    let want = want.clamp(1, MAX_CHUNK);
+    let mut buf = if pooled(want) {
+        take()
+    } else {
+        Vec::with_capacity(want)
+    };
+    // On an error or EOF the buffer goes back through `Pooled`'s drop in `seal`.
+    let res = rd.read_buf(&mut (&mut buf).limit(want)).await;
+    let chunk = seal(buf);
     match res {
         Ok(0) => Ok(Bytes::new()),
-        Ok(_) => Ok(Bytes::from_owner(pooled)),
+        Ok(_) => Ok(chunk),
         Err(e) => Err(e),
     }
 }
 
-/// Copies `data` (at most [`MAX_CHUNK`] bytes) into a new chunk; copies of more than
-/// a quarter of the full size land in a pooled buffer.
+/// Copies `data` into a new chunk; copies of more than a quarter of the full size (and
+/// at most the full size) land in a pooled buffer.
 pub fn copy_chunk(data: &[u8]) -> Bytes {
-    if data.len() <= MAX_CHUNK / 4 || data.len() > MAX_CHUNK {
+    if !pooled(data.len()) {
         return Bytes::copy_from_slice(data);
     }
     let mut buf = take();
@@ -87,8 +115,9 @@ pub fn copy_chunk(data: &[u8]) -> Bytes {
     Bytes::from_owner(Pooled(buf))
 }
 
-/// How many buffers the free list holds now (for tests).
-pub fn kept() -> usize {
+/// How many buffers the free list holds now.
+#[cfg(test)]
+fn kept() -> usize {
     FREE.lock().map(|f| f.len()).unwrap_or(0)
 }
 
@@ -121,6 +150,34 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+
+        // A read of under a quarter of its pooled buffer is copied out, and the buffer
+        // goes back at once: a queued chunk does not pin 256 KiB for a few bytes.
+        let n = kept();
+        let short = read_chunk(&mut &b"a log line"[..], MAX_CHUNK)
+            .await
+            .unwrap();
+        assert_eq!(&short[..], b"a log line");
+        assert_eq!(
+            kept(),
+            n.max(1),
+            "the buffer of a short read is back on the list"
+        );
+        drop(short);
+        assert_eq!(kept(), n.max(1));
+
+        // Reads of more than a quarter of the full size are pooled too, and stop at `want`.
+        let n = kept();
+        let want = MAX_CHUNK / 2;
+        let half = read_chunk(&mut &data[..], want).await.unwrap();
+        assert_eq!(&half[..], &data[..want], "a read stops at `want`");
+        assert_eq!(
+            kept(),
+            n.saturating_sub(1),
+            "a half-size read holds a pooled buffer"
+        );
+        drop(half);
+        assert_eq!(kept(), n.max(1));
 
         // Large copies use the list too.
         let n = kept();
