@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
+use konnectivity_proto::Packet;
 
 const NS: &str = "konnectivity_network_proxy_agent";
 
@@ -124,8 +125,8 @@ impl Metrics {
     }
 
     /// Counts a packet sent or received on a server stream.
-    pub fn packet(&self, segment: Segment, type_name: &str) {
-        self.packets[segment as usize][type_index(type_name)].fetch_add(1, Ordering::Relaxed);
+    pub fn packet(&self, segment: Segment, p: &Packet) {
+        self.packets[segment as usize][type_index(p)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a failed server stream: `stream_errors_total{segment, code, packet_type}`
@@ -316,9 +317,13 @@ mod tests {
         m.dial_done(Duration::from_millis(1));
         m.dial_done(Duration::from_millis(50));
         m.dial_done(Duration::from_secs(60));
-        m.packet(Segment::ToAgent, "DIAL_REQ");
-        m.packet(Segment::FromAgent, "DIAL_RSP");
-        m.packet(Segment::FromAgent, "DIAL_RSP");
+        let dial_rsp = konnectivity_core::packet::dial_rsp(7, 1, "");
+        m.packet(
+            Segment::ToAgent,
+            &konnectivity_core::packet::dial_req("tcp", "a:1", 7),
+        );
+        m.packet(Segment::FromAgent, &dial_rsp);
+        m.packet(Segment::FromAgent, &dial_rsp);
         m.stream_error(
             Segment::ToAgent,
             konnectivity_tunnel::grpc::grpc_code_name(14),

@@ -149,9 +149,8 @@ pub async fn open(
     });
 
     // Counts every packet as it goes to the wire (`stream_packets_total{from_agent}`).
-    let hook = metrics.map(|m| -> outbound::Hook {
-        Arc::new(move |p: &Packet| m.packet(Segment::FromAgent, packet::type_name(p)))
-    });
+    let hook = metrics
+        .map(|m| -> outbound::Hook { Arc::new(move |p: &Packet| m.packet(Segment::FromAgent, p)) });
     let (tx, out) = outbound::channel_with(hook, Some(pacer));
     let mut md = tonic::metadata::MetadataMap::new();
     add_hello(&mut md, hello).map_err(&grpc_err)?;
@@ -315,7 +314,7 @@ pub async fn serve(
         };
         match next {
             Ok(Some(p)) => {
-                st.metrics.packet(Segment::ToAgent, packet::type_name(&p));
+                st.metrics.packet(Segment::ToAgent, &p);
                 dispatch(&st, p)
             }
             Err(e) if tx.is_closed() => {

@@ -316,6 +316,8 @@ impl Drop for GrpcStream {
         let tx = self.tx.clone();
         let id = self.connect_id;
         let closed = self.closed;
+        // The reader saw CLOSE_RSP (or the end of the stream): nothing more to wait for.
+        let finished = self.eof;
         let sending = self.sending.take();
         let inbound = self.inbound.take();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -323,7 +325,9 @@ impl Drop for GrpcStream {
             return;
         };
         // Finish the close handshake in the background so the server and agent see a
-        // clean CLOSE_REQ/CLOSE_RSP rather than a reset stream.
+        // clean CLOSE_REQ/CLOSE_RSP, then end the Proxy stream the way gRPC does: our
+        // END_STREAM, then the server's trailers. Dropping the response body before
+        // that would reset the stream (CANCEL).
         rt.spawn(async move {
             let finish = async {
                 if let Some(f) = sending {
@@ -332,13 +336,18 @@ impl Drop for GrpcStream {
                 if !closed {
                     let _ = tx.send(packet::close_req(id)).await;
                 }
-                if let Some(mut inbound) = inbound {
+                let Some(mut inbound) = inbound else {
+                    return;
+                };
+                if !finished {
                     while let Ok(Some(p)) = inbound.message().await {
-                        if packet::type_name(&p) == "CLOSE_RSP" {
+                        if packet::kind(&p) == Kind::Known(PacketType::CloseRsp) {
                             break;
                         }
                     }
                 }
+                tx.close();
+                while let Ok(Some(_)) = inbound.message().await {}
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), finish).await;
             tx.close();

@@ -50,12 +50,20 @@ pub const TYPE_NAMES: [&str; 9] = [
     "UNKNOWN",
 ];
 
-/// The position of a [`type_name`] in [`TYPE_NAMES`] (`UNKNOWN`'s for any other name).
-pub fn type_index(name: &str) -> usize {
-    TYPE_NAMES
-        .iter()
-        .position(|t| *t == name)
-        .unwrap_or(TYPE_NAMES.len() - 1)
+/// The position of `p`'s [`type_name`] in [`TYPE_NAMES`], without comparing strings
+/// (it runs for every packet a metrics counter sees).
+pub fn type_index(p: &Packet) -> usize {
+    match kind(p) {
+        Kind::Known(PacketType::DialReq) => 0,
+        Kind::Known(PacketType::DialRsp) => 1,
+        Kind::Known(PacketType::CloseReq) => 2,
+        Kind::Known(PacketType::CloseRsp) => 3,
+        Kind::Known(PacketType::Data) => 4,
+        Kind::Known(PacketType::DialCls) => 5,
+        Kind::Known(PacketType::Drain) => 6,
+        Kind::Known(PacketType::WindowUpdate) => 7,
+        Kind::Unknown(_) => 8,
+    }
 }
 
 macro_rules! getter {
@@ -178,14 +186,14 @@ pub fn window_update(connect_id: i64, bytes: i64) -> Packet {
 mod tests {
 
     #[test]
-    fn every_packet_type_has_a_metric_name() {
-        for v in 0..64 {
-            if let Ok(t) = PacketType::try_from(v) {
-                let name = t.as_str_name();
-                assert_eq!(TYPE_NAMES[type_index(name)], name);
-            }
+    fn every_packet_type_indexes_its_own_metric_name() {
+        for v in (-2..128).chain([i32::MIN, i32::MAX]) {
+            let p = Packet {
+                r#type: v,
+                payload: None,
+            };
+            assert_eq!(TYPE_NAMES[type_index(&p)], type_name(&p), "type value {v}");
         }
-        assert_eq!(TYPE_NAMES[type_index("NO_SUCH_TYPE")], "UNKNOWN");
     }
 
     use super::*;

@@ -561,3 +561,65 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
     assert_eq!(&b2, b"new");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_ends_finished_tunnels_cleanly_not_with_a_reset() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let mut spec = ServerSpec::grpc_uds(sock.clone());
+    spec.extra.push("--v=5".into());
+    let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
+    let (_agent, _) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let f = Frontend::Uds(sock);
+
+    // Closed by the client: it shuts down its side, then drops the stream.
+    let echo = servers::echo("127.0.0.1:0").await?;
+    let mut io = grpc_dial(&f, &echo.to_string(), T).await?;
+    io.write_all(b"ping").await?;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(T, io.read_exact(&mut got)).await??;
+    assert_eq!(&got, b"ping");
+    io.shutdown().await?;
+    drop(io);
+
+    // Closed by the node: the client reads to the end (the server's CLOSE_RSP), then
+    // drops the stream.
+    let source = servers::source("127.0.0.1:0").await?;
+    let mut io = grpc_dial(&f, &source.to_string(), T).await?;
+    io.write_u64(1000).await?;
+    let mut body = Vec::new();
+    tokio::time::timeout(T, io.read_to_end(&mut body)).await??;
+    assert_eq!(body.len(), 1000);
+    drop(io);
+
+    // Both Proxy streams end with the client's END_STREAM, promptly (the client's close
+    // wait is 10 s; it must not be what ends them), and none with a reset.
+    let clean = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.ends_with("frontend stream ended"))
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while clean() < 2 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log_text();
+    assert!(
+        !log.contains("frontend stream ended with error"),
+        "a finished tunnel was reset:\n{log}"
+    );
+    assert_eq!(clean(), 2, "{log}");
+    Ok(())
+}

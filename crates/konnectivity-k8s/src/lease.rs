@@ -275,6 +275,14 @@ mod tests {
         )
     }
 
+    /// A LeaseList response holding `items` (each from [`lease_json`]).
+    fn lease_list(items: &[String]) -> String {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{}]}}"#,
+            items.join(",")
+        )
+    }
+
     #[test]
     fn lease_validity_follows_renew_then_acquire_time() {
         let now = Timestamp::now();
@@ -303,15 +311,14 @@ mod tests {
     async fn garbage_collection_deletes_only_expired_leases_with_a_precondition() {
         let dir = tempfile::tempdir().unwrap();
         let now = Timestamp::now();
-        let list = format!(
-            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{},{}]}}"#,
+        let list = lease_list(&[
             lease_json("konnectivity-proxy-server-live", Some(now), None),
             lease_json(
                 "konnectivity-proxy-server-dead",
                 Some(now - SignedDuration::from_secs(300)),
-                None
-            )
-        );
+                None,
+            ),
+        ]);
         let (kc, seen) = fake::api(
             vec![
                 (200, list),
@@ -397,12 +404,11 @@ mod tests {
     async fn the_agent_counts_only_valid_leases() {
         let dir = tempfile::tempdir().unwrap();
         let now = Timestamp::now();
-        let list = format!(
-            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{},{},{}]}}"#,
+        let list = lease_list(&[
             lease_json("a", Some(now), None),
             lease_json("b", None, Some(now)),
-            lease_json("c", Some(now - SignedDuration::from_secs(300)), None)
-        );
+            lease_json("c", Some(now - SignedDuration::from_secs(300)), None),
+        ]);
         let (kc, _) = fake::api(vec![(200, list)], dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();
         assert_eq!(
@@ -418,10 +424,7 @@ mod tests {
     async fn a_refused_lease_list_reports_the_api_status_for_metrics() {
         let dir = tempfile::tempdir().unwrap();
         let now = Timestamp::now();
-        let list = format!(
-            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"LeaseList","metadata":{{}},"items":[{}]}}"#,
-            lease_json("a", Some(now), None)
-        );
+        let list = lease_list(&[lease_json("a", Some(now), None)]);
         let forbidden = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io is forbidden","reason":"Forbidden","code":403}"#;
         let (kc, _) = fake::api(vec![(200, list), (403, forbidden.into())], dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();

@@ -121,9 +121,7 @@ async fn connect(s: Arc<Shared>, request: HttpRequest) -> Result<HttpResponse, S
     };
     let metrics_shared = s.clone();
     let hook: outbound::Hook = std::sync::Arc::new(move |p: &Packet| {
-        metrics_shared
-            .metrics
-            .packet(Segment::ToAgent, packet::type_name(p));
+        metrics_shared.metrics.packet(Segment::ToAgent, p);
         if let Some(konnectivity_proto::packet::Payload::Data(d)) = &p.payload {
             metrics_shared.metrics.bytes(true, d.data.len());
         }
@@ -217,7 +215,7 @@ async fn serve_agent(
 
 /// Handles one packet from an agent. Never waits.
 fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
-    s.metrics.packet(Segment::FromAgent, packet::type_name(&p));
+    s.metrics.packet(Segment::FromAgent, &p);
     match packet::kind(&p) {
         Kind::Known(PacketType::DialRsp) => dial_response(s, b, &p),
         Kind::Known(PacketType::DialCls) => {

@@ -59,9 +59,7 @@ impl StreamingRpc for ProxyEndpoint {
         let out = futures::StreamExt::inspect(
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
             move |p| {
-                shared
-                    .metrics
-                    .packet(Segment::ToClient, packet::type_name(p));
+                shared.metrics.packet(Segment::ToClient, p);
             },
         );
         let body = PacketBody::response(Box::pin(out) as PacketStream);
@@ -157,8 +155,8 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Bod
                         t.conn = None;
                         established_gauge = None;
                         t.discard = true;
-                        if aborted {
-                            if let Some(b) = &t.backend { dial::close_conn(&s, b, id).await; }
+                        if aborted && let Some(b) = &t.backend {
+                            dial::close_conn(&s, b, id).await;
                         }
                         if out.send(packet::close_rsp(id, e)).await.is_err() { break; }
                     }
@@ -172,23 +170,26 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Bod
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
                 t.deadline = None;
-                if let Some((random, _)) = t.dialing.take() {
-                    if dial::take_pending(&s, random).is_some() {
-                        s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
-                        t.discard = true;
-                        if out.send(packet::dial_rsp(random, 0, wire::BACKEND_DIAL_TIMEOUT)).await.is_err() { break; }
-                    }
+                if let Some((random, _)) = t.dialing.take()
+                    && dial::take_pending(&s, random).is_some()
+                {
+                    s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
+                    t.discard = true;
+                    if out.send(packet::dial_rsp(random, 0, wire::BACKEND_DIAL_TIMEOUT)).await.is_err() { break; }
                 }
             }
             next = inbound.message(), if may_read => {
                 match next {
                     Ok(Some(p)) => {
-                        s.metrics.packet(Segment::FromClient, packet::type_name(&p));
+                        s.metrics.packet(Segment::FromClient, &p);
                         if !t.discard && !on_frontend_packet(&s, &mut t, p, &out).await {
                             break;
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        debug!("frontend stream ended");
+                        break;
+                    }
                     Err(e) => {
                         debug!(error = %e, "frontend stream ended with error");
                         // A client that tears down a finished tunnel (CLOSE_RSP sent,

@@ -4,7 +4,7 @@
 //! - [`backend`]: the agent listener's `AgentService.Connect` (one task per agent
 //!   stream, dispatching without ever waiting on one connection);
 //! - [`grpc_frontend`]: `ProxyService.Proxy` for konnectivity-client (kube-apiserver);
-//! - [`connect_frontend`]: `--mode=http-connect`;
+//! - [`connect_frontend`], for `--mode=http-connect`;
 //! - [`dial`]: what both frontends do to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
 //! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;

@@ -177,7 +177,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
                 &o.server_id,
                 o.lease_labels()?,
             )
-            .with_events(shared.clone());
+            .with_events(shared.metrics.clone());
             let stop = shutdown.clone();
             Some(tokio::spawn(ctl.run(stop)))
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_core::select::Strategy;
+use konnectivity_proto::Packet;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -274,8 +275,8 @@ impl Metrics {
     }
 
     /// Counts a packet.
-    pub fn packet(&self, segment: Segment, type_name: &str) {
-        let (s, t) = (segment as usize, type_index(type_name));
+    pub fn packet(&self, segment: Segment, p: &Packet) {
+        let (s, t) = (segment as usize, type_index(p));
         self.packet_handles[s][t]
             .get_or_init(|| self.packets.with_label_values(&[SEGMENTS[s], TYPES[t]]))
             .inc();
@@ -340,6 +341,7 @@ impl Metrics {
     }
 }
 
+/// The lease controller reports its API calls here.
 impl konnectivity_k8s::lease::LeaseEvents for Metrics {
     fn listed(&self, status: Option<(u16, String)>, took: Duration) {
         if let Some((code, reason)) = status {

@@ -211,8 +211,8 @@ pub struct Shared {
     table: Mutex<BackendTable<Arc<Backend>>>,
     /// Pending dials by dial ID (one global map, as upstream).
     pending: Mutex<HashMap<i64, Pending>>,
-    /// Counters and gauges.
-    pub metrics: Metrics,
+    /// Counters and gauges (shared with the lease controller, which reports to them).
+    pub metrics: Arc<Metrics>,
     next_id: AtomicU64,
 }
 
@@ -228,7 +228,7 @@ impl Shared {
         auth: Option<konnectivity_k8s::auth::TokenAuthenticator>,
     ) -> Arc<Self> {
         let table = BackendTable::new(settings.strategies.clone());
-        let metrics = Metrics::new(&settings.strategies);
+        let metrics = Arc::new(Metrics::new(&settings.strategies));
         Arc::new(Self {
             settings,
             auth,
@@ -284,19 +284,4 @@ impl Shared {
 /// Locks a mutex, recovering from poisoning (a panicked holder left only a map).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The lease controller reports its API calls to the server's metrics.
-impl konnectivity_k8s::lease::LeaseEvents for Shared {
-    fn listed(&self, status: Option<(u16, String)>, took: std::time::Duration) {
-        self.metrics.listed(status, took)
-    }
-
-    fn deleted(&self, status: Option<(u16, String)>, took: std::time::Duration) {
-        self.metrics.deleted(status, took)
-    }
-
-    fn culled(&self) {
-        self.metrics.culled()
-    }
 }
