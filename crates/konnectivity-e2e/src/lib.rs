@@ -310,6 +310,45 @@ pub fn start_agent(
     Ok((proc, health))
 }
 
+/// A proxy-server named `server` and one proxy-agent named `agent` on loopback.
+pub struct Loopback {
+    /// The server process.
+    pub server: Proc,
+    /// The server's ports.
+    pub ports: ServerPorts,
+    /// The agent process.
+    pub agent: Proc,
+    /// The agent's health (and metrics) port.
+    pub agent_health: u16,
+}
+
+/// Starts a server as `spec` says and an agent (with `agent_extra` flags) connected to
+/// it, both on loopback, and waits until the server is ready (the agent is connected).
+pub fn start_loopback(
+    pki: &Pki,
+    spec: &ServerSpec,
+    agent_extra: &[String],
+    dir: &Path,
+) -> anyhow::Result<Loopback> {
+    let (server, ports) = start_server("server", pki, spec, None, dir)?;
+    let (agent, agent_health) = start_agent(
+        "agent",
+        pki,
+        "127.0.0.1",
+        ports.agent,
+        agent_extra,
+        None,
+        dir,
+    )?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    Ok(Loopback {
+        server,
+        ports,
+        agent,
+        agent_health,
+    })
+}
+
 /// Waits until the server reports ready (an agent is connected).
 pub fn wait_server_ready(bind: &str, health: u16) -> anyhow::Result<()> {
     let addr = format!("{bind}:{health}");

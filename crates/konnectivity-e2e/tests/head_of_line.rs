@@ -40,23 +40,8 @@ async fn stalled_reader_does_not_block_other_connections() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (server, ports) = start_server(
-        "server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let (agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let Loopback { server, agent, .. } =
+        start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let source = servers::source("127.0.0.1:0").await?.to_string();
     let f = Frontend::Uds(sock);
 

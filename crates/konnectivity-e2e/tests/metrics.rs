@@ -13,23 +13,12 @@ async fn metrics_count_known_traffic_with_upstream_names() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server(
-        "server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let (agent, agent_health) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let Loopback {
+        server: _server,
+        ports,
+        agent,
+        agent_health,
+    } = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let echo = servers::echo("127.0.0.1:0").await?;
     for _ in 0..3 {
         let mut c = grpc_dial(

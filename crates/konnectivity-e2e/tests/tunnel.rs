@@ -36,23 +36,7 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server(
-        "server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let _tunnel = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi").await?;
     let rsp = get_through(grpc_dial(&Frontend::Uds(sock.clone()), &backend.to_string(), T).await?)
         .await?;
@@ -82,17 +66,8 @@ async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -
         bind: "127.0.0.1".into(),
         extra: vec![],
     };
-    let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
+    let ports = tunnel.ports;
     let echo = servers::echo("127.0.0.1:0").await?;
 
     // CONNECT and the first payload in one write: the payload must not be lost, and
@@ -184,17 +159,8 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
         bind: "127.0.0.1".into(),
         extra: vec![],
     };
-    let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
+    let ports = tunnel.ports;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi via curl").await?;
     let p = |x: &Path| x.display().to_string();
     let out = tokio::task::spawn_blocking({
@@ -281,23 +247,7 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
-    let (_server, ports) = start_server(
-        "server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let _tunnel = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let out = go_interop(&[format!("-uds={}", sock.display())])?;
     assert!(out.contains("7 passed, 0 failed"), "{out}");
     Ok(())
@@ -313,17 +263,8 @@ fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::
         bind: "127.0.0.1".into(),
         extra: vec![],
     };
-    let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
+    let ports = tunnel.ports;
     let p = |x: &Path| x.display().to_string();
     let out = go_interop(&[
         format!("-tcp=127.0.0.1:{}", ports.frontend),
@@ -342,17 +283,12 @@ async fn agent_reconnects_when_the_server_restarts() -> anyhow::Result<()> {
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
-    let (mut server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, agent_health) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let Loopback {
+        mut server,
+        ports,
+        agent: _agent,
+        agent_health,
+    } = start_loopback(&pki, &spec, &[], dir.path())?;
     let agent_ready = || {
         http_get(&format!("127.0.0.1:{agent_health}"), "/readyz")
             .map(|(s, _)| s)
@@ -569,17 +505,11 @@ async fn the_rust_client_ends_finished_tunnels_cleanly_not_with_a_reset() -> any
     let sock = dir.path().join("s.sock");
     let mut spec = ServerSpec::grpc_uds(sock.clone());
     spec.extra.push("--v=5".into());
-    let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
+    let Loopback {
+        server,
+        agent: _agent,
+        ..
+    } = start_loopback(&pki, &spec, &[], dir.path())?;
     let f = Frontend::Uds(sock);
 
     // Closed by the client: it shuts down its side, then drops the stream.
