@@ -4,54 +4,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use konnectivity_agent::{Agent, Hello, Settings};
-use konnectivity_config::{AgentOptions, ConfigError};
+use konnectivity_config::AgentOptions;
 use konnectivity_tunnel::process;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
 
 fn main() -> ExitCode {
-    let opts = match AgentOptions::parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(ConfigError::Help(usage)) => {
-            println!("{usage}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            eprintln!("Run 'proxy-agent --help' for usage.");
-            return ExitCode::FAILURE;
-        }
-    };
-    process::init_logging(i64::from(opts.log.v), opts.log.format == "json");
-    for notice in &opts.deprecation_notices {
-        warn!("{notice}");
-    }
-    if let Err(e) = opts.validate() {
-        error!("error: {e}");
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-    for w in konnectivity_config::compat::not_implemented_warnings(&opts.explicit_flags, false) {
-        warn!("{w}");
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(serve(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("error: {e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::main(serve)
 }
 
 fn port(p: i64) -> anyhow::Result<u16> {

@@ -4,56 +4,15 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use konnectivity_config::{ConfigError, ProxyStrategy, ServerOptions, TlsVersion};
+use konnectivity_config::{ProxyStrategy, ServerOptions, TlsVersion};
 use konnectivity_core::select::Strategy;
 use konnectivity_server::{Frontend, FrontendListener, Listeners, Mode, Settings};
 use konnectivity_tls::MinVersion;
 use konnectivity_tunnel::process;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 fn main() -> ExitCode {
-    let opts = match ServerOptions::parse(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(ConfigError::Help(usage)) => {
-            println!("{usage}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            eprintln!("Run 'proxy-server --help' for usage.");
-            return ExitCode::FAILURE;
-        }
-    };
-    process::init_logging(i64::from(opts.log.v), opts.log.format == "json");
-    for notice in &opts.deprecation_notices {
-        warn!("{notice}");
-    }
-    if let Err(e) = opts.validate() {
-        error!("error: {e}");
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-    for w in konnectivity_config::compat::not_implemented_warnings(&opts.explicit_flags, true) {
-        warn!("{w}");
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(serve(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("error: {e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::main(serve)
 }
 
 fn port(p: i64) -> anyhow::Result<u16> {

@@ -1,6 +1,69 @@
-//! Process plumbing shared by the binaries: logging set-up and signal handling.
+//! Process plumbing shared by the binaries: `main`'s start-up and exit codes, logging
+//! set-up and signal handling.
+use std::future::Future;
+use std::process::ExitCode;
+
+use konnectivity_config::{ConfigError, Program};
 use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
 use tracing_subscriber::EnvFilter;
+
+/// The whole `main` of proxy-server and proxy-agent around their own `serve`: parses
+/// the command line (`--help` prints the usage and exits 0; a parse error is printed with
+/// a pointer to `--help` and exits 1), starts logging, logs deprecation notices,
+/// validates (an invalid combination is logged and printed, exit 1), warns about flags
+/// that are accepted but not implemented, then runs `serve` on a multi-thread runtime
+/// (an error from it is logged and printed with its causes, `{:#}`, exit 1).
+pub fn main<O, F, Fut, E>(serve: F) -> ExitCode
+where
+    O: Program,
+    F: FnOnce(O) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let opts = match O::parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(ConfigError::Help(usage)) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            eprintln!("Run '{} --help' for usage.", O::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(i64::from(opts.log().v), opts.log().format == "json");
+    for notice in opts.deprecations() {
+        warn!("{notice}");
+    }
+    if let Err(e) = opts.check() {
+        error!("error: {e}");
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    for w in opts.unimplemented() {
+        warn!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("error: {e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Installs the global subscriber. klog's `--v` maps onto levels: ≤1 warn, 2–4 info
 /// (upstream's default is 4), 5–9 debug, ≥10 trace. `RUST_LOG` overrides it.
