@@ -333,7 +333,8 @@ impl Drop for GrpcStream {
                 if let Some(f) = sending {
                     let _ = f.await;
                 }
-                if !closed {
+                // After CLOSE_RSP the server has forgotten the connection: no CLOSE_REQ.
+                if !closed && !finished {
                     let _ = tx.send(packet::close_req(id)).await;
                 }
                 let Some(mut inbound) = inbound else {
