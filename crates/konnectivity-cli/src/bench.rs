@@ -2664,8 +2664,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!(
             "the open-files limit is {lim}; the memory and scale tests need about {need} \
              (one descriptor per connection in this process, proxy-server and proxy-agent each). \
-             Raise it first, e.g. `ulimit -n {}`, or lower --idle-conns/--agents",
-            need.next_power_of_two().max(65_536)
+             Raise it first, e.g. `ulimit -n {}` (at most the hard limit, `ulimit -Hn`), \
+             or lower --idle-conns/--agents",
+            need.next_power_of_two()
         );
     }
     let started = Instant::now();
