@@ -459,6 +459,10 @@ pub struct NullArgs {
     /// Its key.
     #[arg(long)]
     client_key: PathBuf,
+    /// Backend address of a null tunnel with a plain (no TLS) middle hop, the baseline
+    /// of connection set-up; their entrances are printed after the TLS ones.
+    #[arg(long)]
+    plain_target: Vec<SocketAddr>,
 }
 
 /// `konnectivity bench-null`: the null tunnel in a process of its own (relays on this
@@ -472,6 +476,12 @@ pub async fn null_helper(a: NullArgs) -> anyhow::Result<()> {
         let entrance = null_tunnel(*t, Some(tls.clone()))
             .await
             .with_context(|| format!("null tunnel to {t}"))?;
+        writeln!(out, "{entrance}")?;
+    }
+    for t in &a.plain_target {
+        let entrance = null_tunnel(*t, None)
+            .await
+            .with_context(|| format!("plain null tunnel to {t}"))?;
         writeln!(out, "{entrance}")?;
     }
     out.flush()?;
@@ -1971,6 +1981,75 @@ async fn round_trips_on_thread(
         .context("the round-trip thread ended without a result")?
 }
 
+/// Dial + first echoed byte through each hop, `n` times, interleaved in ten rounds,
+/// from a dedicated OS thread with its own current-thread runtime (as
+/// [`round_trips_on_thread`]): the dialing client's own wake-ups stay on one thread.
+async fn dials_on_thread(
+    hops: Vec<(&'static str, Hop)>,
+    n: usize,
+    warmup: usize,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<Duration>>> {
+    async fn once(hop: &Hop, seq: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut io = hop.open().await?;
+        let b = (seq % 251) as u8;
+        io.write_all(&[b]).await?;
+        io.flush().await?;
+        let mut r = [0u8; 1];
+        tokio::time::timeout(DIAL, io.read_exact(&mut r))
+            .await
+            .context("first byte timed out")??;
+        let d = t.elapsed();
+        ensure!(r[0] == b, "echo returned {} instead of {b}", r[0]);
+        Ok(d)
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-dial".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the dialing thread's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let mut out: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+                        for (key, hop) in &hops {
+                            for i in 0..warmup {
+                                once(hop, i)
+                                    .await
+                                    .with_context(|| format!("warm-up dial via {key}"))?;
+                            }
+                        }
+                        let rounds = n.clamp(1, 10);
+                        let started = Instant::now();
+                        for r in 0..rounds {
+                            let per = n / rounds + usize::from(r < n % rounds);
+                            for (key, hop) in &hops {
+                                let v = out.entry(key).or_default();
+                                for i in 0..per {
+                                    v.push(
+                                        once(hop, i)
+                                            .await
+                                            .with_context(|| format!("dial via {key}"))?,
+                                    );
+                                }
+                            }
+                            ensure!(
+                                started.elapsed() < Duration::from_secs(600),
+                                "dial test exceeded 10 minutes"
+                            );
+                        }
+                        Ok(out)
+                    })
+                });
+            let _ = tx.send(r);
+        })
+        .context("starting the dialing thread")?;
+    rx.await
+        .context("the dialing thread ended without a result")?
+}
+
 /// 1-byte round trips through separate processes, alone and beside a continuous
 /// download on the same path: the null tunnel in its own process (`bench-null`), and
 /// proxy-server + proxy-agent processes with a gRPC and with an HTTP-CONNECT frontend.
@@ -1997,8 +2076,9 @@ async fn phase_rtt_processes(
             format!("--key={}", p(&pki.server_key)),
             format!("--client-cert={}", p(&pki.agent_cert)),
             format!("--client-key={}", p(&pki.agent_key)),
+            format!("--plain-target={}", echo.addr),
         ],
-        2,
+        3,
     )?;
     let mut g = TunnelProcs::start("rtt-grpc", "grpc", bin_dir, pki, dir).await?;
     let mut c = TunnelProcs::start("rtt-connect", "http-connect", bin_dir, pki, dir).await?;
@@ -2040,6 +2120,42 @@ async fn phase_rtt_processes(
         alone.insert(key.into(), latency(&mut s));
         progress(format!("rtt alone, processes {key:<17} done"));
     }
+
+    let dial_hops = vec![
+        ("direct", Hop::Tcp(echo.addr)),
+        ("null_plain", Hop::Tcp(null.addrs[2])),
+        ("grpc_uds", routes[1].2.clone()),
+        ("http_connect_uds", routes[2].2.clone()),
+    ];
+    let dial_pids = [
+        ("null_plain", vec![("bench-null", null.pid())]),
+        ("grpc_uds", routes[1].3.clone()),
+        ("http_connect_uds", routes[2].3.clone()),
+    ];
+    let cpu_now = || -> Vec<Vec<f64>> {
+        dial_pids
+            .iter()
+            .map(|(_, ps)| ps.iter().map(|(_, p)| cpu_s(&p.to_string())).collect())
+            .collect()
+    };
+    let cpu0 = cpu_now();
+    let dials = dials_on_thread(dial_hops, cfg.dials, cfg.warmup_dials).await?;
+    let cpu1 = cpu_now();
+    // Every path was dialled `warmup_dials + dials` times.
+    let per = 1e6 / (cfg.dials + cfg.warmup_dials).max(1) as f64;
+    let dial_cpu: serde_json::Map<String, Value> = dial_pids
+        .iter()
+        .zip(cpu0.iter().zip(&cpu1))
+        .map(|((key, ps), (a, b))| {
+            let m: serde_json::Map<String, Value> = ps
+                .iter()
+                .zip(a.iter().zip(b))
+                .map(|((name, _), (x, y))| ((*name).to_owned(), json!(round((y - x) * per))))
+                .collect();
+            ((*key).to_owned(), Value::Object(m))
+        })
+        .collect();
+    progress("dials, processes done");
 
     let mut loaded = serde_json::Map::new();
     for (key, bulk_hop, echo_hop, pids) in &routes {
@@ -2111,6 +2227,20 @@ async fn phase_rtt_processes(
             "paths": loaded,
         }),
     );
+    let mut dm = serde_json::Map::new();
+    dm.insert("dials_per_path".into(), json!(cfg.dials));
+    dm.insert(
+        "what".into(),
+        json!("new connection to the echo backend + 1 byte written and echoed back, through separate proxy-server + proxy-agent processes, or the null tunnel with a plain middle hop in its own process; the dialing client on a dedicated thread (current-thread runtime)"),
+    );
+    for (k, mut v) in dials {
+        dm.insert(k.into(), latency(&mut v));
+    }
+    dm.insert("cpu_us_per_dial".into(), Value::Object(dial_cpu));
+    let d = Value::Object(dm.clone());
+    res.measurements
+        .insert("dial_processes".into(), Value::Object(dm));
+    let dp50 = |k: &str| num(&d, &[k, "p50_us"]);
     let (g50, n50) = (
         num(&a, &["grpc_uds", "p50_us"]),
         num(&a, &["null_tls", "p50_us"]),
@@ -2118,6 +2248,23 @@ async fn phase_rtt_processes(
     let g99 = num(&l, &["grpc_uds", "p99_us"]);
     let n99 = num(&l, &["null_tls", "p99_us"]);
     let rows = [
+        Row {
+            id: "dial_p50_processes",
+            label: "dial + first byte p50, gRPC/UDS, separate processes".into(),
+            value: format!("{:.0} µs", dp50("grpc_uds")),
+            baseline: format!(
+                "null {:.0}, CONNECT {:.0} (direct {:.0})",
+                dp50("null_plain"),
+                dp50("http_connect_uds"),
+                dp50("direct")
+            ),
+            ratio: Some(dp50("grpc_uds") / dp50("null_plain")),
+            target: "—".into(),
+            source: "info",
+            pass: None,
+            judged: dp50("grpc_uds"),
+            unit: "µs",
+        },
         Row {
             id: "rtt_p50_processes",
             label: "1-byte RTT p50 alone, gRPC/UDS, separate processes".into(),

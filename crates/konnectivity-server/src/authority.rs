@@ -8,7 +8,7 @@
 //!
 //! [`AuthorityFix`] sits between the socket and the HTTP/2 server on the frontend. It
 //! passes every frame through unchanged except header blocks: those are decoded
-//! (HPACK, following the client's dynamic table), any invalid `:authority` is
+//! ([`crate::hpack`], following the client's dynamic table), any invalid `:authority` is
 //! replaced with `localhost`, and the block is re-encoded as literals without indexing,
 //! which never touches the server decoder's dynamic table. Every block is re-encoded,
 //! so the server's view of the header table never depends on the client's.
@@ -18,6 +18,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::hpack::Decoder;
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
@@ -29,6 +31,11 @@ const PRIORITY: u8 = 0x20;
 /// Largest header block we assemble (grpc-go's default header list limit is 16 MiB;
 /// real kube-apiserver requests carry a few hundred bytes).
 const MAX_BLOCK: usize = 1 << 20;
+/// Largest decoded header list (names, values, 32 bytes per field) we re-encode.
+const MAX_LIST: usize = 1 << 20;
+/// The HPACK table size the HTTP/2 server allows (the protocol default, which it
+/// does not change).
+const TABLE_SIZE: usize = 4096;
 /// The server's default SETTINGS_MAX_FRAME_SIZE, the safe size for frames we emit.
 const MAX_FRAME: usize = 16_384;
 
@@ -48,7 +55,7 @@ pub struct AuthorityFix<T> {
     out: BytesMut,
     preface_left: usize,
     pending: Option<PendingBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: Decoder,
     eof: bool,
 }
 
@@ -61,7 +68,7 @@ impl<T> AuthorityFix<T> {
             out: BytesMut::new(),
             preface_left: PREFACE_LEN,
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: Decoder::new(TABLE_SIZE),
             eof: false,
         }
     }
@@ -163,21 +170,19 @@ impl<T> AuthorityFix<T> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let headers = self
-            .decoder
-            .decode(&p.block)
-            .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
         let mut block = BytesMut::with_capacity(p.block.len() + 64);
-        for (name, value) in &headers {
-            let value: &[u8] = if name.as_slice() == b":authority"
-                && http::uri::Authority::try_from(value.as_slice()).is_err()
-            {
-                b"localhost"
-            } else {
-                value
-            };
-            encode_literal(&mut block, name, value);
-        }
+        self.decoder
+            .decode(&p.block, MAX_LIST, |name, value| {
+                let value: &[u8] = if name == b":authority"
+                    && http::uri::Authority::try_from(value).is_err()
+                {
+                    b"localhost"
+                } else {
+                    value
+                };
+                encode_literal(&mut block, name, value);
+            })
+            .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
         // HEADERS (keeping END_STREAM and PRIORITY, dropping padding), then
         // CONTINUATIONs if the block exceeds the frame size.
         let mut first_room = MAX_FRAME;
@@ -325,5 +330,109 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
     type ConnectInfo = T::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hpack::huffman_encode;
+
+    /// A literal with incremental indexing, name by static index, Huffman-coded value.
+    fn indexed_literal(name_index: u8, value: &[u8]) -> Vec<u8> {
+        let v = huffman_encode(value);
+        let mut b = BytesMut::new();
+        encode_int(&mut b, 0x40, 6, usize::from(name_index));
+        encode_int(&mut b, 0x80, 7, v.len());
+        b.extend_from_slice(&v);
+        b.to_vec()
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_frame_header(&mut b, payload.len(), kind, flags, stream);
+        b.extend_from_slice(payload);
+        b.to_vec()
+    }
+
+    /// The header blocks of `bytes` (after the preface), decoded.
+    fn blocks(bytes: &[u8]) -> Vec<Vec<(String, String)>> {
+        let mut d = Decoder::new(TABLE_SIZE);
+        let mut rest = &bytes[PREFACE_LEN..];
+        let mut out = Vec::new();
+        while rest.len() >= FRAME_HEADER {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let (f, r) = rest.split_at(FRAME_HEADER + len);
+            rest = r;
+            if f[3] == HEADERS {
+                let mut fields = Vec::new();
+                d.decode(&f[FRAME_HEADER..], MAX_LIST, |n, v| {
+                    fields.push((
+                        String::from_utf8_lossy(n).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ));
+                })
+                .expect("re-encoded block decodes");
+                out.push(fields);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn replaces_a_socket_path_authority_in_every_request_and_keeps_the_rest() {
+        // grpc-go over a UNIX socket: the percent-encoded path as :authority, indexed
+        // in the first request and referenced from the dynamic table in the second.
+        let sock = b"%2Fetc%2Fkubernetes%2Fkonnectivity-server%2Fkonnectivity-server.socket";
+        let mut first = vec![0x83, 0x86]; // :method POST, :scheme http
+        first.extend(indexed_literal(1, sock)); // :authority, now dynamic index 62
+        first.extend(indexed_literal(4, b"/ProxyService/Proxy")); // :path, now 62
+        let second = vec![0x83, 0x86, 0x80 | 63, 0x80 | 62];
+        let data = frame(0x0, 0, 1, b"payload");
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        input.extend(&data);
+        input.extend(frame(HEADERS, END_HEADERS, 3, &second));
+
+        // Fed in small pieces, as a socket may deliver it.
+        let mut fix = AuthorityFix::new(());
+        let mut out = Vec::new();
+        for piece in input.chunks(7) {
+            fix.raw.extend_from_slice(piece);
+            fix.process().expect("valid input");
+            out.extend_from_slice(&fix.out.split());
+        }
+        assert!(fix.raw.is_empty());
+        let expected = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":scheme".into(), "http".into()),
+            (":authority".into(), "localhost".into()),
+            (":path".into(), "/ProxyService/Proxy".into()),
+        ];
+        assert_eq!(blocks(&out), vec![expected.clone(), expected]);
+        // Other frames pass through unchanged.
+        let at = out.windows(data.len()).position(|w| w == data);
+        assert!(at.is_some(), "the DATA frame is passed through as it was");
+    }
+
+    #[test]
+    fn keeps_a_valid_authority_and_refuses_a_corrupt_block() {
+        let mut fix = AuthorityFix::new(());
+        let mut block = vec![0x83];
+        block.extend(indexed_literal(1, b"konnectivity:8090"));
+        fix.raw.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        fix.raw.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        fix.process().expect("valid input");
+        let out = fix.out.split().to_vec();
+        assert_eq!(
+            blocks(&out),
+            vec![vec![
+                (":method".to_owned(), "POST".to_owned()),
+                (":authority".into(), "konnectivity:8090".into()),
+            ]]
+        );
+        // An index past both tables is a connection error, not a panic.
+        fix.raw.extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 100]));
+        assert!(fix.process().is_err());
     }
 }

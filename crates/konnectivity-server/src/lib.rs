@@ -21,6 +21,7 @@ pub mod backend;
 pub mod connect_frontend;
 pub mod dial;
 pub mod grpc_frontend;
+pub mod hpack;
 pub mod listen;
 pub mod metrics;
 pub mod rpc;
