@@ -651,7 +651,13 @@ async fn upload(io: &mut BoxIo, n: u64) -> anyhow::Result<Instant> {
 /// One dial + first echoed byte.
 async fn dial_once(w: &World, p: PathKind, seq: usize) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let mut io = w.open(p, &w.echo).await?;
+    let io = w.open(p, &w.echo).await?;
+    first_echo(io, seq, t).await
+}
+
+/// Writes one byte on a just-opened echo connection and reads it back; returns the time
+/// since `t` (when the dial started).
+async fn first_echo(mut io: BoxIo, seq: usize, t: Instant) -> anyhow::Result<Duration> {
     let b = (seq % 251) as u8;
     io.write_all(&[b]).await?;
     io.flush().await?;
@@ -1955,30 +1961,38 @@ async fn round_trips_on_thread(
     warmup: usize,
     cap: Duration,
 ) -> anyhow::Result<Vec<Duration>> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bench-rtt".into())
-        .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("the round-trip thread's runtime")
-                .and_then(|rt| {
-                    rt.block_on(async {
-                        let mut io = hop.open().await?;
-                        let s = round_trips(&mut io, n, warmup, cap).await?;
-                        let _ = io.shutdown().await;
-                        Ok(s)
-                    })
-                });
-            let _ = tx.send(r);
-        })
-        .context("starting the round-trip thread")?;
+    let rx = on_own_thread("round-trip", async move {
+        let mut io = hop.open().await?;
+        let s = round_trips(&mut io, n, warmup, cap).await?;
+        let _ = io.shutdown().await;
+        Ok(s)
+    })?;
     // The dial is bounded by DIAL, the round trips by `cap` plus one trip's timeout.
     tokio::time::timeout(cap + DIAL + STEP, rx)
         .await
         .context("the round-trip thread did not finish")?
         .context("the round-trip thread ended without a result")?
+}
+
+/// Runs `work` on a new OS thread with its own current-thread runtime; its result
+/// arrives on the returned receiver.
+fn on_own_thread<T: Send + 'static>(
+    what: &'static str,
+    work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<T>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("bench-{what}"))
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .with_context(|| format!("the {what} thread's runtime"))
+                .and_then(|rt| rt.block_on(work));
+            let _ = tx.send(r);
+        })
+        .with_context(|| format!("starting the {what} thread"))?;
+    Ok(rx)
 }
 
 /// Dial + first echoed byte through each hop, `n` times, interleaved in ten rounds,
@@ -1991,61 +2005,39 @@ async fn dials_on_thread(
 ) -> anyhow::Result<BTreeMap<&'static str, Vec<Duration>>> {
     async fn once(hop: &Hop, seq: usize) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        let mut io = hop.open().await?;
-        let b = (seq % 251) as u8;
-        io.write_all(&[b]).await?;
-        io.flush().await?;
-        let mut r = [0u8; 1];
-        tokio::time::timeout(DIAL, io.read_exact(&mut r))
-            .await
-            .context("first byte timed out")??;
-        let d = t.elapsed();
-        ensure!(r[0] == b, "echo returned {} instead of {b}", r[0]);
-        Ok(d)
+        let io = hop.open().await?;
+        first_echo(io, seq, t).await
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bench-dial".into())
-        .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("the dialing thread's runtime")
-                .and_then(|rt| {
-                    rt.block_on(async {
-                        let mut out: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
-                        for (key, hop) in &hops {
-                            for i in 0..warmup {
-                                once(hop, i)
-                                    .await
-                                    .with_context(|| format!("warm-up dial via {key}"))?;
-                            }
-                        }
-                        let rounds = n.clamp(1, 10);
-                        let started = Instant::now();
-                        for r in 0..rounds {
-                            let per = n / rounds + usize::from(r < n % rounds);
-                            for (key, hop) in &hops {
-                                let v = out.entry(key).or_default();
-                                for i in 0..per {
-                                    v.push(
-                                        once(hop, i)
-                                            .await
-                                            .with_context(|| format!("dial via {key}"))?,
-                                    );
-                                }
-                            }
-                            ensure!(
-                                started.elapsed() < Duration::from_secs(600),
-                                "dial test exceeded 10 minutes"
-                            );
-                        }
-                        Ok(out)
-                    })
-                });
-            let _ = tx.send(r);
-        })
-        .context("starting the dialing thread")?;
+    let rx = on_own_thread("dialing", async move {
+        let mut out: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+        for (key, hop) in &hops {
+            for i in 0..warmup {
+                once(hop, i)
+                    .await
+                    .with_context(|| format!("warm-up dial via {key}"))?;
+            }
+        }
+        let rounds = n.clamp(1, 10);
+        let started = Instant::now();
+        for r in 0..rounds {
+            let per = n / rounds + usize::from(r < n % rounds);
+            for (key, hop) in &hops {
+                let v = out.entry(key).or_default();
+                for i in 0..per {
+                    v.push(
+                        once(hop, i)
+                            .await
+                            .with_context(|| format!("dial via {key}"))?,
+                    );
+                }
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "dial test exceeded 10 minutes"
+            );
+        }
+        Ok(out)
+    })?;
     rx.await
         .context("the dialing thread ended without a result")?
 }
@@ -3014,7 +3006,7 @@ fn print_table(res: &Results, mode: &str, took: Duration, out: &Path, cpu: &Valu
     println!(
         "Throughput in Gbit/s (10^9 bit/s), medians; baselines measured in the same run. \"null\" = null tunnel \
          (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with, \
-         and a process of its own in the \"separate processes\" RTT rows. * = target from perf-anchors §5.4, informational."
+         and a process of its own in the \"separate processes\" rows. * = target from perf-anchors §5.4, informational."
     );
     println!(
         "Took {:.0?}; machine CPU during the run: user {}%, system {}%, idle {}%, steal {}% \

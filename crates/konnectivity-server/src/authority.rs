@@ -173,13 +173,12 @@ impl<T> AuthorityFix<T> {
         let mut block = BytesMut::with_capacity(p.block.len() + 64);
         self.decoder
             .decode(&p.block, MAX_LIST, |name, value| {
-                let value: &[u8] = if name == b":authority"
-                    && http::uri::Authority::try_from(value).is_err()
-                {
-                    b"localhost"
-                } else {
-                    value
-                };
+                let value: &[u8] =
+                    if name == b":authority" && http::uri::Authority::try_from(value).is_err() {
+                        b"localhost"
+                    } else {
+                        value
+                    };
                 encode_literal(&mut block, name, value);
             })
             .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
@@ -420,7 +419,8 @@ mod tests {
         let mut fix = AuthorityFix::new(());
         let mut block = vec![0x83];
         block.extend(indexed_literal(1, b"konnectivity:8090"));
-        fix.raw.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        fix.raw
+            .extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         fix.raw.extend(frame(HEADERS, END_HEADERS, 1, &block));
         fix.process().expect("valid input");
         let out = fix.out.split().to_vec();
@@ -432,7 +432,8 @@ mod tests {
             ]]
         );
         // An index past both tables is a connection error, not a panic.
-        fix.raw.extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 100]));
+        fix.raw
+            .extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 100]));
         assert!(fix.process().is_err());
     }
 }

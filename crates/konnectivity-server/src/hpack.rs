@@ -126,11 +126,7 @@ impl Decoder {
     }
 
     /// A literal field whose name index has an `n`-bit prefix.
-    fn literal<'a>(
-        &self,
-        block: &mut &'a [u8],
-        n: u8,
-    ) -> Result<Literal<'a>, DecodeError> {
+    fn literal<'a>(&self, block: &mut &'a [u8], n: u8) -> Result<Literal<'a>, DecodeError> {
         let i = integer(block, n)?;
         let name = if i == 0 {
             string(block)?
@@ -168,7 +164,9 @@ impl Decoder {
 
 /// An integer with an `n`-bit prefix (§5.1); consumes it from `block`.
 fn integer(block: &mut &[u8], n: u8) -> Result<usize, DecodeError> {
-    let (&first, rest) = block.split_first().ok_or(DecodeError("truncated integer"))?;
+    let (&first, rest) = block
+        .split_first()
+        .ok_or(DecodeError("truncated integer"))?;
     *block = rest;
     let max = (1usize << n) - 1;
     let mut v = usize::from(first) & max;
@@ -177,7 +175,9 @@ fn integer(block: &mut &[u8], n: u8) -> Result<usize, DecodeError> {
     }
     let mut shift = 0u32;
     loop {
-        let (&b, rest) = block.split_first().ok_or(DecodeError("truncated integer"))?;
+        let (&b, rest) = block
+            .split_first()
+            .ok_or(DecodeError("truncated integer"))?;
         *block = rest;
         // Four continuation bytes carry 28 bits: more than any size or index here.
         if shift > 21 {
@@ -547,7 +547,14 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let names = [":authority", ":path", "content-type", "te", "x-custom", "user-agent"];
+        let names = [
+            ":authority",
+            ":path",
+            "content-type",
+            "te",
+            "x-custom",
+            "user-agent",
+        ];
         for _ in 0..200 {
             let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..1 + next() % 8)
                 .map(|_| {
@@ -584,7 +591,10 @@ mod tests {
         // A third evicts the first: index 62 is now "eeee", 63 "cccc", 64 is gone.
         decode_all(&mut d, &lit("eeee", "ffff")).expect("third");
         assert_eq!((d.table.len(), d.size), (2, 80));
-        assert_eq!(decode_all(&mut d, &[0x80 | 63]).expect("63"), pairs(&[("cccc", "dddd")]));
+        assert_eq!(
+            decode_all(&mut d, &[0x80 | 63]).expect("63"),
+            pairs(&[("cccc", "dddd")])
+        );
         assert!(decode_all(&mut d, &[0x80 | 64]).is_err());
         // Size update to 40 keeps one entry; above the limit is refused.
         decode_all(&mut d, &[0x20 | 31, 9]).expect("update to 40");
@@ -605,7 +615,10 @@ mod tests {
             ("index 0", vec![0x80]),
             ("index past the tables", vec![0x80 | 62]),
             ("truncated integer", vec![0xff]),
-            ("integer too large", vec![0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            (
+                "integer too large",
+                vec![0xff, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            ),
             ("truncated string", vec![0x40, 0x05, b'a']),
             ("truncated name", vec![0x00]),
         ] {
@@ -658,6 +671,9 @@ mod tests {
         let mut seen = 0usize;
         let r = d.decode(&b, 64 * 1024, |n, v| seen += n.len() + v.len());
         assert_eq!(r, Err(DecodeError("header list too large")));
-        assert!(seen < 64 * 1024, "stopped at the limit, not after {seen} bytes");
+        assert!(
+            seen < 64 * 1024,
+            "stopped at the limit, not after {seen} bytes"
+        );
     }
 }
