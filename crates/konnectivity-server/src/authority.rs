@@ -12,6 +12,11 @@
 //! replaced with `localhost`, and the block is re-encoded as literals without indexing,
 //! which never touches the server decoder's dynamic table. Every block is re-encoded,
 //! so the server's view of the header table never depends on the client's.
+//!
+//! Only header blocks are held here (at most 1 MiB, a bigger one ends the connection).
+//! Other frames pass through as they arrive, and once a frame's header has gone
+//! through, the rest of its payload is read straight into the HTTP/2 server's buffer,
+//! without being copied here. An idle connection holds no buffers.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -55,6 +60,8 @@ pub struct AuthorityFix<T> {
     out: BytesMut,
     preface_left: usize,
     pending: Option<PendingBlock>,
+    /// Payload bytes of the current non-header frame still to pass through.
+    skip: usize,
     decoder: Decoder,
     eof: bool,
 }
@@ -64,10 +71,11 @@ impl<T> AuthorityFix<T> {
     pub fn new(inner: T) -> Self {
         Self {
             inner,
-            raw: BytesMut::with_capacity(16 * 1024),
+            raw: BytesMut::new(),
             out: BytesMut::new(),
             preface_left: PREFACE_LEN,
             pending: None,
+            skip: 0,
             decoder: Decoder::new(TABLE_SIZE),
             eof: false,
         }
@@ -87,15 +95,31 @@ impl<T> AuthorityFix<T> {
                 return Ok(());
             }
         }
-        while self.raw.len() >= FRAME_HEADER {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.raw.len());
+                if n == 0 {
+                    break;
+                }
+                self.out.extend_from_slice(&self.raw.split_to(n));
+                self.skip -= n;
+                continue;
+            }
+            if self.raw.len() < FRAME_HEADER {
+                break;
+            }
             let len = (usize::from(self.raw[0]) << 16)
                 | (usize::from(self.raw[1]) << 8)
                 | usize::from(self.raw[2]);
-            if self.raw.len() < FRAME_HEADER + len {
+            let kind = self.raw[3];
+            let header_frame = kind == HEADERS || kind == CONTINUATION;
+            if header_frame && len > MAX_BLOCK {
+                return Err(bad("header frame too large"));
+            }
+            if header_frame && self.raw.len() < FRAME_HEADER + len {
                 self.raw.reserve(FRAME_HEADER + len - self.raw.len());
                 break;
             }
-            let kind = self.raw[3];
             let flags = self.raw[4];
             let stream_id =
                 u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
@@ -157,9 +181,11 @@ impl<T> AuthorityFix<T> {
                         self.emit_block()?;
                     }
                 }
+                // Any other frame passes through as it arrives; its payload is not
+                // held here (poll_read reads it straight into the caller's buffer).
                 _ => {
-                    let frame = self.raw.split_to(FRAME_HEADER + len);
-                    self.out.extend_from_slice(&frame);
+                    self.out.extend_from_slice(&self.raw.split_to(FRAME_HEADER));
+                    self.skip = len;
                 }
             }
         }
@@ -277,17 +303,44 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
                 buf.put_slice(&this.out.split_to(n));
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.eof || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.skip > 0 && this.raw.is_empty() {
+                // The rest of a passed-through frame: straight into the caller's buffer.
+                let want = this.skip.min(buf.remaining());
+                let before = buf.filled().len();
+                if want == buf.remaining() {
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                } else {
+                    buf.initialize_unfilled_to(want);
+                    let mut part = buf.take(want);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+                    let n = part.filled().len();
+                    buf.advance(n);
+                }
+                let n = buf.filled().len() - before;
+                if n == 0 {
+                    this.eof = true;
+                }
+                this.skip -= n;
                 return Poll::Ready(Ok(()));
             }
             if this.raw.capacity() - this.raw.len() < 4096 {
                 this.raw.reserve(16 * 1024);
             }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut this.raw
-            ))?;
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw);
+            let Poll::Ready(read) = read else {
+                // Idle: an idle connection holds no buffers.
+                if this.raw.is_empty() {
+                    this.raw = BytesMut::new();
+                }
+                if this.out.is_empty() {
+                    this.out = BytesMut::new();
+                }
+                return Poll::Pending;
+            };
+            let n = read?;
             if n == 0 {
                 this.eof = true;
                 continue;
@@ -412,6 +465,59 @@ mod tests {
         // Other frames pass through unchanged.
         let at = out.windows(data.len()).position(|w| w == data);
         assert!(at.is_some(), "the DATA frame is passed through as it was");
+    }
+
+    #[tokio::test]
+    async fn large_frames_pass_through_unbuffered_and_unchanged() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut fix = AuthorityFix::new(server);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &[0x83, 0x86]));
+        input.extend(frame(0x0, 0, 1, &payload));
+        input.extend(frame(HEADERS, END_HEADERS | 0x1, 1, &[0x88]));
+        let writer = tokio::spawn(async move {
+            client.write_all(&input).await?;
+            client.shutdown().await?;
+            Ok::<_, io::Error>(client)
+        });
+        let mut out = Vec::new();
+        let mut most_held = 0;
+        let mut buf = vec![0u8; 100_000];
+        loop {
+            let n = fix.read(&mut buf).await.expect("read");
+            most_held = most_held.max(fix.raw.capacity());
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        writer.await.expect("writer").expect("write");
+        let data = frame(0x0, 0, 1, &payload);
+        assert!(
+            out.windows(data.len()).any(|w| w == data.as_slice()),
+            "the DATA frame arrives whole and unchanged"
+        );
+        assert_eq!(
+            blocks(&out),
+            vec![
+                vec![(":method".to_owned(), "POST".to_owned()), (":scheme".into(), "http".into())],
+                vec![(":status".to_owned(), "200".to_owned())],
+            ]
+        );
+        assert!(most_held <= 32 * 1024, "held at most {most_held} bytes");
+    }
+
+    #[test]
+    fn refuses_an_oversized_header_frame_before_buffering_it() {
+        let mut fix = AuthorityFix::new(());
+        fix.raw.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let mut h = BytesMut::new();
+        put_frame_header(&mut h, MAX_BLOCK + 1, HEADERS, END_HEADERS, 1);
+        fix.raw.extend_from_slice(&h);
+        assert!(fix.process().is_err());
+        assert!(fix.raw.capacity() < 64 * 1024);
     }
 
     #[test]
