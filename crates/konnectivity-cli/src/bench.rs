@@ -2120,7 +2120,7 @@ async fn phase_rtt_processes(
         ("http_connect_uds", routes[2].2.clone()),
     ];
     let dial_pids = [
-        ("null_plain", vec![("bench-null", null.pid())]),
+        ("null_plain", routes[0].3.clone()),
         ("grpc_uds", routes[1].3.clone()),
         ("http_connect_uds", routes[2].3.clone()),
     ];

@@ -58,9 +58,9 @@ pub struct AuthorityFix<T> {
     raw: BytesMut,
     /// Processed bytes ready for the HTTP/2 server.
     out: BytesMut,
-    preface_left: usize,
     pending: Option<PendingBlock>,
-    /// Payload bytes of the current non-header frame still to pass through.
+    /// Bytes still to pass through unchanged: the rest of the connection preface, or of
+    /// the current non-header frame's payload.
     skip: usize,
     decoder: Decoder,
     eof: bool,
@@ -73,9 +73,9 @@ impl<T> AuthorityFix<T> {
             inner,
             raw: BytesMut::new(),
             out: BytesMut::new(),
-            preface_left: PREFACE_LEN,
             pending: None,
-            skip: 0,
+            // The client's connection preface passes through like a frame payload.
+            skip: PREFACE_LEN,
             decoder: Decoder::new(TABLE_SIZE),
             eof: false,
         }
@@ -87,14 +87,6 @@ impl<T> AuthorityFix<T> {
     }
 
     fn process(&mut self) -> io::Result<()> {
-        if self.preface_left > 0 {
-            let n = self.preface_left.min(self.raw.len());
-            self.out.extend_from_slice(&self.raw.split_to(n));
-            self.preface_left -= n;
-            if self.preface_left > 0 {
-                return Ok(());
-            }
-        }
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(self.raw.len());
@@ -390,6 +382,8 @@ mod tests {
     use super::*;
     use crate::hpack::huffman_encode;
 
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
     /// A literal with incremental indexing, name by static index, Huffman-coded value.
     fn indexed_literal(name_index: u8, value: &[u8]) -> Vec<u8> {
         let v = huffman_encode(value);
@@ -441,7 +435,7 @@ mod tests {
         first.extend(indexed_literal(4, b"/ProxyService/Proxy")); // :path, now 62
         let second = vec![0x83, 0x86, 0x80 | 63, 0x80 | 62];
         let data = frame(0x0, 0, 1, b"payload");
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &first));
         input.extend(&data);
         input.extend(frame(HEADERS, END_HEADERS, 3, &second));
@@ -473,7 +467,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let mut fix = AuthorityFix::new(server);
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS, 1, &[0x83, 0x86]));
         input.extend(frame(0x0, 0, 1, &payload));
         input.extend(frame(HEADERS, END_HEADERS | 0x1, 1, &[0x88]));
@@ -502,7 +496,10 @@ mod tests {
         assert_eq!(
             blocks(&out),
             vec![
-                vec![(":method".to_owned(), "POST".to_owned()), (":scheme".into(), "http".into())],
+                vec![
+                    (":method".to_owned(), "POST".to_owned()),
+                    (":scheme".into(), "http".into())
+                ],
                 vec![(":status".to_owned(), "200".to_owned())],
             ]
         );
@@ -512,7 +509,7 @@ mod tests {
     #[test]
     fn refuses_an_oversized_header_frame_before_buffering_it() {
         let mut fix = AuthorityFix::new(());
-        fix.raw.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        fix.raw.extend_from_slice(PREFACE);
         let mut h = BytesMut::new();
         put_frame_header(&mut h, MAX_BLOCK + 1, HEADERS, END_HEADERS, 1);
         fix.raw.extend_from_slice(&h);
@@ -525,8 +522,7 @@ mod tests {
         let mut fix = AuthorityFix::new(());
         let mut block = vec![0x83];
         block.extend(indexed_literal(1, b"konnectivity:8090"));
-        fix.raw
-            .extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        fix.raw.extend_from_slice(PREFACE);
         fix.raw.extend(frame(HEADERS, END_HEADERS, 1, &block));
         fix.process().expect("valid input");
         let out = fix.out.split().to_vec();

@@ -65,12 +65,13 @@ impl Decoder {
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), DecodeError> {
         let mut list = 0usize;
-        let mut fields = 0usize;
-        let mut count = |n: &[u8], v: &[u8]| -> Result<(), DecodeError> {
+        let mut after_field = false;
+        let mut emit = |n: &[u8], v: &[u8]| -> Result<(), DecodeError> {
             list = list.saturating_add(n.len() + v.len() + ENTRY_OVERHEAD);
             if list > max_list {
                 return Err(DecodeError("header list too large"));
             }
+            field(n, v);
             Ok(())
         };
         while let Some(&first) = block.first() {
@@ -78,17 +79,15 @@ impl Decoder {
                 // Indexed header field (§6.1).
                 let i = integer(&mut block, 7)?;
                 let (n, v) = self.entry(i)?;
-                count(n, v)?;
-                field(n, v);
+                emit(n, v)?;
             } else if first & 0x40 != 0 {
                 // Literal with incremental indexing (§6.2.1): added to the table.
                 let (n, v) = self.literal(&mut block, 6)?;
-                count(&n, &v)?;
-                field(&n, &v);
+                emit(&n, &v)?;
                 self.insert(n.into_owned().into(), v.into_owned().into());
             } else if first & 0x20 != 0 {
                 // Dynamic table size update (§6.3): only before the block's fields.
-                if fields > 0 {
+                if after_field {
                     return Err(DecodeError("table size update after a header field"));
                 }
                 let max = integer(&mut block, 5)?;
@@ -101,10 +100,9 @@ impl Decoder {
             } else {
                 // Literal without indexing or never indexed (§6.2.2, §6.2.3).
                 let (n, v) = self.literal(&mut block, 4)?;
-                count(&n, &v)?;
-                field(&n, &v);
+                emit(&n, &v)?;
             }
-            fields += 1;
+            after_field = true;
         }
         Ok(())
     }
