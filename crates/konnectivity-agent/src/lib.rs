@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use konnectivity_core::packet;
 use konnectivity_tls::ClientConfig;
+use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::endpoints::{self, Reply, Router};
 use konnectivity_tunnel::outbound::StreamTx;
 use rand::Rng;
@@ -91,6 +92,8 @@ pub struct Agent {
     /// Valid server leases at the last count (0: none, or never counted).
     lease_count: AtomicU64,
     draining: AtomicBool,
+    /// The process-wide budget of bytes queued for destinations (`--max-buffered-bytes`).
+    pub budget: Arc<MemoryBudget>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,9 +101,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Agent {
-    /// A new agent.
+    /// A new agent with the default buffer budget and stall timeout.
     pub fn new(settings: Settings) -> Arc<Self> {
+        Self::with_budget(settings, MemoryBudget::default_budget())
+    }
+
+    /// A new agent whose connection queues count against `budget`.
+    pub fn with_budget(settings: Settings, budget: Arc<MemoryBudget>) -> Arc<Self> {
         Arc::new(Self {
+            budget,
             settings,
             metrics: Arc::new(Metrics::default()),
             servers: Mutex::new(HashMap::new()),
@@ -234,6 +243,7 @@ impl Agent {
                         agent.settings.max_chunk,
                         agent.settings.policy.clone(),
                         agent.metrics.clone(),
+                        agent.budget.clone(),
                     )
                     .await;
                     let mut servers = lock(&agent.servers);
@@ -285,6 +295,7 @@ impl Agent {
     /// every address of every `--proxy-server-host` and dials them directly, so it
     /// reaches every server without relying on a load balancer to spread attempts.
     pub async fn sync_loop(self: Arc<Self>, stop: CancellationToken) {
+        tokio::spawn(self.budget.clone().run_sweeper(stop.clone()));
         let s = &self.settings;
         let mut backoff = s.sync_interval;
         let mut next = 0usize;
@@ -360,7 +371,9 @@ pub fn health_router(a: Arc<Agent>) -> Router {
             }
         }
         "/metrics" => Reply::metrics(
-            a.metrics.render() + &a.metrics.render_extra(a.connected(), a.server_count()),
+            a.metrics.render()
+                + &a.metrics
+                    .render_extra(a.connected(), a.server_count(), &a.budget),
         ),
         _ => Reply::not_found(),
     })

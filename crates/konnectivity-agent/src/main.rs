@@ -76,7 +76,11 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
     }
     let health = process::bind_tcp(&o.health_server_host, port(o.health_server_port)?)?;
     let admin = process::bind_tcp(&o.admin_bind_address, port(o.admin_server_port)?)?;
-    let agent = Agent::new(settings);
+    let budget = konnectivity_tunnel::budget::MemoryBudget::new(
+        o.ext.buffer_budget(),
+        o.ext.stall_timeout.to_std().unwrap_or_default(),
+    );
+    let agent = Agent::with_budget(settings, budget);
     let drain = process::shutdown_on_signals();
     // The second signal exits the process (see `shutdown_on_signals`); until then the
     // agent drains and keeps serving established connections.

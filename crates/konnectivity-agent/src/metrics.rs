@@ -11,6 +11,7 @@ use std::time::Duration;
 use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_proto::Packet;
+use konnectivity_tunnel::budget::MemoryBudget;
 
 const NS: &str = "konnectivity_network_proxy_agent";
 
@@ -275,11 +276,43 @@ impl Metrics {
     }
 
     /// konnectivity-rs additions, rendered after upstream's metrics.
-    pub fn render_extra(&self, connected: usize, want: usize) -> String {
-        format!(
+    pub fn render_extra(&self, connected: usize, want: usize, budget: &MemoryBudget) -> String {
+        let mut o = format!(
             "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
             u8::from(connected < want)
-        )
+        );
+        for (name, kind, help, v) in [
+            (
+                "buffered_bytes",
+                "gauge",
+                "Data queued on the agent for destinations that have not taken it yet, summed over connections.",
+                budget.used() as u64,
+            ),
+            (
+                "buffer_budget_bytes",
+                "gauge",
+                "The process-wide budget of queued bytes (--max-buffered-bytes); server streams pause above it. 0 is unlimited.",
+                budget.limit() as u64,
+            ),
+            (
+                "stream_pauses_total",
+                "counter",
+                "Times a server stream's reader paused because a connection or the process was over its buffer budget (servers without flow control).",
+                budget.pauses(),
+            ),
+            (
+                "stalled_connections_total",
+                "counter",
+                "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget.",
+                budget.stalled(),
+            ),
+        ] {
+            let _ = write!(
+                o,
+                "# HELP konnectivity_rs_agent_{name} {help}\n# TYPE konnectivity_rs_agent_{name} {kind}\nkonnectivity_rs_agent_{name} {v}\n"
+            );
+        }
+        o
     }
 }
 

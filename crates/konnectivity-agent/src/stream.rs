@@ -17,11 +17,12 @@ use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
+use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
 use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
 use konnectivity_tunnel::paced::{self, PacedIo};
-use konnectivity_tunnel::queue::{Budget, ConnQueue, conn_queue};
+use konnectivity_tunnel::queue::{Abort, Budget, ConnQueue, Overflow, Pressure, conn_queue};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tokio::net::TcpStream;
 use tonic::metadata::MetadataValue;
@@ -269,6 +270,7 @@ struct StreamState {
     policy: konnectivity_core::policy::DestinationPolicy,
     metrics: Arc<Metrics>,
     server_id: String,
+    budget: Arc<MemoryBudget>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,6 +290,7 @@ pub async fn serve(
     max_chunk: usize,
     policy: konnectivity_core::policy::DestinationPolicy,
     metrics: Arc<Metrics>,
+    budget: Arc<MemoryBudget>,
 ) {
     let ServerStream {
         server_id,
@@ -306,6 +309,7 @@ pub async fn serve(
         policy,
         metrics,
         server_id,
+        budget,
     });
     loop {
         let next = tokio::select! {
@@ -315,7 +319,15 @@ pub async fn serve(
         match next {
             Ok(Some(p)) => {
                 st.metrics.packet(Segment::ToAgent, &p);
-                dispatch(&st, p)
+                if let Some(pressure) = dispatch(&st, p) {
+                    // A destination (or the process) is over its budget and the server
+                    // has no flow control: stop reading until it drains; a stalled
+                    // destination is cut by the budget's sweeper.
+                    tokio::select! {
+                        _ = pressure.eased() => {}
+                        _ = tx.closed() => break,
+                    }
+                }
             }
             Err(e) if tx.is_closed() => {
                 // We were closing it ourselves (shutdown, or the server was retired).
@@ -337,11 +349,13 @@ pub async fn serve(
     tx.close();
     let conns: Vec<_> = lock(&st.conns).drain().collect();
     for (_, c) in conns {
-        c.queue.abort("connection to proxy-server lost");
+        c.queue.abort(Abort::StreamLost);
     }
 }
 
-fn dispatch(st: &Arc<StreamState>, p: Packet) {
+/// Handles one packet from the server without waiting; returns the [`Pressure`] to
+/// wait on before reading on when a queue went over its budget.
+fn dispatch(st: &Arc<StreamState>, p: Packet) -> Option<Pressure> {
     match packet::kind(&p) {
         Kind::Known(PacketType::DialReq) => {
             let req = packet::dial_request(&p).into_owned();
@@ -351,18 +365,17 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
         Kind::Known(PacketType::Data) => {
             let d = packet::into_data(p);
             if d.connect_id == 0 {
-                return;
+                return None;
             }
             let conns = lock(&st.conns);
             match conns.get(&d.connect_id) {
-                Some(c) => {
-                    if c.queue.push(d.data).is_err() {
-                        warn!(
-                            connect_id = d.connect_id,
-                            "closing connection: destination stopped reading and its buffer budget is exhausted"
-                        );
-                    }
-                }
+                Some(c) => match c.queue.push(d.data) {
+                    Ok(pressure) => return pressure,
+                    Err(Overflow) => warn!(
+                        connect_id = d.connect_id,
+                        "closing connection: the server sent more than the connection's flow-control window"
+                    ),
+                },
                 None => {
                     drop(conns);
                     let _ = st.tx.control(packet::close_rsp(
@@ -396,6 +409,7 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) {
         // DIAL_CLS and DRAIN from the server are ignored, as upstream.
         _ => debug!(kind = packet::type_name(&p), "ignoring packet from server"),
     }
+    None
 }
 
 /// Dials, answers, splices, and closes one connection.
@@ -420,7 +434,7 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
         },
         _ => Budget::UNMANAGED,
     };
-    let (queue, rx) = conn_queue(id, budget, st.tx.clone());
+    let (queue, rx) = conn_queue(id, budget, st.tx.clone(), st.budget.clone());
     let credit = if st.flow() {
         st.peer_window.map(|w| Arc::new(Credit::new(w)))
     } else {

@@ -65,7 +65,7 @@ pub fn agent_flag(name: &str) -> Support {
             "streams are watched directly and by HTTP/2 keepalive; no polling",
         ),
         "xfr-channel-size" => Support::NotImplemented(
-            "queues are bounded in bytes per connection (flow control), not in packets",
+            "queues are bounded in bytes per connection (flow control) and per process (--max-buffered-bytes), not in packets",
         ),
         "warn-on-channel-limit" => {
             Support::NotImplemented("queues never block the shared stream; nothing to warn about")
@@ -107,7 +107,9 @@ fn common(name: &str) -> Support {
         | "dial-deadline"
         | "authentication-cache-ttl"
         | "connect-header-timeout"
-        | "drain-timeout" => Support::Extension,
+        | "drain-timeout"
+        | "max-buffered-bytes"
+        | "stall-timeout" => Support::Extension,
         _ => Support::Same,
     }
 }
@@ -201,7 +203,7 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | agent `open_server_connections`, `known_server_count`, `open_endpoint_connections`, `endpoint_dial_failure_total{reason}` | same (exported from startup, where upstream exports some only after first use) |
 | agent `dial_duration_seconds` (successful dials, upstream's buckets), `stream_packets_total{segment,packet_type}` (`from_agent` = sent, `to_agent` = received), `stream_errors_total{segment,code,packet_type}` and the deprecated `server_connection_failure_count{direction}` | same names, types, labels, HELP; no zero series. Errors are counted when the server stream fails while receiving (`to_agent`/`from_server`, `packet_type="Unknown"`, code `Unavailable` for a lost transport); a failed write ends the stream and is counted as that receive failure, so `to_server`/`from_agent` series do not appear |
 | agent lease metrics `lease_lists_total{http_response_code,reason}`, `lease_list_latency_seconds{http_response_code}` (with `--count-server-leases`), `lease_watches_total` | same names, labels, buckets and HELP; `lease_watches_total` is declared and never incremented (the agent lists and does not watch; upstream registers it and never increments it either). A list call that fails before kube-apiserver answers is not counted, as upstream, and its latency is not recorded (upstream records it under `200`) |
-| `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`; `konnectivity_rs_agent_degraded` | **extensions** |
+| `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total`; `konnectivity_rs_agent_degraded`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total` | **extensions** |
 "#;
 
 #[cfg(test)]

@@ -22,6 +22,18 @@ pub(crate) static COMMON_EXT_FLAGS: &[FlagSpec] = &[
         "[]",
         "konnectivity-rs: only dial these destination ports or port ranges (e.g. 10250,30000-32767); empty allows all.",
     ),
+    FlagSpec::new(
+        "max-buffered-bytes",
+        FlagKind::Int,
+        "268435456",
+        "konnectivity-rs: bytes queued for slow consumers, summed over all connections, above which reading from peers without flow control pauses (they wait in HTTP/2 flow control); 0 is unlimited.",
+    ),
+    FlagSpec::new(
+        "stall-timeout",
+        FlagKind::Duration,
+        "10s",
+        "konnectivity-rs: a connection whose consumer makes no progress for this long while over its buffer budget is closed as stalled.",
+    ),
 ];
 
 /// Extension flags of proxy-server.
@@ -73,6 +85,10 @@ pub struct Extensions {
     pub allowed_cidrs: Vec<String>,
     /// `--allowed-destination-ports`.
     pub allowed_ports: Vec<String>,
+    /// `--max-buffered-bytes`.
+    pub max_buffered_bytes: i64,
+    /// `--stall-timeout`.
+    pub stall_timeout: GoDuration,
     /// `--max-pending-dials-per-agent` (server).
     pub max_pending_dials_per_agent: i64,
     /// `--max-connections-per-agent` (server).
@@ -92,6 +108,8 @@ impl Default for Extensions {
         Self {
             allowed_cidrs: Vec::new(),
             allowed_ports: Vec::new(),
+            max_buffered_bytes: 256 << 20,
+            stall_timeout: GoDuration::from_secs(10),
             max_pending_dials_per_agent: 1000,
             max_connections_per_agent: 20_000,
             dial_deadline: GoDuration::from_secs(60),
@@ -111,6 +129,9 @@ impl Extensions {
         if let Some(v) = p.string_slice("allowed-destination-ports") {
             e.allowed_ports = v.to_vec();
         }
+        if let Some(v) = p.int("max-buffered-bytes") {
+            e.max_buffered_bytes = v;
+        }
         if let Some(v) = p.int("max-pending-dials-per-agent") {
             e.max_pending_dials_per_agent = v;
         }
@@ -118,6 +139,7 @@ impl Extensions {
             e.max_connections_per_agent = v;
         }
         for (name, slot) in [
+            ("stall-timeout", &mut e.stall_timeout),
             ("dial-deadline", &mut e.dial_deadline),
             ("authentication-cache-ttl", &mut e.authentication_cache_ttl),
             ("connect-header-timeout", &mut e.connect_header_timeout),
@@ -135,6 +157,7 @@ impl Extensions {
         DestinationPolicy::parse(&self.allowed_cidrs, &self.allowed_ports)
             .map_err(|e| format!("--allowed-destination-cidrs/--allowed-destination-ports: {e}"))?;
         for (name, v) in [
+            ("--max-buffered-bytes", self.max_buffered_bytes),
             (
                 "--max-pending-dials-per-agent",
                 self.max_pending_dials_per_agent,
@@ -147,6 +170,12 @@ impl Extensions {
             if v < 0 {
                 return Err(format!("{name} must be >= 0, got {v}"));
             }
+        }
+        if self.stall_timeout.to_std().is_none_or(|d| d.is_zero()) {
+            return Err(format!(
+                "--stall-timeout must be > 0, got {}",
+                self.stall_timeout
+            ));
         }
         for (name, d) in [
             ("--dial-deadline", self.dial_deadline),
@@ -178,6 +207,8 @@ impl Extensions {
                 "allowed-destination-ports",
                 format_string_slice(&self.allowed_ports),
             ),
+            ("max-buffered-bytes", self.max_buffered_bytes.to_string()),
+            ("stall-timeout", self.stall_timeout.to_string()),
         ];
         if server {
             v.extend([
@@ -203,6 +234,11 @@ impl Extensions {
             v.push(("drain-timeout", self.drain_timeout.to_string()));
         }
         v
+    }
+
+    /// `--max-buffered-bytes` as a byte count (valid after [`Extensions::check`]).
+    pub fn buffer_budget(&self) -> usize {
+        usize::try_from(self.max_buffered_bytes).unwrap_or(0)
     }
 
     /// A non-negative duration as `std`, zero when negative.

@@ -22,8 +22,12 @@ pub const UNKNOWN_CONNECT_ID: &str = "Unknown connectID";
 /// Server → gRPC frontend when the agent carrying its pending dial disconnected.
 /// (Upstream leaves such dials to time out; answering at once is our improvement.)
 pub const AGENT_DISCONNECTED: &str = "agent disconnected before the dial completed";
-/// Close error when a peer without flow control overran a connection's buffer budget.
-pub const BUFFER_OVERFLOW: &str = "connection closed: the receiving side stopped reading and the buffer budget for this connection is exhausted";
+/// Close error when a flow-controlled peer sent more than the connection's window.
+pub const BUFFER_OVERFLOW: &str =
+    "connection closed: the peer sent more than the connection's flow-control window";
+/// Close error when a connection's consumer made no progress within the stall timeout
+/// while data was buffered for it.
+pub const STALLED_CONSUMER: &str = "connection closed: the receiving side made no progress within the stall timeout while data was buffered for it";
 
 /// gRPC metadata keys. grpc-go lowercases keys on the wire; we always send lowercase.
 pub mod metadata {

@@ -16,7 +16,7 @@ use konnectivity_core::{Packet, PacketType};
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
 use konnectivity_tunnel::outbound;
-use konnectivity_tunnel::queue::{Budget, conn_queue};
+use konnectivity_tunnel::queue::{Abort, Budget, Overflow, Pressure, conn_queue};
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -177,7 +177,18 @@ async fn serve_agent(
             _ = backend.tx.closed() => break,
         };
         match next {
-            Ok(Some(p)) => dispatch(&s, &backend, p),
+            Ok(Some(p)) => {
+                if let Some(pressure) = dispatch(&s, &backend, p) {
+                    // A connection (or the process) is over its budget and the agent
+                    // has no flow control: stop reading this stream until it drains,
+                    // so the agent waits in HTTP/2 flow control instead of memory
+                    // growing. A stalled consumer is cut by the budget's sweeper.
+                    tokio::select! {
+                        _ = pressure.eased() => {}
+                        _ = backend.tx.closed() => break,
+                    }
+                }
+            }
             Ok(None) => break,
             Err(e) => {
                 debug!(agent_id = %backend.agent_id, stream = backend.stream_id, error = %e, "agent stream ended with error");
@@ -213,8 +224,9 @@ async fn serve_agent(
     s.metrics.set_pending(s.pending().len());
 }
 
-/// Handles one packet from an agent. Never waits.
-fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
+/// Handles one packet from an agent. Never waits; returns the [`Pressure`] to wait on
+/// before reading the stream again when a queue went over its budget.
+fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) -> Option<Pressure> {
     s.metrics.packet(Segment::FromAgent, &p);
     match packet::kind(&p) {
         Kind::Known(PacketType::DialRsp) => dial_response(s, b, &p),
@@ -238,25 +250,26 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
         Kind::Known(PacketType::Data) => {
             let d = packet::into_data(p);
             if d.connect_id == 0 {
-                return;
+                return None;
             }
             b.bytes_from_agent
                 .fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
             match conns.get(&d.connect_id) {
-                Some(entry) => {
-                    if entry.queue.push(d.data).is_err() {
+                Some(entry) => match entry.queue.push(d.data) {
+                    Ok(pressure) => return pressure,
+                    Err(Overflow) => {
                         let since = entry.since;
                         conns.remove(&d.connect_id);
                         drop(conns);
                         s.metrics
-                            .connection_closed(since.elapsed(), "buffer_overflow");
+                            .connection_closed(since.elapsed(), Abort::Overflow.label());
                         s.metrics.buffer_overflow();
-                        warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: frontend stopped reading and its buffer budget is exhausted");
+                        warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: the agent sent more than the connection's flow-control window");
                         let _ = b.tx.control(packet::close_req(d.connect_id));
                     }
-                }
+                },
                 None => {
                     drop(conns);
                     let _ = b.tx.control(packet::close_req(d.connect_id));
@@ -286,6 +299,7 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) {
             debug!(agent_id = %b.agent_id, kind = packet::type_name(&p), "ignoring packet from agent")
         }
     }
+    None
 }
 
 fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
@@ -319,7 +333,7 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         },
         _ => Budget::UNMANAGED,
     };
-    let (queue, rx) = conn_queue(r.connect_id, budget, b.tx.clone());
+    let (queue, rx) = conn_queue(r.connect_id, budget, b.tx.clone(), s.budget.clone());
     let credit = b.peer_window.map(|w| Arc::new(Credit::new(w)));
     {
         let mut conns = b.conns();

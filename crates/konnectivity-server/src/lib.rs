@@ -197,6 +197,7 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(shared.budget.clone().run_sweeper(shutdown.clone()));
     info!(server_id = %s.server_id, "proxy-server serving");
     let (a, f) = tokio::join!(agent, frontends);
     a.map_err(|source| ServerError::Transport {

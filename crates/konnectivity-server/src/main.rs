@@ -57,6 +57,8 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         policy: o.ext.policy(),
         max_pending_per_agent: usize::try_from(o.ext.max_pending_dials_per_agent).unwrap_or(0),
         max_conns_per_agent: usize::try_from(o.ext.max_connections_per_agent).unwrap_or(0),
+        max_buffered_bytes: o.ext.buffer_budget(),
+        stall_timeout: o.ext.stall_timeout.to_std().unwrap_or_default(),
         ..Settings::default()
     };
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_core::select::Strategy;
 use konnectivity_proto::Packet;
+use konnectivity_tunnel::budget::MemoryBudget;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -123,6 +124,9 @@ pub struct Metrics {
     bytes: IntCounterVec,
     oldest_pending: prometheus::Gauge,
     buffered: IntGauge,
+    buffer_budget: IntGauge,
+    pauses: IntCounter,
+    stalled: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,13 +173,16 @@ impl Metrics {
             lease_delete_latency: HistogramVec::new(HistogramOpts::from(opts("lease_delete_latency_seconds", "Latency of lease deletion calls by the garbage collection controller in seconds.")), &["http_status_code"]).expect("valid"),
             lease_lists: IntCounterVec::new(opts("lease_list_total", "Count of lease deletion calls by the garbage collection controller. Labeled by HTTP status code and reason."), &["http_status_code", "reason"]).expect("valid"),
             lease_list_latency: HistogramVec::new(HistogramOpts::from(opts("lease_list_latency_seconds", "Latency of lease list calls by the garbage collection controller in seconds.")), &["http_status_code"]).expect("valid"),
-            buffer_overflows: IntCounter::with_opts(rs("buffer_overflow_total", "Connections closed because their receiver stopped reading and the per-connection buffer budget was exhausted.")).expect("valid"),
+            buffer_overflows: IntCounter::with_opts(rs("buffer_overflow_total", "Connections closed because a flow-controlled agent sent more than the connection's window.")).expect("valid"),
             limit_hits: IntCounterVec::new(rs("limit_hits_total", "Requests refused because a configured limit was reached, by limit flag."), &["limit"]).expect("valid"),
             policy_denied: IntCounter::with_opts(rs("destination_denied_total", "Dials refused by the destination policy.")).expect("valid"),
             closes: IntCounterVec::new(rs("connection_closes_total", "Established connections closed, by who or what closed them."), &["reason"]).expect("valid"),
             bytes: IntCounterVec::new(rs("bytes_total", "Payload bytes relayed, by direction (to_agent, from_agent)."), &["direction"]).expect("valid"),
             oldest_pending: prometheus::Gauge::with_opts(rs("oldest_pending_dial_seconds", "Age of the oldest dial still waiting for its agent's answer.")).expect("valid"),
-            buffered: IntGauge::with_opts(rs("buffered_bytes", "Agent data queued on the server for frontends that have not taken it yet, summed over connections.")).expect("valid"),
+            buffered: IntGauge::with_opts(rs("buffered_bytes", "Data queued on the server for frontends (and, between our peers, for agents) that have not taken it yet, summed over connections.")).expect("valid"),
+            buffer_budget: IntGauge::with_opts(rs("buffer_budget_bytes", "The process-wide budget of queued bytes (--max-buffered-bytes); agent streams pause above it. 0 is unlimited.")).expect("valid"),
+            pauses: IntCounter::with_opts(rs("stream_pauses_total", "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control).")).expect("valid"),
+            stalled: IntCounter::with_opts(rs("stalled_connections_total", "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget.")).expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -204,6 +211,9 @@ impl Metrics {
             Box::new(m.bytes.clone()),
             Box::new(m.oldest_pending.clone()),
             Box::new(m.buffered.clone()),
+            Box::new(m.buffer_budget.clone()),
+            Box::new(m.pauses.clone()),
+            Box::new(m.stalled.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             let _ = r.register(c);
@@ -312,10 +322,17 @@ impl Metrics {
         self.policy_denied.inc();
     }
 
-    /// Sets the scrape-time gauges.
-    pub fn set_scrape_state(&self, oldest_pending: Duration, buffered: usize) {
+    /// Sets the scrape-time gauges, and the counters kept by the memory budget.
+    pub fn set_scrape_state(&self, oldest_pending: Duration, budget: &MemoryBudget) {
         self.oldest_pending.set(oldest_pending.as_secs_f64());
-        self.buffered.set(buffered as i64);
+        self.buffered.set(budget.used() as i64);
+        self.buffer_budget.set(budget.limit() as i64);
+        for (c, now) in [
+            (&self.pauses, budget.pauses()),
+            (&self.stalled, budget.stalled()),
+        ] {
+            c.inc_by(now.saturating_sub(c.get()));
+        }
     }
 
     /// Open gRPC frontend streams.

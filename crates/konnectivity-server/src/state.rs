@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use konnectivity_core::select::{BackendTable, Candidate, Strategy};
+use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::outbound::StreamTx;
 use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver};
@@ -49,6 +50,11 @@ pub struct Settings {
     pub max_pending_per_agent: usize,
     /// Established connections per agent stream (0: unlimited).
     pub max_conns_per_agent: usize,
+    /// `--max-buffered-bytes`: the process-wide budget of queued DATA (0: unlimited).
+    pub max_buffered_bytes: usize,
+    /// `--stall-timeout`: a consumer over its budget that makes no progress for this
+    /// long is closed.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -68,6 +74,8 @@ impl Default for Settings {
             policy: Default::default(),
             max_pending_per_agent: 1000,
             max_conns_per_agent: 20_000,
+            max_buffered_bytes: konnectivity_tunnel::budget::DEFAULT_LIMIT,
+            stall_timeout: konnectivity_tunnel::budget::DEFAULT_STALL,
         }
     }
 }
@@ -213,6 +221,8 @@ pub struct Shared {
     pending: Mutex<HashMap<i64, Pending>>,
     /// Counters and gauges (shared with the lease controller, which reports to them).
     pub metrics: Arc<Metrics>,
+    /// The process-wide budget every connection queue counts against.
+    pub budget: Arc<MemoryBudget>,
     next_id: AtomicU64,
 }
 
@@ -229,7 +239,9 @@ impl Shared {
     ) -> Arc<Self> {
         let table = BackendTable::new(settings.strategies.clone());
         let metrics = Arc::new(Metrics::new(&settings.strategies));
+        let budget = MemoryBudget::new(settings.max_buffered_bytes, settings.stall_timeout);
         Arc::new(Self {
+            budget,
             settings,
             auth,
             table: Mutex::new(table),
@@ -263,13 +275,7 @@ impl Shared {
             .map(|p| p.started.elapsed())
             .max()
             .unwrap_or_default();
-        let buffered: usize = self
-            .table()
-            .entries()
-            .iter()
-            .map(|(b, _)| b.conns().values().map(|c| c.queue.queued()).sum::<usize>())
-            .sum();
-        self.metrics.set_scrape_state(oldest, buffered);
+        self.metrics.set_scrape_state(oldest, &self.budget);
     }
 
     /// Refreshes the `ready_backends` gauges from the table.

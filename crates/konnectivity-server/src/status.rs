@@ -6,6 +6,8 @@
 //! {"server_id": "…", "server_count": 1, "strategies": ["destHost","default"], "ready": true,
 //!  "established_connections": 3, "pending_dials": 0,
 //!  "frontends": {"grpc_streams": 2, "http_connections": 1},
+//!  "buffers": {"buffered_bytes": 0, "budget_bytes": 268435456, "stall_timeout_seconds": 10.0,
+//!              "stream_pauses": 0, "stalled_connections": 0},
 //!  "agents": [{"agent_id": "node-1", "stream": 7, "hosts": ["node-1","10.0.0.5"],
 //!              "cidrs": ["10.244.1.0/24"], "default_route": false,
 //!              "connected_since": 1795000000, "draining": false, "flow_control": true,
@@ -64,6 +66,13 @@ pub fn json(s: &Shared) -> Value {
         "frontends": {
             "grpc_streams": s.metrics.grpc_proxy_streams(),
             "http_connections": s.metrics.http_connections(),
+        },
+        "buffers": {
+            "buffered_bytes": s.budget.used(),
+            "budget_bytes": s.budget.limit(),
+            "stall_timeout_seconds": s.budget.stall().as_secs_f64(),
+            "stream_pauses": s.budget.pauses(),
+            "stalled_connections": s.budget.stalled(),
         },
         "agents": agents,
     })

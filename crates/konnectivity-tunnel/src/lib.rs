@@ -8,7 +8,9 @@
 //! flow-control [`credit`] to the peer as it does. A connection whose reader stops
 //! therefore stops only itself.
 //!
-//! - [`queue`]: the per-connection inbound queue with a byte budget.
+//! - [`queue`]: the per-connection inbound queue with a byte budget; a push over it
+//!   pauses the reader instead of growing memory.
+//! - [`budget`]: the process-wide bound on queued bytes and the stall sweep.
 //! - [`credit`]: the sender side of per-connection flow control, awaitable.
 //! - [`outbound`]: the sender half of a shared stream: per-connection lanes taken in
 //!   turn, control packets first, paced against what the transport has written.
@@ -22,6 +24,7 @@
 //! - [`process`]: logging set-up and signal handling shared by the binaries.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod bufpool;
 pub mod credit;
 pub mod endpoints;

@@ -2,32 +2,49 @@
 //! connection's task.
 //!
 //! [`ConnQueue::push`] never blocks (the reader must not wait on one connection). The
-//! queue counts its bytes against a [`Budget`]:
+//! queue counts its bytes against a [`Budget`] and against the process-wide
+//! [`MemoryBudget`]:
 //! - with a flow-controlled peer, more than the announced window (plus one packet) is
 //!   a protocol violation and overflows at once;
-//! - with an upstream peer (no flow control) the queue may exceed its soft budget for a
-//!   while, but if it stays over it with no progress for `stall`, or reaches `hard`,
-//!   the connection is aborted with a clear error. Memory per connection stays bounded
-//!   and other connections never wait.
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! - with an upstream peer (no flow control) nothing stops the peer from sending, so
+//!   a push that takes the queue over its high-water mark (or the process over its
+//!   budget) returns a [`Pressure`]: the reader waits on it before reading the shared
+//!   stream again, and the peer waits in HTTP/2 flow control. The wait ends when the
+//!   queue drains below its low-water mark — quickly, for a consumer that makes
+//!   progress — or when the stall sweep ([`crate::budget`]) aborts a consumer that
+//!   made none for the stall timeout. A slow consumer is never cut.
+//!
+//! The connection task receives with [`ConnReceiver::recv`], which merges small DATA
+//! chunks that are already queued into one (at most [`COALESCE_MAX`] bytes): an
+//! upstream agent sends 4 KiB packets, and a frontend that pays per message
+//! (konnectivity-client handles one message at a time) keeps up with 256 KiB ones.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use konnectivity_core::flow::RecvWindow;
 use konnectivity_core::packet;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use konnectivity_core::wire;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::MemoryBudget;
 use crate::outbound::StreamTx;
+
+/// The largest DATA payload [`ConnReceiver::recv`] builds by merging queued chunks.
+pub const COALESCE_MAX: usize = konnectivity_core::flow::MAX_CHUNK;
+
+/// Chunks at least this large are passed on as they are (copying them would cost more
+/// than the per-message overhead it saves).
+const COALESCE_SMALL: usize = COALESCE_MAX / 4;
 
 /// What a connection task receives from the shared stream.
 #[derive(Debug)]
 pub enum Inbound {
     /// Bytes for the connection's socket or frontend.
     Data(Bytes),
-    /// The peer closed the connection (CLOSE_RSP or CLOSE_REQ), with its error text.
+    /// The peer closed the connection (CLOSE_RSP or CLOSE_REQ), or it was aborted,
+    /// with its error text.
     Close(String),
 }
 
@@ -41,74 +58,225 @@ pub enum Budget {
         /// Largest packet the peer may send (the gRPC message limit).
         max_packet: usize,
     },
-    /// The peer has no flow control.
+    /// The peer has no flow control: the reader pauses above `high` until the queue
+    /// is back at `low`.
     Unmanaged {
-        /// Above this, the connection must make progress within `stall`.
-        soft: usize,
-        /// Above this, the connection is aborted at once.
-        hard: usize,
-        /// How long a connection may sit above `soft` without writing anything.
-        stall: Duration,
+        /// High-water mark: a push above it pauses the reader.
+        high: usize,
+        /// Low-water mark: the paused reader resumes at or below it.
+        low: usize,
     },
 }
 
 impl Budget {
-    /// The default for peers without flow control: 4 MiB soft, 32 MiB hard, 10 s stall
-    /// (the same stall konnectivity-client tolerates before it tears a tunnel down).
+    /// The default for peers without flow control: pause above 4 MiB, resume at 2 MiB.
     pub const UNMANAGED: Budget = Budget::Unmanaged {
-        soft: 4 << 20,
-        hard: 32 << 20,
-        stall: Duration::from_secs(10),
+        high: 4 << 20,
+        low: 2 << 20,
     };
 }
 
+/// Why a queue was aborted (its connection closed by this side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// A flow-controlled peer sent more than our window.
+    Overflow,
+    /// The consumer made no progress within the stall timeout.
+    Stalled,
+    /// The shared stream carrying the connection was lost.
+    StreamLost,
+}
+
+impl Abort {
+    /// The close error text sent to peers.
+    pub fn text(self) -> &'static str {
+        match self {
+            Abort::Overflow => wire::BUFFER_OVERFLOW,
+            Abort::Stalled => wire::STALLED_CONSUMER,
+            Abort::StreamLost => "connection to proxy-server lost",
+        }
+    }
+
+    /// The metric label (`reason` of closed connections).
+    pub fn label(self) -> &'static str {
+        match self {
+            Abort::Overflow => "buffer_overflow",
+            Abort::Stalled => "stalled",
+            Abort::StreamLost => "stream_lost",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Abort::Overflow => 1,
+            Abort::Stalled => 2,
+            Abort::StreamLost => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Abort> {
+        match c {
+            1 => Some(Abort::Overflow),
+            2 => Some(Abort::Stalled),
+            3 => Some(Abort::StreamLost),
+            _ => None,
+        }
+    }
+}
+
+/// The state one connection's queue shares between the reader's handle, the
+/// connection task's receiver and the budget's stall sweep.
 #[derive(Debug)]
-struct Shared {
+pub struct QueueState {
     queued: AtomicUsize,
-    /// Milliseconds since `epoch` of the last write onward.
+    /// Milliseconds (budget clock) of the last write onward, or of the push that made
+    /// the queue non-empty.
     progress_ms: AtomicU64,
-    epoch: Instant,
-    /// Cancelled when the queue overflowed; the receiver then stops at once.
+    /// Cancelled when the queue is aborted; the receiver then stops at once.
     abort: CancellationToken,
-    abort_reason: Mutex<String>,
+    abort_kind: AtomicU8,
+    /// Woken when the queue drains to its low-water mark or its receiver goes away
+    /// (a reader paused on this queue).
+    eased: Notify,
+    /// The receiver is gone: nothing will drain the queue any more.
+    closed: AtomicBool,
+    /// High- and low-water marks (`usize::MAX` for flow-controlled queues, whose
+    /// window bounds them).
+    high: usize,
+    low: usize,
+}
+
+impl QueueState {
+    fn is_eased(&self) -> bool {
+        self.queued.load(Ordering::Acquire) <= self.low
+            || self.abort.is_cancelled()
+            || self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_stalled(&self, now_ms: u64, stall_ms: u64, process_over: bool) -> bool {
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued == 0 || self.abort.is_cancelled() || self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let idle = now_ms.saturating_sub(self.progress_ms.load(Ordering::Acquire));
+        idle > stall_ms && (queued > self.high || process_over)
+    }
+
+    pub(crate) fn abort(&self, why: Abort) {
+        let _ =
+            self.abort_kind
+                .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.abort.cancel();
+        self.eased.notify_waiters();
+    }
+
+    fn aborted_as(&self) -> Option<Abort> {
+        Abort::from_code(self.abort_kind.load(Ordering::Acquire))
+    }
 }
 
 /// The stream reader's handle for one connection.
 #[derive(Debug, Clone)]
 pub struct ConnQueue {
     tx: mpsc::UnboundedSender<Inbound>,
-    shared: Arc<Shared>,
+    state: Arc<QueueState>,
     budget: Budget,
+    process: Arc<MemoryBudget>,
 }
 
-/// A push that exceeded the budget: the connection has been aborted.
+/// A push that exceeded a flow-controlled peer's window: the connection has been
+/// aborted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
-impl ConnQueue {
-    /// Queues bytes for the connection without waiting.
-    pub fn push(&self, data: Bytes) -> Result<(), Overflow> {
-        let len = data.len();
-        let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
-        let over = match self.budget {
-            Budget::Flow { window, max_packet } => queued > window as usize + max_packet,
-            Budget::Unmanaged { soft, hard, stall } => {
-                queued > hard
-                    || (queued > soft && {
-                        let now = self.shared.epoch.elapsed().as_millis() as u64;
-                        let last = self.shared.progress_ms.load(Ordering::Acquire);
-                        now.saturating_sub(last) > stall.as_millis() as u64
-                    })
+/// A push was accepted, but the reader must wait on this before reading the shared
+/// stream again (see the module docs).
+#[derive(Debug)]
+pub struct Pressure {
+    conn: Option<Arc<QueueState>>,
+    process: Arc<MemoryBudget>,
+}
+
+impl Pressure {
+    /// Whether the wait is over.
+    pub fn is_eased(&self) -> bool {
+        self.conn.as_ref().is_none_or(|q| q.is_eased()) && self.process.eased()
+    }
+
+    /// Waits until the connection is back at its low-water mark (or gone, or
+    /// aborted) and the process is back under its budget's low-water mark.
+    pub async fn eased(&self) {
+        if self.is_eased() {
+            return;
+        }
+        self.process.paused();
+        loop {
+            let process = self.process.relieved().notified();
+            tokio::pin!(process);
+            process.as_mut().enable();
+            match &self.conn {
+                Some(q) => {
+                    let conn = q.eased.notified();
+                    tokio::pin!(conn);
+                    conn.as_mut().enable();
+                    if self.is_eased() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = &mut process => {}
+                        _ = &mut conn => {}
+                    }
+                }
+                None => {
+                    if self.is_eased() {
+                        return;
+                    }
+                    process.await;
+                }
             }
-        };
-        if over {
-            self.abort(konnectivity_core::wire::BUFFER_OVERFLOW);
+        }
+    }
+}
+
+impl ConnQueue {
+    /// Queues bytes for the connection without waiting. `Ok(Some(_))`: the reader
+    /// should wait on the [`Pressure`] before reading on.
+    pub fn push(&self, data: Bytes) -> Result<Option<Pressure>, Overflow> {
+        let len = data.len();
+        let st = &self.state;
+        let before = st.queued.fetch_add(len, Ordering::AcqRel);
+        let queued = before + len;
+        self.process.add(len);
+        if before == 0 {
+            st.progress_ms
+                .store(self.process.now_ms(), Ordering::Release);
+        }
+        if let Budget::Flow { window, max_packet } = self.budget
+            && queued > window as usize + max_packet
+        {
+            self.unqueue(len);
+            st.abort(Abort::Overflow);
             return Err(Overflow);
         }
-        // A closed receiver means the connection task is already gone; the caller
-        // learns of it through its own table cleanup.
-        let _ = self.tx.send(Inbound::Data(data));
-        Ok(())
+        if self.tx.send(Inbound::Data(data)).is_err() {
+            // The connection task is already gone; the caller learns of it through
+            // its own table cleanup.
+            self.unqueue(len);
+            return Ok(None);
+        }
+        let conn = queued > st.high;
+        if conn || self.process.over() {
+            return Ok(Some(Pressure {
+                conn: conn.then(|| st.clone()),
+                process: self.process.clone(),
+            }));
+        }
+        Ok(None)
+    }
+
+    fn unqueue(&self, n: usize) {
+        self.state.queued.fetch_sub(n, Ordering::AcqRel);
+        self.process.release(n);
     }
 
     /// Tells the connection the peer closed it. Queued data is delivered first.
@@ -117,18 +285,13 @@ impl ConnQueue {
     }
 
     /// Stops the connection at once, dropping queued data.
-    pub fn abort(&self, reason: &str) {
-        if let Ok(mut r) = self.shared.abort_reason.lock()
-            && r.is_empty()
-        {
-            *r = reason.to_owned();
-        }
-        self.shared.abort.cancel();
+    pub fn abort(&self, why: Abort) {
+        self.state.abort(why);
     }
 
     /// Bytes queued and not yet written onward.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
+        self.state.queued.load(Ordering::Acquire)
     }
 }
 
@@ -137,23 +300,41 @@ impl ConnQueue {
 #[derive(Debug)]
 pub struct ConnReceiver {
     rx: mpsc::UnboundedReceiver<Inbound>,
-    shared: Arc<Shared>,
+    state: Arc<QueueState>,
+    process: Arc<MemoryBudget>,
     window: Option<RecvWindow>,
     connect_id: i64,
     reply: StreamTx,
+    /// Bytes received and not yet reported [`ConnReceiver::written`].
+    taken: usize,
+    /// A message read ahead while coalescing, delivered next.
+    stash: Option<Inbound>,
 }
 
-/// Creates a connection queue. With `flow`, WINDOW_UPDATEs for `connect_id` go out on
-/// `reply` as data is consumed.
-pub fn conn_queue(connect_id: i64, budget: Budget, reply: StreamTx) -> (ConnQueue, ConnReceiver) {
+/// Creates a connection queue counted against `process`. With a flow-controlled
+/// `budget`, WINDOW_UPDATEs for `connect_id` go out on `reply` as data is consumed.
+pub fn conn_queue(
+    connect_id: i64,
+    budget: Budget,
+    reply: StreamTx,
+    process: Arc<MemoryBudget>,
+) -> (ConnQueue, ConnReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
+    let (high, low) = match budget {
+        Budget::Flow { .. } => (usize::MAX, usize::MAX),
+        Budget::Unmanaged { high, low } => (high, low.min(high)),
+    };
+    let state = Arc::new(QueueState {
         queued: AtomicUsize::new(0),
-        progress_ms: AtomicU64::new(0),
-        epoch: Instant::now(),
+        progress_ms: AtomicU64::new(process.now_ms()),
         abort: CancellationToken::new(),
-        abort_reason: Mutex::new(String::new()),
+        abort_kind: AtomicU8::new(0),
+        eased: Notify::new(),
+        closed: AtomicBool::new(false),
+        high,
+        low,
     });
+    process.register(&state);
     let window = match budget {
         Budget::Flow { window, .. } => Some(RecvWindow::new(window)),
         Budget::Unmanaged { .. } => None,
@@ -161,40 +342,94 @@ pub fn conn_queue(connect_id: i64, budget: Budget, reply: StreamTx) -> (ConnQueu
     (
         ConnQueue {
             tx,
-            shared: shared.clone(),
+            state: state.clone(),
             budget,
+            process: process.clone(),
         },
         ConnReceiver {
             rx,
-            shared,
+            state,
+            process,
             window,
             connect_id,
             reply,
+            taken: 0,
+            stash: None,
         },
     )
 }
 
 impl ConnReceiver {
-    /// The next message; an abort overtakes queued data. `None` if every sender is gone.
+    /// The next message; small DATA chunks already queued behind it are merged into
+    /// one payload of at most [`COALESCE_MAX`] bytes. An abort overtakes queued data.
+    /// `None` if every sender is gone.
     pub async fn recv(&mut self) -> Option<Inbound> {
-        tokio::select! {
-            biased;
-            _ = self.shared.abort.cancelled() => {
-                let reason = self.shared.abort_reason.lock().map(|r| r.clone()).unwrap_or_default();
-                Some(Inbound::Close(reason))
-            }
-            m = self.rx.recv() => m,
+        let first = match self.stash.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                biased;
+                _ = self.state.abort.cancelled() => return Some(self.abort_close()),
+                m = self.rx.recv() => m?,
+            },
+        };
+        let Inbound::Data(first) = first else {
+            return Some(first);
+        };
+        if first.len() >= COALESCE_SMALL {
+            self.taken += first.len();
+            return Some(Inbound::Data(first));
         }
+        let mut parts = vec![first];
+        let mut total = parts[0].len();
+        while total < COALESCE_MAX {
+            match self.rx.try_recv() {
+                Ok(Inbound::Data(b))
+                    if b.len() < COALESCE_SMALL && total + b.len() <= COALESCE_MAX =>
+                {
+                    total += b.len();
+                    parts.push(b);
+                }
+                Ok(other) => {
+                    self.stash = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.taken += total;
+        if parts.len() == 1 {
+            return parts.pop().map(Inbound::Data);
+        }
+        let mut merged = BytesMut::with_capacity(total);
+        for p in &parts {
+            merged.extend_from_slice(p);
+        }
+        Some(Inbound::Data(merged.freeze()))
+    }
+
+    fn abort_close(&self) -> Inbound {
+        Inbound::Close(
+            self.state
+                .aborted_as()
+                .map(Abort::text)
+                .unwrap_or_default()
+                .to_owned(),
+        )
     }
 
     /// Records that `n` bytes were written onward: frees budget and, with flow control,
     /// returns credit to the peer.
     pub fn written(&mut self, n: usize) {
-        self.shared.queued.fetch_sub(n, Ordering::AcqRel);
-        self.shared.progress_ms.store(
-            self.shared.epoch.elapsed().as_millis() as u64,
-            Ordering::Release,
-        );
+        let n = n.min(self.taken);
+        self.taken -= n;
+        let st = &self.state;
+        let before = st.queued.fetch_sub(n, Ordering::AcqRel);
+        st.progress_ms
+            .store(self.process.now_ms(), Ordering::Release);
+        if before > st.low && before - n <= st.low {
+            st.eased.notify_waiters();
+        }
+        self.process.release(n);
         if let Some(credit) = self.window.as_mut().and_then(|w| w.consumed(n)) {
             let _ = self
                 .reply
@@ -202,9 +437,38 @@ impl ConnReceiver {
         }
     }
 
-    /// Whether the queue was aborted (overflow or local decision).
+    /// Whether the queue was aborted (overflow, stall or local decision).
     pub fn aborted(&self) -> bool {
-        self.shared.abort.is_cancelled()
+        self.state.abort.is_cancelled()
+    }
+
+    /// Why the queue was aborted, if it was.
+    pub fn abort_reason(&self) -> Option<Abort> {
+        self.state.aborted_as()
+    }
+}
+
+impl Drop for ConnReceiver {
+    /// Gives back what the connection still held: received but unwritten bytes and
+    /// whatever is left in the queue (no push can add to it once it is closed).
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut left = self.taken;
+        if let Some(Inbound::Data(b)) = self.stash.take() {
+            left += b.len();
+        }
+        while let Ok(m) = self.rx.try_recv() {
+            if let Inbound::Data(b) = m {
+                left += b.len();
+            }
+        }
+        self.state.queued.fetch_sub(
+            left.min(self.state.queued.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        self.process.release(left);
+        self.state.closed.store(true, Ordering::Release);
+        self.state.eased.notify_waiters();
     }
 }
 
@@ -213,6 +477,15 @@ mod tests {
     use super::*;
     use crate::outbound;
     use futures::StreamExt;
+    use std::time::Duration;
+
+    fn unmanaged(high: usize, low: usize) -> Budget {
+        Budget::Unmanaged { high, low }
+    }
+
+    fn bytes(n: usize) -> Bytes {
+        Bytes::from(vec![7; n])
+    }
 
     #[tokio::test]
     async fn consuming_data_returns_credit_to_a_flow_controlled_peer() {
@@ -224,8 +497,9 @@ mod tests {
                 max_packet: 100,
             },
             tx,
+            MemoryBudget::default_budget(),
         );
-        q.push(Bytes::from(vec![0; 300])).unwrap();
+        q.push(bytes(300)).unwrap();
         match r.recv().await {
             Some(Inbound::Data(b)) => r.written(b.len()),
             other => panic!("{other:?}"),
@@ -238,6 +512,7 @@ mod tests {
     #[tokio::test]
     async fn a_flow_controlled_peer_that_overruns_its_window_is_cut_off() {
         let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::default_budget();
         let (q, mut r) = conn_queue(
             1,
             Budget::Flow {
@@ -245,29 +520,163 @@ mod tests {
                 max_packet: 10,
             },
             tx,
+            budget.clone(),
         );
-        q.push(Bytes::from(vec![0; 100])).unwrap();
-        assert_eq!(q.push(Bytes::from(vec![0; 20])), Err(Overflow));
+        q.push(bytes(100)).unwrap();
+        assert_eq!(q.push(bytes(20)).unwrap_err(), Overflow);
         match r.recv().await {
-            Some(Inbound::Close(e)) => assert!(e.contains("buffer budget"), "{e}"),
+            Some(Inbound::Close(e)) => assert_eq!(e, wire::BUFFER_OVERFLOW),
             other => panic!("{other:?}"),
         }
+        assert_eq!(r.abort_reason(), Some(Abort::Overflow));
+        drop(r);
+        assert_eq!(budget.used(), 0, "everything queued is given back");
+    }
+
+    #[tokio::test]
+    async fn a_push_over_the_high_water_mark_pauses_the_reader_until_the_consumer_drains_to_low() {
+        let (tx, _out) = outbound::channel();
+        let (q, mut r) = conn_queue(1, unmanaged(1000, 500), tx, MemoryBudget::default_budget());
+        for _ in 0..3 {
+            assert!(q.push(bytes(300)).unwrap().is_none());
+        }
+        let p = q
+            .push(bytes(300))
+            .unwrap()
+            .expect("over the high-water mark");
+        assert!(!p.is_eased());
+        let waiter = tokio::spawn(async move { p.eased().await });
+        // 1200 queued; the consumer drains 300 (900 left: still paused) ...
+        let Some(Inbound::Data(b)) = r.recv().await else {
+            panic!()
+        };
+        r.written(b.len());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // ... then everything: at 0 <= 500 the reader resumes.
+        while r.state.queued.load(Ordering::Acquire) > 0 {
+            let Some(Inbound::Data(b)) = r.recv().await else {
+                panic!()
+            };
+            r.written(b.len());
+        }
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("resumed")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn small_chunks_already_queued_are_merged_into_one_payload_in_order() {
+        let (tx, _out) = outbound::channel();
+        let (q, mut r) = conn_queue(1, Budget::UNMANAGED, tx, MemoryBudget::default_budget());
+        let mut expect = Vec::new();
+        for i in 0..100u8 {
+            let chunk = Bytes::from(vec![i; 4096]);
+            expect.extend_from_slice(&chunk);
+            q.push(chunk).unwrap();
+        }
+        q.close("bye".into());
+        let mut got = Vec::new();
+        let mut messages = 0;
+        loop {
+            match r.recv().await {
+                Some(Inbound::Data(b)) => {
+                    assert!(b.len() <= COALESCE_MAX);
+                    messages += 1;
+                    got.extend_from_slice(&b);
+                    r.written(b.len());
+                }
+                Some(Inbound::Close(e)) => {
+                    assert_eq!(e, "bye", "the close stays behind the data");
+                    break;
+                }
+                None => panic!("closed early"),
+            }
+        }
+        assert_eq!(got, expect);
+        assert_eq!(
+            messages, 2,
+            "400 KiB of 4 KiB chunks leave as 256 KiB + 144 KiB"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receiver_gives_back_every_byte_it_held() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(1 << 20, Duration::from_secs(10));
+        let (q, mut r) = conn_queue(1, Budget::UNMANAGED, tx, budget.clone());
+        for _ in 0..10 {
+            q.push(bytes(1000)).unwrap();
+        }
+        let _taken = r.recv().await; // received, never written
+        assert_eq!(budget.used(), 10_000);
+        drop(r);
+        assert_eq!(budget.used(), 0);
+        assert!(
+            q.push(bytes(1000)).unwrap().is_none(),
+            "a push after the end is dropped"
+        );
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn going_over_the_process_budget_pauses_until_it_drains_below_three_quarters() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(4000, Duration::from_secs(10));
+        let (a, mut ra) = conn_queue(1, Budget::UNMANAGED, tx.clone(), budget.clone());
+        let (b, _rb) = conn_queue(2, Budget::UNMANAGED, tx, budget.clone());
+        assert!(a.push(bytes(2500)).unwrap().is_none());
+        let p = b.push(bytes(2500)).unwrap().expect("5000 > 4000");
+        let waiter = tokio::spawn(async move { p.eased().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let Some(Inbound::Data(d)) = ra.recv().await else {
+            panic!()
+        };
+        ra.written(d.len()); // 2500 <= 3000
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("resumed")
+            .unwrap();
+        assert_eq!(budget.pauses(), 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unmanaged_connection_over_budget_is_aborted_only_after_it_stalls() {
+    async fn only_a_consumer_without_progress_for_the_stall_timeout_is_closed_as_stalled() {
         let (tx, _out) = outbound::channel();
-        let budget = Budget::Unmanaged {
-            soft: 100,
-            hard: 10_000,
-            stall: Duration::from_secs(10),
-        };
-        let (q, r) = conn_queue(1, budget, tx);
-        q.push(Bytes::from(vec![0; 200])).unwrap();
-        tokio::time::advance(Duration::from_secs(5)).await;
-        q.push(Bytes::from(vec![0; 10])).unwrap();
-        tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(q.push(Bytes::from(vec![0; 10])), Err(Overflow));
-        assert!(r.aborted());
+        let budget = MemoryBudget::new(0, Duration::from_secs(10));
+        let (slow, mut rs) = conn_queue(1, unmanaged(1000, 500), tx.clone(), budget.clone());
+        let (stuck, mut rt) = conn_queue(2, unmanaged(1000, 500), tx, budget.clone());
+        slow.push(bytes(3000)).unwrap();
+        stuck.push(bytes(3000)).unwrap();
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            // The slow consumer writes a little every second.
+            let Some(Inbound::Data(b)) = rs.recv().await else {
+                panic!()
+            };
+            rs.written(b.len());
+            slow.push(bytes(b.len())).unwrap();
+            budget.sweep();
+        }
+        assert!(!rs.aborted(), "a slow consumer is never cut");
+        assert_eq!(rt.abort_reason(), Some(Abort::Stalled));
+        match rt.recv().await {
+            Some(Inbound::Close(e)) => assert_eq!(e, wire::STALLED_CONSUMER),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(budget.stalled(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_consumer_under_its_high_water_mark_is_left_alone() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(0, Duration::from_secs(10));
+        let (q, r) = conn_queue(1, unmanaged(1000, 500), tx, budget.clone());
+        q.push(bytes(10)).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(budget.sweep(), 0);
+        assert!(!r.aborted());
     }
 }
