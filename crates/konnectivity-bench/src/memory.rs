@@ -54,27 +54,7 @@ pub(crate) async fn phase_memory(
     for &target in &cfg.idle_conns {
         let need = target.saturating_sub(conns.len());
         let t = Instant::now();
-        let opened: Vec<anyhow::Result<BoxIo>> = futures::stream::iter(0..need)
-            .map(|i| {
-                let f = f.clone();
-                let echo = echo.clone();
-                async move {
-                    let mut io: BoxIo =
-                        Box::new(konnectivity_client::grpc_dial(&f, &echo, DIAL).await?);
-                    let b = (i % 251) as u8;
-                    io.write_all(&[b]).await?;
-                    io.flush().await?;
-                    let mut r = [0u8; 1];
-                    tokio::time::timeout(DIAL, io.read_exact(&mut r))
-                        .await
-                        .context("idle connection: echo timed out")??;
-                    ensure!(r[0] == b, "idle connection: wrong echo");
-                    Ok(io)
-                }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
+        let opened = open_idle(&f, &echo, need).await;
         for o in opened {
             conns.push(o.with_context(|| {
                 format!(
@@ -264,4 +244,31 @@ pub(crate) async fn phase_memory(
         "issue",
     );
     Ok(())
+}
+
+/// Opens `n` tunneled connections to the echo backend at `echo` through the gRPC
+/// frontend `f` (32 dials at a time), echoes one byte on each and returns them open:
+/// the idle connections of the memory measurements.
+pub(crate) async fn open_idle(f: &Frontend, echo: &str, n: usize) -> Vec<anyhow::Result<BoxIo>> {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let f = f.clone();
+            let echo = echo.to_owned();
+            async move {
+                let mut io: BoxIo =
+                    Box::new(konnectivity_client::grpc_dial(&f, &echo, DIAL).await?);
+                let b = (i % 251) as u8;
+                io.write_all(&[b]).await?;
+                io.flush().await?;
+                let mut r = [0u8; 1];
+                tokio::time::timeout(DIAL, io.read_exact(&mut r))
+                    .await
+                    .context("idle connection: echo timed out")??;
+                ensure!(r[0] == b, "idle connection: wrong echo");
+                Ok(io)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
 }

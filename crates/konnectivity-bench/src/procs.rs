@@ -161,7 +161,7 @@ pub(crate) struct ServerProc {
 pub(crate) async fn start_server_proc(
     name: &str,
     mode: &str,
-    bin_dir: &Path,
+    program: &Path,
     pki: &Pki,
     dir: &Path,
 ) -> anyhow::Result<ServerProc> {
@@ -184,7 +184,7 @@ pub(crate) async fn start_server_proc(
         "--admin-bind-address=127.0.0.1".into(),
         format!("--server-id={name}"),
     ];
-    let mut proc = Proc::spawn(name, &bin(bin_dir, "proxy-server")?, &args, None, dir)?;
+    let mut proc = Proc::spawn(name, program, &args, None, dir)?;
     let health = format!("127.0.0.1:{health_port}");
     if let Err(e) = wait_http(&health, "/healthz", 200, Duration::from_secs(20)).await {
         proc.alive()?;
@@ -206,7 +206,8 @@ pub(crate) struct TunnelProcs {
 }
 
 impl TunnelProcs {
-    /// Starts both; returns once the server reports the agent ready (/readyz).
+    /// Starts our proxy-server and proxy-agent from `bin_dir`; returns once the server
+    /// reports the agent ready (/readyz).
     pub(crate) async fn start(
         name: &str,
         mode: &str,
@@ -214,8 +215,23 @@ impl TunnelProcs {
         pki: &Pki,
         dir: &Path,
     ) -> anyhow::Result<Self> {
+        let server = bin(bin_dir, "proxy-server")?;
+        let agent = bin(bin_dir, "proxy-agent")?;
+        Self::start_programs(name, mode, &server, &agent, pki, dir).await
+    }
+
+    /// Starts `server_program` and `agent_program` (ours or upstream's: both take
+    /// upstream's flags); returns once the server reports the agent ready (/readyz).
+    pub(crate) async fn start_programs(
+        name: &str,
+        mode: &str,
+        server_program: &Path,
+        agent_program: &Path,
+        pki: &Pki,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let mut server =
-            start_server_proc(&format!("{name}-server"), mode, bin_dir, pki, dir).await?;
+            start_server_proc(&format!("{name}-server"), mode, server_program, pki, dir).await?;
         let p = |x: &Path| x.display().to_string();
         let args = vec![
             format!("--ca-cert={}", p(&pki.ca)),
@@ -227,13 +243,7 @@ impl TunnelProcs {
             format!("--admin-server-port={}", free_port()),
             "--agent-id=bench-node".into(),
         ];
-        let mut agent = Proc::spawn(
-            &format!("{name}-agent"),
-            &bin(bin_dir, "proxy-agent")?,
-            &args,
-            None,
-            dir,
-        )?;
+        let mut agent = Proc::spawn(&format!("{name}-agent"), agent_program, &args, None, dir)?;
         if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
             agent.alive()?;
             server.proc.alive()?;
@@ -251,4 +261,29 @@ impl TunnelProcs {
         self.server.proc.alive()?;
         self.agent.alive()
     }
+}
+
+/// The null tunnel in a process of its own (`konnectivity bench-null`) with three
+/// entrances: `addrs[0]` to `source` and `addrs[1]` to `echo` over a TLS middle hop
+/// (the agent link's certificates), `addrs[2]` to `echo` over a plain middle hop.
+pub(crate) fn start_null(
+    pki: &Pki,
+    source: SocketAddr,
+    echo: SocketAddr,
+) -> anyhow::Result<Helper> {
+    let p = |x: &Path| x.display().to_string();
+    Helper::start(
+        &[
+            "bench-null".into(),
+            format!("--target={source}"),
+            format!("--target={echo}"),
+            format!("--ca={}", p(&pki.ca)),
+            format!("--cert={}", p(&pki.server_cert)),
+            format!("--key={}", p(&pki.server_key)),
+            format!("--client-cert={}", p(&pki.agent_cert)),
+            format!("--client-key={}", p(&pki.agent_key)),
+            format!("--plain-target={echo}"),
+        ],
+        3,
+    )
 }

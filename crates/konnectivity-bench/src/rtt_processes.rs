@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
 use crate::load::Background;
-use crate::procs::{Helper, TunnelProcs};
+use crate::procs::{TunnelProcs, start_null};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, num, round};
 
@@ -33,21 +33,7 @@ pub(crate) async fn phase_rtt_processes(
 ) -> anyhow::Result<()> {
     let warm = cfg.rtt_samples.min(500);
     let echo = EchoThreads::start()?;
-    let p = |x: &Path| x.display().to_string();
-    let mut null = Helper::start(
-        &[
-            "bench-null".into(),
-            format!("--target={source}"),
-            format!("--target={}", echo.addr),
-            format!("--ca={}", p(&pki.ca)),
-            format!("--cert={}", p(&pki.server_cert)),
-            format!("--key={}", p(&pki.server_key)),
-            format!("--client-cert={}", p(&pki.agent_cert)),
-            format!("--client-key={}", p(&pki.agent_key)),
-            format!("--plain-target={}", echo.addr),
-        ],
-        3,
-    )?;
+    let mut null = start_null(pki, source, echo.addr)?;
     let mut g = TunnelProcs::start("rtt-grpc", "grpc", bin_dir, pki, dir).await?;
     let mut c = TunnelProcs::start("rtt-connect", "http-connect", bin_dir, pki, dir).await?;
     // (key, bulk hop, echo hop, processes carrying the path)

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Cfg;
-use crate::procs::{settled_rss, start_server_proc};
+use crate::procs::{bin, settled_rss, start_server_proc};
 use crate::report::{Results, progress};
 use crate::stats::round;
 use crate::world::agent_settings;
@@ -44,11 +44,12 @@ pub(crate) async fn phase_scale(
     // Every agent pays a full handshake, as separate nodes starting cold would.
     tls.resumption = rustls::client::Resumption::disabled();
     let tls = Arc::new(tls);
+    let program = bin(bin_dir, "proxy-server")?;
     let mut runs = Vec::new();
     let mut last = None;
     for (i, &n) in cfg.agents.iter().enumerate() {
         let mut server =
-            start_server_proc(&format!("scale-server-{i}"), "grpc", bin_dir, pki, dir).await?;
+            start_server_proc(&format!("scale-server-{i}"), "grpc", &program, pki, dir).await?;
         let sp = server.proc.pid();
         let s0 = settled_rss(sp).await;
         let cpu0 = cpu_s(&sp.to_string());
