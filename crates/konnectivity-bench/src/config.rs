@@ -26,6 +26,9 @@ pub enum Phase {
     Memory,
     /// N agents connecting to one proxy-server process.
     Scale,
+    /// Ours beside upstream's binaries (v0.36.0, `tests/upstream/build.sh`) in the four
+    /// server + agent pairings, through separate processes, against the null tunnel.
+    Upstream,
 }
 
 /// `konnectivity bench` flags.
@@ -70,6 +73,11 @@ pub struct BenchArgs {
     /// Exit with failure when a target is missed (not only when a check fails).
     #[arg(long)]
     pub strict: bool,
+    /// Directory holding upstream's `upstream-proxy-server` and `upstream-proxy-agent`
+    /// (built by `bash tests/upstream/build.sh`) [default: $KONNECTIVITY_UPSTREAM_BIN_DIR,
+    /// else `upstream` beside the directory of proxy-server, i.e. target/upstream].
+    #[arg(long)]
+    pub upstream_bin_dir: Option<PathBuf>,
     /// Per-connection flow-control window of the in-process tunnel (both directions),
     /// for experiments; the processes use the binaries' default [default: 1MiB].
     #[arg(long, value_parser = parse_size)]
@@ -151,6 +159,7 @@ impl Cfg {
                 Phase::Stalled,
                 Phase::Memory,
                 Phase::Scale,
+                Phase::Upstream,
             ]
         });
         ensure!(

@@ -48,7 +48,8 @@
 //!   [`stalled`];
 //! * the separate-process phases: [`procs`] (our binaries and the bench's helper
 //!   processes), [`hops`] (the client and echo on threads of their own),
-//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`];
+//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], and [`upstream`]
+//!   (ours beside upstream's binaries in the four server + agent pairings);
 //! * [`stats`] and [`report`]: numbers from samples, bench-results.json and the table.
 //!
 //! The `konnectivity` CLI calls [`run`], [`backend_helper`] and [`null_helper`] for
@@ -76,6 +77,7 @@ mod rtt_processes;
 mod scale;
 mod stalled;
 mod stats;
+mod upstream;
 mod world;
 
 pub use config::{BenchArgs, Phase};
@@ -111,7 +113,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(Path::to_path_buf)
             .context("no directory for the current executable")?,
     };
-    if cfg.has(Phase::Memory) || cfg.has(Phase::Scale) || cfg.has(Phase::Rtt) {
+    if cfg.has(Phase::Memory)
+        || cfg.has(Phase::Scale)
+        || cfg.has(Phase::Rtt)
+        || cfg.has(Phase::Upstream)
+    {
         procs::bin(&bin_dir, "proxy-server")?;
         procs::bin(&bin_dir, "proxy-agent")?;
     }
@@ -123,7 +129,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0) as u64
         + 512;
-    if (cfg.has(Phase::Memory) || cfg.has(Phase::Scale))
+    if (cfg.has(Phase::Memory) || cfg.has(Phase::Scale) || cfg.has(Phase::Upstream))
         && let Some(lim) = nofile_limit()
         && lim < need
     {
@@ -232,6 +238,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         scale::phase_scale(&cfg, &bin_dir, &pki, &dir, &mut res)
             .await
             .context("scale")?;
+    }
+
+    if cfg.has(Phase::Upstream) {
+        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
+        upstream::phase_upstream(&cfg, &bin_dir, &up, &pki, &dir, source, &mut res)
+            .await
+            .context("ours beside upstream")?;
     }
 
     let cpu = cpu_split(&cpu0, &cpu_times());

@@ -28,6 +28,8 @@ pub(crate) struct Row {
 pub(crate) struct Results {
     pub(crate) measurements: serde_json::Map<String, Value>,
     pub(crate) rows: Vec<Row>,
+    /// Tables of their own, printed after the target table (e.g. ours beside upstream).
+    pub(crate) sections: Vec<String>,
 }
 
 impl Results {
@@ -230,6 +232,9 @@ pub(crate) fn print_table(res: &Results, mode: &str, took: Duration, out: &Path,
          (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with, \
          and a process of its own in the \"separate processes\" rows. * = target from perf-anchors §5.4, informational."
     );
+    for section in &res.sections {
+        println!("\n{section}\n");
+    }
     println!(
         "Took {:.0?}; machine CPU during the run: user {}%, system {}%, idle {}%, steal {}% \
          (steal = taken by other guests of the host; above a few % the numbers are noisy). Results: {}",
