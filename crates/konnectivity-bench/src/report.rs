@@ -126,7 +126,7 @@ pub(crate) fn cpu_split(a: &[u64], b: &[u64]) -> Value {
     let d: Vec<u64> = a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x)).collect();
     let total: u64 = d.iter().sum();
     let pct = |i: usize| round(100.0 * *d.get(i).unwrap_or(&0) as f64 / total.max(1) as f64);
-    json!({ "user": pct(0) + pct(1), "system": pct(2) + pct(5) + pct(6), "idle": pct(3) + pct(4), "steal": pct(7) })
+    json!({ "user": round(pct(0) + pct(1)), "system": round(pct(2) + pct(5) + pct(6)), "idle": round(pct(3) + pct(4)), "steal": pct(7) })
 }
 
 pub(crate) fn nofile_limit() -> Option<u64> {
