@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::world::BoxIo;
 use crate::{DIAL, MAX_IO, MIB, PERIOD, STEP, WRITE};
@@ -30,65 +30,67 @@ pub(crate) fn pattern_at(off: u64, len: usize) -> &'static [u8] {
     &pattern()[s..s + len.min(MAX_IO)]
 }
 
-/// Source: reads an 8-byte big-endian length n, writes n pattern bytes, closes.
-pub(crate) async fn source_server() -> anyhow::Result<SocketAddr> {
+/// A loopback server whose connections each start with an 8-byte big-endian length
+/// n (read within [`STEP`]); `serve` then has the connection and n.
+async fn length_prefixed<F, Fut>(serve: F) -> anyhow::Result<SocketAddr>
+where
+    F: Fn(TcpStream, u64) -> Fut + Send + Copy + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let Ok(Ok(n)) = tokio::time::timeout(STEP, s.read_u64()).await else {
-                    return;
-                };
-                let mut off = 0u64;
-                while off < n {
-                    let len = (n - off).min(WRITE as u64) as usize;
-                    // No timeout: a stalled reader holds this write until it is closed.
-                    if s.write_all(pattern_at(off, len)).await.is_err() {
-                        return;
-                    }
-                    off += len as u64;
+                if let Ok(Ok(n)) = tokio::time::timeout(STEP, s.read_u64()).await {
+                    serve(s, n).await;
                 }
-                let _ = s.shutdown().await;
             });
         }
     });
     Ok(addr)
 }
 
+/// Source: reads an 8-byte big-endian length n, writes n pattern bytes, closes.
+pub(crate) async fn source_server() -> anyhow::Result<SocketAddr> {
+    length_prefixed(|mut s, n| async move {
+        let mut off = 0u64;
+        while off < n {
+            let len = (n - off).min(WRITE as u64) as usize;
+            // No timeout: a stalled reader holds this write until it is closed.
+            if s.write_all(pattern_at(off, len)).await.is_err() {
+                return;
+            }
+            off += len as u64;
+        }
+        let _ = s.shutdown().await;
+    })
+    .await
+}
+
 /// Sink: reads a length n, then n bytes checked against the pattern, answers with
 /// the count (u64::MAX when the contents were wrong), then waits for EOF.
 pub(crate) async fn sink_server() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(Ok(n)) = tokio::time::timeout(STEP, s.read_u64()).await else {
-                    return;
-                };
-                let mut buf = vec![0u8; MAX_IO];
-                let mut off = 0u64;
-                let mut ok = true;
-                while off < n {
-                    let want = (n - off).min(MAX_IO as u64) as usize;
-                    let k = match tokio::time::timeout(STEP, s.read(&mut buf[..want])).await {
-                        Ok(Ok(k)) if k > 0 => k,
-                        _ => return,
-                    };
-                    if ok && buf[..k] != *pattern_at(off, k) {
-                        ok = false;
-                    }
-                    off += k as u64;
-                }
-                let _ = s.write_u64(if ok { n } else { u64::MAX }).await;
-                let _ = tokio::time::timeout(STEP, s.read(&mut buf[..1])).await;
-            });
+    length_prefixed(|mut s, n| async move {
+        let mut buf = vec![0u8; MAX_IO];
+        let mut off = 0u64;
+        let mut ok = true;
+        while off < n {
+            let want = (n - off).min(MAX_IO as u64) as usize;
+            let k = match tokio::time::timeout(STEP, s.read(&mut buf[..want])).await {
+                Ok(Ok(k)) if k > 0 => k,
+                _ => return,
+            };
+            if ok && buf[..k] != *pattern_at(off, k) {
+                ok = false;
+            }
+            off += k as u64;
         }
-    });
-    Ok(addr)
+        let _ = s.write_u64(if ok { n } else { u64::MAX }).await;
+        let _ = tokio::time::timeout(STEP, s.read(&mut buf[..1])).await;
+    })
+    .await
 }
 
 pub(crate) fn deadline_for(n: u64) -> tokio::time::Instant {
