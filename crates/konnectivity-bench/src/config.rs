@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// else `upstream` beside the directory of proxy-server, i.e. target/upstream].
     #[arg(long)]
     pub upstream_bin_dir: Option<PathBuf>,
+    /// The Go konnectivity-client driver (`tests/go-interop`, built with `go build`),
+    /// to drive the upstream pairings with the real Go client as well
+    /// [default: konnectivity-interop next to proxy-server, when it is there].
+    #[arg(long)]
+    pub go_client: Option<PathBuf>,
     /// Per-connection flow-control window of the in-process tunnel (both directions),
     /// for experiments; the processes use the binaries' default [default: 1MiB].
     #[arg(long, value_parser = parse_size)]

@@ -242,7 +242,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     if cfg.has(Phase::Upstream) {
         let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
-        upstream::phase_upstream(&cfg, &bin_dir, &up, &pki, &dir, source, &mut res)
+        let go = args.go_client.clone();
+        upstream::phase_upstream(&cfg, &bin_dir, (&up, go), &pki, &dir, source, &mut res)
             .await
             .context("ours beside upstream")?;
     }

@@ -7,7 +7,9 @@
 //! konnectivity-client). Measured per pairing: idle RSS, RSS per idle tunneled
 //! connection, dial + first byte, 1-byte round trips alone and beside a download,
 //! bulk download over one and over N connections; repetitions interleaved over the
-//! pairings so that each sees the same host.
+//! pairings so that each sees the same host. Then, when its driver is built, the
+//! dials, round trips and downloads again through the real Go konnectivity-client
+//! ([`go_client`]).
 //!
 //! Without the upstream binaries the phase says so, in the progress output, the table
 //! and the JSON file (`measurements.upstream.available = false` and the reason), and
@@ -32,6 +34,7 @@ use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, round, summary};
 use crate::world::BoxIo;
 
+mod go_client;
 mod table;
 
 /// The upstream binaries' file names (as `tests/upstream/build.sh` writes them).
@@ -130,7 +133,7 @@ impl Pairing {
 pub(crate) async fn phase_upstream(
     cfg: &Cfg,
     bin_dir: &Path,
-    upstream: &Path,
+    (upstream, go): (&Path, Option<PathBuf>),
     pki: &Pki,
     dir: &Path,
     source: SocketAddr,
@@ -340,6 +343,32 @@ pub(crate) async fn phase_upstream(
         }
     }
     progress("upstream: bulk done");
+
+    // The same pairings through the real Go client, when its driver is there.
+    match go_client::go_client(go.as_deref(), bin_dir) {
+        Ok(program) => {
+            for p in pairings.iter_mut() {
+                let r = match p.live() {
+                    Ok(procs) => {
+                        let uds = procs.server.uds.clone();
+                        go_client::measure(cfg, &program, &uds, echo.addr, source).await
+                    }
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                };
+                p.record("go_client", r);
+                progress(format!("upstream: Go client through {} done", p.key));
+            }
+        }
+        Err(reason) => {
+            progress(format!("upstream: Go client NOT USED: {reason}"));
+            for p in pairings.iter_mut() {
+                p.out.insert(
+                    "go_client".into(),
+                    json!({ "available": false, "reason": reason }),
+                );
+            }
+        }
+    }
     drop(idle_backend);
     drop(null);
     drop(echo);

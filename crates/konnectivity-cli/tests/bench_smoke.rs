@@ -125,6 +125,8 @@ fn smoke_run_reports_every_measurement() {
             positive(ours, &["rtt", "p50_us"]);
             positive(ours, &["memory", "idle_rss_kib", "agent"]);
             positive(up, &["null_tls", "bulk_1conn_gbps", "median"]);
+            // Through the Go client too when its driver is built, and said so when not.
+            assert!(ours["go_client"].is_object(), "no go_client entry: {ours}");
         }
         Some(false) => assert!(
             up["reason"]

@@ -18,7 +18,7 @@ fn get<'a>(o: &'a Map<String, Value>, k: &str) -> &'a Value {
 
 /// The rows of the side-by-side table: (label, JSON path in a path's measurements,
 /// unit divisor, decimals, whether the null tunnel has the number).
-const METRICS: [(&str, &str, [&str; 2], f64, usize); 9] = [
+const METRICS: [(&str, &str, [&str; 2], f64, usize); 13] = [
     (
         "bulk 1 conn, Gbit/s",
         "bulk_1conn",
@@ -62,6 +62,34 @@ const METRICS: [(&str, &str, [&str; 2], f64, usize); 9] = [
         0,
     ),
     (
+        "Go client: bulk 1 conn, Gbit/s",
+        "go_bulk_1conn",
+        ["go_client", "bulk_1conn_gbps"],
+        1.0,
+        2,
+    ),
+    (
+        "Go client: bulk N conns, Gbit/s",
+        "go_bulk_parallel",
+        ["go_client", "bulk_parallel_gbps"],
+        1.0,
+        2,
+    ),
+    (
+        "Go client: dial + first byte p50, µs",
+        "go_dial_p50",
+        ["go_client", "dial"],
+        1.0,
+        0,
+    ),
+    (
+        "Go client: 1-byte RTT p50, µs",
+        "go_rtt_p50",
+        ["go_client", "rtt"],
+        1.0,
+        0,
+    ),
+    (
         "idle proxy-server RSS, MiB",
         "idle_server_rss",
         ["memory", "idle_rss_kib"],
@@ -91,6 +119,8 @@ fn metric(o: &Map<String, Value>, id: &str, path: [&str; 2]) -> f64 {
         "idle_server_rss" => num(v, &["server"]),
         "idle_agent_rss" => num(v, &["agent"]),
         "kib_per_idle_conn" => num(v, &["total"]),
+        "go_bulk_1conn" | "go_bulk_parallel" => num(v, &["median"]),
+        "go_dial_p50" | "go_rtt_p50" => num(v, &["p50_us"]),
         _ => v.as_f64().unwrap_or(f64::NAN),
     }
 }
@@ -108,7 +138,7 @@ pub(super) fn report(
     let mut by_key = Map::new();
     let mut ratios_null = Map::new();
     let mut lines = vec![format!(
-        "ours beside upstream v0.36.0 (separate processes, gRPC frontend on a UNIX socket, Rust client; server+agent; bulk {} over 1 and {} conns; ratio to the null tunnel in parentheses)",
+        "ours beside upstream v0.36.0 (separate processes, gRPC frontend on a UNIX socket, Rust client unless marked Go client; server+agent; bulk {} over 1 and {} conns; ratio to the null tunnel in parentheses)",
         human_bytes(cfg.size),
         cfg.parallel
     )];
@@ -180,7 +210,7 @@ pub(super) fn report(
     let m = json!({
         "available": true,
         "what": "ours and upstream's proxy-server and proxy-agent (sigs.k8s.io/apiserver-network-proxy v0.36.0, tests/upstream) in the four pairings (key = server_agent), each a separate server and agent process with the gRPC frontend on a UNIX socket, driven by the Rust client (grpc_dial: one Proxy stream per HTTP/2 connection, as konnectivity-client), beside the null tunnel in its own process (TLS middle hop; plain for dials); the round-trip and dialing client on a dedicated thread, the echo backend on dedicated threads, the idle connections' echo backend in a helper process; repetitions interleaved over the paths",
-        "client": "konnectivity_client::grpc_dial (Rust)",
+        "client": "konnectivity_client::grpc_dial (Rust); go_client: the Go konnectivity-client through tests/go-interop's bench mode (single-use tunnels)",
         "upstream_bin_dir": upstream.display().to_string(),
         "bulk_bytes": cfg.size,
         "parallel": cfg.parallel,
