@@ -117,6 +117,9 @@ def grouped(ax, rows, values, title, log):
     if log:
         ax.set_xscale("log")
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlim(right=ax.get_xlim()[1] * (2.0 if log else 1.15))
     ax.grid(axis="x", alpha=0.3)
 
