@@ -69,6 +69,13 @@ func main() {
 		wait       = flag.Duration("wait", 0, "before the scenarios, retry a tunnelled GET /hello until it succeeds or this much time passes (0: no retry)")
 		verbosity  = flag.Int("v", 0, "klog verbosity of the konnectivity-client library (logs go to stderr)")
 		list       = flag.Bool("list", false, "print the scenario names and exit")
+		benchEcho  = flag.String("bench-echo", "", "bench mode (with -bench-source): measure through this echo server instead of running scenarios; JSON on stdout")
+		benchSrc   = flag.String("bench-source", "", "bench mode: the konnectivity bench source (8-byte length, then that many pattern bytes)")
+		benchDials = flag.Int("bench-dials", 100, "bench mode: dials (+ first echoed byte)")
+		benchRtts  = flag.Int("bench-rtts", 1000, "bench mode: 1-byte round trips on one connection")
+		benchBytes = flag.Int64("bench-bytes", 8<<20, "bench mode: bytes per bulk download (split over -bench-conns in the parallel one)")
+		benchConns = flag.Int("bench-conns", 16, "bench mode: connections of the parallel download")
+		benchReps  = flag.Int("bench-reps", 1, "bench mode: repetitions of the downloads")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: konnectivity-interop (-uds PATH | -tcp HOST:PORT -ca FILE -cert FILE -key FILE [-server-name NAME]) [-scenarios a,b] [-timeout 120s] [-json FILE] [-wait 0s] [-v N]\n\nscenarios:")
@@ -114,6 +121,15 @@ func main() {
 		usageErr("one of -uds or -tcp is required")
 	}
 
+	if *benchEcho != "" || *benchSrc != "" {
+		if *benchEcho == "" || *benchSrc == "" || *benchConns < 1 {
+			usageErr("bench mode needs -bench-echo, -bench-source and -bench-conns >= 1")
+		}
+		os.Exit(runBench(fe, benchConfig{
+			echo: *benchEcho, source: *benchSrc, dials: *benchDials, rtts: *benchRtts,
+			bytes: *benchBytes, conns: *benchConns, reps: *benchReps,
+		}, *timeout))
+	}
 	os.Exit(run(fe, selected, *timeout, *wait, *jsonFile))
 }
 

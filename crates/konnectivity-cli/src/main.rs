@@ -6,7 +6,7 @@
 //! - `doctor`: names the cause when kube-apiserver cannot reach a node through the
 //!   tunnel (`doctor server` on the control plane, `doctor agent` on a node).
 //! - `bench`: throughput, latency, memory and scale on loopback, as ratios against
-//!   baselines measured in the same run (see `bench.rs`).
+//!   baselines measured in the same run (the `konnectivity-bench` crate).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod demo;
 mod dial;
 mod doctor;
@@ -49,7 +48,7 @@ enum Cmd {
     Doctor(doctor::DoctorArgs),
     /// Measure the tunnel on loopback against a direct connection and a "null tunnel"
     /// (same hops, no protocol); writes JSON results and prints a table of targets.
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<konnectivity_bench::BenchArgs>),
     /// Internal: the echo backend process of `bench` (prints its address, runs until
     /// standard input closes).
     #[command(hide = true)]
@@ -57,7 +56,7 @@ enum Cmd {
     /// Internal: the null tunnel process of `bench` (prints one entrance address per
     /// --target, runs until standard input closes).
     #[command(hide = true)]
-    BenchNull(bench::NullArgs),
+    BenchNull(konnectivity_bench::NullArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,9 +93,9 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Demo { once, dir } => demo::run(once, dir).await,
             Cmd::Dial(a) => dial::run(a).await,
-            Cmd::Bench(a) => bench::run(*a).await,
-            Cmd::BenchBackend => bench::backend_helper().await,
-            Cmd::BenchNull(a) => bench::null_helper(a).await,
+            Cmd::Bench(a) => konnectivity_bench::run(*a).await,
+            Cmd::BenchBackend => konnectivity_bench::backend_helper().await,
+            Cmd::BenchNull(a) => konnectivity_bench::null_helper(a).await,
             Cmd::Doctor(_) => Ok(()),
         }
     });

@@ -1,5 +1,7 @@
 //! `konnectivity bench --smoke` keeps working: it runs every measurement with tiny
 //! sizes (checking every byte it moves) and writes all of them to the JSON file.
+//! Upstream's binaries are measured beside ours when `tests/upstream/build.sh` has
+//! built them into target/upstream (or `$KONNECTIVITY_UPSTREAM_BIN_DIR`).
 //!
 //! The memory and scale parts start the real `proxy-server` and `proxy-agent` from the
 //! same target directory: build them first (`cargo build --bins`; `scripts/test.sh`
@@ -103,6 +105,38 @@ fn smoke_run_reports_every_measurement() {
     positive(m, &["idle_agent", "agent_rss_kib"]);
     positive(m, &["bulk_1conn_processes", "grpc_uds_gbps", "median"]);
 
+    // Ours beside upstream: measured when upstream's binaries are there
+    // (tests/upstream/build.sh), and said so when they are not, never silently.
+    let up = &m["upstream"];
+    match up["available"].as_bool() {
+        Some(true) => {
+            for k in [
+                "ours_ours",
+                "ours_upstream",
+                "upstream_ours",
+                "upstream_upstream",
+            ] {
+                assert!(up["pairings"][k].is_object(), "pairing {k} missing: {up}");
+            }
+            let ours = &up["pairings"]["ours_ours"];
+            positive(ours, &["bulk_1conn_gbps", "median"]);
+            positive(ours, &["bulk_parallel_gbps", "median"]);
+            positive(ours, &["dial", "p50_us"]);
+            positive(ours, &["rtt", "p50_us"]);
+            positive(ours, &["memory", "idle_rss_kib", "agent"]);
+            positive(up, &["null_tls", "bulk_1conn_gbps", "median"]);
+            // Through the Go client too when its driver is built, and said so when not.
+            assert!(ours["go_client"].is_object(), "no go_client entry: {ours}");
+        }
+        Some(false) => assert!(
+            up["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not found")),
+            "no reason given: {up}"
+        ),
+        None => panic!("measurements.upstream missing"),
+    }
+
     let runs = m["scale_agents"]["runs"].as_array().expect("scale runs");
     assert_eq!(runs.len(), 2);
     for r in runs {
@@ -164,5 +198,44 @@ fn missing_binaries_fail_clearly() {
     assert!(
         stderr.contains("proxy-server not found"),
         "unexpected error: {stderr}"
+    );
+}
+
+#[test]
+fn missing_upstream_binaries_are_reported() {
+    let out = tmp("no-upstream.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
+        .args([
+            "bench",
+            "--smoke",
+            "--only",
+            "upstream",
+            "--upstream-bin-dir",
+            "/nonexistent",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run konnectivity bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("not measured"),
+        "not in the table:\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&out).expect("results file written");
+    let _ = std::fs::remove_file(&out);
+    let v: Value = serde_json::from_str(&text).expect("results are JSON");
+    let up = &v["measurements"]["upstream"];
+    assert_eq!(up["available"], false);
+    assert!(
+        up["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("upstream-proxy-server not found")),
+        "{up}"
     );
 }

@@ -1,14 +1,15 @@
 //! Harness for the end-to-end tests: starts the real `proxy-server` and `proxy-agent`
 //! binaries as child processes (optionally inside a network namespace), waits for
 //! them to be healthy, and kills them when dropped. Logs go to files in the test's
-//! temporary directory and are printed when a test fails.
-use std::net::TcpListener;
+//! temporary directory and are printed when a test fails. The process handling itself
+//! (spawn, kill on drop, ports, HTTP GET, `/proc`) is `konnectivity_testkit::process`.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use konnectivity_testkit::pki::Pki;
+pub use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib, wait_for};
 
 /// The directory holding the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
@@ -29,164 +30,6 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
         p.display()
     );
     Ok(p)
-}
-
-/// A free TCP port in upstream's allowed range (1024..=49151); the kernel's ephemeral
-/// range starts above it, so port 0 cannot be used with upstream's flag validation.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() as u16 % 600) * 20;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed + n) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("0.0.0.0", port)).is_ok()
-        {
-            return port;
-        }
-    }
-}
-
-/// A running child process, killed on drop.
-pub struct Proc {
-    /// The child.
-    pub child: Child,
-    /// Its combined stdout/stderr log.
-    pub log: PathBuf,
-    name: String,
-}
-
-impl Proc {
-    /// Starts `program args…`, optionally inside network namespace `netns`.
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        netns: Option<&str>,
-        log_dir: &Path,
-    ) -> anyhow::Result<Proc> {
-        let log = log_dir.join(format!("{name}.log"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
-        cmd.args(args)
-            .stdout(f.try_clone()?)
-            .stderr(f)
-            .stdin(Stdio::null());
-        let child = cmd.spawn()?;
-        Ok(Proc {
-            child,
-            log,
-            name: name.to_owned(),
-        })
-    }
-
-    /// The process ID.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends a signal (`"TERM"`, `"KILL"`, …).
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
-    }
-
-    /// Kills the process and waits for it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Resident memory in KiB (from /proc).
-    pub fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid())
-    }
-
-    /// Number of open file descriptors.
-    pub fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-/// Resident memory of a process in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("----- log of {} -----\n{}", self.name, self.log_text());
-        }
-    }
-}
-
-/// A minimal HTTP GET over a plain TCP connection, returning (status, body).
-pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    anyhow::bail!("timed out after {timeout:?} waiting for {what}")
 }
 
 /// Ports of a started server.
@@ -632,15 +475,5 @@ pub mod netns {
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
-    }
-}
-
-impl Proc {
-    /// Whether the process is still running.
-    pub fn child_alive(&self) -> bool {
-        std::fs::metadata(format!("/proc/{}", self.pid())).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-                .unwrap_or_default()
-                .contains(") Z ")
     }
 }

@@ -1,0 +1,193 @@
+//! Bulk throughput in-process: one connection (download and upload) and N parallel
+//! connections, repetitions interleaved over the paths so that every path sees the
+//! same host conditions; medians are reported against the TLS null tunnel.
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::MIB;
+use crate::config::Cfg;
+use crate::load::{download, upload};
+use crate::report::{Results, progress};
+use crate::stats::{gbps, human_bytes, median, round, summary};
+use crate::world::{PathKind, World};
+
+/// Bulk transfers, one connection per transfer, `reps` rounds interleaved over `paths`.
+pub(crate) async fn bulk_rounds(
+    w: &World,
+    cfg: &Cfg,
+    paths: &[PathKind],
+    conns: usize,
+    up: bool,
+    what: &str,
+) -> anyhow::Result<BTreeMap<PathKind, Vec<f64>>> {
+    let per = (cfg.size / conns as u64).max(1);
+    let total = per * conns as u64;
+    let target = if up { &w.sink } else { &w.source };
+    let mut rates: BTreeMap<PathKind, Vec<f64>> = BTreeMap::new();
+    // Warm-up: one small transfer per path (first TLS handshakes, allocator growth).
+    for &p in paths {
+        let mut io = w.open(p, target).await?;
+        let n = (4 * MIB).min(per);
+        if up {
+            upload(&mut io, n).await
+        } else {
+            download(&mut io, n).await
+        }
+        .with_context(|| format!("{what} warm-up via {}", p.key()))?;
+    }
+    for rep in 0..cfg.reps {
+        for &p in paths {
+            let mut ios = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                ios.push(w.open(p, target).await?);
+            }
+            let start = Instant::now();
+            let ends = futures::future::join_all(ios.into_iter().map(|mut io| async move {
+                if up {
+                    upload(&mut io, per).await
+                } else {
+                    download(&mut io, per).await
+                }
+            }))
+            .await;
+            let mut last = start;
+            for e in ends {
+                last = last.max(e.with_context(|| format!("{what} via {}", p.key()))?);
+            }
+            let r = gbps(total, last - start);
+            progress(format!(
+                "{what} rep {}/{} {:<17} {r:6.2} Gbit/s",
+                rep + 1,
+                cfg.reps,
+                p.key()
+            ));
+            rates.entry(p).or_default().push(r);
+        }
+    }
+    Ok(rates)
+}
+
+pub(crate) fn rates_json(rates: &BTreeMap<PathKind, Vec<f64>>) -> serde_json::Map<String, Value> {
+    rates
+        .iter()
+        .map(|(p, v)| (format!("{}_gbps", p.key()), summary(v)))
+        .collect()
+}
+
+pub(crate) fn med(rates: &BTreeMap<PathKind, Vec<f64>>, p: PathKind) -> f64 {
+    rates.get(&p).map_or(f64::NAN, |v| median(v))
+}
+
+pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
+    use PathKind::*;
+    let paths = [Direct, NullPlain, NullTls, Grpc, Connect];
+    let down = bulk_rounds(w, cfg, &paths, 1, false, "bulk download").await?;
+    let mut m = rates_json(&down);
+    m.insert("bytes".into(), json!(cfg.size));
+    m.insert("direction".into(), json!("download (backend → client)"));
+    let g = med(&down, Grpc) / med(&down, NullTls);
+    let c = med(&down, Connect) / med(&down, NullTls);
+    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
+    m.insert("ratio_connect_vs_null_tls".into(), json!(round(c)));
+    m.insert(
+        "ratio_grpc_vs_direct".into(),
+        json!(round(med(&down, Grpc) / med(&down, Direct))),
+    );
+    res.measurements
+        .insert("bulk_1conn".into(), Value::Object(m));
+    let size = human_bytes(cfg.size);
+    res.ratio_row(
+        "bulk_1conn",
+        format!("bulk 1 conn {size} download, gRPC/UDS"),
+        format!("{:.2} Gbit/s", med(&down, Grpc)),
+        format!(
+            "null {:.2} (direct {:.2})",
+            med(&down, NullTls),
+            med(&down, Direct)
+        ),
+        g,
+        true,
+        0.85,
+        "issue",
+    );
+    res.ratio_row(
+        "bulk_1conn_connect",
+        format!("bulk 1 conn {size} download, HTTP-CONNECT/UDS"),
+        format!("{:.2} Gbit/s", med(&down, Connect)),
+        format!("null {:.2}", med(&down, NullTls)),
+        c,
+        true,
+        0.85,
+        "issue",
+    );
+
+    let upl = bulk_rounds(w, cfg, &[Direct, NullTls, Grpc], 1, true, "bulk upload").await?;
+    let mut m = rates_json(&upl);
+    m.insert("bytes".into(), json!(cfg.size));
+    m.insert("direction".into(), json!("upload (client → backend)"));
+    let g = med(&upl, Grpc) / med(&upl, NullTls);
+    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
+    res.measurements
+        .insert("bulk_1conn_upload".into(), Value::Object(m));
+    res.ratio_row(
+        "bulk_1conn_upload",
+        format!("bulk 1 conn {size} upload, gRPC/UDS"),
+        format!("{:.2} Gbit/s", med(&upl, Grpc)),
+        format!(
+            "null {:.2} (direct {:.2})",
+            med(&upl, NullTls),
+            med(&upl, Direct)
+        ),
+        g,
+        true,
+        0.85,
+        "issue",
+    );
+    Ok(())
+}
+
+pub(crate) async fn phase_parallel(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
+    use PathKind::*;
+    let n = cfg.parallel;
+    let r = bulk_rounds(
+        w,
+        cfg,
+        &[Direct, NullTls, Grpc, Connect],
+        n,
+        false,
+        &format!("bulk {n} conns"),
+    )
+    .await?;
+    let mut m = rates_json(&r);
+    m.insert("connections".into(), json!(n));
+    m.insert("bytes_total".into(), json!(cfg.size / n as u64 * n as u64));
+    let g = med(&r, Grpc) / med(&r, NullTls);
+    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
+    m.insert(
+        "ratio_connect_vs_null_tls".into(),
+        json!(round(med(&r, Connect) / med(&r, NullTls))),
+    );
+    res.measurements
+        .insert("bulk_parallel".into(), Value::Object(m));
+    res.ratio_row(
+        "bulk_parallel",
+        format!(
+            "bulk {n} conns × {}, gRPC/UDS",
+            human_bytes(cfg.size / n as u64)
+        ),
+        format!("{:.2} Gbit/s", med(&r, Grpc)),
+        format!(
+            "null {:.2} (direct {:.2})",
+            med(&r, NullTls),
+            med(&r, Direct)
+        ),
+        g,
+        true,
+        0.85,
+        "issue",
+    );
+    Ok(())
+}

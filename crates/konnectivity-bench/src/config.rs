@@ -1,0 +1,219 @@
+//! What to run: the `konnectivity bench` flags ([`BenchArgs`], [`Phase`]) and the
+//! configuration resolved from them ([`Cfg`]: full-run or smoke defaults, sorted
+//! counts, the phases to run). Everything else reads `Cfg`, never the flags.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+
+use crate::{GIB, KIB, MIB};
+
+/// Which measurements to run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Bulk throughput, one connection (download and upload).
+    Bulk,
+    /// Bulk throughput, parallel connections.
+    Parallel,
+    /// Connection set-up: dial + first byte.
+    Dial,
+    /// Interactive 1-byte round trips, alone and beside a bulk transfer: in-process,
+    /// and through separate proxy-server, proxy-agent and null-tunnel processes.
+    Rtt,
+    /// A healthy connection beside one whose reader stopped.
+    Stalled,
+    /// Resident memory of proxy-server and proxy-agent processes with idle connections.
+    Memory,
+    /// N agents connecting to one proxy-server process.
+    Scale,
+    /// Ours beside upstream's binaries (v0.36.0, `tests/upstream/build.sh`) in the four
+    /// server + agent pairings, through separate processes, against the null tunnel.
+    Upstream,
+}
+
+/// `konnectivity bench` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// A seconds-long run with tiny sizes and counts (for CI). Byte counts and
+    /// contents are still checked, so it fails when the tunnel breaks.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Bytes per bulk transfer (suffix KiB, MiB or GiB) [default: 1GiB; smoke 8MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Parallel connections of the parallel bulk test; each moves SIZE/N [default: 16].
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Dials per path in the connection set-up test [default: 2000; smoke 40].
+    #[arg(long)]
+    pub dials: Option<usize>,
+    /// 1-byte round trips per path [default: 10000; smoke 300].
+    #[arg(long)]
+    pub rtt_samples: Option<usize>,
+    /// Repetitions of each throughput measurement, interleaved across paths; the
+    /// median is reported [default: 5; smoke 1].
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Idle tunneled connection counts of the memory test, ascending
+    /// [default: 1000,10000; smoke 20,100].
+    #[arg(long, value_delimiter = ',')]
+    pub idle_conns: Option<Vec<usize>>,
+    /// Agent counts of the scale test [default: 1000,10000; smoke 10,50].
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Option<Vec<usize>>,
+    /// Run only these measurements (comma list) [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Option<Vec<Phase>>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results.json")]
+    pub out: PathBuf,
+    /// Directory holding proxy-server and proxy-agent [default: next to this binary].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Exit with failure when a target is missed (not only when a check fails).
+    #[arg(long)]
+    pub strict: bool,
+    /// Directory holding upstream's `upstream-proxy-server` and `upstream-proxy-agent`
+    /// (built by `bash tests/upstream/build.sh`) [default: $KONNECTIVITY_UPSTREAM_BIN_DIR,
+    /// else `upstream` beside the directory of proxy-server, i.e. target/upstream].
+    #[arg(long)]
+    pub upstream_bin_dir: Option<PathBuf>,
+    /// The Go konnectivity-client driver (`tests/go-interop`, built with `go build`),
+    /// to drive the upstream pairings with the real Go client as well
+    /// [default: konnectivity-interop next to proxy-server, when it is there].
+    #[arg(long)]
+    pub go_client: Option<PathBuf>,
+    /// Per-connection flow-control window of the in-process tunnel (both directions),
+    /// for experiments; the processes use the binaries' default [default: 1MiB].
+    #[arg(long, value_parser = parse_size)]
+    pub window: Option<u64>,
+}
+
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("GiB", GIB),
+        ("MiB", MIB),
+        ("KiB", KIB),
+        ("G", GIB),
+        ("M", MIB),
+        ("K", KIB),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid size {s:?}: {e}"))?;
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))?;
+    if v < 16 * KIB {
+        return Err(format!("size {s:?} is below 16KiB"));
+    }
+    Ok(v)
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Cfg {
+    pub(crate) smoke: bool,
+    pub(crate) size: u64,
+    pub(crate) parallel: usize,
+    pub(crate) dials: usize,
+    pub(crate) rtt_samples: usize,
+    pub(crate) reps: usize,
+    pub(crate) idle_conns: Vec<usize>,
+    pub(crate) agents: Vec<usize>,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) stall_size: u64,
+    pub(crate) window: u32,
+    pub(crate) warmup_dials: usize,
+    pub(crate) rtt_time_cap: Duration,
+    pub(crate) scale_deadline: Duration,
+}
+
+impl Cfg {
+    pub(crate) fn from(a: &BenchArgs) -> anyhow::Result<Self> {
+        let smoke = a.smoke;
+        let size = a.size.unwrap_or(if smoke { 8 * MIB } else { GIB });
+        let parallel = a.parallel.unwrap_or(16).max(1);
+        let mut idle_conns = a.idle_conns.clone().unwrap_or(if smoke {
+            vec![20, 100]
+        } else {
+            vec![1000, 10_000]
+        });
+        idle_conns.sort_unstable();
+        idle_conns.dedup();
+        idle_conns.retain(|&n| n > 0);
+        let mut agents = a.agents.clone().unwrap_or(if smoke {
+            vec![10, 50]
+        } else {
+            vec![1000, 10_000]
+        });
+        agents.sort_unstable();
+        agents.dedup();
+        agents.retain(|&n| n > 0);
+        let phases = a.only.clone().unwrap_or_else(|| {
+            vec![
+                Phase::Bulk,
+                Phase::Parallel,
+                Phase::Dial,
+                Phase::Rtt,
+                Phase::Stalled,
+                Phase::Memory,
+                Phase::Scale,
+                Phase::Upstream,
+            ]
+        });
+        ensure!(
+            !phases.contains(&Phase::Memory) || !idle_conns.is_empty(),
+            "--idle-conns is empty"
+        );
+        ensure!(
+            !phases.contains(&Phase::Scale) || !agents.is_empty(),
+            "--agents is empty"
+        );
+        Ok(Self {
+            smoke,
+            size,
+            parallel,
+            dials: a.dials.unwrap_or(if smoke { 40 } else { 2000 }).max(1),
+            rtt_samples: a
+                .rtt_samples
+                .unwrap_or(if smoke { 300 } else { 10_000 })
+                .max(1),
+            reps: a.reps.unwrap_or(if smoke { 1 } else { 5 }).max(1),
+            idle_conns,
+            agents,
+            phases,
+            stall_size: (size / 4).max(MIB),
+            window: match a.window {
+                Some(w) => u32::try_from(w).context("--window must be below 4GiB")?,
+                None => konnectivity_core::flow::DEFAULT_WINDOW,
+            },
+            warmup_dials: if smoke { 3 } else { 50 },
+            rtt_time_cap: Duration::from_secs(if smoke { 10 } else { 60 }),
+            scale_deadline: Duration::from_secs(if smoke { 30 } else { 120 }),
+        })
+    }
+
+    pub(crate) fn has(&self, p: Phase) -> bool {
+        self.phases.contains(&p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Ok(GIB));
+        assert_eq!(parse_size("64MiB"), Ok(64 * MIB));
+        assert_eq!(parse_size("100000"), Ok(100_000));
+        assert!(parse_size("1").is_err());
+        assert!(parse_size("x").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! The in-process world: a proxy-server (gRPC and HTTP-CONNECT frontends on UNIX
+//! sockets) and a proxy-agent started with the library APIs inside the bench process,
+//! the backends with their null-tunnel entrances, and the paths ([`PathKind`]) a
+//! client can take to a backend: direct, the two null tunnels, and the two frontends.
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use konnectivity_agent::{Agent, Hello};
+use konnectivity_client::{Frontend, Io};
+use konnectivity_server::{FrontendListener, Listeners, Mode, Settings, Shared};
+use konnectivity_testkit::pki::Pki;
+use konnectivity_tls::ClientConfig;
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::DIAL;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PathKind {
+    Direct,
+    NullPlain,
+    NullTls,
+    Grpc,
+    Connect,
+}
+
+impl PathKind {
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::NullPlain => "null_plain",
+            PathKind::NullTls => "null_tls",
+            PathKind::Grpc => "grpc_uds",
+            PathKind::Connect => "http_connect_uds",
+        }
+    }
+}
+
+/// One backend and its null-tunnel entrances.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) null_plain: SocketAddr,
+    pub(crate) null_tls: SocketAddr,
+}
+
+pub(crate) type BoxIo = Box<dyn Io>;
+
+/// The in-process world: backends, null tunnels, and the tunnel's frontends.
+pub(crate) struct World {
+    pub(crate) source: Target,
+    pub(crate) sink: Target,
+    pub(crate) echo: Target,
+    pub(crate) grpc: Frontend,
+    pub(crate) connect: Frontend,
+}
+
+pub(crate) async fn tcp(addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    let s = tokio::time::timeout(DIAL, TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let _ = s.set_nodelay(true);
+    Ok(Box::new(s))
+}
+
+/// `addr` through a gRPC frontend (one Proxy stream on its own HTTP/2 connection).
+pub(crate) async fn grpc(f: &Frontend, addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    Ok(Box::new(
+        konnectivity_client::grpc_dial(f, &addr.to_string(), DIAL).await?,
+    ))
+}
+
+/// `addr` through an HTTP-CONNECT frontend.
+pub(crate) async fn connect(f: &Frontend, addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    let (io, rest) = konnectivity_client::connect_dial(f, &addr.to_string(), DIAL).await?;
+    ensure!(
+        rest.is_empty(),
+        "unexpected bytes after the CONNECT response"
+    );
+    Ok(std::pin::Pin::into_inner(io))
+}
+
+impl World {
+    pub(crate) async fn open(&self, p: PathKind, t: &Target) -> anyhow::Result<BoxIo> {
+        match p {
+            PathKind::Direct => tcp(t.addr).await,
+            PathKind::NullPlain => tcp(t.null_plain).await,
+            PathKind::NullTls => tcp(t.null_tls).await,
+            PathKind::Grpc => grpc(&self.grpc, t.addr).await,
+            PathKind::Connect => connect(&self.connect, t.addr).await,
+        }
+    }
+}
+
+pub(crate) struct InProc {
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) server: tokio::task::JoinHandle<Result<(), konnectivity_server::ServerError>>,
+    pub(crate) agent: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) async fn start_inproc(
+    pki: &Pki,
+    dir: &Path,
+    window: u32,
+) -> anyhow::Result<(InProc, Frontend, Frontend)> {
+    let agent_l = TcpListener::bind("127.0.0.1:0").await?;
+    let agent_port = agent_l.local_addr()?.port();
+    let grpc_sock = dir.join("grpc.sock");
+    let connect_sock = dir.join("connect.sock");
+    let _ = std::fs::remove_file(&grpc_sock);
+    let _ = std::fs::remove_file(&connect_sock);
+    let agent_tls = konnectivity_tls::agent_listener(
+        &pki.server_cert,
+        &pki.server_key,
+        Some(&pki.ca),
+        Default::default(),
+    )?;
+    let shutdown = CancellationToken::new();
+    let shared = Shared::new(Settings {
+        server_id: "bench-server".into(),
+        flow_window: Some(window),
+        ..Settings::default()
+    });
+    let listeners = Listeners {
+        agent: agent_l,
+        agent_tls: Arc::new(agent_tls),
+        frontends: vec![
+            konnectivity_server::Frontend {
+                mode: Mode::Grpc,
+                listener: FrontendListener::Uds(UnixListener::bind(&grpc_sock)?),
+            },
+            konnectivity_server::Frontend {
+                mode: Mode::HttpConnect,
+                listener: FrontendListener::Uds(UnixListener::bind(&connect_sock)?),
+            },
+        ],
+        health: None,
+        admin: None,
+    };
+    let server = tokio::spawn(konnectivity_server::run_with(
+        shared.clone(),
+        listeners,
+        shutdown.clone(),
+    ));
+    let tls =
+        konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
+    let mut settings = agent_settings(
+        agent_port,
+        Arc::new(tls),
+        "bench-node".into(),
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+    );
+    settings.hello.flow_window = Some(window);
+    let agent = Agent::new(settings);
+    let agent = tokio::spawn(konnectivity_agent::run(
+        agent,
+        None,
+        None,
+        CancellationToken::new(),
+        shutdown.clone(),
+    ));
+    let started = Instant::now();
+    while !shared.ready() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the in-process agent did not connect within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((
+        InProc {
+            shutdown,
+            server,
+            agent,
+        },
+        Frontend::Uds(grpc_sock),
+        Frontend::Uds(connect_sock),
+    ))
+}
+
+pub(crate) fn agent_settings(
+    port: u16,
+    tls: Arc<ClientConfig>,
+    agent_id: String,
+    sync_interval: Duration,
+    sync_interval_cap: Duration,
+) -> konnectivity_agent::Settings {
+    konnectivity_agent::Settings {
+        hosts: vec!["127.0.0.1".into()],
+        port,
+        tls,
+        hello: Hello {
+            agent_id,
+            identifiers: String::new(),
+            token_path: None,
+            flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
+        },
+        sync_interval,
+        sync_interval_cap,
+        sync_forever: false,
+        // upstream's default --keepalive-time for the agent
+        keepalive: Duration::from_secs(3600),
+        max_chunk: konnectivity_core::flow::MAX_CHUNK,
+        leases: None,
+        drain_timeout: Duration::from_secs(300),
+        policy: Default::default(),
+    }
+}
