@@ -2,9 +2,16 @@
 //! destination servers and child processes. Nothing here is used by the proxy itself.
 //!
 //! - [`pki`]: a CA and server/agent/frontend certificates written as PEM files;
-//! - [`servers`]: HTTP "hello", TCP echo and byte-source servers on loopback;
+//! - [`servers`]: HTTP "hello", TCP echo and byte-source servers on loopback, a closed
+//!   port and a port whose TCP handshake never completes;
+//! - [`relay`]: a loopback TCP relay a test can freeze, cut or make refuse;
+//! - `inproc` (feature `inproc`): a real proxy-server and proxy-agent in the test's
+//!   process, for tests on tokio's paused clock;
 //! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings.
 
+#[cfg(feature = "inproc")]
+pub mod inproc;
 pub mod pki;
 pub mod process;
+pub mod relay;
 pub mod servers;

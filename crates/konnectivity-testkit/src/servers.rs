@@ -97,3 +97,59 @@ pub async fn source(bind: &str) -> anyhow::Result<SocketAddr> {
     });
     Ok(addr)
 }
+
+/// A port on loopback that nobody listens on (connecting is refused).
+pub fn closed_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// A listener that never completes a TCP handshake: its accept queue is full and
+/// nobody accepts, so the kernel drops every further SYN and a connect to [`addr`]
+/// hangs until the client gives up (the agent's 5 s dial timeout). Lives until
+/// dropped.
+///
+/// [`addr`]: Unresponsive::addr
+#[derive(Debug)]
+pub struct Unresponsive {
+    addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    /// The connections that fill the accept queue.
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl Unresponsive {
+    /// Where connecting hangs.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds an [`Unresponsive`] listener on `127.0.0.1` with a backlog of 0 and fills its
+/// accept queue (Linux queues one connection at that backlog). Filling is done with
+/// blocking connects on real time, so it works the same under tokio's paused clock;
+/// the last, hanging probe costs 100 ms of wall time.
+pub fn unresponsive() -> anyhow::Result<Unresponsive> {
+    use socket2::{Domain, Socket, Type};
+    use std::time::Duration;
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>()?.into())?;
+    sock.listen(0)?;
+    let listener: std::net::TcpListener = sock.into();
+    let addr = listener.local_addr()?;
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Ok(Unresponsive {
+                    addr,
+                    _listener: listener,
+                    _fillers: fillers,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("the accept queue of {addr} did not fill up")
+}
