@@ -10,8 +10,15 @@ if cargo tree -q -i aws-lc-rs >/dev/null 2>&1; then
   exit 1
 fi
 
+echo "== rustfmt"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
+
 echo "== build"
 cargo build --workspace --bins --tests -q
+
+echo "== clippy (warnings are errors; tests may unwrap, see clippy.toml)"
+cargo clippy --workspace --all-targets -q -- -D warnings
 
 echo "== fuzz (bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
