@@ -27,6 +27,9 @@ echo "== tests"
 cargo test --workspace -q 2>&1 | tee target/test-output.txt
 grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6} END {printf "%d passed, %d failed\n", p, f}'
 
+echo "== the image (scripts/build-image.sh: buildah, binaries taken out of it and run)"
+bash scripts/build-image.sh 2>&1 | tee target/image-output.txt
+
 echo "== real kube-apiserver scenario (tests/k8s/run.sh)"
 bash tests/k8s/run.sh 2>&1 | tee target/k8s-e2e-output.txt
 grep -qE '^k8s-e2e: [0-9]+ passed, 0 failed' target/k8s-e2e-output.txt
