@@ -6,7 +6,9 @@ use konnectivity_core::frame::{Decoder, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, rest)) = data.split_first() else { return };
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
     let step = usize::from(cut).max(1);
     let mut d = Decoder::new(1 << 16);
     let mut consumed = 0usize;

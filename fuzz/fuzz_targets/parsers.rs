@@ -1,8 +1,8 @@
 //! The other parsers that read operator or peer input: agent identifiers (both modes),
 //! Go durations, destination policies and addresses, CIDRs.
 #![no_main]
-use konnectivity_config::identifiers::AgentIdentifiers;
 use konnectivity_config::GoDuration;
+use konnectivity_config::identifiers::AgentIdentifiers;
 use konnectivity_core::policy::DestinationPolicy;
 use konnectivity_core::select::Cidr;
 use libfuzzer_sys::fuzz_target;

@@ -11,7 +11,6 @@
 //! flags), [`server`] and [`agent`] (per-binary tables, options and validation), [`error`].
 
 #![deny(missing_docs)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
 pub mod compat;

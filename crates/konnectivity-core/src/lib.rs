@@ -8,6 +8,7 @@
 //! - [`connect`]: the HTTP-CONNECT request head parser and error status mapping.
 //! - [`address`]: destination host extraction and Go-compatible dial error texts.
 //! - [`frame`]: gRPC message framing of packets without copying DATA payloads.
+//! - [`hpack`]: HTTP/2 header-block decoding, for the server's `:authority` rewrite.
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
 //! - [`policy`]: allowed destinations (CIDRs and ports).
@@ -17,6 +18,7 @@ pub mod address;
 pub mod connect;
 pub mod flow;
 pub mod frame;
+pub mod hpack;
 pub mod packet;
 pub mod policy;
 pub mod select;

@@ -21,9 +21,12 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Path of a workspace binary; fails clearly when it has not been built.
+/// Path of a binary under test: from `$KONNECTIVITY_BIN_DIR` when it is set (e.g. the
+/// binaries `scripts/build-image.sh` extracts from the image), otherwise the workspace's
+/// build. Fails clearly when it is not there.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let p = bin_dir().join(name);
+    let dir = std::env::var_os("KONNECTIVITY_BIN_DIR").map_or_else(bin_dir, PathBuf::from);
+    let p = dir.join(name);
     anyhow::ensure!(
         p.exists(),
         "{} not built: run `cargo build --bins` (or `cargo test --workspace`) first",

@@ -32,7 +32,13 @@ struct Server {
     ip: String,
 }
 
-fn start_server(k: usize, cp: &str, pki: &Pki, dir: &Path, agent_port: u16) -> Server {
+fn start_server(
+    k: usize,
+    cp: &str,
+    pki: &Pki,
+    dir: &Path,
+    agent_port: u16,
+) -> anyhow::Result<Server> {
     let ip = server_ip(k);
     let uds = dir.join(format!("server{k}.sock"));
     let health = free_port();
@@ -55,12 +61,11 @@ fn start_server(k: usize, cp: &str, pki: &Pki, dir: &Path, agent_port: u16) -> S
     ];
     let proc = Proc::spawn(
         &format!("server{k}"),
-        &bin("proxy-server").unwrap(),
+        &bin("proxy-server")?,
         &args,
         Some(cp),
         dir,
-    )
-    .unwrap();
+    )?;
     let s = Server {
         proc,
         uds,
@@ -69,9 +74,8 @@ fn start_server(k: usize, cp: &str, pki: &Pki, dir: &Path, agent_port: u16) -> S
     };
     wait_for("server health", Duration::from_secs(10), || {
         curl(cp, &format!("http://{}:{}/healthz", s.ip, s.health)).is_some()
-    })
-    .unwrap();
-    s
+    })?;
+    Ok(s)
 }
 
 fn server_metrics(cp: &str, s: &Server) -> String {
@@ -92,7 +96,14 @@ struct Agent {
     ns: String,
 }
 
-fn start_agent(n: usize, ns: &str, pki: &Pki, dir: &Path, agent_port: u16, tag: &str) -> Agent {
+fn start_agent(
+    n: usize,
+    ns: &str,
+    pki: &Pki,
+    dir: &Path,
+    agent_port: u16,
+    tag: &str,
+) -> anyhow::Result<Agent> {
     let health = free_port();
     let p = |x: &Path| x.display().to_string();
     let hosts = (1..=4).map(server_ip).collect::<Vec<_>>().join(",");
@@ -116,17 +127,16 @@ fn start_agent(n: usize, ns: &str, pki: &Pki, dir: &Path, agent_port: u16, tag: 
     ];
     let proc = Proc::spawn(
         &format!("agent{n}{tag}"),
-        &bin("proxy-agent").unwrap(),
+        &bin("proxy-agent")?,
         &args,
         Some(ns),
         dir,
-    )
-    .unwrap();
-    Agent {
+    )?;
+    Ok(Agent {
         proc,
         health,
         ns: ns.to_owned(),
-    }
+    })
 }
 
 fn open_servers(a: &Agent) -> f64 {
@@ -292,10 +302,12 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     let agent_port = free_port();
     let mut servers: Vec<Server> = (1..=3)
         .map(|k| start_server(k, &cp, &pki, dir.path(), agent_port))
-        .collect();
+        .collect::<anyhow::Result<_>>()
+        .unwrap();
     let mut agents: Vec<Agent> = (1..=3)
         .map(|n| start_agent(n, &nodes[n - 1], &pki, dir.path(), agent_port, ""))
-        .collect();
+        .collect::<anyhow::Result<_>>()
+        .unwrap();
 
     // Every agent connects to every server directly (comma list, no load balancer).
     let t = Instant::now();
@@ -449,7 +461,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
             .unwrap(),
         "node3"
     );
-    agents[1] = start_agent(2, &nodes[1], &pki, dir.path(), agent_port, "-restarted");
+    agents[1] = start_agent(2, &nodes[1], &pki, dir.path(), agent_port, "-restarted").unwrap();
     wait_for(
         "restarted agent on every server",
         Duration::from_secs(20),
@@ -479,7 +491,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "{verbose}"
     );
     let t = Instant::now();
-    servers[0] = start_server(4, &cp, &pki, dir.path(), agent_port);
+    servers[0] = start_server(4, &cp, &pki, dir.path(), agent_port).unwrap();
     wait_for(
         "every agent connected to the new server",
         Duration::from_secs(20),

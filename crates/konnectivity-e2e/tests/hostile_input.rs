@@ -322,7 +322,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         Err(ClientError::Dial(_))
     ));
 
-    assert!(matches!(server.child_alive(), true), "proxy-server died");
+    assert!(server.child_alive(), "proxy-server died");
     assert_eq!(
         bad.load(Ordering::Relaxed),
         0,

@@ -8,7 +8,7 @@
 //!
 //! [`AuthorityFix`] sits between the socket and the HTTP/2 server on the frontend. It
 //! passes every frame through unchanged except header blocks: those are decoded
-//! ([`crate::hpack`], following the client's dynamic table), any invalid `:authority` is
+//! ([`konnectivity_core::hpack`], following the client's dynamic table), any invalid `:authority` is
 //! replaced with `localhost`, and the block is re-encoded as literals without indexing,
 //! which never touches the server decoder's dynamic table. Every block is re-encoded,
 //! so the server's view of the header table never depends on the client's.
@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::hpack::Decoder;
+use konnectivity_core::hpack::Decoder;
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
@@ -380,7 +380,7 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hpack::huffman_encode;
+    use konnectivity_core::hpack::huffman_encode;
 
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

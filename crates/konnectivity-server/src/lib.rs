@@ -9,7 +9,8 @@
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
 //! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;
 //! - [`listen`]: accept loops and TLS handshakes;
-//! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority`;
+//! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority` (on the
+//!   UNIX-socket gRPC frontend only);
 //! - [`rpc`]: the adapter between tonic's router and the two streaming RPCs.
 //!
 //! Binding is the caller's job ([`Listeners`]); [`run`] serves until its shutdown token
@@ -21,7 +22,6 @@ pub mod backend;
 pub mod connect_frontend;
 pub mod dial;
 pub mod grpc_frontend;
-pub mod hpack;
 pub mod listen;
 pub mod metrics;
 pub mod rpc;
@@ -220,6 +220,8 @@ async fn serve_frontend(
             let server = grpc_server(s.frontend_keepalive, 1 << 20, 16 << 20).add_service(svc);
             let done = shutdown.clone().cancelled_owned();
             match l {
+                // grpc-go names a UNIX socket's path as the `:authority`, which the
+                // HTTP/2 server refuses: only this listener needs the rewrite.
                 FrontendListener::Uds(uds) => {
                     let incoming = futures::stream::poll_fn(move |cx| {
                         uds.poll_accept(cx)
@@ -227,10 +229,10 @@ async fn serve_frontend(
                     });
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
+                // Over TCP the client's authority is its dial target (`host:port`),
+                // valid as it is: the connection goes to the HTTP/2 server untouched.
                 FrontendListener::Tcp(tcp, tls) => {
-                    use futures::StreamExt;
-                    let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone())
-                        .map(|r| r.map(authority::AuthorityFix::new));
+                    let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone());
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
             }

@@ -1,4 +1,5 @@
-//! HPACK header-block decoding (RFC 7541) for [`crate::authority::AuthorityFix`].
+//! HPACK header-block decoding (RFC 7541) for the server's `:authority` rewrite
+//! (`konnectivity_server::authority::AuthorityFix`).
 //!
 //! Owns the decoder side of one connection's header compression: the dynamic table
 //! the client builds, and the Huffman decoding of string literals. It only decodes;
@@ -17,10 +18,45 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::OnceLock;
 
-/// Why a header block could not be decoded.
+/// Why a header block could not be decoded. Every variant is a connection error
+/// (`COMPRESSION_ERROR`): the decoder's state is not usable afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("HPACK: {0}")]
-pub struct DecodeError(&'static str);
+pub enum DecodeError {
+    /// The decoded header list exceeds the caller's limit.
+    #[error("HPACK: header list too large")]
+    ListTooLarge,
+    /// A dynamic table size update after a header field (§4.2 allows them only at
+    /// the start of a block).
+    #[error("HPACK: table size update after a header field")]
+    SizeUpdateAfterField,
+    /// A dynamic table size update above the size the server allows.
+    #[error("HPACK: table size update above the allowed size")]
+    SizeUpdateAboveLimit,
+    /// Index 0, which names no entry.
+    #[error("HPACK: index 0")]
+    IndexZero,
+    /// An index past the end of the dynamic table.
+    #[error("HPACK: index beyond the dynamic table")]
+    IndexBeyondTable,
+    /// The block ends inside an integer.
+    #[error("HPACK: truncated integer")]
+    TruncatedInteger,
+    /// An integer longer than four continuation bytes.
+    #[error("HPACK: integer too large")]
+    IntegerTooLarge,
+    /// The block ends inside a string literal.
+    #[error("HPACK: truncated string")]
+    TruncatedString,
+    /// The EOS symbol inside a Huffman-coded string.
+    #[error("HPACK: EOS in a Huffman string")]
+    HuffmanEos,
+    /// A bit sequence that is no Huffman code.
+    #[error("HPACK: invalid Huffman code")]
+    HuffmanCode,
+    /// Huffman padding longer than 7 bits or not all ones.
+    #[error("HPACK: invalid Huffman padding")]
+    HuffmanPadding,
+}
 
 /// Per-entry overhead counted in table and header-list sizes (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
@@ -69,7 +105,7 @@ impl Decoder {
         let mut emit = |n: &[u8], v: &[u8]| -> Result<(), DecodeError> {
             list = list.saturating_add(n.len() + v.len() + ENTRY_OVERHEAD);
             if list > max_list {
-                return Err(DecodeError("header list too large"));
+                return Err(DecodeError::ListTooLarge);
             }
             field(n, v);
             Ok(())
@@ -88,11 +124,11 @@ impl Decoder {
             } else if first & 0x20 != 0 {
                 // Dynamic table size update (§6.3): only before the block's fields.
                 if after_field {
-                    return Err(DecodeError("table size update after a header field"));
+                    return Err(DecodeError::SizeUpdateAfterField);
                 }
                 let max = integer(&mut block, 5)?;
                 if max > self.limit {
-                    return Err(DecodeError("table size update above the allowed size"));
+                    return Err(DecodeError::SizeUpdateAboveLimit);
                 }
                 self.max = max;
                 self.evict(0);
@@ -110,7 +146,7 @@ impl Decoder {
     /// The entry at HPACK index `i` (static table first, then dynamic).
     fn entry(&self, i: usize) -> Result<(&[u8], &[u8]), DecodeError> {
         match i {
-            0 => Err(DecodeError("index 0")),
+            0 => Err(DecodeError::IndexZero),
             1..=STATIC_LEN => {
                 let (n, v) = STATIC[i - 1];
                 Ok((n.as_bytes(), v.as_bytes()))
@@ -119,7 +155,7 @@ impl Decoder {
                 .table
                 .get(i - STATIC_LEN - 1)
                 .map(|(n, v)| (&n[..], &v[..]))
-                .ok_or(DecodeError("index beyond the dynamic table")),
+                .ok_or(DecodeError::IndexBeyondTable),
         }
     }
 
@@ -162,9 +198,7 @@ impl Decoder {
 
 /// An integer with an `n`-bit prefix (§5.1); consumes it from `block`.
 fn integer(block: &mut &[u8], n: u8) -> Result<usize, DecodeError> {
-    let (&first, rest) = block
-        .split_first()
-        .ok_or(DecodeError("truncated integer"))?;
+    let (&first, rest) = block.split_first().ok_or(DecodeError::TruncatedInteger)?;
     *block = rest;
     let max = (1usize << n) - 1;
     let mut v = usize::from(first) & max;
@@ -173,13 +207,11 @@ fn integer(block: &mut &[u8], n: u8) -> Result<usize, DecodeError> {
     }
     let mut shift = 0u32;
     loop {
-        let (&b, rest) = block
-            .split_first()
-            .ok_or(DecodeError("truncated integer"))?;
+        let (&b, rest) = block.split_first().ok_or(DecodeError::TruncatedInteger)?;
         *block = rest;
         // Four continuation bytes carry 28 bits: more than any size or index here.
         if shift > 21 {
-            return Err(DecodeError("integer too large"));
+            return Err(DecodeError::IntegerTooLarge);
         }
         v += usize::from(b & 0x7f) << shift;
         shift += 7;
@@ -194,7 +226,7 @@ fn string<'a>(block: &mut &'a [u8]) -> Result<Cow<'a, [u8]>, DecodeError> {
     let huffman = block.first().is_some_and(|b| b & 0x80 != 0);
     let len = integer(block, 7)?;
     if len > block.len() {
-        return Err(DecodeError("truncated string"));
+        return Err(DecodeError::TruncatedString);
     }
     let (raw, rest) = block.split_at(len);
     *block = rest;
@@ -251,14 +283,14 @@ fn huffman_decode(src: &[u8]) -> Result<Vec<u8>, DecodeError> {
             if next & LEAF != 0 {
                 let sym = next & !LEAF;
                 if sym == EOS {
-                    return Err(DecodeError("EOS in a Huffman string"));
+                    return Err(DecodeError::HuffmanEos);
                 }
                 out.push(sym as u8);
                 node = 0;
                 depth = 0;
                 ones = true;
             } else if next == 0 {
-                return Err(DecodeError("invalid Huffman code"));
+                return Err(DecodeError::HuffmanCode);
             } else {
                 node = usize::from(next);
                 depth += 1;
@@ -267,7 +299,7 @@ fn huffman_decode(src: &[u8]) -> Result<Vec<u8>, DecodeError> {
         }
     }
     if depth > 7 || !ones {
-        return Err(DecodeError("invalid Huffman padding"));
+        return Err(DecodeError::HuffmanPadding);
     }
     Ok(out)
 }
@@ -410,9 +442,9 @@ const HUFFMAN: [(u32, u8); 257] = [
     (0x3fffffff, 30),
 ];
 
-/// Huffman-encodes `s` with [`HUFFMAN`] (for tests: the decoder's counterpart).
-#[cfg(test)]
-pub(crate) fn huffman_encode(s: &[u8]) -> Vec<u8> {
+/// Huffman-encodes `s` (RFC 7541 §5.2): the decoder's counterpart, for tests that
+/// build header blocks.
+pub fn huffman_encode(s: &[u8]) -> Vec<u8> {
     let (mut acc, mut bits, mut out) = (0u64, 0u32, Vec::new());
     for &b in s {
         let (code, len) = HUFFMAN[usize::from(b)];
@@ -609,18 +641,19 @@ mod tests {
     #[test]
     fn rejects_malformed_blocks() {
         let mut d = Decoder::new(4096);
-        for (what, block) in [
-            ("index 0", vec![0x80]),
-            ("index past the tables", vec![0x80 | 62]),
-            ("truncated integer", vec![0xff]),
+        for (block, want) in [
+            (vec![0x80], DecodeError::IndexZero),
+            (vec![0x80 | 62], DecodeError::IndexBeyondTable),
+            (vec![0xff], DecodeError::TruncatedInteger),
             (
-                "integer too large",
                 vec![0xff, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                DecodeError::IntegerTooLarge,
             ),
-            ("truncated string", vec![0x40, 0x05, b'a']),
-            ("truncated name", vec![0x00]),
+            (vec![0x40, 0x05, b'a'], DecodeError::TruncatedString),
+            (vec![0x00], DecodeError::TruncatedInteger),
+            (vec![0x00, 0x81, 0xff, 0x00], DecodeError::HuffmanPadding),
         ] {
-            assert!(decode_all(&mut d, &block).is_err(), "{what}");
+            assert_eq!(decode_all(&mut d, &block), Err(want), "{block:02x?}");
         }
     }
 
@@ -668,7 +701,7 @@ mod tests {
         b.extend(std::iter::repeat_n(0x80 | 62, 1000));
         let mut seen = 0usize;
         let r = d.decode(&b, 64 * 1024, |n, v| seen += n.len() + v.len());
-        assert_eq!(r, Err(DecodeError("header list too large")));
+        assert_eq!(r, Err(DecodeError::ListTooLarge));
         assert!(
             seen < 64 * 1024,
             "stopped at the limit, not after {seen} bytes"
