@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use konnectivity_testkit::pki::Pki;
 
+pub mod ops;
+
 /// The directory holding the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     // Integration tests run from target/<profile>/deps/<test>-<hash>.
