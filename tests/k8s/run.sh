@@ -14,7 +14,8 @@
 # them. The scenario runs twice: egress `cluster` over GRPC, then over HTTPConnect
 # (with `konnectivity doctor` on the healthy setup and with the node dropping port 10250).
 # A third phase, token-leases, runs kube-apiserver on deploy/egress-selector-configuration.yaml,
-# dry-runs deploy/*.yaml server-side, and runs two proxy-servers (second address
+# dry-runs deploy/*.yaml and charts/konnectivity's presets (helm from tests/tools/build.sh)
+# server-side, and runs two proxy-servers (second address
 # 10.232.7.3) that authenticate agents by ServiceAccount token (TokenReview) and publish
 # Leases, with one agent counting the Leases and joining both.
 #
@@ -613,6 +614,9 @@ check_deploy_manifests() {
     if grep -q '^kind: EgressSelectorConfiguration' "$f"; then
       continue # a kube-apiserver file, not an API object: this phase's kube-apiserver runs on it
     fi
+    if grep -q '^groups:' "$f"; then
+      continue # Prometheus rules (promtool checks them: crates/konnectivity-e2e/tests/ops_rules.rs)
+    fi
     out=$(kc apply --dry-run=server -f "$f" 2>&1) || bad "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $out"
     ok "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $(tr '\n' ' ' <<<"$out")"
     n=$((n + 1))
@@ -622,6 +626,33 @@ check_deploy_manifests() {
   # DaemonSet and Deployment stay inert: no kube-controller-manager, no kubelet).
   out=$(kc apply -f "$ROOT/deploy/konnectivity-agent.yaml" -f "$ROOT/deploy/konnectivity-server-deployment.yaml" 2>&1) ||
     bad "[token-leases] kubectl apply deploy/konnectivity-agent.yaml deploy/konnectivity-server-deployment.yaml: $out"
+}
+
+# charts/konnectivity, rendered by the real helm for each preset, dry-run server-side
+# (release chart-e2e: no name clashes with the deploy/ objects applied above).
+check_chart() {
+  local helm preset out
+  helm=$(bash "$ROOT/tests/tools/build.sh" helm) || bad "[token-leases] tests/tools/build.sh helm failed"
+  for preset in kubeadm k0s aks; do
+    out=$("$helm" template chart-e2e "$ROOT/charts/konnectivity" --namespace kube-system \
+      -f "$ROOT/charts/konnectivity/presets/$preset.yaml" | kc apply --dry-run=server -f - 2>&1) ||
+      bad "[token-leases] helm template charts/konnectivity -f presets/$preset.yaml | kubectl apply --dry-run=server: $out"
+    ok "[token-leases] chart preset $preset dry-run server-side: $(tr '\n' ' ' <<<"$out")"
+  done
+}
+
+# The CLI as a kubectl plugin: the real kubectl finds kubectl-konnectivity on $PATH.
+check_kubectl_plugin() {
+  local d out
+  d=$W/plugin-bin
+  mkdir -p "$d"
+  ln -sf "$RBIN/konnectivity" "$d/kubectl-konnectivity"
+  out=$(PATH="$d:$PATH" "$KUBECTL" plugin list 2>&1) || true
+  grep -q "$d/kubectl-konnectivity" <<<"$out" || bad "[token-leases] kubectl plugin list does not find kubectl-konnectivity: $out"
+  out=$(PATH="$d:$PATH" "$KUBECTL" konnectivity doctor --help 2>&1) ||
+    bad "[token-leases] kubectl konnectivity doctor --help: $out"
+  grep -q 'Usage: kubectl konnectivity doctor' <<<"$out" || bad "[token-leases] kubectl konnectivity doctor --help: $out"
+  ok "[token-leases] kubectl konnectivity (plugin on \$PATH): $(grep -m1 'Usage:' <<<"$out")"
 }
 
 # token_kubeconfig FILE APISERVER_URL TOKEN_FILE
@@ -730,6 +761,8 @@ token_leases() {
   start_apiserver deploy
   create_objects
   check_deploy_manifests
+  check_chart
+  if [ "$DOCTOR" = 1 ]; then check_kubectl_plugin; fi
   T=$W/tokens # also read by check_doctor_tokens
   mkdir -p "$T"
   kc -n kube-system create token konnectivity-agent --audience=system:konnectivity-server >"$T/agent" ||
