@@ -12,6 +12,10 @@
 # keyed on the module's go.mod and go.sum, so changing the pin rebuilds. Progress and the
 # build's wall time and peak RSS go to stderr. Needs `go` (and the module proxy, or a
 # populated module cache, the first time).
+#
+# Measured cold (empty GOCACHE, go1.26, 2 cores shared with other builds at load ~12-15):
+# promtool 1705 s wall, 8m48s user + 1m10s sys, peak RSS 3.3 GiB; helm 660 s wall,
+# 4m18s user + 0m51s sys, peak RSS 1.0 GiB; module downloads 53 s and 20 s. Cached: 0.04 s.
 set -euo pipefail
 
 tool=${1:?usage: build.sh promtool|helm}
