@@ -755,6 +755,68 @@ check_doctor_tokens() {
   ok "[$m] konnectivity doctor agent with another ServiceAccount's token exits 1: ${f%% — *}"
 }
 
+# The kubeadm preset's server and agent arguments, exactly as the chart renders them,
+# run by our binaries against this kube-apiserver, with the chart's objects applied for
+# real (release chart-e2e: the agent's ServiceAccount, RBAC for the sidecar's user
+# system:konnectivity-server). Only paths and the server's host name are substituted
+# (and $(NODE_NAME)/$(NODE_IP), as the kubelet would); the agent, without a kubeconfig
+# as rendered, gets in-cluster credentials in a private mount namespace. The agent's
+# token is reviewed and accepted, it counts the server's Lease, and kubectl logs goes
+# through the rendered server (on the socket kube-apiserver's egress selector names).
+check_chart_args() {
+  local m=token-leases helm out a sargs=() aargs=()
+  helm=$(bash "$ROOT/tests/tools/build.sh" helm) || bad "[$m] tests/tools/build.sh helm failed"
+  local render=("$helm" template chart-e2e "$ROOT/charts/konnectivity" --namespace kube-system
+    -f "$ROOT/charts/konnectivity/presets/kubeadm.yaml")
+  out=$("${render[@]}" | kc apply -f - 2>&1) || bad "[$m] kubectl apply of the chart (kubeadm preset): $out"
+  cert chart-server system:konnectivity-server "" clientAuth ""
+  # admin.kubeconfig with the sidecar user's client certificate.
+  sed "s#$P/admin\.#$P/chart-server.#g; s#name: admin#name: konnectivity-server#; s#user: admin#user: konnectivity-server#" \
+    "$W/admin.kubeconfig" >"$W/chart-server.kubeconfig"
+  kc -n kube-system create token chart-e2e-agent --audience=system:konnectivity-server >"$T/chart-agent" ||
+    bad "[$m] kubectl create token chart-e2e-agent"
+  mkdir -p "$W/chart-sa"
+  kc -n kube-system create token chart-e2e-agent >"$W/chart-sa/token" || bad "[$m] kubectl create token chart-e2e-agent"
+  cp "$P/ca.crt" "$W/chart-sa/ca.crt"
+  echo kube-system >"$W/chart-sa/namespace"
+  # In these two templates only the container arguments are "- --flag" lines.
+  while IFS= read -r a; do
+    case ${a%%=*} in
+      --uds-name) a="--uds-name=$UDS" ;;
+      --cluster-cert) a="--cluster-cert=$P/proxy-server.crt" ;;
+      --cluster-key) a="--cluster-key=$P/proxy-server.key" ;;
+      --kubeconfig) a="--kubeconfig=$W/chart-server.kubeconfig" ;;
+    esac
+    sargs+=("$a")
+  done < <("${render[@]}" --show-only templates/server-sidecar.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
+  while IFS= read -r a; do
+    case ${a%%=*} in
+      --proxy-server-host) a="--proxy-server-host=$CP_IP" ;;
+      --ca-cert) a="--ca-cert=$P/ca.crt" ;;
+      --service-account-token-path) a="--service-account-token-path=$T/chart-agent" ;;
+      --agent-identifiers) a=${a//'$(NODE_NAME)'/konn-node}; a=${a//'$(NODE_IP)'/$NODE_IP} ;;
+    esac
+    aargs+=("$a")
+  done < <("${render[@]}" --show-only templates/agent.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
+  [ ${#sargs[@]} -ge 10 ] && [ ${#aargs[@]} -ge 8 ] || bad "[$m] rendered args not found: server ${sargs[*]}; agent ${aargs[*]}"
+  say "chart (kubeadm) proxy-server ${sargs[*]}"
+  say "chart (kubeadm) proxy-agent ${aargs[*]}"
+  : >"$L/chart-server.log"
+  start chart-server "$CP" "$RBIN/proxy-server" "${sargs[@]}"
+  wait_until "the chart's proxy-server /healthz" 20 in_cp curl -sf "http://$CP_IP:8134/healthz"
+  : >"$L/chart-agent.log"
+  start chart-agent "$NODE" unshare --mount --propagation private sh -c \
+    "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && cp -r '$W/chart-sa' /run/secrets/kubernetes.io/serviceaccount && export KUBERNETES_SERVICE_HOST=$CP_IP KUBERNETES_SERVICE_PORT=6443 && exec \"\$0\" \"\$@\"" \
+    "$RBIN/proxy-agent" "${aargs[@]}"
+  wait_until "the chart's agent accepted (server /readyz)" 30 in_cp curl -sf "http://$CP_IP:8134/readyz"
+  wait_until "the chart's agent counting 1 Lease, connected to it" 40 agent_metrics_are 8134 1 1
+  ok "[$m] the kubeadm preset's rendered args (chart applied: ServiceAccount chart-e2e-agent, RBAC for user system:konnectivity-server): token accepted, Lease $(server_leases)counted, agent open_server_connections 1, known_server_count 1"
+  check_logs "$m"
+  ok "[$m] kubectl logs goes through the proxy-server run with the chart's rendered args"
+  stop chart-agent
+  stop chart-server
+}
+
 token_leases() {
   local m=token-leases out
   say "── token-leases: agent ServiceAccount tokens (TokenReview), two proxy-servers with the lease controller, deploy/ manifests"
@@ -821,6 +883,7 @@ token_leases() {
 
   stop agent
   stop proxy-server
+  check_chart_args
   stop kube-apiserver
 }
 

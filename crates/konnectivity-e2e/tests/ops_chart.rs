@@ -16,6 +16,10 @@ use konnectivity_testkit::pki::{self, Pki};
 
 const PRESETS: [&str; 3] = ["kubeadm", "k0s", "aks"];
 
+fn assert_arg(args: &[String], arg: &str) {
+    assert!(args.iter().any(|a| a == arg), "no {arg} in {args:?}");
+}
+
 fn helm() -> anyhow::Result<Option<PathBuf>> {
     go_tool("helm")
 }
@@ -52,14 +56,8 @@ fn chart_lints_and_renders_for_every_preset() -> anyhow::Result<()> {
     let agent = object(&docs, "DaemonSet", "-agent").expect("agent DaemonSet");
     let pod = &agent["spec"]["template"]["spec"];
     let args = container_args(&pod["containers"]);
-    assert!(
-        args.contains(&"--proxy-server-port=8132".to_owned()),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--count-server-leases".to_owned()),
-        "{args:?}"
-    );
+    assert_arg(&args, "--proxy-server-port=8132");
+    assert_arg(&args, "--count-server-leases");
     assert_eq!(
         pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "system:konnectivity-server"
@@ -97,14 +95,8 @@ fn chart_lints_and_renders_for_every_preset() -> anyhow::Result<()> {
     let args = container_args(
         &object(&docs, "DaemonSet", "-agent").expect("agent")["spec"]["template"]["spec"]["containers"],
     );
-    assert!(
-        args.contains(&"--proxy-server-port=443".to_owned()),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--alpn-proto=konnectivity".to_owned()),
-        "{args:?}"
-    );
+    assert_arg(&args, "--proxy-server-port=443");
+    assert_arg(&args, "--alpn-proto=konnectivity");
     assert!(object(&docs, "ClusterRoleBinding", "-auth-delegator").is_none());
     Ok(())
 }
@@ -237,6 +229,36 @@ impl Loopback {
     }
 }
 
+impl Loopback {
+    /// Runs `program` with the `rendered` arguments substituted and waits until it
+    /// answers /healthz on `health`; fails with its log otherwise.
+    fn run(
+        &self,
+        preset: &str,
+        program: &str,
+        rendered: &[String],
+        health: u16,
+    ) -> anyhow::Result<Proc> {
+        let (args, subs) = self.substitute(rendered);
+        eprintln!(
+            "[{preset}] {program} {}\n  substituted: {subs:?}",
+            args.join(" ")
+        );
+        let proc = self.spawn(program, &bin(program)?, &args, in_cluster(rendered))?;
+        let r = wait_for(
+            &format!("{program} /healthz"),
+            Duration::from_secs(20),
+            || healthz(health),
+        );
+        anyhow::ensure!(
+            r.is_ok(),
+            "[{preset}] {program} with the chart's args: {r:?}\n{}",
+            proc.log_text()
+        );
+        Ok(proc)
+    }
+}
+
 fn healthz(port: u16) -> bool {
     http_get(&format!("127.0.0.1:{port}"), "/healthz").is_ok_and(|(s, _)| s == 200)
 }
@@ -276,49 +298,10 @@ fn rendered_server_and_agent_args_run_on_our_binaries() -> anyhow::Result<()> {
         let lo = Loopback::new(dir.path())?;
 
         let server = match &server_args {
-            Some(rendered) => {
-                let (args, subs) = lo.substitute(rendered);
-                eprintln!(
-                    "[{preset}] proxy-server {}\n  substituted: {subs:?}",
-                    args.join(" ")
-                );
-                let proc =
-                    lo.spawn("server", &bin("proxy-server")?, &args, in_cluster(rendered))?;
-                let r = wait_for(
-                    "rendered proxy-server /healthz",
-                    Duration::from_secs(20),
-                    || healthz(lo.server_health),
-                );
-                assert!(
-                    r.is_ok(),
-                    "[{preset}] proxy-server with the chart's args: {r:?}\n{}",
-                    proc.log_text()
-                );
-                Some(proc)
-            }
+            Some(rendered) => Some(lo.run(preset, "proxy-server", rendered, lo.server_health)?),
             None => None,
         };
-        let (args, subs) = lo.substitute(&agent_args);
-        eprintln!(
-            "[{preset}] proxy-agent {}\n  substituted: {subs:?}",
-            args.join(" ")
-        );
-        let agent = lo.spawn(
-            "agent",
-            &bin("proxy-agent")?,
-            &args,
-            in_cluster(&agent_args),
-        )?;
-        let r = wait_for(
-            "rendered proxy-agent /healthz",
-            Duration::from_secs(20),
-            || healthz(lo.agent_health),
-        );
-        assert!(
-            r.is_ok(),
-            "[{preset}] proxy-agent with the chart's args: {r:?}\n{}",
-            agent.log_text()
-        );
+        let agent = lo.run(preset, "proxy-agent", &agent_args, lo.agent_health)?;
         // A certificate-authenticated agent needs no kube-apiserver: it connects, and the
         // server becomes ready. (Token agents are reviewed by kube-apiserver: the
         // tests/k8s scenario covers those.)
