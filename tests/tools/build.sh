@@ -26,10 +26,10 @@ case $tool in
 esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$HERE/$tool"
-command -v go >/dev/null || { echo "build.sh: cannot build $tool: \`go\` is not installed" >&2; exit 1; }
-
 export GOFLAGS="-mod=readonly -p=2 -buildvcs=false" CGO_ENABLED=0
-version=$(go list -m -f '{{.Version}}' "$mod")
+# The pin, read from go.mod (a cached build needs no Go toolchain).
+version=$(awk -v m="$mod" '$1 == m {print $2}' go.mod)
+[ -n "$version" ] || { echo "build.sh: $mod is not pinned in tests/tools/$tool/go.mod" >&2; exit 1; }
 key=$(cat go.mod go.sum | sha256sum | cut -c1-12)
 dir=${KONNECTIVITY_CACHE:-$HOME/.cache/konnectivity-rs}/tools/$tool-$version-$key
 out=$dir/$tool
@@ -38,6 +38,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 if [ ! -x "$out" ]; then
+  command -v go >/dev/null || { echo "build.sh: cannot build $tool: \`go\` is not installed" >&2; exit 1; }
   echo "build.sh: building $tool $version ($pkg) into $dir (first run only)" >&2
   tl=$(mktemp)
   t=$SECONDS

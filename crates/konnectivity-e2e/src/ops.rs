@@ -25,8 +25,9 @@ pub fn go_tool(tool: &str) -> anyhow::Result<Option<PathBuf>> {
     let why = match out {
         Ok(o) if o.status.success() => {
             let path = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-            // Build logs (first run only) go to stderr: show the build time.
-            eprint!("{}", String::from_utf8_lossy(&o.stderr));
+            // Build logs (first run only) with the build time, past the test harness's
+            // output capture.
+            uncaptured(&String::from_utf8_lossy(&o.stderr));
             anyhow::ensure!(
                 path.is_file(),
                 "{} printed no binary path",
@@ -42,12 +43,19 @@ pub fn go_tool(tool: &str) -> anyhow::Result<Option<PathBuf>> {
         !ci,
         "CI: {tool} is required and could not be built by tests/tools/build.sh: {why}"
     );
-    eprintln!(
+    uncaptured(&format!(
         "\n*** SKIPPED: {tool} could not be built ({why}); install Go, or run \
          `bash tests/tools/build.sh {tool}` with access to the Go module proxy. \
          (With CI=true this fails.) ***\n"
-    );
+    ));
     Ok(None)
+}
+
+/// Writes to the process's stderr directly: the test harness captures `eprintln!` of
+/// passing tests, and a skip or a minutes-long build must not pass unseen.
+fn uncaptured(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 /// A PromQL expression from one of our artifacts, with where it came from.
