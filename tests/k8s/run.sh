@@ -647,12 +647,18 @@ check_kubectl_plugin() {
   d=$W/plugin-bin
   mkdir -p "$d"
   ln -sf "$RBIN/konnectivity" "$d/kubectl-konnectivity"
+  ln -sf "$RBIN/konnectivity" "$d/kubectl_complete-konnectivity"
   out=$(PATH="$d:$PATH" "$KUBECTL" plugin list 2>&1) || true
   grep -q "$d/kubectl-konnectivity" <<<"$out" || bad "[token-leases] kubectl plugin list does not find kubectl-konnectivity: $out"
   out=$(PATH="$d:$PATH" "$KUBECTL" konnectivity doctor --help 2>&1) ||
     bad "[token-leases] kubectl konnectivity doctor --help: $out"
   grep -q 'Usage: kubectl konnectivity doctor' <<<"$out" || bad "[token-leases] kubectl konnectivity doctor --help: $out"
   ok "[token-leases] kubectl konnectivity (plugin on \$PATH): $(grep -m1 'Usage:' <<<"$out")"
+  # kubectl's own completion of the plugin's words, through kubectl_complete-konnectivity.
+  out=$(PATH="$d:$PATH" "$KUBECTL" __complete konnectivity doctor "" 2>/dev/null) || true
+  grep -qx server <<<"$out" && grep -qx agent <<<"$out" ||
+    bad "[token-leases] kubectl __complete konnectivity doctor '' offers no server/agent: $out"
+  ok "[token-leases] kubectl completes 'kubectl konnectivity doctor <TAB>': $(tr '\n' ' ' <<<"$out")"
 }
 
 # token_kubeconfig FILE APISERVER_URL TOKEN_FILE

@@ -10,7 +10,8 @@
 //! - `completion`: shell completion scripts (bash, zsh, fish, …).
 //!
 //! Installed (or linked) as `kubectl-konnectivity`, the same binary is the kubectl plugin
-//! `kubectl konnectivity …` (see `shell.rs`).
+//! `kubectl konnectivity …`, and as `kubectl_complete-konnectivity` its completion helper
+//! (see `shell.rs`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,7 +73,16 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let name = shell::display_name(std::env::args_os().next().as_deref());
+    let argv0 = std::env::args_os().next();
+    if shell::is_kubectl_completion(argv0.as_deref()) {
+        let words: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        print!("{}", shell::kubectl_completions(&Cli::command(), &words));
+        return ExitCode::SUCCESS;
+    }
+    let name = shell::display_name(argv0.as_deref());
     let matches = Cli::command().bin_name(name).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

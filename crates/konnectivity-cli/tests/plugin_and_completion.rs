@@ -80,6 +80,26 @@ fn runs_as_kubectl_plugin_under_the_plugin_name() {
     assert!(own.contains("Usage: konnectivity <COMMAND>"), "{own}");
 }
 
+/// kubectl completes `kubectl konnectivity …` by running `kubectl_complete-konnectivity`
+/// with the words after the plugin name; the binary answers under that name.
+#[test]
+fn completes_for_kubectl_under_the_completion_helper_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let helper = dir.path().join("kubectl_complete-konnectivity");
+    std::os::unix::fs::symlink(konnectivity(), &helper).expect("symlink");
+    let complete = |words: &[&str]| {
+        let o = run(&helper, words);
+        assert!(o.status.success(), "{o:?}");
+        stdout(&o)
+    };
+    assert_eq!(complete(&["d"]), "demo\ndial\ndoctor\n:4\n");
+    assert_eq!(
+        complete(&["doctor", "server", "--a"]),
+        "--admin\n--all-agents\n:4\n"
+    );
+    assert_eq!(complete(&["completion", "f"]), "fish\n:4\n");
+}
+
 /// Completions bash offers for the words of `line` (the last one being completed), from
 /// `konnectivity completion bash` sourced into a fresh `bash`.
 fn bash_complete(line: &[&str]) -> Vec<String> {
