@@ -20,6 +20,11 @@ cargo build --workspace --bins --tests -q
 echo "== clippy (warnings are errors; tests may unwrap, see clippy.toml)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 
+echo "== promtool and helm from the Go module registry (cached; tests/tools/build.sh)"
+# The ops_* e2e tests would build them on first use; building here keeps the cost visible.
+bash tests/tools/build.sh promtool >/dev/null
+bash tests/tools/build.sh helm >/dev/null
+
 echo "== fuzz (bounded)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
 

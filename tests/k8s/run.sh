@@ -14,7 +14,8 @@
 # them. The scenario runs twice: egress `cluster` over GRPC, then over HTTPConnect
 # (with `konnectivity doctor` on the healthy setup and with the node dropping port 10250).
 # A third phase, token-leases, runs kube-apiserver on deploy/egress-selector-configuration.yaml,
-# dry-runs deploy/*.yaml server-side, and runs two proxy-servers (second address
+# dry-runs deploy/*.yaml and charts/konnectivity's presets (helm from tests/tools/build.sh)
+# server-side, and runs two proxy-servers (second address
 # 10.232.7.3) that authenticate agents by ServiceAccount token (TokenReview) and publish
 # Leases, with one agent counting the Leases and joining both.
 #
@@ -613,6 +614,9 @@ check_deploy_manifests() {
     if grep -q '^kind: EgressSelectorConfiguration' "$f"; then
       continue # a kube-apiserver file, not an API object: this phase's kube-apiserver runs on it
     fi
+    if grep -q '^groups:' "$f"; then
+      continue # Prometheus rules (promtool checks them: crates/konnectivity-e2e/tests/ops_rules.rs)
+    fi
     out=$(kc apply --dry-run=server -f "$f" 2>&1) || bad "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $out"
     ok "[token-leases] kubectl apply --dry-run=server -f deploy/$(basename "$f"): $(tr '\n' ' ' <<<"$out")"
     n=$((n + 1))
@@ -622,6 +626,39 @@ check_deploy_manifests() {
   # DaemonSet and Deployment stay inert: no kube-controller-manager, no kubelet).
   out=$(kc apply -f "$ROOT/deploy/konnectivity-agent.yaml" -f "$ROOT/deploy/konnectivity-server-deployment.yaml" 2>&1) ||
     bad "[token-leases] kubectl apply deploy/konnectivity-agent.yaml deploy/konnectivity-server-deployment.yaml: $out"
+}
+
+# charts/konnectivity, rendered by the real helm for each preset, dry-run server-side
+# (release chart-e2e: no name clashes with the deploy/ objects applied above).
+check_chart() {
+  local helm preset out
+  helm=$(bash "$ROOT/tests/tools/build.sh" helm) || bad "[token-leases] tests/tools/build.sh helm failed"
+  for preset in kubeadm k0s aks; do
+    out=$("$helm" template chart-e2e "$ROOT/charts/konnectivity" --namespace kube-system \
+      -f "$ROOT/charts/konnectivity/presets/$preset.yaml" | kc apply --dry-run=server -f - 2>&1) ||
+      bad "[token-leases] helm template charts/konnectivity -f presets/$preset.yaml | kubectl apply --dry-run=server: $out"
+    ok "[token-leases] chart preset $preset dry-run server-side: $(tr '\n' ' ' <<<"$out")"
+  done
+}
+
+# The CLI as a kubectl plugin: the real kubectl finds kubectl-konnectivity on $PATH.
+check_kubectl_plugin() {
+  local d out
+  d=$W/plugin-bin
+  mkdir -p "$d"
+  ln -sf "$RBIN/konnectivity" "$d/kubectl-konnectivity"
+  ln -sf "$RBIN/konnectivity" "$d/kubectl_complete-konnectivity"
+  out=$(PATH="$d:$PATH" "$KUBECTL" plugin list 2>&1) || true
+  grep -q "$d/kubectl-konnectivity" <<<"$out" || bad "[token-leases] kubectl plugin list does not find kubectl-konnectivity: $out"
+  out=$(PATH="$d:$PATH" "$KUBECTL" konnectivity doctor --help 2>&1) ||
+    bad "[token-leases] kubectl konnectivity doctor --help: $out"
+  grep -q 'Usage: kubectl konnectivity doctor' <<<"$out" || bad "[token-leases] kubectl konnectivity doctor --help: $out"
+  ok "[token-leases] kubectl konnectivity (plugin on \$PATH): $(grep -m1 'Usage:' <<<"$out")"
+  # kubectl's own completion of the plugin's words, through kubectl_complete-konnectivity.
+  out=$(PATH="$d:$PATH" "$KUBECTL" __complete konnectivity doctor "" 2>/dev/null) || true
+  grep -qx server <<<"$out" && grep -qx agent <<<"$out" ||
+    bad "[token-leases] kubectl __complete konnectivity doctor '' offers no server/agent: $out"
+  ok "[token-leases] kubectl completes 'kubectl konnectivity doctor <TAB>': $(tr '\n' ' ' <<<"$out")"
 }
 
 # token_kubeconfig FILE APISERVER_URL TOKEN_FILE
@@ -724,12 +761,76 @@ check_doctor_tokens() {
   ok "[$m] konnectivity doctor agent with another ServiceAccount's token exits 1: ${f%% — *}"
 }
 
+# The kubeadm preset's server and agent arguments, exactly as the chart renders them,
+# run by our binaries against this kube-apiserver, with the chart's objects applied for
+# real (release chart-e2e: the agent's ServiceAccount, RBAC for the sidecar's user
+# system:konnectivity-server). Only paths and the server's host name are substituted
+# (and $(NODE_NAME)/$(NODE_IP), as the kubelet would); the agent, without a kubeconfig
+# as rendered, gets in-cluster credentials in a private mount namespace. The agent's
+# token is reviewed and accepted, it counts the server's Lease, and kubectl logs goes
+# through the rendered server (on the socket kube-apiserver's egress selector names).
+check_chart_args() {
+  local m=token-leases helm out a sargs=() aargs=()
+  helm=$(bash "$ROOT/tests/tools/build.sh" helm) || bad "[$m] tests/tools/build.sh helm failed"
+  local render=("$helm" template chart-e2e "$ROOT/charts/konnectivity" --namespace kube-system
+    -f "$ROOT/charts/konnectivity/presets/kubeadm.yaml")
+  out=$("${render[@]}" | kc apply -f - 2>&1) || bad "[$m] kubectl apply of the chart (kubeadm preset): $out"
+  cert chart-server system:konnectivity-server "" clientAuth ""
+  # admin.kubeconfig with the sidecar user's client certificate.
+  sed "s#$P/admin\.#$P/chart-server.#g; s#name: admin#name: konnectivity-server#; s#user: admin#user: konnectivity-server#" \
+    "$W/admin.kubeconfig" >"$W/chart-server.kubeconfig"
+  kc -n kube-system create token chart-e2e-agent --audience=system:konnectivity-server >"$T/chart-agent" ||
+    bad "[$m] kubectl create token chart-e2e-agent"
+  mkdir -p "$W/chart-sa"
+  kc -n kube-system create token chart-e2e-agent >"$W/chart-sa/token" || bad "[$m] kubectl create token chart-e2e-agent"
+  cp "$P/ca.crt" "$W/chart-sa/ca.crt"
+  echo kube-system >"$W/chart-sa/namespace"
+  # In these two templates only the container arguments are "- --flag" lines.
+  while IFS= read -r a; do
+    case ${a%%=*} in
+      --uds-name) a="--uds-name=$UDS" ;;
+      --cluster-cert) a="--cluster-cert=$P/proxy-server.crt" ;;
+      --cluster-key) a="--cluster-key=$P/proxy-server.key" ;;
+      --kubeconfig) a="--kubeconfig=$W/chart-server.kubeconfig" ;;
+    esac
+    sargs+=("$a")
+  done < <("${render[@]}" --show-only templates/server-sidecar.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
+  while IFS= read -r a; do
+    case ${a%%=*} in
+      --proxy-server-host) a="--proxy-server-host=$CP_IP" ;;
+      --ca-cert) a="--ca-cert=$P/ca.crt" ;;
+      --service-account-token-path) a="--service-account-token-path=$T/chart-agent" ;;
+      --agent-identifiers) a=${a//'$(NODE_NAME)'/konn-node}; a=${a//'$(NODE_IP)'/$NODE_IP} ;;
+    esac
+    aargs+=("$a")
+  done < <("${render[@]}" --show-only templates/agent.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
+  [ ${#sargs[@]} -ge 10 ] && [ ${#aargs[@]} -ge 8 ] || bad "[$m] rendered args not found: server ${sargs[*]}; agent ${aargs[*]}"
+  say "chart (kubeadm) proxy-server ${sargs[*]}"
+  say "chart (kubeadm) proxy-agent ${aargs[*]}"
+  : >"$L/chart-server.log"
+  start chart-server "$CP" "$RBIN/proxy-server" "${sargs[@]}"
+  wait_until "the chart's proxy-server /healthz" 20 in_cp curl -sf "http://$CP_IP:8134/healthz"
+  : >"$L/chart-agent.log"
+  start chart-agent "$NODE" unshare --mount --propagation private sh -c \
+    "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && cp -r '$W/chart-sa' /run/secrets/kubernetes.io/serviceaccount && export KUBERNETES_SERVICE_HOST=$CP_IP KUBERNETES_SERVICE_PORT=6443 && exec \"\$0\" \"\$@\"" \
+    "$RBIN/proxy-agent" "${aargs[@]}"
+  wait_until "the chart's agent accepted (server /readyz)" 30 in_cp curl -sf "http://$CP_IP:8134/readyz"
+  wait_until "the chart's agent counting 1 Lease, connected to it" 40 agent_metrics_are 8134 1 1
+  ok "[$m] the kubeadm preset's rendered args (chart applied: ServiceAccount chart-e2e-agent, RBAC for user system:konnectivity-server): token accepted, Lease $(server_leases)counted, agent open_server_connections 1, known_server_count 1"
+  check_logs "$m"
+  ok "[$m] kubectl logs goes through the proxy-server run with the chart's rendered args"
+  stop chart-agent
+  stop chart-server
+}
+
 token_leases() {
   local m=token-leases out
   say "── token-leases: agent ServiceAccount tokens (TokenReview), two proxy-servers with the lease controller, deploy/ manifests"
   start_apiserver deploy
   create_objects
   check_deploy_manifests
+  check_chart
+  if [ "$DOCTOR" = 1 ]; then check_kubectl_plugin; fi
   T=$W/tokens # also read by check_doctor_tokens
   mkdir -p "$T"
   kc -n kube-system create token konnectivity-agent --audience=system:konnectivity-server >"$T/agent" ||
@@ -788,6 +889,7 @@ token_leases() {
 
   stop agent
   stop proxy-server
+  check_chart_args
   stop kube-apiserver
 }
 

@@ -7,16 +7,22 @@
 //!   tunnel (`doctor server` on the control plane, `doctor agent` on a node).
 //! - `bench`: throughput, latency, memory and scale on loopback, as ratios against
 //!   baselines measured in the same run (the `konnectivity-bench` crate).
+//! - `completion`: shell completion scripts (bash, zsh, fish, …).
+//!
+//! Installed (or linked) as `kubectl-konnectivity`, the same binary is the kubectl plugin
+//! `kubectl konnectivity …`, and as `kubectl_complete-konnectivity` its completion helper
+//! (see `shell.rs`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod demo;
 mod dial;
 mod doctor;
+mod shell;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,10 +63,34 @@ enum Cmd {
     /// --target, runs until standard input closes).
     #[command(hide = true)]
     BenchNull(konnectivity_bench::NullArgs),
+    /// Print a shell completion script: `source <(konnectivity completion bash)`, or
+    /// save it where your shell loads completions from.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv0 = std::env::args_os().next();
+    if shell::is_kubectl_completion(argv0.as_deref()) {
+        let words: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        print!("{}", shell::kubectl_completions(&Cli::command(), &words));
+        return ExitCode::SUCCESS;
+    }
+    let name = shell::display_name(argv0.as_deref());
+    let matches = Cli::command().bin_name(name).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Cmd::Completion { shell } = cli.cmd {
+        shell::write_completion(shell, &Cli::command(), &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     konnectivity_tunnel::process::init_logging(
         std::env::var("KONNECTIVITY_V")
             .ok()
@@ -96,7 +126,7 @@ fn main() -> ExitCode {
             Cmd::Bench(a) => konnectivity_bench::run(*a).await,
             Cmd::BenchBackend => konnectivity_bench::backend_helper().await,
             Cmd::BenchNull(a) => konnectivity_bench::null_helper(a).await,
-            Cmd::Doctor(_) => Ok(()),
+            Cmd::Doctor(_) | Cmd::Completion { .. } => Ok(()),
         }
     });
     match r {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use konnectivity_testkit::pki::Pki;
 pub use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib, wait_for};
 
+pub mod ops;
+
 /// The directory holding the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     // Integration tests run from target/<profile>/deps/<test>-<hash>.
