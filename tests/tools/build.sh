@@ -20,8 +20,10 @@ set -euo pipefail
 
 tool=${1:?usage: build.sh promtool|helm}
 case $tool in
-  promtool) pkg=github.com/prometheus/prometheus/cmd/promtool mod=github.com/prometheus/prometheus ;;
-  helm) pkg=helm.sh/helm/v4/cmd/helm mod=helm.sh/helm/v4 ;;
+  # remove_all_sd: promtool without the cloud service-discovery plugins (AWS, Azure, GCE,
+  # …; Prometheus' own build tag): `test rules` and `check rules` need none of them.
+  promtool) pkg=github.com/prometheus/prometheus/cmd/promtool mod=github.com/prometheus/prometheus tags=remove_all_sd ;;
+  helm) pkg=helm.sh/helm/v4/cmd/helm mod=helm.sh/helm/v4 tags= ;;
   *) echo "build.sh: unknown tool $tool (promtool or helm)" >&2; exit 2 ;;
 esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,7 +32,7 @@ export GOFLAGS="-mod=readonly -p=2 -buildvcs=false" CGO_ENABLED=0
 # The pin, read from go.mod (a cached build needs no Go toolchain).
 version=$(awk -v m="$mod" '$1 == m {print $2}' go.mod)
 [ -n "$version" ] || { echo "build.sh: $mod is not pinned in tests/tools/$tool/go.mod" >&2; exit 1; }
-key=$(cat go.mod go.sum | sha256sum | cut -c1-12)
+key=$( (cat go.mod go.sum; [ -z "$tags" ] || echo "tags=$tags") | sha256sum | cut -c1-12)
 dir=${KONNECTIVITY_CACHE:-$HOME/.cache/konnectivity-rs}/tools/$tool-$version-$key
 out=$dir/$tool
 mkdir -p "$dir"
@@ -43,7 +45,7 @@ if [ ! -x "$out" ]; then
   tl=$(mktemp)
   t=$SECONDS
   if ! /usr/bin/time -f '%e s wall, peak RSS %M KiB' -o "$tl" \
-      nice -n 10 go build -trimpath -ldflags="-s -w" -o "$out.tmp" "$pkg" >&2; then
+      nice -n 10 go build -trimpath -tags="$tags" -ldflags="-s -w" -o "$out.tmp" "$pkg" >&2; then
     cat "$tl" >&2; rm -f "$tl" "$out.tmp"
     echo "build.sh: go build $pkg failed" >&2
     exit 1
