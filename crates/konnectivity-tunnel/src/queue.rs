@@ -536,24 +536,31 @@ mod tests {
     #[tokio::test]
     async fn a_push_over_the_high_water_mark_pauses_the_reader_until_the_consumer_drains_to_low() {
         let (tx, _out) = outbound::channel();
-        let (q, mut r) = conn_queue(1, unmanaged(1000, 500), tx, MemoryBudget::default_budget());
+        // Chunks too large to be merged, so each recv takes exactly one.
+        let chunk = COALESCE_SMALL;
+        let (q, mut r) = conn_queue(
+            1,
+            unmanaged(3 * chunk + 1, chunk),
+            tx,
+            MemoryBudget::default_budget(),
+        );
         for _ in 0..3 {
-            assert!(q.push(bytes(300)).unwrap().is_none());
+            assert!(q.push(bytes(chunk)).unwrap().is_none());
         }
         let p = q
-            .push(bytes(300))
+            .push(bytes(chunk))
             .unwrap()
             .expect("over the high-water mark");
         assert!(!p.is_eased());
         let waiter = tokio::spawn(async move { p.eased().await });
-        // 1200 queued; the consumer drains 300 (900 left: still paused) ...
+        // 4 chunks queued; the consumer drains one (3 left: still paused) ...
         let Some(Inbound::Data(b)) = r.recv().await else {
             panic!()
         };
         r.written(b.len());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        // ... then everything: at 0 <= 500 the reader resumes.
+        // ... then everything: at or under one chunk the reader resumes.
         while r.state.queued.load(Ordering::Acquire) > 0 {
             let Some(Inbound::Data(b)) = r.recv().await else {
                 panic!()
