@@ -63,6 +63,8 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let connect_addr = connect_l.local_addr()?;
     let health_l = TcpListener::bind("127.0.0.1:0").await?;
     let health_addr = health_l.local_addr()?;
+    let admin_l = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin_l.local_addr()?;
     let uds = dir.join("konnectivity-server.socket");
     let _ = std::fs::remove_file(&uds);
     let uds_l = UnixListener::bind(&uds)?;
@@ -99,7 +101,7 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
             },
         ],
         health: Some(health_l),
-        admin: None,
+        admin: Some(admin_l),
     };
     let server = tokio::spawn(konnectivity_server::run_with(
         shared.clone(),
@@ -113,6 +115,7 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "                             health http://{health_addr}/readyz  metrics http://{health_addr}/metrics"
     );
+    println!("                             status page http://{admin_addr}/status.html");
 
     let agent_tls =
         konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
@@ -219,6 +222,9 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "  printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | cargo run -q --bin konnectivity -- dial --uds {} {backend}\n",
         uds.display()
+    );
+    println!(
+        "Watch the agent, its connections and its throughput live on the status page:\n\n  http://{admin_addr}/status.html\n"
     );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;

@@ -256,20 +256,23 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) -> Option<Pressure> {
                 .fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
-            match conns.get(&d.connect_id) {
-                Some(entry) => match entry.queue.push(d.data) {
-                    Ok(pressure) => return pressure,
-                    Err(Overflow) => {
-                        let since = entry.since;
-                        conns.remove(&d.connect_id);
-                        drop(conns);
-                        s.metrics
-                            .connection_closed(since.elapsed(), Abort::Overflow.label());
-                        s.metrics.buffer_overflow();
-                        warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: the agent sent more than the connection's flow-control window");
-                        let _ = b.tx.control(packet::close_req(d.connect_id));
+            match conns.get_mut(&d.connect_id) {
+                Some(entry) => {
+                    entry.bytes_from_agent += d.data.len() as u64;
+                    match entry.queue.push(d.data) {
+                        Ok(pressure) => return pressure,
+                        Err(Overflow) => {
+                            let since = entry.since;
+                            conns.remove(&d.connect_id);
+                            drop(conns);
+                            s.metrics
+                                .connection_closed(since.elapsed(), Abort::Overflow.label());
+                            s.metrics.buffer_overflow();
+                            warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: the agent sent more than the connection's flow-control window");
+                            let _ = b.tx.control(packet::close_req(d.connect_id));
+                        }
                     }
-                },
+                }
                 None => {
                     drop(conns);
                     let _ = b.tx.control(packet::close_req(d.connect_id));
@@ -364,6 +367,9 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
                 queue,
                 credit: credit.clone(),
                 since: Instant::now(),
+                destination: pd.address.clone(),
+                frontend: pd.frontend,
+                bytes_from_agent: 0,
             },
         );
     }

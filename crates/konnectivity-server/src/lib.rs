@@ -138,9 +138,9 @@ pub fn admin_router(s: Arc<Shared>) -> Router {
             s.refresh_scrape_gauges();
             Reply::metrics(s.metrics.render())
         }
-        "/status" => Reply::json(status::json(&s).to_string()),
+        "/status" => Reply::json(status::json(&s)),
         "/status.html" | "/" => {
-            let mut r = Reply::text(200, status::html(&s));
+            let mut r = Reply::text(200, status::PAGE);
             r.content_type = "text/html; charset=utf-8";
             r
         }
@@ -198,6 +198,10 @@ pub async fn run_with(
         ));
     }
     tokio::spawn(shared.budget.clone().run_sweeper(shutdown.clone()));
+    tokio::spawn(status::history::run_sampler(
+        shared.clone(),
+        shutdown.clone(),
+    ));
     info!(server_id = %s.server_id, "proxy-server serving");
     let (a, f) = tokio::join!(agent, frontends);
     a.map_err(|source| ServerError::Transport {
