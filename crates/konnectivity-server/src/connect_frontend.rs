@@ -16,9 +16,9 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::dial::{self, StartError};
-use crate::status::document::FrontendKind;
 use crate::metrics::{DialFailureReason, Gauge};
 use crate::state::{DialOutcome, Shared};
+use crate::status::document::FrontendKind;
 pub use konnectivity_core::connect::{Head, parse_head, status_for};
 
 /// Largest request head we read (upstream's `MaxHeaderBytes` default is 1 MiB).

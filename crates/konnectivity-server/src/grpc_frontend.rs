@@ -21,10 +21,10 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::dial::{self, StartError};
-use crate::status::document::FrontendKind;
 use crate::metrics::{DialFailureReason, Gauge, Segment};
 use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
+use crate::status::document::FrontendKind;
 
 /// Packets queued toward one frontend before its HTTP/2 stream pushes back.
 const OUT_QUEUE: usize = 8;

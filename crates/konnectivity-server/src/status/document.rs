@@ -284,7 +284,10 @@ mod tests {
                 DialCause::Refused,
             ),
             ("dial tcp 10.0.0.9:10250: i/o timeout", DialCause::TimedOut),
-            (konnectivity_core::wire::BACKEND_DIAL_TIMEOUT, DialCause::TimedOut),
+            (
+                konnectivity_core::wire::BACKEND_DIAL_TIMEOUT,
+                DialCause::TimedOut,
+            ),
             (
                 "dial tcp 10.9.9.9:1: connect: no route to host",
                 DialCause::Unreachable,

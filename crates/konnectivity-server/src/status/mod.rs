@@ -86,11 +86,7 @@ pub fn document(s: &Shared) -> document::Status {
             }
         })
         .collect();
-    agents.sort_by(|a, b| {
-        a.agent_id
-            .cmp(&b.agent_id)
-            .then(a.stream.cmp(&b.stream))
-    });
+    agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id).then(a.stream.cmp(&b.stream)));
     document::Status {
         server_id: s.settings.server_id.clone(),
         server_count: s.settings.server_count,
