@@ -2,9 +2,10 @@
 //!
 //! Starts an HTTP backend (the "node"), a proxy-server with a gRPC frontend on a UNIX
 //! socket and an HTTP-CONNECT frontend on mTLS TCP, and a proxy-agent, all with freshly
-//! generated certificates. Then it sends one request through each frontend, prints
-//! what happened, and (unless `--once`) stays up and prints a `curl` command that goes
-//! through the tunnel.
+//! generated certificates. Then it sends one request through each frontend and one dial
+//! to a closed port, prints what happened, and (unless `--once`) stays up and prints a
+//! `curl` command that goes through the tunnel. The server's admin port serves the live
+//! status page (`/status.html`), whose URL is printed.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,6 +203,19 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         t.elapsed()
     );
     println!("    body: {}", BODY.trim_end());
+
+    // A dial that fails, so the status page has a failure to show.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    match konnectivity_client::grpc_dial(
+        &Frontend::Uds(uds.clone()),
+        &closed.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(_) => anyhow::bail!("a dial to the closed port {closed} succeeded"),
+        Err(e) => println!("[3] a dial to a closed port fails, as it should: {closed}  ->  {e}"),
+    }
 
     if once {
         shutdown.cancel();
