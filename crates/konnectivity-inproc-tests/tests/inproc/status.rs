@@ -37,7 +37,7 @@ async fn every_failed_dial_is_remembered_once_with_its_agent_frontend_and_cause(
     assert_eq!(
         (
             f.destination.as_str(),
-            f.agent_id.as_deref(),
+            f.agent.as_deref(),
             f.frontend,
             f.cause
         ),
@@ -80,7 +80,7 @@ async fn every_failed_dial_is_remembered_once_with_its_agent_frontend_and_cause(
     .await?;
     let f = newest_of(&server, 5);
     assert_eq!(
-        (f.cause, f.agent_id.as_deref()),
+        (f.cause, f.agent.as_deref()),
         (DialCause::FrontendClosed, Some(AGENT))
     );
 
@@ -103,7 +103,7 @@ async fn a_dial_with_no_agent_is_remembered_without_one() -> anyhow::Result<()> 
     assert!(server.grpc_dial("10.0.0.7:10250").await.is_err());
     let f = newest_of(&server, 1);
     assert_eq!(
-        (f.destination.as_str(), f.agent_id, f.cause),
+        (f.destination.as_str(), f.agent, f.cause),
         ("10.0.0.7:10250", None, DialCause::NoAgent)
     );
     Ok(())

@@ -179,8 +179,10 @@ pub struct DialFailure {
     pub at_ms: u64,
     /// The address the frontend dialed.
     pub destination: String,
-    /// The agent the dial went to; `None` when none was chosen (no agent, denied).
-    pub agent_id: Option<String>,
+    /// The agent ID the dial went to; `None` when none was chosen (no agent, denied).
+    /// (Named `agent`, not `agent_id`, so that `"agent_id"` in the document still
+    /// occurs once per agent stream: scripts count agents that way.)
+    pub agent: Option<String>,
     /// The frontend it came through.
     pub frontend: FrontendKind,
     /// The cause, in the words `konnectivity doctor` uses.
@@ -310,6 +312,29 @@ mod tests {
         for (text, cause) in cases {
             assert_eq!(DialCause::of(text), cause, "{text}");
         }
+    }
+
+    #[test]
+    fn agent_id_occurs_once_per_agent_stream_even_with_failed_dials() {
+        let doc = Status {
+            agents: vec![Agent {
+                agent_id: "a".into(),
+                ..Default::default()
+            }],
+            dial_failures: vec![DialFailure {
+                at_ms: 1,
+                destination: "10.0.0.1:1".into(),
+                agent: Some("a".into()),
+                frontend: FrontendKind::Grpc,
+                cause: DialCause::Refused,
+                explanation: DialCause::Refused.explanation().into(),
+                error: "dial tcp 10.0.0.1:1: connect: connection refused".into(),
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&doc).expect("serializes");
+        assert_eq!(json.matches("\"agent_id\"").count(), 1, "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).expect("reads"), doc);
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl DialFailures {
         let f = document::DialFailure {
             at_ms: unix_ms(SystemTime::now()),
             destination: destination.to_owned(),
-            agent_id: agent_id.map(str::to_owned),
+            agent: agent_id.map(str::to_owned),
             frontend,
             cause,
             explanation: cause.explanation().to_owned(),
