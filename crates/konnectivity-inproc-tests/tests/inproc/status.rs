@@ -154,3 +154,26 @@ async fn open_connections_show_destination_frontend_and_bytes_each_way() -> anyh
     );
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_most_100_connections_are_listed_per_agent_oldest_first() -> anyhow::Result<()> {
+    use konnectivity_server::status::document::MAX_LISTED_CONNECTIONS;
+    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
+    let echo = servers::echo("127.0.0.1:0").await?;
+    let mut open = Vec::new();
+    for _ in 0..(MAX_LISTED_CONNECTIONS + 5) {
+        open.push(server.grpc_dial(echo).await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = &status::document(&server.shared).agents[0];
+    assert_eq!(a.connections, MAX_LISTED_CONNECTIONS + 5);
+    assert_eq!(a.open_connections.len(), MAX_LISTED_CONNECTIONS);
+    assert_eq!(a.open_connections_omitted, 5);
+    let ages: Vec<f64> = a.open_connections.iter().map(|c| c.age_seconds).collect();
+    assert!(ages.windows(2).all(|w| w[0] >= w[1]), "{ages:?}");
+    assert!(
+        ages[MAX_LISTED_CONNECTIONS - 1] >= 0.5,
+        "the newest five are left out: {ages:?}"
+    );
+    Ok(())
+}

@@ -32,37 +32,33 @@ pub fn document(s: &Shared) -> document::Status {
         .entries()
         .into_iter()
         .map(|(b, ident)| {
-            let (connections, mut open) = {
+            let (connections, open_connections) = {
                 let conns = b.conns();
-                let open: Vec<_> = conns
-                    .iter()
-                    .map(|(id, e)| {
-                        (
-                            e.since,
-                            Connection {
-                                connect_id: *id,
-                                destination: e.destination.clone(),
-                                frontend: e.frontend,
-                                age_seconds: 0.0,
-                                bytes_to_agent: e.credit.as_ref().map(|c| c.sent()),
-                                bytes_from_agent: e.bytes_from_agent,
-                                queued_bytes: e.queue.queued(),
-                            },
-                        )
+                // The oldest MAX_LISTED_CONNECTIONS, chosen without copying the others.
+                let mut oldest: Vec<_> = conns.iter().map(|(id, e)| (e.since, *id)).collect();
+                if oldest.len() > MAX_LISTED_CONNECTIONS {
+                    oldest.select_nth_unstable(MAX_LISTED_CONNECTIONS);
+                    oldest.truncate(MAX_LISTED_CONNECTIONS);
+                }
+                oldest.sort_unstable();
+                let open: Vec<Connection> = oldest
+                    .into_iter()
+                    .filter_map(|(since, id)| {
+                        let e = conns.get(&id)?;
+                        Some(Connection {
+                            connect_id: id,
+                            destination: e.destination.clone(),
+                            frontend: e.frontend,
+                            age_seconds: (since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                            bytes_to_agent: e.credit.as_ref().map(|c| c.sent()),
+                            bytes_from_agent: e.bytes_from_agent,
+                            queued_bytes: e.queue.queued(),
+                        })
                     })
                     .collect();
                 (conns.len(), open)
             };
-            open.sort_by_key(|(since, c)| (*since, c.connect_id));
-            let omitted = open.len().saturating_sub(MAX_LISTED_CONNECTIONS);
-            let open_connections = open
-                .into_iter()
-                .take(MAX_LISTED_CONNECTIONS)
-                .map(|(since, mut c)| {
-                    c.age_seconds = (since.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-                    c
-                })
-                .collect();
+            let omitted = connections.saturating_sub(open_connections.len());
             let flow_control = b.peer_window.is_some() && s.settings.flow_window.is_some();
             Agent {
                 agent_id: b.agent_id.clone(),
@@ -120,7 +116,8 @@ pub fn document(s: &Shared) -> document::Status {
 
 /// The status document as JSON.
 pub fn json(s: &Shared) -> String {
-    serde_json::to_string(&document(s)).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    serde_json::to_string(&document(s))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 }
 
 /// Remembers a dial that could not be sent to an agent (a dial that was sent is
