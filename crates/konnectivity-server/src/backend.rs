@@ -257,22 +257,19 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) -> Option<Pressure> {
             s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
             match conns.get_mut(&d.connect_id) {
-                Some(entry) => {
-                    entry.bytes_from_agent += d.data.len() as u64;
-                    match entry.queue.push(d.data) {
-                        Ok(pressure) => return pressure,
-                        Err(Overflow) => {
-                            let since = entry.since;
-                            conns.remove(&d.connect_id);
-                            drop(conns);
-                            s.metrics
-                                .connection_closed(since.elapsed(), Abort::Overflow.label());
-                            s.metrics.buffer_overflow();
-                            warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: the agent sent more than the connection's flow-control window");
-                            let _ = b.tx.control(packet::close_req(d.connect_id));
-                        }
+                Some(entry) => match entry.push_from_agent(d.data) {
+                    Ok(pressure) => return pressure,
+                    Err(Overflow) => {
+                        let since = entry.since;
+                        conns.remove(&d.connect_id);
+                        drop(conns);
+                        s.metrics
+                            .connection_closed(since.elapsed(), Abort::Overflow.label());
+                        s.metrics.buffer_overflow();
+                        warn!(agent_id = %b.agent_id, connect_id = d.connect_id, "closing connection: the agent sent more than the connection's flow-control window");
+                        let _ = b.tx.control(packet::close_req(d.connect_id));
                     }
-                }
+                },
                 None => {
                     drop(conns);
                     let _ = b.tx.control(packet::close_req(d.connect_id));

@@ -11,7 +11,7 @@ use konnectivity_core::select::{BackendTable, Candidate, Strategy};
 use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::outbound::StreamTx;
-use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver};
+use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver, Overflow, Pressure};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -98,6 +98,14 @@ pub struct ConnEntry {
     /// DATA payload bytes received from the agent, counted under the table's lock the
     /// reader holds anyway (no atomic).
     pub bytes_from_agent: u64,
+}
+
+impl ConnEntry {
+    /// Queues DATA from the agent for the frontend, counting it for `/status`.
+    pub fn push_from_agent(&mut self, data: bytes::Bytes) -> Result<Option<Pressure>, Overflow> {
+        self.bytes_from_agent += data.len() as u64;
+        self.queue.push(data)
+    }
 }
 
 /// One agent stream (`AgentService.Connect`): a backend.
