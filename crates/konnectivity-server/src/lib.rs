@@ -7,7 +7,8 @@
 //! - [`connect_frontend`], for `--mode=http-connect`;
 //! - [`dial`]: what both frontends do to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
-//! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;
+//! - [`status`]: `/status` (a typed JSON document) and the live `/status.html` page on
+//!   the admin port, with the bounded history behind its charts;
 //! - [`listen`]: accept loops and TLS handshakes;
 //! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority` (on the
 //!   UNIX-socket gRPC frontend only);
