@@ -177,3 +177,14 @@ async fn at_most_100_connections_are_listed_per_agent_oldest_first() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_agent_is_shown_draining() -> anyhow::Result<()> {
+    let (_h, server, agent) = one_agent(Harness::server_settings()).await?;
+    assert!(!status::document(&server.shared).agents[0].draining);
+    agent.drain();
+    eventually("the agent shown draining", Duration::from_secs(5), || {
+        status::document(&server.shared).agents[0].draining
+    })
+    .await
+}
