@@ -2,9 +2,10 @@
 //!
 //! Starts an HTTP backend (the "node"), a proxy-server with a gRPC frontend on a UNIX
 //! socket and an HTTP-CONNECT frontend on mTLS TCP, and a proxy-agent, all with freshly
-//! generated certificates. Then it sends one request through each frontend, prints
-//! what happened, and (unless `--once`) stays up and prints a `curl` command that goes
-//! through the tunnel.
+//! generated certificates. Then it sends one request through each frontend and one dial
+//! to a closed port, prints what happened, and (unless `--once`) stays up and prints a
+//! `curl` command that goes through the tunnel. The server's admin port serves the live
+//! status page (`/status.html`), whose URL is printed.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let connect_addr = connect_l.local_addr()?;
     let health_l = TcpListener::bind("127.0.0.1:0").await?;
     let health_addr = health_l.local_addr()?;
+    let admin_l = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin_l.local_addr()?;
     let uds = dir.join("konnectivity-server.socket");
     let _ = std::fs::remove_file(&uds);
     let uds_l = UnixListener::bind(&uds)?;
@@ -99,7 +102,7 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
             },
         ],
         health: Some(health_l),
-        admin: None,
+        admin: Some(admin_l),
     };
     let server = tokio::spawn(konnectivity_server::run_with(
         shared.clone(),
@@ -113,6 +116,7 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "                             health http://{health_addr}/readyz  metrics http://{health_addr}/metrics"
     );
+    println!("                             status page http://{admin_addr}/status.html");
 
     let agent_tls =
         konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
@@ -200,6 +204,19 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     );
     println!("    body: {}", BODY.trim_end());
 
+    // A dial that fails, so the status page has a failure to show.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    match konnectivity_client::grpc_dial(
+        &Frontend::Uds(uds.clone()),
+        &closed.to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok(_) => anyhow::bail!("a dial to the closed port {closed} succeeded"),
+        Err(e) => println!("[3] a dial to a closed port fails, as it should: {closed}  ->  {e}"),
+    }
+
     if once {
         shutdown.cancel();
         let _ = server.await;
@@ -219,6 +236,9 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "  printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | cargo run -q --bin konnectivity -- dial --uds {} {backend}\n",
         uds.display()
+    );
+    println!(
+        "Watch the agent, its connections and its throughput live on the status page:\n\n  http://{admin_addr}/status.html\n"
     );
     println!("Press Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;

@@ -188,7 +188,7 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | server `/healthz`, `/readyz`, `/ready` (500 `no connection to any proxy agent`) | same |
 | agent `/healthz`, `/readyz[?verbose]` (503 body), admin `/metrics` → 301 to the health port | same; verbose adds a `server-count degraded` line when connected to fewer servers than known |
 | server admin `/metrics` | same |
-| server admin `/status` (JSON), `/status.html` | **extension** |
+| server admin `/status` (JSON, typed in `konnectivity_server::status::document`), `/status.html` (live page: agents, rate charts, open connections, failed dials, buffer budget) | **extension** |
 | `/debug/pprof/*` | not served |
 | HTTP-CONNECT: `200 Connection Established`, 405/500/502/503/504 texts | same; plus 403 for the destination policy, 503 for limits, 408 for a slow request head |
 

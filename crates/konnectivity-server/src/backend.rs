@@ -256,8 +256,8 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) -> Option<Pressure> {
                 .fetch_add(d.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             s.metrics.bytes(false, d.data.len());
             let mut conns = b.conns();
-            match conns.get(&d.connect_id) {
-                Some(entry) => match entry.queue.push(d.data) {
+            match conns.get_mut(&d.connect_id) {
+                Some(entry) => match entry.push_from_agent(d.data) {
                     Ok(pressure) => return pressure,
                     Err(Overflow) => {
                         let since = entry.since;
@@ -364,6 +364,9 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
                 queue,
                 credit: credit.clone(),
                 since: Instant::now(),
+                destination: pd.address.clone(),
+                frontend: pd.frontend,
+                bytes_from_agent: 0,
             },
         );
     }

@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::dial::{self, StartError};
 use crate::metrics::{DialFailureReason, Gauge};
 use crate::state::{DialOutcome, Shared};
+use crate::status::document::FrontendKind;
 pub use konnectivity_core::connect::{Head, parse_head, status_for};
 
 /// Largest request head we read (upstream's `MaxHeaderBytes` default is 1 MiB).
@@ -102,7 +103,7 @@ where
     let leftover: Bytes = buf.freeze();
     let _gauge = s.metrics.hold(Gauge::Http);
     let random = rand::random::<i64>() & i64::MAX;
-    let dialing = match dial::start(&s, &authority, random).await {
+    let dialing = match dial::start(&s, FrontendKind::Connect, &authority, random).await {
         Ok(d) => d,
         Err(StartError::NoAgent) => {
             return write_close(

@@ -11,6 +11,7 @@ use tracing::debug;
 use crate::backend::send_dial;
 use crate::metrics::DialFailureReason;
 use crate::state::{Backend, DialOutcome, Pending, Shared};
+use crate::status::document::FrontendKind;
 
 /// A dial sent to an agent, awaiting its outcome.
 #[derive(Debug)]
@@ -43,8 +44,27 @@ pub enum StartError {
     },
 }
 
-/// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`.
-pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, StartError> {
+/// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`. A dial
+/// that cannot start is remembered for the status page.
+pub async fn start(
+    s: &Shared,
+    frontend: FrontendKind,
+    address: &str,
+    random: i64,
+) -> Result<Dialing, StartError> {
+    let started = send_dial_req(s, frontend, address, random).await;
+    if let Err(e) = &started {
+        crate::status::record_start_error(s, frontend, address, e);
+    }
+    started
+}
+
+async fn send_dial_req(
+    s: &Shared,
+    frontend: FrontendKind,
+    address: &str,
+    random: i64,
+) -> Result<Dialing, StartError> {
     if let Err(e) = s.settings.policy.check_address(address) {
         s.metrics.policy_denied();
         return Err(StartError::Denied(e));
@@ -67,13 +87,23 @@ pub async fn start(s: &Shared, address: &str, random: i64) -> Result<Dialing, St
         if pending.contains_key(&random) {
             return Err(StartError::DuplicateDialId);
         }
-        pending.insert(random, Pending::new(backend.clone(), tx));
+        pending.insert(
+            random,
+            Pending::new(
+                backend.clone(),
+                tx,
+                address,
+                frontend,
+                s.dial_failures.clone(),
+            ),
+        );
         s.metrics.set_pending(pending.len());
     }
     debug!(address, random, agent_id = %backend.agent_id, "dialing");
     if let Err(error) = send_dial(s, &backend, packet::dial_req("tcp", address, random)).await {
         let timeout = error == konnectivity_core::wire::BACKEND_DIAL_TIMEOUT;
-        if take_pending(s, random).is_some() {
+        if let Some(p) = take_pending(s, random) {
+            p.fail(&error);
             s.metrics.dial_failure(if timeout {
                 DialFailureReason::BackendDialTimeout
             } else {
@@ -103,6 +133,7 @@ pub fn abandon(s: &Shared, random: i64, reason: DialFailureReason) {
     if let Some(p) = take_pending(s, random) {
         s.metrics.dial_failure(reason);
         let _ = p.backend.tx.control(packet::dial_cls(random));
+        p.abandon();
     }
 }
 

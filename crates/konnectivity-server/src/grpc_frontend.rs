@@ -24,6 +24,7 @@ use crate::dial::{self, StartError};
 use crate::metrics::{DialFailureReason, Gauge, Segment};
 use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
+use crate::status::document::FrontendKind;
 
 /// Packets queued toward one frontend before its HTTP/2 stream pushes back.
 const OUT_QUEUE: usize = 8;
@@ -225,7 +226,7 @@ async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) ->
                 return true;
             }
             let req = packet::dial_request(&p);
-            match dial::start(s, &req.address, req.random).await {
+            match dial::start(s, FrontendKind::Grpc, &req.address, req.random).await {
                 Ok(d) => {
                     t.deadline = s
                         .settings

@@ -7,7 +7,8 @@
 //! - [`connect_frontend`], for `--mode=http-connect`;
 //! - [`dial`]: what both frontends do to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
-//! - [`status`]: `/status` (JSON) and `/status.html` on the admin port;
+//! - [`status`]: `/status` (a typed JSON document) and the live `/status.html` page on
+//!   the admin port, with the bounded history behind its charts;
 //! - [`listen`]: accept loops and TLS handshakes;
 //! - [`authority`]: accepts grpc-go's percent-encoded socket-path `:authority` (on the
 //!   UNIX-socket gRPC frontend only);
@@ -138,9 +139,9 @@ pub fn admin_router(s: Arc<Shared>) -> Router {
             s.refresh_scrape_gauges();
             Reply::metrics(s.metrics.render())
         }
-        "/status" => Reply::json(status::json(&s).to_string()),
+        "/status" => Reply::json(status::json(&s)),
         "/status.html" | "/" => {
-            let mut r = Reply::text(200, status::html(&s));
+            let mut r = Reply::text(200, status::PAGE);
             r.content_type = "text/html; charset=utf-8";
             r
         }
@@ -198,6 +199,10 @@ pub async fn run_with(
         ));
     }
     tokio::spawn(shared.budget.clone().run_sweeper(shutdown.clone()));
+    tokio::spawn(status::history::run_sampler(
+        shared.clone(),
+        shutdown.clone(),
+    ));
     info!(server_id = %s.server_id, "proxy-server serving");
     let (a, f) = tokio::join!(agent, frontends);
     a.map_err(|source| ServerError::Transport {

@@ -11,11 +11,13 @@ use konnectivity_core::select::{BackendTable, Candidate, Strategy};
 use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::outbound::StreamTx;
-use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver};
+use konnectivity_tunnel::queue::{ConnQueue, ConnReceiver, Overflow, Pressure};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::status::document::{FRONTEND_CLOSED, FrontendKind};
+use crate::status::history::{DialFailures, History};
 
 /// Runtime settings of the server core (already validated).
 #[derive(Debug, Clone)]
@@ -89,6 +91,21 @@ pub struct ConnEntry {
     pub credit: Option<Arc<Credit>>,
     /// When the dial completed (for `connection_duration_seconds`).
     pub since: Instant,
+    /// The address the frontend dialed (for `/status`).
+    pub destination: String,
+    /// The frontend the connection came through.
+    pub frontend: FrontendKind,
+    /// DATA payload bytes received from the agent, counted under the table's lock the
+    /// reader holds anyway (no atomic).
+    pub bytes_from_agent: u64,
+}
+
+impl ConnEntry {
+    /// Queues DATA from the agent for the frontend, counting it for `/status`.
+    pub fn push_from_agent(&mut self, data: bytes::Bytes) -> Result<Option<Pressure>, Overflow> {
+        self.bytes_from_agent += data.len() as u64;
+        self.queue.push(data)
+    }
 }
 
 /// One agent stream (`AgentService.Connect`): a backend.
@@ -111,6 +128,13 @@ pub struct Backend {
     pub since: std::time::SystemTime,
     /// DATA payload bytes received from the agent.
     pub bytes_from_agent: std::sync::atomic::AtomicU64,
+    /// Dials sent over this stream (counted when they are registered).
+    pub dials: AtomicU64,
+    /// Of those, the ones that failed.
+    pub failed_dials: AtomicU64,
+    /// A few minutes of samples of the counters above, for the status page; written
+    /// by the status sampler only.
+    pub history: Mutex<History>,
 }
 
 impl Backend {
@@ -126,6 +150,9 @@ impl Backend {
             conns: Mutex::new(HashMap::new()),
             since: std::time::SystemTime::now(),
             bytes_from_agent: Default::default(),
+            dials: Default::default(),
+            failed_dials: Default::default(),
+            history: Mutex::new(History::new()),
         }
     }
     /// Marks the backend draining (DRAIN received, or retired).
@@ -182,30 +209,93 @@ pub struct Pending {
     pub backend: Arc<Backend>,
     /// When the server received the DIAL_REQ.
     pub started: Instant,
+    /// The address the frontend dialed.
+    pub address: String,
+    /// The frontend the dial came through.
+    pub frontend: FrontendKind,
     /// Delivers the outcome to the frontend task.
     reply: Option<oneshot::Sender<DialOutcome>>,
+    /// Where a failure is remembered for the status page.
+    failures: Arc<DialFailures>,
+    /// Whether the outcome was delivered or the failure recorded (else `drop` records
+    /// it as unanswered).
+    settled: bool,
 }
 
 impl Pending {
-    /// A pending dial on `backend`.
-    pub fn new(backend: Arc<Backend>, reply: oneshot::Sender<DialOutcome>) -> Self {
+    /// A pending dial on `backend` for `address`, from `frontend`.
+    pub fn new(
+        backend: Arc<Backend>,
+        reply: oneshot::Sender<DialOutcome>,
+        address: &str,
+        frontend: FrontendKind,
+        failures: Arc<DialFailures>,
+    ) -> Self {
         backend.pending.fetch_add(1, Ordering::AcqRel);
+        backend.dials.fetch_add(1, Ordering::Relaxed);
         Self {
             backend,
             started: Instant::now(),
+            address: address.to_owned(),
+            frontend,
             reply: Some(reply),
+            failures,
+            settled: false,
         }
     }
 
-    /// Delivers the outcome; false when the frontend is already gone.
+    /// Delivers the outcome; false when the frontend is already gone. A failed outcome
+    /// is remembered for the status page.
     pub fn resolve(mut self, outcome: DialOutcome) -> bool {
+        match &outcome {
+            DialOutcome::Connected(_) => self.settled = true,
+            DialOutcome::Failed(e) => self.record_failure(e),
+            DialOutcome::Closed => self.record_failure("the agent closed the dial (DIAL_CLS)"),
+            DialOutcome::BackendGone => {
+                self.record_failure(konnectivity_core::wire::AGENT_DISCONNECTED)
+            }
+        }
         self.reply.take().is_some_and(|r| r.send(outcome).is_ok())
+    }
+
+    /// Ends the dial as failed with `error` without telling the frontend (it is gone,
+    /// or the caller answers it).
+    pub fn fail(mut self, error: &str) {
+        self.record_failure(error);
+    }
+
+    /// The frontend went away while the dial was pending.
+    pub fn abandon(self) {
+        self.fail(FRONTEND_CLOSED);
+    }
+
+    fn record_failure(&mut self, error: &str) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        self.backend.failed_dials.fetch_add(1, Ordering::Relaxed);
+        self.failures.record(
+            Some(&self.backend.agent_id),
+            &self.address,
+            self.frontend,
+            error,
+        );
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         self.backend.pending.fetch_sub(1, Ordering::AcqRel);
+        if !self.settled {
+            // Every path that knows why a dial ended settles it; what is left is a
+            // frontend's deadline taking the dial out of the map.
+            let waited = self.started.elapsed();
+            self.record_failure(&format!(
+                "{} (no answer from the agent after {:.1}s)",
+                konnectivity_core::wire::BACKEND_DIAL_TIMEOUT,
+                waited.as_secs_f64()
+            ));
+        }
     }
 }
 
@@ -223,6 +313,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The process-wide budget every connection queue counts against.
     pub budget: Arc<MemoryBudget>,
+    /// The last failed dials, for the status page.
+    pub dial_failures: Arc<DialFailures>,
     next_id: AtomicU64,
 }
 
@@ -247,6 +339,7 @@ impl Shared {
             table: Mutex::new(table),
             pending: Mutex::new(HashMap::new()),
             metrics,
+            dial_failures: Default::default(),
             next_id: AtomicU64::new(1),
         })
     }

@@ -12,6 +12,9 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct Credit {
     available: AtomicI64,
+    /// The initial window plus every grant, so that what was sent is known without a
+    /// counter on the data path (`sent = credited - available`).
+    credited: AtomicI64,
     /// Wakes the single connection task waiting for credit (a stored permit covers a
     /// grant that lands between its check and its wait).
     granted: Notify,
@@ -22,6 +25,7 @@ impl Credit {
     pub fn new(window: u32) -> Self {
         Self {
             available: AtomicI64::new(i64::from(window)),
+            credited: AtomicI64::new(i64::from(window)),
             granted: Notify::new(),
         }
     }
@@ -52,9 +56,18 @@ impl Credit {
         self.available.fetch_sub(n as i64, Ordering::AcqRel);
     }
 
+    /// Bytes sent so far (for status pages; the two counters are read one after the
+    /// other, so a concurrent grant may make it briefly high by that grant).
+    pub fn sent(&self) -> u64 {
+        let available = self.available.load(Ordering::Acquire);
+        let credited = self.credited.load(Ordering::Relaxed);
+        u64::try_from(credited - available).unwrap_or(0)
+    }
+
     /// Adds credit from a WINDOW_UPDATE; non-positive values are ignored.
     pub fn grant(&self, n: i64) {
         if n > 0 {
+            self.credited.fetch_add(n, Ordering::Relaxed);
             self.available.fetch_add(n, Ordering::AcqRel);
             self.granted.notify_one();
         }
@@ -82,5 +95,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.next_chunk(100), 5);
+    }
+
+    #[test]
+    fn bytes_sent_follow_from_credit_without_a_data_path_counter() {
+        let c = Credit::new(10);
+        c.spend(4);
+        c.grant(4);
+        c.spend(7);
+        assert_eq!(c.sent(), 11);
     }
 }
