@@ -18,6 +18,7 @@ pub mod duration;
 pub mod error;
 pub mod extensions;
 mod files;
+pub mod flags;
 pub mod identifiers;
 pub mod labels;
 pub mod logging;

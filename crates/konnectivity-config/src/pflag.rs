@@ -148,7 +148,7 @@ impl FlagSpec {
     }
 
     /// Parses one argument for this flag.
-    fn parse_value(&self, raw: &str) -> Result<FlagValue, String> {
+    pub(crate) fn parse_value(&self, raw: &str) -> Result<FlagValue, String> {
         match self.kind {
             FlagKind::Bool => strconv::parse_bool(raw)
                 .map(FlagValue::Bool)

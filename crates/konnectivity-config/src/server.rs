@@ -9,11 +9,12 @@ use std::sync::OnceLock;
 
 use crate::duration::GoDuration;
 use crate::error::ConfigError;
+use crate::extensions::{self, Extensions};
 use crate::files::check_file;
+use crate::flags::{FlagSet, options};
 use crate::labels;
 use crate::logging::{KLOG_FLAGS, LogOptions};
-use crate::pflag::{self, FlagKind, FlagSpec, format_string_slice};
-use crate::strconv::format_float32;
+use crate::pflag::{self, FlagKind, FlagSpec};
 use crate::tls::{self, TlsVersion};
 
 /// The command name cobra prints in the usage text.
@@ -78,50 +79,112 @@ pub fn default_server_id(env_value: Option<String>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-static SERVER_OWN_FLAGS: &[FlagSpec] = &[
-    FlagSpec::new("server-cert", FlagKind::String, "", "If non-empty, the certificate served to frontends on TCP."),
-    FlagSpec::new("server-key", FlagKind::String, "", "If non-empty, the private key for --server-cert."),
-    FlagSpec::new("server-ca-cert", FlagKind::String, "", "If non-empty, the CA that frontend (kube-apiserver) client certificates must chain to."),
-    FlagSpec::new("cluster-cert", FlagKind::String, "", "If non-empty, the certificate served to agents."),
-    FlagSpec::new("cluster-key", FlagKind::String, "", "If non-empty, the private key for --cluster-cert."),
-    FlagSpec::new("cluster-ca-cert", FlagKind::String, "", "If non-empty, the CA that agent client certificates must chain to."),
-    FlagSpec::new("mode", FlagKind::String, "grpc", "Frontend protocol: 'grpc' or 'http-connect'."),
-    FlagSpec::new("uds-name", FlagKind::String, "", "Unix socket path for the frontend; empty means TCP."),
-    FlagSpec::new("delete-existing-uds-file", FlagKind::Bool, "true", "If true, remove an existing file at --uds-name before listening."),
-    FlagSpec::new("server-port", FlagKind::Int, "8090", "Frontend TCP port. Must be 0 when --uds-name is set."),
-    FlagSpec::new("server-bind-address", FlagKind::String, "", "Frontend bind address; empty binds all interfaces."),
-    FlagSpec::new("agent-port", FlagKind::Int, "8091", "Port for agent connections."),
-    FlagSpec::new("agent-bind-address", FlagKind::String, "", "Agent listener bind address; empty binds all interfaces."),
-    FlagSpec::new("admin-port", FlagKind::Int, "8095", "Port for the admin endpoint."),
-    FlagSpec::new("admin-bind-address", FlagKind::String, "127.0.0.1", "Admin endpoint bind address."),
-    FlagSpec::new("health-port", FlagKind::Int, "8092", "Port for the health endpoint."),
-    FlagSpec::new("health-bind-address", FlagKind::String, "", "Health endpoint bind address; empty binds all interfaces."),
-    FlagSpec::new("keepalive-time", FlagKind::Duration, "1h0m0s", "Keepalive ping interval on agent connections."),
-    FlagSpec::new("frontend-keepalive-time", FlagKind::Duration, "1h0m0s", "Keepalive ping interval on gRPC frontend connections."),
-    FlagSpec::new("enable-profiling", FlagKind::Bool, "false", "Serve profiling data at host:admin-port/debug/pprof."),
-    FlagSpec::new("enable-contention-profiling", FlagKind::Bool, "false", "Also profile lock contention; requires --enable-profiling."),
-    FlagSpec::new("server-id", FlagKind::String, "", "Unique ID of this server; defaults to $PROXY_SERVER_ID, else a random UUID."),
-    FlagSpec::new("server-count", FlagKind::Int, "1", "Number of proxy server instances; 1 unless running HA."),
-    FlagSpec::new("agent-namespace", FlagKind::String, "", "Namespace expected in agent service-account tokens (enables token authentication)."),
-    FlagSpec::new("agent-service-account", FlagKind::String, "", "Service account expected in agent tokens (enables token authentication)."),
-    FlagSpec::new("kubeconfig", FlagKind::String, "", "Path to a kubeconfig file; empty uses the in-cluster configuration."),
-    FlagSpec::new("kubeconfig-qps", FlagKind::Float32, "0", "Kubernetes client QPS limit (0 uses the client default)."),
-    FlagSpec::new("kubeconfig-burst", FlagKind::Int, "0", "Kubernetes client burst limit (0 uses the client default)."),
-    FlagSpec::new("kube-api-content-type", FlagKind::String, "application/vnd.kubernetes.protobuf", "Content type of requests to the Kubernetes API."),
-    FlagSpec::new("authentication-audience", FlagKind::String, "", "Audience expected in agent tokens (enables token authentication)."),
-    FlagSpec::new("proxy-strategies", FlagKind::String, "default", "Ordered, comma-separated agent selection strategies: default, destHost, defaultRoute."),
-    FlagSpec::new("cipher-suites", FlagKind::StringSlice, "[]", "Comma-separated TLS 1.2 cipher suites to allow; empty uses the default list. No effect on TLS 1.3."),
-    FlagSpec::new("tls-min-version", FlagKind::String, "", "Minimum TLS version: VersionTLS10, VersionTLS11, VersionTLS12 or VersionTLS13; empty means VersionTLS12."),
-    FlagSpec::new("xfr-channel-size", FlagKind::Int, "10", "Capacity of each per-stream receive queue (frontend and agent streams)."),
-    FlagSpec::new("enable-lease-controller", FlagKind::Bool, "false", "Publish this server's Lease and garbage-collect expired ones."),
-    FlagSpec::new("lease-namespace", FlagKind::String, "kube-system", "Namespace of the server Leases."),
-    FlagSpec::new("lease-label", FlagKind::String, "k8s-app=konnectivity-server", "Labels (k=v[,k=v]) put on the server Lease and used to select Leases for garbage collection."),
-    FlagSpec::new("graceful-shutdown-timeout", FlagKind::Duration, "0s", "Upper bound on waiting for connections to finish at shutdown; 0 shuts down at once."),
-    FlagSpec::new("backend-dial-timeout", FlagKind::Duration, "0s", "How long a dial to an agent may wait for its response; 0 disables the timeout."),
-    FlagSpec::new("warn-on-channel-limit", FlagKind::Bool, "true", "No effect; kept for compatibility.")
-        .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
-    FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
-];
+options! {
+    /// Typed `proxy-server` options, one row per flag. Integer flags keep Go's `int` range so
+    /// that validation can report out-of-range values exactly as given.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ServerOptions in SERVER_OWN_FLAGS {
+        server_cert: String = "server-cert", "",
+            "If non-empty, the certificate served to frontends on TCP.";
+        server_key: String = "server-key", "",
+            "If non-empty, the private key for --server-cert.";
+        server_ca_cert: String = "server-ca-cert", "",
+            "If non-empty, the CA that frontend (kube-apiserver) client certificates must chain to.";
+        cluster_cert: String = "cluster-cert", "",
+            "If non-empty, the certificate served to agents.";
+        cluster_key: String = "cluster-key", "",
+            "If non-empty, the private key for --cluster-cert.";
+        cluster_ca_cert: String = "cluster-ca-cert", "",
+            "If non-empty, the CA that agent client certificates must chain to.";
+        /// As given; see [`ServerOptions::mode`].
+        mode: String = "mode", "grpc",
+            "Frontend protocol: 'grpc' or 'http-connect'.";
+        uds_name: String = "uds-name", "",
+            "Unix socket path for the frontend; empty means TCP.";
+        delete_existing_uds_file: bool = "delete-existing-uds-file", "true",
+            "If true, remove an existing file at --uds-name before listening.";
+        server_port: i64 = "server-port", "8090",
+            "Frontend TCP port. Must be 0 when --uds-name is set.";
+        server_bind_address: String = "server-bind-address", "",
+            "Frontend bind address; empty binds all interfaces.";
+        agent_port: i64 = "agent-port", "8091",
+            "Port for agent connections.";
+        agent_bind_address: String = "agent-bind-address", "",
+            "Agent listener bind address; empty binds all interfaces.";
+        admin_port: i64 = "admin-port", "8095",
+            "Port for the admin endpoint.";
+        admin_bind_address: String = "admin-bind-address", "127.0.0.1",
+            "Admin endpoint bind address.";
+        health_port: i64 = "health-port", "8092",
+            "Port for the health endpoint.";
+        health_bind_address: String = "health-bind-address", "",
+            "Health endpoint bind address; empty binds all interfaces.";
+        keepalive_time: GoDuration = "keepalive-time", "1h0m0s",
+            "Keepalive ping interval on agent connections.";
+        frontend_keepalive_time: GoDuration = "frontend-keepalive-time", "1h0m0s",
+            "Keepalive ping interval on gRPC frontend connections.";
+        enable_profiling: bool = "enable-profiling", "false",
+            "Serve profiling data at host:admin-port/debug/pprof.";
+        enable_contention_profiling: bool = "enable-contention-profiling", "false",
+            "Also profile lock contention; requires --enable-profiling.";
+        server_id: String = "server-id", "",
+            "Unique ID of this server; defaults to $PROXY_SERVER_ID, else a random UUID.";
+        server_count: i64 = "server-count", "1",
+            "Number of proxy server instances; 1 unless running HA.";
+        agent_namespace: String = "agent-namespace", "",
+            "Namespace expected in agent service-account tokens (enables token authentication).";
+        agent_service_account: String = "agent-service-account", "",
+            "Service account expected in agent tokens (enables token authentication).";
+        kubeconfig: String = "kubeconfig", "",
+            "Path to a kubeconfig file; empty uses the in-cluster configuration.";
+        kubeconfig_qps: f32 = "kubeconfig-qps", "0",
+            "Kubernetes client QPS limit (0 uses the client default).";
+        kubeconfig_burst: i64 = "kubeconfig-burst", "0",
+            "Kubernetes client burst limit (0 uses the client default).";
+        kube_api_content_type: String = "kube-api-content-type", "application/vnd.kubernetes.protobuf",
+            "Content type of requests to the Kubernetes API.";
+        authentication_audience: String = "authentication-audience", "",
+            "Audience expected in agent tokens (enables token authentication).";
+        /// As given; see [`ServerOptions::proxy_strategies`].
+        proxy_strategies: String = "proxy-strategies", "default",
+            "Ordered, comma-separated agent selection strategies: default, destHost, defaultRoute.";
+        cipher_suites: Vec<String> = "cipher-suites", "[]",
+            "Comma-separated TLS 1.2 cipher suites to allow; empty uses the default list. No effect on TLS 1.3.";
+        /// As given; see [`ServerOptions::tls_min_version`].
+        tls_min_version: String = "tls-min-version", "",
+            "Minimum TLS version: VersionTLS10, VersionTLS11, VersionTLS12 or VersionTLS13; empty means VersionTLS12.";
+        xfr_channel_size: i64 = "xfr-channel-size", "10",
+            "Capacity of each per-stream receive queue (frontend and agent streams).";
+        enable_lease_controller: bool = "enable-lease-controller", "false",
+            "Publish this server's Lease and garbage-collect expired ones.";
+        lease_namespace: String = "lease-namespace", "kube-system",
+            "Namespace of the server Leases.";
+        /// As given; see [`ServerOptions::lease_labels`].
+        lease_label: String = "lease-label", "k8s-app=konnectivity-server",
+            "Labels (k=v[,k=v]) put on the server Lease and used to select Leases for garbage collection.";
+        graceful_shutdown_timeout: GoDuration = "graceful-shutdown-timeout", "0s",
+            "Upper bound on waiting for connections to finish at shutdown; 0 shuts down at once.";
+        backend_dial_timeout: GoDuration = "backend-dial-timeout", "0s",
+            "How long a dial to an agent may wait for its response; 0 disables the timeout.";
+    }
+    also [
+        FlagSpec::new("warn-on-channel-limit", FlagKind::Bool, "true", "No effect; kept for compatibility.")
+            .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
+        FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
+    ]
+    extra {
+        /// True when the deprecated no-op `--warn-on-channel-limit` was given.
+        warn_on_channel_limit_used: bool = false;
+        /// klog flags.
+        log: LogOptions = LogOptions::default();
+        /// Flags given on the command line, in order of first use.
+        explicit_flags: Vec<String> = Vec::new();
+        /// konnectivity-rs extension flags.
+        ext: Extensions = Extensions::default();
+        /// Notices to print for deprecated flags that were used (pflag's wording).
+        deprecation_notices: Vec<String> = Vec::new();
+    }
+}
 
 /// Every flag `proxy-server` accepts (its own, klog's and `--help`), sorted by name.
 pub fn server_flags() -> &'static [FlagSpec] {
@@ -130,107 +193,12 @@ pub fn server_flags() -> &'static [FlagSpec] {
         let mut all: Vec<FlagSpec> = SERVER_OWN_FLAGS
             .iter()
             .chain(KLOG_FLAGS)
-            .chain(crate::extensions::COMMON_EXT_FLAGS)
-            .chain(crate::extensions::SERVER_EXT_FLAGS)
+            .chain(extensions::flags_of(true))
             .copied()
             .collect();
         all.sort_by_key(|s| s.name);
         all
     })
-}
-
-/// Typed `proxy-server` options. Integer flags keep Go's `int` range so that validation can
-/// report out-of-range values exactly as given.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerOptions {
-    /// `--server-cert`
-    pub server_cert: String,
-    /// `--server-key`
-    pub server_key: String,
-    /// `--server-ca-cert`
-    pub server_ca_cert: String,
-    /// `--cluster-cert`
-    pub cluster_cert: String,
-    /// `--cluster-key`
-    pub cluster_key: String,
-    /// `--cluster-ca-cert`
-    pub cluster_ca_cert: String,
-    /// `--mode` as given; see [`ServerOptions::mode`].
-    pub mode: String,
-    /// `--uds-name`
-    pub uds_name: String,
-    /// `--delete-existing-uds-file`
-    pub delete_existing_uds_file: bool,
-    /// `--server-port`
-    pub server_port: i64,
-    /// `--server-bind-address`
-    pub server_bind_address: String,
-    /// `--agent-port`
-    pub agent_port: i64,
-    /// `--agent-bind-address`
-    pub agent_bind_address: String,
-    /// `--admin-port`
-    pub admin_port: i64,
-    /// `--admin-bind-address`
-    pub admin_bind_address: String,
-    /// `--health-port`
-    pub health_port: i64,
-    /// `--health-bind-address`
-    pub health_bind_address: String,
-    /// `--keepalive-time`
-    pub keepalive_time: GoDuration,
-    /// `--frontend-keepalive-time`
-    pub frontend_keepalive_time: GoDuration,
-    /// `--enable-profiling`
-    pub enable_profiling: bool,
-    /// `--enable-contention-profiling`
-    pub enable_contention_profiling: bool,
-    /// `--server-id`
-    pub server_id: String,
-    /// `--server-count`
-    pub server_count: i64,
-    /// `--agent-namespace`
-    pub agent_namespace: String,
-    /// `--agent-service-account`
-    pub agent_service_account: String,
-    /// `--authentication-audience`
-    pub authentication_audience: String,
-    /// `--kubeconfig`
-    pub kubeconfig: String,
-    /// `--kubeconfig-qps`
-    pub kubeconfig_qps: f32,
-    /// `--kubeconfig-burst`
-    pub kubeconfig_burst: i64,
-    /// `--kube-api-content-type`
-    pub kube_api_content_type: String,
-    /// `--proxy-strategies` as given; see [`ServerOptions::proxy_strategies`].
-    pub proxy_strategies: String,
-    /// `--cipher-suites`
-    pub cipher_suites: Vec<String>,
-    /// `--tls-min-version` as given; see [`ServerOptions::tls_min_version`].
-    pub tls_min_version: String,
-    /// `--xfr-channel-size`
-    pub xfr_channel_size: i64,
-    /// `--enable-lease-controller`
-    pub enable_lease_controller: bool,
-    /// `--lease-namespace`
-    pub lease_namespace: String,
-    /// `--lease-label` as given; see [`ServerOptions::lease_labels`].
-    pub lease_label: String,
-    /// `--graceful-shutdown-timeout`
-    pub graceful_shutdown_timeout: GoDuration,
-    /// `--backend-dial-timeout`
-    pub backend_dial_timeout: GoDuration,
-    /// True when the deprecated no-op `--warn-on-channel-limit` was given.
-    pub warn_on_channel_limit_used: bool,
-    /// klog flags.
-    pub log: LogOptions,
-    /// Flags given on the command line, in order of first use.
-    pub explicit_flags: Vec<String>,
-    /// konnectivity-rs extension flags.
-    pub ext: crate::extensions::Extensions,
-    /// Notices to print for deprecated flags that were used (pflag's wording).
-    pub deprecation_notices: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -240,60 +208,12 @@ impl Default for ServerOptions {
     }
 }
 
-fn apply<T>(target: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *target = v;
-    }
-}
-
 impl ServerOptions {
     /// Upstream defaults with the given server ID.
     pub fn with_server_id(server_id: String) -> Self {
         ServerOptions {
-            server_cert: String::new(),
-            server_key: String::new(),
-            server_ca_cert: String::new(),
-            cluster_cert: String::new(),
-            cluster_key: String::new(),
-            cluster_ca_cert: String::new(),
-            mode: "grpc".to_owned(),
-            uds_name: String::new(),
-            delete_existing_uds_file: true,
-            server_port: 8090,
-            server_bind_address: String::new(),
-            agent_port: 8091,
-            agent_bind_address: String::new(),
-            admin_port: 8095,
-            admin_bind_address: "127.0.0.1".to_owned(),
-            health_port: 8092,
-            health_bind_address: String::new(),
-            keepalive_time: GoDuration::from_secs(3600),
-            frontend_keepalive_time: GoDuration::from_secs(3600),
-            enable_profiling: false,
-            enable_contention_profiling: false,
             server_id,
-            server_count: 1,
-            agent_namespace: String::new(),
-            agent_service_account: String::new(),
-            authentication_audience: String::new(),
-            kubeconfig: String::new(),
-            kubeconfig_qps: 0.0,
-            kubeconfig_burst: 0,
-            kube_api_content_type: "application/vnd.kubernetes.protobuf".to_owned(),
-            proxy_strategies: "default".to_owned(),
-            cipher_suites: Vec::new(),
-            tls_min_version: String::new(),
-            xfr_channel_size: 10,
-            enable_lease_controller: false,
-            lease_namespace: "kube-system".to_owned(),
-            lease_label: "k8s-app=konnectivity-server".to_owned(),
-            graceful_shutdown_timeout: GoDuration::ZERO,
-            backend_dial_timeout: GoDuration::ZERO,
-            warn_on_channel_limit_used: false,
-            log: LogOptions::default(),
-            explicit_flags: Vec::new(),
-            ext: crate::extensions::Extensions::default(),
-            deprecation_notices: Vec::new(),
+            ..Self::declared_defaults()
         }
     }
 
@@ -305,70 +225,10 @@ impl ServerOptions {
         } else {
             Self::default()
         };
-        let s = |name: &str| p.string(name).map(str::to_owned);
-        apply(&mut o.server_cert, s("server-cert"));
-        apply(&mut o.server_key, s("server-key"));
-        apply(&mut o.server_ca_cert, s("server-ca-cert"));
-        apply(&mut o.cluster_cert, s("cluster-cert"));
-        apply(&mut o.cluster_key, s("cluster-key"));
-        apply(&mut o.cluster_ca_cert, s("cluster-ca-cert"));
-        apply(&mut o.mode, s("mode"));
-        apply(&mut o.uds_name, s("uds-name"));
-        apply(
-            &mut o.delete_existing_uds_file,
-            p.bool("delete-existing-uds-file"),
-        );
-        apply(&mut o.server_port, p.int("server-port"));
-        apply(&mut o.server_bind_address, s("server-bind-address"));
-        apply(&mut o.agent_port, p.int("agent-port"));
-        apply(&mut o.agent_bind_address, s("agent-bind-address"));
-        apply(&mut o.admin_port, p.int("admin-port"));
-        apply(&mut o.admin_bind_address, s("admin-bind-address"));
-        apply(&mut o.health_port, p.int("health-port"));
-        apply(&mut o.health_bind_address, s("health-bind-address"));
-        apply(&mut o.keepalive_time, p.duration("keepalive-time"));
-        apply(
-            &mut o.frontend_keepalive_time,
-            p.duration("frontend-keepalive-time"),
-        );
-        apply(&mut o.enable_profiling, p.bool("enable-profiling"));
-        apply(
-            &mut o.enable_contention_profiling,
-            p.bool("enable-contention-profiling"),
-        );
-        apply(&mut o.server_id, s("server-id"));
-        apply(&mut o.server_count, p.int("server-count"));
-        apply(&mut o.agent_namespace, s("agent-namespace"));
-        apply(&mut o.agent_service_account, s("agent-service-account"));
-        apply(&mut o.authentication_audience, s("authentication-audience"));
-        apply(&mut o.kubeconfig, s("kubeconfig"));
-        apply(&mut o.kubeconfig_qps, p.float32("kubeconfig-qps"));
-        apply(&mut o.kubeconfig_burst, p.int("kubeconfig-burst"));
-        apply(&mut o.kube_api_content_type, s("kube-api-content-type"));
-        apply(&mut o.proxy_strategies, s("proxy-strategies"));
-        apply(
-            &mut o.cipher_suites,
-            p.string_slice("cipher-suites").map(<[String]>::to_vec),
-        );
-        apply(&mut o.tls_min_version, s("tls-min-version"));
-        apply(&mut o.xfr_channel_size, p.int("xfr-channel-size"));
-        apply(
-            &mut o.enable_lease_controller,
-            p.bool("enable-lease-controller"),
-        );
-        apply(&mut o.lease_namespace, s("lease-namespace"));
-        apply(&mut o.lease_label, s("lease-label"));
-        apply(
-            &mut o.graceful_shutdown_timeout,
-            p.duration("graceful-shutdown-timeout"),
-        );
-        apply(
-            &mut o.backend_dial_timeout,
-            p.duration("backend-dial-timeout"),
-        );
+        o.read_flags(&p);
         o.warn_on_channel_limit_used = p.is_set("warn-on-channel-limit");
         o.log = LogOptions::from_flags(&p);
-        o.ext = crate::extensions::Extensions::from_flags(&p);
+        o.ext = Extensions::from_flags(&p);
         o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
         o.deprecation_notices = p.deprecation_notices().to_vec();
         Ok(o)
@@ -552,65 +412,7 @@ impl ServerOptions {
     /// Every flag with its effective value in pflag's `String()` form, sorted by name
     /// (what upstream logs at `-v=1` before validating).
     pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let b = |v: bool| v.to_string();
-        let mut out = vec![
-            ("server-cert", self.server_cert.clone()),
-            ("server-key", self.server_key.clone()),
-            ("server-ca-cert", self.server_ca_cert.clone()),
-            ("cluster-cert", self.cluster_cert.clone()),
-            ("cluster-key", self.cluster_key.clone()),
-            ("cluster-ca-cert", self.cluster_ca_cert.clone()),
-            ("mode", self.mode.clone()),
-            ("uds-name", self.uds_name.clone()),
-            ("delete-existing-uds-file", b(self.delete_existing_uds_file)),
-            ("server-port", self.server_port.to_string()),
-            ("server-bind-address", self.server_bind_address.clone()),
-            ("agent-port", self.agent_port.to_string()),
-            ("agent-bind-address", self.agent_bind_address.clone()),
-            ("admin-port", self.admin_port.to_string()),
-            ("admin-bind-address", self.admin_bind_address.clone()),
-            ("health-port", self.health_port.to_string()),
-            ("health-bind-address", self.health_bind_address.clone()),
-            ("keepalive-time", self.keepalive_time.to_string()),
-            (
-                "frontend-keepalive-time",
-                self.frontend_keepalive_time.to_string(),
-            ),
-            ("enable-profiling", b(self.enable_profiling)),
-            (
-                "enable-contention-profiling",
-                b(self.enable_contention_profiling),
-            ),
-            ("server-id", self.server_id.clone()),
-            ("server-count", self.server_count.to_string()),
-            ("agent-namespace", self.agent_namespace.clone()),
-            ("agent-service-account", self.agent_service_account.clone()),
-            ("kubeconfig", self.kubeconfig.clone()),
-            ("kubeconfig-qps", format_float32(self.kubeconfig_qps)),
-            ("kubeconfig-burst", self.kubeconfig_burst.to_string()),
-            ("kube-api-content-type", self.kube_api_content_type.clone()),
-            (
-                "authentication-audience",
-                self.authentication_audience.clone(),
-            ),
-            ("proxy-strategies", self.proxy_strategies.clone()),
-            ("cipher-suites", format_string_slice(&self.cipher_suites)),
-            ("tls-min-version", self.tls_min_version.clone()),
-            ("xfr-channel-size", self.xfr_channel_size.to_string()),
-            ("enable-lease-controller", b(self.enable_lease_controller)),
-            ("lease-namespace", self.lease_namespace.clone()),
-            ("lease-label", self.lease_label.clone()),
-            (
-                "graceful-shutdown-timeout",
-                self.graceful_shutdown_timeout.to_string(),
-            ),
-            (
-                "backend-dial-timeout",
-                self.backend_dial_timeout.to_string(),
-            ),
-            ("warn-on-channel-limit", "true".to_owned()),
-            ("help", "false".to_owned()),
-        ];
+        let mut out = self.declared_values();
         out.extend(self.log.flag_values());
         out.extend(self.ext.flag_values(true));
         out.sort_by_key(|(n, _)| *n);

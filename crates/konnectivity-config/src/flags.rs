@@ -1,0 +1,340 @@
+//! One declaration per flag: the [`options!`] macro and the [`FlagField`] types it accepts.
+//!
+//! A binary's options used to name each flag five times (table row, struct field, default,
+//! parsing, `flag_values`), and the copies could drift. Here a flag is one row —
+//! field, Rust type, flag name, default, help, and optionally a per-flag check — and the
+//! macro derives the rest:
+//!
+//! * the struct, each field documented with its flag name;
+//! * the static [`FlagSpec`] table the pflag grammar parses against;
+//! * the defaults, parsed from the row's default *text* (the same text the usage and
+//!   `docs/compatibility.md` print), so the typed default cannot differ from the printed one;
+//! * reading a [`ParsedFlags`] into the fields, and printing every value back in pflag's
+//!   `String()` form (what upstream logs at `-v=1`);
+//! * the per-flag checks, run in row order.
+//!
+//! What stays hand-written is what is not per flag: upstream's validation rules that relate
+//! several flags (in upstream's order, with its messages), and values with a special
+//! default (`--server-id`, `--agent-id` from the environment).
+
+use crate::duration::GoDuration;
+use crate::labels::LabelSelector;
+use crate::pflag::{FlagKind, FlagSpec, FlagValue, format_string_slice};
+use crate::strconv::format_float32;
+
+/// A Rust type a flag can be read into: its pflag kind, how a parsed value becomes it, and
+/// how it prints in pflag's `String()` form.
+pub trait FlagField: Sized {
+    /// The pflag value type of flags of this Rust type.
+    const KIND: FlagKind;
+    /// The typed value of a parsed flag argument (`None` if the kinds do not match).
+    fn from_value(value: &FlagValue) -> Option<Self>;
+    /// pflag's `String()` of the value.
+    fn show(&self) -> String;
+}
+
+impl FlagField for String {
+    const KIND: FlagKind = FlagKind::String;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        self.clone()
+    }
+}
+
+impl FlagField for bool {
+    const KIND: FlagKind = FlagKind::Bool;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl FlagField for i64 {
+    const KIND: FlagKind = FlagKind::Int;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl FlagField for f32 {
+    const KIND: FlagKind = FlagKind::Float32;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::Float32(f) => Some(*f),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        format_float32(*self)
+    }
+}
+
+impl FlagField for Vec<String> {
+    const KIND: FlagKind = FlagKind::StringSlice;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::StringSlice(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        format_string_slice(self)
+    }
+}
+
+impl FlagField for GoDuration {
+    const KIND: FlagKind = FlagKind::Duration;
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::Duration(d) => Some(*d),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn check_selector(s: &str) -> Result<(), String> {
+    LabelSelector::parse(s).map(drop)
+}
+
+/// A Kubernetes label selector, checked when the flag is parsed (a string to pflag).
+impl FlagField for LabelSelector {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "string",
+        check: check_selector,
+    };
+    fn from_value(value: &FlagValue) -> Option<Self> {
+        match value {
+            FlagValue::String(s) => LabelSelector::parse(s).ok(),
+            _ => None,
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The typed default of a row: its default text parsed as if given on the command line.
+///
+/// A default that does not parse is a mistake in a declaration, not in input; every
+/// table's test (`defaults_equal_the_spec_table`) builds the defaults, so it cannot ship.
+pub(crate) fn default_of<T: FlagField>(spec: &FlagSpec) -> T {
+    spec.parse_value(spec.default)
+        .ok()
+        .as_ref()
+        .and_then(T::from_value)
+        .unwrap_or_else(|| panic!("the default of --{} does not parse", spec.name))
+}
+
+/// Which binaries accept a flag (for tables shared by both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// proxy-server and proxy-agent.
+    Both,
+    /// proxy-server only.
+    Server,
+    /// proxy-agent only.
+    Agent,
+}
+
+impl Scope {
+    /// True when the server (`server`) or the agent (`!server`) accepts the flag.
+    pub fn includes(self, server: bool) -> bool {
+        match self {
+            Scope::Both => true,
+            Scope::Server => server,
+            Scope::Agent => !server,
+        }
+    }
+}
+
+/// What [`options!`] derives for a struct from its rows.
+pub(crate) trait FlagSet: Sized {
+    /// Every field at the default its row declares.
+    fn declared_defaults() -> Self;
+    /// Overwrites each field whose flag (or alias) was given.
+    fn read_flags(&mut self, parsed: &crate::pflag::ParsedFlags);
+    /// Every declared flag with its value in pflag's `String()` form (aliases and
+    /// field-less flags included), in declaration order.
+    fn declared_values(&self) -> Vec<(&'static str, String)>;
+    /// Runs the rows' own checks in declaration order; messages start with `--<name> `.
+    fn check_rows(&self) -> Result<(), String>;
+    /// Which binaries accept the flag `name` (rows marked `@server` / `@agent`).
+    fn scope(name: &str) -> Scope;
+}
+
+/// Declares an options struct from one row per flag.
+///
+/// ```text
+/// options! {
+///     /// Struct docs.
+///     #[derive(Clone, Debug, PartialEq)]
+///     pub struct Opts in OWN_FLAGS {
+///         /// Extra field docs (the flag name is added).
+///         @server field: Type = "flag-name", "default text", "help text",
+///             alias "old-name" deprecated "Use --flag-name instead",
+///             check non_negative;
+///     }
+///     also [FlagSpec::new("help", FlagKind::Bool, "false", "help").with_shorthand('h')]
+///     extra {
+///         /// A field that is not a flag.
+///         notes: Vec<String> = Vec::new();
+///     }
+/// }
+/// ```
+///
+/// `@server`/`@agent` (optional) restrict a row to one binary, `alias` (optional) adds a
+/// hidden, deprecated second name writing the same field (last one given wins), `check`
+/// (optional) is a `fn(&Type) -> Result<(), String>` whose message follows `--<name> `.
+/// `also` lists flags without a field (shown with their default), `extra` fields that are
+/// not flags.
+macro_rules! options {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $table:ident {
+            $(
+                $(#[$doc:meta])*
+                $(@$scope:ident)? $field:ident: $ty:ty = $flag:literal, $default:expr, $help:expr
+                    $(, alias $alias:literal deprecated $alias_note:literal)?
+                    $(, check $check:expr)?;
+            )*
+        }
+        also [$($also:expr),* $(,)?]
+        extra {
+            $( $(#[$extra_doc:meta])* $extra:ident: $extra_ty:ty = $extra_default:expr; )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                #[doc = concat!("`--", $flag, "`")]
+                #[doc = ""]
+                $(#[$doc])*
+                pub $field: $ty,
+            )*
+            $( $(#[$extra_doc])* pub $extra: $extra_ty, )*
+        }
+
+        /// The flags declared by the struct's rows, in declaration order.
+        static $table: &[$crate::pflag::FlagSpec] = &[
+            $(
+                $crate::pflag::FlagSpec::new(
+                    $flag,
+                    <$ty as $crate::flags::FlagField>::KIND,
+                    $default,
+                    $help,
+                ),
+                $(
+                    $crate::pflag::FlagSpec::new(
+                        $alias,
+                        <$ty as $crate::flags::FlagField>::KIND,
+                        $default,
+                        "",
+                    )
+                    .deprecated($alias_note),
+                )?
+            )*
+            $($also,)*
+        ];
+
+        impl $crate::flags::FlagSet for $name {
+            fn declared_defaults() -> Self {
+                let spec = |name: &str| {
+                    $table.iter().find(|s| s.name == name).copied().unwrap_or_else(|| {
+                        panic!("--{name} is not in its table")
+                    })
+                };
+                $name {
+                    $( $field: $crate::flags::default_of(&spec($flag)), )*
+                    $( $extra: $extra_default, )*
+                }
+            }
+
+            fn read_flags(&mut self, parsed: &$crate::pflag::ParsedFlags) {
+                $(
+                    if let Some(v) = parsed
+                        .last_of(&[$flag $(, $alias)?])
+                        .and_then(<$ty as $crate::flags::FlagField>::from_value)
+                    {
+                        self.$field = v;
+                    }
+                )*
+            }
+
+            fn declared_values(&self) -> Vec<(&'static str, String)> {
+                let mut out: Vec<(&'static str, String)> = Vec::new();
+                $(
+                    let shown = $crate::flags::FlagField::show(&self.$field);
+                    $( out.push(($alias, shown.clone())); )?
+                    out.push(($flag, shown));
+                )*
+                $(
+                    let also: $crate::pflag::FlagSpec = $also;
+                    out.push((also.name, also.default.to_owned()));
+                )*
+                out
+            }
+
+            fn check_rows(&self) -> Result<(), String> {
+                $($(
+                    ($check)(&self.$field).map_err(|e| format!("--{} {e}", $flag))?;
+                )?)*
+                Ok(())
+            }
+
+            fn scope(name: &str) -> $crate::flags::Scope {
+                match name {
+                    $( $flag => $crate::flags::options!(@scope $($scope)?), )*
+                    _ => $crate::flags::Scope::Both,
+                }
+            }
+        }
+    };
+    (@scope) => { $crate::flags::Scope::Both };
+    (@scope server) => { $crate::flags::Scope::Server };
+    (@scope agent) => { $crate::flags::Scope::Agent };
+}
+
+pub(crate) use options;
+
+/// Row check: a count that must not be negative.
+pub(crate) fn non_negative(v: &i64) -> Result<(), String> {
+    if *v < 0 {
+        return Err(format!("must be >= 0, got {v}"));
+    }
+    Ok(())
+}
+
+/// Row check: a duration that must not be negative.
+pub(crate) fn non_negative_duration(d: &GoDuration) -> Result<(), String> {
+    if d.is_negative() {
+        return Err(format!("must be >= 0, got {d}"));
+    }
+    Ok(())
+}
+
+/// Row check: a duration that must be positive.
+pub(crate) fn positive_duration(d: &GoDuration) -> Result<(), String> {
+    if d.to_std().is_none_or(|d| d.is_zero()) {
+        return Err(format!("must be > 0, got {d}"));
+    }
+    Ok(())
+}
