@@ -7,16 +7,16 @@
 
 use std::sync::OnceLock;
 
-use crate::duration::GoDuration;
 use crate::error::ConfigError;
 use crate::extensions::{self, Extensions};
 use crate::files::check_file;
 use crate::flags::{FlagSet, options};
+use crate::go::duration::GoDuration;
+use crate::go::pflag::{self, FlagKind, FlagSpec};
+use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
 use crate::logging::{KLOG_FLAGS, LogOptions};
-use crate::pflag::{self, FlagKind, FlagSpec};
-use crate::strconv::quote;
 
 /// The command name cobra prints in the usage text.
 pub const AGENT_COMMAND: &str = "agent";

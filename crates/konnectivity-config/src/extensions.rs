@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use konnectivity_core::policy::DestinationPolicy;
 
-use crate::duration::GoDuration;
 use crate::flags::{FlagSet, non_negative, non_negative_duration, options, positive_duration};
-use crate::pflag::{FlagSpec, ParsedFlags};
+use crate::go::duration::GoDuration;
+use crate::go::pflag::{FlagSpec, ParsedFlags};
 
 options! {
     /// Values of the extension flags. Rows run their checks in this order; `@server` and

@@ -17,10 +17,10 @@
 //! several flags (in upstream's order, with its messages), and values with a special
 //! default (`--server-id`, `--agent-id` from the environment).
 
-use crate::duration::GoDuration;
+use crate::go::duration::GoDuration;
+use crate::go::pflag::{FlagKind, FlagSpec, FlagValue, format_string_slice};
+use crate::go::strconv::format_float32;
 use crate::labels::LabelSelector;
-use crate::pflag::{FlagKind, FlagSpec, FlagValue, format_string_slice};
-use crate::strconv::format_float32;
 
 /// A Rust type a flag can be read into: its pflag kind, how a parsed value becomes it, and
 /// how it prints in pflag's `String()` form.
@@ -171,7 +171,7 @@ pub(crate) trait FlagSet: Sized {
     /// Every field at the default its row declares.
     fn declared_defaults() -> Self;
     /// Overwrites each field whose flag (or alias) was given.
-    fn read_flags(&mut self, parsed: &crate::pflag::ParsedFlags);
+    fn read_flags(&mut self, parsed: &crate::go::pflag::ParsedFlags);
     /// Every declared flag with its value in pflag's `String()` form (aliases and
     /// field-less flags included), in declaration order.
     fn declared_values(&self) -> Vec<(&'static str, String)>;
@@ -234,16 +234,16 @@ macro_rules! options {
         }
 
         /// The flags declared by the struct's rows, in declaration order.
-        static $table: &[$crate::pflag::FlagSpec] = &[
+        static $table: &[$crate::go::pflag::FlagSpec] = &[
             $(
-                $crate::pflag::FlagSpec::new(
+                $crate::go::pflag::FlagSpec::new(
                     $flag,
                     <$ty as $crate::flags::FlagField>::KIND,
                     $default,
                     $help,
                 ),
                 $(
-                    $crate::pflag::FlagSpec::new(
+                    $crate::go::pflag::FlagSpec::new(
                         $alias,
                         <$ty as $crate::flags::FlagField>::KIND,
                         $default,
@@ -268,7 +268,7 @@ macro_rules! options {
                 }
             }
 
-            fn read_flags(&mut self, parsed: &$crate::pflag::ParsedFlags) {
+            fn read_flags(&mut self, parsed: &$crate::go::pflag::ParsedFlags) {
                 $(
                     if let Some(v) = parsed
                         .last_of(&[$flag $(, $alias)?])
@@ -287,7 +287,7 @@ macro_rules! options {
                     out.push(($flag, shown));
                 )*
                 $(
-                    let also: $crate::pflag::FlagSpec = $also;
+                    let also: $crate::go::pflag::FlagSpec = $also;
                     out.push((also.name, also.default.to_owned()));
                 )*
                 out

@@ -5,35 +5,36 @@
 //! manifests. Binaries call [`ServerOptions::parse`] / [`AgentOptions::parse`], print
 //! [`ConfigError::Help`] on `--help`, print deprecation notices, then call `validate()`.
 //!
-//! Module map: [`pflag`] (generic flag grammar), [`duration`] (Go durations), [`strconv`]
-//! (Go number/bool syntax and quoting), [`identifiers`] (agent identifiers), [`labels`]
-//! (lease labels and selectors), [`tls`] (TLS version / cipher names), [`logging`] (klog
-//! flags), [`server`] and [`agent`] (per-binary tables, options and validation), [`error`].
+//! Module map: [`go`] (the Go behaviour flags expose: pflag's grammar and usage text, Go
+//! durations, `strconv` syntax and quoting), [`flags`] (one declaration per flag: the
+//! `options!` macro that turns rows into the struct, the flag table, defaults, reading and
+//! printing), [`server`], [`agent`] and [`extensions`] (the rows of each binary and
+//! upstream's cross-flag validation), [`logging`] (klog flags), [`identifiers`] (agent
+//! identifiers), [`labels`] (lease labels and selectors), [`tls`] (TLS version / cipher
+//! names), [`compat`] (how each flag is supported; `docs/compatibility.md`), [`error`].
 
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod compat;
-pub mod duration;
 pub mod error;
 pub mod extensions;
 mod files;
 pub mod flags;
+pub mod go;
 pub mod identifiers;
 pub mod labels;
 pub mod logging;
-pub mod pflag;
 pub mod server;
-pub mod strconv;
 pub mod tls;
 
 pub use agent::{AgentOptions, ServerCountSource, agent_flags};
-pub use duration::GoDuration;
 pub use error::ConfigError;
+pub use go::duration::GoDuration;
+pub use go::pflag::{FlagKind, FlagSpec};
 pub use identifiers::{AgentIdentifiers, IdentifierError, IdentifierMode};
 pub use labels::LabelSelector;
 pub use logging::LogOptions;
-pub use pflag::{FlagKind, FlagSpec};
 pub use server::{Mode, ProxyStrategy, ServerOptions, server_flags};
 pub use tls::TlsVersion;
 

@@ -5,8 +5,8 @@
 //! would stop a real deployment from starting, so every klog flag is accepted with klog's
 //! syntax and kept here for the binary's logging setup to map onto `tracing`.
 
-use crate::pflag::{FlagKind, FlagSpec, ParsedFlags};
-use crate::strconv;
+use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
+use crate::go::strconv;
 
 /// klog's settings as given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,7 +359,7 @@ impl LogOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pflag;
+    use crate::go::pflag;
 
     fn parse(args: &[&str]) -> Result<LogOptions, String> {
         pflag::parse(KLOG_FLAGS, "test", args.iter().map(|s| (*s).to_owned()))

@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use crate::duration::GoDuration;
 use crate::error::ConfigError;
-use crate::strconv::{self, NumErrorKind, quote};
+use crate::go::duration::GoDuration;
+use crate::go::strconv::{self, NumErrorKind, quote};
 
 /// Validates the text of a [`FlagKind::Custom`] flag; `Err` carries the reason shown after
 /// `invalid argument "<v>" for "--<name>" flag: `.
