@@ -375,190 +375,110 @@ fn new_pki(dir: &Path) -> anyhow::Result<Pki> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Upstream proxy-agent ↔ our proxy-server
+// Upstream proxy-agent ↔ our proxy-server, our proxy-agent ↔ upstream proxy-server
 
-#[test]
-fn upstream_agent_behind_our_grpc_server_passes_every_interop_scenario_and_reconnects()
--> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("rs.sock");
-    let (_server, ports) = start_server(
-        "rs-server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let health = format!("127.0.0.1:{}", ports.health);
-    let (mut agent, agent_health) = start_upstream_agent(
-        "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    wait_readyz("upstream agent", &format!("127.0.0.1:{agent_health}"), 200)?;
-
-    let out = interop_uds(&sock, None)?;
-    assert!(out.contains(ALL_PASSED), "{out}");
-
-    // Agent restart: the old agent dies, the server notices, a new one takes over.
-    agent.kill();
-    wait_readyz("our server without agents", &health, 500)?;
-    let (_agent2, _) = start_upstream_agent(
-        "upstream-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let out = interop_uds(&sock, Some("http-get,dial-refused,echo-chunks"))?;
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
-    Ok(())
+/// Which implementation runs the server; the agent is the other one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerIs {
+    /// Our proxy-server with upstream's proxy-agent.
+    Ours,
+    /// Upstream's proxy-server with our proxy-agent.
+    Upstream,
 }
 
-#[test]
-fn upstream_agent_behind_our_http_connect_server_tunnels_and_reconnects() -> anyhow::Result<()> {
+/// One cell of the matrix: the other implementation's agent behind `server`'s server
+/// with its frontend (`mode`) on a UNIX socket. Tunnels work (gRPC: every interop
+/// scenario; HTTP-CONNECT: echo and HTTP through CONNECT), and work again after the agent
+/// is killed and another one connects.
+fn agent_behind_the_other_server_tunnels_and_reconnects(
+    server: ServerIs,
+    mode: &'static str,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("rs-connect.sock");
+    let (ours, theirs) = match server {
+        ServerIs::Ours => ("rs", "upstream"),
+        ServerIs::Upstream => ("up", "rs"),
+    };
+    let sock = match mode {
+        "grpc" => dir.path().join(format!("{ours}.sock")),
+        _ => dir.path().join(format!("{ours}-connect.sock")),
+    };
     let spec = ServerSpec {
-        mode: "http-connect",
+        mode,
         uds: Some(sock.clone()),
         bind: "127.0.0.1".into(),
         extra: vec![],
     };
-    let (_server, ports) = start_server("rs-server", &pki, &spec, None, dir.path())?;
-    let (mut agent, _) = start_upstream_agent(
-        "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
+    let (server_name, server_words, agent_words) = match server {
+        ServerIs::Ours => ("rs-server", "our server", "upstream agent"),
+        ServerIs::Upstream => ("upstream-server", "upstream server", "our agent"),
+    };
+    let (_server, ports) = match server {
+        ServerIs::Ours => start_server(server_name, &pki, &spec, None, dir.path())?,
+        ServerIs::Upstream => start_upstream_server(server_name, &pki, &spec, dir.path())?,
+    };
+    let spawn_agent = |name: &str| match server {
+        ServerIs::Ours => {
+            start_upstream_agent(name, &pki, "127.0.0.1", ports.agent, &[], dir.path())
+        }
+        ServerIs::Upstream => {
+            start_agent(name, &pki, "127.0.0.1", ports.agent, &[], None, dir.path())
+        }
+    };
+    let health = format!("127.0.0.1:{}", ports.health);
+    let (mut agent, agent_health) = spawn_agent(&format!("{theirs}-agent"))?;
     wait_server_ready("127.0.0.1", ports.health)?;
-    let echo = echo_server("127.0.0.1:0")?;
-    let http = http_server("127.0.0.1:0", "hello from the node")?;
-    connect_checks(&sock, echo, http)?;
+    let connect_targets = if mode == "grpc" {
+        wait_readyz(agent_words, &format!("127.0.0.1:{agent_health}"), 200)?;
+        None
+    } else {
+        let echo = echo_server("127.0.0.1:0")?;
+        let http = http_server("127.0.0.1:0", "hello from the node")?;
+        Some((echo, http))
+    };
+    let tunnels_work = |scenarios: Option<&str>, passed: &str| match connect_targets {
+        None => {
+            let out = interop_uds(&sock, scenarios)?;
+            assert!(out.contains(passed), "{out}");
+            Ok(())
+        }
+        Some((echo, http)) => connect_checks(&sock, echo, http),
+    };
+    tunnels_work(None, ALL_PASSED)?;
 
+    // Agent restart: the old agent dies, the server notices, a new one takes over.
     agent.kill();
-    wait_readyz(
-        "our server without agents",
-        &format!("127.0.0.1:{}", ports.health),
-        500,
-    )?;
-    let (_agent2, _) = start_upstream_agent(
-        "upstream-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
+    wait_readyz(&format!("{server_words} without agents"), &health, 500)?;
+    let (_agent2, _) = spawn_agent(&format!("{theirs}-agent-2"))?;
     wait_server_ready("127.0.0.1", ports.health)?;
-    connect_checks(&sock, echo, http)?;
-    Ok(())
+    tunnels_work(
+        Some("http-get,dial-refused,echo-chunks"),
+        "3 passed, 0 failed",
+    )
 }
 
-// ---------------------------------------------------------------------------------------
-// Our proxy-agent ↔ upstream proxy-server
+#[test]
+fn upstream_agent_behind_our_grpc_server_passes_every_interop_scenario_and_reconnects()
+-> anyhow::Result<()> {
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Ours, "grpc")
+}
+
+#[test]
+fn upstream_agent_behind_our_http_connect_server_tunnels_and_reconnects() -> anyhow::Result<()> {
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Ours, "http-connect")
+}
 
 #[test]
 fn our_agent_behind_the_upstream_grpc_server_passes_every_interop_scenario_and_reconnects()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("up.sock");
-    let (_server, ports) = start_upstream_server(
-        "upstream-server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        dir.path(),
-    )?;
-    let health = format!("127.0.0.1:{}", ports.health);
-    let (mut agent, agent_health) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    wait_readyz("our agent", &format!("127.0.0.1:{agent_health}"), 200)?;
-
-    let out = interop_uds(&sock, None)?;
-    assert!(out.contains(ALL_PASSED), "{out}");
-
-    agent.kill();
-    wait_readyz("upstream server without agents", &health, 500)?;
-    let (_agent2, _) = start_agent(
-        "rs-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let out = interop_uds(&sock, Some("http-get,dial-refused,echo-chunks"))?;
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Upstream, "grpc")
 }
 
 #[test]
 fn our_agent_behind_the_upstream_http_connect_server_tunnels_and_reconnects() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("up-connect.sock");
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
-    let (_server, ports) = start_upstream_server("upstream-server", &pki, &spec, dir.path())?;
-    let (mut agent, _) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let echo = echo_server("127.0.0.1:0")?;
-    let http = http_server("127.0.0.1:0", "hello from the node")?;
-    connect_checks(&sock, echo, http)?;
-
-    agent.kill();
-    wait_readyz(
-        "upstream server without agents",
-        &format!("127.0.0.1:{}", ports.health),
-        500,
-    )?;
-    let (_agent2, _) = start_agent(
-        "rs-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    connect_checks(&sock, echo, http)?;
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Upstream, "http-connect")
 }
 
 // ---------------------------------------------------------------------------------------
