@@ -8,15 +8,15 @@
 use std::sync::OnceLock;
 
 use crate::error::ConfigError;
-use crate::extensions::{self, Extensions};
+use crate::extensions::Extensions;
 use crate::files::check_file;
-use crate::flags::{FlagSet, options};
+use crate::flags::{self, FlagSet, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{self, FlagKind, FlagSpec};
 use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
-use crate::logging::{KLOG_FLAGS, LogOptions};
+use crate::logging::LogOptions;
 
 /// The command name cobra prints in the usage text.
 pub const AGENT_COMMAND: &str = "agent";
@@ -114,29 +114,20 @@ options! {
     also [FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h')]
     extra {
         /// klog flags.
-        log: LogOptions = LogOptions::default();
+        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
         /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new();
+        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
         /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default();
+        ext: Extensions = Extensions::default(), read Extensions::from_flags;
         /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new();
+        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
 /// Every flag `proxy-agent` accepts (its own, klog's and `--help`), sorted by name.
 pub fn agent_flags() -> &'static [FlagSpec] {
     static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = AGENT_OWN_FLAGS
-            .iter()
-            .chain(KLOG_FLAGS)
-            .chain(extensions::flags_of(false))
-            .copied()
-            .collect();
-        all.sort_by_key(|s| s.name);
-        all
-    })
+    ALL.get_or_init(|| flags::binary_table(AGENT_OWN_FLAGS, false))
 }
 
 impl Default for AgentOptions {
@@ -165,10 +156,6 @@ impl AgentOptions {
             Self::default()
         };
         o.read_flags(&p);
-        o.log = LogOptions::from_flags(&p);
-        o.ext = Extensions::from_flags(&p);
-        o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
-        o.deprecation_notices = p.deprecation_notices().to_vec();
         Ok(o)
     }
 
@@ -282,11 +269,7 @@ impl AgentOptions {
     /// Every flag with its effective value in pflag's `String()` form, sorted by name
     /// (what upstream logs at `-v=1`, and what its test harness passes back as arguments).
     pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let mut out = self.declared_values();
-        out.extend(self.log.flag_values());
-        out.extend(self.ext.flag_values(false));
-        out.sort_by_key(|(n, _)| *n);
-        out
+        flags::binary_values(self.declared_values(), &self.log, &self.ext, false)
     }
 }
 

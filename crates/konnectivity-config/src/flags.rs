@@ -170,7 +170,8 @@ impl Scope {
 pub(crate) trait FlagSet: Sized {
     /// Every field at the default its row declares.
     fn declared_defaults() -> Self;
-    /// Overwrites each field whose flag (or alias) was given.
+    /// Overwrites each field whose flag (or alias) was given, and sets each extra field
+    /// that has a `read` from the parsed flags.
     fn read_flags(&mut self, parsed: &crate::go::pflag::ParsedFlags);
     /// Every declared flag with its value in pflag's `String()` form (aliases and
     /// field-less flags included), in declaration order.
@@ -205,7 +206,7 @@ pub(crate) trait FlagSet: Sized {
 /// hidden, deprecated second name writing the same field (last one given wins), `check`
 /// (optional) is a `fn(&Type) -> Result<(), String>` whose message follows `--<name> `.
 /// `also` lists flags without a field (shown with their default), `extra` fields that are
-/// not flags.
+/// not flags (`read` (optional) computes one from the [`ParsedFlags`]).
 macro_rules! options {
     (
         $(#[$meta:meta])*
@@ -219,7 +220,10 @@ macro_rules! options {
         }
         also [$($also:expr),* $(,)?]
         extra {
-            $( $(#[$extra_doc:meta])* $extra:ident: $extra_ty:ty = $extra_default:expr; )*
+            $(
+                $(#[$extra_doc:meta])*
+                $extra:ident: $extra_ty:ty = $extra_default:expr $(, read $extra_read:expr)?;
+            )*
         }
     ) => {
         $(#[$meta])*
@@ -277,6 +281,7 @@ macro_rules! options {
                         self.$field = v;
                     }
                 )*
+                $($( self.$extra = ($extra_read)(parsed); )?)*
             }
 
             fn declared_values(&self) -> Vec<(&'static str, String)> {
@@ -314,6 +319,43 @@ macro_rules! options {
 }
 
 pub(crate) use options;
+
+/// Every flag a binary accepts: its own rows, klog's and the extension flags it takes
+/// (`server` or not), sorted by name.
+pub(crate) fn binary_table(own: &'static [FlagSpec], server: bool) -> Vec<FlagSpec> {
+    let mut all: Vec<FlagSpec> = own
+        .iter()
+        .chain(crate::logging::KLOG_FLAGS)
+        .chain(crate::extensions::flags_of(server))
+        .copied()
+        .collect();
+    all.sort_by_key(|s| s.name);
+    all
+}
+
+/// Every flag of a binary with its value in pflag's `String()` form, sorted by name: its
+/// own (`declared`), klog's and its extension flags.
+pub(crate) fn binary_values(
+    mut declared: Vec<(&'static str, String)>,
+    log: &crate::logging::LogOptions,
+    ext: &crate::extensions::Extensions,
+    server: bool,
+) -> Vec<(&'static str, String)> {
+    declared.extend(log.flag_values());
+    declared.extend(ext.flag_values(server));
+    declared.sort_by_key(|(n, _)| *n);
+    declared
+}
+
+/// The flags given on the command line, in order of first use.
+pub(crate) fn explicit_flags(p: &crate::go::pflag::ParsedFlags) -> Vec<String> {
+    p.explicit_flags().iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// The notices for deprecated flags that were used.
+pub(crate) fn deprecation_notices(p: &crate::go::pflag::ParsedFlags) -> Vec<String> {
+    p.deprecation_notices().to_vec()
+}
 
 /// Row check: a count that must not be negative.
 pub(crate) fn non_negative(v: &i64) -> Result<(), String> {

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::error::ConfigError;
-use crate::extensions::{self, Extensions};
+use crate::extensions::Extensions;
 use crate::files::check_file;
-use crate::flags::{FlagSet, options};
+use crate::flags::{self, FlagSet, options};
 use crate::go::duration::GoDuration;
-use crate::go::pflag::{self, FlagKind, FlagSpec};
+use crate::go::pflag::{self, FlagKind, FlagSpec, ParsedFlags};
 use crate::labels;
-use crate::logging::{KLOG_FLAGS, LogOptions};
+use crate::logging::LogOptions;
 use crate::tls::{self, TlsVersion};
 
 /// The command name cobra prints in the usage text.
@@ -174,31 +174,23 @@ options! {
     ]
     extra {
         /// True when the deprecated no-op `--warn-on-channel-limit` was given.
-        warn_on_channel_limit_used: bool = false;
+        warn_on_channel_limit_used: bool = false,
+            read |p: &ParsedFlags| p.is_set("warn-on-channel-limit");
         /// klog flags.
-        log: LogOptions = LogOptions::default();
+        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
         /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new();
+        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
         /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default();
+        ext: Extensions = Extensions::default(), read Extensions::from_flags;
         /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new();
+        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
 /// Every flag `proxy-server` accepts (its own, klog's and `--help`), sorted by name.
 pub fn server_flags() -> &'static [FlagSpec] {
     static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = SERVER_OWN_FLAGS
-            .iter()
-            .chain(KLOG_FLAGS)
-            .chain(extensions::flags_of(true))
-            .copied()
-            .collect();
-        all.sort_by_key(|s| s.name);
-        all
-    })
+    ALL.get_or_init(|| flags::binary_table(SERVER_OWN_FLAGS, true))
 }
 
 impl Default for ServerOptions {
@@ -226,11 +218,6 @@ impl ServerOptions {
             Self::default()
         };
         o.read_flags(&p);
-        o.warn_on_channel_limit_used = p.is_set("warn-on-channel-limit");
-        o.log = LogOptions::from_flags(&p);
-        o.ext = Extensions::from_flags(&p);
-        o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
-        o.deprecation_notices = p.deprecation_notices().to_vec();
         Ok(o)
     }
 
@@ -412,11 +399,7 @@ impl ServerOptions {
     /// Every flag with its effective value in pflag's `String()` form, sorted by name
     /// (what upstream logs at `-v=1` before validating).
     pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let mut out = self.declared_values();
-        out.extend(self.log.flag_values());
-        out.extend(self.ext.flag_values(true));
-        out.sort_by_key(|(n, _)| *n);
-        out
+        flags::binary_values(self.declared_values(), &self.log, &self.ext, true)
     }
 }
 
