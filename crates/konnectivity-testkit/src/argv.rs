@@ -5,6 +5,7 @@
 //! builder here is the one place that knows which flags make a test server or agent, so a
 //! renamed flag or a new required one is changed once.
 
+use std::marker::PhantomData;
 use std::path::Path;
 
 use crate::pki::Pki;
@@ -50,16 +51,58 @@ pub enum Listener {
     Admin,
 }
 
+/// A command line of the binary `B` ([`Server`] or [`Agent`]), built flag by flag.
+#[derive(Debug, Clone)]
+pub struct Argv<B> {
+    args: Vec<String>,
+    binary: PhantomData<B>,
+}
+
+/// proxy-server, for [`Argv`].
+#[derive(Debug, Clone)]
+pub enum Server {}
+
+/// proxy-agent, for [`Argv`].
+#[derive(Debug, Clone)]
+pub enum Agent {}
+
 /// A proxy-server command line: the cluster (agent-facing) certificates from a [`Pki`],
 /// the server ID, then listeners, frontend and extra flags as the caller adds them.
-#[derive(Debug, Clone)]
-pub struct ServerArgv(Vec<String>);
+pub type ServerArgv = Argv<Server>;
 
-impl ServerArgv {
+/// A proxy-agent command line: the agent's certificates from a [`Pki`], the server to
+/// dial and the agent ID, then ports and extra flags as the caller adds them.
+pub type AgentArgv = Argv<Agent>;
+
+impl<B> Argv<B> {
+    fn with(args: Vec<String>) -> Self {
+        Argv {
+            args,
+            binary: PhantomData,
+        }
+    }
+
+    /// More flags, as given.
+    pub fn args<I, S>(mut self, extra: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(extra.into_iter().map(Into::into));
+        self
+    }
+
+    /// The command line.
+    pub fn build(self) -> Vec<String> {
+        self.args
+    }
+}
+
+impl Argv<Server> {
     /// `--mode=<mode>`, the agent-facing certificates of `pki` (`--cluster-*`) and
     /// `--server-id=<id>`.
     pub fn new(id: &str, mode: &str, pki: &Pki) -> Self {
-        ServerArgv(vec![
+        Self::with(vec![
             format!("--mode={mode}"),
             format!("--cluster-cert={}", path(&pki.server_cert)),
             format!("--cluster-key={}", path(&pki.server_key)),
@@ -83,23 +126,23 @@ impl ServerArgv {
             Listener::Health => "health",
             Listener::Admin => "admin",
         };
-        self.0.push(format!("--{name}-port={port}"));
+        self.args.push(format!("--{name}-port={port}"));
         if !bind.is_empty() {
-            self.0.push(format!("--{name}-bind-address={bind}"));
+            self.args.push(format!("--{name}-bind-address={bind}"));
         }
         self
     }
 
     /// The frontend on a UNIX socket (`--uds-name`, `--server-port=0`).
     pub fn uds_frontend(mut self, socket: &Path) -> Self {
-        self.0.push(format!("--uds-name={}", path(socket)));
-        self.0.push("--server-port=0".into());
+        self.args.push(format!("--uds-name={}", path(socket)));
+        self.args.push("--server-port=0".into());
         self
     }
 
     /// The frontend on TCP with mTLS (the frontend certificates of `pki`).
     pub fn tcp_frontend(mut self, bind: &str, port: u16, pki: &Pki) -> Self {
-        self.0.extend([
+        self.args.extend([
             format!("--server-port={port}"),
             format!("--server-bind-address={bind}"),
             format!("--server-cert={}", path(&pki.server_cert)),
@@ -108,33 +151,13 @@ impl ServerArgv {
         ]);
         self
     }
-
-    /// More flags, as given.
-    pub fn args<I, S>(mut self, extra: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.0.extend(extra.into_iter().map(Into::into));
-        self
-    }
-
-    /// The command line.
-    pub fn build(self) -> Vec<String> {
-        self.0
-    }
 }
 
-/// A proxy-agent command line: the agent's certificates from a [`Pki`], the server to
-/// dial and the agent ID, then ports and extra flags as the caller adds them.
-#[derive(Debug, Clone)]
-pub struct AgentArgv(Vec<String>);
-
-impl AgentArgv {
+impl Argv<Agent> {
     /// `--ca-cert`, `--agent-cert`, `--agent-key` of `pki`, `--proxy-server-host=<host>`
     /// (a comma list for several servers), `--proxy-server-port=<port>`, `--agent-id=<id>`.
     pub fn new(id: &str, pki: &Pki, host: &str, port: u16) -> Self {
-        AgentArgv(vec![
+        Self::with(vec![
             format!("--ca-cert={}", path(&pki.ca)),
             format!("--agent-cert={}", path(&pki.agent_cert)),
             format!("--agent-key={}", path(&pki.agent_key)),
@@ -146,30 +169,16 @@ impl AgentArgv {
 
     /// `--health-server-port=<health>` and a free `--admin-server-port`.
     pub fn ports(mut self, health: u16) -> Self {
-        self.0.push(format!("--health-server-port={health}"));
-        self.0.push(format!("--admin-server-port={}", free_port()));
+        self.args.push(format!("--health-server-port={health}"));
+        self.args
+            .push(format!("--admin-server-port={}", free_port()));
         self
     }
 
     /// `--sync-interval` and `--sync-interval-cap` (Go durations).
     pub fn sync(mut self, interval: &str, cap: &str) -> Self {
-        self.0.push(format!("--sync-interval={interval}"));
-        self.0.push(format!("--sync-interval-cap={cap}"));
+        self.args.push(format!("--sync-interval={interval}"));
+        self.args.push(format!("--sync-interval-cap={cap}"));
         self
-    }
-
-    /// More flags, as given.
-    pub fn args<I, S>(mut self, extra: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.0.extend(extra.into_iter().map(Into::into));
-        self
-    }
-
-    /// The command line.
-    pub fn build(self) -> Vec<String> {
-        self.0
     }
 }
