@@ -1,4 +1,5 @@
-//! One declaration per flag: the [`options!`] macro and the [`FlagField`] types it accepts.
+//! One declaration per flag: the [`options!`] macro, the [`FlagField`] types it accepts and
+//! the [`Codec`]s of flags whose Rust type alone does not say how they parse.
 //!
 //! A binary's options used to name each flag five times (table row, struct field, default,
 //! parsing, `flag_values`), and the copies could drift. Here a flag is one row —
@@ -132,16 +133,43 @@ impl FlagField for LabelSelector {
     }
 }
 
-/// The typed default of a row: its default text parsed as if given on the command line.
-///
-/// A default that does not parse is a mistake in a declaration, not in input; every
-/// table's test (`defaults_equal_the_spec_table`) builds the defaults, so it cannot ship.
-pub(crate) fn default_of<T: FlagField>(spec: &FlagSpec) -> T {
-    spec.parse_value(spec.default)
-        .ok()
-        .as_ref()
-        .and_then(T::from_value)
-        .unwrap_or_else(|| panic!("the default of --{} does not parse", spec.name))
+/// How a row's flag is parsed and printed. Rows without `via` use [`Native`] (what the
+/// field's [`FlagField`] type says); klog's Go `flag` types, whose Rust type alone does not
+/// say it (an `i32` that is a verbosity or a severity), name a codec of their own.
+pub trait Codec<T> {
+    /// The pflag value type of the flag.
+    const KIND: FlagKind;
+    /// The typed value of a parsed flag argument (`None` if the kinds do not match).
+    fn from_value(value: &FlagValue) -> Option<T>;
+    /// pflag's `String()` of the value.
+    fn show(value: &T) -> String;
+    /// The typed default of a row: its default text parsed as if given on the command
+    /// line.
+    ///
+    /// A default that does not parse is a mistake in a declaration, not in input; every
+    /// table's test (`defaults_equal_the_spec_table`) builds the defaults, so it cannot
+    /// ship.
+    fn default(spec: &FlagSpec) -> T {
+        spec.parse_value(spec.default)
+            .ok()
+            .as_ref()
+            .and_then(Self::from_value)
+            .unwrap_or_else(|| panic!("the default of --{} does not parse", spec.name))
+    }
+}
+
+/// The codec of rows without `via`: the field type's own [`FlagField`].
+#[derive(Debug)]
+pub struct Native;
+
+impl<T: FlagField> Codec<T> for Native {
+    const KIND: FlagKind = T::KIND;
+    fn from_value(value: &FlagValue) -> Option<T> {
+        T::from_value(value)
+    }
+    fn show(value: &T) -> String {
+        value.show()
+    }
 }
 
 /// Which binaries accept a flag (for tables shared by both).
@@ -202,7 +230,9 @@ pub(crate) trait FlagSet: Sized {
 /// }
 /// ```
 ///
-/// `@server`/`@agent` (optional) restrict a row to one binary, `alias` (optional) adds a
+/// `@server`/`@agent` (optional) restrict a row to one binary, `via` (optional) names the
+/// [`Codec`] when the field's type does not say how the flag parses and prints, `short`
+/// (optional) gives a one-letter form, `alias` (optional, for rows without `via`) adds a
 /// hidden, deprecated second name writing the same field (last one given wins), `check`
 /// (optional) is a `fn(&Type) -> Result<(), String>` whose message follows `--<name> `.
 /// `also` lists flags without a field (shown with their default), `extra` fields that are
@@ -214,6 +244,8 @@ macro_rules! options {
             $(
                 $(#[$doc:meta])*
                 $(@$scope:ident)? $field:ident: $ty:ty = $flag:literal, $default:expr, $help:expr
+                    $(, via $via:ty)?
+                    $(, short $short:literal)?
                     $(, alias $alias:literal deprecated $alias_note:literal)?
                     $(, check $check:expr)?;
             )*
@@ -238,14 +270,15 @@ macro_rules! options {
         }
 
         /// The flags declared by the struct's rows, in declaration order.
-        static $table: &[$crate::go::pflag::FlagSpec] = &[
+        pub(crate) static $table: &[$crate::go::pflag::FlagSpec] = &[
             $(
                 $crate::go::pflag::FlagSpec::new(
                     $flag,
-                    <$ty as $crate::flags::FlagField>::KIND,
+                    <$crate::flags::options!(@codec $($via)?) as $crate::flags::Codec<$ty>>::KIND,
                     $default,
                     $help,
-                ),
+                )
+                $(.with_shorthand($short))?,
                 $(
                     $crate::go::pflag::FlagSpec::new(
                         $alias,
@@ -267,7 +300,10 @@ macro_rules! options {
                     })
                 };
                 $name {
-                    $( $field: $crate::flags::default_of(&spec($flag)), )*
+                    $(
+                        $field: <$crate::flags::options!(@codec $($via)?)
+                            as $crate::flags::Codec<$ty>>::default(&spec($flag)),
+                    )*
                     $( $extra: $extra_default, )*
                 }
             }
@@ -276,7 +312,10 @@ macro_rules! options {
                 $(
                     if let Some(v) = parsed
                         .last_of(&[$flag $(, $alias)?])
-                        .and_then(<$ty as $crate::flags::FlagField>::from_value)
+                        .and_then(
+                            <$crate::flags::options!(@codec $($via)?)
+                                as $crate::flags::Codec<$ty>>::from_value,
+                        )
                     {
                         self.$field = v;
                     }
@@ -287,7 +326,8 @@ macro_rules! options {
             fn declared_values(&self) -> Vec<(&'static str, String)> {
                 let mut out: Vec<(&'static str, String)> = Vec::new();
                 $(
-                    let shown = $crate::flags::FlagField::show(&self.$field);
+                    let shown = <$crate::flags::options!(@codec $($via)?)
+                        as $crate::flags::Codec<$ty>>::show(&self.$field);
                     $( out.push(($alias, shown.clone())); )?
                     out.push(($flag, shown));
                 )*
@@ -313,6 +353,8 @@ macro_rules! options {
             }
         }
     };
+    (@codec) => { $crate::flags::Native };
+    (@codec $via:ty) => { $via };
     (@scope) => { $crate::flags::Scope::Both };
     (@scope server) => { $crate::flags::Scope::Server };
     (@scope agent) => { $crate::flags::Scope::Agent };
