@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use konnectivity_core::packet;
+use konnectivity_runtime::endpoints::{self, Reply, Router};
 use konnectivity_tls::ClientConfig;
 use konnectivity_tunnel::budget::MemoryBudget;
-use konnectivity_tunnel::endpoints::{self, Reply, Router};
 use konnectivity_tunnel::outbound::StreamTx;
 use rand::Rng;
 use tokio::net::TcpListener;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use konnectivity_agent::options;
 use konnectivity_agent::{Agent, Settings};
 use konnectivity_config::AgentOptions;
-use konnectivity_tunnel::process;
+use konnectivity_runtime::process;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {

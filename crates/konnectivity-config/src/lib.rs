@@ -38,7 +38,7 @@ pub use logging::LogOptions;
 pub use server::{Mode, ProxyStrategy, ServerOptions, server_flags};
 pub use tls::TlsVersion;
 
-/// What a binary's options offer to the shared start-up (`konnectivity_tunnel::process::main`):
+/// What a binary's options offer to the shared start-up (`konnectivity_runtime::process::main`):
 /// parsing, logging settings, notices and validation, the same way for proxy-server and
 /// proxy-agent.
 pub trait Program: Sized {
