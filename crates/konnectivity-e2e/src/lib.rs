@@ -41,6 +41,13 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Runs the Go interop client (`tests/go-interop`, built once per test process as
+/// `bin_dir()/<name>`) with `args`; `wait` bounds its wait for a ready agent. Its output.
+pub fn go_interop(name: &str, args: &[String], wait: &str) -> anyhow::Result<String> {
+    let program = konnectivity_testkit::go_interop::build(&bin_dir().join(name))?;
+    konnectivity_testkit::go_interop::run(&program, args, wait)
+}
+
 /// How to run a proxy-server.
 #[derive(Debug, Clone)]
 pub struct ServerSpec {

@@ -25,8 +25,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
@@ -52,52 +51,12 @@ const SERVER_READY_BACKEND_CONNECTIONS: &str =
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// Builds the Go interop client once per test process and runs it.
-fn go_interop(args: &[String]) -> anyhow::Result<String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let bin = BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-            let out_bin = bin_dir().join("konnectivity-interop-mixed");
-            let build = Command::new("go")
-                .arg("build")
-                .arg("-o")
-                .arg(&out_bin)
-                .arg(".")
-                .current_dir(&src)
-                .output()
-                .map_err(|e| format!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "go build failed: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                ));
-            }
-            Ok(out_bin)
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let out = Command::new(&bin)
-        .args(args)
-        .arg("-timeout=150s")
-        .arg("-wait=15s")
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    anyhow::ensure!(
-        out.status.success(),
-        "Go konnectivity-client interop failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
 fn interop_uds(sock: &Path, scenarios: Option<&str>) -> anyhow::Result<String> {
     let mut args = vec![format!("-uds={}", sock.display())];
     if let Some(s) = scenarios {
         args.push(format!("-scenarios={s}"));
     }
-    go_interop(&args)
+    go_interop("konnectivity-interop-mixed", &args, "15s")
 }
 
 /// Waits until `http://addr/readyz` answers `status`.

@@ -2,6 +2,7 @@
 //! destination servers and child processes. Nothing here is used by the proxy itself.
 //!
 //! - [`argv`]: proxy-server and proxy-agent command lines (certificates, ports, frontend);
+//! - [`go_interop`]: building and running the Go interop client (`tests/go-interop`);
 //! - [`netns`]: network namespaces, veth links, a bridged control plane with nodes;
 //! - [`pki`]: a CA and server/agent/frontend certificates written as PEM files;
 //! - [`servers`]: HTTP "hello", TCP echo and byte-source servers on loopback, a closed
@@ -12,6 +13,7 @@
 //! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings.
 
 pub mod argv;
+pub mod go_interop;
 #[cfg(feature = "inproc")]
 pub mod inproc;
 pub mod netns;
