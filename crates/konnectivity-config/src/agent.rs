@@ -5,14 +5,12 @@
 //! harness, which passes every flag as `--name=<value>`, work unchanged. Validation follows
 //! upstream's order and messages.
 
-use std::sync::OnceLock;
-
 use crate::error::ConfigError;
 use crate::extensions::Extensions;
 use crate::files::check_file;
-use crate::flags::{self, FlagSet, options};
+use crate::flags::{self, binary, options};
 use crate::go::duration::GoDuration;
-use crate::go::pflag::{self, FlagKind, FlagSpec};
+use crate::go::pflag::{FlagKind, FlagSpec};
 use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
@@ -34,13 +32,6 @@ pub enum ServerCountSource {
     Default,
     /// `max`: the larger of the lease count and the response count.
     Max,
-}
-
-/// The default `--agent-id`: the environment value when non-empty, else a random UUIDv4.
-pub fn default_agent_id(env_value: Option<String>) -> String {
-    env_value
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 options! {
@@ -124,41 +115,20 @@ options! {
     }
 }
 
-/// Every flag `proxy-agent` accepts (its own, klog's and `--help`), sorted by name.
-pub fn agent_flags() -> &'static [FlagSpec] {
-    static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| flags::binary_table(AGENT_OWN_FLAGS, false))
-}
-
-impl Default for AgentOptions {
-    /// Upstream defaults; `agent_id` from `$PROXY_AGENT_ID` or a fresh UUID.
-    fn default() -> Self {
-        Self::with_agent_id(default_agent_id(std::env::var(AGENT_ID_ENV).ok()))
+binary! {
+    AgentOptions {
+        name: "proxy-agent",
+        server: false,
+        command: AGENT_COMMAND,
+        table: AGENT_OWN_FLAGS,
+        flags: agent_flags,
+        id: agent_id = "agent-id" from AGENT_ID_ENV,
+        with_id: with_agent_id,
+        default_id: default_agent_id,
     }
 }
 
 impl AgentOptions {
-    /// Upstream defaults with the given agent ID.
-    pub fn with_agent_id(agent_id: String) -> Self {
-        AgentOptions {
-            agent_id,
-            ..Self::declared_defaults()
-        }
-    }
-
-    /// Parses the arguments (without the program name). Does not validate; an invalid label
-    /// selector is already a parse error here, as in upstream.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<AgentOptions, ConfigError> {
-        let p = pflag::parse(agent_flags(), AGENT_COMMAND, args)?;
-        let mut o = if p.is_set("agent-id") {
-            Self::with_agent_id(String::new())
-        } else {
-            Self::default()
-        };
-        o.read_flags(&p);
-        Ok(o)
-    }
-
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate agent options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -264,12 +234,6 @@ impl AgentOptions {
                 "--server-count-source must be one of '', 'default', 'max', got {other}"
             ))),
         }
-    }
-
-    /// Every flag with its effective value in pflag's `String()` form, sorted by name
-    /// (what upstream logs at `-v=1`, and what its test harness passes back as arguments).
-    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        flags::binary_values(self.declared_values(), &self.log, &self.ext, false)
     }
 }
 

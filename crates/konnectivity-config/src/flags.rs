@@ -362,6 +362,106 @@ macro_rules! options {
 
 pub(crate) use options;
 
+/// What makes options of one binary out of its [`options!`] struct: the sorted table of
+/// every flag it accepts, the ID flag whose default comes from the environment, `Default`,
+/// `parse` and the [`Program`](crate::Program) start-up.
+macro_rules! binary {
+    (
+        $options:ident {
+            name: $name:literal,
+            server: $server:literal,
+            command: $command:expr,
+            table: $table:ident,
+            flags: $flags:ident,
+            id: $id:ident = $id_flag:literal from $id_env:expr,
+            with_id: $with_id:ident,
+            default_id: $default_id:ident,
+        }
+    ) => {
+        #[doc = concat!("Every flag `", $name, "` accepts (its own, klog's, the extensions and `--help`), sorted by name.")]
+        pub fn $flags() -> &'static [$crate::go::pflag::FlagSpec] {
+            static ALL: std::sync::OnceLock<Vec<$crate::go::pflag::FlagSpec>> =
+                std::sync::OnceLock::new();
+            ALL.get_or_init(|| $crate::flags::binary_table($table, $server))
+        }
+
+        #[doc = concat!("The default `--", $id_flag, "`: the environment value when non-empty, else a random UUIDv4.")]
+        pub fn $default_id(env_value: Option<String>) -> String {
+            env_value
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        }
+
+        impl Default for $options {
+            #[doc = concat!("Upstream defaults; `--", $id_flag, "` from the environment or a fresh UUID.")]
+            fn default() -> Self {
+                Self::$with_id($default_id(std::env::var($id_env).ok()))
+            }
+        }
+
+        impl $options {
+            #[doc = concat!("Upstream defaults with the given `--", $id_flag, "`.")]
+            pub fn $with_id($id: String) -> Self {
+                $options {
+                    $id,
+                    ..<Self as $crate::flags::FlagSet>::declared_defaults()
+                }
+            }
+
+            /// Parses the arguments (without the program name). Does not validate (a flag
+            /// whose syntax is checked when parsed, like a label selector, is already a
+            /// parse error here, as in upstream).
+            pub fn parse<I: IntoIterator<Item = String>>(
+                args: I,
+            ) -> Result<Self, $crate::ConfigError> {
+                let p = $crate::go::pflag::parse($flags(), $command, args)?;
+                let mut o = if p.is_set($id_flag) {
+                    Self::$with_id(String::new())
+                } else {
+                    Self::default()
+                };
+                $crate::flags::FlagSet::read_flags(&mut o, &p);
+                Ok(o)
+            }
+
+            /// Every flag with its effective value in pflag's `String()` form, sorted by
+            /// name (what upstream logs at `-v=1`, and what its test harness passes back as
+            /// arguments).
+            pub fn flag_values(&self) -> Vec<(&'static str, String)> {
+                $crate::flags::binary_values(
+                    $crate::flags::FlagSet::declared_values(self),
+                    &self.log,
+                    &self.ext,
+                    $server,
+                )
+            }
+        }
+
+        impl $crate::Program for $options {
+            const NAME: &'static str = $name;
+            fn parse_args<I: IntoIterator<Item = String>>(
+                args: I,
+            ) -> Result<Self, $crate::ConfigError> {
+                Self::parse(args)
+            }
+            fn log(&self) -> &$crate::LogOptions {
+                &self.log
+            }
+            fn deprecations(&self) -> &[String] {
+                &self.deprecation_notices
+            }
+            fn unimplemented(&self) -> Vec<String> {
+                $crate::compat::not_implemented_warnings(&self.explicit_flags, $server)
+            }
+            fn check(&self) -> Result<(), $crate::ConfigError> {
+                self.validate()
+            }
+        }
+    };
+}
+
+pub(crate) use binary;
+
 /// Every flag a binary accepts: its own rows, klog's and the extension flags it takes
 /// (`server` or not), sorted by name.
 pub(crate) fn binary_table(own: &'static [FlagSpec], server: bool) -> Vec<FlagSpec> {

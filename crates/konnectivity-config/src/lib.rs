@@ -55,30 +55,3 @@ pub trait Program: Sized {
     /// Checks the flags together, as upstream does before starting.
     fn check(&self) -> Result<(), ConfigError>;
 }
-
-/// The same start-up for both binaries' options.
-macro_rules! program {
-    ($options:ty, $name:literal, server: $server:literal) => {
-        impl Program for $options {
-            const NAME: &'static str = $name;
-            fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, ConfigError> {
-                Self::parse(args)
-            }
-            fn log(&self) -> &LogOptions {
-                &self.log
-            }
-            fn deprecations(&self) -> &[String] {
-                &self.deprecation_notices
-            }
-            fn unimplemented(&self) -> Vec<String> {
-                compat::not_implemented_warnings(&self.explicit_flags, $server)
-            }
-            fn check(&self) -> Result<(), ConfigError> {
-                self.validate()
-            }
-        }
-    };
-}
-
-program!(AgentOptions, "proxy-agent", server: false);
-program!(ServerOptions, "proxy-server", server: true);

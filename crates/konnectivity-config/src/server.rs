@@ -5,14 +5,13 @@
 //! so the first complaint an operator sees is the same one the Go binary would print.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use crate::error::ConfigError;
 use crate::extensions::Extensions;
 use crate::files::check_file;
-use crate::flags::{self, FlagSet, options};
+use crate::flags::{self, binary, options};
 use crate::go::duration::GoDuration;
-use crate::go::pflag::{self, FlagKind, FlagSpec, ParsedFlags};
+use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
 use crate::labels;
 use crate::logging::LogOptions;
 use crate::tls::{self, TlsVersion};
@@ -70,13 +69,6 @@ pub fn parse_proxy_strategies(s: &str) -> Result<Vec<ProxyStrategy>, String> {
         return Err("proxy strategies cannot be empty".to_owned());
     }
     Ok(out)
-}
-
-/// The default `--server-id`: the environment value when non-empty, else a random UUIDv4.
-pub fn default_server_id(env_value: Option<String>) -> String {
-    env_value
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 options! {
@@ -187,40 +179,20 @@ options! {
     }
 }
 
-/// Every flag `proxy-server` accepts (its own, klog's and `--help`), sorted by name.
-pub fn server_flags() -> &'static [FlagSpec] {
-    static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| flags::binary_table(SERVER_OWN_FLAGS, true))
-}
-
-impl Default for ServerOptions {
-    /// Upstream defaults; `server_id` from `$PROXY_SERVER_ID` or a fresh UUID.
-    fn default() -> Self {
-        Self::with_server_id(default_server_id(std::env::var(SERVER_ID_ENV).ok()))
+binary! {
+    ServerOptions {
+        name: "proxy-server",
+        server: true,
+        command: SERVER_COMMAND,
+        table: SERVER_OWN_FLAGS,
+        flags: server_flags,
+        id: server_id = "server-id" from SERVER_ID_ENV,
+        with_id: with_server_id,
+        default_id: default_server_id,
     }
 }
 
 impl ServerOptions {
-    /// Upstream defaults with the given server ID.
-    pub fn with_server_id(server_id: String) -> Self {
-        ServerOptions {
-            server_id,
-            ..Self::declared_defaults()
-        }
-    }
-
-    /// Parses the arguments (without the program name). Does not validate.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<ServerOptions, ConfigError> {
-        let p = pflag::parse(server_flags(), SERVER_COMMAND, args)?;
-        let mut o = if p.is_set("server-id") {
-            Self::with_server_id(String::new())
-        } else {
-            Self::default()
-        };
-        o.read_flags(&p);
-        Ok(o)
-    }
-
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate server options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -394,12 +366,6 @@ impl ServerOptions {
     /// A Kubernetes client is needed for token reviews or the lease controller.
     pub fn needs_kubernetes_client(&self) -> bool {
         self.token_auth_enabled() || self.enable_lease_controller
-    }
-
-    /// Every flag with its effective value in pflag's `String()` form, sorted by name
-    /// (what upstream logs at `-v=1` before validating).
-    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        flags::binary_values(self.declared_values(), &self.log, &self.ext, true)
     }
 }
 
