@@ -77,14 +77,29 @@ impl ServerSpec {
         argv.args(self.extra.iter().cloned()).build()
     }
 
-    /// A gRPC server with a UDS frontend.
-    pub fn grpc_uds(path: PathBuf) -> Self {
+    /// A `mode` server on loopback with its frontend on the UNIX socket `path`.
+    pub fn uds(mode: &'static str, path: PathBuf) -> Self {
         Self {
-            mode: "grpc",
+            mode,
             uds: Some(path),
             bind: "127.0.0.1".into(),
             extra: Vec::new(),
         }
+    }
+
+    /// A `mode` server on loopback with its frontend on TCP (mTLS).
+    pub fn tcp(mode: &'static str) -> Self {
+        Self {
+            mode,
+            uds: None,
+            bind: "127.0.0.1".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A gRPC server with a UDS frontend.
+    pub fn grpc_uds(path: PathBuf) -> Self {
+        Self::uds("grpc", path)
     }
 }
 

@@ -363,12 +363,7 @@ fn agent_behind_the_other_server_tunnels_and_reconnects(
         "grpc" => dir.path().join(format!("{ours}.sock")),
         _ => dir.path().join(format!("{ours}-connect.sock")),
     };
-    let spec = ServerSpec {
-        mode,
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::uds(mode, sock.clone());
     let (server_name, server_words, agent_words) = match server {
         ServerIs::Ours => ("rs-server", "our server", "upstream agent"),
         ServerIs::Upstream => ("upstream-server", "upstream server", "our agent"),
@@ -700,12 +695,7 @@ fn both_connect_servers(
     dir: &Path,
     pki: &Pki,
 ) -> anyhow::Result<Vec<(&'static str, Proc, PathBuf)>> {
-    let spec = |sock: PathBuf| ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = |sock: PathBuf| ServerSpec::uds("http-connect", sock);
     let rs_sock = dir.join("rs-connect.sock");
     let up_sock = dir.join("up-connect.sock");
     let (rs, _) = start_server("rs-server", pki, &spec(rs_sock.clone()), None, dir)?;

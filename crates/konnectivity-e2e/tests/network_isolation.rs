@@ -99,10 +99,8 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
 
     let sock = d.join("konnectivity.sock");
     let spec = ServerSpec {
-        mode,
-        uds: Some(sock.clone()),
         bind: net.cp_ip.clone(),
-        extra: Vec::new(),
+        ..ServerSpec::uds(mode, sock.clone())
     };
     let (_server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");

@@ -60,12 +60,7 @@ async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -
 {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let echo = servers::echo("127.0.0.1:0").await?;
@@ -114,12 +109,7 @@ async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("c.sock");
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::uds("http-connect", sock.clone());
     let (_server, _ports) = start_server("server", &pki, &spec, None, dir.path())?;
     // No agent yet: 500 with upstream's text.
     let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
@@ -153,12 +143,7 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi via curl").await?;
@@ -229,12 +214,7 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
 fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "grpc",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("grpc");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let p = |x: &Path| x.display().to_string();
