@@ -1,4 +1,4 @@
-//! One declaration per flag: the [`options!`] macro, the [`FlagField`] types it accepts and
+//! One declaration per flag: the `options!` macro, the [`FlagField`] types it accepts and
 //! the [`Codec`]s of flags whose Rust type alone does not say how they parse.
 //!
 //! A binary's options used to name each flag five times (table row, struct field, default,
@@ -10,13 +10,15 @@
 //! * the static [`FlagSpec`] table the pflag grammar parses against;
 //! * the defaults, parsed from the row's default *text* (the same text the usage and
 //!   `docs/compatibility.md` print), so the typed default cannot differ from the printed one;
-//! * reading a [`ParsedFlags`] into the fields, and printing every value back in pflag's
-//!   `String()` form (what upstream logs at `-v=1`);
+//! * reading a [`ParsedFlags`](crate::go::pflag::ParsedFlags) into the fields, and printing
+//!   every value back in pflag's `String()` form (what upstream logs at `-v=1`);
 //! * the per-flag checks, run in row order.
 //!
-//! What stays hand-written is what is not per flag: upstream's validation rules that relate
-//! several flags (in upstream's order, with its messages), and values with a special
-//! default (`--server-id`, `--agent-id` from the environment).
+//! What is not per flag but per binary (the sorted table of everything a binary accepts,
+//! the ID flag whose default comes from the environment, `parse`, `flag_values`, the
+//! [`Program`](crate::Program) start-up) is the `binary!` macro. What stays hand-written is
+//! upstream's validation rules that relate several flags, in upstream's order and with its
+//! messages.
 
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec, FlagValue, format_string_slice};
