@@ -345,6 +345,45 @@ enum ServerIs {
     Upstream,
 }
 
+impl ServerIs {
+    /// Starts this side's proxy-server (`rs-server` or `upstream-server`) as `spec` says and
+    /// waits for its `/healthz`.
+    fn start_server(
+        self,
+        pki: &Pki,
+        spec: &ServerSpec,
+        dir: &Path,
+    ) -> anyhow::Result<(Proc, ServerPorts)> {
+        match self {
+            ServerIs::Ours => start_server("rs-server", pki, spec, None, dir),
+            ServerIs::Upstream => start_upstream_server("upstream-server", pki, spec, dir),
+        }
+    }
+
+    /// Starts the other side's proxy-agent `name` toward `127.0.0.1:agent_port`; it and its
+    /// health port.
+    fn start_agent(
+        self,
+        name: &str,
+        pki: &Pki,
+        agent_port: u16,
+        dir: &Path,
+    ) -> anyhow::Result<(Proc, u16)> {
+        match self {
+            ServerIs::Ours => start_upstream_agent(name, pki, "127.0.0.1", agent_port, &[], dir),
+            ServerIs::Upstream => start_agent(name, pki, "127.0.0.1", agent_port, &[], None, dir),
+        }
+    }
+
+    /// The agent's name prefix: the other implementation's (`upstream` or `rs`).
+    fn agent_prefix(self) -> &'static str {
+        match self {
+            ServerIs::Ours => "upstream",
+            ServerIs::Upstream => "rs",
+        }
+    }
+}
+
 /// One cell of the matrix: the other implementation's agent behind `server`'s server
 /// with its frontend (`mode`) on a UNIX socket. Tunnels work (gRPC: every interop
 /// scenario; HTTP-CONNECT: echo and HTTP through CONNECT), and work again after the agent
@@ -355,31 +394,22 @@ fn agent_behind_the_other_server_tunnels_and_reconnects(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = new_pki(dir.path())?;
-    let (ours, theirs) = match server {
-        ServerIs::Ours => ("rs", "upstream"),
-        ServerIs::Upstream => ("up", "rs"),
+    let ours = match server {
+        ServerIs::Ours => "rs",
+        ServerIs::Upstream => "up",
     };
+    let theirs = server.agent_prefix();
     let sock = match mode {
         "grpc" => dir.path().join(format!("{ours}.sock")),
         _ => dir.path().join(format!("{ours}-connect.sock")),
     };
     let spec = ServerSpec::uds(mode, sock.clone());
-    let (server_name, server_words, agent_words) = match server {
-        ServerIs::Ours => ("rs-server", "our server", "upstream agent"),
-        ServerIs::Upstream => ("upstream-server", "upstream server", "our agent"),
+    let (server_words, agent_words) = match server {
+        ServerIs::Ours => ("our server", "upstream agent"),
+        ServerIs::Upstream => ("upstream server", "our agent"),
     };
-    let (_server, ports) = match server {
-        ServerIs::Ours => start_server(server_name, &pki, &spec, None, dir.path())?,
-        ServerIs::Upstream => start_upstream_server(server_name, &pki, &spec, dir.path())?,
-    };
-    let spawn_agent = |name: &str| match server {
-        ServerIs::Ours => {
-            start_upstream_agent(name, &pki, "127.0.0.1", ports.agent, &[], dir.path())
-        }
-        ServerIs::Upstream => {
-            start_agent(name, &pki, "127.0.0.1", ports.agent, &[], None, dir.path())
-        }
-    };
+    let (_server, ports) = server.start_server(&pki, &spec, dir.path())?;
+    let spawn_agent = |name: &str| server.start_agent(name, &pki, ports.agent, dir.path());
     let health = format!("127.0.0.1:{}", ports.health);
     let (mut agent, agent_health) = spawn_agent(&format!("{theirs}-agent"))?;
     wait_server_ready("127.0.0.1", ports.health)?;
@@ -766,35 +796,14 @@ fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upst
 /// Upstream's agent semantics (spec §6.5, §5.4, upstream `TestProxyHandle_AfterDrain`):
 /// the first SIGTERM sends DRAIN and the agent keeps running; the server marks it
 /// draining but still uses it when it is the only agent; the second SIGTERM ends it.
-fn drain_keeps_a_lone_agent_usable(upstream_agent: bool) -> anyhow::Result<()> {
+fn drain_keeps_a_lone_agent_usable(server_is: ServerIs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = new_pki(dir.path())?;
     let sock = dir.path().join("drain.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
-    let ((server, ports), (mut agent, _)) = if upstream_agent {
-        let s = start_server("rs-server", &pki, &spec, None, dir.path())?;
-        let a = start_upstream_agent(
-            "upstream-agent",
-            &pki,
-            "127.0.0.1",
-            s.1.agent,
-            &[],
-            dir.path(),
-        )?;
-        (s, a)
-    } else {
-        let s = start_upstream_server("upstream-server", &pki, &spec, dir.path())?;
-        let a = start_agent(
-            "rs-agent",
-            &pki,
-            "127.0.0.1",
-            s.1.agent,
-            &[],
-            None,
-            dir.path(),
-        )?;
-        (s, a)
-    };
+    let (server, ports) = server_is.start_server(&pki, &spec, dir.path())?;
+    let agent_name = format!("{}-agent", server_is.agent_prefix());
+    let (mut agent, _) = server_is.start_agent(&agent_name, &pki, ports.agent, dir.path())?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let out = interop_uds(&sock, Some("http-get"))?;
     assert!(out.contains("1 passed, 0 failed"), "{out}");
@@ -836,11 +845,11 @@ fn drain_keeps_a_lone_agent_usable(upstream_agent: bool) -> anyhow::Result<()> {
 #[test]
 fn upstream_agent_draining_behind_our_server_is_still_used_as_the_only_agent() -> anyhow::Result<()>
 {
-    drain_keeps_a_lone_agent_usable(true)
+    drain_keeps_a_lone_agent_usable(ServerIs::Ours)
 }
 
 #[test]
 fn our_agent_draining_behind_the_upstream_server_is_still_used_as_the_only_agent()
 -> anyhow::Result<()> {
-    drain_keeps_a_lone_agent_usable(false)
+    drain_keeps_a_lone_agent_usable(ServerIs::Upstream)
 }
