@@ -7,11 +7,13 @@
 //! - [`stream`]: opening one stream and serving it (dispatch, per-connection tasks);
 //! - [`dialer`]: destination dials with Go's error texts;
 //! - [`metrics`]: the agent's Prometheus metrics;
+//! - [`options`]: proxy-agent's flags turned into [`Settings`] (the binary and `doctor agent`);
 //! - this module: the connection sync loop (spec §6.3), readiness, drain.
 #![deny(missing_docs)]
 
 pub mod dialer;
 pub mod metrics;
+pub mod options;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -21,9 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use konnectivity_core::packet;
+use konnectivity_runtime::endpoints::{self, Reply, Router};
 use konnectivity_tls::ClientConfig;
 use konnectivity_tunnel::budget::MemoryBudget;
-use konnectivity_tunnel::endpoints::{self, Reply, Router};
 use konnectivity_tunnel::outbound::StreamTx;
 use rand::Rng;
 use tokio::net::TcpListener;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use konnectivity_client::Frontend;
+use konnectivity_testkit::argv::{AgentArgv, ServerArgv};
 use konnectivity_testkit::pki::Pki;
 use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib};
 use tokio::io::AsyncReadExt;
@@ -168,22 +169,10 @@ pub(crate) async fn start_server_proc(
     let (agent_port, health_port, admin_port) = (free_port(), free_port(), free_port());
     let uds = dir.join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&uds);
-    let p = |x: &Path| x.display().to_string();
-    let args = vec![
-        format!("--mode={mode}"),
-        format!("--uds-name={}", p(&uds)),
-        "--server-port=0".into(),
-        format!("--cluster-cert={}", p(&pki.server_cert)),
-        format!("--cluster-key={}", p(&pki.server_key)),
-        format!("--cluster-ca-cert={}", p(&pki.ca)),
-        format!("--agent-port={agent_port}"),
-        "--agent-bind-address=127.0.0.1".into(),
-        format!("--health-port={health_port}"),
-        "--health-bind-address=127.0.0.1".into(),
-        format!("--admin-port={admin_port}"),
-        "--admin-bind-address=127.0.0.1".into(),
-        format!("--server-id={name}"),
-    ];
+    let args = ServerArgv::new(name, mode, pki)
+        .listeners("127.0.0.1", agent_port, health_port, admin_port)
+        .uds_frontend(&uds)
+        .build();
     let mut proc = Proc::spawn(name, program, &args, None, dir)?;
     let health = format!("127.0.0.1:{health_port}");
     if let Err(e) = wait_http(&health, "/healthz", 200, Duration::from_secs(20)).await {
@@ -232,17 +221,9 @@ impl TunnelProcs {
     ) -> anyhow::Result<Self> {
         let mut server =
             start_server_proc(&format!("{name}-server"), mode, server_program, pki, dir).await?;
-        let p = |x: &Path| x.display().to_string();
-        let args = vec![
-            format!("--ca-cert={}", p(&pki.ca)),
-            format!("--agent-cert={}", p(&pki.agent_cert)),
-            format!("--agent-key={}", p(&pki.agent_key)),
-            "--proxy-server-host=127.0.0.1".into(),
-            format!("--proxy-server-port={}", server.agent_port),
-            format!("--health-server-port={}", free_port()),
-            format!("--admin-server-port={}", free_port()),
-            "--agent-id=bench-node".into(),
-        ];
+        let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.agent_port)
+            .ports(free_port())
+            .build();
         let mut agent = Proc::spawn(&format!("{name}-agent"), agent_program, &args, None, dir)?;
         if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
             agent.alive()?;

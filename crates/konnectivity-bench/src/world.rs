@@ -190,23 +190,13 @@ pub(crate) fn agent_settings(
     sync_interval_cap: Duration,
 ) -> konnectivity_agent::Settings {
     konnectivity_agent::Settings {
-        hosts: vec!["127.0.0.1".into()],
-        port,
-        tls,
-        hello: Hello {
-            agent_id,
-            identifiers: String::new(),
-            token_path: None,
-            flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
-        },
         sync_interval,
         sync_interval_cap,
-        sync_forever: false,
-        // upstream's default --keepalive-time for the agent
-        keepalive: Duration::from_secs(3600),
-        max_chunk: konnectivity_core::flow::MAX_CHUNK,
-        leases: None,
-        drain_timeout: Duration::from_secs(300),
-        policy: Default::default(),
+        ..konnectivity_agent::Settings::new(
+            vec!["127.0.0.1".into()],
+            port,
+            tls,
+            Hello::new(agent_id),
+        )
     }
 }

@@ -120,24 +120,19 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     let agent_tls =
         konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
+    let hello = Hello {
+        identifiers: "host=demo-node&ipv4=127.0.0.1".into(),
+        ..Hello::new("demo-node")
+    };
     let agent = Agent::new(konnectivity_agent::Settings {
-        hosts: vec!["127.0.0.1".into()],
-        port: agent_port,
-        tls: Arc::new(agent_tls),
-        hello: Hello {
-            agent_id: "demo-node".into(),
-            identifiers: "host=demo-node&ipv4=127.0.0.1".into(),
-            token_path: None,
-            flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
-        },
         sync_interval: Duration::from_millis(200),
         sync_interval_cap: Duration::from_secs(2),
-        sync_forever: false,
-        keepalive: Duration::from_secs(3600),
-        max_chunk: konnectivity_core::flow::MAX_CHUNK,
-        leases: None,
-        drain_timeout: Duration::from_secs(300),
-        policy: Default::default(),
+        ..konnectivity_agent::Settings::new(
+            vec!["127.0.0.1".into()],
+            agent_port,
+            Arc::new(agent_tls),
+            hello,
+        )
     });
     let drain = CancellationToken::new();
     let agent_task = tokio::spawn(konnectivity_agent::run(

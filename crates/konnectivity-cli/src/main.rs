@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         shell::write_completion(shell, &Cli::command(), &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    konnectivity_tunnel::process::init_logging(
+    konnectivity_runtime::process::init_logging(
         std::env::var("KONNECTIVITY_V")
             .ok()
             .and_then(|v| v.parse().ok())

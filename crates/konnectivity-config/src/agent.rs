@@ -5,16 +5,16 @@
 //! harness, which passes every flag as `--name=<value>`, work unchanged. Validation follows
 //! upstream's order and messages.
 
-use std::sync::OnceLock;
-
-use crate::duration::GoDuration;
 use crate::error::ConfigError;
+use crate::extensions::Extensions;
 use crate::files::check_file;
+use crate::flags::{self, binary, options};
+use crate::go::duration::GoDuration;
+use crate::go::pflag::{FlagKind, FlagSpec};
+use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
-use crate::logging::{KLOG_FLAGS, LogOptions};
-use crate::pflag::{self, FlagKind, FlagSpec, format_string_slice};
-use crate::strconv::quote;
+use crate::logging::LogOptions;
 
 /// The command name cobra prints in the usage text.
 pub const AGENT_COMMAND: &str = "agent";
@@ -34,400 +34,101 @@ pub enum ServerCountSource {
     Max,
 }
 
-/// The default `--agent-id`: the environment value when non-empty, else a random UUIDv4.
-pub fn default_agent_id(env_value: Option<String>) -> String {
-    env_value
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn check_selector(s: &str) -> Result<(), String> {
-    LabelSelector::parse(s).map(drop)
-}
-
-const SELECTOR_KIND: FlagKind = FlagKind::Custom {
-    type_name: "string",
-    check: check_selector,
-};
-
-static AGENT_OWN_FLAGS: &[FlagSpec] = &[
-    FlagSpec::new(
-        "agent-cert",
-        FlagKind::String,
-        "",
-        "If non-empty, the client certificate presented to the proxy server.",
-    ),
-    FlagSpec::new(
-        "agent-key",
-        FlagKind::String,
-        "",
-        "If non-empty, the private key for --agent-cert.",
-    ),
-    FlagSpec::new(
-        "ca-cert",
-        FlagKind::String,
-        "",
-        "CA bundle used to verify the proxy server's certificate.",
-    ),
-    FlagSpec::new(
-        "proxy-server-host",
-        FlagKind::String,
-        "127.0.0.1",
-        "Host name of the proxy server (or its load balancer); a comma-separated list dials each.",
-    ),
-    FlagSpec::new(
-        "proxy-server-port",
-        FlagKind::Int,
-        "8091",
-        "Port of the proxy server's agent listener.",
-    ),
-    FlagSpec::new(
-        "alpn-proto",
-        FlagKind::StringSlice,
-        "[]",
-        "Extra ALPN protocol IDs offered before h2, for front doors that share an address with the apiserver.",
-    ),
-    FlagSpec::new(
-        "health-server-host",
-        FlagKind::String,
-        "",
-        "Health endpoint bind host, without port; empty binds all interfaces.",
-    ),
-    FlagSpec::new(
-        "health-server-port",
-        FlagKind::Int,
-        "8093",
-        "Port for the health endpoint.",
-    ),
-    FlagSpec::new(
-        "admin-server-port",
-        FlagKind::Int,
-        "8094",
-        "Port for the admin endpoint.",
-    ),
-    FlagSpec::new(
-        "admin-bind-address",
-        FlagKind::String,
-        "127.0.0.1",
-        "Admin endpoint bind address.",
-    ),
-    FlagSpec::new(
-        "enable-profiling",
-        FlagKind::Bool,
-        "false",
-        "Serve profiling data at host:admin-server-port/debug/pprof.",
-    ),
-    FlagSpec::new(
-        "enable-contention-profiling",
-        FlagKind::Bool,
-        "false",
-        "Also profile lock contention; requires --enable-profiling.",
-    ),
-    FlagSpec::new(
-        "agent-id",
-        FlagKind::String,
-        "",
-        "Unique ID of this agent; defaults to $PROXY_AGENT_ID, else a random UUID.",
-    ),
-    FlagSpec::new(
-        "sync-interval",
-        FlagKind::Duration,
-        "1s",
-        "Initial interval between checks that the agent is connected to every proxy server.",
-    ),
-    FlagSpec::new(
-        "probe-interval",
-        FlagKind::Duration,
-        "1s",
-        "Interval between readiness checks of each proxy server connection.",
-    ),
-    FlagSpec::new(
-        "sync-interval-cap",
-        FlagKind::Duration,
-        "10s",
-        "Upper bound of the sync interval while backing off after failures.",
-    ),
-    FlagSpec::new(
-        "keepalive-time",
-        FlagKind::Duration,
-        "1h0m0s",
-        "Keepalive ping interval on proxy server connections.",
-    ),
-    FlagSpec::new(
-        "service-account-token-path",
-        FlagKind::String,
-        "",
-        "If non-empty, a token file sent to the proxy server to authenticate this agent.",
-    ),
-    FlagSpec::new(
-        "agent-identifiers",
-        FlagKind::String,
-        "",
-        "URL-encoded identifiers the server uses to pick this agent, e.g. host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true",
-    ),
-    FlagSpec::new(
-        "warn-on-channel-limit",
-        FlagKind::Bool,
-        "false",
-        "Log a warning when a connection's transfer queue is full.",
-    ),
-    FlagSpec::new(
-        "sync-forever",
-        FlagKind::Bool,
-        "false",
-        "Keep dialing after the server count is reached, to discover added servers.",
-    ),
-    FlagSpec::new(
-        "xfr-channel-size",
-        FlagKind::Int,
-        "150",
-        "Capacity of each per-connection transfer queue.",
-    ),
-    FlagSpec::new(
-        "count-server-leases",
-        FlagKind::Bool,
-        "false",
-        "Derive the number of proxy servers from their Leases.",
-    ),
-    FlagSpec::new(
-        "lease-namespace",
-        FlagKind::String,
-        "kube-system",
-        "Namespace of the server Leases.",
-    ),
-    FlagSpec::new(
-        "lease-label-selector",
-        SELECTOR_KIND,
-        DEFAULT_LEASE_SELECTOR,
-        "Label selector of the server Leases to count.",
-    ),
-    FlagSpec::new("lease-label", SELECTOR_KIND, DEFAULT_LEASE_SELECTOR, "")
-        .deprecated("Use --lease-label-selector instead"),
-    FlagSpec::new(
-        "server-count-source",
-        FlagKind::String,
-        "default",
-        "How lease and server-reported counts combine: 'default' uses one source, 'max' the larger.",
-    ),
-    FlagSpec::new(
-        "kubeconfig",
-        FlagKind::String,
-        "",
-        "Path to a kubeconfig file for lease listing; empty uses the in-cluster configuration.",
-    ),
-    FlagSpec::new(
-        "kube-api-content-type",
-        FlagKind::String,
-        "application/vnd.kubernetes.protobuf",
-        "Content type of requests to the Kubernetes API.",
-    ),
-    FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h'),
-];
-
-/// Every flag `proxy-agent` accepts (its own, klog's and `--help`), sorted by name.
-pub fn agent_flags() -> &'static [FlagSpec] {
-    static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = AGENT_OWN_FLAGS
-            .iter()
-            .chain(KLOG_FLAGS)
-            .chain(crate::extensions::COMMON_EXT_FLAGS)
-            .chain(crate::extensions::AGENT_EXT_FLAGS)
-            .copied()
-            .collect();
-        all.sort_by_key(|s| s.name);
-        all
-    })
-}
-
-/// Typed `proxy-agent` options. Integer flags keep Go's `int` range so that validation can
-/// report out-of-range values exactly as given.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentOptions {
-    /// `--agent-cert`
-    pub agent_cert: String,
-    /// `--agent-key`
-    pub agent_key: String,
-    /// `--ca-cert`
-    pub ca_cert: String,
-    /// `--proxy-server-host` as given; see [`AgentOptions::server_hosts`].
-    pub proxy_server_host: String,
-    /// `--proxy-server-port`
-    pub proxy_server_port: i64,
-    /// `--alpn-proto` (`[]` given literally means none).
-    pub alpn_proto: Vec<String>,
-    /// `--health-server-host`
-    pub health_server_host: String,
-    /// `--health-server-port`
-    pub health_server_port: i64,
-    /// `--admin-server-port`
-    pub admin_server_port: i64,
-    /// `--admin-bind-address`
-    pub admin_bind_address: String,
-    /// `--enable-profiling`
-    pub enable_profiling: bool,
-    /// `--enable-contention-profiling`
-    pub enable_contention_profiling: bool,
-    /// `--agent-id`
-    pub agent_id: String,
-    /// `--sync-interval`
-    pub sync_interval: GoDuration,
-    /// `--probe-interval`
-    pub probe_interval: GoDuration,
-    /// `--sync-interval-cap`
-    pub sync_interval_cap: GoDuration,
-    /// `--keepalive-time`
-    pub keepalive_time: GoDuration,
-    /// `--service-account-token-path`
-    pub service_account_token_path: String,
-    /// `--agent-identifiers`, verbatim (sent as the `agentidentifiers` header).
-    pub agent_identifiers: String,
-    /// `--warn-on-channel-limit`
-    pub warn_on_channel_limit: bool,
-    /// `--sync-forever`
-    pub sync_forever: bool,
-    /// `--xfr-channel-size`
-    pub xfr_channel_size: i64,
-    /// `--count-server-leases`
-    pub count_server_leases: bool,
-    /// `--lease-namespace`
-    pub lease_namespace: String,
-    /// `--lease-label-selector` (or its deprecated alias `--lease-label`; last one wins).
-    pub lease_label_selector: LabelSelector,
-    /// `--server-count-source` as given; see [`AgentOptions::server_count_source`].
-    pub server_count_source: String,
-    /// `--kubeconfig`
-    pub kubeconfig: String,
-    /// `--kube-api-content-type`
-    pub kube_api_content_type: String,
-    /// klog flags.
-    pub log: LogOptions,
-    /// Flags given on the command line, in order of first use.
-    pub explicit_flags: Vec<String>,
-    /// konnectivity-rs extension flags.
-    pub ext: crate::extensions::Extensions,
-    /// Notices to print for deprecated flags that were used (pflag's wording).
-    pub deprecation_notices: Vec<String>,
-}
-
-impl Default for AgentOptions {
-    /// Upstream defaults; `agent_id` from `$PROXY_AGENT_ID` or a fresh UUID.
-    fn default() -> Self {
-        Self::with_agent_id(default_agent_id(std::env::var(AGENT_ID_ENV).ok()))
+options! {
+    /// Typed `proxy-agent` options, one row per flag. Integer flags keep Go's `int` range so
+    /// that validation can report out-of-range values exactly as given.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct AgentOptions in AGENT_OWN_FLAGS {
+        agent_cert: String = "agent-cert", "",
+            "If non-empty, the client certificate presented to the proxy server.";
+        agent_key: String = "agent-key", "",
+            "If non-empty, the private key for --agent-cert.";
+        ca_cert: String = "ca-cert", "",
+            "CA bundle used to verify the proxy server's certificate.";
+        /// As given; see [`AgentOptions::server_hosts`].
+        proxy_server_host: String = "proxy-server-host", "127.0.0.1",
+            "Host name of the proxy server (or its load balancer); a comma-separated list dials each.";
+        proxy_server_port: i64 = "proxy-server-port", "8091",
+            "Port of the proxy server's agent listener.";
+        /// `[]` given literally means none.
+        alpn_proto: Vec<String> = "alpn-proto", "[]",
+            "Extra ALPN protocol IDs offered before h2, for front doors that share an address with the apiserver.";
+        health_server_host: String = "health-server-host", "",
+            "Health endpoint bind host, without port; empty binds all interfaces.";
+        health_server_port: i64 = "health-server-port", "8093",
+            "Port for the health endpoint.";
+        admin_server_port: i64 = "admin-server-port", "8094",
+            "Port for the admin endpoint.";
+        admin_bind_address: String = "admin-bind-address", "127.0.0.1",
+            "Admin endpoint bind address.";
+        enable_profiling: bool = "enable-profiling", "false",
+            "Serve profiling data at host:admin-server-port/debug/pprof.";
+        enable_contention_profiling: bool = "enable-contention-profiling", "false",
+            "Also profile lock contention; requires --enable-profiling.";
+        agent_id: String = "agent-id", "",
+            "Unique ID of this agent; defaults to $PROXY_AGENT_ID, else a random UUID.";
+        sync_interval: GoDuration = "sync-interval", "1s",
+            "Initial interval between checks that the agent is connected to every proxy server.";
+        probe_interval: GoDuration = "probe-interval", "1s",
+            "Interval between readiness checks of each proxy server connection.";
+        sync_interval_cap: GoDuration = "sync-interval-cap", "10s",
+            "Upper bound of the sync interval while backing off after failures.";
+        keepalive_time: GoDuration = "keepalive-time", "1h0m0s",
+            "Keepalive ping interval on proxy server connections.";
+        service_account_token_path: String = "service-account-token-path", "",
+            "If non-empty, a token file sent to the proxy server to authenticate this agent.";
+        /// Verbatim (sent as the `agentidentifiers` header).
+        agent_identifiers: String = "agent-identifiers", "",
+            "URL-encoded identifiers the server uses to pick this agent, e.g. host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true";
+        warn_on_channel_limit: bool = "warn-on-channel-limit", "false",
+            "Log a warning when a connection's transfer queue is full.";
+        sync_forever: bool = "sync-forever", "false",
+            "Keep dialing after the server count is reached, to discover added servers.";
+        xfr_channel_size: i64 = "xfr-channel-size", "150",
+            "Capacity of each per-connection transfer queue.";
+        count_server_leases: bool = "count-server-leases", "false",
+            "Derive the number of proxy servers from their Leases.";
+        lease_namespace: String = "lease-namespace", "kube-system",
+            "Namespace of the server Leases.";
+        /// Or its deprecated alias `--lease-label`; the last one given wins.
+        lease_label_selector: LabelSelector = "lease-label-selector", DEFAULT_LEASE_SELECTOR,
+            "Label selector of the server Leases to count.",
+            alias "lease-label" deprecated "Use --lease-label-selector instead";
+        /// As given; see [`AgentOptions::server_count_source`].
+        server_count_source: String = "server-count-source", "default",
+            "How lease and server-reported counts combine: 'default' uses one source, 'max' the larger.";
+        kubeconfig: String = "kubeconfig", "",
+            "Path to a kubeconfig file for lease listing; empty uses the in-cluster configuration.";
+        kube_api_content_type: String = "kube-api-content-type", "application/vnd.kubernetes.protobuf",
+            "Content type of requests to the Kubernetes API.";
+    }
+    also [FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h')]
+    extra {
+        /// klog flags.
+        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
+        /// Flags given on the command line, in order of first use.
+        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
+        /// konnectivity-rs extension flags.
+        ext: Extensions = Extensions::default(), read Extensions::from_flags;
+        /// Notices to print for deprecated flags that were used (pflag's wording).
+        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
-fn apply<T>(target: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *target = v;
+binary! {
+    AgentOptions {
+        name: "proxy-agent",
+        server: false,
+        command: AGENT_COMMAND,
+        table: AGENT_OWN_FLAGS,
+        flags: agent_flags,
+        id: agent_id = "agent-id" from AGENT_ID_ENV,
+        with_id: with_agent_id,
+        default_id: default_agent_id,
     }
-}
-
-fn default_selector() -> LabelSelector {
-    LabelSelector::parse(DEFAULT_LEASE_SELECTOR).unwrap_or_default()
 }
 
 impl AgentOptions {
-    /// Upstream defaults with the given agent ID.
-    pub fn with_agent_id(agent_id: String) -> Self {
-        AgentOptions {
-            agent_cert: String::new(),
-            agent_key: String::new(),
-            ca_cert: String::new(),
-            proxy_server_host: "127.0.0.1".to_owned(),
-            proxy_server_port: 8091,
-            alpn_proto: Vec::new(),
-            health_server_host: String::new(),
-            health_server_port: 8093,
-            admin_server_port: 8094,
-            admin_bind_address: "127.0.0.1".to_owned(),
-            enable_profiling: false,
-            enable_contention_profiling: false,
-            agent_id,
-            sync_interval: GoDuration::from_secs(1),
-            probe_interval: GoDuration::from_secs(1),
-            sync_interval_cap: GoDuration::from_secs(10),
-            keepalive_time: GoDuration::from_secs(3600),
-            service_account_token_path: String::new(),
-            agent_identifiers: String::new(),
-            warn_on_channel_limit: false,
-            sync_forever: false,
-            xfr_channel_size: 150,
-            count_server_leases: false,
-            lease_namespace: "kube-system".to_owned(),
-            lease_label_selector: default_selector(),
-            server_count_source: "default".to_owned(),
-            kubeconfig: String::new(),
-            kube_api_content_type: "application/vnd.kubernetes.protobuf".to_owned(),
-            log: LogOptions::default(),
-            explicit_flags: Vec::new(),
-            ext: crate::extensions::Extensions::default(),
-            deprecation_notices: Vec::new(),
-        }
-    }
-
-    /// Parses the arguments (without the program name). Does not validate; an invalid label
-    /// selector is already a parse error here, as in upstream.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<AgentOptions, ConfigError> {
-        let p = pflag::parse(agent_flags(), AGENT_COMMAND, args)?;
-        let mut o = if p.is_set("agent-id") {
-            Self::with_agent_id(String::new())
-        } else {
-            Self::default()
-        };
-        let s = |name: &str| p.string(name).map(str::to_owned);
-        apply(&mut o.agent_cert, s("agent-cert"));
-        apply(&mut o.agent_key, s("agent-key"));
-        apply(&mut o.ca_cert, s("ca-cert"));
-        apply(&mut o.proxy_server_host, s("proxy-server-host"));
-        apply(&mut o.proxy_server_port, p.int("proxy-server-port"));
-        apply(
-            &mut o.alpn_proto,
-            p.string_slice("alpn-proto").map(<[String]>::to_vec),
-        );
-        apply(&mut o.health_server_host, s("health-server-host"));
-        apply(&mut o.health_server_port, p.int("health-server-port"));
-        apply(&mut o.admin_server_port, p.int("admin-server-port"));
-        apply(&mut o.admin_bind_address, s("admin-bind-address"));
-        apply(&mut o.enable_profiling, p.bool("enable-profiling"));
-        apply(
-            &mut o.enable_contention_profiling,
-            p.bool("enable-contention-profiling"),
-        );
-        apply(&mut o.agent_id, s("agent-id"));
-        apply(&mut o.sync_interval, p.duration("sync-interval"));
-        apply(&mut o.probe_interval, p.duration("probe-interval"));
-        apply(&mut o.sync_interval_cap, p.duration("sync-interval-cap"));
-        apply(&mut o.keepalive_time, p.duration("keepalive-time"));
-        apply(
-            &mut o.service_account_token_path,
-            s("service-account-token-path"),
-        );
-        apply(&mut o.agent_identifiers, s("agent-identifiers"));
-        apply(
-            &mut o.warn_on_channel_limit,
-            p.bool("warn-on-channel-limit"),
-        );
-        apply(&mut o.sync_forever, p.bool("sync-forever"));
-        apply(&mut o.xfr_channel_size, p.int("xfr-channel-size"));
-        apply(&mut o.count_server_leases, p.bool("count-server-leases"));
-        apply(&mut o.lease_namespace, s("lease-namespace"));
-        if let Some(pflag::FlagValue::String(sel)) =
-            p.last_of(&["lease-label-selector", "lease-label"])
-        {
-            // Already checked by the flag's parser, so this cannot fail.
-            o.lease_label_selector = LabelSelector::parse(sel).map_err(ConfigError::Parse)?;
-        }
-        apply(&mut o.server_count_source, s("server-count-source"));
-        apply(&mut o.kubeconfig, s("kubeconfig"));
-        apply(&mut o.kube_api_content_type, s("kube-api-content-type"));
-        o.log = LogOptions::from_flags(&p);
-        o.ext = crate::extensions::Extensions::from_flags(&p);
-        o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
-        o.deprecation_notices = p.deprecation_notices().to_vec();
-        Ok(o)
-    }
-
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate agent options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -533,55 +234,6 @@ impl AgentOptions {
                 "--server-count-source must be one of '', 'default', 'max', got {other}"
             ))),
         }
-    }
-
-    /// Every flag with its effective value in pflag's `String()` form, sorted by name
-    /// (what upstream logs at `-v=1`, and what its test harness passes back as arguments).
-    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let b = |v: bool| v.to_string();
-        let selector = self.lease_label_selector.to_string();
-        let mut out = vec![
-            ("agent-cert", self.agent_cert.clone()),
-            ("agent-key", self.agent_key.clone()),
-            ("ca-cert", self.ca_cert.clone()),
-            ("proxy-server-host", self.proxy_server_host.clone()),
-            ("proxy-server-port", self.proxy_server_port.to_string()),
-            ("alpn-proto", format_string_slice(&self.alpn_proto)),
-            ("health-server-host", self.health_server_host.clone()),
-            ("health-server-port", self.health_server_port.to_string()),
-            ("admin-server-port", self.admin_server_port.to_string()),
-            ("admin-bind-address", self.admin_bind_address.clone()),
-            ("enable-profiling", b(self.enable_profiling)),
-            (
-                "enable-contention-profiling",
-                b(self.enable_contention_profiling),
-            ),
-            ("agent-id", self.agent_id.clone()),
-            ("sync-interval", self.sync_interval.to_string()),
-            ("probe-interval", self.probe_interval.to_string()),
-            ("sync-interval-cap", self.sync_interval_cap.to_string()),
-            ("keepalive-time", self.keepalive_time.to_string()),
-            (
-                "service-account-token-path",
-                self.service_account_token_path.clone(),
-            ),
-            ("agent-identifiers", self.agent_identifiers.clone()),
-            ("warn-on-channel-limit", b(self.warn_on_channel_limit)),
-            ("sync-forever", b(self.sync_forever)),
-            ("xfr-channel-size", self.xfr_channel_size.to_string()),
-            ("count-server-leases", b(self.count_server_leases)),
-            ("lease-namespace", self.lease_namespace.clone()),
-            ("lease-label-selector", selector.clone()),
-            ("lease-label", selector),
-            ("server-count-source", self.server_count_source.clone()),
-            ("kubeconfig", self.kubeconfig.clone()),
-            ("kube-api-content-type", self.kube_api_content_type.clone()),
-            ("help", "false".to_owned()),
-        ];
-        out.extend(self.log.flag_values());
-        out.extend(self.ext.flag_values(false));
-        out.sort_by_key(|(n, _)| *n);
-        out
     }
 }
 

@@ -3,7 +3,7 @@
 //! document and fails when the committed copy differs, so it cannot drift).
 use std::fmt::Write as _;
 
-use crate::pflag::FlagSpec;
+use crate::go::pflag::FlagSpec;
 
 /// Support status of a flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

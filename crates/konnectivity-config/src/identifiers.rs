@@ -6,7 +6,7 @@
 //! agent rejects unknown keys at startup ([`IdentifierMode::Agent`]); the server ignores them so
 //! that newer agents can talk to older servers ([`IdentifierMode::Server`]).
 
-use crate::strconv::{self, quote};
+use crate::go::strconv::{self, quote};
 
 /// Identifiers an agent advertises, as the proxy strategies consume them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

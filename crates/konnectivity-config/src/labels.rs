@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::strconv::quote;
+use crate::go::strconv::quote;
 
 /// Parses `--lease-label`: each comma item must hold exactly one `=`; keys and values are
 /// trimmed; an empty string is an error. Errors read `empty string provided` and

@@ -5,38 +5,40 @@
 //! manifests. Binaries call [`ServerOptions::parse`] / [`AgentOptions::parse`], print
 //! [`ConfigError::Help`] on `--help`, print deprecation notices, then call `validate()`.
 //!
-//! Module map: [`pflag`] (generic flag grammar), [`duration`] (Go durations), [`strconv`]
-//! (Go number/bool syntax and quoting), [`identifiers`] (agent identifiers), [`labels`]
-//! (lease labels and selectors), [`tls`] (TLS version / cipher names), [`logging`] (klog
-//! flags), [`server`] and [`agent`] (per-binary tables, options and validation), [`error`].
+//! Module map: [`go`] (the Go behaviour flags expose: pflag's grammar and usage text, Go
+//! durations, `strconv` syntax and quoting), [`flags`] (one declaration per flag: the
+//! `options!` macro that turns rows into the struct, the flag table, defaults, reading and
+//! printing), [`server`], [`agent`] and [`extensions`] (the rows of each binary and
+//! upstream's cross-flag validation), [`logging`] (klog flags), [`identifiers`] (agent
+//! identifiers), [`labels`] (lease labels and selectors), [`tls`] (TLS version / cipher
+//! names), [`compat`] (how each flag is supported; `docs/compatibility.md`), [`error`].
 
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod compat;
-pub mod duration;
 pub mod error;
 pub mod extensions;
 mod files;
+pub mod flags;
+pub mod go;
 pub mod identifiers;
 pub mod labels;
 pub mod logging;
-pub mod pflag;
 pub mod server;
-pub mod strconv;
 pub mod tls;
 
 pub use agent::{AgentOptions, ServerCountSource, agent_flags};
-pub use duration::GoDuration;
 pub use error::ConfigError;
+pub use go::duration::GoDuration;
+pub use go::pflag::{FlagKind, FlagSpec};
 pub use identifiers::{AgentIdentifiers, IdentifierError, IdentifierMode};
 pub use labels::LabelSelector;
 pub use logging::LogOptions;
-pub use pflag::{FlagKind, FlagSpec};
 pub use server::{Mode, ProxyStrategy, ServerOptions, server_flags};
 pub use tls::TlsVersion;
 
-/// What a binary's options offer to the shared start-up (`konnectivity_tunnel::process::main`):
+/// What a binary's options offer to the shared start-up (`konnectivity_runtime::process::main`):
 /// parsing, logging settings, notices and validation, the same way for proxy-server and
 /// proxy-agent.
 pub trait Program: Sized {
@@ -52,42 +54,4 @@ pub trait Program: Sized {
     fn unimplemented(&self) -> Vec<String>;
     /// Checks the flags together, as upstream does before starting.
     fn check(&self) -> Result<(), ConfigError>;
-}
-
-impl Program for AgentOptions {
-    const NAME: &'static str = "proxy-agent";
-    fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, ConfigError> {
-        Self::parse(args)
-    }
-    fn log(&self) -> &LogOptions {
-        &self.log
-    }
-    fn deprecations(&self) -> &[String] {
-        &self.deprecation_notices
-    }
-    fn unimplemented(&self) -> Vec<String> {
-        compat::not_implemented_warnings(&self.explicit_flags, false)
-    }
-    fn check(&self) -> Result<(), ConfigError> {
-        self.validate()
-    }
-}
-
-impl Program for ServerOptions {
-    const NAME: &'static str = "proxy-server";
-    fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self, ConfigError> {
-        Self::parse(args)
-    }
-    fn log(&self) -> &LogOptions {
-        &self.log
-    }
-    fn deprecations(&self) -> &[String] {
-        &self.deprecation_notices
-    }
-    fn unimplemented(&self) -> Vec<String> {
-        compat::not_implemented_warnings(&self.explicit_flags, true)
-    }
-    fn check(&self) -> Result<(), ConfigError> {
-        self.validate()
-    }
 }

@@ -5,67 +5,78 @@
 //! would stop a real deployment from starting, so every klog flag is accepted with klog's
 //! syntax and kept here for the binary's logging setup to map onto `tracing`.
 
-use crate::pflag::{FlagKind, FlagSpec, ParsedFlags};
-use crate::strconv;
+use crate::flags::{Codec, FlagSet, options};
+use crate::go::pflag::{FlagKind, FlagSpec, FlagValue, ParsedFlags};
+use crate::go::strconv;
 
-/// klog's settings as given on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogOptions {
-    /// `--v` / `-v`: verbosity (default 4).
-    pub v: i32,
-    /// `--vmodule`: per-file verbosity overrides (`pattern=N`, zero levels dropped).
-    pub vmodule: Vec<(String, i32)>,
-    /// `--log-dir`.
-    pub log_dir: String,
-    /// `--log-file`.
-    pub log_file: String,
-    /// `--log-file-max-size` in MB (0 = unlimited; default 1800).
-    pub log_file_max_size: u64,
-    /// `--logtostderr` (default true).
-    pub logtostderr: bool,
-    /// `--alsologtostderr`.
-    pub alsologtostderr: bool,
-    /// `--alsologtostderrthreshold` (severity number; default 0 = INFO).
-    pub alsologtostderrthreshold: i32,
-    /// `--stderrthreshold` (severity number; default 2 = ERROR).
-    pub stderrthreshold: i32,
-    /// `--legacy-stderr-threshold-behavior` (default true).
-    pub legacy_stderr_threshold_behavior: bool,
-    /// `--add-dir-header`.
-    pub add_dir_header: bool,
-    /// `--skip-headers`.
-    pub skip_headers: bool,
-    /// `--skip-log-headers`.
-    pub skip_log_headers: bool,
-    /// `--one-output`.
-    pub one_output: bool,
-    /// `--log-backtrace-at` as `file.go:N`; empty when unset.
-    pub log_backtrace_at: String,
-    /// `--logging-format` (Kubernetes component-base's flag): `text` (default) or
-    /// `json`. Not a klog flag; upstream's binaries do not have it.
-    pub format: String,
+options! {
+    /// klog's settings as given on the command line, one row per flag (names normalised to
+    /// dashes, as upstream registers them).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct LogOptions in KLOG_FLAGS {
+        /// If true, adds the file directory to the header.
+        add_dir_header: bool = "add-dir-header", "false",
+            "If true, adds the file directory to the header of the log messages",
+            via GoBool;
+        alsologtostderr: bool = "alsologtostderr", "false",
+            "log to standard error as well as files (no effect when -logtostderr=true)",
+            via GoBool;
+        /// Severity number (0 = INFO).
+        alsologtostderrthreshold: i32 = "alsologtostderrthreshold", "0",
+            "logs at or above this threshold go to stderr when -alsologtostderr=true (no effect when -logtostderr=true)",
+            via Severity;
+        legacy_stderr_threshold_behavior: bool = "legacy-stderr-threshold-behavior", "true",
+            "If true, stderrthreshold is ignored when logtostderr=true (legacy behavior). If false, stderrthreshold is honored even when logtostderr=true",
+            via GoBool;
+        /// Kubernetes component-base's flag: `text` or `json`. Not a klog flag; upstream's
+        /// binaries do not have it.
+        format: String = "logging-format", "text",
+            "Sets the log format. Permitted formats: \"json\", \"text\". (konnectivity-rs)",
+            via LoggingFormat;
+        /// As `file.go:N`; empty when unset.
+        log_backtrace_at: String = "log-backtrace-at", ":0",
+            "when logging hits line file:N, emit a stack trace",
+            via TraceLocation;
+        log_dir: String = "log-dir", "",
+            "If non-empty, write log files in this directory (no effect when -logtostderr=true)";
+        log_file: String = "log-file", "",
+            "If non-empty, use this log file (no effect when -logtostderr=true)";
+        /// In MB (0 = unlimited).
+        log_file_max_size: u64 = "log-file-max-size", "1800",
+            "Defines the maximum size a log file can grow to (no effect when -logtostderr=true). Unit is megabytes. If the value is 0, the maximum file size is unlimited.",
+            via GoUint64;
+        logtostderr: bool = "logtostderr", "true",
+            "log to standard error instead of files",
+            via GoBool;
+        one_output: bool = "one-output", "false",
+            "If true, only write logs to their native severity level (vs also writing to each lower severity level; no effect when -logtostderr=true)",
+            via GoBool;
+        skip_headers: bool = "skip-headers", "false",
+            "If true, avoid header prefixes in the log messages",
+            via GoBool;
+        skip_log_headers: bool = "skip-log-headers", "false",
+            "If true, avoid headers when opening log files (no effect when -logtostderr=true)",
+            via GoBool;
+        /// Severity number (2 = ERROR).
+        stderrthreshold: i32 = "stderrthreshold", "2",
+            "logs at or above this threshold go to stderr when writing to files and stderr (no effect when -logtostderr=true or -alsologtostderr=true unless -legacy_stderr_threshold_behavior=false)",
+            via Severity;
+        /// Also `-v`: verbosity.
+        v: i32 = "v", "4",
+            "number for the log level verbosity",
+            via Level, short 'v';
+        /// Per-file verbosity overrides (`pattern=N`, zero levels dropped).
+        vmodule: Vec<(String, i32)> = "vmodule", "",
+            "comma-separated list of pattern=N settings for file-filtered logging",
+            via VModule;
+    }
+    also []
+    extra {}
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions {
-            v: 4,
-            vmodule: Vec::new(),
-            log_dir: String::new(),
-            log_file: String::new(),
-            log_file_max_size: 1800,
-            logtostderr: true,
-            alsologtostderr: false,
-            alsologtostderrthreshold: 0,
-            stderrthreshold: 2,
-            legacy_stderr_threshold_behavior: true,
-            add_dir_header: false,
-            skip_headers: false,
-            skip_log_headers: false,
-            one_output: false,
-            log_backtrace_at: String::new(),
-            format: "text".to_owned(),
-        }
+        Self::declared_defaults()
     }
 }
 
@@ -135,231 +146,169 @@ fn check_trace_location(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The klog flags, as registered by both binaries (names normalised to dashes).
-pub(crate) static KLOG_FLAGS: &[FlagSpec] = &[
-    FlagSpec::new(
-        "add-dir-header",
-        FlagKind::GoBool,
-        "false",
-        "If true, adds the file directory to the header of the log messages",
-    ),
-    FlagSpec::new(
-        "alsologtostderr",
-        FlagKind::GoBool,
-        "false",
-        "log to standard error as well as files (no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "alsologtostderrthreshold",
-        FlagKind::Custom {
-            type_name: "severity",
-            check: |s| parse_severity(s).map(drop),
-        },
-        "0",
-        "logs at or above this threshold go to stderr when -alsologtostderr=true (no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "legacy-stderr-threshold-behavior",
-        FlagKind::GoBool,
-        "true",
-        "If true, stderrthreshold is ignored when logtostderr=true (legacy behavior). If false, stderrthreshold is honored even when logtostderr=true",
-    ),
-    FlagSpec::new(
-        "logging-format",
-        FlagKind::Custom {
-            type_name: "string",
-            check: check_logging_format,
-        },
-        "text",
-        "Sets the log format. Permitted formats: \"json\", \"text\". (konnectivity-rs)",
-    ),
-    FlagSpec::new(
-        "log-backtrace-at",
-        FlagKind::Custom {
-            type_name: "traceLocation",
-            check: check_trace_location,
-        },
-        ":0",
-        "when logging hits line file:N, emit a stack trace",
-    ),
-    FlagSpec::new(
-        "log-dir",
-        FlagKind::String,
-        "",
-        "If non-empty, write log files in this directory (no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "log-file",
-        FlagKind::String,
-        "",
-        "If non-empty, use this log file (no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "log-file-max-size",
-        FlagKind::GoUint64,
-        "1800",
-        "Defines the maximum size a log file can grow to (no effect when -logtostderr=true). Unit is megabytes. If the value is 0, the maximum file size is unlimited.",
-    ),
-    FlagSpec::new(
-        "logtostderr",
-        FlagKind::GoBool,
-        "true",
-        "log to standard error instead of files",
-    ),
-    FlagSpec::new(
-        "one-output",
-        FlagKind::GoBool,
-        "false",
-        "If true, only write logs to their native severity level (vs also writing to each lower severity level; no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "skip-headers",
-        FlagKind::GoBool,
-        "false",
-        "If true, avoid header prefixes in the log messages",
-    ),
-    FlagSpec::new(
-        "skip-log-headers",
-        FlagKind::GoBool,
-        "false",
-        "If true, avoid headers when opening log files (no effect when -logtostderr=true)",
-    ),
-    FlagSpec::new(
-        "stderrthreshold",
-        FlagKind::Custom {
-            type_name: "severity",
-            check: |s| parse_severity(s).map(drop),
-        },
-        "2",
-        "logs at or above this threshold go to stderr when writing to files and stderr (no effect when -logtostderr=true or -alsologtostderr=true unless -legacy_stderr_threshold_behavior=false)",
-    ),
-    FlagSpec::new(
-        "v",
-        FlagKind::Custom {
-            type_name: "Level",
-            check: |s| parse_level(s).map(drop),
-        },
-        "4",
-        "number for the log level verbosity",
-    )
-    .with_shorthand('v'),
-    FlagSpec::new(
-        "vmodule",
-        FlagKind::Custom {
-            type_name: "moduleSpec",
-            check: |s| parse_vmodule(s).map(drop),
-        },
-        "",
-        "comma-separated list of pattern=N settings for file-filtered logging",
-    ),
-];
+/// klog's Go `flag` bool, as pflag wraps it (errors read `parse error`).
+#[derive(Debug)]
+pub struct GoBool;
+
+impl Codec<bool> for GoBool {
+    const KIND: FlagKind = FlagKind::GoBool;
+    fn from_value(value: &FlagValue) -> Option<bool> {
+        match value {
+            FlagValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    fn show(value: &bool) -> String {
+        value.to_string()
+    }
+}
+
+/// klog's Go `flag` uint64.
+#[derive(Debug)]
+pub struct GoUint64;
+
+impl Codec<u64> for GoUint64 {
+    const KIND: FlagKind = FlagKind::GoUint64;
+    fn from_value(value: &FlagValue) -> Option<u64> {
+        match value {
+            FlagValue::Uint64(u) => Some(*u),
+            _ => None,
+        }
+    }
+    fn show(value: &u64) -> String {
+        value.to_string()
+    }
+}
+
+/// A text flag checked by klog's parser and kept as the number it parses to.
+fn number_from(value: &FlagValue, parse: fn(&str) -> Result<i32, String>) -> Option<i32> {
+    match value {
+        FlagValue::String(s) => parse(s).ok(),
+        _ => None,
+    }
+}
+
+/// klog's `Level` (`-v`).
+#[derive(Debug)]
+pub struct Level;
+
+impl Codec<i32> for Level {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "Level",
+        check: |s| parse_level(s).map(drop),
+    };
+    fn from_value(value: &FlagValue) -> Option<i32> {
+        number_from(value, parse_level)
+    }
+    fn show(value: &i32) -> String {
+        value.to_string()
+    }
+}
+
+/// klog's `severity` (a name or a number), kept as the number.
+#[derive(Debug)]
+pub struct Severity;
+
+impl Codec<i32> for Severity {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "severity",
+        check: |s| parse_severity(s).map(drop),
+    };
+    fn from_value(value: &FlagValue) -> Option<i32> {
+        number_from(value, parse_severity)
+    }
+    fn show(value: &i32) -> String {
+        value.to_string()
+    }
+}
+
+/// klog's `moduleSpec` (`--vmodule`).
+#[derive(Debug)]
+pub struct VModule;
+
+impl Codec<Vec<(String, i32)>> for VModule {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "moduleSpec",
+        check: |s| parse_vmodule(s).map(drop),
+    };
+    fn from_value(value: &FlagValue) -> Option<Vec<(String, i32)>> {
+        match value {
+            FlagValue::String(s) => parse_vmodule(s).ok(),
+            _ => None,
+        }
+    }
+    fn show(value: &Vec<(String, i32)>) -> String {
+        let items: Vec<String> = value.iter().map(|(p, l)| format!("{p}={l}")).collect();
+        items.join(",")
+    }
+}
+
+/// klog's `traceLocation` (`--log-backtrace-at`): printed `:0` when unset, which klog itself
+/// would not accept back, so the default is the empty text.
+#[derive(Debug)]
+pub struct TraceLocation;
+
+impl Codec<String> for TraceLocation {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "traceLocation",
+        check: check_trace_location,
+    };
+    fn from_value(value: &FlagValue) -> Option<String> {
+        match value {
+            FlagValue::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn show(value: &String) -> String {
+        if value.is_empty() {
+            ":0".to_owned()
+        } else {
+            value.clone()
+        }
+    }
+    fn default(_: &FlagSpec) -> String {
+        String::new()
+    }
+}
+
+/// `--logging-format`: a string checked against the permitted formats.
+#[derive(Debug)]
+pub struct LoggingFormat;
+
+impl Codec<String> for LoggingFormat {
+    const KIND: FlagKind = FlagKind::Custom {
+        type_name: "string",
+        check: check_logging_format,
+    };
+    fn from_value(value: &FlagValue) -> Option<String> {
+        match value {
+            FlagValue::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn show(value: &String) -> String {
+        value.clone()
+    }
+}
 
 impl LogOptions {
     /// Builds the options from defaults plus whatever klog flags were given.
     pub(crate) fn from_flags(p: &ParsedFlags) -> Self {
         let mut o = LogOptions::default();
-        if let Some(v) = p.string("v").and_then(|s| parse_level(s).ok()) {
-            o.v = v;
-        }
-        if let Some(m) = p.string("vmodule").and_then(|s| parse_vmodule(s).ok()) {
-            o.vmodule = m;
-        }
-        if let Some(s) = p.string("log-dir") {
-            o.log_dir = s.to_owned();
-        }
-        if let Some(s) = p.string("log-file") {
-            o.log_file = s.to_owned();
-        }
-        if let Some(n) = p.uint64("log-file-max-size") {
-            o.log_file_max_size = n;
-        }
-        if let Some(b) = p.bool("logtostderr") {
-            o.logtostderr = b;
-        }
-        if let Some(b) = p.bool("alsologtostderr") {
-            o.alsologtostderr = b;
-        }
-        if let Some(n) = p
-            .string("alsologtostderrthreshold")
-            .and_then(|s| parse_severity(s).ok())
-        {
-            o.alsologtostderrthreshold = n;
-        }
-        if let Some(n) = p
-            .string("stderrthreshold")
-            .and_then(|s| parse_severity(s).ok())
-        {
-            o.stderrthreshold = n;
-        }
-        if let Some(b) = p.bool("legacy-stderr-threshold-behavior") {
-            o.legacy_stderr_threshold_behavior = b;
-        }
-        if let Some(b) = p.bool("add-dir-header") {
-            o.add_dir_header = b;
-        }
-        if let Some(b) = p.bool("skip-headers") {
-            o.skip_headers = b;
-        }
-        if let Some(b) = p.bool("skip-log-headers") {
-            o.skip_log_headers = b;
-        }
-        if let Some(b) = p.bool("one-output") {
-            o.one_output = b;
-        }
-        if let Some(s) = p.string("log-backtrace-at") {
-            o.log_backtrace_at = s.to_owned();
-        }
-        if let Some(s) = p.string("logging-format") {
-            o.format = s.to_owned();
-        }
+        o.read_flags(p);
         o
     }
 
     /// Each klog flag with its effective value in the form pflag prints it.
     pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let vmodule: Vec<String> = self
-            .vmodule
-            .iter()
-            .map(|(p, l)| format!("{p}={l}"))
-            .collect();
-        vec![
-            ("add-dir-header", self.add_dir_header.to_string()),
-            ("alsologtostderr", self.alsologtostderr.to_string()),
-            (
-                "alsologtostderrthreshold",
-                self.alsologtostderrthreshold.to_string(),
-            ),
-            (
-                "legacy-stderr-threshold-behavior",
-                self.legacy_stderr_threshold_behavior.to_string(),
-            ),
-            (
-                "log-backtrace-at",
-                if self.log_backtrace_at.is_empty() {
-                    ":0".to_owned()
-                } else {
-                    self.log_backtrace_at.clone()
-                },
-            ),
-            ("log-dir", self.log_dir.clone()),
-            ("logging-format", self.format.clone()),
-            ("log-file", self.log_file.clone()),
-            ("log-file-max-size", self.log_file_max_size.to_string()),
-            ("logtostderr", self.logtostderr.to_string()),
-            ("one-output", self.one_output.to_string()),
-            ("skip-headers", self.skip_headers.to_string()),
-            ("skip-log-headers", self.skip_log_headers.to_string()),
-            ("stderrthreshold", self.stderrthreshold.to_string()),
-            ("v", self.v.to_string()),
-            ("vmodule", vmodule.join(",")),
-        ]
+        self.declared_values()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pflag;
+    use crate::go::pflag;
 
     fn parse(args: &[&str]) -> Result<LogOptions, String> {
         pflag::parse(KLOG_FLAGS, "test", args.iter().map(|s| (*s).to_owned()))

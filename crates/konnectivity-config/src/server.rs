@@ -5,15 +5,15 @@
 //! so the first complaint an operator sees is the same one the Go binary would print.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-use crate::duration::GoDuration;
 use crate::error::ConfigError;
+use crate::extensions::Extensions;
 use crate::files::check_file;
+use crate::flags::{self, binary, options};
+use crate::go::duration::GoDuration;
+use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
 use crate::labels;
-use crate::logging::{KLOG_FLAGS, LogOptions};
-use crate::pflag::{self, FlagKind, FlagSpec, format_string_slice};
-use crate::strconv::format_float32;
+use crate::logging::LogOptions;
 use crate::tls::{self, TlsVersion};
 
 /// The command name cobra prints in the usage text.
@@ -71,309 +71,128 @@ pub fn parse_proxy_strategies(s: &str) -> Result<Vec<ProxyStrategy>, String> {
     Ok(out)
 }
 
-/// The default `--server-id`: the environment value when non-empty, else a random UUIDv4.
-pub fn default_server_id(env_value: Option<String>) -> String {
-    env_value
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-static SERVER_OWN_FLAGS: &[FlagSpec] = &[
-    FlagSpec::new("server-cert", FlagKind::String, "", "If non-empty, the certificate served to frontends on TCP."),
-    FlagSpec::new("server-key", FlagKind::String, "", "If non-empty, the private key for --server-cert."),
-    FlagSpec::new("server-ca-cert", FlagKind::String, "", "If non-empty, the CA that frontend (kube-apiserver) client certificates must chain to."),
-    FlagSpec::new("cluster-cert", FlagKind::String, "", "If non-empty, the certificate served to agents."),
-    FlagSpec::new("cluster-key", FlagKind::String, "", "If non-empty, the private key for --cluster-cert."),
-    FlagSpec::new("cluster-ca-cert", FlagKind::String, "", "If non-empty, the CA that agent client certificates must chain to."),
-    FlagSpec::new("mode", FlagKind::String, "grpc", "Frontend protocol: 'grpc' or 'http-connect'."),
-    FlagSpec::new("uds-name", FlagKind::String, "", "Unix socket path for the frontend; empty means TCP."),
-    FlagSpec::new("delete-existing-uds-file", FlagKind::Bool, "true", "If true, remove an existing file at --uds-name before listening."),
-    FlagSpec::new("server-port", FlagKind::Int, "8090", "Frontend TCP port. Must be 0 when --uds-name is set."),
-    FlagSpec::new("server-bind-address", FlagKind::String, "", "Frontend bind address; empty binds all interfaces."),
-    FlagSpec::new("agent-port", FlagKind::Int, "8091", "Port for agent connections."),
-    FlagSpec::new("agent-bind-address", FlagKind::String, "", "Agent listener bind address; empty binds all interfaces."),
-    FlagSpec::new("admin-port", FlagKind::Int, "8095", "Port for the admin endpoint."),
-    FlagSpec::new("admin-bind-address", FlagKind::String, "127.0.0.1", "Admin endpoint bind address."),
-    FlagSpec::new("health-port", FlagKind::Int, "8092", "Port for the health endpoint."),
-    FlagSpec::new("health-bind-address", FlagKind::String, "", "Health endpoint bind address; empty binds all interfaces."),
-    FlagSpec::new("keepalive-time", FlagKind::Duration, "1h0m0s", "Keepalive ping interval on agent connections."),
-    FlagSpec::new("frontend-keepalive-time", FlagKind::Duration, "1h0m0s", "Keepalive ping interval on gRPC frontend connections."),
-    FlagSpec::new("enable-profiling", FlagKind::Bool, "false", "Serve profiling data at host:admin-port/debug/pprof."),
-    FlagSpec::new("enable-contention-profiling", FlagKind::Bool, "false", "Also profile lock contention; requires --enable-profiling."),
-    FlagSpec::new("server-id", FlagKind::String, "", "Unique ID of this server; defaults to $PROXY_SERVER_ID, else a random UUID."),
-    FlagSpec::new("server-count", FlagKind::Int, "1", "Number of proxy server instances; 1 unless running HA."),
-    FlagSpec::new("agent-namespace", FlagKind::String, "", "Namespace expected in agent service-account tokens (enables token authentication)."),
-    FlagSpec::new("agent-service-account", FlagKind::String, "", "Service account expected in agent tokens (enables token authentication)."),
-    FlagSpec::new("kubeconfig", FlagKind::String, "", "Path to a kubeconfig file; empty uses the in-cluster configuration."),
-    FlagSpec::new("kubeconfig-qps", FlagKind::Float32, "0", "Kubernetes client QPS limit (0 uses the client default)."),
-    FlagSpec::new("kubeconfig-burst", FlagKind::Int, "0", "Kubernetes client burst limit (0 uses the client default)."),
-    FlagSpec::new("kube-api-content-type", FlagKind::String, "application/vnd.kubernetes.protobuf", "Content type of requests to the Kubernetes API."),
-    FlagSpec::new("authentication-audience", FlagKind::String, "", "Audience expected in agent tokens (enables token authentication)."),
-    FlagSpec::new("proxy-strategies", FlagKind::String, "default", "Ordered, comma-separated agent selection strategies: default, destHost, defaultRoute."),
-    FlagSpec::new("cipher-suites", FlagKind::StringSlice, "[]", "Comma-separated TLS 1.2 cipher suites to allow; empty uses the default list. No effect on TLS 1.3."),
-    FlagSpec::new("tls-min-version", FlagKind::String, "", "Minimum TLS version: VersionTLS10, VersionTLS11, VersionTLS12 or VersionTLS13; empty means VersionTLS12."),
-    FlagSpec::new("xfr-channel-size", FlagKind::Int, "10", "Capacity of each per-stream receive queue (frontend and agent streams)."),
-    FlagSpec::new("enable-lease-controller", FlagKind::Bool, "false", "Publish this server's Lease and garbage-collect expired ones."),
-    FlagSpec::new("lease-namespace", FlagKind::String, "kube-system", "Namespace of the server Leases."),
-    FlagSpec::new("lease-label", FlagKind::String, "k8s-app=konnectivity-server", "Labels (k=v[,k=v]) put on the server Lease and used to select Leases for garbage collection."),
-    FlagSpec::new("graceful-shutdown-timeout", FlagKind::Duration, "0s", "Upper bound on waiting for connections to finish at shutdown; 0 shuts down at once."),
-    FlagSpec::new("backend-dial-timeout", FlagKind::Duration, "0s", "How long a dial to an agent may wait for its response; 0 disables the timeout."),
-    FlagSpec::new("warn-on-channel-limit", FlagKind::Bool, "true", "No effect; kept for compatibility.")
-        .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
-    FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
-];
-
-/// Every flag `proxy-server` accepts (its own, klog's and `--help`), sorted by name.
-pub fn server_flags() -> &'static [FlagSpec] {
-    static ALL: OnceLock<Vec<FlagSpec>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut all: Vec<FlagSpec> = SERVER_OWN_FLAGS
-            .iter()
-            .chain(KLOG_FLAGS)
-            .chain(crate::extensions::COMMON_EXT_FLAGS)
-            .chain(crate::extensions::SERVER_EXT_FLAGS)
-            .copied()
-            .collect();
-        all.sort_by_key(|s| s.name);
-        all
-    })
-}
-
-/// Typed `proxy-server` options. Integer flags keep Go's `int` range so that validation can
-/// report out-of-range values exactly as given.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerOptions {
-    /// `--server-cert`
-    pub server_cert: String,
-    /// `--server-key`
-    pub server_key: String,
-    /// `--server-ca-cert`
-    pub server_ca_cert: String,
-    /// `--cluster-cert`
-    pub cluster_cert: String,
-    /// `--cluster-key`
-    pub cluster_key: String,
-    /// `--cluster-ca-cert`
-    pub cluster_ca_cert: String,
-    /// `--mode` as given; see [`ServerOptions::mode`].
-    pub mode: String,
-    /// `--uds-name`
-    pub uds_name: String,
-    /// `--delete-existing-uds-file`
-    pub delete_existing_uds_file: bool,
-    /// `--server-port`
-    pub server_port: i64,
-    /// `--server-bind-address`
-    pub server_bind_address: String,
-    /// `--agent-port`
-    pub agent_port: i64,
-    /// `--agent-bind-address`
-    pub agent_bind_address: String,
-    /// `--admin-port`
-    pub admin_port: i64,
-    /// `--admin-bind-address`
-    pub admin_bind_address: String,
-    /// `--health-port`
-    pub health_port: i64,
-    /// `--health-bind-address`
-    pub health_bind_address: String,
-    /// `--keepalive-time`
-    pub keepalive_time: GoDuration,
-    /// `--frontend-keepalive-time`
-    pub frontend_keepalive_time: GoDuration,
-    /// `--enable-profiling`
-    pub enable_profiling: bool,
-    /// `--enable-contention-profiling`
-    pub enable_contention_profiling: bool,
-    /// `--server-id`
-    pub server_id: String,
-    /// `--server-count`
-    pub server_count: i64,
-    /// `--agent-namespace`
-    pub agent_namespace: String,
-    /// `--agent-service-account`
-    pub agent_service_account: String,
-    /// `--authentication-audience`
-    pub authentication_audience: String,
-    /// `--kubeconfig`
-    pub kubeconfig: String,
-    /// `--kubeconfig-qps`
-    pub kubeconfig_qps: f32,
-    /// `--kubeconfig-burst`
-    pub kubeconfig_burst: i64,
-    /// `--kube-api-content-type`
-    pub kube_api_content_type: String,
-    /// `--proxy-strategies` as given; see [`ServerOptions::proxy_strategies`].
-    pub proxy_strategies: String,
-    /// `--cipher-suites`
-    pub cipher_suites: Vec<String>,
-    /// `--tls-min-version` as given; see [`ServerOptions::tls_min_version`].
-    pub tls_min_version: String,
-    /// `--xfr-channel-size`
-    pub xfr_channel_size: i64,
-    /// `--enable-lease-controller`
-    pub enable_lease_controller: bool,
-    /// `--lease-namespace`
-    pub lease_namespace: String,
-    /// `--lease-label` as given; see [`ServerOptions::lease_labels`].
-    pub lease_label: String,
-    /// `--graceful-shutdown-timeout`
-    pub graceful_shutdown_timeout: GoDuration,
-    /// `--backend-dial-timeout`
-    pub backend_dial_timeout: GoDuration,
-    /// True when the deprecated no-op `--warn-on-channel-limit` was given.
-    pub warn_on_channel_limit_used: bool,
-    /// klog flags.
-    pub log: LogOptions,
-    /// Flags given on the command line, in order of first use.
-    pub explicit_flags: Vec<String>,
-    /// konnectivity-rs extension flags.
-    pub ext: crate::extensions::Extensions,
-    /// Notices to print for deprecated flags that were used (pflag's wording).
-    pub deprecation_notices: Vec<String>,
-}
-
-impl Default for ServerOptions {
-    /// Upstream defaults; `server_id` from `$PROXY_SERVER_ID` or a fresh UUID.
-    fn default() -> Self {
-        Self::with_server_id(default_server_id(std::env::var(SERVER_ID_ENV).ok()))
+options! {
+    /// Typed `proxy-server` options, one row per flag. Integer flags keep Go's `int` range so
+    /// that validation can report out-of-range values exactly as given.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ServerOptions in SERVER_OWN_FLAGS {
+        server_cert: String = "server-cert", "",
+            "If non-empty, the certificate served to frontends on TCP.";
+        server_key: String = "server-key", "",
+            "If non-empty, the private key for --server-cert.";
+        server_ca_cert: String = "server-ca-cert", "",
+            "If non-empty, the CA that frontend (kube-apiserver) client certificates must chain to.";
+        cluster_cert: String = "cluster-cert", "",
+            "If non-empty, the certificate served to agents.";
+        cluster_key: String = "cluster-key", "",
+            "If non-empty, the private key for --cluster-cert.";
+        cluster_ca_cert: String = "cluster-ca-cert", "",
+            "If non-empty, the CA that agent client certificates must chain to.";
+        /// As given; see [`ServerOptions::mode`].
+        mode: String = "mode", "grpc",
+            "Frontend protocol: 'grpc' or 'http-connect'.";
+        uds_name: String = "uds-name", "",
+            "Unix socket path for the frontend; empty means TCP.";
+        delete_existing_uds_file: bool = "delete-existing-uds-file", "true",
+            "If true, remove an existing file at --uds-name before listening.";
+        server_port: i64 = "server-port", "8090",
+            "Frontend TCP port. Must be 0 when --uds-name is set.";
+        server_bind_address: String = "server-bind-address", "",
+            "Frontend bind address; empty binds all interfaces.";
+        agent_port: i64 = "agent-port", "8091",
+            "Port for agent connections.";
+        agent_bind_address: String = "agent-bind-address", "",
+            "Agent listener bind address; empty binds all interfaces.";
+        admin_port: i64 = "admin-port", "8095",
+            "Port for the admin endpoint.";
+        admin_bind_address: String = "admin-bind-address", "127.0.0.1",
+            "Admin endpoint bind address.";
+        health_port: i64 = "health-port", "8092",
+            "Port for the health endpoint.";
+        health_bind_address: String = "health-bind-address", "",
+            "Health endpoint bind address; empty binds all interfaces.";
+        keepalive_time: GoDuration = "keepalive-time", "1h0m0s",
+            "Keepalive ping interval on agent connections.";
+        frontend_keepalive_time: GoDuration = "frontend-keepalive-time", "1h0m0s",
+            "Keepalive ping interval on gRPC frontend connections.";
+        enable_profiling: bool = "enable-profiling", "false",
+            "Serve profiling data at host:admin-port/debug/pprof.";
+        enable_contention_profiling: bool = "enable-contention-profiling", "false",
+            "Also profile lock contention; requires --enable-profiling.";
+        server_id: String = "server-id", "",
+            "Unique ID of this server; defaults to $PROXY_SERVER_ID, else a random UUID.";
+        server_count: i64 = "server-count", "1",
+            "Number of proxy server instances; 1 unless running HA.";
+        agent_namespace: String = "agent-namespace", "",
+            "Namespace expected in agent service-account tokens (enables token authentication).";
+        agent_service_account: String = "agent-service-account", "",
+            "Service account expected in agent tokens (enables token authentication).";
+        kubeconfig: String = "kubeconfig", "",
+            "Path to a kubeconfig file; empty uses the in-cluster configuration.";
+        kubeconfig_qps: f32 = "kubeconfig-qps", "0",
+            "Kubernetes client QPS limit (0 uses the client default).";
+        kubeconfig_burst: i64 = "kubeconfig-burst", "0",
+            "Kubernetes client burst limit (0 uses the client default).";
+        kube_api_content_type: String = "kube-api-content-type", "application/vnd.kubernetes.protobuf",
+            "Content type of requests to the Kubernetes API.";
+        authentication_audience: String = "authentication-audience", "",
+            "Audience expected in agent tokens (enables token authentication).";
+        /// As given; see [`ServerOptions::proxy_strategies`].
+        proxy_strategies: String = "proxy-strategies", "default",
+            "Ordered, comma-separated agent selection strategies: default, destHost, defaultRoute.";
+        cipher_suites: Vec<String> = "cipher-suites", "[]",
+            "Comma-separated TLS 1.2 cipher suites to allow; empty uses the default list. No effect on TLS 1.3.";
+        /// As given; see [`ServerOptions::tls_min_version`].
+        tls_min_version: String = "tls-min-version", "",
+            "Minimum TLS version: VersionTLS10, VersionTLS11, VersionTLS12 or VersionTLS13; empty means VersionTLS12.";
+        xfr_channel_size: i64 = "xfr-channel-size", "10",
+            "Capacity of each per-stream receive queue (frontend and agent streams).";
+        enable_lease_controller: bool = "enable-lease-controller", "false",
+            "Publish this server's Lease and garbage-collect expired ones.";
+        lease_namespace: String = "lease-namespace", "kube-system",
+            "Namespace of the server Leases.";
+        /// As given; see [`ServerOptions::lease_labels`].
+        lease_label: String = "lease-label", "k8s-app=konnectivity-server",
+            "Labels (k=v[,k=v]) put on the server Lease and used to select Leases for garbage collection.";
+        graceful_shutdown_timeout: GoDuration = "graceful-shutdown-timeout", "0s",
+            "Upper bound on waiting for connections to finish at shutdown; 0 shuts down at once.";
+        backend_dial_timeout: GoDuration = "backend-dial-timeout", "0s",
+            "How long a dial to an agent may wait for its response; 0 disables the timeout.";
+    }
+    also [
+        FlagSpec::new("warn-on-channel-limit", FlagKind::Bool, "true", "No effect; kept for compatibility.")
+            .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
+        FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
+    ]
+    extra {
+        /// True when the deprecated no-op `--warn-on-channel-limit` was given.
+        warn_on_channel_limit_used: bool = false,
+            read |p: &ParsedFlags| p.is_set("warn-on-channel-limit");
+        /// klog flags.
+        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
+        /// Flags given on the command line, in order of first use.
+        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
+        /// konnectivity-rs extension flags.
+        ext: Extensions = Extensions::default(), read Extensions::from_flags;
+        /// Notices to print for deprecated flags that were used (pflag's wording).
+        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
-fn apply<T>(target: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *target = v;
+binary! {
+    ServerOptions {
+        name: "proxy-server",
+        server: true,
+        command: SERVER_COMMAND,
+        table: SERVER_OWN_FLAGS,
+        flags: server_flags,
+        id: server_id = "server-id" from SERVER_ID_ENV,
+        with_id: with_server_id,
+        default_id: default_server_id,
     }
 }
 
 impl ServerOptions {
-    /// Upstream defaults with the given server ID.
-    pub fn with_server_id(server_id: String) -> Self {
-        ServerOptions {
-            server_cert: String::new(),
-            server_key: String::new(),
-            server_ca_cert: String::new(),
-            cluster_cert: String::new(),
-            cluster_key: String::new(),
-            cluster_ca_cert: String::new(),
-            mode: "grpc".to_owned(),
-            uds_name: String::new(),
-            delete_existing_uds_file: true,
-            server_port: 8090,
-            server_bind_address: String::new(),
-            agent_port: 8091,
-            agent_bind_address: String::new(),
-            admin_port: 8095,
-            admin_bind_address: "127.0.0.1".to_owned(),
-            health_port: 8092,
-            health_bind_address: String::new(),
-            keepalive_time: GoDuration::from_secs(3600),
-            frontend_keepalive_time: GoDuration::from_secs(3600),
-            enable_profiling: false,
-            enable_contention_profiling: false,
-            server_id,
-            server_count: 1,
-            agent_namespace: String::new(),
-            agent_service_account: String::new(),
-            authentication_audience: String::new(),
-            kubeconfig: String::new(),
-            kubeconfig_qps: 0.0,
-            kubeconfig_burst: 0,
-            kube_api_content_type: "application/vnd.kubernetes.protobuf".to_owned(),
-            proxy_strategies: "default".to_owned(),
-            cipher_suites: Vec::new(),
-            tls_min_version: String::new(),
-            xfr_channel_size: 10,
-            enable_lease_controller: false,
-            lease_namespace: "kube-system".to_owned(),
-            lease_label: "k8s-app=konnectivity-server".to_owned(),
-            graceful_shutdown_timeout: GoDuration::ZERO,
-            backend_dial_timeout: GoDuration::ZERO,
-            warn_on_channel_limit_used: false,
-            log: LogOptions::default(),
-            explicit_flags: Vec::new(),
-            ext: crate::extensions::Extensions::default(),
-            deprecation_notices: Vec::new(),
-        }
-    }
-
-    /// Parses the arguments (without the program name). Does not validate.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<ServerOptions, ConfigError> {
-        let p = pflag::parse(server_flags(), SERVER_COMMAND, args)?;
-        let mut o = if p.is_set("server-id") {
-            Self::with_server_id(String::new())
-        } else {
-            Self::default()
-        };
-        let s = |name: &str| p.string(name).map(str::to_owned);
-        apply(&mut o.server_cert, s("server-cert"));
-        apply(&mut o.server_key, s("server-key"));
-        apply(&mut o.server_ca_cert, s("server-ca-cert"));
-        apply(&mut o.cluster_cert, s("cluster-cert"));
-        apply(&mut o.cluster_key, s("cluster-key"));
-        apply(&mut o.cluster_ca_cert, s("cluster-ca-cert"));
-        apply(&mut o.mode, s("mode"));
-        apply(&mut o.uds_name, s("uds-name"));
-        apply(
-            &mut o.delete_existing_uds_file,
-            p.bool("delete-existing-uds-file"),
-        );
-        apply(&mut o.server_port, p.int("server-port"));
-        apply(&mut o.server_bind_address, s("server-bind-address"));
-        apply(&mut o.agent_port, p.int("agent-port"));
-        apply(&mut o.agent_bind_address, s("agent-bind-address"));
-        apply(&mut o.admin_port, p.int("admin-port"));
-        apply(&mut o.admin_bind_address, s("admin-bind-address"));
-        apply(&mut o.health_port, p.int("health-port"));
-        apply(&mut o.health_bind_address, s("health-bind-address"));
-        apply(&mut o.keepalive_time, p.duration("keepalive-time"));
-        apply(
-            &mut o.frontend_keepalive_time,
-            p.duration("frontend-keepalive-time"),
-        );
-        apply(&mut o.enable_profiling, p.bool("enable-profiling"));
-        apply(
-            &mut o.enable_contention_profiling,
-            p.bool("enable-contention-profiling"),
-        );
-        apply(&mut o.server_id, s("server-id"));
-        apply(&mut o.server_count, p.int("server-count"));
-        apply(&mut o.agent_namespace, s("agent-namespace"));
-        apply(&mut o.agent_service_account, s("agent-service-account"));
-        apply(&mut o.authentication_audience, s("authentication-audience"));
-        apply(&mut o.kubeconfig, s("kubeconfig"));
-        apply(&mut o.kubeconfig_qps, p.float32("kubeconfig-qps"));
-        apply(&mut o.kubeconfig_burst, p.int("kubeconfig-burst"));
-        apply(&mut o.kube_api_content_type, s("kube-api-content-type"));
-        apply(&mut o.proxy_strategies, s("proxy-strategies"));
-        apply(
-            &mut o.cipher_suites,
-            p.string_slice("cipher-suites").map(<[String]>::to_vec),
-        );
-        apply(&mut o.tls_min_version, s("tls-min-version"));
-        apply(&mut o.xfr_channel_size, p.int("xfr-channel-size"));
-        apply(
-            &mut o.enable_lease_controller,
-            p.bool("enable-lease-controller"),
-        );
-        apply(&mut o.lease_namespace, s("lease-namespace"));
-        apply(&mut o.lease_label, s("lease-label"));
-        apply(
-            &mut o.graceful_shutdown_timeout,
-            p.duration("graceful-shutdown-timeout"),
-        );
-        apply(
-            &mut o.backend_dial_timeout,
-            p.duration("backend-dial-timeout"),
-        );
-        o.warn_on_channel_limit_used = p.is_set("warn-on-channel-limit");
-        o.log = LogOptions::from_flags(&p);
-        o.ext = crate::extensions::Extensions::from_flags(&p);
-        o.explicit_flags = p.explicit_flags().iter().map(|n| (*n).to_owned()).collect();
-        o.deprecation_notices = p.deprecation_notices().to_vec();
-        Ok(o)
-    }
-
     /// Applies upstream's validation rules in order; the first failure is returned as
     /// `failed to validate server options with <msg>`.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -469,7 +288,7 @@ impl ServerOptions {
         check_file(&self.kubeconfig, |p, e| {
             format!(
                 "checking KubeconfigPath {}, got {e}",
-                crate::strconv::quote(p)
+                crate::go::strconv::quote(p)
             )
         })?;
         // 14: strategies.
@@ -511,7 +330,7 @@ impl ServerOptions {
             "http-connect" => Ok(Mode::HttpConnect),
             other => Err(ConfigError::Invalid(format!(
                 "mode must be set to either 'grpc' or 'http-connect' not {}",
-                crate::strconv::quote(other)
+                crate::go::strconv::quote(other)
             ))),
         }
     }
@@ -548,74 +367,6 @@ impl ServerOptions {
     pub fn needs_kubernetes_client(&self) -> bool {
         self.token_auth_enabled() || self.enable_lease_controller
     }
-
-    /// Every flag with its effective value in pflag's `String()` form, sorted by name
-    /// (what upstream logs at `-v=1` before validating).
-    pub fn flag_values(&self) -> Vec<(&'static str, String)> {
-        let b = |v: bool| v.to_string();
-        let mut out = vec![
-            ("server-cert", self.server_cert.clone()),
-            ("server-key", self.server_key.clone()),
-            ("server-ca-cert", self.server_ca_cert.clone()),
-            ("cluster-cert", self.cluster_cert.clone()),
-            ("cluster-key", self.cluster_key.clone()),
-            ("cluster-ca-cert", self.cluster_ca_cert.clone()),
-            ("mode", self.mode.clone()),
-            ("uds-name", self.uds_name.clone()),
-            ("delete-existing-uds-file", b(self.delete_existing_uds_file)),
-            ("server-port", self.server_port.to_string()),
-            ("server-bind-address", self.server_bind_address.clone()),
-            ("agent-port", self.agent_port.to_string()),
-            ("agent-bind-address", self.agent_bind_address.clone()),
-            ("admin-port", self.admin_port.to_string()),
-            ("admin-bind-address", self.admin_bind_address.clone()),
-            ("health-port", self.health_port.to_string()),
-            ("health-bind-address", self.health_bind_address.clone()),
-            ("keepalive-time", self.keepalive_time.to_string()),
-            (
-                "frontend-keepalive-time",
-                self.frontend_keepalive_time.to_string(),
-            ),
-            ("enable-profiling", b(self.enable_profiling)),
-            (
-                "enable-contention-profiling",
-                b(self.enable_contention_profiling),
-            ),
-            ("server-id", self.server_id.clone()),
-            ("server-count", self.server_count.to_string()),
-            ("agent-namespace", self.agent_namespace.clone()),
-            ("agent-service-account", self.agent_service_account.clone()),
-            ("kubeconfig", self.kubeconfig.clone()),
-            ("kubeconfig-qps", format_float32(self.kubeconfig_qps)),
-            ("kubeconfig-burst", self.kubeconfig_burst.to_string()),
-            ("kube-api-content-type", self.kube_api_content_type.clone()),
-            (
-                "authentication-audience",
-                self.authentication_audience.clone(),
-            ),
-            ("proxy-strategies", self.proxy_strategies.clone()),
-            ("cipher-suites", format_string_slice(&self.cipher_suites)),
-            ("tls-min-version", self.tls_min_version.clone()),
-            ("xfr-channel-size", self.xfr_channel_size.to_string()),
-            ("enable-lease-controller", b(self.enable_lease_controller)),
-            ("lease-namespace", self.lease_namespace.clone()),
-            ("lease-label", self.lease_label.clone()),
-            (
-                "graceful-shutdown-timeout",
-                self.graceful_shutdown_timeout.to_string(),
-            ),
-            (
-                "backend-dial-timeout",
-                self.backend_dial_timeout.to_string(),
-            ),
-            ("warn-on-channel-limit", "true".to_owned()),
-            ("help", "false".to_owned()),
-        ];
-        out.extend(self.log.flag_values());
-        out.extend(self.ext.flag_values(true));
-        out.sort_by_key(|(n, _)| *n);
-        out
-    }
 }
 
 /// Key then cert: each must exist when set, and each requires the other.
@@ -627,7 +378,7 @@ fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
         if cert.is_empty() {
             return Err(format!(
                 "cannot have {what} cert empty when {what} key is set to {}",
-                crate::strconv::quote(key)
+                crate::go::strconv::quote(key)
             ));
         }
     }
@@ -638,7 +389,7 @@ fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
         if key.is_empty() {
             return Err(format!(
                 "cannot have {what} key empty when {what} cert is set to {}",
-                crate::strconv::quote(cert)
+                crate::go::strconv::quote(cert)
             ));
         }
     }
@@ -646,808 +397,4 @@ fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    fn parse(a: &[&str]) -> ServerOptions {
-        match ServerOptions::parse(args(a)) {
-            Ok(o) => o,
-            Err(e) => panic!("parse {a:?}: {e}"),
-        }
-    }
-
-    /// A file that exists for the duration of the test process.
-    fn existing_file(name: &str) -> String {
-        let dir: PathBuf =
-            std::env::temp_dir().join(format!("konnectivity-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, b"x").unwrap();
-        path.to_string_lossy().into_owned()
-    }
-
-    /// Options that pass validation: TCP mode with a server CA that exists.
-    fn valid() -> ServerOptions {
-        let mut o = ServerOptions::with_server_id("id".to_owned());
-        o.server_ca_cert = existing_file("server-ca.crt");
-        o
-    }
-
-    fn invalid_message(o: &ServerOptions) -> String {
-        match o.validate() {
-            Err(ConfigError::Invalid(msg)) => msg
-                .strip_prefix("failed to validate server options with ")
-                .unwrap_or_else(|| panic!("missing prefix: {msg}"))
-                .to_owned(),
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
-
-    const MISSING: &str = "/nonexistent/konnectivity/file";
-
-    #[test]
-    fn defaults_equal_the_spec_table() {
-        let o = ServerOptions::with_server_id("sid".to_owned());
-        let values = o.flag_values();
-        let specs = server_flags();
-        assert_eq!(values.len(), specs.len());
-        for spec in specs {
-            let value = values
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map(|(_, v)| v.as_str());
-            if spec.name == "server-id" {
-                assert_eq!(value, Some("sid"));
-            } else {
-                assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
-            }
-        }
-        assert_eq!(o.mode().unwrap(), Mode::Grpc);
-        assert_eq!(o.proxy_strategies().unwrap(), [ProxyStrategy::Default]);
-        assert_eq!(o.tls_min_version().unwrap(), TlsVersion::Tls12);
-        assert_eq!(
-            o.keepalive_time.to_std(),
-            Some(std::time::Duration::from_secs(3600))
-        );
-        assert_eq!(o.log.v, 4);
-        assert!(o.log.logtostderr);
-        assert!(!o.needs_kubernetes_client());
-    }
-
-    #[test]
-    fn flag_table_matches_spec_types() {
-        let expect = [
-            ("server-cert", "string"),
-            ("server-key", "string"),
-            ("server-ca-cert", "string"),
-            ("cluster-cert", "string"),
-            ("cluster-key", "string"),
-            ("cluster-ca-cert", "string"),
-            ("mode", "string"),
-            ("uds-name", "string"),
-            ("delete-existing-uds-file", "bool"),
-            ("server-port", "int"),
-            ("server-bind-address", "string"),
-            ("agent-port", "int"),
-            ("agent-bind-address", "string"),
-            ("admin-port", "int"),
-            ("admin-bind-address", "string"),
-            ("health-port", "int"),
-            ("health-bind-address", "string"),
-            ("keepalive-time", "duration"),
-            ("frontend-keepalive-time", "duration"),
-            ("enable-profiling", "bool"),
-            ("enable-contention-profiling", "bool"),
-            ("server-id", "string"),
-            ("server-count", "int"),
-            ("agent-namespace", "string"),
-            ("agent-service-account", "string"),
-            ("authentication-audience", "string"),
-            ("kubeconfig", "string"),
-            ("kubeconfig-qps", "float32"),
-            ("kubeconfig-burst", "int"),
-            ("kube-api-content-type", "string"),
-            ("proxy-strategies", "string"),
-            ("cipher-suites", "stringSlice"),
-            ("tls-min-version", "string"),
-            ("xfr-channel-size", "int"),
-            ("enable-lease-controller", "bool"),
-            ("lease-namespace", "string"),
-            ("lease-label", "string"),
-            ("graceful-shutdown-timeout", "duration"),
-            ("backend-dial-timeout", "duration"),
-            ("warn-on-channel-limit", "bool"),
-        ];
-        for (name, ty) in expect {
-            let spec = server_flags()
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(spec.value_type(), ty, "{name}");
-        }
-        for klog in [
-            "v",
-            "vmodule",
-            "log-dir",
-            "log-file",
-            "log-file-max-size",
-            "logtostderr",
-            "alsologtostderr",
-            "stderrthreshold",
-            "add-dir-header",
-            "skip-headers",
-            "skip-log-headers",
-            "one-output",
-            "log-backtrace-at",
-            "legacy-stderr-threshold-behavior",
-        ] {
-            assert!(server_flags().iter().any(|s| s.name == klog), "{klog}");
-        }
-        let hidden: Vec<_> = server_flags()
-            .iter()
-            .filter(|s| s.hidden)
-            .map(|s| s.name)
-            .collect();
-        assert_eq!(hidden, ["warn-on-channel-limit"]);
-    }
-
-    #[test]
-    fn server_id_defaults_to_env_then_uuid_and_flag_wins() {
-        assert_eq!(default_server_id(Some("from-env".to_owned())), "from-env");
-        let generated = default_server_id(Some(String::new()));
-        assert!(
-            uuid::Uuid::parse_str(&generated).is_ok_and(|u| u.get_version_num() == 4),
-            "{generated}"
-        );
-        assert_ne!(default_server_id(None), default_server_id(None));
-        assert_eq!(parse(&["--server-id=mine"]).server_id, "mine");
-        assert!(!parse(&[]).server_id.is_empty());
-    }
-
-    #[test]
-    fn every_flag_is_read_into_its_field() {
-        let o = parse(&[
-            "--server-cert=sc",
-            "--server-key=sk",
-            "--server-ca-cert=sca",
-            "--cluster-cert=cc",
-            "--cluster-key=ck",
-            "--cluster-ca-cert=cca",
-            "--mode=http-connect",
-            "--uds-name=/s.sock",
-            "--delete-existing-uds-file=false",
-            "--server-port=0",
-            "--server-bind-address=1.1.1.1",
-            "--agent-port=9001",
-            "--agent-bind-address=2.2.2.2",
-            "--admin-port=9002",
-            "--admin-bind-address=3.3.3.3",
-            "--health-port=9003",
-            "--health-bind-address=4.4.4.4",
-            "--keepalive-time=30s",
-            "--frontend-keepalive-time=45s",
-            "--enable-profiling",
-            "--enable-contention-profiling",
-            "--server-id=s1",
-            "--server-count=3",
-            "--agent-namespace=ns",
-            "--agent-service-account=sa",
-            "--authentication-audience=aud",
-            "--kubeconfig=/kc",
-            "--kubeconfig-qps=2.5",
-            "--kubeconfig-burst=7",
-            "--kube-api-content-type=application/json",
-            "--proxy-strategies=destHost,default",
-            "--cipher-suites=TLS_AES_128_GCM_SHA256",
-            "--tls-min-version=VersionTLS13",
-            "--xfr-channel-size=20",
-            "--enable-lease-controller",
-            "--lease-namespace=ns2",
-            "--lease-label=a=b",
-            "--graceful-shutdown-timeout=5s",
-            "--backend-dial-timeout=500ms",
-            "--logtostderr=false",
-            "-v=2",
-        ]);
-        let mut want = ServerOptions::with_server_id("s1".to_owned());
-        want.server_cert = "sc".into();
-        want.server_key = "sk".into();
-        want.server_ca_cert = "sca".into();
-        want.cluster_cert = "cc".into();
-        want.cluster_key = "ck".into();
-        want.cluster_ca_cert = "cca".into();
-        want.mode = "http-connect".into();
-        want.uds_name = "/s.sock".into();
-        want.delete_existing_uds_file = false;
-        want.server_port = 0;
-        want.server_bind_address = "1.1.1.1".into();
-        want.agent_port = 9001;
-        want.agent_bind_address = "2.2.2.2".into();
-        want.admin_port = 9002;
-        want.admin_bind_address = "3.3.3.3".into();
-        want.health_port = 9003;
-        want.health_bind_address = "4.4.4.4".into();
-        want.keepalive_time = GoDuration::from_secs(30);
-        want.frontend_keepalive_time = GoDuration::from_secs(45);
-        want.enable_profiling = true;
-        want.enable_contention_profiling = true;
-        want.server_count = 3;
-        want.agent_namespace = "ns".into();
-        want.agent_service_account = "sa".into();
-        want.authentication_audience = "aud".into();
-        want.kubeconfig = "/kc".into();
-        want.kubeconfig_qps = 2.5;
-        want.kubeconfig_burst = 7;
-        want.kube_api_content_type = "application/json".into();
-        want.proxy_strategies = "destHost,default".into();
-        want.cipher_suites = vec!["TLS_AES_128_GCM_SHA256".into()];
-        want.tls_min_version = "VersionTLS13".into();
-        want.xfr_channel_size = 20;
-        want.enable_lease_controller = true;
-        want.lease_namespace = "ns2".into();
-        want.lease_label = "a=b".into();
-        want.graceful_shutdown_timeout = GoDuration::from_secs(5);
-        want.backend_dial_timeout = GoDuration::from_millis(500);
-        want.log.logtostderr = false;
-        want.log.v = 2;
-        want.explicit_flags = o.explicit_flags.clone();
-        assert_eq!(o, want);
-        assert_eq!(o.explicit_flags.len(), 41);
-        assert_eq!(o.explicit_flags[0], "server-cert");
-        assert_eq!(
-            o.proxy_strategies().unwrap(),
-            [ProxyStrategy::DestHost, ProxyStrategy::Default]
-        );
-        assert_eq!(o.mode().unwrap(), Mode::HttpConnect);
-        assert!(o.needs_kubernetes_client());
-    }
-
-    #[test]
-    fn repeated_mode_flag_last_wins() {
-        assert_eq!(
-            parse(&["--mode=grpc", "--mode=http-connect"]).mode,
-            "http-connect"
-        );
-        assert_eq!(
-            parse(&["--mode", "http-connect", "--mode", "grpc"]).mode,
-            "grpc"
-        );
-    }
-
-    #[test]
-    fn cipher_suites_append_across_repeats() {
-        let o = parse(&[
-            "--cipher-suites=TLS_AES_256_GCM_SHA384",
-            "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-        ]);
-        assert_eq!(
-            o.cipher_suites,
-            [
-                "TLS_AES_256_GCM_SHA384",
-                "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
-            ]
-        );
-    }
-
-    #[test]
-    fn warn_on_channel_limit_is_a_deprecated_no_op() {
-        let o = parse(&["--warn-on-channel-limit=false"]);
-        assert!(o.warn_on_channel_limit_used);
-        assert_eq!(
-            o.deprecation_notices,
-            [
-                "Flag --warn-on-channel-limit has been deprecated, This behavior is now thread safe and always on. This flag will be removed in a future release."
-            ]
-        );
-        assert!(!parse(&[]).warn_on_channel_limit_used);
-    }
-
-    #[test]
-    fn help_lists_flags_but_not_hidden_ones() {
-        match ServerOptions::parse(args(&["--help"])) {
-            Err(ConfigError::Help(text)) => {
-                assert!(text.starts_with("Usage:\n  proxy [flags]"));
-                assert!(text.contains("--mode string"));
-                assert!(text.contains("(default \"grpc\")"));
-                assert!(text.contains("--keepalive-time duration"));
-                assert!(text.contains("(default 1h0m0s)"));
-                assert!(text.contains("--cipher-suites strings"));
-                assert!(text.contains("-v, --v Level"));
-                assert!(!text.contains("warn-on-channel-limit"));
-            }
-            other => panic!("expected help, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_flag_is_a_parse_error() {
-        assert_eq!(
-            ServerOptions::parse(args(&["--bogus"])),
-            Err(ConfigError::Parse("unknown flag: --bogus".to_owned()))
-        );
-        assert_eq!(
-            ServerOptions::parse(args(&["--server-port=x"]))
-                .unwrap_err()
-                .to_string(),
-            "invalid argument \"x\" for \"--server-port\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
-        );
-    }
-
-    #[test]
-    fn valid_baseline_passes() {
-        assert_eq!(valid().validate(), Ok(()));
-        let uds = ServerOptions {
-            uds_name: "/tmp/x.sock".into(),
-            server_port: 0,
-            ..ServerOptions::with_server_id("id".into())
-        };
-        assert_eq!(uds.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_1_server_key_missing_or_without_cert() {
-        let o = ServerOptions {
-            server_key: MISSING.into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!(
-                "error checking server key {MISSING}, got stat {MISSING}: no such file or directory"
-            )
-        );
-        let key = existing_file("server.key");
-        let o = ServerOptions {
-            server_key: key.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have server cert empty when server key is set to \"{key}\"")
-        );
-    }
-
-    #[test]
-    fn rule_2_server_cert_missing_or_without_key() {
-        let o = ServerOptions {
-            server_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o).starts_with(&format!("error checking server cert {MISSING}, got "))
-        );
-        let cert = existing_file("server.crt");
-        let o = ServerOptions {
-            server_cert: cert.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have server key empty when server cert is set to \"{cert}\"")
-        );
-        let o = ServerOptions {
-            server_cert: cert,
-            server_key: existing_file("server.key"),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_3_server_ca_missing() {
-        let o = ServerOptions {
-            server_ca_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o)
-                .starts_with(&format!("error checking server CA cert {MISSING}, got "))
-        );
-    }
-
-    #[test]
-    fn rules_4_to_6_cluster_files() {
-        let o = ServerOptions {
-            cluster_key: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o).starts_with(&format!("error checking cluster key {MISSING}, got "))
-        );
-        let key = existing_file("cluster.key");
-        let o = ServerOptions {
-            cluster_key: key.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have cluster cert empty when cluster key is set to \"{key}\"")
-        );
-        let o = ServerOptions {
-            cluster_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o)
-                .starts_with(&format!("error checking cluster cert {MISSING}, got "))
-        );
-        let cert = existing_file("cluster.crt");
-        let o = ServerOptions {
-            cluster_cert: cert.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have cluster key empty when cluster cert is set to \"{cert}\"")
-        );
-        let o = ServerOptions {
-            cluster_ca_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o)
-                .starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
-        );
-    }
-
-    #[test]
-    fn rule_7_mode() {
-        let o = ServerOptions {
-            mode: "http".into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "mode must be set to either 'grpc' or 'http-connect' not \"http\""
-        );
-        let o = ServerOptions {
-            mode: "http-connect".into(),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_8_uds_and_tcp_requirements() {
-        let uds = || ServerOptions {
-            uds_name: "/tmp/s.sock".into(),
-            server_port: 0,
-            ..ServerOptions::with_server_id("id".into())
-        };
-        let o = ServerOptions {
-            server_port: 8090,
-            ..uds()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "server port should be set to 0 not 8090 for UDS"
-        );
-        let (key, cert) = (existing_file("uds.key"), existing_file("uds.crt"));
-        let o = ServerOptions {
-            server_key: key,
-            server_cert: cert.clone(),
-            ..uds()
-        };
-        assert_eq!(invalid_message(&o), "server key should not be set for UDS");
-        let o = ServerOptions {
-            server_ca_cert: existing_file("uds-ca.crt"),
-            ..uds()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "server ca cert should not be set for UDS"
-        );
-        // "server cert should not be set for UDS" is shadowed, as upstream: a cert without a
-        // key fails rule 2, and a cert with a key fails the key check above.
-        let o = ServerOptions {
-            server_cert: cert.clone(),
-            ..uds()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have server key empty when server cert is set to \"{cert}\"")
-        );
-        let tcp = ServerOptions::with_server_id("id".into());
-        assert_eq!(
-            invalid_message(&tcp),
-            "server ca cert must be set when in TCP mode (uds-name is empty)"
-        );
-    }
-
-    #[test]
-    fn rules_9_and_10_port_boundaries() {
-        for (field, name) in [
-            ("server", "server"),
-            ("admin", "admin"),
-            ("health", "health"),
-            ("agent", "agent"),
-        ] {
-            let with = |port: i64| {
-                let mut o = valid();
-                match field {
-                    "server" => o.server_port = port,
-                    "admin" => o.admin_port = port,
-                    "health" => o.health_port = port,
-                    _ => o.agent_port = port,
-                }
-                o
-            };
-            assert_eq!(
-                invalid_message(&with(1023)),
-                format!("please do not try to use reserved port 1023 for the {name} port")
-            );
-            assert_eq!(with(1024).validate(), Ok(()), "{name} 1024");
-            assert_eq!(with(49151).validate(), Ok(()), "{name} 49151");
-            assert_eq!(
-                invalid_message(&with(49152)),
-                format!("please do not try to use ephemeral port 49152 for the {name} port")
-            );
-        }
-        // Port 0 is reserved for agent/admin/health; the server port is exempt with UDS.
-        let o = ServerOptions {
-            agent_port: 0,
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "please do not try to use reserved port 0 for the agent port"
-        );
-        // Ephemeral checks run for all ports before reserved checks.
-        let o = ServerOptions {
-            server_port: 80,
-            health_port: 60000,
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "please do not try to use ephemeral port 60000 for the health port"
-        );
-    }
-
-    #[test]
-    fn rule_11_contention_profiling_needs_profiling() {
-        let o = ServerOptions {
-            enable_contention_profiling: true,
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "if --enable-contention-profiling is set, --enable-profiling must also be set"
-        );
-        let o = ServerOptions {
-            enable_contention_profiling: true,
-            enable_profiling: true,
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_12_token_auth_needs_all_three_and_no_cluster_ca() {
-        let auth = || ServerOptions {
-            agent_namespace: "ns".into(),
-            agent_service_account: "sa".into(),
-            authentication_audience: "aud".into(),
-            ..valid()
-        };
-        assert_eq!(auth().validate(), Ok(()));
-        let o = ServerOptions {
-            cluster_ca_cert: existing_file("cluster-ca"),
-            ..auth()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "--cluster-ca-cert can not be used when agent authentication is enabled"
-        );
-        let o = ServerOptions {
-            agent_namespace: String::new(),
-            ..auth()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "--agent-namespace cannot be empty when agent authentication is enabled"
-        );
-        let o = ServerOptions {
-            agent_service_account: String::new(),
-            ..auth()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "--agent-service-account cannot be empty when agent authentication is enabled"
-        );
-        let o = ServerOptions {
-            authentication_audience: String::new(),
-            ..auth()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "--authentication-audience cannot be empty when agent authentication is enabled"
-        );
-    }
-
-    #[test]
-    fn rule_13_kubeconfig_must_exist() {
-        let o = ServerOptions {
-            kubeconfig: MISSING.into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!(
-                "checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
-            )
-        );
-        let o = ServerOptions {
-            kubeconfig: existing_file("kubeconfig"),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-    }
-
-    #[test]
-    fn rule_14_proxy_strategies() {
-        let with = |s: &str| ServerOptions {
-            proxy_strategies: s.into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&with("")),
-            "ProxyStrategies cannot be empty"
-        );
-        assert_eq!(
-            invalid_message(&with("invalid")),
-            "invalid proxy strategies: unknown proxy strategy: invalid"
-        );
-        assert_eq!(
-            invalid_message(&with("DestHost")),
-            "invalid proxy strategies: unknown proxy strategy: DestHost"
-        );
-        assert_eq!(
-            invalid_message(&with(",,")),
-            "invalid proxy strategies: proxy strategies cannot be empty"
-        );
-        assert_eq!(with("destHost,,defaultRoute,").validate(), Ok(()));
-        assert_eq!(
-            with("destHost,,defaultRoute,default")
-                .proxy_strategies()
-                .unwrap(),
-            [
-                ProxyStrategy::DestHost,
-                ProxyStrategy::DefaultRoute,
-                ProxyStrategy::Default
-            ]
-        );
-        assert_eq!(ProxyStrategy::DefaultRoute.as_str(), "defaultRoute");
-    }
-
-    #[test]
-    fn rule_15_channel_size() {
-        for n in [0, -10] {
-            let o = ServerOptions {
-                xfr_channel_size: n,
-                ..valid()
-            };
-            assert_eq!(
-                invalid_message(&o),
-                format!("channel size {n} must be greater than 0")
-            );
-        }
-    }
-
-    #[test]
-    fn rule_16_tls_version() {
-        let o = ServerOptions {
-            tls_min_version: "VersionTLS14".into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "unsupported TLS version \"VersionTLS14\", supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
-        );
-        for v in [
-            "VersionTLS10",
-            "VersionTLS11",
-            "VersionTLS12",
-            "VersionTLS13",
-        ] {
-            assert_eq!(
-                ServerOptions {
-                    tls_min_version: v.into(),
-                    ..valid()
-                }
-                .validate(),
-                Ok(()),
-                "{v}"
-            );
-        }
-    }
-
-    #[test]
-    fn rule_17_cipher_suites() {
-        let o =
-            parse(&["--cipher-suites=TLS_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]);
-        let o = ServerOptions {
-            server_ca_cert: valid().server_ca_cert,
-            ..o
-        };
-        assert_eq!(o.validate(), Ok(()));
-        let o = ServerOptions {
-            cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "cipher suite TLS_RSA_WITH_RC4_128_SHA not supported, doesn't exist or considered as insecure"
-        );
-    }
-
-    #[test]
-    fn rule_18_lease_label_only_checked_with_lease_controller() {
-        let o = ServerOptions {
-            lease_label: String::new(),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-        let o = ServerOptions {
-            lease_label: String::new(),
-            enable_lease_controller: true,
-            ..valid()
-        };
-        assert_eq!(invalid_message(&o), "empty string provided");
-        let o = ServerOptions {
-            lease_label: "a=b,c".into(),
-            enable_lease_controller: true,
-            ..valid()
-        };
-        assert_eq!(invalid_message(&o), "invalid label format: c");
-        let o = ServerOptions {
-            lease_label: "b=2, a = 1".into(),
-            enable_lease_controller: true,
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-        assert_eq!(labels::format_labels(&o.lease_labels().unwrap()), "a=1,b=2");
-        assert!(o.needs_kubernetes_client());
-    }
-
-    #[test]
-    fn rule_19_negative_durations() {
-        let o = parse(&["--graceful-shutdown-timeout=-1s"]);
-        let o = ServerOptions {
-            server_ca_cert: valid().server_ca_cert,
-            ..o
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "graceful-shutdown-timeout must be >= 0, got -1s"
-        );
-        let o = ServerOptions {
-            backend_dial_timeout: GoDuration::from_millis(-1500),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            "backend-dial-timeout must be >= 0, got -1.5s"
-        );
-        let o = ServerOptions {
-            backend_dial_timeout: GoDuration::from_secs(5),
-            graceful_shutdown_timeout: GoDuration::from_secs(1),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
-    }
-
-    #[test]
-    fn validation_error_display_has_the_wrapper() {
-        let tcp = ServerOptions::with_server_id("id".into());
-        assert_eq!(
-            tcp.validate().unwrap_err().to_string(),
-            "failed to validate server options with server ca cert must be set when in TCP mode (uds-name is empty)"
-        );
-    }
-}
+mod tests;

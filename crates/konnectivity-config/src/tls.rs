@@ -27,7 +27,7 @@ impl TlsVersion {
             "VersionTLS13" => Ok(TlsVersion::Tls13),
             _ => Err(format!(
                 "unsupported TLS version {}, supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13",
-                crate::strconv::quote(name)
+                crate::go::strconv::quote(name)
             )),
         }
     }

@@ -8,6 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use konnectivity_testkit::argv::ServerPorts;
+use konnectivity_testkit::argv::{AgentArgv, ServerArgv};
+/// Network-namespace helpers for topology tests (root, iproute2, iptables).
+pub use konnectivity_testkit::netns;
 use konnectivity_testkit::pki::Pki;
 pub use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib, wait_for};
 
@@ -37,17 +41,11 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Ports of a started server.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerPorts {
-    /// Agent port.
-    pub agent: u16,
-    /// Health port.
-    pub health: u16,
-    /// Admin port.
-    pub admin: u16,
-    /// TCP frontend port (0 with UDS).
-    pub frontend: u16,
+/// Runs the Go interop client (`tests/go-interop`, built once per test process as
+/// `bin_dir()/<name>`) with `args`; `wait` bounds its wait for a ready agent. Its output.
+pub fn go_interop(name: &str, args: &[String], wait: &str) -> anyhow::Result<String> {
+    let program = konnectivity_testkit::go_interop::build(&bin_dir().join(name))?;
+    konnectivity_testkit::go_interop::run(&program, args, wait)
 }
 
 /// How to run a proxy-server.
@@ -64,14 +62,44 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
-    /// A gRPC server with a UDS frontend.
-    pub fn grpc_uds(path: PathBuf) -> Self {
+    /// The command line of a server `name` as this spec says, on `ports`.
+    pub fn argv(&self, name: &str, pki: &Pki, ports: ServerPorts) -> Vec<String> {
+        let argv = ServerArgv::new(name, self.mode, pki).listeners(
+            &self.bind,
+            ports.agent,
+            ports.health,
+            ports.admin,
+        );
+        let argv = match &self.uds {
+            Some(path) => argv.uds_frontend(path),
+            None => argv.tcp_frontend(&self.bind, ports.frontend, pki),
+        };
+        argv.args(self.extra.iter().cloned()).build()
+    }
+
+    /// A `mode` server on loopback with its frontend on the UNIX socket `path`.
+    pub fn uds(mode: &'static str, path: PathBuf) -> Self {
         Self {
-            mode: "grpc",
+            mode,
             uds: Some(path),
             bind: "127.0.0.1".into(),
             extra: Vec::new(),
         }
+    }
+
+    /// A `mode` server on loopback with its frontend on TCP (mTLS).
+    pub fn tcp(mode: &'static str) -> Self {
+        Self {
+            mode,
+            uds: None,
+            bind: "127.0.0.1".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A gRPC server with a UDS frontend.
+    pub fn grpc_uds(path: PathBuf) -> Self {
+        Self::uds("grpc", path)
     }
 }
 
@@ -83,40 +111,8 @@ pub fn start_server(
     netns: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, ServerPorts)> {
-    let ports = ServerPorts {
-        agent: free_port(),
-        health: free_port(),
-        admin: free_port(),
-        frontend: if spec.uds.is_some() { 0 } else { free_port() },
-    };
-    let p = |x: &Path| x.display().to_string();
-    let mut args = vec![
-        format!("--mode={}", spec.mode),
-        format!("--cluster-cert={}", p(&pki.server_cert)),
-        format!("--cluster-key={}", p(&pki.server_key)),
-        format!("--cluster-ca-cert={}", p(&pki.ca)),
-        format!("--agent-port={}", ports.agent),
-        format!("--agent-bind-address={}", spec.bind),
-        format!("--health-port={}", ports.health),
-        format!("--health-bind-address={}", spec.bind),
-        format!("--admin-port={}", ports.admin),
-        format!("--admin-bind-address={}", spec.bind),
-        format!("--server-id={name}"),
-    ];
-    match &spec.uds {
-        Some(path) => {
-            args.push(format!("--uds-name={}", p(path)));
-            args.push("--server-port=0".into());
-        }
-        None => {
-            args.push(format!("--server-port={}", ports.frontend));
-            args.push(format!("--server-bind-address={}", spec.bind));
-            args.push(format!("--server-cert={}", p(&pki.server_cert)));
-            args.push(format!("--server-key={}", p(&pki.server_key)));
-            args.push(format!("--server-ca-cert={}", p(&pki.ca)));
-        }
-    }
-    args.extend(spec.extra.iter().cloned());
+    let ports = ServerPorts::free(spec.uds.is_none());
+    let args = spec.argv(name, pki, ports);
     let proc = Proc::spawn(name, &bin("proxy-server")?, &args, netns, dir)?;
     let health = format!("{}:{}", spec.bind, ports.health);
     if netns.is_none() {
@@ -140,20 +136,11 @@ pub fn start_agent(
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
     let health = free_port();
-    let p = |x: &Path| x.display().to_string();
-    let mut args = vec![
-        format!("--ca-cert={}", p(&pki.ca)),
-        format!("--agent-cert={}", p(&pki.agent_cert)),
-        format!("--agent-key={}", p(&pki.agent_key)),
-        format!("--proxy-server-host={host}"),
-        format!("--proxy-server-port={agent_port}"),
-        format!("--health-server-port={health}"),
-        format!("--admin-server-port={}", free_port()),
-        format!("--agent-id={name}"),
-        "--sync-interval=100ms".into(),
-        "--sync-interval-cap=1s".into(),
-    ];
-    args.extend(extra.iter().cloned());
+    let args = AgentArgv::new(name, pki, host, agent_port)
+        .ports(health)
+        .sync("100ms", "1s")
+        .args(extra.iter().cloned())
+        .build();
     let proc = Proc::spawn(name, &bin("proxy-agent")?, &args, netns, dir)?;
     Ok((proc, health))
 }
@@ -285,12 +272,7 @@ pub fn start_upstream_server(
     spec: &ServerSpec,
     dir: &Path,
 ) -> anyhow::Result<(Proc, ServerPorts)> {
-    let ports = ServerPorts {
-        agent: free_port(),
-        health: free_port(),
-        admin: free_port(),
-        frontend: if spec.uds.is_some() { 0 } else { free_port() },
-    };
+    let ports = ServerPorts::free(spec.uds.is_none());
     let program = upstream_bin("proxy-server")?;
     let proc = spawn_upstream_server(name, &program, pki, spec, ports, dir)?;
     let health = format!("{}:{}", spec.bind, ports.health);
@@ -315,34 +297,7 @@ pub fn spawn_upstream_server(
     ports: ServerPorts,
     dir: &Path,
 ) -> anyhow::Result<Proc> {
-    let p = |x: &Path| x.display().to_string();
-    let mut args = vec![
-        format!("--mode={}", spec.mode),
-        format!("--cluster-cert={}", p(&pki.server_cert)),
-        format!("--cluster-key={}", p(&pki.server_key)),
-        format!("--cluster-ca-cert={}", p(&pki.ca)),
-        format!("--agent-port={}", ports.agent),
-        format!("--agent-bind-address={}", spec.bind),
-        format!("--health-port={}", ports.health),
-        format!("--health-bind-address={}", spec.bind),
-        format!("--admin-port={}", ports.admin),
-        format!("--admin-bind-address={}", spec.bind),
-        format!("--server-id={name}"),
-    ];
-    match &spec.uds {
-        Some(path) => {
-            args.push(format!("--uds-name={}", p(path)));
-            args.push("--server-port=0".into());
-        }
-        None => {
-            args.push(format!("--server-port={}", ports.frontend));
-            args.push(format!("--server-bind-address={}", spec.bind));
-            args.push(format!("--server-cert={}", p(&pki.server_cert)));
-            args.push(format!("--server-key={}", p(&pki.server_key)));
-            args.push(format!("--server-ca-cert={}", p(&pki.ca)));
-        }
-    }
-    args.extend(spec.extra.iter().cloned());
+    let args = spec.argv(name, pki, ports);
     Proc::spawn(name, program, &args, None, dir)
 }
 
@@ -358,22 +313,13 @@ pub fn start_upstream_agent(
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
     let health = free_port();
-    let p = |x: &Path| x.display().to_string();
-    let mut args = vec![
-        format!("--ca-cert={}", p(&pki.ca)),
-        format!("--agent-cert={}", p(&pki.agent_cert)),
-        format!("--agent-key={}", p(&pki.agent_key)),
-        format!("--proxy-server-host={host}"),
-        format!("--proxy-server-port={agent_port}"),
-        "--health-server-host=127.0.0.1".into(),
-        format!("--health-server-port={health}"),
-        format!("--admin-server-port={}", free_port()),
-        format!("--agent-id={name}"),
-        "--sync-interval=100ms".into(),
-        "--sync-interval-cap=1s".into(),
-        "--probe-interval=100ms".into(),
-    ];
-    args.extend(extra.iter().cloned());
+    let args = AgentArgv::new(name, pki, host, agent_port)
+        .args(["--health-server-host=127.0.0.1"])
+        .ports(health)
+        .sync("100ms", "1s")
+        .args(["--probe-interval=100ms"])
+        .args(extra.iter().cloned())
+        .build();
     let proc = Proc::spawn(name, &upstream_bin("proxy-agent")?, &args, None, dir)?;
     Ok((proc, health))
 }
@@ -394,91 +340,4 @@ pub fn scrape_metric(addr: &str, name: &str) -> Option<f64> {
         let v = rest.strip_prefix(' ')?;
         v.trim().parse().ok()
     })
-}
-
-/// Network-namespace helpers for topology tests (root, iproute2, iptables).
-pub mod netns {
-    use std::process::{Command, Stdio};
-
-    fn cmd(ns: &str, args: &[&str]) -> Command {
-        let mut c = if ns.is_empty() {
-            Command::new(args[0])
-        } else {
-            Command::new("ip")
-        };
-        if ns.is_empty() {
-            c.args(&args[1..]);
-        } else {
-            c.args(["netns", "exec", ns]).args(args);
-        }
-        c.stdin(Stdio::null());
-        c
-    }
-
-    /// Runs a command in `ns` (the host when empty); its stdout when it succeeded.
-    pub fn output(ns: &str, args: &[&str]) -> Option<String> {
-        let o = cmd(ns, args).output().ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// Runs a command in `ns`, panicking with its stderr when it fails.
-    pub fn must(ns: &str, args: &[&str]) {
-        match cmd(ns, args).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => panic!(
-                "`{}` failed in netns {ns:?}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => panic!(
-                "cannot run `{}`: {e} (needs root, iproute2 and iptables)",
-                args.join(" ")
-            ),
-        }
-    }
-
-    /// Namespaces created by a test, deleted on drop.
-    pub struct Namespaces(pub Vec<String>);
-
-    impl Namespaces {
-        /// Creates the namespaces (deleting stale ones of the same names first), with
-        /// `lo` up in each.
-        pub fn create(names: &[String]) -> Namespaces {
-            for n in names {
-                let _ = output("", &["ip", "netns", "del", n]);
-                must("", &["ip", "netns", "add", n]);
-                must(n, &["ip", "link", "set", "lo", "up"]);
-            }
-            Namespaces(names.to_vec())
-        }
-    }
-
-    impl Drop for Namespaces {
-        fn drop(&mut self) {
-            for n in &self.0 {
-                // Kill anything left inside, then delete.
-                if let Some(pids) = output("", &["ip", "netns", "pids", n]) {
-                    for p in pids.split_whitespace() {
-                        let _ = output("", &["kill", "-9", p]);
-                    }
-                }
-                let _ = output("", &["ip", "netns", "del", n]);
-            }
-        }
-    }
-
-    /// `curl -s` inside `ns`; the body when the request succeeded.
-    pub fn curl(ns: &str, url: &str) -> Option<String> {
-        output(ns, &["curl", "-s", "-f", "-m", "3", url])
-    }
-
-    /// The value of a metric line (`name{labels} value`) in a Prometheus text page.
-    pub fn metric(page: &str, series: &str) -> Option<f64> {
-        page.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
 }

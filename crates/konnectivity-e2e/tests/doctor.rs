@@ -7,12 +7,13 @@
 //! python3 and curl.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use konnectivity_e2e::netns::{Namespaces, curl, must, output};
+use konnectivity_e2e::netns::{Bridge, Namespaces, curl, firewall_inbound, must, output};
 use konnectivity_e2e::{Proc, bin, free_port, wait_for};
+use konnectivity_testkit::argv::{AgentArgv, Listener, ServerArgv};
 use konnectivity_testkit::pki::{self, Pki};
 use serde_json::Value;
 
@@ -63,18 +64,13 @@ fn python() -> PathBuf {
 
 /// The flags proxy-agent `n` runs with (doctor agent takes the same).
 fn agent_flags(t: &Topology, n: usize) -> Vec<String> {
-    let p = |x: &Path| x.display().to_string();
-    vec![
-        format!("--ca-cert={}", p(&t.pki.ca)),
-        format!("--agent-cert={}", p(&t.pki.agent_cert)),
-        format!("--agent-key={}", p(&t.pki.agent_key)),
-        format!("--proxy-server-host={}", cp_ip()),
-        format!("--proxy-server-port={}", t.agent_port),
-        format!("--agent-id=node{n}"),
-        format!("--agent-identifiers=host=node{n}&ipv4={}", node_ip(n)),
-        "--sync-interval=200ms".into(),
-        "--sync-interval-cap=1s".into(),
-    ]
+    AgentArgv::new(&format!("node{n}"), &t.pki, &cp_ip(), t.agent_port)
+        .args([format!(
+            "--agent-identifiers=host=node{n}&ipv4={}",
+            node_ip(n)
+        )])
+        .sync("200ms", "1s")
+        .build()
 }
 
 fn status_agents(t: &Topology) -> usize {
@@ -92,69 +88,11 @@ fn setup(tag: &str) -> Topology {
     let ns = Namespaces::create(&all);
     let dir = tempfile::tempdir().unwrap();
 
-    must(&cp, &["ip", "link", "add", "br0", "type", "bridge"]);
-    must(&cp, &["ip", "link", "set", "br0", "up"]);
-    must(
-        &cp,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", cp_ip()),
-            "dev",
-            "br0",
-        ],
-    );
+    let bridge = Bridge::create(&cp, &[cp_ip()]);
     for (i, node) in nodes.iter().enumerate() {
-        let n = i + 1;
-        let host_end = format!("vh{n}");
-        must(
-            &cp,
-            &[
-                "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
-                node,
-            ],
-        );
-        must(
-            &cp,
-            &["ip", "link", "set", &host_end, "master", "br0", "up"],
-        );
-        must(
-            node,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", node_ip(n)),
-                "dev",
-                "eth0",
-            ],
-        );
-        must(node, &["ip", "link", "set", "eth0", "up"]);
+        bridge.attach(i + 1, node, &node_ip(i + 1));
         // Firewalled node: nothing from outside may open a connection to it.
-        must(
-            node,
-            &[
-                "iptables",
-                "-w",
-                "5",
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        must(
-            node,
-            &[
-                "iptables", "-w", "5", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT",
-            ],
-        );
-        must(node, &["iptables", "-w", "5", "-A", "INPUT", "-j", "DROP"]);
+        firewall_inbound(node);
     }
     let pki = pki::generate(&dir.path().join("pki"), &[&cp_ip()]).unwrap();
 
@@ -203,22 +141,13 @@ fn setup(tag: &str) -> Topology {
     let admin = free_port();
     let health = free_port();
     let agent_port = free_port();
-    let p = |x: &Path| x.display().to_string();
-    let server_args = vec![
-        format!("--uds-name={}", p(&uds)),
-        "--server-port=0".into(),
-        format!("--cluster-cert={}", p(&pki.server_cert)),
-        format!("--cluster-key={}", p(&pki.server_key)),
-        format!("--cluster-ca-cert={}", p(&pki.ca)),
-        format!("--agent-port={agent_port}"),
-        format!("--agent-bind-address={}", cp_ip()),
-        format!("--health-port={health}"),
-        "--health-bind-address=127.0.0.1".into(),
-        format!("--admin-port={admin}"),
-        "--admin-bind-address=127.0.0.1".into(),
-        "--server-id=cp-server".into(),
-        "--proxy-strategies=destHost,defaultRoute".into(),
-    ];
+    let server_args = ServerArgv::new("cp-server", "grpc", &pki)
+        .uds_frontend(&uds)
+        .listen(Listener::Agent, &cp_ip(), agent_port)
+        .listen(Listener::Health, "127.0.0.1", health)
+        .listen(Listener::Admin, "127.0.0.1", admin)
+        .args(["--proxy-strategies=destHost,defaultRoute"])
+        .build();
     let server = Proc::spawn(
         "server",
         &bin("proxy-server").unwrap(),

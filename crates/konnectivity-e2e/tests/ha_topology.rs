@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use konnectivity_client::{ClientError, Frontend, grpc_dial};
-use konnectivity_e2e::netns::{Namespaces, curl, metric, must, output};
+use konnectivity_e2e::netns::{Bridge, Namespaces, curl, firewall_inbound, metric, must, output};
 use konnectivity_e2e::{Proc, bin, free_port, wait_for};
+use konnectivity_testkit::argv::{AgentArgv, Listener, ServerArgv};
 use konnectivity_testkit::pki::{self, Pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -42,23 +43,17 @@ fn start_server(
     let ip = server_ip(k);
     let uds = dir.join(format!("server{k}.sock"));
     let health = free_port();
-    let p = |x: &Path| x.display().to_string();
-    let args = vec![
-        format!("--uds-name={}", p(&uds)),
-        "--server-port=0".into(),
-        format!("--cluster-cert={}", p(&pki.server_cert)),
-        format!("--cluster-key={}", p(&pki.server_key)),
-        format!("--cluster-ca-cert={}", p(&pki.ca)),
-        format!("--agent-port={agent_port}"),
-        format!("--agent-bind-address={ip}"),
-        format!("--health-port={health}"),
-        format!("--health-bind-address={ip}"),
-        format!("--admin-port={}", free_port()),
-        format!("--server-id=server{k}"),
-        "--server-count=3".into(),
-        "--proxy-strategies=destHost,defaultRoute".into(),
-        format!("--keepalive-time={KEEPALIVE}"),
-    ];
+    let args = ServerArgv::new(&format!("server{k}"), "grpc", pki)
+        .uds_frontend(&uds)
+        .listen(Listener::Agent, &ip, agent_port)
+        .listen(Listener::Health, &ip, health)
+        .listen(Listener::Admin, "", free_port())
+        .args([
+            "--server-count=3".to_owned(),
+            "--proxy-strategies=destHost,defaultRoute".to_owned(),
+            format!("--keepalive-time={KEEPALIVE}"),
+        ])
+        .build();
     let proc = Proc::spawn(
         &format!("server{k}"),
         &bin("proxy-server")?,
@@ -105,26 +100,17 @@ fn start_agent(
     tag: &str,
 ) -> anyhow::Result<Agent> {
     let health = free_port();
-    let p = |x: &Path| x.display().to_string();
     let hosts = (1..=4).map(server_ip).collect::<Vec<_>>().join(",");
     let default_route = if n == 3 { "" } else { "&default-route=true" };
-    let args = vec![
-        format!("--ca-cert={}", p(&pki.ca)),
-        format!("--agent-cert={}", p(&pki.agent_cert)),
-        format!("--agent-key={}", p(&pki.agent_key)),
-        format!("--proxy-server-host={hosts}"),
-        format!("--proxy-server-port={agent_port}"),
-        format!("--health-server-port={health}"),
-        format!("--admin-server-port={}", free_port()),
-        format!("--agent-id=node{n}"),
-        format!(
+    let args = AgentArgv::new(&format!("node{n}"), pki, &hosts, agent_port)
+        .ports(health)
+        .args([format!(
             "--agent-identifiers=host=node{n}&ipv4={}&cidr=10.244.{n}.0/24{default_route}",
             node_ip(n)
-        ),
-        "--sync-interval=200ms".into(),
-        "--sync-interval-cap=1s".into(),
-        format!("--keepalive-time={KEEPALIVE}"),
-    ];
+        )])
+        .sync("200ms", "1s")
+        .args([format!("--keepalive-time={KEEPALIVE}")])
+        .build();
     let proc = Proc::spawn(
         &format!("agent{n}{tag}"),
         &bin("proxy-agent")?,
@@ -181,46 +167,10 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     let dir = tempfile::tempdir().unwrap();
 
     // The control plane: a bridge holding the four server addresses.
-    must(&cp, &["ip", "link", "add", "br0", "type", "bridge"]);
-    must(&cp, &["ip", "link", "set", "br0", "up"]);
-    for k in 1..=4 {
-        must(
-            &cp,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", server_ip(k)),
-                "dev",
-                "br0",
-            ],
-        );
-    }
+    let bridge = Bridge::create(&cp, &(1..=4).map(server_ip).collect::<Vec<_>>());
     for (i, ns) in nodes.iter().enumerate() {
         let n = i + 1;
-        let host_end = format!("vh{n}");
-        must(
-            &cp,
-            &[
-                "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-        );
-        must(
-            &cp,
-            &["ip", "link", "set", &host_end, "master", "br0", "up"],
-        );
-        must(
-            ns,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", node_ip(n)),
-                "dev",
-                "eth0",
-            ],
-        );
-        must(ns, &["ip", "link", "set", "eth0", "up"]);
+        bridge.attach(n, ns, &node_ip(n));
         // A pod IP in this node's CIDR, and a "service" address every node serves.
         must(
             ns,
@@ -235,22 +185,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         );
         must(ns, &["ip", "addr", "add", "10.96.0.10/32", "dev", "lo"]);
         // Firewalled node: nothing from outside may open a connection to it.
-        must(
-            ns,
-            &[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        must(ns, &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
-        must(ns, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+        firewall_inbound(ns);
     }
 
     // Kubelet stand-ins: /name answers the node name; /big is 100 MiB.

@@ -25,8 +25,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
@@ -52,52 +51,12 @@ const SERVER_READY_BACKEND_CONNECTIONS: &str =
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// Builds the Go interop client once per test process and runs it.
-fn go_interop(args: &[String]) -> anyhow::Result<String> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let bin = BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-            let out_bin = bin_dir().join("konnectivity-interop-mixed");
-            let build = Command::new("go")
-                .arg("build")
-                .arg("-o")
-                .arg(&out_bin)
-                .arg(".")
-                .current_dir(&src)
-                .output()
-                .map_err(|e| format!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "go build failed: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                ));
-            }
-            Ok(out_bin)
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let out = Command::new(&bin)
-        .args(args)
-        .arg("-timeout=150s")
-        .arg("-wait=15s")
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    anyhow::ensure!(
-        out.status.success(),
-        "Go konnectivity-client interop failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
-
 fn interop_uds(sock: &Path, scenarios: Option<&str>) -> anyhow::Result<String> {
     let mut args = vec![format!("-uds={}", sock.display())];
     if let Some(s) = scenarios {
         args.push(format!("-scenarios={s}"));
     }
-    go_interop(&args)
+    go_interop("konnectivity-interop-mixed", &args, "15s")
 }
 
 /// Waits until `http://addr/readyz` answers `status`.
@@ -375,190 +334,135 @@ fn new_pki(dir: &Path) -> anyhow::Result<Pki> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Upstream proxy-agent ↔ our proxy-server
+// Upstream proxy-agent ↔ our proxy-server, our proxy-agent ↔ upstream proxy-server
+
+/// Which implementation runs the server; the agent is the other one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerIs {
+    /// Our proxy-server with upstream's proxy-agent.
+    Ours,
+    /// Upstream's proxy-server with our proxy-agent.
+    Upstream,
+}
+
+impl ServerIs {
+    /// Starts this side's proxy-server (`rs-server` or `upstream-server`) as `spec` says and
+    /// waits for its `/healthz`.
+    fn start_server(
+        self,
+        pki: &Pki,
+        spec: &ServerSpec,
+        dir: &Path,
+    ) -> anyhow::Result<(Proc, ServerPorts)> {
+        match self {
+            ServerIs::Ours => start_server("rs-server", pki, spec, None, dir),
+            ServerIs::Upstream => start_upstream_server("upstream-server", pki, spec, dir),
+        }
+    }
+
+    /// Starts the other side's proxy-agent `name` toward `127.0.0.1:agent_port`; it and its
+    /// health port.
+    fn start_agent(
+        self,
+        name: &str,
+        pki: &Pki,
+        agent_port: u16,
+        dir: &Path,
+    ) -> anyhow::Result<(Proc, u16)> {
+        match self {
+            ServerIs::Ours => start_upstream_agent(name, pki, "127.0.0.1", agent_port, &[], dir),
+            ServerIs::Upstream => start_agent(name, pki, "127.0.0.1", agent_port, &[], None, dir),
+        }
+    }
+
+    /// The agent's name prefix: the other implementation's (`upstream` or `rs`).
+    fn agent_prefix(self) -> &'static str {
+        match self {
+            ServerIs::Ours => "upstream",
+            ServerIs::Upstream => "rs",
+        }
+    }
+}
+
+/// One cell of the matrix: the other implementation's agent behind `server`'s server
+/// with its frontend (`mode`) on a UNIX socket. Tunnels work (gRPC: every interop
+/// scenario; HTTP-CONNECT: echo and HTTP through CONNECT), and work again after the agent
+/// is killed and another one connects.
+fn agent_behind_the_other_server_tunnels_and_reconnects(
+    server: ServerIs,
+    mode: &'static str,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = new_pki(dir.path())?;
+    let ours = match server {
+        ServerIs::Ours => "rs",
+        ServerIs::Upstream => "up",
+    };
+    let theirs = server.agent_prefix();
+    let sock = match mode {
+        "grpc" => dir.path().join(format!("{ours}.sock")),
+        _ => dir.path().join(format!("{ours}-connect.sock")),
+    };
+    let spec = ServerSpec::uds(mode, sock.clone());
+    let (server_words, agent_words) = match server {
+        ServerIs::Ours => ("our server", "upstream agent"),
+        ServerIs::Upstream => ("upstream server", "our agent"),
+    };
+    let (_server, ports) = server.start_server(&pki, &spec, dir.path())?;
+    let spawn_agent = |name: &str| server.start_agent(name, &pki, ports.agent, dir.path());
+    let health = format!("127.0.0.1:{}", ports.health);
+    let (mut agent, agent_health) = spawn_agent(&format!("{theirs}-agent"))?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let connect_targets = if mode == "grpc" {
+        wait_readyz(agent_words, &format!("127.0.0.1:{agent_health}"), 200)?;
+        None
+    } else {
+        let echo = echo_server("127.0.0.1:0")?;
+        let http = http_server("127.0.0.1:0", "hello from the node")?;
+        Some((echo, http))
+    };
+    let tunnels_work = |scenarios: Option<&str>, passed: &str| match connect_targets {
+        None => {
+            let out = interop_uds(&sock, scenarios)?;
+            assert!(out.contains(passed), "{out}");
+            Ok(())
+        }
+        Some((echo, http)) => connect_checks(&sock, echo, http),
+    };
+    tunnels_work(None, ALL_PASSED)?;
+
+    // Agent restart: the old agent dies, the server notices, a new one takes over.
+    agent.kill();
+    wait_readyz(&format!("{server_words} without agents"), &health, 500)?;
+    let (_agent2, _) = spawn_agent(&format!("{theirs}-agent-2"))?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    tunnels_work(
+        Some("http-get,dial-refused,echo-chunks"),
+        "3 passed, 0 failed",
+    )
+}
 
 #[test]
 fn upstream_agent_behind_our_grpc_server_passes_every_interop_scenario_and_reconnects()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("rs.sock");
-    let (_server, ports) = start_server(
-        "rs-server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        None,
-        dir.path(),
-    )?;
-    let health = format!("127.0.0.1:{}", ports.health);
-    let (mut agent, agent_health) = start_upstream_agent(
-        "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    wait_readyz("upstream agent", &format!("127.0.0.1:{agent_health}"), 200)?;
-
-    let out = interop_uds(&sock, None)?;
-    assert!(out.contains(ALL_PASSED), "{out}");
-
-    // Agent restart: the old agent dies, the server notices, a new one takes over.
-    agent.kill();
-    wait_readyz("our server without agents", &health, 500)?;
-    let (_agent2, _) = start_upstream_agent(
-        "upstream-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let out = interop_uds(&sock, Some("http-get,dial-refused,echo-chunks"))?;
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Ours, "grpc")
 }
 
 #[test]
 fn upstream_agent_behind_our_http_connect_server_tunnels_and_reconnects() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("rs-connect.sock");
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
-    let (_server, ports) = start_server("rs-server", &pki, &spec, None, dir.path())?;
-    let (mut agent, _) = start_upstream_agent(
-        "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let echo = echo_server("127.0.0.1:0")?;
-    let http = http_server("127.0.0.1:0", "hello from the node")?;
-    connect_checks(&sock, echo, http)?;
-
-    agent.kill();
-    wait_readyz(
-        "our server without agents",
-        &format!("127.0.0.1:{}", ports.health),
-        500,
-    )?;
-    let (_agent2, _) = start_upstream_agent(
-        "upstream-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    connect_checks(&sock, echo, http)?;
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Ours, "http-connect")
 }
-
-// ---------------------------------------------------------------------------------------
-// Our proxy-agent ↔ upstream proxy-server
 
 #[test]
 fn our_agent_behind_the_upstream_grpc_server_passes_every_interop_scenario_and_reconnects()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("up.sock");
-    let (_server, ports) = start_upstream_server(
-        "upstream-server",
-        &pki,
-        &ServerSpec::grpc_uds(sock.clone()),
-        dir.path(),
-    )?;
-    let health = format!("127.0.0.1:{}", ports.health);
-    let (mut agent, agent_health) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    wait_readyz("our agent", &format!("127.0.0.1:{agent_health}"), 200)?;
-
-    let out = interop_uds(&sock, None)?;
-    assert!(out.contains(ALL_PASSED), "{out}");
-
-    agent.kill();
-    wait_readyz("upstream server without agents", &health, 500)?;
-    let (_agent2, _) = start_agent(
-        "rs-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let out = interop_uds(&sock, Some("http-get,dial-refused,echo-chunks"))?;
-    assert!(out.contains("3 passed, 0 failed"), "{out}");
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Upstream, "grpc")
 }
 
 #[test]
 fn our_agent_behind_the_upstream_http_connect_server_tunnels_and_reconnects() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
-    let sock = dir.path().join("up-connect.sock");
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
-    let (_server, ports) = start_upstream_server("upstream-server", &pki, &spec, dir.path())?;
-    let (mut agent, _) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let echo = echo_server("127.0.0.1:0")?;
-    let http = http_server("127.0.0.1:0", "hello from the node")?;
-    connect_checks(&sock, echo, http)?;
-
-    agent.kill();
-    wait_readyz(
-        "upstream server without agents",
-        &format!("127.0.0.1:{}", ports.health),
-        500,
-    )?;
-    let (_agent2, _) = start_agent(
-        "rs-agent-2",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    connect_checks(&sock, echo, http)?;
-    Ok(())
+    agent_behind_the_other_server_tunnels_and_reconnects(ServerIs::Upstream, "http-connect")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -821,12 +725,7 @@ fn both_connect_servers(
     dir: &Path,
     pki: &Pki,
 ) -> anyhow::Result<Vec<(&'static str, Proc, PathBuf)>> {
-    let spec = |sock: PathBuf| ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = |sock: PathBuf| ServerSpec::uds("http-connect", sock);
     let rs_sock = dir.join("rs-connect.sock");
     let up_sock = dir.join("up-connect.sock");
     let (rs, _) = start_server("rs-server", pki, &spec(rs_sock.clone()), None, dir)?;
@@ -897,35 +796,14 @@ fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upst
 /// Upstream's agent semantics (spec §6.5, §5.4, upstream `TestProxyHandle_AfterDrain`):
 /// the first SIGTERM sends DRAIN and the agent keeps running; the server marks it
 /// draining but still uses it when it is the only agent; the second SIGTERM ends it.
-fn drain_keeps_a_lone_agent_usable(upstream_agent: bool) -> anyhow::Result<()> {
+fn drain_keeps_a_lone_agent_usable(server_is: ServerIs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = new_pki(dir.path())?;
     let sock = dir.path().join("drain.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
-    let ((server, ports), (mut agent, _)) = if upstream_agent {
-        let s = start_server("rs-server", &pki, &spec, None, dir.path())?;
-        let a = start_upstream_agent(
-            "upstream-agent",
-            &pki,
-            "127.0.0.1",
-            s.1.agent,
-            &[],
-            dir.path(),
-        )?;
-        (s, a)
-    } else {
-        let s = start_upstream_server("upstream-server", &pki, &spec, dir.path())?;
-        let a = start_agent(
-            "rs-agent",
-            &pki,
-            "127.0.0.1",
-            s.1.agent,
-            &[],
-            None,
-            dir.path(),
-        )?;
-        (s, a)
-    };
+    let (server, ports) = server_is.start_server(&pki, &spec, dir.path())?;
+    let agent_name = format!("{}-agent", server_is.agent_prefix());
+    let (mut agent, _) = server_is.start_agent(&agent_name, &pki, ports.agent, dir.path())?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let out = interop_uds(&sock, Some("http-get"))?;
     assert!(out.contains("1 passed, 0 failed"), "{out}");
@@ -967,11 +845,11 @@ fn drain_keeps_a_lone_agent_usable(upstream_agent: bool) -> anyhow::Result<()> {
 #[test]
 fn upstream_agent_draining_behind_our_server_is_still_used_as_the_only_agent() -> anyhow::Result<()>
 {
-    drain_keeps_a_lone_agent_usable(true)
+    drain_keeps_a_lone_agent_usable(ServerIs::Ours)
 }
 
 #[test]
 fn our_agent_draining_behind_the_upstream_server_is_still_used_as_the_only_agent()
 -> anyhow::Result<()> {
-    drain_keeps_a_lone_agent_usable(false)
+    drain_keeps_a_lone_agent_usable(ServerIs::Upstream)
 }

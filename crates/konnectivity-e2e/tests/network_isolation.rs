@@ -5,59 +5,16 @@
 //! kubelet port through the tunnel only. Needs root and `ip netns` + `iptables`;
 //! fails (does not skip) when they are unavailable.
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, connect_dial, grpc_dial};
+use konnectivity_e2e::netns::{Namespaces, firewall_inbound, succeeds, veth_pair};
 use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_server, wait_for};
 use konnectivity_testkit::pki;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const ID: &str = "kubelet-on-isolated-node";
 const T: Duration = Duration::from_secs(5);
-
-/// Runs `ip netns exec <ns> <args…>` (or a host command when `ns` is empty); true on success.
-fn run_in(ns: &str, args: &[&str]) -> bool {
-    let mut c = if ns.is_empty() {
-        Command::new(args[0])
-    } else {
-        Command::new("ip")
-    };
-    if ns.is_empty() {
-        c.args(&args[1..]);
-    } else {
-        c.args(["netns", "exec", ns]).args(args);
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn must(ns: &str, args: &[&str]) {
-    let out = if ns.is_empty() {
-        Command::new(args[0]).args(&args[1..]).output()
-    } else {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .output()
-    };
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "`{}` failed in netns {ns:?}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "cannot run `{}`: {e} (is iproute2/iptables installed?)",
-            args.join(" ")
-        ),
-    }
-}
 
 /// Two namespaces joined by a veth pair; deleted on drop (after the processes, which
 /// are declared later and so dropped first).
@@ -66,75 +23,25 @@ struct Net {
     node: String,
     cp_ip: String,
     node_ip: String,
+    _ns: Namespaces,
 }
 
 impl Net {
     fn new(tag: &str, subnet: u8) -> Net {
         let pid = std::process::id();
-        let n = Net {
-            cp: format!("kcp-{pid}-{tag}"),
-            node: format!("knode-{pid}-{tag}"),
-            cp_ip: format!("10.231.{subnet}.1"),
-            node_ip: format!("10.231.{subnet}.2"),
-        };
-        n.delete(); // stale ones from an earlier run with the same pid
-        for ns in [&n.cp, &n.node] {
-            let o = Command::new("ip")
-                .args(["netns", "add", ns])
-                .output()
-                .expect("running `ip netns add`");
-            assert!(
-                o.status.success(),
-                "cannot create network namespace {ns} (this test needs root and `ip netns`): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        let (vc, vn) = (format!("kv{pid}{tag}c"), format!("kv{pid}{tag}n"));
-        must(
-            "",
-            &[
-                "ip", "link", "add", &vc, "netns", &n.cp, "type", "veth", "peer", "name", &vn,
-                "netns", &n.node,
-            ],
-        );
-        for (ns, dev, ip) in [(&n.cp, &vc, &n.cp_ip), (&n.node, &vn, &n.node_ip)] {
-            must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
-            must(ns, &["ip", "link", "set", dev, "up"]);
-            must(ns, &["ip", "link", "set", "lo", "up"]);
-        }
+        let (cp, node) = (format!("kcp-{pid}-{tag}"), format!("knode-{pid}-{tag}"));
+        let (cp_ip, node_ip) = (format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2"));
+        let ns = Namespaces::create(&[cp.clone(), node.clone()]);
+        veth_pair(&format!("kv{pid}{tag}"), &cp, &cp_ip, &node, &node_ip);
         // The node may open connections; the control plane may not open any toward it.
-        must(
-            &n.node,
-            &[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        must(
-            &n.node,
-            &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-        );
-        must(&n.node, &["iptables", "-A", "INPUT", "-j", "DROP"]);
-        n
-    }
-
-    fn delete(&self) {
-        for ns in [&self.cp, &self.node] {
-            let _ = run_in("", &["ip", "netns", "del", ns]);
+        firewall_inbound(&node);
+        Net {
+            cp,
+            node,
+            cp_ip,
+            node_ip,
+            _ns: ns,
         }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.delete();
     }
 }
 
@@ -180,22 +87,20 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
         Proc::spawn("kubelet", Path::new("python3"), &args, Some(&net.node), d).expect("python3");
     let url = format!("http://{node_addr}/id.txt");
     wait_for("the node's :10250 (from the node)", T, || {
-        run_in(&net.node, &["curl", "-sf", "-m", "1", &url])
+        succeeds(&net.node, &["curl", "-sf", "-m", "1", &url])
     })
     .expect("destination up");
 
     // (a) Without the tunnel, the control plane cannot reach the node.
     assert!(
-        !run_in(&net.cp, &["curl", "-s", "-m", "2", &url]),
+        !succeeds(&net.cp, &["curl", "-s", "-m", "2", &url]),
         "the control-plane namespace reached {url} directly: the firewall is not isolating the node"
     );
 
     let sock = d.join("konnectivity.sock");
     let spec = ServerSpec {
-        mode,
-        uds: Some(sock.clone()),
         bind: net.cp_ip.clone(),
-        extra: Vec::new(),
+        ..ServerSpec::uds(mode, sock.clone())
     };
     let (_server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
@@ -213,7 +118,7 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
     wait_for(
         "proxy-server /readyz (agent connected)",
         Duration::from_secs(10),
-        || run_in(&net.cp, &["curl", "-sf", "-m", "1", &readyz]),
+        || succeeds(&net.cp, &["curl", "-sf", "-m", "1", &readyz]),
     )
     .expect("the agent in the node namespace connects out to the server");
 

@@ -60,12 +60,7 @@ async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -
 {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let echo = servers::echo("127.0.0.1:0").await?;
@@ -114,12 +109,7 @@ async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("c.sock");
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: Some(sock.clone()),
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::uds("http-connect", sock.clone());
     let (_server, _ports) = start_server("server", &pki, &spec, None, dir.path())?;
     // No agent yet: 500 with upstream's text.
     let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
@@ -153,12 +143,7 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "http-connect",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi via curl").await?;
@@ -210,36 +195,8 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
     Ok(())
 }
 
-fn go_interop(args: &[String]) -> anyhow::Result<String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-    let out_bin = bin_dir().join("konnectivity-interop");
-    let build = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(&out_bin)
-        .arg(".")
-        .current_dir(&src)
-        .output();
-    let build =
-        build.map_err(|e| anyhow::anyhow!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-    anyhow::ensure!(
-        build.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let out = Command::new(&out_bin)
-        .args(args)
-        .arg("-timeout=150s")
-        .arg("-wait=10s")
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    anyhow::ensure!(
-        out.status.success(),
-        "Go konnectivity-client interop failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
+fn interop(args: &[String]) -> anyhow::Result<String> {
+    go_interop("konnectivity-interop", args, "10s")
 }
 
 #[test]
@@ -248,7 +205,7 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
     let sock = dir.path().join("s.sock");
     let _tunnel = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
-    let out = go_interop(&[format!("-uds={}", sock.display())])?;
+    let out = interop(&[format!("-uds={}", sock.display())])?;
     assert!(out.contains("7 passed, 0 failed"), "{out}");
     Ok(())
 }
@@ -257,16 +214,11 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
 fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let spec = ServerSpec {
-        mode: "grpc",
-        uds: None,
-        bind: "127.0.0.1".into(),
-        extra: vec![],
-    };
+    let spec = ServerSpec::tcp("grpc");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
     let p = |x: &Path| x.display().to_string();
-    let out = go_interop(&[
+    let out = interop(&[
         format!("-tcp=127.0.0.1:{}", ports.frontend),
         format!("-ca={}", p(&pki.ca)),
         format!("-cert={}", p(&pki.client_cert)),

@@ -32,8 +32,8 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use konnectivity_runtime::endpoints::{self, Reply, Router};
 use konnectivity_tls::ServerConfig;
-use konnectivity_tunnel::endpoints::{self, Reply, Router};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use konnectivity_config::{ProxyStrategy, ServerOptions, TlsVersion};
 use konnectivity_core::select::Strategy;
+use konnectivity_runtime::process;
 use konnectivity_server::{Frontend, FrontendListener, Listeners, Mode, Settings};
 use konnectivity_tls::MinVersion;
-use konnectivity_tunnel::process;
 use tracing::{info, warn};
 
 fn main() -> ExitCode {

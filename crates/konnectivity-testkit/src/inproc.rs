@@ -144,25 +144,12 @@ impl Harness {
             Some((&self.pki.agent_cert, &self.pki.agent_key)),
             &[],
         )?;
-        Ok(konnectivity_agent::Settings {
-            hosts: vec![server.ip().to_string()],
-            port: server.port(),
-            tls: Arc::new(tls),
-            hello: Hello {
-                agent_id: agent_id.into(),
-                identifiers: String::new(),
-                token_path: None,
-                flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
-            },
-            sync_interval: Duration::from_secs(1),
-            sync_interval_cap: Duration::from_secs(10),
-            sync_forever: false,
-            keepalive: Duration::from_secs(3600),
-            max_chunk: konnectivity_core::flow::MAX_CHUNK,
-            leases: None,
-            drain_timeout: Duration::from_secs(300),
-            policy: Default::default(),
-        })
+        Ok(konnectivity_agent::Settings::new(
+            vec![server.ip().to_string()],
+            server.port(),
+            Arc::new(tls),
+            Hello::new(agent_id),
+        ))
     }
 
     /// Starts an agent (its sync loop, no health ports).

@@ -1,6 +1,9 @@
 //! Support for tests, benchmarks and `konnectivity demo`: a throwaway PKI, small
 //! destination servers and child processes. Nothing here is used by the proxy itself.
 //!
+//! - [`argv`]: proxy-server and proxy-agent command lines (certificates, ports, frontend);
+//! - [`go_interop`]: building and running the Go interop client (`tests/go-interop`);
+//! - [`netns`]: network namespaces, veth links, a bridged control plane with nodes;
 //! - [`pki`]: a CA and server/agent/frontend certificates written as PEM files;
 //! - [`servers`]: HTTP "hello", TCP echo and byte-source servers on loopback, a closed
 //!   port and a port whose TCP handshake never completes;
@@ -9,8 +12,11 @@
 //!   process, for tests on tokio's paused clock;
 //! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings.
 
+pub mod argv;
+pub mod go_interop;
 #[cfg(feature = "inproc")]
 pub mod inproc;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod relay;

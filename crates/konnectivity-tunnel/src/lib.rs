@@ -20,17 +20,17 @@
 //! - [`splice`]: relays one TCP (or TLS/UDS) socket to and from the shared stream.
 //! - [`grpc`]: the agent stream's request/response bodies, framed without copying
 //!   DATA payloads.
-//! - [`endpoints`]: the small HTTP/1.1 server behind the health and admin ports.
-//! - [`process`]: logging set-up and signal handling shared by the binaries.
+//!
+//! The process around the data path (start-up, logging, signals, the health and admin
+//! endpoints) is `konnectivity-runtime`: nothing here reads flags or installs a log
+//! subscriber.
 #![deny(missing_docs)]
 
 pub mod budget;
 pub mod bufpool;
 pub mod credit;
-pub mod endpoints;
 pub mod grpc;
 pub mod outbound;
 pub mod paced;
-pub mod process;
 pub mod queue;
 pub mod splice;

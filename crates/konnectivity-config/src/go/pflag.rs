@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use crate::duration::GoDuration;
 use crate::error::ConfigError;
-use crate::strconv::{self, NumErrorKind, quote};
+use crate::go::duration::GoDuration;
+use crate::go::strconv::{self, NumErrorKind, quote};
 
 /// Validates the text of a [`FlagKind::Custom`] flag; `Err` carries the reason shown after
 /// `invalid argument "<v>" for "--<name>" flag: `.
@@ -148,7 +148,7 @@ impl FlagSpec {
     }
 
     /// Parses one argument for this flag.
-    fn parse_value(&self, raw: &str) -> Result<FlagValue, String> {
+    pub(crate) fn parse_value(&self, raw: &str) -> Result<FlagValue, String> {
         match self.kind {
             FlagKind::Bool => strconv::parse_bool(raw)
                 .map(FlagValue::Bool)

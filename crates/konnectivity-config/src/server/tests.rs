@@ -1,0 +1,801 @@
+//! Unit tests of `proxy-server`'s flags: defaults, parsing, and each validation rule.
+
+use super::*;
+use std::path::PathBuf;
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn parse(a: &[&str]) -> ServerOptions {
+    match ServerOptions::parse(args(a)) {
+        Ok(o) => o,
+        Err(e) => panic!("parse {a:?}: {e}"),
+    }
+}
+
+/// A file that exists for the duration of the test process.
+fn existing_file(name: &str) -> String {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("konnectivity-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, b"x").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Options that pass validation: TCP mode with a server CA that exists.
+fn valid() -> ServerOptions {
+    let mut o = ServerOptions::with_server_id("id".to_owned());
+    o.server_ca_cert = existing_file("server-ca.crt");
+    o
+}
+
+fn invalid_message(o: &ServerOptions) -> String {
+    match o.validate() {
+        Err(ConfigError::Invalid(msg)) => msg
+            .strip_prefix("failed to validate server options with ")
+            .unwrap_or_else(|| panic!("missing prefix: {msg}"))
+            .to_owned(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+const MISSING: &str = "/nonexistent/konnectivity/file";
+
+#[test]
+fn defaults_equal_the_spec_table() {
+    let o = ServerOptions::with_server_id("sid".to_owned());
+    let values = o.flag_values();
+    let specs = server_flags();
+    assert_eq!(values.len(), specs.len());
+    for spec in specs {
+        let value = values
+            .iter()
+            .find(|(n, _)| *n == spec.name)
+            .map(|(_, v)| v.as_str());
+        if spec.name == "server-id" {
+            assert_eq!(value, Some("sid"));
+        } else {
+            assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
+        }
+    }
+    assert_eq!(o.mode().unwrap(), Mode::Grpc);
+    assert_eq!(o.proxy_strategies().unwrap(), [ProxyStrategy::Default]);
+    assert_eq!(o.tls_min_version().unwrap(), TlsVersion::Tls12);
+    assert_eq!(
+        o.keepalive_time.to_std(),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(o.log.v, 4);
+    assert!(o.log.logtostderr);
+    assert!(!o.needs_kubernetes_client());
+}
+
+#[test]
+fn flag_table_matches_spec_types() {
+    let expect = [
+        ("server-cert", "string"),
+        ("server-key", "string"),
+        ("server-ca-cert", "string"),
+        ("cluster-cert", "string"),
+        ("cluster-key", "string"),
+        ("cluster-ca-cert", "string"),
+        ("mode", "string"),
+        ("uds-name", "string"),
+        ("delete-existing-uds-file", "bool"),
+        ("server-port", "int"),
+        ("server-bind-address", "string"),
+        ("agent-port", "int"),
+        ("agent-bind-address", "string"),
+        ("admin-port", "int"),
+        ("admin-bind-address", "string"),
+        ("health-port", "int"),
+        ("health-bind-address", "string"),
+        ("keepalive-time", "duration"),
+        ("frontend-keepalive-time", "duration"),
+        ("enable-profiling", "bool"),
+        ("enable-contention-profiling", "bool"),
+        ("server-id", "string"),
+        ("server-count", "int"),
+        ("agent-namespace", "string"),
+        ("agent-service-account", "string"),
+        ("authentication-audience", "string"),
+        ("kubeconfig", "string"),
+        ("kubeconfig-qps", "float32"),
+        ("kubeconfig-burst", "int"),
+        ("kube-api-content-type", "string"),
+        ("proxy-strategies", "string"),
+        ("cipher-suites", "stringSlice"),
+        ("tls-min-version", "string"),
+        ("xfr-channel-size", "int"),
+        ("enable-lease-controller", "bool"),
+        ("lease-namespace", "string"),
+        ("lease-label", "string"),
+        ("graceful-shutdown-timeout", "duration"),
+        ("backend-dial-timeout", "duration"),
+        ("warn-on-channel-limit", "bool"),
+    ];
+    for (name, ty) in expect {
+        let spec = server_flags()
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(spec.value_type(), ty, "{name}");
+    }
+    for klog in [
+        "v",
+        "vmodule",
+        "log-dir",
+        "log-file",
+        "log-file-max-size",
+        "logtostderr",
+        "alsologtostderr",
+        "stderrthreshold",
+        "add-dir-header",
+        "skip-headers",
+        "skip-log-headers",
+        "one-output",
+        "log-backtrace-at",
+        "legacy-stderr-threshold-behavior",
+    ] {
+        assert!(server_flags().iter().any(|s| s.name == klog), "{klog}");
+    }
+    let hidden: Vec<_> = server_flags()
+        .iter()
+        .filter(|s| s.hidden)
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(hidden, ["warn-on-channel-limit"]);
+}
+
+#[test]
+fn server_id_defaults_to_env_then_uuid_and_flag_wins() {
+    assert_eq!(default_server_id(Some("from-env".to_owned())), "from-env");
+    let generated = default_server_id(Some(String::new()));
+    assert!(
+        uuid::Uuid::parse_str(&generated).is_ok_and(|u| u.get_version_num() == 4),
+        "{generated}"
+    );
+    assert_ne!(default_server_id(None), default_server_id(None));
+    assert_eq!(parse(&["--server-id=mine"]).server_id, "mine");
+    assert!(!parse(&[]).server_id.is_empty());
+}
+
+#[test]
+fn every_flag_is_read_into_its_field() {
+    let o = parse(&[
+        "--server-cert=sc",
+        "--server-key=sk",
+        "--server-ca-cert=sca",
+        "--cluster-cert=cc",
+        "--cluster-key=ck",
+        "--cluster-ca-cert=cca",
+        "--mode=http-connect",
+        "--uds-name=/s.sock",
+        "--delete-existing-uds-file=false",
+        "--server-port=0",
+        "--server-bind-address=1.1.1.1",
+        "--agent-port=9001",
+        "--agent-bind-address=2.2.2.2",
+        "--admin-port=9002",
+        "--admin-bind-address=3.3.3.3",
+        "--health-port=9003",
+        "--health-bind-address=4.4.4.4",
+        "--keepalive-time=30s",
+        "--frontend-keepalive-time=45s",
+        "--enable-profiling",
+        "--enable-contention-profiling",
+        "--server-id=s1",
+        "--server-count=3",
+        "--agent-namespace=ns",
+        "--agent-service-account=sa",
+        "--authentication-audience=aud",
+        "--kubeconfig=/kc",
+        "--kubeconfig-qps=2.5",
+        "--kubeconfig-burst=7",
+        "--kube-api-content-type=application/json",
+        "--proxy-strategies=destHost,default",
+        "--cipher-suites=TLS_AES_128_GCM_SHA256",
+        "--tls-min-version=VersionTLS13",
+        "--xfr-channel-size=20",
+        "--enable-lease-controller",
+        "--lease-namespace=ns2",
+        "--lease-label=a=b",
+        "--graceful-shutdown-timeout=5s",
+        "--backend-dial-timeout=500ms",
+        "--logtostderr=false",
+        "-v=2",
+    ]);
+    let mut want = ServerOptions::with_server_id("s1".to_owned());
+    want.server_cert = "sc".into();
+    want.server_key = "sk".into();
+    want.server_ca_cert = "sca".into();
+    want.cluster_cert = "cc".into();
+    want.cluster_key = "ck".into();
+    want.cluster_ca_cert = "cca".into();
+    want.mode = "http-connect".into();
+    want.uds_name = "/s.sock".into();
+    want.delete_existing_uds_file = false;
+    want.server_port = 0;
+    want.server_bind_address = "1.1.1.1".into();
+    want.agent_port = 9001;
+    want.agent_bind_address = "2.2.2.2".into();
+    want.admin_port = 9002;
+    want.admin_bind_address = "3.3.3.3".into();
+    want.health_port = 9003;
+    want.health_bind_address = "4.4.4.4".into();
+    want.keepalive_time = GoDuration::from_secs(30);
+    want.frontend_keepalive_time = GoDuration::from_secs(45);
+    want.enable_profiling = true;
+    want.enable_contention_profiling = true;
+    want.server_count = 3;
+    want.agent_namespace = "ns".into();
+    want.agent_service_account = "sa".into();
+    want.authentication_audience = "aud".into();
+    want.kubeconfig = "/kc".into();
+    want.kubeconfig_qps = 2.5;
+    want.kubeconfig_burst = 7;
+    want.kube_api_content_type = "application/json".into();
+    want.proxy_strategies = "destHost,default".into();
+    want.cipher_suites = vec!["TLS_AES_128_GCM_SHA256".into()];
+    want.tls_min_version = "VersionTLS13".into();
+    want.xfr_channel_size = 20;
+    want.enable_lease_controller = true;
+    want.lease_namespace = "ns2".into();
+    want.lease_label = "a=b".into();
+    want.graceful_shutdown_timeout = GoDuration::from_secs(5);
+    want.backend_dial_timeout = GoDuration::from_millis(500);
+    want.log.logtostderr = false;
+    want.log.v = 2;
+    want.explicit_flags = o.explicit_flags.clone();
+    assert_eq!(o, want);
+    assert_eq!(o.explicit_flags.len(), 41);
+    assert_eq!(o.explicit_flags[0], "server-cert");
+    assert_eq!(
+        o.proxy_strategies().unwrap(),
+        [ProxyStrategy::DestHost, ProxyStrategy::Default]
+    );
+    assert_eq!(o.mode().unwrap(), Mode::HttpConnect);
+    assert!(o.needs_kubernetes_client());
+}
+
+#[test]
+fn repeated_mode_flag_last_wins() {
+    assert_eq!(
+        parse(&["--mode=grpc", "--mode=http-connect"]).mode,
+        "http-connect"
+    );
+    assert_eq!(
+        parse(&["--mode", "http-connect", "--mode", "grpc"]).mode,
+        "grpc"
+    );
+}
+
+#[test]
+fn cipher_suites_append_across_repeats() {
+    let o = parse(&[
+        "--cipher-suites=TLS_AES_256_GCM_SHA384",
+        "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    ]);
+    assert_eq!(
+        o.cipher_suites,
+        [
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
+        ]
+    );
+}
+
+#[test]
+fn warn_on_channel_limit_is_a_deprecated_no_op() {
+    let o = parse(&["--warn-on-channel-limit=false"]);
+    assert!(o.warn_on_channel_limit_used);
+    assert_eq!(
+        o.deprecation_notices,
+        [
+            "Flag --warn-on-channel-limit has been deprecated, This behavior is now thread safe and always on. This flag will be removed in a future release."
+        ]
+    );
+    assert!(!parse(&[]).warn_on_channel_limit_used);
+}
+
+#[test]
+fn help_lists_flags_but_not_hidden_ones() {
+    match ServerOptions::parse(args(&["--help"])) {
+        Err(ConfigError::Help(text)) => {
+            assert!(text.starts_with("Usage:\n  proxy [flags]"));
+            assert!(text.contains("--mode string"));
+            assert!(text.contains("(default \"grpc\")"));
+            assert!(text.contains("--keepalive-time duration"));
+            assert!(text.contains("(default 1h0m0s)"));
+            assert!(text.contains("--cipher-suites strings"));
+            assert!(text.contains("-v, --v Level"));
+            assert!(!text.contains("warn-on-channel-limit"));
+        }
+        other => panic!("expected help, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_flag_is_a_parse_error() {
+    assert_eq!(
+        ServerOptions::parse(args(&["--bogus"])),
+        Err(ConfigError::Parse("unknown flag: --bogus".to_owned()))
+    );
+    assert_eq!(
+        ServerOptions::parse(args(&["--server-port=x"]))
+            .unwrap_err()
+            .to_string(),
+        "invalid argument \"x\" for \"--server-port\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
+    );
+}
+
+#[test]
+fn valid_baseline_passes() {
+    assert_eq!(valid().validate(), Ok(()));
+    let uds = ServerOptions {
+        uds_name: "/tmp/x.sock".into(),
+        server_port: 0,
+        ..ServerOptions::with_server_id("id".into())
+    };
+    assert_eq!(uds.validate(), Ok(()));
+}
+
+#[test]
+fn rule_1_server_key_missing_or_without_cert() {
+    let o = ServerOptions {
+        server_key: MISSING.into(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!(
+            "error checking server key {MISSING}, got stat {MISSING}: no such file or directory"
+        )
+    );
+    let key = existing_file("server.key");
+    let o = ServerOptions {
+        server_key: key.clone(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!("cannot have server cert empty when server key is set to \"{key}\"")
+    );
+}
+
+#[test]
+fn rule_2_server_cert_missing_or_without_key() {
+    let o = ServerOptions {
+        server_cert: MISSING.into(),
+        ..valid()
+    };
+    assert!(
+        invalid_message(&o).starts_with(&format!("error checking server cert {MISSING}, got "))
+    );
+    let cert = existing_file("server.crt");
+    let o = ServerOptions {
+        server_cert: cert.clone(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!("cannot have server key empty when server cert is set to \"{cert}\"")
+    );
+    let o = ServerOptions {
+        server_cert: cert,
+        server_key: existing_file("server.key"),
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+}
+
+#[test]
+fn rule_3_server_ca_missing() {
+    let o = ServerOptions {
+        server_ca_cert: MISSING.into(),
+        ..valid()
+    };
+    assert!(
+        invalid_message(&o).starts_with(&format!("error checking server CA cert {MISSING}, got "))
+    );
+}
+
+#[test]
+fn rules_4_to_6_cluster_files() {
+    let o = ServerOptions {
+        cluster_key: MISSING.into(),
+        ..valid()
+    };
+    assert!(
+        invalid_message(&o).starts_with(&format!("error checking cluster key {MISSING}, got "))
+    );
+    let key = existing_file("cluster.key");
+    let o = ServerOptions {
+        cluster_key: key.clone(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!("cannot have cluster cert empty when cluster key is set to \"{key}\"")
+    );
+    let o = ServerOptions {
+        cluster_cert: MISSING.into(),
+        ..valid()
+    };
+    assert!(
+        invalid_message(&o).starts_with(&format!("error checking cluster cert {MISSING}, got "))
+    );
+    let cert = existing_file("cluster.crt");
+    let o = ServerOptions {
+        cluster_cert: cert.clone(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!("cannot have cluster key empty when cluster cert is set to \"{cert}\"")
+    );
+    let o = ServerOptions {
+        cluster_ca_cert: MISSING.into(),
+        ..valid()
+    };
+    assert!(
+        invalid_message(&o).starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
+    );
+}
+
+#[test]
+fn rule_7_mode() {
+    let o = ServerOptions {
+        mode: "http".into(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "mode must be set to either 'grpc' or 'http-connect' not \"http\""
+    );
+    let o = ServerOptions {
+        mode: "http-connect".into(),
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+}
+
+#[test]
+fn rule_8_uds_and_tcp_requirements() {
+    let uds = || ServerOptions {
+        uds_name: "/tmp/s.sock".into(),
+        server_port: 0,
+        ..ServerOptions::with_server_id("id".into())
+    };
+    let o = ServerOptions {
+        server_port: 8090,
+        ..uds()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "server port should be set to 0 not 8090 for UDS"
+    );
+    let (key, cert) = (existing_file("uds.key"), existing_file("uds.crt"));
+    let o = ServerOptions {
+        server_key: key,
+        server_cert: cert.clone(),
+        ..uds()
+    };
+    assert_eq!(invalid_message(&o), "server key should not be set for UDS");
+    let o = ServerOptions {
+        server_ca_cert: existing_file("uds-ca.crt"),
+        ..uds()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "server ca cert should not be set for UDS"
+    );
+    // "server cert should not be set for UDS" is shadowed, as upstream: a cert without a
+    // key fails rule 2, and a cert with a key fails the key check above.
+    let o = ServerOptions {
+        server_cert: cert.clone(),
+        ..uds()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!("cannot have server key empty when server cert is set to \"{cert}\"")
+    );
+    let tcp = ServerOptions::with_server_id("id".into());
+    assert_eq!(
+        invalid_message(&tcp),
+        "server ca cert must be set when in TCP mode (uds-name is empty)"
+    );
+}
+
+#[test]
+fn rules_9_and_10_port_boundaries() {
+    for (field, name) in [
+        ("server", "server"),
+        ("admin", "admin"),
+        ("health", "health"),
+        ("agent", "agent"),
+    ] {
+        let with = |port: i64| {
+            let mut o = valid();
+            match field {
+                "server" => o.server_port = port,
+                "admin" => o.admin_port = port,
+                "health" => o.health_port = port,
+                _ => o.agent_port = port,
+            }
+            o
+        };
+        assert_eq!(
+            invalid_message(&with(1023)),
+            format!("please do not try to use reserved port 1023 for the {name} port")
+        );
+        assert_eq!(with(1024).validate(), Ok(()), "{name} 1024");
+        assert_eq!(with(49151).validate(), Ok(()), "{name} 49151");
+        assert_eq!(
+            invalid_message(&with(49152)),
+            format!("please do not try to use ephemeral port 49152 for the {name} port")
+        );
+    }
+    // Port 0 is reserved for agent/admin/health; the server port is exempt with UDS.
+    let o = ServerOptions {
+        agent_port: 0,
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "please do not try to use reserved port 0 for the agent port"
+    );
+    // Ephemeral checks run for all ports before reserved checks.
+    let o = ServerOptions {
+        server_port: 80,
+        health_port: 60000,
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "please do not try to use ephemeral port 60000 for the health port"
+    );
+}
+
+#[test]
+fn rule_11_contention_profiling_needs_profiling() {
+    let o = ServerOptions {
+        enable_contention_profiling: true,
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "if --enable-contention-profiling is set, --enable-profiling must also be set"
+    );
+    let o = ServerOptions {
+        enable_contention_profiling: true,
+        enable_profiling: true,
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+}
+
+#[test]
+fn rule_12_token_auth_needs_all_three_and_no_cluster_ca() {
+    let auth = || ServerOptions {
+        agent_namespace: "ns".into(),
+        agent_service_account: "sa".into(),
+        authentication_audience: "aud".into(),
+        ..valid()
+    };
+    assert_eq!(auth().validate(), Ok(()));
+    let o = ServerOptions {
+        cluster_ca_cert: existing_file("cluster-ca"),
+        ..auth()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "--cluster-ca-cert can not be used when agent authentication is enabled"
+    );
+    let o = ServerOptions {
+        agent_namespace: String::new(),
+        ..auth()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "--agent-namespace cannot be empty when agent authentication is enabled"
+    );
+    let o = ServerOptions {
+        agent_service_account: String::new(),
+        ..auth()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "--agent-service-account cannot be empty when agent authentication is enabled"
+    );
+    let o = ServerOptions {
+        authentication_audience: String::new(),
+        ..auth()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "--authentication-audience cannot be empty when agent authentication is enabled"
+    );
+}
+
+#[test]
+fn rule_13_kubeconfig_must_exist() {
+    let o = ServerOptions {
+        kubeconfig: MISSING.into(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        format!(
+            "checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
+        )
+    );
+    let o = ServerOptions {
+        kubeconfig: existing_file("kubeconfig"),
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+}
+
+#[test]
+fn rule_14_proxy_strategies() {
+    let with = |s: &str| ServerOptions {
+        proxy_strategies: s.into(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&with("")),
+        "ProxyStrategies cannot be empty"
+    );
+    assert_eq!(
+        invalid_message(&with("invalid")),
+        "invalid proxy strategies: unknown proxy strategy: invalid"
+    );
+    assert_eq!(
+        invalid_message(&with("DestHost")),
+        "invalid proxy strategies: unknown proxy strategy: DestHost"
+    );
+    assert_eq!(
+        invalid_message(&with(",,")),
+        "invalid proxy strategies: proxy strategies cannot be empty"
+    );
+    assert_eq!(with("destHost,,defaultRoute,").validate(), Ok(()));
+    assert_eq!(
+        with("destHost,,defaultRoute,default")
+            .proxy_strategies()
+            .unwrap(),
+        [
+            ProxyStrategy::DestHost,
+            ProxyStrategy::DefaultRoute,
+            ProxyStrategy::Default
+        ]
+    );
+    assert_eq!(ProxyStrategy::DefaultRoute.as_str(), "defaultRoute");
+}
+
+#[test]
+fn rule_15_channel_size() {
+    for n in [0, -10] {
+        let o = ServerOptions {
+            xfr_channel_size: n,
+            ..valid()
+        };
+        assert_eq!(
+            invalid_message(&o),
+            format!("channel size {n} must be greater than 0")
+        );
+    }
+}
+
+#[test]
+fn rule_16_tls_version() {
+    let o = ServerOptions {
+        tls_min_version: "VersionTLS14".into(),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "unsupported TLS version \"VersionTLS14\", supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
+    );
+    for v in [
+        "VersionTLS10",
+        "VersionTLS11",
+        "VersionTLS12",
+        "VersionTLS13",
+    ] {
+        assert_eq!(
+            ServerOptions {
+                tls_min_version: v.into(),
+                ..valid()
+            }
+            .validate(),
+            Ok(()),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn rule_17_cipher_suites() {
+    let o = parse(&["--cipher-suites=TLS_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]);
+    let o = ServerOptions {
+        server_ca_cert: valid().server_ca_cert,
+        ..o
+    };
+    assert_eq!(o.validate(), Ok(()));
+    let o = ServerOptions {
+        cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "cipher suite TLS_RSA_WITH_RC4_128_SHA not supported, doesn't exist or considered as insecure"
+    );
+}
+
+#[test]
+fn rule_18_lease_label_only_checked_with_lease_controller() {
+    let o = ServerOptions {
+        lease_label: String::new(),
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+    let o = ServerOptions {
+        lease_label: String::new(),
+        enable_lease_controller: true,
+        ..valid()
+    };
+    assert_eq!(invalid_message(&o), "empty string provided");
+    let o = ServerOptions {
+        lease_label: "a=b,c".into(),
+        enable_lease_controller: true,
+        ..valid()
+    };
+    assert_eq!(invalid_message(&o), "invalid label format: c");
+    let o = ServerOptions {
+        lease_label: "b=2, a = 1".into(),
+        enable_lease_controller: true,
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(labels::format_labels(&o.lease_labels().unwrap()), "a=1,b=2");
+    assert!(o.needs_kubernetes_client());
+}
+
+#[test]
+fn rule_19_negative_durations() {
+    let o = parse(&["--graceful-shutdown-timeout=-1s"]);
+    let o = ServerOptions {
+        server_ca_cert: valid().server_ca_cert,
+        ..o
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "graceful-shutdown-timeout must be >= 0, got -1s"
+    );
+    let o = ServerOptions {
+        backend_dial_timeout: GoDuration::from_millis(-1500),
+        ..valid()
+    };
+    assert_eq!(
+        invalid_message(&o),
+        "backend-dial-timeout must be >= 0, got -1.5s"
+    );
+    let o = ServerOptions {
+        backend_dial_timeout: GoDuration::from_secs(5),
+        graceful_shutdown_timeout: GoDuration::from_secs(1),
+        ..valid()
+    };
+    assert_eq!(o.validate(), Ok(()));
+}
+
+#[test]
+fn validation_error_display_has_the_wrapper() {
+    let tcp = ServerOptions::with_server_id("id".into());
+    assert_eq!(
+        tcp.validate().unwrap_err().to_string(),
+        "failed to validate server options with server ca cert must be set when in TCP mode (uds-name is empty)"
+    );
+}
