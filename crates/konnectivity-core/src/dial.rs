@@ -15,7 +15,7 @@ use crate::connect::status_for;
 use crate::wire;
 
 /// The `reason` label of `dial_failure_count` (spec §8.3), upstream's values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DialFailureReason {
     /// No agent for the destination.
     NoAgent,

@@ -103,7 +103,7 @@ pub enum Foreign {
 
 /// What the I/O must do after a frontend packet.
 #[derive(Debug, PartialEq)]
-pub enum Step {
+pub enum Step<D> {
     /// Nothing.
     Nothing,
     /// Start the dial: pick an agent, register `random`, send it the DIAL_REQ; then
@@ -116,10 +116,13 @@ pub enum Step {
     },
     /// Send this packet (DATA or CLOSE_REQ of the tunnel's own connection) to the agent.
     Forward(Packet),
-    /// The frontend gave up on its pending dial (DIAL_CLS): forget it, tell the agent.
+    /// The frontend gave up on its own pending dial (DIAL_CLS): forget it, tell the
+    /// agent.
     Abandon {
         /// The dial ID.
         random: i64,
+        /// The I/O's handle on that dial.
+        dial: D,
     },
     /// Send this answer to the frontend.
     Reply(Packet),
@@ -133,6 +136,17 @@ pub enum Step {
     },
     /// A second DIAL_REQ, or anything after the tunnel ended: ignored.
     Ignored,
+}
+
+/// The I/O handle of the current state, to wait on.
+#[derive(Debug)]
+pub enum Io<'a, D, C> {
+    /// Nothing to wait on from the agent side.
+    Nothing,
+    /// The pending dial.
+    Dial(&'a mut D),
+    /// The connection.
+    Conn(&'a mut C),
 }
 
 /// What is left for the I/O to release when the frontend goes away.
@@ -191,6 +205,15 @@ impl<D, C> Tunnel<D, C> {
         matches!(self.state, State::Established { .. })
     }
 
+    /// The handle the I/O waits on in the current state.
+    pub fn io_mut(&mut self) -> Io<'_, D, C> {
+        match &mut self.state {
+            State::Dialing { dial, .. } => Io::Dial(dial),
+            State::Established { conn, .. } | State::Closing { conn, .. } => Io::Conn(conn),
+            State::Idle | State::Discarding => Io::Nothing,
+        }
+    }
+
     /// The pending dial's handle.
     pub fn dial_mut(&mut self) -> Option<&mut D> {
         match &mut self.state {
@@ -226,7 +249,7 @@ impl<D, C> Tunnel<D, C> {
     }
 
     /// A CONNECT request (or a DIAL_REQ): in `Idle`, the dial to start.
-    pub fn connect(&mut self, random: i64, address: &str) -> Step {
+    pub fn connect(&mut self, random: i64, address: &str) -> Step<D> {
         match self.state {
             State::Idle => Step::Dial {
                 random,
@@ -266,16 +289,28 @@ impl<D, C> Tunnel<D, C> {
         }
     }
 
-    /// The agent answered the pending dial with `connect_id`: the DIAL_RSP for a gRPC
-    /// frontend. `Err(conn)` when there is no pending dial any more: the I/O must close
+    /// The agent answered the pending dial with `connect_id`: the connection handle is
+    /// made from the dial's handle and `x` by `make`; returns the DIAL_RSP for a gRPC
+    /// frontend. `Err(x)` when there is no pending dial any more: the I/O must close
     /// that connection.
-    pub fn dial_connected(&mut self, connect_id: i64, conn: C) -> Result<Packet, C> {
-        match self.state {
-            State::Dialing { random, .. } => {
-                self.state = State::Established { connect_id, conn };
+    pub fn dial_connected<X>(
+        &mut self,
+        connect_id: i64,
+        x: X,
+        make: impl FnOnce(D, X) -> C,
+    ) -> Result<Packet, X> {
+        match std::mem::replace(&mut self.state, State::Discarding) {
+            State::Dialing { random, dial, .. } => {
+                self.state = State::Established {
+                    connect_id,
+                    conn: make(dial, x),
+                };
                 Ok(packet::dial_rsp(random, connect_id, ""))
             }
-            _ => Err(conn),
+            other => {
+                self.state = other;
+                Err(x)
+            }
         }
     }
 
@@ -322,7 +357,7 @@ impl<D, C> Tunnel<D, C> {
     }
 
     /// Handles one packet from a gRPC frontend (spec §2.3, plus the isolation rule).
-    pub fn on_frontend(&mut self, p: Packet) -> Step {
+    pub fn on_frontend(&mut self, p: Packet) -> Step<D> {
         if matches!(self.state, State::Closing { .. } | State::Discarding) {
             return Step::Ignored;
         }
@@ -349,15 +384,17 @@ impl<D, C> Tunnel<D, C> {
             }
             Kind::Known(PacketType::DialCls) => {
                 let named = packet::close_dial(&p).random;
-                match self.state {
-                    State::Dialing { random, .. } if random == named => {
-                        self.state = State::Discarding;
-                        Step::Abandon { random }
+                match std::mem::replace(&mut self.state, State::Discarding) {
+                    State::Dialing { random, dial, .. } if random == named => {
+                        Step::Abandon { random, dial }
                     }
-                    _ => Step::Foreign {
-                        what: Foreign::DialCls { named },
-                        reply: None,
-                    },
+                    other => {
+                        self.state = other;
+                        Step::Foreign {
+                            what: Foreign::DialCls { named },
+                            reply: None,
+                        }
+                    }
                 }
             }
             Kind::Known(PacketType::Data) => {

@@ -57,6 +57,16 @@ pub struct Settings {
     pub stall_timeout: Duration,
 }
 
+impl Settings {
+    /// The bounds on a pending dial, for the tunnel state machine.
+    pub fn dial_bounds(&self) -> konnectivity_core::tunnel::DialBounds {
+        konnectivity_core::tunnel::DialBounds {
+            backend_dial_timeout: self.backend_dial_timeout,
+            dial_deadline: self.dial_deadline,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -167,12 +177,8 @@ pub struct Established {
 pub enum DialOutcome {
     /// DIAL_RSP without error.
     Connected(Established),
-    /// DIAL_RSP with this error text.
-    Failed(String),
-    /// DIAL_CLS from the agent.
-    Closed,
-    /// The agent stream ended first.
-    BackendGone,
+    /// The dial failed: the agent's error, its DIAL_CLS, its stream's end, a limit.
+    Failed(konnectivity_core::dial::DialError),
 }
 
 /// A dial sent to an agent and not answered yet. Counted on its backend while it exists.
@@ -182,17 +188,20 @@ pub struct Pending {
     pub backend: Arc<Backend>,
     /// When the server received the DIAL_REQ.
     pub started: Instant,
+    /// Unique per registration: only the frontend holding it may remove the dial.
+    pub ticket: u64,
     /// Delivers the outcome to the frontend task.
     reply: Option<oneshot::Sender<DialOutcome>>,
 }
 
 impl Pending {
     /// A pending dial on `backend`.
-    pub fn new(backend: Arc<Backend>, reply: oneshot::Sender<DialOutcome>) -> Self {
+    pub fn new(backend: Arc<Backend>, reply: oneshot::Sender<DialOutcome>, ticket: u64) -> Self {
         backend.pending.fetch_add(1, Ordering::AcqRel);
         Self {
             backend,
             started: Instant::now(),
+            ticket,
             reply: Some(reply),
         }
     }

@@ -32,13 +32,13 @@ fn dialing(b: DialBounds, now: Instant) -> T {
 
 fn established(now: Instant) -> T {
     let mut t = dialing(DialBounds::default(), now);
-    let rsp = t.dial_connected(OWN, "conn").unwrap();
+    let rsp = t.dial_connected(OWN, "conn", |_, c| c).unwrap();
     assert_eq!(packet::dial_response(&rsp).connect_id, OWN);
     assert_eq!(packet::dial_response(&rsp).random, R);
     t
 }
 
-fn close_error(step: &Step) -> (i64, String) {
+fn close_error(step: &Step<&str>) -> (i64, String) {
     match step {
         Step::Reply(p)
         | Step::Foreign {
@@ -127,7 +127,7 @@ fn data_and_close_before_the_dial_is_answered_are_never_forwarded() {
     }
     // The dial is still pending and completes normally.
     assert!(t.dial_mut().is_some());
-    assert!(t.dial_connected(OWN, "conn").is_ok());
+    assert!(t.dial_connected(OWN, "conn", |_, c| c).is_ok());
 }
 
 #[test]
@@ -143,7 +143,10 @@ fn dial_cls_abandons_only_the_tunnels_own_dial() {
     assert!(t.dial_mut().is_some());
     assert_eq!(
         t.on_frontend(packet::dial_cls(R)),
-        Step::Abandon { random: R }
+        Step::Abandon {
+            random: R,
+            dial: "dial"
+        }
     );
     assert!(matches!(t.state(), State::Discarding));
 }
@@ -219,18 +222,18 @@ fn an_agent_answer_that_wins_the_race_with_the_deadline_still_connects() {
     let mut t = dialing(bounds(Some(1), None), now);
     assert_eq!(t.poll_deadline(now + Duration::from_secs(1)), Some(R));
     // The I/O found the pending dial already answered: the answer arrives.
-    assert!(t.dial_connected(OWN, "conn").is_ok());
+    assert!(t.dial_connected(OWN, "conn", |_, c| c).is_ok());
     assert!(t.is_established());
 }
 
 #[test]
 fn a_connection_after_the_dial_ended_is_handed_back_to_be_closed() {
     let mut t = dialing(DialBounds::default(), Instant::now());
-    assert_eq!(
+    assert!(matches!(
         t.on_frontend(packet::dial_cls(R)),
-        Step::Abandon { random: R }
-    );
-    assert_eq!(t.dial_connected(OWN, "conn"), Err("conn"));
+        Step::Abandon { random: R, .. }
+    ));
+    assert_eq!(t.dial_connected(OWN, "conn", |_, c| c), Err("conn"));
 }
 
 #[test]

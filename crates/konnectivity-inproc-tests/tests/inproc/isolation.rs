@@ -79,13 +79,11 @@ async fn foreign_ids_do_not_reach_another_frontends_connection(
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the isolation rule (issue 15 item 1)"]
 async fn foreign_connect_id_from_a_stream_still_dialing_is_not_forwarded() -> anyhow::Result<()> {
     foreign_ids_do_not_reach_another_frontends_connection(Hostile::Dialing).await
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the isolation rule (issue 15 item 1)"]
 async fn foreign_connect_id_from_an_established_stream_is_not_forwarded() -> anyhow::Result<()> {
     foreign_ids_do_not_reach_another_frontends_connection(Hostile::Established).await
 }
