@@ -412,7 +412,9 @@ impl<D, C> Tunnel<D, C> {
                         Step::Forward(packet::data(d.connect_id, d.data))
                     }
                     _ => Step::Foreign {
-                        what: Foreign::Data { named: d.connect_id },
+                        what: Foreign::Data {
+                            named: d.connect_id,
+                        },
                         reply: Some(packet::close_rsp(
                             d.connect_id,
                             wire::MISMATCHED_CONNECTION_IDS,

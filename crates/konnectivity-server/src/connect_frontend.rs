@@ -133,7 +133,9 @@ where
     };
     let est = match outcome {
         DialOutcome::Connected(est) => {
-            if t.dial_connected(est.connect_id, (), |d, ()| d.backend).is_err() {
+            if t.dial_connected(est.connect_id, (), |d, ()| d.backend)
+                .is_err()
+            {
                 return;
             }
             est

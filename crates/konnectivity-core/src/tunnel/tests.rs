@@ -40,10 +40,7 @@ fn established(now: Instant) -> T {
 
 fn close_error(step: &Step<&str>) -> (i64, String) {
     match step {
-        Step::Reply(p)
-        | Step::Foreign {
-            reply: Some(p), ..
-        } => {
+        Step::Reply(p) | Step::Foreign { reply: Some(p), .. } => {
             let c = packet::close_response(p);
             (c.connect_id, c.error.clone())
         }
@@ -63,7 +60,13 @@ fn own_data_and_close_are_forwarded_once_established() {
         t.on_frontend(packet::close_req(OWN)),
         Step::Forward(packet::close_req(OWN))
     );
-    assert!(matches!(t.state(), State::Closing { connect_id: OWN, .. }));
+    assert!(matches!(
+        t.state(),
+        State::Closing {
+            connect_id: OWN,
+            ..
+        }
+    ));
     // Closing: the frontend is ignored, the agent's close still finishes the tunnel.
     assert_eq!(
         t.on_frontend(packet::data(OWN, Bytes::from_static(b"late"))),

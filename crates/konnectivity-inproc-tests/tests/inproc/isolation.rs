@@ -24,10 +24,7 @@ enum Hostile {
 
 /// A raw stream with a dial of its own in `state`, and the destination that keeps a
 /// pending dial pending, or the connect ID of its established connection.
-async fn hostile_stream(
-    server: &Server,
-    state: Hostile,
-) -> anyhow::Result<(RawProxy, Own)> {
+async fn hostile_stream(server: &Server, state: Hostile) -> anyhow::Result<(RawProxy, Own)> {
     let mut raw = server.raw_proxy().await?;
     match state {
         Hostile::Dialing => {
@@ -55,9 +52,7 @@ async fn hostile_stream(
 #[derive(Debug)]
 enum Own {
     /// Its dial is pending on this destination (kept open while the test runs).
-    Pending {
-        _destination: servers::Unresponsive,
-    },
+    Pending { _destination: servers::Unresponsive },
     /// Its connection has this connect ID.
     Established(i64),
 }
@@ -76,14 +71,20 @@ async fn foreign_ids_do_not_reach_another_frontends_connection(
         .await?;
     // The hostile stream is told, on its own stream only.
     let (named, error) = close_rsp(&mut raw).await?;
-    assert_eq!((named, error.as_str()), (id, wire::MISMATCHED_CONNECTION_IDS));
+    assert_eq!(
+        (named, error.as_str()),
+        (id, wire::MISMATCHED_CONNECTION_IDS)
+    );
     echoes(&mut victim, b"ok")
         .await
         .map_err(|e| anyhow::anyhow!("after foreign DATA: {e}"))?;
 
     raw.send(packet::close_req(id)).await?;
     let (named, error) = close_rsp(&mut raw).await?;
-    assert_eq!((named, error.as_str()), (id, wire::MISMATCHED_CONNECTION_IDS));
+    assert_eq!(
+        (named, error.as_str()),
+        (id, wire::MISMATCHED_CONNECTION_IDS)
+    );
     // Let the server and the agent act on whatever they might have forwarded.
     tokio::time::sleep(Duration::from_secs(1)).await;
     echoes(&mut victim, b"still open")
@@ -92,7 +93,11 @@ async fn foreign_ids_do_not_reach_another_frontends_connection(
     let mut more = [0u8; 64];
     let extra = tokio::time::timeout(Duration::from_secs(1), victim.read(&mut more)).await;
     assert!(extra.is_err(), "the victim received more: {extra:?}");
-    assert_eq!(server.shared.metrics.foreign_ids(), 2, "both refusals counted");
+    assert_eq!(
+        server.shared.metrics.foreign_ids(),
+        2,
+        "both refusals counted"
+    );
     if let Own::Established(own) = own {
         // The hostile stream's own connection is not closed by its own mistake either.
         raw.send(packet::data(own, Bytes::from_static(b"mine")))
@@ -145,7 +150,11 @@ async fn dial_cls_naming_another_frontends_dial_does_not_abandon_it() -> anyhow:
     let hostile = server.raw_proxy().await?;
     hostile.send(packet::dial_cls(99)).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server.shared.pending().len(), 1, "the victim's dial is pending");
+    assert_eq!(
+        server.shared.pending().len(),
+        1,
+        "the victim's dial is pending"
+    );
     let metrics = &server.shared.metrics;
     assert_eq!(metrics.dial_failures(DialFailureReason::FrontendClose), 0);
     assert_eq!(metrics.foreign_ids(), 1);
@@ -186,14 +195,20 @@ async fn data_before_the_dial_is_answered_is_refused_not_guessed() -> anyhow::Re
     let mut raw = server.raw_proxy().await?;
     raw.send(packet::dial_req("tcp", &echo.to_string(), 7))
         .await?;
-    raw.send(packet::data(victim.connect_id(), Bytes::from_static(b"EARLY")))
-        .await?;
+    raw.send(packet::data(
+        victim.connect_id(),
+        Bytes::from_static(b"EARLY"),
+    ))
+    .await?;
     let mut seen = Vec::new();
     for _ in 0..2 {
         seen.push(packet::kind(&next_packet(&mut raw).await?));
     }
     // Refused with CLOSE_RSP, and the stream's own dial still completes.
-    assert!(seen.contains(&Kind::Known(PacketType::CloseRsp)), "{seen:?}");
+    assert!(
+        seen.contains(&Kind::Known(PacketType::CloseRsp)),
+        "{seen:?}"
+    );
     assert!(seen.contains(&Kind::Known(PacketType::DialRsp)), "{seen:?}");
     echoes(&mut victim, b"ok").await?;
     let mut more = [0u8; 16];
@@ -203,8 +218,7 @@ async fn data_before_the_dial_is_answered_is_refused_not_guessed() -> anyhow::Re
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_connect_frontends_connection_cannot_be_named_by_a_grpc_frontend() -> anyhow::Result<()>
-{
+async fn a_connect_frontends_connection_cannot_be_named_by_a_grpc_frontend() -> anyhow::Result<()> {
     let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let (mut victim, _) = server.connect_dial(echo).await?;
