@@ -31,7 +31,7 @@ async fn hostile_stream(server: &Server, state: Hostile) -> anyhow::Result<(RawP
             let hang = servers::unresponsive()?;
             raw.send(packet::dial_req("tcp", &hang.addr().to_string(), 7))
                 .await?;
-            return Ok((raw, Own::Pending { _destination: hang }));
+            Ok((raw, Own::Pending { _destination: hang }))
         }
         Hostile::Established => {
             let echo = servers::echo("127.0.0.1:0").await?;
