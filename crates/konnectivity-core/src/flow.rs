@@ -128,6 +128,6 @@ mod tests {
         c.spend(usize::MAX);
         c.spend(usize::MAX);
         assert!(!c.can_send());
-        assert_eq!(c.available(), i64::MIN);
+        assert_eq!(c.available(), -i64::MAX, "saturated, not wrapped");
     }
 }
