@@ -204,6 +204,8 @@ async fn on_dial_outcome(
             });
             match made {
                 Ok(rsp) => rsp,
+                // Not dialing any more: unreachable, the outcome is only awaited while
+                // dialing (and a dial that is no longer pending was never answered).
                 Err(_) => return true,
             }
         }
