@@ -76,6 +76,8 @@ func main() {
 		benchBytes = flag.Int64("bench-bytes", 8<<20, "bench mode: bytes per bulk download (split over -bench-conns in the parallel one)")
 		benchConns = flag.Int("bench-conns", 16, "bench mode: connections of the parallel download")
 		benchReps  = flag.Int("bench-reps", 1, "bench mode: repetitions of the downloads")
+		victimEcho = flag.String("victim-echo", "", "victim mode: one tunnel to this echo server, driven over stdin/stdout (see victim.go)")
+		victimWin  = flag.Duration("victim-window", 1500*time.Millisecond, "victim mode: how long each step collects what arrives")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: konnectivity-interop (-uds PATH | -tcp HOST:PORT -ca FILE -cert FILE -key FILE [-server-name NAME]) [-scenarios a,b] [-timeout 120s] [-json FILE] [-wait 0s] [-v N]\n\nscenarios:")
@@ -121,6 +123,9 @@ func main() {
 		usageErr("one of -uds or -tcp is required")
 	}
 
+	if *victimEcho != "" {
+		os.Exit(runVictim(fe, *victimEcho, *victimWin, *timeout))
+	}
 	if *benchEcho != "" || *benchSrc != "" {
 		if *benchEcho == "" || *benchSrc == "" || *benchConns < 1 {
 			usageErr("bench mode needs -bench-echo, -bench-source and -bench-conns >= 1")

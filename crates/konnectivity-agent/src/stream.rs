@@ -483,3 +483,74 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
     };
     let _ = st.tx.send(packet::close_rsp(id, error)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The agent's half of frontend isolation: connect IDs are per server stream, so a
+    //! server stream can only reach the connections opened on it.
+    use super::*;
+    use futures::StreamExt;
+    use konnectivity_tunnel::outbound::Outbound;
+    use konnectivity_tunnel::queue::Inbound;
+
+    fn stream_state() -> (Arc<StreamState>, Outbound) {
+        let (tx, out) = outbound::channel();
+        let st = Arc::new(StreamState {
+            tx,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicI64::new(0),
+            our_window: None,
+            peer_window: None,
+            max_chunk: 4096,
+            policy: Default::default(),
+            metrics: Arc::new(Metrics::default()),
+            server_id: "s".into(),
+            budget: MemoryBudget::new(0, Duration::from_secs(10)),
+        });
+        (st, out)
+    }
+
+    async fn next_close_rsp(out: &mut Outbound) -> (i64, String) {
+        let p = tokio::time::timeout(Duration::from_secs(1), out.next())
+            .await
+            .expect("an answer")
+            .expect("the stream is open");
+        assert_eq!(packet::kind(&p), Kind::Known(PacketType::CloseRsp));
+        let c = packet::close_response(&p);
+        (c.connect_id, c.error.clone())
+    }
+
+    #[tokio::test]
+    async fn data_and_close_for_another_server_streams_connection_are_refused() {
+        let (a, _a_out) = stream_state();
+        let (b, mut b_out) = stream_state();
+        let (queue, mut rx) = conn_queue(1, Budget::UNMANAGED, a.tx.clone(), a.budget.clone());
+        lock(&a.conns).insert(
+            1,
+            Conn {
+                queue,
+                credit: None,
+            },
+        );
+
+        // Stream b names stream a's connection 1: answered on b, never delivered.
+        assert!(dispatch(&b, packet::data(1, Bytes::from_static(b"INJECTED"))).is_none());
+        assert_eq!(
+            next_close_rsp(&mut b_out).await,
+            (1, wire::UNRECOGNIZED_CONNECT_ID.to_owned())
+        );
+        assert!(dispatch(&b, packet::close_req(1)).is_none());
+        assert_eq!(
+            next_close_rsp(&mut b_out).await,
+            (1, wire::UNKNOWN_CONNECT_ID.to_owned())
+        );
+        assert!(lock(&a.conns).contains_key(&1), "a's connection is open");
+
+        // Stream a's own DATA is the first thing its connection receives.
+        let _ = dispatch(&a, packet::data(1, Bytes::from_static(b"mine")));
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(Inbound::Data(d))) => assert_eq!(&d[..], b"mine"),
+            other => panic!("expected a's own DATA first, got {other:?}"),
+        }
+    }
+}

@@ -191,6 +191,8 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | server admin `/status` (JSON, typed in `konnectivity_server::status::document`), `/status.html` (live page: agents, rate charts, open connections, failed dials, buffer budget) | **extension** |
 | `/debug/pprof/*` | not served |
 | HTTP-CONNECT: `200 Connection Established`, 405/500/502/503/504 texts | same; plus 403 for the destination policy, 503 for limits, 408 for a slow request head |
+| a `Proxy` stream's DATA / CLOSE_REQ naming a connect ID its own dial did not establish (another frontend's, or any before its DIAL_RSP) | **difference**: never forwarded to the agent (upstream forwards it: one frontend can write into and close another's connection); answered `CLOSE_RSP{id, "mismatched connection IDs"}`, counted in `konnectivity_rs_server_foreign_connect_id_total`; the stream's own tunnel is untouched (upstream closes the first ID it saw). DIAL_CLS only abandons the stream's own dial |
+| `--dial-deadline` | bounds pending dials on both frontends (gRPC: `DIAL_RSP` error `timed out waiting for backend dial`; CONNECT: 504) when `--backend-dial-timeout` is off |
 
 ## Metrics
 
@@ -203,7 +205,7 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | agent `open_server_connections`, `known_server_count`, `open_endpoint_connections`, `endpoint_dial_failure_total{reason}` | same (exported from startup, where upstream exports some only after first use) |
 | agent `dial_duration_seconds` (successful dials, upstream's buckets), `stream_packets_total{segment,packet_type}` (`from_agent` = sent, `to_agent` = received), `stream_errors_total{segment,code,packet_type}` and the deprecated `server_connection_failure_count{direction}` | same names, types, labels, HELP; no zero series. Errors are counted when the server stream fails while receiving (`to_agent`/`from_server`, `packet_type="Unknown"`, code `Unavailable` for a lost transport); a failed write ends the stream and is counted as that receive failure, so `to_server`/`from_agent` series do not appear |
 | agent lease metrics `lease_lists_total{http_response_code,reason}`, `lease_list_latency_seconds{http_response_code}` (with `--count-server-leases`), `lease_watches_total` | same names, labels, buckets and HELP; `lease_watches_total` is declared and never incremented (the agent lists and does not watch; upstream registers it and never increments it either). A list call that fails before kube-apiserver answers is not counted, as upstream, and its latency is not recorded (upstream records it under `200`) |
-| `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total`; `konnectivity_rs_agent_degraded`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total` | **extensions** |
+| `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total`, `_foreign_connect_id_total`; `konnectivity_rs_agent_degraded`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total` | **extensions** |
 "#;
 
 #[cfg(test)]

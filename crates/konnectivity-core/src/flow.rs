@@ -74,7 +74,9 @@ impl SendCredit {
     }
     /// Records a sent packet of `n` bytes.
     pub fn spend(&mut self, n: usize) {
-        self.credit -= n as i64;
+        self.credit = self
+            .credit
+            .saturating_sub(i64::try_from(n).unwrap_or(i64::MAX));
     }
     /// Adds credit returned by the peer. Nonsense values (≤ 0) are ignored.
     pub fn grant(&mut self, n: i64) {
@@ -115,5 +117,17 @@ mod tests {
         c.grant(50);
         assert!(c.can_send());
         assert_eq!(c.available(), 50);
+    }
+
+    #[test]
+    fn a_peers_huge_grants_saturate_instead_of_wrapping() {
+        let mut c = SendCredit::new(100);
+        c.grant(i64::MAX);
+        c.grant(i64::MAX);
+        assert_eq!(c.available(), i64::MAX);
+        c.spend(usize::MAX);
+        c.spend(usize::MAX);
+        assert!(!c.can_send());
+        assert_eq!(c.available(), -i64::MAX, "saturated, not wrapped");
     }
 }

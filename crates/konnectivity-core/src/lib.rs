@@ -12,16 +12,22 @@
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
 //! - [`policy`]: allowed destinations (CIDRs and ports).
+//! - [`dial`]: the typed dial error and its one mapping to wire text, HTTP status and
+//!   metric label.
+//! - [`tunnel`]: one tunnel's state machine (both frontends), with the isolation rule
+//!   and the pending dial's deadline.
 #![deny(missing_docs)]
 
 pub mod address;
 pub mod connect;
+pub mod dial;
 pub mod flow;
 pub mod frame;
 pub mod hpack;
 pub mod packet;
 pub mod policy;
 pub mod select;
+pub mod tunnel;
 pub mod wire;
 
 pub use konnectivity_proto::{Packet, PacketType};

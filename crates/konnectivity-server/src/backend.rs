@@ -9,9 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use konnectivity_config::identifiers::AgentIdentifiers;
+use konnectivity_core::dial::DialError;
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::select::{Cidr, Identity};
-use konnectivity_core::wire::{self, metadata};
+use konnectivity_core::wire::metadata;
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
@@ -219,7 +220,8 @@ async fn serve_agent(
             .collect()
     };
     for p in gone {
-        let _ = p.resolve(DialOutcome::BackendGone);
+        s.metrics.dial_failed(&DialError::AgentDisconnected);
+        let _ = p.resolve(DialOutcome::Failed(DialError::AgentDisconnected));
     }
     s.metrics.set_pending(s.pending().len());
 }
@@ -241,8 +243,8 @@ fn dispatch(s: &Shared, b: &Arc<Backend>, p: Packet) -> Option<Pressure> {
             };
             match taken {
                 Some(pd) => {
-                    s.metrics.dial_failure(DialFailureReason::BackendClose);
-                    let _ = pd.resolve(DialOutcome::Closed);
+                    s.metrics.dial_failed(&DialError::AgentClosed);
+                    let _ = pd.resolve(DialOutcome::Failed(DialError::AgentClosed));
                 }
                 None => debug!(random, "DIAL_CLS for an unknown dial"),
             }
@@ -322,8 +324,9 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         return;
     };
     if !r.error.is_empty() {
-        s.metrics.dial_failure(DialFailureReason::ErrorResponse);
-        let _ = pd.resolve(DialOutcome::Failed(r.error.clone()));
+        let e = DialError::Agent(r.error.clone());
+        s.metrics.dial_failed(&e);
+        let _ = pd.resolve(DialOutcome::Failed(e));
         return;
     }
     let budget = match (s.settings.flow_window, b.peer_window) {
@@ -343,19 +346,18 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
             s.metrics.limit_hit("max-connections-per-agent");
             warn!(agent_id = %b.agent_id, max, "refusing a connection: --max-connections-per-agent reached");
             let _ = b.tx.control(packet::close_req(r.connect_id));
-            let _ = pd.resolve(DialOutcome::Failed(format!(
+            let _ = pd.resolve(DialOutcome::Failed(DialError::Limit(format!(
                 "too many connections through agent {} (--max-connections-per-agent={max})",
                 b.agent_id
-            )));
+            ))));
             return;
         }
         if conns.contains_key(&r.connect_id) {
             drop(conns);
             warn!(agent_id = %b.agent_id, connect_id = r.connect_id, "agent reused a connect ID that is still open");
-            let _ = pd.resolve(DialOutcome::Failed(format!(
-                "agent reused connect ID {} that is still open",
-                r.connect_id
-            )));
+            let e = DialError::ConnectIdReused(r.connect_id);
+            s.metrics.dial_failed(&e);
+            let _ = pd.resolve(DialOutcome::Failed(e));
             return;
         }
         conns.insert(
@@ -387,17 +389,18 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
 
 /// Sends a DIAL_REQ to `b`, honouring `--backend-dial-timeout` for the send itself: a
 /// backend that cannot take it in time is retired (marked draining, its stream ended).
-pub(crate) async fn send_dial(s: &Shared, b: &Backend, p: Packet) -> Result<(), String> {
+pub(crate) async fn send_dial(s: &Shared, b: &Backend, p: Packet) -> Result<(), DialError> {
     let send = b.tx.send(p);
+    let failed = |e: outbound::StreamClosed| DialError::SendFailed(e.to_string());
     match s.settings.backend_dial_timeout {
-        None => send.await.map_err(|e| e.to_string()),
+        None => send.await.map_err(failed),
         Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
+            Ok(r) => r.map_err(failed),
             Err(_) => {
                 warn!(agent_id = %b.agent_id, stream = b.stream_id, "retiring backend: DIAL_REQ not accepted within --backend-dial-timeout");
                 b.set_draining();
                 b.tx.close();
-                Err(wire::BACKEND_DIAL_TIMEOUT.to_owned())
+                Err(DialError::BackendDialTimeout)
             }
         },
     }

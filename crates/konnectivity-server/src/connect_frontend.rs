@@ -1,23 +1,26 @@
 //! The HTTP-CONNECT frontend (`--mode=http-connect`), over UDS or TCP with mTLS.
 //!
 //! Per client connection: read one request head (bounded in size and time), answer
-//! anything but CONNECT with 405, dial the CONNECT authority through an agent, answer
-//! with exactly `HTTP/1.1 200 Connection Established\r\n\r\n` or an error response
-//! mapped from the agent's error text (spec §3.3), then splice raw bytes. Bytes the
+//! anything but CONNECT with 405, dial the CONNECT authority through an agent (the same
+//! tunnel state machine as the gRPC frontend, `konnectivity_core::tunnel`, so the same
+//! `--backend-dial-timeout` / `--dial-deadline` bound), answer with exactly
+//! `HTTP/1.1 200 Connection Established\r\n\r\n` or the error response of the typed
+//! dial error (`DialError::http_response`, spec §3.3), then splice raw bytes. Bytes the
 //! client pipelined after its request head are sent first, not lost; agent DATA is
 //! only written after the 200.
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use konnectivity_core::wire;
+use konnectivity_core::dial::DialError;
+use konnectivity_core::tunnel::{Leftover, Step, Tunnel};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tracing::debug;
 
-use crate::dial::{self, StartError};
-use crate::metrics::{DialFailureReason, Gauge};
-use crate::state::{DialOutcome, Shared};
+use crate::dial::{self, Dialing};
+use crate::metrics::Gauge;
+use crate::state::{Backend, DialOutcome, Shared};
 use crate::status::document::FrontendKind;
 pub use konnectivity_core::connect::{Head, parse_head, status_for};
 
@@ -102,82 +105,49 @@ where
     };
     let leftover: Bytes = buf.freeze();
     let _gauge = s.metrics.hold(Gauge::Http);
-    let random = rand::random::<i64>() & i64::MAX;
-    let dialing = match dial::start(&s, FrontendKind::Connect, &authority, random).await {
-        Ok(d) => d,
-        Err(StartError::NoAgent) => {
-            return write_close(
-                &mut sock,
-                b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ncurrently no tunnels available: No agent available",
-            )
-            .await;
-        }
-        Err(StartError::Denied(e)) => {
-            let resp = format!(
-                "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}"
-            );
-            return write_close(&mut sock, resp.as_bytes()).await;
-        }
-        Err(StartError::Limit(e)) => {
-            let resp = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}"
-            );
-            return write_close(&mut sock, resp.as_bytes()).await;
-        }
-        Err(StartError::DuplicateDialId) => {
-            return write_close(&mut sock, b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision").await;
-        }
-        Err(StartError::Send { error, timeout }) => {
-            let status = if timeout {
-                "504 Gateway Timeout"
-            } else {
-                "502 Bad Gateway"
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nFailed to tunnel dial request: {error}\r\n"
-            );
-            return write_close(&mut sock, resp.as_bytes()).await;
-        }
+    let mut t: Tunnel<Dialing, Arc<Backend>> = Tunnel::new(s.settings.dial_bounds());
+    let Step::Dial { random, address } = t.connect(rand::random::<i64>() & i64::MAX, &authority)
+    else {
+        return;
     };
-    let backend = dialing.backend.clone();
-    let outcome = match s.settings.backend_dial_timeout.or(s.settings.dial_deadline) {
-        None => dialing.reply.await.ok(),
-        Some(t) => match timeout(t, dialing.reply).await {
-            Ok(r) => r.ok(),
-            Err(_) => {
-                if dial::take_pending(&s, random).is_some() {
-                    s.metrics
-                        .dial_failure(DialFailureReason::BackendDialTimeout);
+    match dial::start(&s, FrontendKind::Connect, &address, random).await {
+        Ok(d) => t.dial_started(random, d, now()),
+        Err(e) => return refuse(&mut sock, &e).await,
+    }
+    let outcome = loop {
+        let deadline = t.deadline().map(Instant::from_std);
+        tokio::select! {
+            o = async {
+                match t.dial_mut() {
+                    Some(d) => (&mut d.reply).await,
+                    None => std::future::pending().await,
                 }
-                return write_close(
-                    &mut sock,
-                    format!("HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBackend dial timeout: {}\r\n", wire::BACKEND_DIAL_TIMEOUT).as_bytes(),
-                )
-                .await;
+            } => break o.unwrap_or(DialOutcome::Failed(DialError::AgentDisconnected)),
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
+                if t.poll_deadline(now()).is_some()
+                    && t.dial_mut().is_some_and(|d| dial::expire(&s, d))
+                {
+                    break DialOutcome::Failed(DialError::BackendDialTimeout);
+                }
             }
-        },
+        }
     };
-    let est = match outcome.unwrap_or(DialOutcome::BackendGone) {
-        DialOutcome::Connected(est) => est,
+    let est = match outcome {
+        DialOutcome::Connected(est) => {
+            if t.dial_connected(est.connect_id, (), |d, ()| d.backend)
+                .is_err()
+            {
+                return;
+            }
+            est
+        }
         DialOutcome::Failed(e) => {
-            let resp = format!(
-                "HTTP/1.1 {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{e}",
-                status_for(&e)
-            );
-            return write_close(&mut sock, resp.as_bytes()).await;
+            let _ = t.pending_failed(&e);
+            return refuse(&mut sock, &e).await;
         }
-        DialOutcome::Closed => {
-            let _ = sock.shutdown().await;
-            return;
-        }
-        DialOutcome::BackendGone => {
-            s.metrics.dial_failure(DialFailureReason::BackendClose);
-            return write_close(
-                &mut sock,
-                b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBackend context error: context canceled\r\n",
-            )
-            .await;
-        }
+    };
+    let Some(backend) = t.conn().cloned() else {
+        return;
     };
     let _established = s.metrics.hold(Gauge::Established);
     let id = est.connect_id;
@@ -200,9 +170,28 @@ where
         SpliceEnd::PeerClosed(_) => {
             // The agent closed it; if it was our own abort the entry is already gone
             // from the table and the agent was told by the dispatcher.
+            let _ = t.agent_closed();
         }
         SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
-            dial::close_conn(&s, &backend, id).await;
+            if let Leftover::Conn { connect_id, conn } = t.frontend_gone() {
+                dial::close_conn(&s, &conn, connect_id).await;
+            }
         }
     }
+}
+
+/// Answers a failed dial with its HTTP response (or just closes, for an agent's
+/// DIAL_CLS) and closes the client's socket.
+async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, e: &DialError) {
+    debug!(error = %e, "CONNECT dial failed");
+    match e.http_response() {
+        Some(rsp) => write_close(sock, rsp.as_bytes()).await,
+        None => {
+            let _ = sock.shutdown().await;
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }

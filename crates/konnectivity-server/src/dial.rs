@@ -1,9 +1,11 @@
 //! What both frontends do to open and close a tunneled connection: pick a backend,
-//! register the pending dial, send the DIAL_REQ; and the cleanup when a frontend goes
-//! away mid-dial or mid-connection.
+//! register the pending dial, send the DIAL_REQ; expire it at its deadline; and the
+//! cleanup when a frontend goes away mid-dial or mid-connection. The frontend's
+//! [`konnectivity_core::tunnel::Tunnel`] decides *when*; these functions do it.
 use std::sync::Arc;
 
 use konnectivity_core::address::host_of;
+use konnectivity_core::dial::DialError;
 use konnectivity_core::packet;
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -22,36 +24,19 @@ pub struct Dialing {
     pub random: i64,
     /// Completes with the outcome.
     pub reply: oneshot::Receiver<DialOutcome>,
+    /// The registration's ticket ([`Pending::ticket`]).
+    ticket: u64,
 }
 
-/// Why a dial could not be started.
-#[derive(Debug)]
-pub enum StartError {
-    /// No strategy found an agent.
-    NoAgent,
-    /// The dial ID is already pending (a collision, or a client reusing IDs).
-    DuplicateDialId,
-    /// The destination policy denies the address.
-    Denied(String),
-    /// A limit was reached; the text names it.
-    Limit(String),
-    /// The DIAL_REQ could not be sent; `timeout` when `--backend-dial-timeout` hit.
-    Send {
-        /// The error text.
-        error: String,
-        /// Whether the backend dial timeout caused it.
-        timeout: bool,
-    },
-}
-
-/// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`. A dial
-/// that cannot start is remembered for the status page.
+/// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`. A
+/// failure is counted here (policy and limit refusals in their own metrics) and
+/// remembered for the status page.
 pub async fn start(
     s: &Shared,
     frontend: FrontendKind,
     address: &str,
     random: i64,
-) -> Result<Dialing, StartError> {
+) -> Result<Dialing, DialError> {
     let started = send_dial_req(s, frontend, address, random).await;
     if let Err(e) = &started {
         crate::status::record_start_error(s, frontend, address, e);
@@ -64,34 +49,37 @@ async fn send_dial_req(
     frontend: FrontendKind,
     address: &str,
     random: i64,
-) -> Result<Dialing, StartError> {
+) -> Result<Dialing, DialError> {
     if let Err(e) = s.settings.policy.check_address(address) {
         s.metrics.policy_denied();
-        return Err(StartError::Denied(e));
+        return Err(DialError::Denied(e));
     }
-    let backend = s
-        .table()
-        .pick(host_of(address), &mut rand::rng())
-        .ok_or(StartError::NoAgent)?;
+    let picked = s.table().pick(host_of(address), &mut rand::rng());
+    let Some(backend) = picked else {
+        s.metrics.dial_failed(&DialError::NoAgent);
+        return Err(DialError::NoAgent);
+    };
     let max = s.settings.max_pending_per_agent;
     if max > 0 && backend.pending_dials() >= max {
         s.metrics.limit_hit("max-pending-dials-per-agent");
-        return Err(StartError::Limit(format!(
+        return Err(DialError::Limit(format!(
             "too many pending dials on agent {} (--max-pending-dials-per-agent={max})",
             backend.agent_id
         )));
     }
     let (tx, reply) = oneshot::channel();
+    let ticket = s.next_id();
     {
         let mut pending = s.pending();
         if pending.contains_key(&random) {
-            return Err(StartError::DuplicateDialId);
+            return Err(DialError::DuplicateDialId);
         }
         pending.insert(
             random,
             Pending::new(
                 backend.clone(),
                 tx,
+                ticket,
                 address,
                 frontend,
                 s.dial_failures.clone(),
@@ -100,39 +88,60 @@ async fn send_dial_req(
         s.metrics.set_pending(pending.len());
     }
     debug!(address, random, agent_id = %backend.agent_id, "dialing");
-    if let Err(error) = send_dial(s, &backend, packet::dial_req("tcp", address, random)).await {
-        let timeout = error == konnectivity_core::wire::BACKEND_DIAL_TIMEOUT;
-        if let Some(p) = take_pending(s, random) {
-            p.fail(&error);
-            s.metrics.dial_failure(if timeout {
-                DialFailureReason::BackendDialTimeout
-            } else {
-                DialFailureReason::BackendClose
-            });
-        }
-        return Err(StartError::Send { error, timeout });
-    }
-    Ok(Dialing {
+    let dialing = Dialing {
         backend,
         random,
         reply,
-    })
+        ticket,
+    };
+    let sent = send_dial(
+        s,
+        &dialing.backend,
+        packet::dial_req("tcp", address, random),
+    )
+    .await;
+    if let Err(e) = sent {
+        if let Some(p) = take_own(s, &dialing) {
+            p.fail(&e.wire_text());
+            s.metrics.dial_failed(&e);
+        }
+        return Err(e);
+    }
+    Ok(dialing)
 }
 
-/// Removes a pending dial if it is still there.
-pub fn take_pending(s: &Shared, random: i64) -> Option<Pending> {
+/// The pending dial's deadline passed: removes it and counts the timeout. False when
+/// the agent's answer came first (it is then on its way to the frontend).
+pub fn expire(s: &Shared, dialing: &Dialing) -> bool {
+    let expired = take_own(s, dialing).is_some();
+    if expired {
+        s.metrics.dial_failed(&DialError::BackendDialTimeout);
+    }
+    expired
+}
+
+/// Removes the frontend's own pending dial if it is still there (another frontend's
+/// dial under the same ID is left alone).
+fn take_own(s: &Shared, dialing: &Dialing) -> Option<Pending> {
     let mut pending = s.pending();
-    let p = pending.remove(&random);
+    let p = match pending.get(&dialing.random) {
+        Some(p) if p.ticket == dialing.ticket => pending.remove(&dialing.random),
+        _ => None,
+    };
     s.metrics.set_pending(pending.len());
     p
 }
 
-/// The frontend gave up on a pending dial: forget it, count `reason`, and tell the
-/// agent with DIAL_CLS (which upstream agents ignore and ours use to stop dialing).
-pub fn abandon(s: &Shared, random: i64, reason: DialFailureReason) {
-    if let Some(p) = take_pending(s, random) {
-        s.metrics.dial_failure(reason);
-        let _ = p.backend.tx.control(packet::dial_cls(random));
+/// The frontend gave up on its own pending dial (DIAL_CLS, or it went away): forget
+/// it, count `frontend_close`, and tell the agent with DIAL_CLS (which upstream agents
+/// ignore and ours use to stop dialing).
+///
+/// Takes the [`Dialing`] the frontend's own dial produced, so a frontend can only ever
+/// abandon the dial ID it registered, never another frontend's.
+pub fn abandon(s: &Shared, dialing: Dialing) {
+    if let Some(p) = take_own(s, &dialing) {
+        s.metrics.dial_failure(DialFailureReason::FrontendClose);
+        let _ = p.backend.tx.control(packet::dial_cls(dialing.random));
         p.abandon();
     }
 }

@@ -1,27 +1,33 @@
 //! The gRPC frontend: `ProxyService.Proxy`, one stream per tunneled connection (the
 //! protocol of konnectivity-client, i.e. of kube-apiserver).
 //!
-//! One task per stream runs the state machine of spec §2.3 in both directions:
-//! frontend packets go to the agent (DATA only while the agent has granted credit, so a
+//! One task per stream drives the tunnel state machine
+//! (`konnectivity_core::tunnel::Tunnel`, spec §2.3 plus the isolation rule) in both
+//! directions: frontend packets go to the agent only when the machine says they name
+//! the stream's own connection (DATA only while the agent has granted credit, so a
 //! destination that stops reading back-pressures only this frontend, through HTTP/2);
 //! agent packets for this connection come from its queue and are written to the
-//! frontend, whose own HTTP/2 stream window back-pressures only this connection.
+//! frontend, whose own HTTP/2 stream window back-pressures only this connection. The
+//! pending dial's deadline (`--backend-dial-timeout`, else `--dial-deadline`) comes
+//! from the machine too.
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use konnectivity_core::dial::DialError;
 use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::tunnel::{Io, Leftover, Step, Tunnel, forwarded_len};
 use konnectivity_core::wire;
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
 use konnectivity_tunnel::queue::Inbound;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, warn};
 
-use crate::dial::{self, StartError};
-use crate::metrics::{DialFailureReason, Gauge, Segment};
+use crate::dial::{self, Dialing};
+use crate::metrics::{Gauge, GaugeGuard, Segment};
 use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
 use crate::status::document::FrontendKind;
@@ -77,113 +83,77 @@ type PacketStream = Pin<Box<dyn Stream<Item = Packet> + Send>>;
 
 type Out = mpsc::Sender<Packet>;
 
-/// Where the stream is in its life.
-struct Tunnel {
-    /// The backend chosen at DIAL_REQ; used for every later packet (spec §2.2).
-    backend: Option<Arc<Backend>>,
-    /// The pending dial's ID and outcome receiver.
-    dialing: Option<(i64, tokio::sync::oneshot::Receiver<DialOutcome>)>,
-    /// `--backend-dial-timeout` deadline of the pending dial.
-    deadline: Option<Instant>,
-    /// The established connection, until the agent closes it.
-    conn: Option<Established>,
-    /// The first non-zero connect ID the frontend used in DATA.
-    first_data_id: Option<i64>,
-    /// After a terminal packet: read and discard until the frontend closes.
-    discard: bool,
+/// What the tunnel state machine carries once the agent answered: the connection's
+/// queues and the backend every later packet of this stream goes to (spec §2.2).
+struct Conn {
+    backend: Arc<Backend>,
+    est: Established,
+    /// Holds `established_connections` up while the connection is open.
+    _gauge: GaugeGuard,
+}
+
+/// The stream's tunnel: `Dialing` carries the pending dial, `Established` the
+/// connection (see `konnectivity_core::tunnel`).
+type Machine = Tunnel<Dialing, Conn>;
+
+/// Something from the agent side for this tunnel.
+enum AgentEvent {
+    /// The pending dial ended (`Err`: its sender is gone).
+    Dial(Result<DialOutcome, oneshot::error::RecvError>),
+    /// The connection's next DATA or close (`None`: its queue is gone).
+    Conn(Option<Inbound>),
+}
+
+/// Waits for the agent side of whatever the tunnel holds now.
+async fn agent_event(t: &mut Machine) -> AgentEvent {
+    match t.io_mut() {
+        Io::Dial(d) => AgentEvent::Dial((&mut d.reply).await),
+        Io::Conn(c) => AgentEvent::Conn(c.est.rx.recv().await),
+        Io::Nothing => std::future::pending().await,
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Body>, out: Out) {
     let _gauge = s.metrics.hold(Gauge::GrpcProxy);
-    let mut t = Tunnel {
-        backend: None,
-        dialing: None,
-        deadline: None,
-        conn: None,
-        first_data_id: None,
-        discard: false,
-    };
-    let mut established_gauge = None;
+    let mut t = Machine::new(s.settings.dial_bounds());
     loop {
-        let credit = t.conn.as_ref().and_then(|c| c.credit.clone());
-        let may_read = t.discard || credit.as_ref().is_none_or(|c| c.can_send());
-        let deadline = t.deadline;
+        // Frontend DATA is read only while the agent has granted credit.
+        let credit = match t.is_established() {
+            true => t.conn().and_then(|c| c.est.credit.clone()),
+            false => None,
+        };
+        let may_read = credit.as_ref().is_none_or(|c| c.can_send());
+        let deadline = t.deadline().map(Instant::from_std);
+        let waiting = !matches!(t.io_mut(), Io::Nothing);
         tokio::select! {
             biased;
-            outcome = async { (&mut t.dialing.as_mut().expect("guarded").1).await }, if t.dialing.is_some() => {
-                let Some((random, _)) = t.dialing.take() else { continue };
-                t.deadline = None;
-                let outcome = outcome.unwrap_or(DialOutcome::BackendGone);
-                match outcome {
-                    DialOutcome::Connected(est) => {
-                        let rsp = packet::dial_rsp(random, est.connect_id, "");
-                        established_gauge = Some(s.metrics.hold(Gauge::Established));
-                        t.conn = Some(est);
-                        if out.send(rsp).await.is_err() {
-                            break;
-                        }
-                    }
-                    DialOutcome::Failed(e) => {
-                        t.discard = true;
-                        if out.send(packet::dial_rsp(random, 0, e)).await.is_err() { break; }
-                    }
-                    DialOutcome::Closed => {
-                        t.discard = true;
-                        if out.send(packet::dial_cls(random)).await.is_err() { break; }
-                    }
-                    DialOutcome::BackendGone => {
-                        t.discard = true;
-                        s.metrics.dial_failure(DialFailureReason::BackendClose);
-                        if out.send(packet::dial_rsp(random, 0, wire::AGENT_DISCONNECTED)).await.is_err() { break; }
-                    }
-                }
-            }
-            msg = async { t.conn.as_mut().expect("guarded").rx.recv().await }, if t.conn.is_some() => {
-                let Some(conn) = t.conn.as_mut() else { continue };
-                let id = conn.connect_id;
-                match msg {
-                    Some(Inbound::Data(b)) => {
-                        let n = b.len();
-                        let started = Instant::now();
-                        if out.send(packet::data(id, b)).await.is_err() {
-                            break;
-                        }
-                        s.metrics.frontend_write(started.elapsed());
-                        conn.rx.written(n);
-                    }
-                    Some(Inbound::Close(e)) => {
-                        let aborted = conn.rx.aborted();
-                        t.conn = None;
-                        established_gauge = None;
-                        t.discard = true;
-                        if aborted && let Some(b) = &t.backend {
-                            dial::close_conn(&s, b, id).await;
-                        }
-                        if out.send(packet::close_rsp(id, e)).await.is_err() { break; }
-                    }
-                    None => {
-                        t.conn = None;
-                        established_gauge = None;
-                        t.discard = true;
-                        if out.send(packet::close_rsp(id, "")).await.is_err() { break; }
-                    }
+            ev = agent_event(&mut t), if waiting => {
+                let sent = match ev {
+                    AgentEvent::Dial(outcome) => on_dial_outcome(&s, &mut t, outcome, &out).await,
+                    AgentEvent::Conn(msg) => on_agent_packet(&s, &mut t, msg, &out).await,
+                };
+                if !sent {
+                    break;
                 }
             }
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
-                t.deadline = None;
-                if let Some((random, _)) = t.dialing.take()
-                    && dial::take_pending(&s, random).is_some()
+                if t.poll_deadline(now()).is_some()
+                    && t.dial_mut().is_some_and(|d| dial::expire(&s, d))
+                    && let Some(rsp) = t.pending_failed(&DialError::BackendDialTimeout)
+                    && out.send(rsp).await.is_err()
                 {
-                    s.metrics.dial_failure(DialFailureReason::BackendDialTimeout);
-                    t.discard = true;
-                    if out.send(packet::dial_rsp(random, 0, wire::BACKEND_DIAL_TIMEOUT)).await.is_err() { break; }
+                    break;
                 }
             }
             next = inbound.message(), if may_read => {
                 match next {
                     Ok(Some(p)) => {
                         s.metrics.packet(Segment::FromClient, &p);
-                        if !t.discard && !on_frontend_packet(&s, &mut t, p, &out).await {
+                        if !on_frontend_packet(&s, &mut t, p, &out).await {
                             break;
                         }
                     }
@@ -196,7 +166,7 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Bod
                         // A client that tears down a finished tunnel (CLOSE_RSP sent,
                         // or its dial answered with an error) without ending the stream
                         // first has lost nothing: only live tunnels count.
-                        if !t.discard {
+                        if t.is_live() {
                             s.metrics.stream_error(Segment::FromClient, e.code_name());
                         }
                         break;
@@ -207,122 +177,144 @@ async fn serve_stream(s: Arc<Shared>, mut inbound: PacketReader<tonic::body::Bod
             _ = out.closed() => break,
         }
     }
-    drop(established_gauge);
     // The frontend is gone: release what it held on the agent (spec §2.3 stream end).
-    if let Some((random, _)) = t.dialing.take() {
-        dial::abandon(&s, random, DialFailureReason::FrontendClose);
-    }
-    if let (Some(conn), Some(b)) = (t.conn.take(), &t.backend) {
-        dial::close_conn(&s, b, conn.connect_id).await;
+    match t.frontend_gone() {
+        Leftover::Dial { dial, .. } => dial::abandon(&s, dial),
+        Leftover::Conn { connect_id, conn } => {
+            dial::close_conn(&s, &conn.backend, connect_id).await;
+        }
+        Leftover::Nothing => {}
     }
 }
 
-/// Handles one frontend packet. Returns false when the frontend is gone.
-async fn on_frontend_packet(s: &Shared, t: &mut Tunnel, p: Packet, out: &Out) -> bool {
-    match packet::kind(&p) {
-        Kind::Known(PacketType::DialReq) => {
-            if t.backend.is_some() {
-                warn!("ignoring a second DIAL_REQ on one Proxy stream (one dial per stream)");
-                return true;
+/// The pending dial ended. Returns false when the frontend is gone.
+async fn on_dial_outcome(
+    s: &Shared,
+    t: &mut Machine,
+    outcome: Result<DialOutcome, oneshot::error::RecvError>,
+    out: &Out,
+) -> bool {
+    let outcome = outcome.unwrap_or(DialOutcome::Failed(DialError::AgentDisconnected));
+    let rsp = match outcome {
+        DialOutcome::Connected(est) => {
+            let connect_id = est.connect_id;
+            let made = t.dial_connected(connect_id, est, |d, est| Conn {
+                backend: d.backend,
+                est,
+                _gauge: s.metrics.hold(Gauge::Established),
+            });
+            match made {
+                Ok(rsp) => rsp,
+                // Not dialing any more: unreachable, the outcome is only awaited while
+                // dialing (and a dial that is no longer pending was never answered).
+                Err(_) => return true,
             }
-            let req = packet::dial_request(&p);
-            match dial::start(s, FrontendKind::Grpc, &req.address, req.random).await {
+        }
+        DialOutcome::Failed(e) => match t.pending_failed(&e) {
+            Some(rsp) => rsp,
+            None => return true,
+        },
+    };
+    out.send(rsp).await.is_ok()
+}
+
+/// The connection's next DATA or close from the agent. Returns false when the
+/// frontend is gone.
+async fn on_agent_packet(s: &Shared, t: &mut Machine, msg: Option<Inbound>, out: &Out) -> bool {
+    match msg {
+        Some(Inbound::Data(b)) => {
+            let Some((id, conn)) = t.conn_mut() else {
+                return true;
+            };
+            let n = b.len();
+            let started = Instant::now();
+            if out.send(packet::data(id, b)).await.is_err() {
+                return false;
+            }
+            s.metrics.frontend_write(started.elapsed());
+            conn.est.rx.written(n);
+            true
+        }
+        Some(Inbound::Close(e)) => {
+            let Some((id, conn)) = t.agent_closed() else {
+                return true;
+            };
+            if conn.est.rx.aborted() {
+                dial::close_conn(s, &conn.backend, id).await;
+            }
+            out.send(packet::close_rsp(id, e)).await.is_ok()
+        }
+        None => {
+            let Some((id, _)) = t.agent_closed() else {
+                return true;
+            };
+            out.send(packet::close_rsp(id, "")).await.is_ok()
+        }
+    }
+}
+
+/// Handles one frontend packet through the state machine. Returns false when the
+/// frontend is gone.
+async fn on_frontend_packet(s: &Shared, t: &mut Machine, p: Packet, out: &Out) -> bool {
+    match t.on_frontend(p) {
+        Step::Nothing => true,
+        Step::Ignored => {
+            debug!("ignoring a frontend packet (second DIAL_REQ, or the tunnel has ended)");
+            true
+        }
+        Step::Dial { random, address } => {
+            match dial::start(s, FrontendKind::Grpc, &address, random).await {
                 Ok(d) => {
-                    t.deadline = s
-                        .settings
-                        .backend_dial_timeout
-                        .map(|to| Instant::now() + to);
-                    t.backend = Some(d.backend);
-                    t.dialing = Some((d.random, d.reply));
+                    t.dial_started(random, d, now());
                     true
                 }
                 Err(e) => {
-                    t.discard = true;
-                    let text = match e {
-                        StartError::NoAgent => {
-                            s.metrics.dial_failure(DialFailureReason::NoAgent);
-                            wire::NO_AGENT_AVAILABLE.to_owned()
-                        }
-                        StartError::DuplicateDialId => "dial ID already in use".to_owned(),
-                        StartError::Denied(e) | StartError::Limit(e) => e,
-                        StartError::Send { error, .. } => error,
-                    };
-                    debug!(address = %req.address, error = %text, "dial failed");
-                    out.send(packet::dial_rsp(req.random, 0, text))
-                        .await
-                        .is_ok()
+                    debug!(%address, error = %e, "dial failed");
+                    out.send(t.dial_failed(random, &e)).await.is_ok()
                 }
             }
         }
-        Kind::Known(PacketType::CloseReq) => {
-            let id = packet::close_request(&p).connect_id;
-            let Some(b) = &t.backend else {
-                return out
-                    .send(packet::close_rsp(id, wire::BACKEND_UNINITIALIZED))
-                    .await
-                    .is_ok();
+        Step::Forward(p) => {
+            let Some((connect_id, conn)) = t.conn_mut() else {
+                return true;
             };
-            t.discard = true;
-            if b.tx.send(packet::close_req(id)).await.is_err() {
-                return out
-                    .send(packet::close_rsp(id, wire::CLOSE_REQ_TO_BACKEND_FAILED))
-                    .await
-                    .is_ok();
-            }
-            true
-        }
-        Kind::Known(PacketType::DialCls) => {
-            let random = packet::close_dial(&p).random;
-            if t.dialing.as_ref().is_some_and(|(r, _)| *r == random) {
-                t.dialing = None;
-                t.deadline = None;
-            }
-            dial::abandon(s, random, DialFailureReason::FrontendClose);
-            true
-        }
-        Kind::Known(PacketType::Data) => {
-            let Some(b) = t.backend.clone() else {
-                t.discard = true;
-                let id = packet::into_data(p).connect_id;
-                return out
-                    .send(packet::close_rsp(id, wire::BACKEND_NOT_INITIALIZED))
-                    .await
-                    .is_ok();
-            };
-            let d = packet::into_data(p);
-            if d.connect_id == 0 {
+            if packet::kind(&p) == Kind::Known(PacketType::CloseReq) {
+                if conn.backend.tx.send(p).await.is_err() {
+                    return out
+                        .send(packet::close_rsp(
+                            connect_id,
+                            wire::CLOSE_REQ_TO_BACKEND_FAILED,
+                        ))
+                        .await
+                        .is_ok();
+                }
                 return true;
             }
-            match t.first_data_id {
-                None => t.first_data_id = Some(d.connect_id),
-                Some(first) if first != d.connect_id => {
-                    t.discard = true;
-                    let _ = b.tx.send(packet::close_req(d.connect_id)).await;
-                    let _ = b.tx.send(packet::close_req(first)).await;
-                    let a = out
-                        .send(packet::close_rsp(
-                            d.connect_id,
-                            wire::MISMATCHED_CONNECTION_IDS,
-                        ))
-                        .await;
-                    let c = out
-                        .send(packet::close_rsp(first, wire::MISMATCHED_CONNECTION_IDS))
-                        .await;
-                    return a.is_ok() && c.is_ok();
-                }
-                Some(_) => {}
+            if let Some(c) = &conn.est.credit {
+                c.spend(forwarded_len(&p));
             }
-            if let Some(c) = t.conn.as_ref().and_then(|c| c.credit.as_ref()) {
-                c.spend(d.data.len());
-            }
-            if b.tx.send(packet::data(d.connect_id, d.data)).await.is_err() {
-                debug!(
-                    connect_id = d.connect_id,
-                    "agent stream gone while forwarding DATA"
-                );
+            if conn.backend.tx.send(p).await.is_err() {
+                debug!(connect_id, "agent stream gone while forwarding DATA");
             }
             true
         }
-        _ => true,
+        Step::Abandon { dial, .. } => {
+            dial::abandon(s, dial);
+            true
+        }
+        Step::Reply(p) => out.send(p).await.is_ok(),
+        Step::Foreign { what, reply } => {
+            s.metrics.foreign_id();
+            let own = t.conn().map(|c| c.est.connect_id);
+            warn!(
+                ?what,
+                own_connect_id = ?own,
+                "refused a frontend packet naming an ID that is not this stream's own (never forwarded)"
+            );
+            match reply {
+                Some(p) => out.send(p).await.is_ok(),
+                None => true,
+            }
+        }
     }
 }

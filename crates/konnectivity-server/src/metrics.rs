@@ -24,38 +24,9 @@ const LIFETIME_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0,
 ];
 
-/// Why a dial failed (`dial_failure_count{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DialFailureReason {
-    /// No agent for the destination.
-    NoAgent,
-    /// The agent answered with an error.
-    ErrorResponse,
-    /// A DIAL_RSP matched no pending dial.
-    UnrecognizedResponse,
-    /// Forwarding the DIAL_RSP to the frontend failed.
-    SendRsp,
-    /// The agent closed the dial, or its stream ended.
-    BackendClose,
-    /// `--backend-dial-timeout` (or `--dial-deadline`) elapsed.
-    BackendDialTimeout,
-    /// The frontend went away before the dial completed.
-    FrontendClose,
-}
-
-impl DialFailureReason {
-    fn label(self) -> &'static str {
-        match self {
-            Self::NoAgent => "no_agent",
-            Self::ErrorResponse => "error_response",
-            Self::UnrecognizedResponse => "unrecognized_response",
-            Self::SendRsp => "send_rsp",
-            Self::BackendClose => "backend_close",
-            Self::BackendDialTimeout => "backend_dial_timeout",
-            Self::FrontendClose => "frontend_close",
-        }
-    }
-}
+/// Why a dial failed (`dial_failure_count{reason}`): the core's enum, whose one
+/// mapping from [`konnectivity_core::dial::DialError`] every failure goes through.
+pub use konnectivity_core::dial::DialFailureReason;
 
 /// Which gauge a [`GaugeGuard`] holds up.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +98,7 @@ pub struct Metrics {
     buffer_budget: IntGauge,
     pauses: IntCounter,
     stalled: IntCounter,
+    foreign_ids: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +155,7 @@ impl Metrics {
             buffer_budget: IntGauge::with_opts(rs("buffer_budget_bytes", "The process-wide budget of queued bytes (--max-buffered-bytes); agent streams pause above it. 0 is unlimited.")).expect("valid"),
             pauses: IntCounter::with_opts(rs("stream_pauses_total", "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control).")).expect("valid"),
             stalled: IntCounter::with_opts(rs("stalled_connections_total", "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget.")).expect("valid"),
+            foreign_ids: IntCounter::with_opts(rs("foreign_connect_id_total", "Packets from gRPC frontends that named a connect ID (or dial ID) their own dial did not establish; never forwarded to an agent.")).expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -214,6 +187,7 @@ impl Metrics {
             Box::new(m.buffer_budget.clone()),
             Box::new(m.pauses.clone()),
             Box::new(m.stalled.clone()),
+            Box::new(m.foreign_ids.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             let _ = r.register(c);
@@ -245,6 +219,23 @@ impl Metrics {
     /// Counts a dial failure.
     pub fn dial_failure(&self, r: DialFailureReason) {
         self.dial_failures.with_label_values(&[r.label()]).inc();
+    }
+
+    /// Counts a dial failure under the reason its error maps to (if it has one).
+    pub fn dial_failed(&self, e: &konnectivity_core::dial::DialError) {
+        if let Some(r) = e.reason() {
+            self.dial_failure(r);
+        }
+    }
+
+    /// Counts a frontend packet that named an ID that is not its own.
+    pub fn foreign_id(&self) {
+        self.foreign_ids.inc();
+    }
+
+    /// Frontend packets refused for naming another connection's ID (tests and status).
+    pub fn foreign_ids(&self) -> u64 {
+        self.foreign_ids.get()
     }
 
     /// The count for one reason (tests and status).

@@ -59,6 +59,16 @@ pub struct Settings {
     pub stall_timeout: Duration,
 }
 
+impl Settings {
+    /// The bounds on a pending dial, for the tunnel state machine.
+    pub fn dial_bounds(&self) -> konnectivity_core::tunnel::DialBounds {
+        konnectivity_core::tunnel::DialBounds {
+            backend_dial_timeout: self.backend_dial_timeout,
+            dial_deadline: self.dial_deadline,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -194,12 +204,8 @@ pub struct Established {
 pub enum DialOutcome {
     /// DIAL_RSP without error.
     Connected(Established),
-    /// DIAL_RSP with this error text.
-    Failed(String),
-    /// DIAL_CLS from the agent.
-    Closed,
-    /// The agent stream ended first.
-    BackendGone,
+    /// The dial failed: the agent's error, its DIAL_CLS, its stream's end, a limit.
+    Failed(konnectivity_core::dial::DialError),
 }
 
 /// A dial sent to an agent and not answered yet. Counted on its backend while it exists.
@@ -209,6 +215,8 @@ pub struct Pending {
     pub backend: Arc<Backend>,
     /// When the server received the DIAL_REQ.
     pub started: Instant,
+    /// Unique per registration: only the frontend holding it may remove the dial.
+    pub ticket: u64,
     /// The address the frontend dialed.
     pub address: String,
     /// The frontend the dial came through.
@@ -223,10 +231,12 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// A pending dial on `backend` for `address`, from `frontend`.
+    /// A pending dial on `backend` for `address`, from `frontend`, registered under
+    /// `ticket`.
     pub fn new(
         backend: Arc<Backend>,
         reply: oneshot::Sender<DialOutcome>,
+        ticket: u64,
         address: &str,
         frontend: FrontendKind,
         failures: Arc<DialFailures>,
@@ -236,6 +246,7 @@ impl Pending {
         Self {
             backend,
             started: Instant::now(),
+            ticket,
             address: address.to_owned(),
             frontend,
             reply: Some(reply),
@@ -249,11 +260,7 @@ impl Pending {
     pub fn resolve(mut self, outcome: DialOutcome) -> bool {
         match &outcome {
             DialOutcome::Connected(_) => self.settled = true,
-            DialOutcome::Failed(e) => self.record_failure(e),
-            DialOutcome::Closed => self.record_failure("the agent closed the dial (DIAL_CLS)"),
-            DialOutcome::BackendGone => {
-                self.record_failure(konnectivity_core::wire::AGENT_DISCONNECTED)
-            }
+            DialOutcome::Failed(e) => self.record_failure(&e.wire_text()),
         }
         self.reply.take().is_some_and(|r| r.send(outcome).is_ok())
     }

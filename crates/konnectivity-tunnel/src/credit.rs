@@ -51,9 +51,10 @@ impl Credit {
         (self.available.load(Ordering::Acquire).max(1) as usize).min(chunk)
     }
 
-    /// Records `n` bytes sent.
+    /// Records `n` bytes sent (saturating: never wraps, whatever `n`).
     pub fn spend(&self, n: usize) {
-        self.available.fetch_sub(n as i64, Ordering::AcqRel);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.update(|a| a.saturating_sub(n));
     }
 
     /// Bytes sent so far (for status pages; the two counters are read one after the
@@ -61,16 +62,29 @@ impl Credit {
     pub fn sent(&self) -> u64 {
         let available = self.available.load(Ordering::Acquire);
         let credited = self.credited.load(Ordering::Relaxed);
-        u64::try_from(credited - available).unwrap_or(0)
+        u64::try_from(credited.saturating_sub(available)).unwrap_or(0)
     }
 
-    /// Adds credit from a WINDOW_UPDATE; non-positive values are ignored.
+    /// Adds credit from a WINDOW_UPDATE; non-positive values are ignored. The number
+    /// is the peer's: the sum saturates at `i64::MAX` instead of wrapping to a
+    /// negative credit that would stall the connection forever.
     pub fn grant(&self, n: i64) {
         if n > 0 {
-            self.credited.fetch_add(n, Ordering::Relaxed);
-            self.available.fetch_add(n, Ordering::AcqRel);
+            self.credited
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                    Some(c.saturating_add(n))
+                })
+                .ok();
+            self.update(|a| a.saturating_add(n));
             self.granted.notify_one();
         }
+    }
+
+    fn update(&self, f: impl Fn(i64) -> i64) {
+        // `fetch_update` with a closure that always returns `Some` cannot fail.
+        let _ = self
+            .available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| Some(f(a)));
     }
 }
 
@@ -104,5 +118,29 @@ mod tests {
         c.grant(4);
         c.spend(7);
         assert_eq!(c.sent(), 11);
+    }
+
+    #[test]
+    fn a_peers_huge_grants_saturate_instead_of_wrapping() {
+        let c = Credit::new(1 << 20);
+        c.grant(i64::MAX);
+        c.grant(i64::MAX);
+        assert!(c.can_send(), "credit wrapped negative");
+        assert_eq!(c.next_chunk(256 * 1024), 256 * 1024);
+        c.spend(10);
+        assert!(c.can_send());
+    }
+
+    #[test]
+    fn non_positive_grants_are_ignored_and_spending_never_wraps() {
+        let c = Credit::new(10);
+        c.grant(0);
+        c.grant(i64::MIN);
+        assert_eq!(c.next_chunk(100), 10);
+        c.spend(usize::MAX);
+        c.spend(usize::MAX);
+        assert!(!c.can_send(), "spending wrapped positive");
+        c.grant(i64::MAX);
+        assert!(!c.can_send(), "saturated debt is repaid, not flipped");
     }
 }

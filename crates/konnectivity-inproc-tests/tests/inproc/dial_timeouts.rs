@@ -142,7 +142,6 @@ async fn dial_deadline_answers_connect_when_backend_dial_timeout_is_off() -> any
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "needs the gRPC frontend to enforce --dial-deadline (issue 15 item 2)"]
 async fn dial_deadline_answers_grpc_dial_when_backend_dial_timeout_is_off() -> anyhow::Result<()> {
     unanswered_dial(Bound::DialDeadline, Via::Grpc).await
 }

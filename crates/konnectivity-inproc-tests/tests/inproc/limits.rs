@@ -71,7 +71,8 @@ async fn connections_over_the_per_agent_limit_are_refused_until_one_closes() -> 
         format!("too many connections through agent {AGENT} (--max-connections-per-agent=1)");
     assert_eq!(dial_error(server.grpc_dial(echo).await)?, limit);
     let (status, body) = connect_error(server.connect_dial(echo).await)?;
-    assert_eq!(status, "502 Bad Gateway");
+    // A limit is a limit, whichever one: 503 like --max-pending-dials-per-agent.
+    assert_eq!(status, "503 Service Unavailable");
     assert_eq!(body, limit);
     // The agent had dialed them; the server's CLOSE_REQ closes them there too.
     let open = || {

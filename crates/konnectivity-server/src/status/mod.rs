@@ -14,8 +14,8 @@ use std::time::SystemTime;
 
 use konnectivity_core::select::Candidate;
 
-use crate::dial::StartError;
 use crate::state::Shared;
+use konnectivity_core::dial::DialError;
 
 pub mod document;
 pub mod history;
@@ -122,18 +122,12 @@ pub fn json(s: &Shared) -> String {
 
 /// Remembers a dial that could not be sent to an agent (a dial that was sent is
 /// remembered by its [`crate::state::Pending`]).
-pub(crate) fn record_start_error(
-    s: &Shared,
-    frontend: FrontendKind,
-    address: &str,
-    e: &StartError,
-) {
-    let error = match e {
-        StartError::NoAgent => konnectivity_core::wire::NO_AGENT_AVAILABLE,
-        StartError::DuplicateDialId => "dial ID already in use",
-        StartError::Denied(e) | StartError::Limit(e) => e,
+pub(crate) fn record_start_error(s: &Shared, frontend: FrontendKind, address: &str, e: &DialError) {
+    match e {
         // Recorded with its agent where the pending dial is taken back.
-        StartError::Send { .. } => return,
-    };
-    s.dial_failures.record(None, address, frontend, error);
+        DialError::BackendDialTimeout | DialError::SendFailed(_) => {}
+        _ => s
+            .dial_failures
+            .record(None, address, frontend, &e.wire_text()),
+    }
 }
