@@ -469,6 +469,82 @@ pub mod netns {
         }
     }
 
+    /// A control plane and a node: two namespaces joined by a veth pair, `cp_ip` and
+    /// `node_ip` in one /24. Both namespaces (and anything left running in them) are
+    /// deleted on drop. [`Link::partition`] drops every packet between the two.
+    pub struct Link {
+        /// The control-plane namespace.
+        pub cp: String,
+        /// The node namespace.
+        pub node: String,
+        /// The control plane's address.
+        pub cp_ip: String,
+        /// The node's address.
+        pub node_ip: String,
+        _namespaces: Namespaces,
+    }
+
+    impl Link {
+        /// Creates the pair; `tag` (one or two characters) and `subnet` keep parallel
+        /// tests apart (`10.232.<subnet>.0/24`).
+        pub fn create(tag: &str, subnet: u8) -> Link {
+            let pid = std::process::id();
+            let (cp, node) = (format!("klcp-{pid}-{tag}"), format!("klnode-{pid}-{tag}"));
+            let namespaces = Namespaces::create(&[cp.clone(), node.clone()]);
+            let (cp_ip, node_ip) = (format!("10.232.{subnet}.1"), format!("10.232.{subnet}.2"));
+            let (vc, vn) = (format!("kl{pid}{tag}c"), format!("kl{pid}{tag}n"));
+            must(
+                "",
+                &[
+                    "ip", "link", "add", &vc, "netns", &cp, "type", "veth", "peer", "name", &vn,
+                    "netns", &node,
+                ],
+            );
+            for (ns, dev, ip) in [(&cp, &vc, &cp_ip), (&node, &vn, &node_ip)] {
+                must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+                must(ns, &["ip", "link", "set", dev, "up"]);
+            }
+            Link {
+                cp,
+                node,
+                cp_ip,
+                node_ip,
+                _namespaces: namespaces,
+            }
+        }
+
+        fn rules(&self, op: &str) {
+            must(
+                &self.node,
+                &["iptables", op, "INPUT", "-s", &self.cp_ip, "-j", "DROP"],
+            );
+            must(
+                &self.node,
+                &["iptables", op, "OUTPUT", "-d", &self.cp_ip, "-j", "DROP"],
+            );
+        }
+
+        /// Drops every packet between the control plane and the node, both ways
+        /// (iptables in the node namespace): no RST, no ICMP, silence.
+        pub fn partition(&self) {
+            self.rules("-I");
+        }
+
+        /// Removes the partition.
+        pub fn heal(&self) {
+            self.rules("-D");
+        }
+
+        /// Whether `curl http://<url>` answers 200 from the control plane (1 s cap).
+        pub fn cp_get_ok(&self, url: &str) -> bool {
+            output(
+                &self.cp,
+                &["curl", "-sf", "-o", "/dev/null", "-m", "1", url],
+            )
+            .is_some()
+        }
+    }
+
     /// `curl -s` inside `ns`; the body when the request succeeded.
     pub fn curl(ns: &str, url: &str) -> Option<String> {
         output(ns, &["curl", "-s", "-f", "-m", "3", url])

@@ -205,7 +205,7 @@ async fn serve_agent(
     for (_, entry) in conns {
         s.metrics
             .connection_closed(entry.since.elapsed(), "agent_disconnected");
-        entry.queue.close(String::new());
+        entry.queue.close(wire::AGENT_GONE.to_owned());
     }
     let gone: Vec<_> = {
         let mut pending = s.pending();

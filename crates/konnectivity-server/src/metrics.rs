@@ -127,6 +127,8 @@ pub struct Metrics {
     buffer_budget: IntGauge,
     pauses: IntCounter,
     stalled: IntCounter,
+    cert_reloads: IntCounter,
+    cert_reload_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,6 +185,8 @@ impl Metrics {
             buffer_budget: IntGauge::with_opts(rs("buffer_budget_bytes", "The process-wide budget of queued bytes (--max-buffered-bytes); agent streams pause above it. 0 is unlimited.")).expect("valid"),
             pauses: IntCounter::with_opts(rs("stream_pauses_total", "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control).")).expect("valid"),
             stalled: IntCounter::with_opts(rs("stalled_connections_total", "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget.")).expect("valid"),
+            cert_reloads: IntCounter::with_opts(rs("certificate_reloads_total", "Times a serving certificate was re-read after its files changed; new connections use it.")).expect("valid"),
+            cert_reload_failures: IntCounter::with_opts(rs("certificate_reload_failures_total", "Changed certificate files that did not load; the previous certificate stays in use.")).expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -214,6 +218,8 @@ impl Metrics {
             Box::new(m.buffer_budget.clone()),
             Box::new(m.pauses.clone()),
             Box::new(m.stalled.clone()),
+            Box::new(m.cert_reloads.clone()),
+            Box::new(m.cert_reload_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             let _ = r.register(c);
@@ -322,7 +328,8 @@ impl Metrics {
         self.policy_denied.inc();
     }
 
-    /// Sets the scrape-time gauges, and the counters kept by the memory budget.
+    /// Sets the scrape-time gauges, and the counters kept by the memory budget and by
+    /// `konnectivity_tls` (certificate reloads).
     pub fn set_scrape_state(&self, oldest_pending: Duration, budget: &MemoryBudget) {
         self.oldest_pending.set(oldest_pending.as_secs_f64());
         self.buffered.set(budget.used() as i64);
@@ -330,6 +337,8 @@ impl Metrics {
         for (c, now) in [
             (&self.pauses, budget.pauses()),
             (&self.stalled, budget.stalled()),
+            (&self.cert_reloads, konnectivity_tls::reloads().0),
+            (&self.cert_reload_failures, konnectivity_tls::reloads().1),
         ] {
             c.inc_by(now.saturating_sub(c.get()));
         }
