@@ -7,10 +7,13 @@
 //! - [`relay`]: a loopback TCP relay a test can freeze, cut or make refuse;
 //! - `inproc` (feature `inproc`): a real proxy-server and proxy-agent in the test's
 //!   process, for tests on tokio's paused clock;
-//! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings.
+//! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings;
+//! - [`netns`]: network namespaces, and a control-plane/node link to partition or make
+//!   lossy (root, iproute2, iptables).
 
 #[cfg(feature = "inproc")]
 pub mod inproc;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod relay;
