@@ -8,7 +8,9 @@
 //! at most 0.8 s after the network heals. The schedule and why it cannot turn into a
 //! storm are in [`crate::backoff`].
 //!
-//! The first connect to succeed wins. A connect the server's host answered (refused,
+//! The first connect to succeed wins; the other is dropped (if the network healed
+//! under both, the server sees one extra TCP connection close before its TLS
+//! handshake). A connect the server's host answered (refused,
 //! reset) ends the attempt at once: that is [`Failure::Answered`] and the sync loop
 //! backs off. "Host/network unreachable" and silence keep the probes going until the
 //! deadline ([`Failure::Unanswered`]), so no failure returns quickly enough to spin.
