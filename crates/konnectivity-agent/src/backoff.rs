@@ -41,9 +41,10 @@
 //!   more than the cold start of the whole fleet, which the bench's scale phase
 //!   measures (10,000 agents, all at once, ready in 7–8 s on two cores).
 //! * **Partition healed** (`Unanswered` until then): each agent sends one fresh SYN per
-//!   0.5–0.8 s plus the kernel's resends of its oldest connect (1, 3, 7 s): under 2 SYN/s,
-//!   about 20,000 SYN/s (≈ 10 Mbit/s of 60-byte packets) for the whole fleet, all
-//!   dropped by the partition. When it heals every agent completes *one* handshake:
+//!   0.5–0.8 s (a probe lives less than the kernel's 1 s SYN timeout, so it is sent
+//!   once) plus the kernel's resends of its oldest connect (at 1, 2, 3, 4, 6 s with
+//!   `tcp_syn_linear_timeouts=4`; 1, 3, 7 s before): about 2 SYN/s, about 20,000 SYN/s
+//!   (≈ 10 Mbit/s of 60-byte packets) for the whole fleet, all dropped by the partition. When it heals every agent completes *one* handshake:
 //!   N handshakes within 0.8 s, the same work as a cold start. What the server cannot
 //!   take at once its kernel sheds for the price of a dropped SYN (listen backlog
 //!   1024, or SYN cookies); an agent whose TLS handshake then times out has been

@@ -5,10 +5,10 @@
 //! kubelet port through the tunnel only. Needs root and `ip netns` + `iptables`;
 //! fails (does not skip) when they are unavailable.
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, connect_dial, grpc_dial};
+use konnectivity_e2e::netns::{Link, must, output};
 use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_server, wait_for};
 use konnectivity_testkit::pki;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,126 +16,37 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const ID: &str = "kubelet-on-isolated-node";
 const T: Duration = Duration::from_secs(5);
 
-/// Runs `ip netns exec <ns> <args…>` (or a host command when `ns` is empty); true on success.
+/// Runs `ip netns exec <ns> <args…>`; true on success.
 fn run_in(ns: &str, args: &[&str]) -> bool {
-    let mut c = if ns.is_empty() {
-        Command::new(args[0])
-    } else {
-        Command::new("ip")
-    };
-    if ns.is_empty() {
-        c.args(&args[1..]);
-    } else {
-        c.args(["netns", "exec", ns]).args(args);
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    output(ns, args).is_some()
 }
 
-fn must(ns: &str, args: &[&str]) {
-    let out = if ns.is_empty() {
-        Command::new(args[0]).args(&args[1..]).output()
-    } else {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .output()
-    };
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "`{}` failed in netns {ns:?}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "cannot run `{}`: {e} (is iproute2/iptables installed?)",
-            args.join(" ")
-        ),
-    }
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop (after the processes, which
-/// are declared later and so dropped first).
-struct Net {
-    cp: String,
-    node: String,
-    cp_ip: String,
-    node_ip: String,
-}
-
-impl Net {
-    fn new(tag: &str, subnet: u8) -> Net {
-        let pid = std::process::id();
-        let n = Net {
-            cp: format!("kcp-{pid}-{tag}"),
-            node: format!("knode-{pid}-{tag}"),
-            cp_ip: format!("10.231.{subnet}.1"),
-            node_ip: format!("10.231.{subnet}.2"),
-        };
-        n.delete(); // stale ones from an earlier run with the same pid
-        for ns in [&n.cp, &n.node] {
-            let o = Command::new("ip")
-                .args(["netns", "add", ns])
-                .output()
-                .expect("running `ip netns add`");
-            assert!(
-                o.status.success(),
-                "cannot create network namespace {ns} (this test needs root and `ip netns`): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        let (vc, vn) = (format!("kv{pid}{tag}c"), format!("kv{pid}{tag}n"));
-        must(
-            "",
-            &[
-                "ip", "link", "add", &vc, "netns", &n.cp, "type", "veth", "peer", "name", &vn,
-                "netns", &n.node,
-            ],
-        );
-        for (ns, dev, ip) in [(&n.cp, &vc, &n.cp_ip), (&n.node, &vn, &n.node_ip)] {
-            must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
-            must(ns, &["ip", "link", "set", dev, "up"]);
-            must(ns, &["ip", "link", "set", "lo", "up"]);
-        }
-        // The node may open connections; the control plane may not open any toward it.
-        must(
-            &n.node,
-            &[
-                "iptables",
-                "-A",
-                "INPUT",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-        );
-        must(
-            &n.node,
-            &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-        );
-        must(&n.node, &["iptables", "-A", "INPUT", "-j", "DROP"]);
-        n
-    }
-
-    fn delete(&self) {
-        for ns in [&self.cp, &self.node] {
-            let _ = run_in("", &["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.delete();
-    }
+/// The control plane and the node (`netns::Link`), with the node's firewall dropping
+/// every connection the control plane opens toward it (a NAT-ed / firewalled node).
+/// Deleted on drop, after the processes (declared later, so dropped first).
+fn isolated_node(tag: &str, subnet: u8) -> Link {
+    let n = Link::create(tag, subnet);
+    // The node may open connections; the control plane may not open any toward it.
+    must(
+        &n.node,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+    );
+    must(
+        &n.node,
+        &["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+    );
+    must(&n.node, &["iptables", "-A", "INPUT", "-j", "DROP"]);
+    n
 }
 
 /// Sends an HTTP/1.0 GET over `io` and returns everything the peer sent (after `pre`).
@@ -154,7 +65,7 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, pre: &[u8], host: &st
 
 fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u8) {
     let started = Instant::now();
-    let net = Net::new(tag, subnet);
+    let net = isolated_node(tag, subnet);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let pki = pki::generate(&d.join("pki"), &[&net.cp_ip]).expect("pki");
