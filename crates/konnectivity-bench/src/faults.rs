@@ -14,6 +14,11 @@
 //!   when the server stops reporting ready (it noticed), what a dial sent at the start
 //!   of the partition gets and when, and how long after healing the server is ready
 //!   again (the target: ≤ 1 s);
+//! * **load-balancer idle cut**: the idle agent link's flow forgotten by the path (an
+//!   LB or NAT whose idle timer expired): its packets are dropped from then on while
+//!   new connections pass (iptables on the flow's source port in the node namespace):
+//!   how long until a dial through the tunnel works again (dials every 250 ms, 1 s
+//!   each);
 //! * **kill**: the agent killed with SIGKILL in the middle of a download: how long
 //!   until the frontend's stream ends, and whether it ends with an error (a clean end
 //!   looks like a complete transfer to a frontend that does not know the length).
@@ -300,6 +305,18 @@ async fn measure(net: &mut Net, size: u64, partition: Duration) -> anyhow::Resul
     progress(format!("faults: partition: {p}"));
     out.insert("partition".into(), p);
 
+    // A load balancer forgets the idle agent link.
+    until_ready(net, true, Duration::from_secs(30))
+        .await
+        .context("not ready before the idle cut")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = match idle_cut(net).await {
+        Ok(v) => v,
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    };
+    progress(format!("faults: idle cut: {c}"));
+    out.insert("idle_cut".into(), c);
+
     // Kill the agent mid-transfer.
     until_ready(net, true, Duration::from_secs(30))
         .await
@@ -319,6 +336,59 @@ async fn measure(net: &mut Net, size: u64, partition: Duration) -> anyhow::Resul
     out.insert("kill".into(), k);
     let _ = net.server.alive();
     Ok(Value::Object(out))
+}
+
+/// Drops every packet of the agent's current connection to the server (found with
+/// `ss` in the node namespace) and dials every 250 ms until one works; the rules stay
+/// until then (bounded at 60 s), so only a new connection can carry the dial.
+async fn idle_cut(net: &Net) -> anyhow::Result<Value> {
+    let ss = output(
+        &net.link.node,
+        &["ss", "-Htn", "state", "established", "dst", &net.link.cp_ip],
+    )
+    .context("ss")?;
+    let ports: Vec<String> = ss
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter_map(|local| local.rsplit_once(':').map(|(_, p)| p.to_owned()))
+        .collect();
+    ensure!(
+        ports.len() == 1,
+        "expected one agent connection, ss says: {ss}"
+    );
+    let port = &ports[0];
+    let rules = |op: &str| {
+        for (chain, dir) in [("OUTPUT", "--sport"), ("INPUT", "--dport")] {
+            konnectivity_testkit::netns::must(
+                &net.link.node,
+                &["iptables", op, chain, "-p", "tcp", dir, port, "-j", "DROP"],
+            );
+        }
+    };
+    let cut = Instant::now();
+    rules("-I");
+    let mut failed = 0u32;
+    let mut last = String::new();
+    let works = loop {
+        if cut.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        let t = Instant::now();
+        match grpc_dial(&net.frontend, &net.dest, Duration::from_secs(1)).await {
+            Ok(_) => break Some(cut.elapsed()),
+            Err(e) => {
+                failed += 1;
+                last = e.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250).saturating_sub(t.elapsed())).await;
+    };
+    rules("-D");
+    Ok(json!({
+        "dial_works_after_seconds": works.map(|d| round(d.as_secs_f64())),
+        "failed_dials": failed,
+        "last_error": last,
+    }))
 }
 
 /// Runs the phase for our binaries and, when they are there, upstream's.
@@ -407,6 +477,14 @@ pub(crate) async fn phase_faults(
         &["partition", "pending_dial", "answered_after_seconds"],
     );
     line("  … with", &["partition", "pending_dial", "result"]);
+    line(
+        "idle LB cut: a dial works again after, s",
+        &["idle_cut", "dial_works_after_seconds"],
+    );
+    line(
+        "  … failed dials before (every 250 ms)",
+        &["idle_cut", "failed_dials"],
+    );
     line(
         "agent killed: frontend stream ended after, ms",
         &["kill", "stream_ended_after_kill_ms"],
