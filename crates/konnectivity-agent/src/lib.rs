@@ -5,15 +5,19 @@
 //! on the node on the server's behalf.
 //!
 //! - [`stream`]: opening one stream and serving it (dispatch, per-connection tasks);
+//! - [`backoff`]: when the sync loop tries again, and why that cannot become a storm;
+//! - [`probe`]: the TCP connect that keeps probing a server that does not answer;
 //! - [`dialer`]: destination dials with Go's error texts;
 //! - [`metrics`]: the agent's Prometheus metrics;
 //! - [`options`]: proxy-agent's flags turned into [`Settings`] (the binary and `doctor agent`);
 //! - this module: the connection sync loop (spec §6.3), readiness, drain.
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod dialer;
 pub mod metrics;
 pub mod options;
+pub mod probe;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -33,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use stream::Hello;
+
+use crate::backoff::{Backoff, Failure};
 
 use crate::metrics::Metrics;
 
@@ -100,6 +106,17 @@ pub struct Agent {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl stream::OpenError {
+    /// Which schedule the sync loop follows after this failure: only a TCP connect
+    /// that nothing answered is [`Failure::Unanswered`].
+    pub fn failure(&self) -> Failure {
+        match self {
+            stream::OpenError::Tcp { source, .. } => source.failure(),
+            _ => Failure::Answered,
+        }
+    }
 }
 
 impl Agent {
@@ -197,9 +214,9 @@ impl Agent {
         out
     }
 
-    /// One attempt to add a server connection through `addr`. Returns whether it was
-    /// a real error (for backoff).
-    async fn sync_once(self: &Arc<Self>, host: &str, addr: SocketAddr) -> bool {
+    /// One attempt to add a server connection through `addr`. Returns how it failed,
+    /// if it did (a duplicate server is not a failure).
+    async fn sync_once(self: &Arc<Self>, host: &str, addr: SocketAddr) -> Option<Failure> {
         let s = &self.settings;
         match stream::open(
             host,
@@ -223,7 +240,7 @@ impl Agent {
                         // Remember which server this address led to, so the next round
                         // tries another address first.
                         lock(&self.addr_owner).insert(addr, id);
-                        return false;
+                        return None;
                     }
                     servers.insert(id.clone(), (serial, st.tx.clone()));
                     self.metrics
@@ -258,11 +275,11 @@ impl Agent {
                         .open_server_connections
                         .store(servers.len() as i64, Ordering::Relaxed);
                 });
-                false
+                None
             }
             Err(e) => {
                 warn!(host, %addr, error = %e, "cannot connect to proxy-server");
-                true
+                Some(e.failure())
             }
         }
     }
@@ -299,10 +316,12 @@ impl Agent {
     pub async fn sync_loop(self: Arc<Self>, stop: CancellationToken) {
         tokio::spawn(self.budget.clone().run_sweeper(stop.clone()));
         let s = &self.settings;
-        let mut backoff = s.sync_interval;
+        let mut backoff = Backoff::new(s.sync_interval, s.sync_interval_cap);
         let mut next = 0usize;
+        // Bounded in time by `stop`; every round sleeps (see `backoff` for why no
+        // failure makes it spin).
         loop {
-            let mut failed = false;
+            let mut failed = None;
             if !self.draining.load(Ordering::Acquire) {
                 let want = self.server_count();
                 self.metrics
@@ -312,21 +331,18 @@ impl Agent {
                     let targets = self.targets().await;
                     match self.pick(&targets, &mut next) {
                         Some((host, addr)) => failed = self.sync_once(&host, addr).await,
-                        None => failed = true,
+                        // Nothing resolved: the resolver answered, so back off.
+                        None => failed = Some(Failure::Answered),
                     }
                 }
             }
-            let base = if failed {
-                let b = backoff;
-                backoff = backoff.mul_f64(1.5).min(s.sync_interval_cap);
-                b
-            } else {
-                backoff = s.sync_interval;
-                s.sync_interval
+            let r: f64 = rand::rng().random();
+            let delay = match failed {
+                Some(kind) => backoff.failure(kind, r),
+                None => backoff.success(r),
             };
-            let jitter = base.mul_f64(rand::rng().random_range(0.0..0.1));
             tokio::select! {
-                _ = tokio::time::sleep(base + jitter) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => return,
             }
         }

@@ -306,6 +306,18 @@ impl Metrics {
                 "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget.",
                 budget.stalled(),
             ),
+            (
+                "certificate_reloads_total",
+                "counter",
+                "Times the client certificate was re-read after its files changed; new connections use it.",
+                konnectivity_tls::reloads().0,
+            ),
+            (
+                "certificate_reload_failures_total",
+                "counter",
+                "Changed certificate files that did not load; the previous certificate stays in use.",
+                konnectivity_tls::reloads().1,
+            ),
         ] {
             let _ = write!(
                 o,

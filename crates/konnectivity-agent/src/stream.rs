@@ -24,7 +24,6 @@ use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
 use konnectivity_tunnel::paced::{self, PacedIo};
 use konnectivity_tunnel::queue::{Abort, Budget, ConnQueue, Overflow, Pressure, conn_queue};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
-use tokio::net::TcpStream;
 use tonic::metadata::MetadataValue;
 use tracing::{debug, info, warn};
 
@@ -34,7 +33,15 @@ use crate::metrics::{Metrics, Segment};
 /// Why opening a stream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// TCP or TLS to the server failed.
+    /// No TCP connection to the server (see `crate::probe`).
+    #[error("connecting to {target}: {source}")]
+    Tcp {
+        /// host:port.
+        target: String,
+        /// Unanswered, or the error the server's host answered with.
+        source: crate::probe::ConnectError,
+    },
+    /// TLS to the server failed.
     #[error("connecting to {target}: {source}")]
     Connect {
         /// host:port.
@@ -98,10 +105,12 @@ pub async fn open(
         target: target.clone(),
         source,
     };
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+    let tcp = crate::probe::connect(addr)
         .await
-        .map_err(|_| err(io::Error::new(io::ErrorKind::TimedOut, "i/o timeout")))?
-        .map_err(err)?;
+        .map_err(|source| OpenError::Tcp {
+            target: target.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     let _ = paced::set_notsent_lowat(&tcp, paced::NOTSENT_LOWAT);
     let name = ServerName::try_from(

@@ -29,6 +29,10 @@ pub enum Phase {
     /// Ours beside upstream's binaries (v0.36.0, `tests/upstream/build.sh`) in the four
     /// server + agent pairings, through separate processes, against the null tunnel.
     Upstream,
+    /// Faults between two network namespaces, ours and upstream's binaries: transfers
+    /// under random loss, a partition, an agent killed mid-transfer. Needs root; not
+    /// in the default set.
+    Faults,
 }
 
 /// `konnectivity bench` flags.

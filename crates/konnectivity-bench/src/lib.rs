@@ -49,7 +49,9 @@
 //! * the separate-process phases: [`procs`] (our binaries and the bench's helper
 //!   processes), [`hops`] (the client and echo on threads of their own),
 //!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], and [`upstream`]
-//!   (ours beside upstream's binaries in the four server + agent pairings);
+//!   (ours beside upstream's binaries in the four server + agent pairings), and
+//!   [`faults`] (loss, a partition and a killed agent between two network namespaces,
+//!   ours and upstream's; root only, not in the default set);
 //! * [`stats`] and [`report`]: numbers from samples, bench-results.json and the table.
 //!
 //! The `konnectivity` CLI calls [`run`], [`backend_helper`] and [`null_helper`] for
@@ -66,6 +68,7 @@ use serde_json::{Value, json};
 mod bulk;
 mod config;
 mod dials;
+mod faults;
 mod hops;
 mod load;
 mod memory;
@@ -117,6 +120,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         || cfg.has(Phase::Scale)
         || cfg.has(Phase::Rtt)
         || cfg.has(Phase::Upstream)
+        || cfg.has(Phase::Faults)
     {
         procs::bin(&bin_dir, "proxy-server")?;
         procs::bin(&bin_dir, "proxy-agent")?;
@@ -246,6 +250,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         upstream::phase_upstream(&cfg, &bin_dir, (&up, go), &pki, &dir, source, &mut res)
             .await
             .context("ours beside upstream")?;
+    }
+
+    if cfg.has(Phase::Faults) {
+        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
+        let ours = (
+            procs::bin(&bin_dir, "proxy-server")?,
+            procs::bin(&bin_dir, "proxy-agent")?,
+        );
+        faults::phase_faults(
+            &cfg,
+            (&ours.0, &ours.1),
+            upstream::upstream_bins(&up).ok(),
+            &dir,
+            &mut res,
+        )
+        .await
+        .context("faults")?;
     }
 
     let cpu = cpu_split(&cpu0, &cpu_times());

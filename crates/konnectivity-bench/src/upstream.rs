@@ -70,7 +70,7 @@ pub(crate) fn upstream_dir(flag: Option<&Path>, bin_dir: &Path) -> PathBuf {
 }
 
 /// The upstream server and agent in `dir`, or why they cannot be used.
-fn upstream_bins(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn upstream_bins(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let (s, a) = (dir.join(SERVER), dir.join(AGENT));
     for p in [&s, &a] {
         if !p.is_file() {

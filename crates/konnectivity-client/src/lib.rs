@@ -177,6 +177,7 @@ pub async fn grpc_dial(
         inbound: Some(inbound),
         pending: Bytes::new(),
         eof: false,
+        failed: None,
         sending: None,
         closed: false,
     })
@@ -197,6 +198,8 @@ pub struct GrpcStream {
     /// The rest of the DATA payload being read.
     pending: Bytes,
     eof: bool,
+    /// The error of a CLOSE_RSP (or a broken stream), returned by the next read.
+    failed: Option<String>,
     /// A packet handed over but not yet queued (its lane was full).
     sending: Option<SendFuture>,
     /// CLOSE_REQ has been queued.
@@ -256,7 +259,12 @@ impl AsyncRead for GrpcStream {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
-                return Poll::Ready(Ok(()));
+                // A close with an error (the agent went away, a protocol violation)
+                // is reported once, after the data that came before it.
+                return Poll::Ready(match self.failed.take() {
+                    Some(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+                    None => Ok(()),
+                });
             }
             let Some(inbound) = self.inbound.as_mut() else {
                 return Poll::Ready(Ok(()));
@@ -264,10 +272,20 @@ impl AsyncRead for GrpcStream {
             match std::task::ready!(inbound.poll_message(cx)) {
                 Ok(Some(p)) => match packet::kind(&p) {
                     Kind::Known(PacketType::Data) => self.pending = packet::into_data(p).data,
-                    Kind::Known(PacketType::CloseRsp) => self.eof = true,
+                    Kind::Known(PacketType::CloseRsp) => {
+                        let error = &packet::close_response(&p).error;
+                        if !error.is_empty() {
+                            self.failed = Some(error.clone());
+                        }
+                        self.eof = true;
+                    }
                     _ => {}
                 },
-                Ok(None) | Err(_) => self.eof = true,
+                Ok(None) => self.eof = true,
+                Err(e) => {
+                    self.failed = Some(format!("tunnel stream broken: {e}"));
+                    self.eof = true;
+                }
             }
         }
     }

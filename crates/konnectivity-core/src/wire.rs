@@ -22,6 +22,10 @@ pub const UNKNOWN_CONNECT_ID: &str = "Unknown connectID";
 /// Server → gRPC frontend when the agent carrying its pending dial disconnected.
 /// (Upstream leaves such dials to time out; answering at once is our improvement.)
 pub const AGENT_DISCONNECTED: &str = "agent disconnected before the dial completed";
+/// Server → frontend (CLOSE_RSP error) for an established connection whose agent
+/// stream ended: the connection did not end normally. (Upstream closes without an
+/// error; its Go client ignores the text either way.)
+pub const AGENT_GONE: &str = "connection closed: the agent carrying it disconnected";
 /// Close error when a flow-controlled peer sent more than the connection's window.
 pub const BUFFER_OVERFLOW: &str =
     "connection closed: the peer sent more than the connection's flow-control window";

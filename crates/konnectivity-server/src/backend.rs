@@ -12,7 +12,7 @@ use konnectivity_config::identifiers::AgentIdentifiers;
 use konnectivity_core::dial::DialError;
 use konnectivity_core::packet::{self, Kind};
 use konnectivity_core::select::{Cidr, Identity};
-use konnectivity_core::wire::metadata;
+use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader};
@@ -206,7 +206,7 @@ async fn serve_agent(
     for (_, entry) in conns {
         s.metrics
             .connection_closed(entry.since.elapsed(), "agent_disconnected");
-        entry.queue.close(String::new());
+        entry.queue.close(wire::AGENT_GONE.to_owned());
     }
     let gone: Vec<_> = {
         let mut pending = s.pending();

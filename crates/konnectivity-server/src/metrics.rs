@@ -99,6 +99,8 @@ pub struct Metrics {
     pauses: IntCounter,
     stalled: IntCounter,
     foreign_ids: IntCounter,
+    cert_reloads: IntCounter,
+    cert_reload_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +158,8 @@ impl Metrics {
             pauses: IntCounter::with_opts(rs("stream_pauses_total", "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control).")).expect("valid"),
             stalled: IntCounter::with_opts(rs("stalled_connections_total", "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget.")).expect("valid"),
             foreign_ids: IntCounter::with_opts(rs("foreign_connect_id_total", "Packets from gRPC frontends that named a connect ID (or dial ID) their own dial did not establish; never forwarded to an agent.")).expect("valid"),
+            cert_reloads: IntCounter::with_opts(rs("certificate_reloads_total", "Times a serving certificate was re-read after its files changed; new connections use it.")).expect("valid"),
+            cert_reload_failures: IntCounter::with_opts(rs("certificate_reload_failures_total", "Changed certificate files that did not load; the previous certificate stays in use.")).expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -188,6 +192,8 @@ impl Metrics {
             Box::new(m.pauses.clone()),
             Box::new(m.stalled.clone()),
             Box::new(m.foreign_ids.clone()),
+            Box::new(m.cert_reloads.clone()),
+            Box::new(m.cert_reload_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             let _ = r.register(c);
@@ -313,7 +319,8 @@ impl Metrics {
         self.policy_denied.inc();
     }
 
-    /// Sets the scrape-time gauges, and the counters kept by the memory budget.
+    /// Sets the scrape-time gauges, and the counters kept by the memory budget and by
+    /// `konnectivity_tls` (certificate reloads).
     pub fn set_scrape_state(&self, oldest_pending: Duration, budget: &MemoryBudget) {
         self.oldest_pending.set(oldest_pending.as_secs_f64());
         self.buffered.set(budget.used() as i64);
@@ -321,6 +328,8 @@ impl Metrics {
         for (c, now) in [
             (&self.pauses, budget.pauses()),
             (&self.stalled, budget.stalled()),
+            (&self.cert_reloads, konnectivity_tls::reloads().0),
+            (&self.cert_reload_failures, konnectivity_tls::reloads().1),
         ] {
             c.inc_by(now.saturating_sub(c.get()));
         }

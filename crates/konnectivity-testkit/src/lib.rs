@@ -10,7 +10,9 @@
 //! - [`relay`]: a loopback TCP relay a test can freeze, cut or make refuse;
 //! - `inproc` (feature `inproc`): a real proxy-server and proxy-agent in the test's
 //!   process, for tests on tokio's paused clock;
-//! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings.
+//! - [`process`]: child processes killed on drop, free ports, HTTP GET, `/proc` readings;
+//! - [`netns`]: network namespaces, and a control-plane/node link to partition or make
+//!   lossy (root, iproute2, iptables).
 
 pub mod argv;
 pub mod go_interop;

@@ -2,7 +2,9 @@
 //! inside one, creating and deleting them, and building the two topologies the e2e tests
 //! use — a control plane holding a bridge with nodes attached by veth links
 //! ([`Bridge`]), and a control plane and a node joined by one veth pair ([`veth_pair`]) —
-//! with nodes firewalled like NAT-ed machines ([`firewall_inbound`]).
+//! with nodes firewalled like NAT-ed machines ([`firewall_inbound`]); and [`Link`], a
+//! control plane and a node joined by a veth pair that a test (or the bench's fault
+//! phase) can partition or make lossy.
 //!
 //! Failures to set a namespace up panic with the command and its stderr: a topology test
 //! fails (it does not skip) where it cannot run.
@@ -84,6 +86,118 @@ impl Drop for Namespaces {
             }
             let _ = output("", &["ip", "netns", "del", n]);
         }
+    }
+}
+
+/// A control plane and a node: two namespaces joined by a veth pair, `cp_ip` and
+/// `node_ip` in one /24. Both namespaces (and anything left running in them) are
+/// deleted on drop. [`Link::partition`] drops every packet between the two.
+pub struct Link {
+    /// The control-plane namespace.
+    pub cp: String,
+    /// The node namespace.
+    pub node: String,
+    /// The control plane's address.
+    pub cp_ip: String,
+    /// The node's address.
+    pub node_ip: String,
+    _namespaces: Namespaces,
+}
+
+impl Link {
+    /// Creates the pair; `tag` (one or two characters) and `subnet` keep parallel
+    /// tests apart (`10.232.<subnet>.0/24`).
+    pub fn create(tag: &str, subnet: u8) -> Link {
+        let pid = std::process::id();
+        let (cp, node) = (format!("klcp-{pid}-{tag}"), format!("klnode-{pid}-{tag}"));
+        let namespaces = Namespaces::create(&[cp.clone(), node.clone()]);
+        let (cp_ip, node_ip) = (format!("10.232.{subnet}.1"), format!("10.232.{subnet}.2"));
+        let (vc, vn) = (format!("kl{pid}{tag}c"), format!("kl{pid}{tag}n"));
+        must(
+            "",
+            &[
+                "ip", "link", "add", &vc, "netns", &cp, "type", "veth", "peer", "name", &vn,
+                "netns", &node,
+            ],
+        );
+        for (ns, dev, ip) in [(&cp, &vc, &cp_ip), (&node, &vn, &node_ip)] {
+            must(ns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            must(ns, &["ip", "link", "set", dev, "up"]);
+        }
+        Link {
+            cp,
+            node,
+            cp_ip,
+            node_ip,
+            _namespaces: namespaces,
+        }
+    }
+
+    fn rules(&self, op: &str) {
+        must(
+            &self.node,
+            &["iptables", op, "INPUT", "-s", &self.cp_ip, "-j", "DROP"],
+        );
+        must(
+            &self.node,
+            &["iptables", op, "OUTPUT", "-d", &self.cp_ip, "-j", "DROP"],
+        );
+    }
+
+    /// Drops every packet between the control plane and the node, both ways
+    /// (iptables in the node namespace): no RST, no ICMP, silence.
+    pub fn partition(&self) {
+        self.rules("-I");
+    }
+
+    /// Removes the partition.
+    pub fn heal(&self) {
+        self.rules("-D");
+    }
+
+    fn loss_rules(&self, op: &str, percent: f64) {
+        let p = format!("{:.4}", percent / 100.0);
+        for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            must(
+                &self.node,
+                &[
+                    "iptables",
+                    op,
+                    chain,
+                    dir,
+                    &self.cp_ip,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
+                ],
+            );
+        }
+    }
+
+    /// Drops `percent` % of the packets between the control plane and the node, each
+    /// way, at random (iptables `statistic`; this kernel has no netem). Undo with
+    /// [`Link::clear_loss`] and the same `percent`.
+    pub fn set_loss(&self, percent: f64) {
+        self.loss_rules("-I", percent);
+    }
+
+    /// Removes the loss [`Link::set_loss`] added.
+    pub fn clear_loss(&self, percent: f64) {
+        self.loss_rules("-D", percent);
+    }
+
+    /// Whether `curl http://<url>` answers 200 from the control plane (1 s cap).
+    pub fn cp_get_ok(&self, url: &str) -> bool {
+        output(
+            &self.cp,
+            &["curl", "-sf", "-o", "/dev/null", "-m", "1", url],
+        )
+        .is_some()
     }
 }
 

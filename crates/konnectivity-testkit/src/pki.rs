@@ -11,7 +11,7 @@ use rcgen::{
 pub struct Pki {
     /// Directory holding the files.
     pub dir: PathBuf,
-    /// The CA certificate (trust anchor for every role).
+    /// The CA certificate (trust anchor for every role); its key is `ca.key` beside it.
     pub ca: PathBuf,
     /// proxy-server certificate (agent listener and TCP frontend).
     pub server_cert: PathBuf,
@@ -73,11 +73,7 @@ fn leaf_with(
     Ok((c, k))
 }
 
-/// Writes a CA and server, agent and client certificates into `dir`. The server
-/// certificate is valid for `localhost`, `kubernetes`, `127.0.0.1`, `::1` and
-/// `extra_sans` (e.g. a network-namespace address).
-pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
-    std::fs::create_dir_all(dir)?;
+fn ca_params() -> anyhow::Result<CertificateParams> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name
         .push(DnType::CommonName, "konnectivity-rs test CA");
@@ -87,10 +83,41 @@ pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    Ok(ca)
+}
+
+/// New server and agent certificates (new keys, new serials) from the CA of `pki`,
+/// written into `dir`: what a certificate rotation installs. The server certificate
+/// carries the same names as [`generate`] gives it plus `extra_sans`.
+pub fn reissue(pki: &Pki, dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca.key"))?)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
+    sans.extend_from_slice(extra_sans);
+    let (server_cert, server_key) = leaf("proxy-server", &sans, true, &issuer, dir)?;
+    let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
+    Ok(Pki {
+        dir: dir.to_owned(),
+        server_cert,
+        server_key,
+        agent_cert,
+        agent_key,
+        ..pki.clone()
+    })
+}
+
+/// Writes a CA and server, agent and client certificates into `dir`. The server
+/// certificate is valid for `localhost`, `kubernetes`, `127.0.0.1`, `::1` and
+/// `extra_sans` (e.g. a network-namespace address).
+pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir)?;
+    let ca = ca_params()?;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     let ca_path = dir.join("ca.crt");
     std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(dir.join("ca.key"), ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
     let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
     sans.extend_from_slice(extra_sans);

@@ -8,10 +8,15 @@
 //!   always required; ALPN `h2` for gRPC, `http/1.1` only for HTTP-CONNECT;
 //! - the client side of proxy-agent ([`agent_client`]): roots from `--ca-cert`, an
 //!   optional client certificate, ALPN = the custom IDs followed by `h2`.
+//!
+//! Every certificate/key pair a process presents (server and frontend listeners, the
+//! agent's client certificate) is a [`ReloadingCert`]: rotated files take effect on the
+//! next handshake, established connections keep theirs. CA bundles are read once.
 #![deny(missing_docs)]
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -274,8 +279,8 @@ pub fn frontend_listener_with(
     Ok(cfg)
 }
 
-/// The agent's client side: trust `ca`, optionally present a client certificate,
-/// offer `alpn` then `h2`.
+/// The agent's client side: trust `ca`, optionally present a client certificate
+/// (re-read when its files change, see [`ReloadingCert`]), offer `alpn` then `h2`.
 pub fn agent_client(
     ca: &Path,
     client: Option<(&Path, &Path)>,
@@ -287,19 +292,16 @@ pub fn agent_client(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots);
     let mut cfg = match client {
-        Some((cert, key)) => {
-            let (certs, key_der) = load_key_pair(cert, key)?;
-            b.with_client_auth_cert(certs, key_der)
-                .map_err(|e| TlsError::KeyPair {
-                    cert: cert.display().to_string(),
-                    key: key.display().to_string(),
-                    reason: e.to_string(),
-                })?
-        }
+        Some((cert, key)) => b.with_client_cert_resolver(Arc::new(ReloadingCert::new(cert, key)?)),
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     cfg.alpn_protocols.push(b"h2".to_vec());
+    // No session resumption (as upstream's Go agent): a resumed TLS 1.3 session skips
+    // client authentication and carries the identity of the session's first handshake,
+    // so a rotated client certificate would not reach the server until the session
+    // expired. A reconnect costs one full handshake.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 
@@ -386,9 +388,12 @@ pub fn diagnostic_client_accepting_any_server_certificate(
 }
 
 /// A certificate and key read from PEM files and re-read when either file's
-/// modification time changes (checked at most once a second, on use), so rotated
-/// certificates take effect without a restart. A rotation that fails to load keeps the
-/// previous certificate and is logged by the caller's handshake failures.
+/// modification time changes (checked at most once a second, on use: on a handshake),
+/// so rotated certificates take effect for new connections without a restart;
+/// established connections keep the certificate they were opened with. A rotation that
+/// fails to load (a half-written pair, a key that does not match) keeps the previous
+/// certificate, logs a warning, and is tried again at the next check; every outcome is
+/// counted ([`reloads`]) for the binaries' metrics.
 #[derive(Debug)]
 pub struct ReloadingCert {
     cert: std::path::PathBuf,
@@ -401,6 +406,21 @@ struct Loaded {
     stamp: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
     checked: std::time::Instant,
     certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Certificates reloaded after their files changed, in this process.
+static RELOADS: AtomicU64 = AtomicU64::new(0);
+/// Changed certificate files that did not load (the previous pair stayed in use).
+static RELOAD_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// (reloads, failed reloads) of every [`ReloadingCert`] in this process, for the
+/// `konnectivity_rs_{server,agent}_certificate_reloads_total` and
+/// `_certificate_reload_failures_total` metrics.
+pub fn reloads() -> (u64, u64) {
+    (
+        RELOADS.load(Ordering::Relaxed),
+        RELOAD_FAILURES.load(Ordering::Relaxed),
+    )
 }
 
 fn mtime(p: &Path) -> Option<std::time::SystemTime> {
@@ -448,11 +468,19 @@ impl ReloadingCert {
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         s.checked = std::time::Instant::now();
         let stamp = (mtime(&self.cert), mtime(&self.key));
-        if stamp != s.stamp
-            && let Ok(c) = Self::load(&self.cert, &self.key)
-        {
-            s.certified = c;
-            s.stamp = stamp;
+        if stamp != s.stamp {
+            match Self::load(&self.cert, &self.key) {
+                Ok(c) => {
+                    s.certified = c;
+                    s.stamp = stamp;
+                    RELOADS.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(cert = %self.cert.display(), key = %self.key.display(), "certificate reloaded: new connections use it");
+                }
+                Err(e) => {
+                    RELOAD_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "certificate files changed but do not load; keeping the previous certificate");
+                }
+            }
         }
         s.certified.clone()
     }
@@ -501,10 +529,12 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let second = r.current().cert[0].clone();
         assert_ne!(first, second, "the rotated certificate was not picked up");
-        // A broken rotation keeps the last good certificate.
+        // A broken rotation keeps the last good certificate, and is counted.
+        let (_, failed) = reloads();
         std::fs::write(&cert, "garbage").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_eq!(r.current().cert[0], second);
+        assert!(reloads().1 > failed);
     }
 
     #[test]

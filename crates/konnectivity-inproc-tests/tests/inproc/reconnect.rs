@@ -1,7 +1,8 @@
-//! The agent's sync loop when its server goes away: attempts back off ×1.5 from
-//! `--sync-interval` up to `--sync-interval-cap` (plus 0–10 % jitter), the agent is
-//! back within one capped interval of the server's return, and a success resets the
-//! backoff.
+//! The agent's sync loop when its server goes away: attempts the server's host
+//! answers (here: accepted and closed at once) back off ×1.5 from `--sync-interval` up
+//! to `--sync-interval-cap`, each delay drawn from the upper half of its bound (equal
+//! jitter, `konnectivity_agent::backoff`), the agent is back within one capped interval
+//! of the server's return, and a success resets the backoff.
 use std::time::Duration;
 
 use konnectivity_testkit::inproc::Harness;
@@ -24,12 +25,13 @@ fn gaps(relay: &Relay, since: Instant) -> Vec<Duration> {
     at.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
-/// Asserts `gap` is `base` plus the sync loop's 0–10 % jitter.
+/// Asserts `gap` is within the upper half of `base` (equal jitter).
 #[track_caller]
 fn assert_jittered(gap: Duration, base: Duration) {
     assert!(
-        gap >= base && gap <= base.mul_f64(1.1) + Duration::from_millis(20),
-        "gap {gap:?}, expected {base:?} + 0–10 %"
+        gap >= base / 2 && gap <= base + Duration::from_millis(20),
+        "gap {gap:?}, expected {:?}–{base:?}",
+        base / 2
     );
 }
 
@@ -54,7 +56,7 @@ async fn agent_backs_off_while_the_server_is_away_and_reconnects_when_it_returns
         server.wait_for_agents(0).await?;
         tokio::time::sleep(Duration::from_secs(20)).await;
         let gaps = gaps(&relay, down);
-        // 1, 1.5, 2.25, 3.375, then the 4 s cap: 8 attempts in 20 s.
+        // Bounds 1, 1.5, 2.25, 3.375, then the 4 s cap: at least 6 attempts in 20 s.
         assert!(gaps.len() >= 6, "outage {outage}: attempts {gaps:?}");
         let mut base = INTERVAL;
         for gap in &gaps {
@@ -72,7 +74,7 @@ async fn agent_backs_off_while_the_server_is_away_and_reconnects_when_it_returns
         agent.wait_connected(1).await?;
         server.wait_for_agents(1).await?;
         assert!(
-            up.elapsed() <= CAP.mul_f64(1.1),
+            up.elapsed() <= CAP + Duration::from_millis(20),
             "back {:?} after the server returned",
             up.elapsed()
         );
