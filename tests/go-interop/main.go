@@ -76,6 +76,13 @@ func main() {
 		benchBytes = flag.Int64("bench-bytes", 8<<20, "bench mode: bytes per bulk download (split over -bench-conns in the parallel one)")
 		benchConns = flag.Int("bench-conns", 16, "bench mode: connections of the parallel download")
 		benchReps  = flag.Int("bench-reps", 1, "bench mode: repetitions of the downloads")
+		load       = flag.Bool("load", false, "load mode: sustained downloads and uploads against in-process backends, sha256-checked; JSON on stdout")
+		loadBytes  = flag.Int64("load-bytes", 1<<30, "load mode: bytes of the single-connection download and upload")
+		loadConns  = flag.Int("load-conns", 16, "load mode: connections of the parallel download and upload")
+		loadPer    = flag.Int64("load-per", 128<<20, "load mode: bytes per connection of the parallel phases")
+		loadPhases = flag.String("load-phases", "download-1,upload-1,download-parallel,upload-parallel", "load mode: phases to run")
+		stallDown  = flag.Bool("load-stall-download", false, "load mode: beside the parallel download, a tunnel that never reads")
+		stallUp    = flag.Bool("load-stall-upload", false, "load mode: beside the parallel upload, a tunnel to a destination that never reads")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: konnectivity-interop (-uds PATH | -tcp HOST:PORT -ca FILE -cert FILE -key FILE [-server-name NAME]) [-scenarios a,b] [-timeout 120s] [-json FILE] [-wait 0s] [-v N]\n\nscenarios:")
@@ -121,6 +128,19 @@ func main() {
 		usageErr("one of -uds or -tcp is required")
 	}
 
+	if *load {
+		if *loadBytes < 1 || *loadPer < 1 || *loadConns < 1 {
+			usageErr("load mode needs -load-bytes, -load-per and -load-conns >= 1")
+		}
+		phases := map[string]bool{}
+		for _, p := range strings.Split(*loadPhases, ",") {
+			phases[strings.TrimSpace(p)] = true
+		}
+		os.Exit(runLoad(fe, loadConfig{
+			bytes: *loadBytes, per: *loadPer, conns: *loadConns,
+			stallDown: *stallDown, stallUp: *stallUp, phases: phases,
+		}, *timeout))
+	}
 	if *benchEcho != "" || *benchSrc != "" {
 		if *benchEcho == "" || *benchSrc == "" || *benchConns < 1 {
 			usageErr("bench mode needs -bench-echo, -bench-source and -bench-conns >= 1")
