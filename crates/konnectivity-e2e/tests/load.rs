@@ -123,7 +123,10 @@ impl RssWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peaks.iter().map(|p| p.load(Ordering::Relaxed)).collect()
+        self.peaks
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -171,7 +174,15 @@ fn run_pairing(server: Side, agent: Side) -> anyhow::Result<Run> {
         Side::Upstream => start_upstream_server("server", &pki, &spec, dir)?,
     };
     let (agt, agent_health) = match agent {
-        Side::Ours => start_agent("agent", &pki, "127.0.0.1", ports.agent, &ours_flags, None, dir)?,
+        Side::Ours => start_agent(
+            "agent",
+            &pki,
+            "127.0.0.1",
+            ports.agent,
+            &ours_flags,
+            None,
+            dir,
+        )?,
         Side::Upstream => start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir)?,
     };
     wait_server_ready("127.0.0.1", ports.health)?;
@@ -193,6 +204,11 @@ fn run_pairing(server: Side, agent: Side) -> anyhow::Result<Run> {
     if agent == Side::Ours {
         args.push("-load-stall-upload".into());
     }
+    // For investigating one phase by hand: `LOAD_PHASES=upload-parallel cargo test …`
+    // (the checks that every phase ran then fail, as they should).
+    if let Ok(p) = std::env::var("LOAD_PHASES") {
+        args.push(format!("-load-phases={p}"));
+    }
     let started = Instant::now();
     let out = Command::new(go_load()?).args(&args).output()?;
     let elapsed = started.elapsed();
@@ -205,6 +221,38 @@ fn run_pairing(server: Side, agent: Side) -> anyhow::Result<Run> {
     })?;
     let admin = format!("127.0.0.1:{}", ports.admin);
     let agent_metrics = format!("127.0.0.1:{agent_health}");
+    for (who, addr, metric, side) in [
+        (
+            "server",
+            &admin,
+            "konnectivity_rs_server_buffered_bytes",
+            server,
+        ),
+        (
+            "agent",
+            &agent_metrics,
+            "konnectivity_rs_agent_buffered_bytes",
+            agent,
+        ),
+    ] {
+        if side == Side::Ours {
+            println!(
+                "our {who} still buffers {:?} bytes",
+                scrape_metric(addr, metric)
+            );
+        }
+    }
+    if !out.status.success() {
+        let tail = |t: String| t.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+        println!(
+            "server log (last lines, newest first):\n{}",
+            tail(srv.log_text())
+        );
+        println!(
+            "agent log (last lines, newest first):\n{}",
+            tail(agt.log_text())
+        );
+    }
     let budget = |addr: &str, stalled: &str, pauses: &str| {
         Some((
             scrape_metric(addr, stalled).unwrap_or(-1.0),
@@ -371,8 +419,7 @@ fn upstream_server_with_our_agent_pauses_instead_of_cutting_and_closes_only_the_
 /// The reference: upstream's own pairing under the same load. Cuts are recorded, not
 /// failed; only a driver that could not run at all fails.
 #[test]
-fn upstream_with_upstream_under_the_same_load_is_recorded_as_the_reference() -> anyhow::Result<()>
-{
+fn upstream_with_upstream_under_the_same_load_is_recorded_as_the_reference() -> anyhow::Result<()> {
     let run = run_pairing(Side::Upstream, Side::Upstream)?;
     let (n, why) = cuts(&run.report);
     println!(
@@ -381,7 +428,9 @@ fn upstream_with_upstream_under_the_same_load_is_recorded_as_the_reference() -> 
         mib(run.agent_rss)
     );
     assert!(
-        run.report["phases"].as_array().is_some_and(|p| !p.is_empty()),
+        run.report["phases"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
         "the driver ran"
     );
     Ok(())

@@ -160,7 +160,7 @@ impl MemoryBudget {
             None => false,
         });
         for q in &stalled {
-            q.abort(Abort::Stalled);
+            q.abort(Abort::Stalled, self);
         }
         self.stalled
             .fetch_add(stalled.len() as u64, Ordering::Relaxed);

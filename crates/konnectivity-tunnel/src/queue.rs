@@ -36,7 +36,7 @@ pub const COALESCE_MAX: usize = konnectivity_core::flow::MAX_CHUNK;
 
 /// Chunks at least this large are passed on as they are (copying them would cost more
 /// than the per-message overhead it saves).
-const COALESCE_SMALL: usize = COALESCE_MAX / 4;
+pub const COALESCE_SMALL: usize = COALESCE_MAX / 4;
 
 /// What a connection task receives from the shared stream.
 #[derive(Debug)]
@@ -162,12 +162,29 @@ impl QueueState {
         idle > stall_ms && (queued > self.high || process_over)
     }
 
-    pub(crate) fn abort(&self, why: Abort) {
+    /// Aborts the queue. What it holds stops counting at once, against the queue and
+    /// the process: the task that drains it may be stuck in a write to a consumer
+    /// that never reads, and a paused reader must not wait on bytes nobody will take.
+    pub(crate) fn abort(&self, why: Abort, process: &MemoryBudget) {
         let _ =
             self.abort_kind
                 .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
         self.abort.cancel();
+        process.release(self.queued.swap(0, Ordering::AcqRel));
         self.eased.notify_waiters();
+    }
+
+    /// Stops counting up to `n` bytes (fewer if an abort already gave them back);
+    /// returns the count before, and gives what it took off back to `process`.
+    fn unaccount(&self, n: usize, process: &MemoryBudget) -> usize {
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            })
+            .unwrap_or_default();
+        process.release(n.min(before));
+        before
     }
 
     fn aborted_as(&self) -> Option<Abort> {
@@ -244,6 +261,10 @@ impl ConnQueue {
     pub fn push(&self, data: Bytes) -> Result<Option<Pressure>, Overflow> {
         let len = data.len();
         let st = &self.state;
+        if st.abort.is_cancelled() {
+            // Nobody will take it: the connection is closing.
+            return Ok(None);
+        }
         let before = st.queued.fetch_add(len, Ordering::AcqRel);
         let queued = before + len;
         self.process.add(len);
@@ -255,7 +276,7 @@ impl ConnQueue {
             && queued > window as usize + max_packet
         {
             self.unqueue(len);
-            st.abort(Abort::Overflow);
+            st.abort(Abort::Overflow, &self.process);
             return Err(Overflow);
         }
         if self.tx.send(Inbound::Data(data)).is_err() {
@@ -275,8 +296,7 @@ impl ConnQueue {
     }
 
     fn unqueue(&self, n: usize) {
-        self.state.queued.fetch_sub(n, Ordering::AcqRel);
-        self.process.release(n);
+        self.state.unaccount(n, &self.process);
     }
 
     /// Tells the connection the peer closed it. Queued data is delivered first.
@@ -286,7 +306,7 @@ impl ConnQueue {
 
     /// Stops the connection at once, dropping queued data.
     pub fn abort(&self, why: Abort) {
-        self.state.abort(why);
+        self.state.abort(why, &self.process);
     }
 
     /// Bytes queued and not yet written onward.
@@ -423,18 +443,24 @@ impl ConnReceiver {
         let n = n.min(self.taken);
         self.taken -= n;
         let st = &self.state;
-        let before = st.queued.fetch_sub(n, Ordering::AcqRel);
+        let before = st.unaccount(n, &self.process);
         st.progress_ms
             .store(self.process.now_ms(), Ordering::Release);
-        if before > st.low && before - n <= st.low {
+        if before > st.low && before.saturating_sub(n) <= st.low {
             st.eased.notify_waiters();
         }
-        self.process.release(n);
         if let Some(credit) = self.window.as_mut().and_then(|w| w.consumed(n)) {
             let _ = self
                 .reply
                 .control(packet::window_update(self.connect_id, credit));
         }
+    }
+
+    /// Resolves when the queue is aborted. A consumer blocked in a write onward
+    /// selects on it, so that an aborted connection ends (and its memory is freed)
+    /// even when its consumer never reads again.
+    pub async fn until_aborted(&self) {
+        self.state.abort.cancelled().await
     }
 
     /// Whether the queue was aborted (overflow, stall or local decision).
@@ -462,11 +488,7 @@ impl Drop for ConnReceiver {
                 left += b.len();
             }
         }
-        self.state.queued.fetch_sub(
-            left.min(self.state.queued.load(Ordering::Acquire)),
-            Ordering::AcqRel,
-        );
-        self.process.release(left);
+        self.state.unaccount(left, &self.process);
         self.state.closed.store(true, Ordering::Release);
         self.state.eased.notify_waiters();
     }
@@ -536,24 +558,28 @@ mod tests {
     #[tokio::test]
     async fn a_push_over_the_high_water_mark_pauses_the_reader_until_the_consumer_drains_to_low() {
         let (tx, _out) = outbound::channel();
-        let (q, mut r) = conn_queue(1, unmanaged(1000, 500), tx, MemoryBudget::default_budget());
+        // Chunks too large to be merged, so that the consumer takes one at a time.
+        const C: usize = COALESCE_SMALL;
+        let (q, mut r) = conn_queue(
+            1,
+            unmanaged(3 * C + C / 3, C + C / 2),
+            tx,
+            MemoryBudget::default_budget(),
+        );
         for _ in 0..3 {
-            assert!(q.push(bytes(300)).unwrap().is_none());
+            assert!(q.push(bytes(C)).unwrap().is_none());
         }
-        let p = q
-            .push(bytes(300))
-            .unwrap()
-            .expect("over the high-water mark");
+        let p = q.push(bytes(C)).unwrap().expect("over the high-water mark");
         assert!(!p.is_eased());
         let waiter = tokio::spawn(async move { p.eased().await });
-        // 1200 queued; the consumer drains 300 (900 left: still paused) ...
+        // 4 chunks queued; the consumer drains one (3 left: still paused) ...
         let Some(Inbound::Data(b)) = r.recv().await else {
             panic!()
         };
         r.written(b.len());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        // ... then everything: at 0 <= 500 the reader resumes.
+        // ... then everything: under the low-water mark the reader resumes.
         while r.state.queued.load(Ordering::Acquire) > 0 {
             let Some(Inbound::Data(b)) = r.recv().await else {
                 panic!()
@@ -667,6 +693,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(budget.stalled(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_consumer_stuck_in_a_write_stops_counting_against_the_budget_when_closed() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(4000, Duration::from_secs(3));
+        let (q, mut r) = conn_queue(1, unmanaged(1000, 500), tx, budget.clone());
+        q.push(bytes(1000)).unwrap();
+        // The consumer takes a chunk and blocks writing it, forever.
+        let Some(Inbound::Data(_held)) = r.recv().await else {
+            panic!()
+        };
+        let p = q.push(bytes(4000)).unwrap().expect("over budget");
+        assert_eq!(budget.used(), 5000);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(budget.sweep(), 1);
+        assert_eq!(budget.used(), 0, "the aborted queue no longer counts");
+        tokio::time::timeout(Duration::from_secs(1), p.eased())
+            .await
+            .expect("the paused reader resumes although the consumer is still stuck");
+        tokio::time::timeout(Duration::from_secs(1), r.until_aborted())
+            .await
+            .expect("the stuck consumer is told");
+        assert!(q.push(bytes(10)).unwrap().is_none());
+        assert_eq!(
+            budget.used(),
+            0,
+            "nothing is queued for an aborted connection"
+        );
+        r.written(1000);
+        drop(r);
+        assert_eq!(budget.used(), 0, "nothing is given back twice");
     }
 
     #[tokio::test(start_paused = true)]
