@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use konnectivity_core::wire;
-use konnectivity_tunnel::splice::{SpliceEnd, splice};
+use konnectivity_tunnel::splice::splice;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::debug;
@@ -195,13 +195,8 @@ where
     )
     .await;
     debug!(connect_id = id, ?end, "CONNECT tunnel ended");
-    match end {
-        SpliceEnd::PeerClosed(_) => {
-            // The agent closed it; if it was our own abort the entry is already gone
-            // from the table and the agent was told by the dispatcher.
-        }
-        SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
-            dial::close_conn(&s, &backend, id).await;
-        }
-    }
+    // Whatever ended it: when the agent closed it (CLOSE_RSP) its entry is already
+    // gone and this does nothing; when it ended here — the client, or our own abort of
+    // a client that stalled — the agent is told with CLOSE_REQ.
+    dial::close_conn(&s, &backend, id).await;
 }
