@@ -14,7 +14,9 @@
 //!   progress — or when the stall sweep ([`crate::budget`]) aborts a consumer that
 //!   made none for the stall timeout. A slow consumer is never cut.
 //!
-//! The connection task receives with [`ConnReceiver::recv`], which merges small DATA
+//! Small payloads from a peer without flow control are copied when queued, so that
+//! what the budget counts is what the queue holds (a slice would pin its receive
+//! buffer). The connection task receives with [`ConnReceiver::recv`], which merges small DATA
 //! chunks that are already queued into one (at most [`COALESCE_MAX`] bytes): an
 //! upstream agent sends 4 KiB packets, and a frontend that pays per message
 //! (konnectivity-client handles one message at a time) keeps up with 256 KiB ones.
@@ -279,6 +281,14 @@ impl ConnQueue {
             st.abort(Abort::Overflow, &self.process);
             return Err(Overflow);
         }
+        // A small payload from a peer without flow control is copied out of the
+        // received frame: as a slice it would keep the whole receive buffer alive
+        // (several frames, often other connections' too) for as long as this queue
+        // holds it, and the budget would count a fraction of the memory held.
+        let data = match self.budget {
+            Budget::Unmanaged { .. } if len < COALESCE_SMALL => Bytes::copy_from_slice(&data),
+            _ => data,
+        };
         if self.tx.send(Inbound::Data(data)).is_err() {
             // The connection task is already gone; the caller learns of it through
             // its own table cleanup.
