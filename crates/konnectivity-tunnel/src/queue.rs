@@ -161,7 +161,10 @@ impl QueueState {
             return false;
         }
         let idle = now_ms.saturating_sub(self.progress_ms.load(Ordering::Acquire));
-        idle > stall_ms && (queued > self.high || process_over)
+        // Above the low-water mark, not only above the high one: a reader paused on
+        // this queue waits for it to drain to `low`, and a consumer that stops after
+        // draining part of the way would otherwise hold that reader for good.
+        idle > stall_ms && (queued > self.low || process_over)
     }
 
     /// Aborts the queue. What it holds stops counting at once, against the queue and
@@ -738,7 +741,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_consumer_under_its_high_water_mark_is_left_alone() {
+    async fn a_consumer_that_stops_between_the_water_marks_does_not_hold_the_reader_for_good() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(0, Duration::from_secs(3));
+        const C: usize = COALESCE_SMALL;
+        let (q, mut r) = conn_queue(1, unmanaged(3 * C, C), tx, budget.clone());
+        for _ in 0..3 {
+            q.push(bytes(C)).unwrap();
+        }
+        let p = q.push(bytes(C)).unwrap().expect("over the high-water mark");
+        // The consumer writes one chunk (3 C left: under high, over low), then stops.
+        let Some(Inbound::Data(b)) = r.recv().await else {
+            panic!()
+        };
+        r.written(b.len());
+        assert!(!p.is_eased());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(budget.sweep(), 1, "stalled above the low-water mark");
+        tokio::time::timeout(Duration::from_secs(1), p.eased())
+            .await
+            .expect("the reader resumes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_consumer_under_its_low_water_mark_is_left_alone() {
         let (tx, _out) = outbound::channel();
         let budget = MemoryBudget::new(0, Duration::from_secs(10));
         let (q, r) = conn_queue(1, unmanaged(1000, 500), tx, budget.clone());

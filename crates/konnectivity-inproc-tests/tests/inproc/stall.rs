@@ -71,12 +71,32 @@ async fn a_client_that_never_reads_is_closed_as_stalled_and_the_agent_is_told(
         || endpoints() == 2,
     )
     .await?;
+    // The bytes move over real sockets while the paused clock runs ahead whenever the
+    // runtime waits on them, so the wait is bounded generously: the client's own
+    // HTTP/2 windows fill first, then the queue goes over budget and the clock starts.
     eventually(
         "the never-reading client closed as stalled",
-        STALL * 3,
+        Duration::from_secs(300),
         || server.shared.budget.stalled() == 1,
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        let queued: Vec<_> = server.backends()[0]
+            .conns()
+            .values()
+            .map(|c| c.queue.queued())
+            .collect();
+        anyhow::anyhow!(
+            "{e}: {} bytes counted, {} pauses, queues {queued:?}, agent budget {}",
+            server.shared.budget.used(),
+            server.shared.budget.pauses(),
+            agent.agent.budget.used()
+        )
+    })?;
+    assert!(
+        server.shared.budget.pauses() >= 1,
+        "the agent's stream was paused, not read past the budget"
+    );
     eventually(
         "the agent told: its destination connection closed",
         Duration::from_secs(10),
