@@ -78,6 +78,13 @@ func main() {
 		benchReps  = flag.Int("bench-reps", 1, "bench mode: repetitions of the downloads")
 		victimEcho = flag.String("victim-echo", "", "victim mode: one tunnel to this echo server, driven over stdin/stdout (see victim.go)")
 		victimWin  = flag.Duration("victim-window", 1500*time.Millisecond, "victim mode: how long each step collects what arrives")
+		load       = flag.Bool("load", false, "load mode: sustained downloads and uploads against in-process backends, sha256-checked; JSON on stdout")
+		loadBytes  = flag.Int64("load-bytes", 1<<30, "load mode: bytes of the single-connection download and upload")
+		loadConns  = flag.Int("load-conns", 16, "load mode: connections of the parallel download and upload")
+		loadPer    = flag.Int64("load-per", 128<<20, "load mode: bytes per connection of the parallel phases")
+		loadPhases = flag.String("load-phases", "download-1,upload-1,download-parallel,upload-parallel", "load mode: phases to run")
+		stallDown  = flag.Bool("load-stall-download", false, "load mode: beside the parallel download, a tunnel that never reads")
+		stallUp    = flag.Bool("load-stall-upload", false, "load mode: beside the parallel upload, a tunnel to a destination that never reads")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: konnectivity-interop (-uds PATH | -tcp HOST:PORT -ca FILE -cert FILE -key FILE [-server-name NAME]) [-scenarios a,b] [-timeout 120s] [-json FILE] [-wait 0s] [-v N]\n\nscenarios:")
@@ -125,6 +132,19 @@ func main() {
 
 	if *victimEcho != "" {
 		os.Exit(runVictim(fe, *victimEcho, *victimWin, *timeout))
+	}
+	if *load {
+		if *loadBytes < 1 || *loadPer < 1 || *loadConns < 1 {
+			usageErr("load mode needs -load-bytes, -load-per and -load-conns >= 1")
+		}
+		phases := map[string]bool{}
+		for _, p := range strings.Split(*loadPhases, ",") {
+			phases[strings.TrimSpace(p)] = true
+		}
+		os.Exit(runLoad(fe, loadConfig{
+			bytes: *loadBytes, per: *loadPer, conns: *loadConns,
+			stallDown: *stallDown, stallUp: *stallUp, phases: phases,
+		}, *timeout))
 	}
 	if *benchEcho != "" || *benchSrc != "" {
 		if *benchEcho == "" || *benchSrc == "" || *benchConns < 1 {

@@ -174,6 +174,7 @@ pub fn render_markdown() -> String {
     o.push_str("\n## proxy-agent flags\n\n");
     table(&mut o, crate::agent::agent_flags(), agent_flag);
     o.push_str(ENDPOINTS_AND_METRICS);
+    o.push_str(GO_CLIENT);
     o
 }
 
@@ -206,6 +207,20 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | agent `dial_duration_seconds` (successful dials, upstream's buckets), `stream_packets_total{segment,packet_type}` (`from_agent` = sent, `to_agent` = received), `stream_errors_total{segment,code,packet_type}` and the deprecated `server_connection_failure_count{direction}` | same names, types, labels, HELP; no zero series. Errors are counted when the server stream fails while receiving (`to_agent`/`from_server`, `packet_type="Unknown"`, code `Unavailable` for a lost transport); a failed write ends the stream and is counted as that receive failure, so `to_server`/`from_agent` series do not appear |
 | agent lease metrics `lease_lists_total{http_response_code,reason}`, `lease_list_latency_seconds{http_response_code}` (with `--count-server-leases`), `lease_watches_total` | same names, labels, buckets and HELP; `lease_watches_total` is declared and never incremented (the agent lists and does not watch; upstream registers it and never increments it either). A list call that fails before kube-apiserver answers is not counted, as upstream, and its latency is not recorded (upstream records it under `200`) |
 | `konnectivity_rs_server_buffer_overflow_total`, `_limit_hits_total{limit}`, `_destination_denied_total`, `_connection_closes_total{reason}`, `_bytes_total{direction}`, `_oldest_pending_dial_seconds`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total`, `_foreign_connect_id_total`, `_certificate_reloads_total`, `_certificate_reload_failures_total`; `konnectivity_rs_agent_degraded`, `_buffered_bytes`, `_buffer_budget_bytes`, `_stream_pauses_total`, `_stalled_connections_total`, `_certificate_reloads_total`, `_certificate_reload_failures_total` | **extensions** |
+"#;
+
+const GO_CLIENT: &str = r#"
+## Limits of konnectivity-client (kube-apiserver's side) under load
+
+Measured with the real Go client (v0.37.0, `tests/go-interop -load`) against every
+server + agent pairing; they hold with upstream's server as with ours.
+
+| behaviour of the client | effect | what the server does |
+|---|---|---|
+| It registers a new connection only after the goroutine that waits in `DialContext` has taken the DIAL_RSP; its reader loop hands the DIAL_RSP over and moves on at once. | DATA that reaches the client right behind the DIAL_RSP, i.e. data the backend sends *before the client has written anything*, can be dropped with `Connection not recognized` and a CLOSE_REQ sent: the connection is lost. Client-first protocols (HTTP, the kubelet API, `kubectl logs` and `exec`) never meet it; a server-first backend (a banner, a stream that starts at once) can. | Nothing yet: our server forwards DATA as soon as it arrives, as upstream. It **could soften this without a protocol change**: hold a connection's first DATA until the client has sent its first packet on the stream (which proves the client has registered the connection), or at most a short grace time for server-first backends. That narrows the race; only the client can close it, by registering the connection before it hands over the DIAL_RSP. |
+| It hands each DATA message to the connection with a timer and a channel send (channel of 10 messages), one message at a time. | Its consumption rate is bounded per message, not per byte: with 4 KiB messages (what upstream's agent sends) a single connection reads far slower than with 256 KiB ones. | Small DATA chunks waiting for the same connection are sent on as one message of up to 256 KiB, toward the client and toward agents (`konnectivity-tunnel::queue`, `::outbound`). |
+| If the application does not take a message within 10 s (`readTimeoutSeconds`), it closes the whole tunnel. | A stalled reader is cut by the client itself after 10 s, whatever the server does; `--stall-timeout` defaults to the same 10 s. | Against an agent without flow control, our server pauses that agent's stream while a connection or the process is over budget, and closes a connection whose consumer made no progress for `--stall-timeout` as stalled (`konnectivity_rs_server_stalled_connections_total`). |
+| `Close` sends CLOSE_REQ and waits up to 10 s for CLOSE_RSP. | With a backend that keeps streaming, the CLOSE_RSP queues behind DATA nobody reads any more, so `Close` takes the full 10 s (with either server). Cancelling the tunnel's context ends it at once. | Nothing yet (the server could stop forwarding DATA once the client sent CLOSE_REQ). |
 "#;
 
 #[cfg(test)]

@@ -168,9 +168,12 @@ where
     debug!(connect_id = id, ?end, "CONNECT tunnel ended");
     match end {
         SpliceEnd::PeerClosed(_) => {
-            // The agent closed it; if it was our own abort the entry is already gone
-            // from the table and the agent was told by the dispatcher.
-            let _ = t.agent_closed();
+            // The agent closed it (CLOSE_RSP: its entry is already gone and close_conn
+            // does nothing) or our own abort of a client that stalled (the entry is
+            // still there: the agent is told with CLOSE_REQ).
+            if let Some((connect_id, conn)) = t.agent_closed() {
+                dial::close_conn(&s, &conn, connect_id).await;
+            }
         }
         SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
             if let Leftover::Conn { connect_id, conn } = t.frontend_gone() {

@@ -32,8 +32,10 @@ use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
 use crate::status::document::FrontendKind;
 
-/// Packets queued toward one frontend before its HTTP/2 stream pushes back.
-const OUT_QUEUE: usize = 8;
+/// Packets queued toward one frontend before its HTTP/2 stream pushes back. DATA leaves
+/// its connection queue merged up to 256 KiB, so two keep the stream busy; what waits
+/// here no longer counts against the buffer budget (it was 8: 2 MiB per stream).
+const OUT_QUEUE: usize = 2;
 
 /// The `ProxyService` implementation.
 #[derive(Debug, Clone)]
@@ -228,7 +230,13 @@ async fn on_agent_packet(s: &Shared, t: &mut Machine, msg: Option<Inbound>, out:
             };
             let n = b.len();
             let started = Instant::now();
-            if out.send(packet::data(id, b)).await.is_err() {
+            // A frontend that never reads holds this send forever; once its queue is
+            // aborted as stalled, the stream ends instead.
+            let sent = tokio::select! {
+                r = out.send(packet::data(id, b)) => r.is_ok(),
+                _ = conn.est.rx.until_aborted() => false,
+            };
+            if !sent {
                 return false;
             }
             s.metrics.frontend_write(started.elapsed());

@@ -8,8 +8,9 @@
 //! low-water marks.
 //!
 //! Pausing is only right while consumers make progress. A consumer that makes none
-//! for [`MemoryBudget::stall`] while it holds bytes over its high-water mark — or any
-//! bytes while the process is over its limit — is *stalled*: the sweeper
+//! for [`MemoryBudget::stall`] while it holds bytes above its low-water mark (the level
+//! a paused reader waits for) — or any bytes while the process is over its limit — is
+//! *stalled*: the sweeper
 //! ([`MemoryBudget::run_sweeper`]) aborts that one connection, which frees its bytes
 //! and ends every pause that waited on it. A slow consumer is therefore never cut,
 //! and a stalled one is cut after the stall timeout, not when a byte count is hit.
@@ -160,7 +161,7 @@ impl MemoryBudget {
             None => false,
         });
         for q in &stalled {
-            q.abort(Abort::Stalled);
+            q.abort(Abort::Stalled, self);
         }
         self.stalled
             .fetch_add(stalled.len() as u64, Ordering::Relaxed);

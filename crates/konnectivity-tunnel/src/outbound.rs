@@ -10,6 +10,12 @@
 //! without ever waiting (WINDOW_UPDATE, CLOSE_REQ for unknown IDs, DIAL_CLS, DRAIN) go
 //! first, unbounded.
 //!
+//! DATA packets smaller than [`COALESCE_SMALL`] that wait in one lane leave as one
+//! packet (at most [`COALESCE_MAX`] bytes): konnectivity-client writes one packet per
+//! `Write`, and a peer that pays per message (upstream's agent handles one packet at a
+//! time) keeps up better with fewer, larger ones. The bound on what one turn puts on
+//! the wire stays that of one piece.
+//!
 //! Below the scheduler sit HTTP/2, TLS and the socket, each with buffers of its own;
 //! whatever is queued there is ahead of every lane. A [`Pacer`] bounds it: the
 //! transport reports the bytes it has written, and the scheduler stops handing out
@@ -20,12 +26,15 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use futures::stream::{Stream, StreamExt};
 use futures::task::AtomicWaker;
 use konnectivity_proto::Packet;
 use konnectivity_proto::packet::Payload;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::queue::{COALESCE_MAX, COALESCE_SMALL};
 
 /// Packets one connection may have queued for the wire before its sender waits.
 pub const LANE_PACKETS: usize = 4;
@@ -186,10 +195,22 @@ impl Sched {
             )),
             _ => None,
         };
+        let mut merge = Vec::new();
         let p = match piece {
             Some(p) => p,
             None => match lane.queue.pop_front() {
                 Some(p) => {
+                    // Small DATA packets queued behind this one leave with it as one
+                    // packet (see `take_small`).
+                    let mut total = small_data_len(&p);
+                    while let Some(n) = total
+                        && let Some(next) = lane.queue.front().and_then(small_data_len)
+                        && n + next <= COALESCE_MAX
+                        && let Some(q) = lane.queue.pop_front()
+                    {
+                        total = Some(n + next);
+                        merge.push(q);
+                    }
                     lane.room.notify_waiters();
                     p
                 }
@@ -206,11 +227,39 @@ impl Sched {
             st.turns.push_back(id);
         }
         drop(st);
+        let p = if merge.is_empty() {
+            p
+        } else {
+            coalesce(p, merge)
+        };
         if let Some(pacer) = &self.pacer {
             pacer.sent(wire_size(&p));
         }
         Poll::Ready(Some(p))
     }
+}
+
+/// The payload length of a DATA packet small enough to be merged with its neighbours.
+fn small_data_len(p: &Packet) -> Option<usize> {
+    match &p.payload {
+        Some(Payload::Data(d)) if d.data.len() < COALESCE_SMALL => Some(d.data.len()),
+        _ => None,
+    }
+}
+
+/// One DATA packet carrying `first`'s payload followed by those of `rest` (all DATA of
+/// one connection, in lane order). Copied outside the scheduler's lock.
+fn coalesce(first: Packet, rest: Vec<Packet>) -> Packet {
+    let parts: Vec<_> = std::iter::once(first)
+        .chain(rest)
+        .map(konnectivity_core::packet::into_data)
+        .collect();
+    let connect_id = parts.first().map_or(0, |d| d.connect_id);
+    let mut merged = BytesMut::with_capacity(parts.iter().map(|d| d.data.len()).sum());
+    for d in &parts {
+        merged.extend_from_slice(&d.data);
+    }
+    konnectivity_core::packet::data(connect_id, merged.freeze())
 }
 
 /// What the pacer counts for a packet: its DATA payload only. Framing is left out so
@@ -503,7 +552,7 @@ mod tests {
     async fn the_pacer_holds_data_but_not_control_packets() {
         let pacer = Pacer::new(1000);
         let (tx, mut out) = channel_with(None, Some(pacer.clone()));
-        tx.send(data(1, 2000)).await.unwrap();
+        tx.send(data(1, COALESCE_SMALL)).await.unwrap();
         tx.send(data(1, 10)).await.unwrap();
         out.next().await.unwrap();
         assert!(pacer.below() >= 2000);
@@ -518,7 +567,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        pacer.written(1900);
+        pacer.written(COALESCE_SMALL);
         let p = tokio::time::timeout(Duration::from_secs(1), out.next())
             .await
             .unwrap()
@@ -526,6 +575,37 @@ mod tests {
         assert_eq!(id_of(&p), 1);
         pacer.written(1 << 20);
         assert_eq!(pacer.below(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn small_data_packets_waiting_in_a_lane_leave_as_one_in_order() {
+        let (tx, mut out) = channel();
+        let mut expect = Vec::new();
+        for i in 0..LANE_PACKETS as u8 {
+            let chunk = Bytes::from(vec![i; 32 << 10]);
+            expect.extend_from_slice(&chunk);
+            tx.send(packet::data(1, chunk)).await.unwrap();
+        }
+        tx.send(data(2, 1)).await.unwrap();
+        let first = packet::into_data(out.next().await.unwrap());
+        assert_eq!(first.connect_id, 1);
+        assert_eq!(
+            first.data.to_vec(),
+            expect,
+            "four 32 KiB writes, one packet"
+        );
+        assert_eq!(id_of(&out.next().await.unwrap()), 2);
+        // A packet that is not small is never copied or merged.
+        tx.send(data(3, 10)).await.unwrap();
+        tx.send(data(3, COALESCE_SMALL)).await.unwrap();
+        let sizes: Vec<_> = (0..2)
+            .map(|_| {
+                packet::into_data(futures::executor::block_on(out.next()).unwrap())
+                    .data
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, vec![10, COALESCE_SMALL]);
     }
 
     #[tokio::test]

@@ -14,7 +14,9 @@
 //!   progress — or when the stall sweep ([`crate::budget`]) aborts a consumer that
 //!   made none for the stall timeout. A slow consumer is never cut.
 //!
-//! The connection task receives with [`ConnReceiver::recv`], which merges small DATA
+//! Small payloads from a peer without flow control are copied when queued, so that
+//! what the budget counts is what the queue holds (a slice would pin its receive
+//! buffer). The connection task receives with [`ConnReceiver::recv`], which merges small DATA
 //! chunks that are already queued into one (at most [`COALESCE_MAX`] bytes): an
 //! upstream agent sends 4 KiB packets, and a frontend that pays per message
 //! (konnectivity-client handles one message at a time) keeps up with 256 KiB ones.
@@ -36,7 +38,7 @@ pub const COALESCE_MAX: usize = konnectivity_core::flow::MAX_CHUNK;
 
 /// Chunks at least this large are passed on as they are (copying them would cost more
 /// than the per-message overhead it saves).
-const COALESCE_SMALL: usize = COALESCE_MAX / 4;
+pub const COALESCE_SMALL: usize = COALESCE_MAX / 4;
 
 /// What a connection task receives from the shared stream.
 #[derive(Debug)]
@@ -159,15 +161,35 @@ impl QueueState {
             return false;
         }
         let idle = now_ms.saturating_sub(self.progress_ms.load(Ordering::Acquire));
-        idle > stall_ms && (queued > self.high || process_over)
+        // Above the low-water mark, not only above the high one: a reader paused on
+        // this queue waits for it to drain to `low`, and a consumer that stops after
+        // draining part of the way would otherwise hold that reader for good.
+        idle > stall_ms && (queued > self.low || process_over)
     }
 
-    pub(crate) fn abort(&self, why: Abort) {
+    /// Aborts the queue. What it holds stops counting at once, against the queue and
+    /// the process: the task that drains it may be stuck in a write to a consumer
+    /// that never reads, and a paused reader must not wait on bytes nobody will take.
+    pub(crate) fn abort(&self, why: Abort, process: &MemoryBudget) {
         let _ =
             self.abort_kind
                 .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
         self.abort.cancel();
+        process.release(self.queued.swap(0, Ordering::AcqRel));
         self.eased.notify_waiters();
+    }
+
+    /// Stops counting up to `n` bytes (fewer if an abort already gave them back);
+    /// returns the count before, and gives what it took off back to `process`.
+    fn unaccount(&self, n: usize, process: &MemoryBudget) -> usize {
+        let before = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            })
+            .unwrap_or_default();
+        process.release(n.min(before));
+        before
     }
 
     fn aborted_as(&self) -> Option<Abort> {
@@ -244,6 +266,10 @@ impl ConnQueue {
     pub fn push(&self, data: Bytes) -> Result<Option<Pressure>, Overflow> {
         let len = data.len();
         let st = &self.state;
+        if st.abort.is_cancelled() {
+            // Nobody will take it: the connection is closing.
+            return Ok(None);
+        }
         let before = st.queued.fetch_add(len, Ordering::AcqRel);
         let queued = before + len;
         self.process.add(len);
@@ -255,9 +281,17 @@ impl ConnQueue {
             && queued > window as usize + max_packet
         {
             self.unqueue(len);
-            st.abort(Abort::Overflow);
+            st.abort(Abort::Overflow, &self.process);
             return Err(Overflow);
         }
+        // A small payload from a peer without flow control is copied out of the
+        // received frame: as a slice it would keep the whole receive buffer alive
+        // (several frames, often other connections' too) for as long as this queue
+        // holds it, and the budget would count a fraction of the memory held.
+        let data = match self.budget {
+            Budget::Unmanaged { .. } if len < COALESCE_SMALL => Bytes::copy_from_slice(&data),
+            _ => data,
+        };
         if self.tx.send(Inbound::Data(data)).is_err() {
             // The connection task is already gone; the caller learns of it through
             // its own table cleanup.
@@ -275,8 +309,7 @@ impl ConnQueue {
     }
 
     fn unqueue(&self, n: usize) {
-        self.state.queued.fetch_sub(n, Ordering::AcqRel);
-        self.process.release(n);
+        self.state.unaccount(n, &self.process);
     }
 
     /// Tells the connection the peer closed it. Queued data is delivered first.
@@ -286,7 +319,7 @@ impl ConnQueue {
 
     /// Stops the connection at once, dropping queued data.
     pub fn abort(&self, why: Abort) {
-        self.state.abort(why);
+        self.state.abort(why, &self.process);
     }
 
     /// Bytes queued and not yet written onward.
@@ -423,18 +456,24 @@ impl ConnReceiver {
         let n = n.min(self.taken);
         self.taken -= n;
         let st = &self.state;
-        let before = st.queued.fetch_sub(n, Ordering::AcqRel);
+        let before = st.unaccount(n, &self.process);
         st.progress_ms
             .store(self.process.now_ms(), Ordering::Release);
-        if before > st.low && before - n <= st.low {
+        if before > st.low && before.saturating_sub(n) <= st.low {
             st.eased.notify_waiters();
         }
-        self.process.release(n);
         if let Some(credit) = self.window.as_mut().and_then(|w| w.consumed(n)) {
             let _ = self
                 .reply
                 .control(packet::window_update(self.connect_id, credit));
         }
+    }
+
+    /// Resolves when the queue is aborted. A consumer blocked in a write onward
+    /// selects on it, so that an aborted connection ends (and its memory is freed)
+    /// even when its consumer never reads again.
+    pub async fn until_aborted(&self) {
+        self.state.abort.cancelled().await
     }
 
     /// Whether the queue was aborted (overflow, stall or local decision).
@@ -462,11 +501,7 @@ impl Drop for ConnReceiver {
                 left += b.len();
             }
         }
-        self.state.queued.fetch_sub(
-            left.min(self.state.queued.load(Ordering::Acquire)),
-            Ordering::AcqRel,
-        );
-        self.process.release(left);
+        self.state.unaccount(left, &self.process);
         self.state.closed.store(true, Ordering::Release);
         self.state.eased.notify_waiters();
     }
@@ -536,21 +571,18 @@ mod tests {
     #[tokio::test]
     async fn a_push_over_the_high_water_mark_pauses_the_reader_until_the_consumer_drains_to_low() {
         let (tx, _out) = outbound::channel();
-        // Chunks too large to be merged, so each recv takes exactly one.
-        let chunk = COALESCE_SMALL;
+        // Chunks too large to be merged, so that the consumer takes one at a time.
+        const C: usize = COALESCE_SMALL;
         let (q, mut r) = conn_queue(
             1,
-            unmanaged(3 * chunk + 1, chunk),
+            unmanaged(3 * C + C / 3, C + C / 2),
             tx,
             MemoryBudget::default_budget(),
         );
         for _ in 0..3 {
-            assert!(q.push(bytes(chunk)).unwrap().is_none());
+            assert!(q.push(bytes(C)).unwrap().is_none());
         }
-        let p = q
-            .push(bytes(chunk))
-            .unwrap()
-            .expect("over the high-water mark");
+        let p = q.push(bytes(C)).unwrap().expect("over the high-water mark");
         assert!(!p.is_eased());
         let waiter = tokio::spawn(async move { p.eased().await });
         // 4 chunks queued; the consumer drains one (3 left: still paused) ...
@@ -560,7 +592,7 @@ mod tests {
         r.written(b.len());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        // ... then everything: at or under one chunk the reader resumes.
+        // ... then everything: under the low-water mark the reader resumes.
         while r.state.queued.load(Ordering::Acquire) > 0 {
             let Some(Inbound::Data(b)) = r.recv().await else {
                 panic!()
@@ -677,7 +709,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_consumer_under_its_high_water_mark_is_left_alone() {
+    async fn a_stalled_consumer_stuck_in_a_write_stops_counting_against_the_budget_when_closed() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(4000, Duration::from_secs(3));
+        let (q, mut r) = conn_queue(1, unmanaged(1000, 500), tx, budget.clone());
+        q.push(bytes(1000)).unwrap();
+        // The consumer takes a chunk and blocks writing it, forever.
+        let Some(Inbound::Data(_held)) = r.recv().await else {
+            panic!()
+        };
+        let p = q.push(bytes(4000)).unwrap().expect("over budget");
+        assert_eq!(budget.used(), 5000);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(budget.sweep(), 1);
+        assert_eq!(budget.used(), 0, "the aborted queue no longer counts");
+        tokio::time::timeout(Duration::from_secs(1), p.eased())
+            .await
+            .expect("the paused reader resumes although the consumer is still stuck");
+        tokio::time::timeout(Duration::from_secs(1), r.until_aborted())
+            .await
+            .expect("the stuck consumer is told");
+        assert!(q.push(bytes(10)).unwrap().is_none());
+        assert_eq!(
+            budget.used(),
+            0,
+            "nothing is queued for an aborted connection"
+        );
+        r.written(1000);
+        drop(r);
+        assert_eq!(budget.used(), 0, "nothing is given back twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_stops_between_the_water_marks_does_not_hold_the_reader_for_good() {
+        let (tx, _out) = outbound::channel();
+        let budget = MemoryBudget::new(0, Duration::from_secs(3));
+        const C: usize = COALESCE_SMALL;
+        let (q, mut r) = conn_queue(1, unmanaged(3 * C, C), tx, budget.clone());
+        for _ in 0..3 {
+            q.push(bytes(C)).unwrap();
+        }
+        let p = q.push(bytes(C)).unwrap().expect("over the high-water mark");
+        // The consumer writes one chunk (3 C left: under high, over low), then stops.
+        let Some(Inbound::Data(b)) = r.recv().await else {
+            panic!()
+        };
+        r.written(b.len());
+        assert!(!p.is_eased());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(budget.sweep(), 1, "stalled above the low-water mark");
+        tokio::time::timeout(Duration::from_secs(1), p.eased())
+            .await
+            .expect("the reader resumes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_consumer_under_its_low_water_mark_is_left_alone() {
         let (tx, _out) = outbound::channel();
         let budget = MemoryBudget::new(0, Duration::from_secs(10));
         let (q, r) = conn_queue(1, unmanaged(1000, 500), tx, budget.clone());

@@ -95,10 +95,21 @@ where
             match rx.recv().await {
                 Some(Inbound::Data(b)) => {
                     let n = b.len();
-                    if let Err(e) = wr.write_all(&b).await {
-                        return SpliceEnd::LocalError(e);
+                    // An aborted connection (a consumer stalled past the stall timeout)
+                    // ends even while this write never completes.
+                    let wrote = tokio::select! {
+                        biased;
+                        _ = rx.until_aborted() => None,
+                        r = wr.write_all(&b) => Some(r),
+                    };
+                    match wrote {
+                        None => {
+                            let why = rx.abort_reason().map(crate::queue::Abort::text);
+                            return SpliceEnd::PeerClosed(why.unwrap_or_default().to_owned());
+                        }
+                        Some(Err(e)) => return SpliceEnd::LocalError(e),
+                        Some(Ok(())) => rx.written(n),
                     }
-                    rx.written(n);
                 }
                 Some(Inbound::Close(e)) => {
                     let _ = wr.flush().await;

@@ -8,6 +8,7 @@ mod isolation;
 mod keepalive;
 mod limits;
 mod reconnect;
+mod stall;
 mod status;
 
 use std::time::Duration;
