@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 
 use crate::connect::status_for;
+use crate::protocol::ProtocolNotAllowed;
 use crate::wire;
 
 /// The `reason` label of `dial_failure_count` (spec §8.3), upstream's values.
@@ -31,6 +32,9 @@ pub enum DialFailureReason {
     BackendDialTimeout,
     /// The frontend went away before the dial completed.
     FrontendClose,
+    /// The frontend asked for a protocol the server does not serve (our extension
+    /// value: upstream forwards any protocol).
+    ProtocolNotAllowed,
 }
 
 impl DialFailureReason {
@@ -44,6 +48,7 @@ impl DialFailureReason {
             Self::BackendClose => "backend_close",
             Self::BackendDialTimeout => "backend_dial_timeout",
             Self::FrontendClose => "frontend_close",
+            Self::ProtocolNotAllowed => "protocol_not_allowed",
         }
     }
 }
@@ -57,6 +62,10 @@ pub enum DialError {
     /// The frontend's dial ID is already pending (a collision, or a reused ID).
     #[error("dial ID already in use")]
     DuplicateDialId,
+    /// The DIAL_REQ asked for a protocol the server does not serve (anything but
+    /// `tcp`); refused before an agent is chosen, never forwarded.
+    #[error(transparent)]
+    ProtocolNotAllowed(#[from] ProtocolNotAllowed),
     /// `--allowed-destination-*` denies the destination; the text says why.
     #[error("{0}")]
     Denied(String),
@@ -100,6 +109,7 @@ impl DialError {
     pub fn reason(&self) -> Option<DialFailureReason> {
         match self {
             Self::NoAgent => Some(DialFailureReason::NoAgent),
+            Self::ProtocolNotAllowed(_) => Some(DialFailureReason::ProtocolNotAllowed),
             Self::BackendDialTimeout => Some(DialFailureReason::BackendDialTimeout),
             Self::SendFailed(_) | Self::AgentClosed | Self::AgentDisconnected => {
                 Some(DialFailureReason::BackendClose)
@@ -120,8 +130,8 @@ impl DialError {
                 wire::NO_AGENT_AVAILABLE
             ),
             Self::DuplicateDialId => "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision".to_owned(),
-            Self::Denied(e) => {
-                format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\n{TEXT}\r\n\r\n{e}")
+            Self::Denied(_) | Self::ProtocolNotAllowed(_) => {
+                format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\n{TEXT}\r\n\r\n{self}")
             }
             Self::Limit(e) => format!(
                 "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n{TEXT}\r\n\r\n{e}"
@@ -206,6 +216,22 @@ mod tests {
         assert_eq!(status(&limit), "HTTP/1.1 503 Service Unavailable");
         assert_eq!(limit.reason(), None);
         assert_eq!(DialError::DuplicateDialId.reason(), None);
+    }
+
+    #[test]
+    fn a_refused_protocol_is_named_on_the_wire_forbidden_and_counted() {
+        let e = DialError::from(crate::protocol::Protocol::parse("unix").unwrap_err());
+        assert_eq!(
+            e.wire_text(),
+            r#"protocol "unix" is not allowed (allowed: tcp)"#
+        );
+        assert_eq!(status(&e), "HTTP/1.1 403 Forbidden");
+        assert!(
+            e.http_response()
+                .unwrap()
+                .ends_with(r#"protocol "unix" is not allowed (allowed: tcp)"#)
+        );
+        assert_eq!(e.reason().map(|r| r.label()), Some("protocol_not_allowed"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
 //! - [`policy`]: allowed destinations (CIDRs and ports).
+//! - [`protocol`]: the allowlist of `DialRequest.protocol` values (`tcp`).
 //! - [`dial`]: the typed dial error and its one mapping to wire text, HTTP status and
 //!   metric label.
 //! - [`tunnel`]: one tunnel's state machine (both frontends), with the isolation rule
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod hpack;
 pub mod packet;
 pub mod policy;
+pub mod protocol;
 pub mod select;
 pub mod tunnel;
 pub mod wire;

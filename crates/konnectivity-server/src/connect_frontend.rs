@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use konnectivity_core::dial::DialError;
+use konnectivity_core::protocol::Protocol;
 use konnectivity_core::tunnel::{Leftover, Step, Tunnel};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,11 +107,16 @@ where
     let leftover: Bytes = buf.freeze();
     let _gauge = s.metrics.hold(Gauge::Http);
     let mut t: Tunnel<Dialing, Arc<Backend>> = Tunnel::new(s.settings.dial_bounds());
-    let Step::Dial { random, address } = t.connect(rand::random::<i64>() & i64::MAX, &authority)
+    let random = rand::random::<i64>() & i64::MAX;
+    let Step::Dial {
+        random,
+        protocol,
+        address,
+    } = t.connect(random, Protocol::Tcp.as_str(), &authority)
     else {
         return;
     };
-    match dial::start(&s, FrontendKind::Connect, &address, random).await {
+    match dial::start(&s, FrontendKind::Connect, &protocol, &address, random).await {
         Ok(d) => t.dial_started(random, d, now()),
         Err(e) => return refuse(&mut sock, &e).await,
     }

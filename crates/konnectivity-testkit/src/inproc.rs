@@ -84,6 +84,12 @@ impl Harness {
         }
     }
 
+    /// A fresh path for a UNIX socket in the harness's temp dir, `<name>-<n>.sock`.
+    pub fn socket_path(&self, name: &str) -> std::path::PathBuf {
+        let n = self.sockets.fetch_add(1, Ordering::Relaxed);
+        self.dir.path().join(format!("{name}-{n}.sock"))
+    }
+
     /// Starts a server with `settings` on a fresh agent port and two frontend sockets.
     pub async fn server(&self, settings: Settings) -> anyhow::Result<Server> {
         let n = self.sockets.fetch_add(1, Ordering::Relaxed);

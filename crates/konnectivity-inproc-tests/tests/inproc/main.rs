@@ -7,6 +7,7 @@ mod drain;
 mod isolation;
 mod keepalive;
 mod limits;
+mod protocols;
 mod reconnect;
 mod stall;
 mod status;
