@@ -109,6 +109,9 @@ fn common(name: &str) -> Support {
         | "connect-header-timeout"
         | "drain-timeout"
         | "max-buffered-bytes"
+        | "socks5-port"
+        | "socks5-bind-address"
+        | "socks5-uds"
         | "stall-timeout" => Support::Extension,
         _ => Support::Same,
     }

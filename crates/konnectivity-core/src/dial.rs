@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use crate::connect::status_for;
 use crate::protocol::ProtocolNotAllowed;
+use crate::socks::Reply;
 use crate::wire;
 
 /// The `reason` label of `dial_failure_count` (spec §8.3), upstream's values.
@@ -158,6 +159,46 @@ impl DialError {
     }
 }
 
+impl DialError {
+    /// The SOCKS5 reply code the SOCKS5 frontend answers with. Chosen here, once:
+    /// no agent for the destination is 0x03 (network unreachable: the tunnel has no
+    /// way into that network); a policy refusal (destination or protocol) is 0x02;
+    /// a timeout (the server's bound, or the agent's 5 s dial) is 0x04 host
+    /// unreachable (0x06 "TTL expired" describes something else); the agent's text
+    /// is classified like the CONNECT frontend's status (it is all the agent sends):
+    /// `connection refused` 0x05, `network is unreachable` 0x03, no route, no such
+    /// host or a timeout 0x04; anything else (limits, a lost agent) is 0x01.
+    pub fn socks_reply(&self) -> Reply {
+        match self {
+            Self::NoAgent => Reply::NetworkUnreachable,
+            Self::Denied(_) | Self::ProtocolNotAllowed(_) => Reply::NotAllowed,
+            Self::BackendDialTimeout => Reply::HostUnreachable,
+            Self::Agent(text) => {
+                let e = text.to_ascii_lowercase();
+                if e.contains("connection refused") {
+                    Reply::ConnectionRefused
+                } else if e.contains("network is unreachable") {
+                    Reply::NetworkUnreachable
+                } else if e.contains("no route to host")
+                    || e.contains("host is unreachable")
+                    || e.contains("no such host")
+                    || e.contains("timeout")
+                {
+                    Reply::HostUnreachable
+                } else {
+                    Reply::GeneralFailure
+                }
+            }
+            Self::DuplicateDialId
+            | Self::Limit(_)
+            | Self::SendFailed(_)
+            | Self::AgentClosed
+            | Self::AgentDisconnected
+            | Self::ConnectIdReused(_) => Reply::GeneralFailure,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +257,43 @@ mod tests {
         assert_eq!(status(&limit), "HTTP/1.1 503 Service Unavailable");
         assert_eq!(limit.reason(), None);
         assert_eq!(DialError::DuplicateDialId.reason(), None);
+    }
+
+    #[test]
+    fn socks_replies_are_chosen_from_the_variant_or_the_agents_text() {
+        let cases = [
+            (DialError::NoAgent, Reply::NetworkUnreachable),
+            (DialError::Denied("no".into()), Reply::NotAllowed),
+            (DialError::BackendDialTimeout, Reply::HostUnreachable),
+            (
+                DialError::Limit("(--max-x=1)".into()),
+                Reply::GeneralFailure,
+            ),
+            (DialError::AgentDisconnected, Reply::GeneralFailure),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: connect: connection refused".into()),
+                Reply::ConnectionRefused,
+            ),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: i/o timeout".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                DialError::Agent("dial tcp: lookup x on 10.0.0.10:53: no such host".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: connect: network is unreachable".into()),
+                Reply::NetworkUnreachable,
+            ),
+            (
+                DialError::Agent("something else".into()),
+                Reply::GeneralFailure,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.socks_reply(), want, "{e:?}");
+        }
     }
 
     #[test]

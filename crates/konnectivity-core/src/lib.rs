@@ -15,6 +15,7 @@
 //! - [`protocol`]: the allowlist of `DialRequest.protocol` values (`tcp`).
 //! - [`dial`]: the typed dial error and its one mapping to wire text, HTTP status and
 //!   metric label.
+//! - [`socks`]: SOCKS5 (RFC 1928) greeting and CONNECT request parsing, replies.
 //! - [`tunnel`]: one tunnel's state machine (both frontends), with the isolation rule
 //!   and the pending dial's deadline.
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod packet;
 pub mod policy;
 pub mod protocol;
 pub mod select;
+pub mod socks;
 pub mod tunnel;
 pub mod wire;
 
