@@ -94,7 +94,7 @@ pub enum Reply {
 impl Reply {
     /// The reply message, with BND.ADDR 0.0.0.0:0: the frontend does not know the
     /// agent's local address (RFC 1928 lets the server choose what to report).
-    pub fn encode(self) -> [u8; 10] {
+    pub const fn encode(self) -> [u8; 10] {
         [VERSION, self as u8, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0]
     }
 }
@@ -135,8 +135,12 @@ impl SocksError {
     }
 }
 
+/// What an incremental parser returns: `Ok(None)` until the message is complete, then
+/// the message and the number of bytes it used.
+pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
+
 /// Parses the method greeting: `VER NMETHODS METHODS...`.
-pub fn parse_greeting(buf: &[u8]) -> Result<Option<(Greeting, usize)>, SocksError> {
+pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
     let Some(&ver) = buf.first() else {
         return Ok(None);
     };
@@ -163,7 +167,7 @@ pub fn parse_greeting(buf: &[u8]) -> Result<Option<(Greeting, usize)>, SocksErro
 
 /// Parses a request: `VER CMD RSV ATYP DST.ADDR DST.PORT`; only CONNECT is accepted.
 /// An unsupported command or address type is reported as soon as its byte arrives.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Destination, usize)>, SocksError> {
+pub fn parse_request(buf: &[u8]) -> Parsed<Destination> {
     let Some(head) = buf.get(..4) else {
         if let Some(&ver) = buf.first()
             && ver != VERSION

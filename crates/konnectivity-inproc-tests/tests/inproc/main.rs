@@ -9,6 +9,7 @@ mod keepalive;
 mod limits;
 mod protocols;
 mod reconnect;
+mod socks5;
 mod stall;
 mod status;
 
