@@ -774,3 +774,128 @@ async fn upstream_lets_a_frontend_reach_a_unix_socket_on_the_node() -> anyhow::R
     assert!(node.connected.load(Ordering::SeqCst));
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// The SOCKS5 frontend (issue 16) against malformed and truncated input: every client
+// gets a SOCKS5 reply or a close, the server lives, and a healthy gRPC transfer beside
+// it never fails.
+
+/// Sends `bytes` to the SOCKS5 socket (then half-closes, when `eof`) and returns all the
+/// server writes before closing; errors if it neither answers nor closes within `T`.
+async fn socks_exchange(sock: &Path, bytes: &[u8], eof: bool) -> anyhow::Result<Vec<u8>> {
+    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    // The server may close before reading everything: a failed write is an answer too.
+    let _ = s.write_all(bytes).await;
+    if eof {
+        let _ = s.shutdown().await;
+    }
+    let mut out = Vec::new();
+    match tokio::time::timeout(T, s.read_to_end(&mut out)).await? {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(out),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_socks5_input_gets_a_reply_or_a_close_and_healthy_traffic_is_undisturbed()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let socks = dir.path().join("socks5.sock");
+    let spec = ServerSpec {
+        extra: vec![format!("--socks5-uds={}", socks.display())],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let l = start_loopback(&pki, &spec, &[], dir.path())?;
+    let echo = servers::echo("127.0.0.1:0").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (healthy, ok, bad) = healthy_traffic(sock.clone(), echo, stop.clone());
+
+    let reply = |code: u8| vec![5, code, 0, 1, 0, 0, 0, 0, 0, 0];
+    let with_method = |mut r: Vec<u8>| {
+        let mut v = vec![5, 0];
+        v.append(&mut r);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, bool, Vec<u8>)> = vec![
+        ("empty", vec![], true, vec![]),
+        ("SOCKS4", vec![4, 1, 0, 80, 127, 0, 0, 1, 0], false, vec![]),
+        (
+            "TLS ClientHello",
+            vec![0x16, 3, 1, 0, 5, 1, 0],
+            false,
+            vec![],
+        ),
+        ("no methods", vec![5, 0], false, vec![]),
+        ("only user/password", vec![5, 1, 2], false, vec![5, 0xFF]),
+        ("truncated greeting", vec![5, 200, 0], true, vec![]),
+        (
+            "BIND",
+            vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
+            false,
+            with_method(reply(7)),
+        ),
+        (
+            "UDP ASSOCIATE",
+            vec![5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0],
+            false,
+            with_method(reply(7)),
+        ),
+        (
+            "address type 9",
+            vec![5, 1, 0, 5, 1, 0, 9],
+            false,
+            with_method(reply(8)),
+        ),
+        (
+            "zero-length name",
+            vec![5, 1, 0, 5, 1, 0, 3, 0, 0, 80],
+            false,
+            with_method(reply(1)),
+        ),
+        (
+            "name with a NUL",
+            vec![5, 1, 0, 5, 1, 0, 3, 2, b'a', 0, 0, 80],
+            false,
+            with_method(reply(1)),
+        ),
+        (
+            "truncated IPv6",
+            vec![5, 1, 0, 5, 1, 0, 4, 0, 0, 0],
+            true,
+            vec![5, 0],
+        ),
+    ];
+    for (what, send, eof, want) in &cases {
+        let got = socks_exchange(&socks, send, *eof)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        assert_eq!(&got, want, "{what}");
+    }
+    // Garbage of every length: answered or closed, never a hang.
+    for n in 1..64u8 {
+        let garbage: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+        socks_exchange(&socks, &garbage, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("garbage of {n} bytes: {e}"))?;
+    }
+    // A good CONNECT still works afterwards.
+    let mut good = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+    good.extend_from_slice(&echo.port().to_be_bytes());
+    good.extend_from_slice(b"ping");
+    let mut s = tokio::net::UnixStream::connect(&socks).await?;
+    s.write_all(&good).await?;
+    let mut back = [0u8; 2 + 10 + 4];
+    tokio::time::timeout(T, s.read_exact(&mut back)).await??;
+    assert_eq!(&back[..4], &[5, 0, 5, 0]);
+    assert_eq!(&back[12..], b"ping");
+
+    stop.store(true, Ordering::Relaxed);
+    healthy.await?;
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "healthy traffic failed");
+    assert!(l.server.child_alive());
+    Ok(())
+}
