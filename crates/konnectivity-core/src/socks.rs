@@ -69,6 +69,93 @@ impl fmt::Display for Destination {
     }
 }
 
+impl Destination {
+    /// The destination of a dial address (`host:port`, `[v6]:port`): an IP literal
+    /// becomes ATYP 1 or 4, anything else a name for the proxy to resolve. `None` when
+    /// there is no port, or the name does not fit in a request.
+    pub fn from_address(address: &str) -> Option<Self> {
+        let (host, port) = address.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => Self::Ipv4(ip, port),
+            Ok(std::net::IpAddr::V6(ip)) => Self::Ipv6(ip, port),
+            Err(_) => {
+                if host.is_empty() || host.len() > 255 {
+                    return None;
+                }
+                Self::Domain(host.to_owned(), port)
+            }
+        })
+    }
+
+    /// The client's CONNECT request for this destination.
+    pub fn connect_request(&self) -> Vec<u8> {
+        let mut r = vec![VERSION, CMD_CONNECT, 0];
+        let port = match self {
+            Self::Ipv4(ip, port) => {
+                r.push(ATYP_IPV4);
+                r.extend_from_slice(&ip.octets());
+                port
+            }
+            Self::Ipv6(ip, port) => {
+                r.push(ATYP_IPV6);
+                r.extend_from_slice(&ip.octets());
+                port
+            }
+            Self::Domain(name, port) => {
+                r.push(ATYP_DOMAIN);
+                r.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+                r.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+                port
+            }
+        };
+        r.extend_from_slice(&port.to_be_bytes());
+        r
+    }
+}
+
+/// Parses a server's reply (`VER REP RSV ATYP BND.ADDR BND.PORT`, any address type):
+/// the reply code.
+pub fn parse_reply(buf: &[u8]) -> Parsed<u8> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
+    if head[0] != VERSION {
+        return Err(SocksError::Version(head[0]));
+    }
+    let addr_len = match head[3] {
+        ATYP_IPV4 => 4,
+        ATYP_IPV6 => 16,
+        ATYP_DOMAIN => match buf.get(4) {
+            None => return Ok(None),
+            Some(&n) => 1 + usize::from(n),
+        },
+        other => return Err(SocksError::AddressType(other)),
+    };
+    let end = 4 + addr_len + 2;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((head[1], end)))
+}
+
+/// What a reply code means (RFC 1928 §6).
+pub fn reply_text(code: u8) -> &'static str {
+    match code {
+        0x00 => "succeeded",
+        0x01 => "general SOCKS server failure",
+        0x02 => "connection not allowed by ruleset",
+        0x03 => "network unreachable",
+        0x04 => "host unreachable",
+        0x05 => "connection refused",
+        0x06 => "TTL expired",
+        0x07 => "command not supported",
+        0x08 => "address type not supported",
+        _ => "unassigned reply code",
+    }
+}
+
 /// A reply code (RFC 1928 §6, `REP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -322,6 +409,35 @@ mod tests {
             assert_eq!(parse_request(&req), Err(SocksError::Domain), "{bad:?}");
         }
         assert_eq!(SocksError::Domain.reply(), Some(Reply::GeneralFailure));
+    }
+
+    #[test]
+    fn client_requests_round_trip_through_the_server_parser() {
+        for a in ["10.0.0.7:10250", "[::1]:80", "node-1.internal:8080"] {
+            let d = Destination::from_address(a).unwrap();
+            let (back, n) = parse_request(&d.connect_request()).unwrap().unwrap();
+            assert_eq!(
+                (back.dial_address(), n),
+                (a.to_owned(), d.connect_request().len())
+            );
+        }
+        assert_eq!(Destination::from_address("no-port"), None);
+        assert_eq!(Destination::from_address(":80"), None);
+    }
+
+    #[test]
+    fn replies_parse_with_any_bound_address_type() {
+        assert_eq!(
+            parse_reply(&Reply::ConnectionRefused.encode()),
+            Ok(Some((5, 10)))
+        );
+        assert_eq!(
+            parse_reply(&[5, 0, 0, 3, 1, b'x', 0, 1, 9]),
+            Ok(Some((0, 8)))
+        );
+        assert_eq!(parse_reply(&[5, 0, 0, 4, 0]), Ok(None));
+        assert_eq!(parse_reply(&[4, 0, 0, 1]), Err(SocksError::Version(4)));
+        assert_eq!(reply_text(4), "host unreachable");
     }
 
     #[test]

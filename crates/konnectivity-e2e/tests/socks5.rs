@@ -180,3 +180,60 @@ fn a_socks5_bind_address_that_is_not_loopback_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnectivity_dial_relays_through_the_socks5_frontend() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let socks = d.join("socks5.sock");
+    let spec = ServerSpec {
+        extra: vec![format!("--socks5-uds={}", socks.display())],
+        ..ServerSpec::grpc_uds(d.join("s.sock"))
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let dial = move |dest: String| {
+        let mut child =
+            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                .args(["dial", "--socks5", &socks.display().to_string(), &dest])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("konnectivity dial");
+        // The tunnel has no half-close: keep stdin open until the echo is back.
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"through socks5\n").expect("write");
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+        drop(stdin);
+        let mut out = child.wait_with_output().expect("output");
+        out.stdout = line.into_bytes();
+        out
+    };
+    let out = tokio::task::spawn_blocking({
+        let dial = dial.clone();
+        move || dial(format!("localhost:{}", echo.port()))
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"through socks5\n");
+
+    let closed = konnectivity_testkit::servers::closed_port().expect("port");
+    let out = tokio::task::spawn_blocking(move || dial(closed.to_string()))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("connection refused (reply 5)"), "{stderr}");
+}
