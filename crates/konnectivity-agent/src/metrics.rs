@@ -26,6 +26,7 @@ pub struct Metrics {
     pub open_endpoint_connections: AtomicI64,
     dial_timeout: AtomicU64,
     dial_unknown: AtomicU64,
+    dial_protocol: AtomicU64,
     dial_duration: Histogram,
     /// `stream_packets_total`, by [`Segment`] and packet type index ([`TYPES`]).
     packets: [[AtomicU64; TYPES.len()]; 2],
@@ -117,6 +118,7 @@ impl Metrics {
         match why {
             DialFailure::Timeout => self.dial_timeout.fetch_add(1, Ordering::Relaxed),
             DialFailure::Unknown => self.dial_unknown.fetch_add(1, Ordering::Relaxed),
+            DialFailure::ProtocolNotAllowed => self.dial_protocol.fetch_add(1, Ordering::Relaxed),
         };
     }
 
@@ -240,6 +242,7 @@ impl Metrics {
         for (label, v) in [
             ("timeout", &self.dial_timeout),
             ("unknown", &self.dial_unknown),
+            ("protocol_not_allowed", &self.dial_protocol),
         ] {
             let v = v.load(Ordering::Relaxed);
             if v > 0 {

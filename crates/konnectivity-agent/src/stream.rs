@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::protocol::Protocol;
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
@@ -368,8 +370,21 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) -> Option<Pressure> {
     match packet::kind(&p) {
         Kind::Known(PacketType::DialReq) => {
             let req = packet::dial_request(&p).into_owned();
-            let id = st.next_id.fetch_add(1, Ordering::AcqRel) + 1;
-            tokio::spawn(serve_conn(st.clone(), id, req.random, req.address));
+            match Protocol::parse(&req.protocol) {
+                Ok(Protocol::Tcp) => {
+                    let id = st.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+                    tokio::spawn(serve_conn(st.clone(), id, req.random, req.address));
+                }
+                Err(refused) => {
+                    // Upstream hands the string to Go's dialer ("unix" reaches a
+                    // UNIX socket on the node); we dial only what we serve.
+                    warn!(address = %req.address, error = %refused, "refused a dial request");
+                    st.metrics.dial_failure(DialFailure::ProtocolNotAllowed);
+                    let _ = st
+                        .tx
+                        .control(packet::dial_rsp(req.random, 0, refused.to_string()));
+                }
+            }
         }
         Kind::Known(PacketType::Data) => {
             let d = packet::into_data(p);

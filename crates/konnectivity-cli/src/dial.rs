@@ -1,8 +1,13 @@
-//! `konnectivity dial`: one tunneled connection, relayed to stdin/stdout (like `nc`).
+//! `konnectivity dial`: one tunneled connection, relayed to stdin/stdout (like `nc`),
+//! through the gRPC or HTTP-CONNECT frontend, or through the SOCKS5 frontend
+//! (`--socks5`, our extension).
 use std::path::PathBuf;
 
+use bytes::BytesMut;
 use clap::Args;
-use tokio::io::AsyncWriteExt;
+use konnectivity_client::Io;
+use konnectivity_core::socks::{self, Destination, parse_reply, reply_text};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Arguments of `konnectivity dial`.
 #[derive(Args, Debug)]
@@ -30,20 +35,30 @@ pub struct DialArgs {
     /// Use the HTTP-CONNECT protocol instead of gRPC.
     #[arg(long)]
     http_connect: bool,
+    /// Dial through the server's SOCKS5 frontend at this address: `host:port`
+    /// (`--socks5-port`) or a UNIX socket path (`--socks5-uds`, anything with a `/`).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["uds", "tcp", "http_connect"])]
+    socks5: Option<String>,
 }
 
 /// Runs the relay until both directions end.
 pub async fn run(a: DialArgs) -> anyhow::Result<()> {
-    let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
     type R = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
     type W = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
-    let (mut r, mut w): (R, W) = if a.http_connect {
+    let (mut r, mut w): (R, W) = if let Some(proxy) = &a.socks5 {
+        let (io, rest) = socks5_dial(proxy, &a.address).await?;
+        tokio::io::stdout().write_all(&rest).await?;
+        let (r, w) = tokio::io::split(io);
+        (Box::new(r), Box::new(w))
+    } else if a.http_connect {
+        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
         let (io, rest) =
             konnectivity_client::connect_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
     } else {
+        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
         let io = konnectivity_client::grpc_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
@@ -57,4 +72,45 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
     };
     tokio::join!(to, from);
     Ok(())
+}
+
+/// Opens a connection to `address` through the SOCKS5 proxy at `proxy` (no
+/// authentication); returns it and any bytes that arrived behind the reply.
+async fn socks5_dial(proxy: &str, address: &str) -> anyhow::Result<(Box<dyn Io>, BytesMut)> {
+    let dest = Destination::from_address(address)
+        .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
+    let mut io: Box<dyn Io> = if proxy.contains('/') {
+        Box::new(tokio::net::UnixStream::connect(proxy).await?)
+    } else {
+        Box::new(tokio::net::TcpStream::connect(proxy).await?)
+    };
+    let handshake = async {
+        io.write_all(&[socks::VERSION, 1, socks::NO_AUTH]).await?;
+        let mut method = [0u8; 2];
+        io.read_exact(&mut method).await?;
+        anyhow::ensure!(
+            method == [socks::VERSION, socks::NO_AUTH],
+            "the SOCKS5 proxy at {proxy} does not accept unauthenticated clients"
+        );
+        io.write_all(&dest.connect_request()).await?;
+        let mut buf = BytesMut::with_capacity(512);
+        loop {
+            if let Some((code, n)) = parse_reply(&buf)? {
+                anyhow::ensure!(
+                    code == 0,
+                    "SOCKS5 proxy refused {address}: {} (reply {code})",
+                    reply_text(code)
+                );
+                let _ = buf.split_to(n);
+                return Ok(buf);
+            }
+            if io.read_buf(&mut buf).await? == 0 {
+                anyhow::bail!("the SOCKS5 proxy closed the connection during the handshake");
+            }
+        }
+    };
+    let rest = tokio::time::timeout(crate::DIAL_TIMEOUT, handshake)
+        .await
+        .map_err(|_| anyhow::anyhow!("SOCKS5 handshake with {proxy} timed out"))??;
+    Ok((io, rest))
 }

@@ -109,6 +109,9 @@ fn common(name: &str) -> Support {
         | "connect-header-timeout"
         | "drain-timeout"
         | "max-buffered-bytes"
+        | "socks5-port"
+        | "socks5-bind-address"
+        | "socks5-uds"
         | "stall-timeout" => Support::Extension,
         _ => Support::Same,
     }
@@ -193,6 +196,8 @@ const ENDPOINTS_AND_METRICS: &str = r#"
 | `/debug/pprof/*` | not served |
 | HTTP-CONNECT: `200 Connection Established`, 405/500/502/503/504 texts | same; plus 403 for the destination policy, 503 for limits, 408 for a slow request head |
 | a `Proxy` stream's DATA / CLOSE_REQ naming a connect ID its own dial did not establish (another frontend's, or any before its DIAL_RSP) | **difference**: never forwarded to the agent (upstream forwards it: one frontend can write into and close another's connection); answered `CLOSE_RSP{id, "mismatched connection IDs"}`, counted in `konnectivity_rs_server_foreign_connect_id_total`; the stream's own tunnel is untouched (upstream closes the first ID it saw). DIAL_CLS only abandons the stream's own dial |
+| `DialRequest.protocol` | **difference**: only `tcp` is served. Our server answers any other value (`unix`, `udp`, empty, other spellings) with `DIAL_RSP` error `protocol "unix" is not allowed (allowed: tcp)` without asking an agent (`dial_failure_count{reason="protocol_not_allowed"}`, an extension label value); our agent refuses it the same way instead of dialing (`endpoint_dial_failure_total{reason="protocol_not_allowed"}`). Upstream's server forwards any value and its agent passes it to Go's dialer (`unix` reaches a UNIX socket on the node). konnectivity-client and HTTP-CONNECT only ever send `tcp` |
+| SOCKS5 frontend (`--socks5-port` on loopback `--socks5-bind-address`, `--socks5-uds`) | **extension**: RFC 1928 CONNECT, method 0 only, IPv4/IPv6/domain (names resolved by the agent); BIND and UDP ASSOCIATE get reply 7. Failed dials map to reply codes in one place (`DialError::socks_reply`): no agent 3 (network unreachable), destination or protocol policy 2, refused 5, a timeout (server bound or the agent's 5 s dial), no route or an unknown name 4 (host unreachable; 6 "TTL expired" is not a timeout), anything else (limits, a lost agent) 1 |
 | `--dial-deadline` | bounds pending dials on both frontends (gRPC: `DIAL_RSP` error `timed out waiting for backend dial`; CONNECT: 504) when `--backend-dial-timeout` is off |
 
 ## Metrics

@@ -39,12 +39,39 @@ options! {
         @server connect_header_timeout: GoDuration = "connect-header-timeout", "1m0s",
             "konnectivity-rs: an HTTP-CONNECT client must send its whole request head within this time.",
             check non_negative_duration;
+        @server socks5_port: i64 = "socks5-port", "0",
+            "konnectivity-rs: serve a SOCKS5 frontend (RFC 1928 CONNECT, no authentication) on this port of --socks5-bind-address; 0 is off.",
+            check port_or_zero;
+        @server socks5_bind_address: String = "socks5-bind-address", "127.0.0.1",
+            "konnectivity-rs: the address the SOCKS5 port listens on; must be a loopback address, as the SOCKS5 frontend authenticates nobody.",
+            check loopback;
+        @server socks5_uds: String = "socks5-uds", "",
+            "konnectivity-rs: serve a SOCKS5 frontend on this UNIX socket (mode 0770, like --uds-name); empty is off.";
         @agent drain_timeout: GoDuration = "drain-timeout", "5m0s",
             "konnectivity-rs: after SIGTERM, how long established connections may keep the draining agent running.",
             check non_negative_duration;
     }
     also []
     extra {}
+}
+
+/// Row check: a TCP port, 0 meaning off.
+fn port_or_zero(v: &i64) -> Result<(), String> {
+    if !(0..=65535).contains(v) {
+        return Err(format!("must be a port (0 is off), got {v}"));
+    }
+    Ok(())
+}
+
+/// Row check: a loopback IP address (the SOCKS5 frontend has no authentication, so it
+/// must not be reachable from the network).
+fn loopback(v: &String) -> Result<(), String> {
+    match v.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => Ok(()),
+        _ => Err(format!(
+            "must be a loopback address such as 127.0.0.1 or ::1 (the SOCKS5 frontend has no authentication yet), got {v:?}"
+        )),
+    }
 }
 
 /// The extension flags the server (`server`) or the agent (`!server`) accepts.

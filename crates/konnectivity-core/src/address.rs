@@ -23,6 +23,9 @@ pub fn host_of(address: &str) -> &str {
 pub enum DialFailure {
     /// The dial timed out.
     Timeout,
+    /// The DIAL_REQ asked for a protocol the agent does not serve (extension label
+    /// `protocol_not_allowed`; upstream dials whatever it is asked).
+    ProtocolNotAllowed,
     /// Anything else.
     Unknown,
 }

@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 
 use crate::connect::status_for;
+use crate::protocol::ProtocolNotAllowed;
+use crate::socks::Reply;
 use crate::wire;
 
 /// The `reason` label of `dial_failure_count` (spec §8.3), upstream's values.
@@ -31,6 +33,9 @@ pub enum DialFailureReason {
     BackendDialTimeout,
     /// The frontend went away before the dial completed.
     FrontendClose,
+    /// The frontend asked for a protocol the server does not serve (our extension
+    /// value: upstream forwards any protocol).
+    ProtocolNotAllowed,
 }
 
 impl DialFailureReason {
@@ -44,6 +49,7 @@ impl DialFailureReason {
             Self::BackendClose => "backend_close",
             Self::BackendDialTimeout => "backend_dial_timeout",
             Self::FrontendClose => "frontend_close",
+            Self::ProtocolNotAllowed => "protocol_not_allowed",
         }
     }
 }
@@ -57,6 +63,10 @@ pub enum DialError {
     /// The frontend's dial ID is already pending (a collision, or a reused ID).
     #[error("dial ID already in use")]
     DuplicateDialId,
+    /// The DIAL_REQ asked for a protocol the server does not serve (anything but
+    /// `tcp`); refused before an agent is chosen, never forwarded.
+    #[error(transparent)]
+    ProtocolNotAllowed(#[from] ProtocolNotAllowed),
     /// `--allowed-destination-*` denies the destination; the text says why.
     #[error("{0}")]
     Denied(String),
@@ -100,6 +110,7 @@ impl DialError {
     pub fn reason(&self) -> Option<DialFailureReason> {
         match self {
             Self::NoAgent => Some(DialFailureReason::NoAgent),
+            Self::ProtocolNotAllowed(_) => Some(DialFailureReason::ProtocolNotAllowed),
             Self::BackendDialTimeout => Some(DialFailureReason::BackendDialTimeout),
             Self::SendFailed(_) | Self::AgentClosed | Self::AgentDisconnected => {
                 Some(DialFailureReason::BackendClose)
@@ -120,8 +131,8 @@ impl DialError {
                 wire::NO_AGENT_AVAILABLE
             ),
             Self::DuplicateDialId => "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\ndial ID collision".to_owned(),
-            Self::Denied(e) => {
-                format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\n{TEXT}\r\n\r\n{e}")
+            Self::Denied(_) | Self::ProtocolNotAllowed(_) => {
+                format!("HTTP/1.1 403 Forbidden\r\nConnection: close\r\n{TEXT}\r\n\r\n{self}")
             }
             Self::Limit(e) => format!(
                 "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n{TEXT}\r\n\r\n{e}"
@@ -145,6 +156,46 @@ impl DialError {
             ),
             Self::AgentClosed => return None,
         })
+    }
+}
+
+impl DialError {
+    /// The SOCKS5 reply code the SOCKS5 frontend answers with. Chosen here, once:
+    /// no agent for the destination is 0x03 (network unreachable: the tunnel has no
+    /// way into that network); a policy refusal (destination or protocol) is 0x02;
+    /// a timeout (the server's bound, or the agent's 5 s dial) is 0x04 host
+    /// unreachable (0x06 "TTL expired" describes something else); the agent's text
+    /// is classified like the CONNECT frontend's status (it is all the agent sends):
+    /// `connection refused` 0x05, `network is unreachable` 0x03, no route, no such
+    /// host or a timeout 0x04; anything else (limits, a lost agent) is 0x01.
+    pub fn socks_reply(&self) -> Reply {
+        match self {
+            Self::NoAgent => Reply::NetworkUnreachable,
+            Self::Denied(_) | Self::ProtocolNotAllowed(_) => Reply::NotAllowed,
+            Self::BackendDialTimeout => Reply::HostUnreachable,
+            Self::Agent(text) => {
+                let e = text.to_ascii_lowercase();
+                if e.contains("connection refused") {
+                    Reply::ConnectionRefused
+                } else if e.contains("network is unreachable") {
+                    Reply::NetworkUnreachable
+                } else if e.contains("no route to host")
+                    || e.contains("host is unreachable")
+                    || e.contains("no such host")
+                    || e.contains("timeout")
+                {
+                    Reply::HostUnreachable
+                } else {
+                    Reply::GeneralFailure
+                }
+            }
+            Self::DuplicateDialId
+            | Self::Limit(_)
+            | Self::SendFailed(_)
+            | Self::AgentClosed
+            | Self::AgentDisconnected
+            | Self::ConnectIdReused(_) => Reply::GeneralFailure,
+        }
     }
 }
 
@@ -206,6 +257,59 @@ mod tests {
         assert_eq!(status(&limit), "HTTP/1.1 503 Service Unavailable");
         assert_eq!(limit.reason(), None);
         assert_eq!(DialError::DuplicateDialId.reason(), None);
+    }
+
+    #[test]
+    fn socks_replies_are_chosen_from_the_variant_or_the_agents_text() {
+        let cases = [
+            (DialError::NoAgent, Reply::NetworkUnreachable),
+            (DialError::Denied("no".into()), Reply::NotAllowed),
+            (DialError::BackendDialTimeout, Reply::HostUnreachable),
+            (
+                DialError::Limit("(--max-x=1)".into()),
+                Reply::GeneralFailure,
+            ),
+            (DialError::AgentDisconnected, Reply::GeneralFailure),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: connect: connection refused".into()),
+                Reply::ConnectionRefused,
+            ),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: i/o timeout".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                DialError::Agent("dial tcp: lookup x on 10.0.0.10:53: no such host".into()),
+                Reply::HostUnreachable,
+            ),
+            (
+                DialError::Agent("dial tcp 1.2.3.4:5: connect: network is unreachable".into()),
+                Reply::NetworkUnreachable,
+            ),
+            (
+                DialError::Agent("something else".into()),
+                Reply::GeneralFailure,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.socks_reply(), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_protocol_is_named_on_the_wire_forbidden_and_counted() {
+        let e = DialError::from(crate::protocol::Protocol::parse("unix").unwrap_err());
+        assert_eq!(
+            e.wire_text(),
+            r#"protocol "unix" is not allowed (allowed: tcp)"#
+        );
+        assert_eq!(status(&e), "HTTP/1.1 403 Forbidden");
+        assert!(
+            e.http_response()
+                .unwrap()
+                .ends_with(r#"protocol "unix" is not allowed (allowed: tcp)"#)
+        );
+        assert_eq!(e.reason().map(|r| r.label()), Some("protocol_not_allowed"));
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //! - [`flow`]: per-connection credit accounting for the negotiated flow control.
 //! - [`select`]: backend tables and the proxy strategies that pick an agent.
 //! - [`policy`]: allowed destinations (CIDRs and ports).
+//! - [`protocol`]: the allowlist of `DialRequest.protocol` values (`tcp`).
 //! - [`dial`]: the typed dial error and its one mapping to wire text, HTTP status and
 //!   metric label.
+//! - [`socks`]: SOCKS5 (RFC 1928) greeting and CONNECT request parsing, replies.
 //! - [`tunnel`]: one tunnel's state machine (both frontends), with the isolation rule
 //!   and the pending dial's deadline.
 #![deny(missing_docs)]
@@ -26,7 +28,9 @@ pub mod frame;
 pub mod hpack;
 pub mod packet;
 pub mod policy;
+pub mod protocol;
 pub mod select;
+pub mod socks;
 pub mod tunnel;
 pub mod wire;
 

@@ -111,6 +111,9 @@ pub enum Step<D> {
     Dial {
         /// The frontend's dial ID.
         random: i64,
+        /// The protocol the frontend asked for, as sent: the server's dial path
+        /// checks it against [`crate::protocol::SERVED`].
+        protocol: String,
         /// The destination.
         address: String,
     },
@@ -249,10 +252,11 @@ impl<D, C> Tunnel<D, C> {
     }
 
     /// A CONNECT request (or a DIAL_REQ): in `Idle`, the dial to start.
-    pub fn connect(&mut self, random: i64, address: &str) -> Step<D> {
+    pub fn connect(&mut self, random: i64, protocol: &str, address: &str) -> Step<D> {
         match self.state {
             State::Idle => Step::Dial {
                 random,
+                protocol: protocol.to_owned(),
                 address: address.to_owned(),
             },
             _ => Step::Ignored,
@@ -364,7 +368,7 @@ impl<D, C> Tunnel<D, C> {
         match packet::kind(&p) {
             Kind::Known(PacketType::DialReq) => {
                 let req = packet::dial_request(&p);
-                self.connect(req.random, &req.address)
+                self.connect(req.random, &req.protocol, &req.address)
             }
             Kind::Known(PacketType::CloseReq) => {
                 let named = packet::close_request(&p).connect_id;

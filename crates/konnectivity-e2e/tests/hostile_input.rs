@@ -628,3 +628,274 @@ fn a_connect_request_sent_one_byte_per_second_is_cut_off() -> anyhow::Result<()>
     assert!(server.child_alive());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// The protocol allowlist (issue 16): upstream's agent hands `DialRequest.protocol` to
+// Go's dialer, so a frontend asking for "unix" reaches a UNIX socket on the node. A
+// real UNIX socket listens where the hostile DIAL_REQ points; it must never be
+// connected to, whichever half of the pair is ours.
+
+/// A UNIX socket that records whether anything connected to it.
+struct NodeSocket {
+    path: PathBuf,
+    connected: Arc<AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeSocket {
+    fn bind(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("node-runtime.sock");
+        let l = tokio::net::UnixListener::bind(&path)?;
+        let connected = Arc::new(AtomicBool::new(false));
+        let seen = connected.clone();
+        let _task = tokio::spawn(async move {
+            while l.accept().await.is_ok() {
+                seen.store(true, Ordering::SeqCst);
+            }
+        });
+        Ok(Self {
+            path,
+            connected,
+            _task,
+        })
+    }
+    fn address(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+}
+
+/// Sends DIAL_REQ{protocol, address} on a fresh raw stream; the DIAL_RSP's error.
+async fn refused_dial(sock: &Path, protocol: &str, address: &str) -> anyhow::Result<String> {
+    let random = 4_242;
+    let mut f =
+        RawFrontend::open_with(sock, Some(packet::dial_req(protocol, address, random))).await?;
+    let rsp = f.next().await?;
+    anyhow::ensure!(
+        packet::kind(&rsp) == Kind::Known(PacketType::DialRsp),
+        "expected DIAL_RSP, got {rsp:?}"
+    );
+    let r = packet::dial_response(&rsp);
+    anyhow::ensure!(r.random == random && r.connect_id == 0, "{r:?}");
+    Ok(r.error.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_refuses_unix_and_udp_dials_before_they_reach_an_upstream_agent()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
+    let (_agent, _) =
+        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let node = NodeSocket::bind(dir.path())?;
+
+    let unix = refused_dial(&sock, "unix", &node.address()).await?;
+    assert_eq!(unix, r#"protocol "unix" is not allowed (allowed: tcp)"#);
+    let udp = refused_dial(&sock, "udp", "127.0.0.1:53").await?;
+    assert_eq!(udp, r#"protocol "udp" is not allowed (allowed: tcp)"#);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !node.connected.load(Ordering::SeqCst),
+        "the node's UNIX socket was reached"
+    );
+    let refused = scrape_metric(
+        &format!("127.0.0.1:{}", ports.health),
+        "konnectivity_network_proxy_server_dial_failure_count{reason=\"protocol_not_allowed\"}",
+    );
+    assert_eq!(refused, Some(2.0));
+
+    // The upstream agent still serves TCP through our server.
+    let echo = servers::echo("127.0.0.1:0").await?;
+    let (f, _own) = hostile_with_own_dial(&sock, echo, 77).await?;
+    drop(f);
+    assert!(server.child_alive());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
+    let (agent, agent_health) = start_agent(
+        "agent",
+        &pki,
+        "127.0.0.1",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let node = NodeSocket::bind(dir.path())?;
+
+    let unix = refused_dial(&sock, "unix", &node.address()).await?;
+    assert_eq!(unix, r#"protocol "unix" is not allowed (allowed: tcp)"#);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !node.connected.load(Ordering::SeqCst),
+        "the node's UNIX socket was reached"
+    );
+    let refused = scrape_metric(
+        &format!("127.0.0.1:{agent_health}"),
+        "konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason=\"protocol_not_allowed\"}",
+    );
+    assert_eq!(refused, Some(1.0));
+    assert!(agent.child_alive());
+    Ok(())
+}
+
+/// The control for the two tests above (documented difference, docs/compatibility.md):
+/// upstream's server and agent together dial the node's UNIX socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_lets_a_frontend_reach_a_unix_socket_on_the_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
+    let (_agent, _) =
+        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let node = NodeSocket::bind(dir.path())?;
+
+    let dial = packet::dial_req("unix", &node.address(), 4_243);
+    let mut f = RawFrontend::open_with(&sock, Some(dial)).await?;
+    let rsp = f.next().await?;
+    let r = packet::dial_response(&rsp);
+    assert_eq!(r.error, "", "upstream dialed the UNIX socket");
+    assert_ne!(r.connect_id, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(node.connected.load(Ordering::SeqCst));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The SOCKS5 frontend (issue 16) against malformed and truncated input: every client
+// gets a SOCKS5 reply or a close, the server lives, and a healthy gRPC transfer beside
+// it never fails.
+
+/// Sends `bytes` to the SOCKS5 socket (then half-closes, when `eof`) and returns all the
+/// server writes before closing; errors if it neither answers nor closes within `T`.
+async fn socks_exchange(sock: &Path, bytes: &[u8], eof: bool) -> anyhow::Result<Vec<u8>> {
+    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    // The server may close before reading everything: a failed write is an answer too.
+    let _ = s.write_all(bytes).await;
+    if eof {
+        let _ = s.shutdown().await;
+    }
+    let mut out = Vec::new();
+    match tokio::time::timeout(T, s.read_to_end(&mut out)).await? {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(out),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_socks5_input_gets_a_reply_or_a_close_and_healthy_traffic_is_undisturbed()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let sock = dir.path().join("s.sock");
+    let socks = dir.path().join("socks5.sock");
+    let spec = ServerSpec {
+        extra: vec![format!("--socks5-uds={}", socks.display())],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let l = start_loopback(&pki, &spec, &[], dir.path())?;
+    let echo = servers::echo("127.0.0.1:0").await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (healthy, ok, bad) = healthy_traffic(sock.clone(), echo, stop.clone());
+
+    let reply = |code: u8| vec![5, code, 0, 1, 0, 0, 0, 0, 0, 0];
+    let with_method = |mut r: Vec<u8>| {
+        let mut v = vec![5, 0];
+        v.append(&mut r);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, bool, Vec<u8>)> = vec![
+        ("empty", vec![], true, vec![]),
+        ("SOCKS4", vec![4, 1, 0, 80, 127, 0, 0, 1, 0], false, vec![]),
+        (
+            "TLS ClientHello",
+            vec![0x16, 3, 1, 0, 5, 1, 0],
+            false,
+            vec![],
+        ),
+        ("no methods", vec![5, 0], false, vec![]),
+        ("only user/password", vec![5, 1, 2], false, vec![5, 0xFF]),
+        ("truncated greeting", vec![5, 200, 0], true, vec![]),
+        (
+            "BIND",
+            vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80],
+            false,
+            with_method(reply(7)),
+        ),
+        (
+            "UDP ASSOCIATE",
+            vec![5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0],
+            false,
+            with_method(reply(7)),
+        ),
+        (
+            "address type 9",
+            vec![5, 1, 0, 5, 1, 0, 9],
+            false,
+            with_method(reply(8)),
+        ),
+        (
+            "zero-length name",
+            vec![5, 1, 0, 5, 1, 0, 3, 0, 0, 80],
+            false,
+            with_method(reply(1)),
+        ),
+        (
+            "name with a NUL",
+            vec![5, 1, 0, 5, 1, 0, 3, 2, b'a', 0, 0, 80],
+            false,
+            with_method(reply(1)),
+        ),
+        (
+            "truncated IPv6",
+            vec![5, 1, 0, 5, 1, 0, 4, 0, 0, 0],
+            true,
+            vec![5, 0],
+        ),
+    ];
+    for (what, send, eof, want) in &cases {
+        let got = socks_exchange(&socks, send, *eof)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        assert_eq!(&got, want, "{what}");
+    }
+    // Garbage of every length: answered or closed, never a hang.
+    for n in 1..64u8 {
+        let garbage: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+        socks_exchange(&socks, &garbage, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("garbage of {n} bytes: {e}"))?;
+    }
+    // A good CONNECT still works afterwards.
+    let mut good = vec![5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1];
+    good.extend_from_slice(&echo.port().to_be_bytes());
+    good.extend_from_slice(b"ping");
+    let mut s = tokio::net::UnixStream::connect(&socks).await?;
+    s.write_all(&good).await?;
+    let mut back = [0u8; 2 + 10 + 4];
+    tokio::time::timeout(T, s.read_exact(&mut back)).await??;
+    assert_eq!(&back[..4], &[5, 0, 5, 0]);
+    assert_eq!(&back[12..], b"ping");
+
+    stop.store(true, Ordering::Relaxed);
+    healthy.await?;
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "healthy traffic failed");
+    assert!(l.server.child_alive());
+    Ok(())
+}

@@ -11,17 +11,14 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use konnectivity_core::dial::DialError;
-use konnectivity_core::tunnel::{Leftover, Step, Tunnel};
-use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tracing::debug;
 
-use crate::dial::{self, Dialing};
 use crate::metrics::Gauge;
-use crate::state::{Backend, DialOutcome, Shared};
+use crate::state::Shared;
 use crate::status::document::FrontendKind;
+use crate::stream_tunnel::{self, Answers, write_close};
 pub use konnectivity_core::connect::{Head, parse_head, status_for};
 
 /// Largest request head we read (upstream's `MaxHeaderBytes` default is 1 MiB).
@@ -29,11 +26,6 @@ const MAX_HEAD: usize = 1 << 20;
 
 /// The exact success line.
 pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-
-async fn write_close<S: AsyncWrite + Unpin>(sock: &mut S, bytes: &[u8]) {
-    let _ = sock.write_all(bytes).await;
-    let _ = sock.shutdown().await;
-}
 
 /// Serves one accepted client connection.
 pub async fn serve<S>(s: Arc<Shared>, mut sock: S)
@@ -105,96 +97,20 @@ where
     };
     let leftover: Bytes = buf.freeze();
     let _gauge = s.metrics.hold(Gauge::Http);
-    let mut t: Tunnel<Dialing, Arc<Backend>> = Tunnel::new(s.settings.dial_bounds());
-    let Step::Dial { random, address } = t.connect(rand::random::<i64>() & i64::MAX, &authority)
-    else {
-        return;
-    };
-    match dial::start(&s, FrontendKind::Connect, &address, random).await {
-        Ok(d) => t.dial_started(random, d, now()),
-        Err(e) => return refuse(&mut sock, &e).await,
-    }
-    let outcome = loop {
-        let deadline = t.deadline().map(Instant::from_std);
-        tokio::select! {
-            o = async {
-                match t.dial_mut() {
-                    Some(d) => (&mut d.reply).await,
-                    None => std::future::pending().await,
-                }
-            } => break o.unwrap_or(DialOutcome::Failed(DialError::AgentDisconnected)),
-            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {
-                if t.poll_deadline(now()).is_some()
-                    && t.dial_mut().is_some_and(|d| dial::expire(&s, d))
-                {
-                    break DialOutcome::Failed(DialError::BackendDialTimeout);
-                }
-            }
-        }
-    };
-    let est = match outcome {
-        DialOutcome::Connected(est) => {
-            if t.dial_connected(est.connect_id, (), |d, ()| d.backend)
-                .is_err()
-            {
-                return;
-            }
-            est
-        }
-        DialOutcome::Failed(e) => {
-            let _ = t.pending_failed(&e);
-            return refuse(&mut sock, &e).await;
-        }
-    };
-    let Some(backend) = t.conn().cloned() else {
-        return;
-    };
-    let _established = s.metrics.hold(Gauge::Established);
-    let id = est.connect_id;
-    if sock.write_all(ESTABLISHED).await.is_err() {
-        dial::close_conn(&s, &backend, id).await;
-        return;
-    }
-    let end = splice(
+    stream_tunnel::run(
+        &s,
         sock,
-        id,
-        est.rx,
-        backend.tx.clone(),
-        est.credit,
-        s.settings.max_chunk,
+        FrontendKind::Connect,
+        &authority,
         leftover,
+        ANSWERS,
     )
     .await;
-    debug!(connect_id = id, ?end, "CONNECT tunnel ended");
-    match end {
-        SpliceEnd::PeerClosed(_) => {
-            // The agent closed it (CLOSE_RSP: its entry is already gone and close_conn
-            // does nothing) or our own abort of a client that stalled (the entry is
-            // still there: the agent is told with CLOSE_REQ).
-            if let Some((connect_id, conn)) = t.agent_closed() {
-                dial::close_conn(&s, &conn, connect_id).await;
-            }
-        }
-        SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
-            if let Leftover::Conn { connect_id, conn } = t.frontend_gone() {
-                dial::close_conn(&s, &conn, connect_id).await;
-            }
-        }
-    }
 }
 
-/// Answers a failed dial with its HTTP response (or just closes, for an agent's
-/// DIAL_CLS) and closes the client's socket.
-async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, e: &DialError) {
-    debug!(error = %e, "CONNECT dial failed");
-    match e.http_response() {
-        Some(rsp) => write_close(sock, rsp.as_bytes()).await,
-        None => {
-            let _ = sock.shutdown().await;
-        }
-    }
-}
-
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
+/// The CONNECT answers: exactly upstream's 200 line, or the typed error's response
+/// (`None` closes without one, upstream's answer to an agent's DIAL_CLS).
+const ANSWERS: Answers = Answers {
+    established: ESTABLISHED,
+    refused: |e| e.http_response().map(String::into_bytes),
+};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use konnectivity_core::address::host_of;
 use konnectivity_core::dial::DialError;
 use konnectivity_core::packet;
+use konnectivity_core::protocol::Protocol;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -28,16 +29,26 @@ pub struct Dialing {
     ticket: u64,
 }
 
-/// Picks a backend for `address` and sends it `DIAL_REQ{tcp, address, random}`. A
-/// failure is counted here (policy and limit refusals in their own metrics) and
-/// remembered for the status page.
+/// Checks the frontend's `protocol` against the allowlist (anything but `tcp` is
+/// refused here, before an agent is chosen, and never reaches one), picks a backend
+/// for `address` and sends it `DIAL_REQ{protocol, address, random}`. A failure is
+/// counted here (policy and limit refusals in their own metrics) and remembered for
+/// the status page.
 pub async fn start(
     s: &Shared,
     frontend: FrontendKind,
+    protocol: &str,
     address: &str,
     random: i64,
 ) -> Result<Dialing, DialError> {
-    let started = send_dial_req(s, frontend, address, random).await;
+    let started = match Protocol::parse(protocol) {
+        Ok(p) => send_dial_req(s, frontend, p, address, random).await,
+        Err(e) => {
+            let e = DialError::from(e);
+            s.metrics.dial_failed(&e);
+            Err(e)
+        }
+    };
     if let Err(e) = &started {
         crate::status::record_start_error(s, frontend, address, e);
     }
@@ -47,6 +58,7 @@ pub async fn start(
 async fn send_dial_req(
     s: &Shared,
     frontend: FrontendKind,
+    protocol: Protocol,
     address: &str,
     random: i64,
 ) -> Result<Dialing, DialError> {
@@ -97,7 +109,7 @@ async fn send_dial_req(
     let sent = send_dial(
         s,
         &dialing.backend,
-        packet::dial_req("tcp", address, random),
+        packet::dial_req(protocol.as_str(), address, random),
     )
     .await;
     if let Err(e) = sent {

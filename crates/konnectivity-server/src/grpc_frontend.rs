@@ -270,18 +270,20 @@ async fn on_frontend_packet(s: &Shared, t: &mut Machine, p: Packet, out: &Out) -
             debug!("ignoring a frontend packet (second DIAL_REQ, or the tunnel has ended)");
             true
         }
-        Step::Dial { random, address } => {
-            match dial::start(s, FrontendKind::Grpc, &address, random).await {
-                Ok(d) => {
-                    t.dial_started(random, d, now());
-                    true
-                }
-                Err(e) => {
-                    debug!(%address, error = %e, "dial failed");
-                    out.send(t.dial_failed(random, &e)).await.is_ok()
-                }
+        Step::Dial {
+            random,
+            protocol,
+            address,
+        } => match dial::start(s, FrontendKind::Grpc, &protocol, &address, random).await {
+            Ok(d) => {
+                t.dial_started(random, d, now());
+                true
             }
-        }
+            Err(e) => {
+                debug!(%address, error = %e, "dial failed");
+                out.send(t.dial_failed(random, &e)).await.is_ok()
+            }
+        },
         Step::Forward(p) => {
             let Some((connect_id, conn)) = t.conn_mut() else {
                 return true;

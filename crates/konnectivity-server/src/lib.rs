@@ -5,7 +5,9 @@
 //!   stream, dispatching without ever waiting on one connection);
 //! - [`grpc_frontend`]: `ProxyService.Proxy` for konnectivity-client (kube-apiserver);
 //! - [`connect_frontend`], for `--mode=http-connect`;
-//! - [`dial`]: what both frontends do to open and close a tunneled connection;
+//! - [`socks5_frontend`], for `--socks5-port` / `--socks5-uds` (ours);
+//! - [`stream_tunnel`]: the dial and splice both byte-stream frontends share;
+//! - [`dial`]: what every frontend does to open and close a tunneled connection;
 //! - [`state`]: the shared tables; [`metrics`]: the Prometheus metrics;
 //! - [`status`]: `/status` (a typed JSON document) and the live `/status.html` page on
 //!   the admin port, with the bounded history behind its charts;
@@ -26,8 +28,10 @@ pub mod grpc_frontend;
 pub mod listen;
 pub mod metrics;
 pub mod rpc;
+pub mod socks5_frontend;
 pub mod state;
 pub mod status;
+pub mod stream_tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +56,9 @@ pub enum ServerError {
         /// The transport error.
         source: tonic::transport::Error,
     },
+    /// A frontend protocol paired with a listener that may not carry it.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// The frontend protocol (`--mode`).
@@ -61,6 +68,8 @@ pub enum Mode {
     Grpc,
     /// HTTP CONNECT.
     HttpConnect,
+    /// SOCKS5 CONNECT (our extension, `--socks5-port` / `--socks5-uds`).
+    Socks5,
 }
 
 /// The frontend listener: a UNIX socket (no TLS), or TCP with mTLS.
@@ -70,6 +79,9 @@ pub enum FrontendListener {
     Uds(UnixListener),
     /// `--server-port` with its TLS configuration (client certificates required).
     Tcp(TcpListener, Arc<ServerConfig>),
+    /// Plain TCP on a loopback address, for the SOCKS5 frontend only
+    /// (`--socks5-bind-address` is checked to be loopback).
+    Loopback(TcpListener),
 }
 
 /// One frontend: a protocol on a listener.
@@ -240,13 +252,18 @@ async fn serve_frontend(
                     let incoming = listen::tls_incoming(tcp, tls, "frontend", shutdown.clone());
                     server.serve_with_incoming_shutdown(incoming, done).await
                 }
+                FrontendListener::Loopback(_) => {
+                    return Err(ServerError::Unsupported(
+                        "a plain TCP listener serves only the SOCKS5 frontend",
+                    ));
+                }
             }
             .map_err(|source| ServerError::Transport {
                 what: "frontend",
                 source,
             })
         }
-        (Mode::HttpConnect, FrontendListener::Uds(uds)) => loop {
+        (_, FrontendListener::Uds(uds)) => loop {
             let sock = tokio::select! {
                 r = uds.accept() => match r {
                     Ok((sock, _)) => sock,
@@ -258,16 +275,45 @@ async fn serve_frontend(
                 },
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            tokio::spawn(connect_frontend::serve(shared.clone(), sock));
+            spawn_stream_frontend(shared.clone(), mode, sock);
         },
-        (Mode::HttpConnect, FrontendListener::Tcp(tcp, tls)) => {
+        (Mode::Socks5, FrontendListener::Loopback(tcp)) => loop {
+            let sock = tokio::select! {
+                r = tcp.accept() => match r {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        warn!(error = %e, "frontend accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let _ = sock.set_nodelay(true);
+            spawn_stream_frontend(shared.clone(), mode, sock);
+        },
+        (Mode::HttpConnect, FrontendListener::Loopback(_)) => Err(ServerError::Unsupported(
+            "a plain TCP listener serves only the SOCKS5 frontend",
+        )),
+        (_, FrontendListener::Tcp(tcp, tls)) => {
             use futures::StreamExt;
             let mut incoming =
                 std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
             while let Some(Ok(sock)) = incoming.next().await {
-                tokio::spawn(connect_frontend::serve(shared.clone(), sock));
+                spawn_stream_frontend(shared.clone(), mode, sock);
             }
             Ok(())
         }
     }
+}
+
+/// Serves one client of a byte-stream frontend (CONNECT or SOCKS5) in its own task.
+fn spawn_stream_frontend<S>(shared: Arc<Shared>, mode: Mode, sock: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match mode {
+        Mode::Socks5 => tokio::spawn(socks5_frontend::serve(shared, sock)),
+        Mode::Grpc | Mode::HttpConnect => tokio::spawn(connect_frontend::serve(shared, sock)),
+    };
 }

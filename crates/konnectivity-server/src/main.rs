@@ -101,13 +101,15 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         agent = ?agent.local_addr().ok(), health = ?health.local_addr().ok(), admin = ?admin.local_addr().ok(),
         uds = %o.uds_name, "listening"
     );
+    let mut frontends = vec![Frontend {
+        mode,
+        listener: frontend,
+    }];
+    frontends.extend(socks5_frontends(&o)?);
     let listeners = Listeners {
         agent,
         agent_tls: Arc::new(agent_tls),
-        frontends: vec![Frontend {
-            mode,
-            listener: frontend,
-        }],
+        frontends,
         health: Some(health),
         admin: Some(admin),
     };
@@ -169,10 +171,35 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), l).await;
     }
     served?;
-    if !o.uds_name.is_empty() {
-        let _ = std::fs::remove_file(&o.uds_name);
+    for path in [&o.uds_name, &o.ext.socks5_uds] {
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
     }
     Ok(())
+}
+
+/// The SOCKS5 frontends (our extension): `--socks5-port` on `--socks5-bind-address`
+/// (validated to be loopback) and `--socks5-uds`, each off when unset.
+fn socks5_frontends(o: &ServerOptions) -> anyhow::Result<Vec<Frontend>> {
+    let mut out = Vec::new();
+    if o.ext.socks5_port != 0 {
+        let l = process::bind_tcp(&o.ext.socks5_bind_address, port(o.ext.socks5_port)?)?;
+        info!(socks5 = ?l.local_addr().ok(), "listening");
+        out.push(Frontend {
+            mode: Mode::Socks5,
+            listener: FrontendListener::Loopback(l),
+        });
+    }
+    if !o.ext.socks5_uds.is_empty() {
+        let l = bind_uds(&o.ext.socks5_uds, o.delete_existing_uds_file)?;
+        info!(socks5_uds = %o.ext.socks5_uds, "listening");
+        out.push(Frontend {
+            mode: Mode::Socks5,
+            listener: FrontendListener::Uds(l),
+        });
+    }
+    Ok(out)
 }
 
 /// Binds the frontend UNIX socket. Upstream creates it under umask 0007; we bind and

@@ -4,7 +4,8 @@
 //!
 //! - the agent link is TCP on `127.0.0.1` with mutual TLS from a fresh [`pki`] (put a
 //!   [`Relay`](crate::relay::Relay) in between to freeze or cut it);
-//! - the server has two frontends on UNIX sockets in the harness's temp dir: gRPC
+//! - the server has three frontends on UNIX sockets in the harness's temp dir: SOCKS5
+//!   ([`Server::socks5`]), gRPC
 //!   (`ProxyService.Proxy`, reached with [`konnectivity_client::grpc_dial`] or a
 //!   [`RawProxy`] stream) and HTTP CONNECT ([`konnectivity_client::connect_dial`]).
 //!
@@ -84,7 +85,14 @@ impl Harness {
         }
     }
 
-    /// Starts a server with `settings` on a fresh agent port and two frontend sockets.
+    /// A fresh path for a UNIX socket in the harness's temp dir, `<name>-<n>.sock`.
+    pub fn socket_path(&self, name: &str) -> std::path::PathBuf {
+        let n = self.sockets.fetch_add(1, Ordering::Relaxed);
+        self.dir.path().join(format!("{name}-{n}.sock"))
+    }
+
+    /// Starts a server with `settings` on a fresh agent port and three frontend sockets
+    /// (gRPC, HTTP CONNECT, SOCKS5).
     pub async fn server(&self, settings: Settings) -> anyhow::Result<Server> {
         let n = self.sockets.fetch_add(1, Ordering::Relaxed);
         let agent = TcpListener::bind("127.0.0.1:0").await?;
@@ -93,6 +101,8 @@ impl Harness {
         let connect_path = self.dir.path().join(format!("connect-{n}.sock"));
         let grpc_l = UnixListener::bind(&grpc_path)?;
         let connect_l = UnixListener::bind(&connect_path)?;
+        let socks5_path = self.dir.path().join(format!("socks5-{n}.sock"));
+        let socks5_l = UnixListener::bind(&socks5_path)?;
         let agent_tls = konnectivity_tls::agent_listener(
             &self.pki.server_cert,
             &self.pki.server_key,
@@ -111,6 +121,10 @@ impl Harness {
                     mode: Mode::HttpConnect,
                     listener: FrontendListener::Uds(connect_l),
                 },
+                konnectivity_server::Frontend {
+                    mode: Mode::Socks5,
+                    listener: FrontendListener::Uds(socks5_l),
+                },
             ],
             health: None,
             admin: None,
@@ -127,6 +141,7 @@ impl Harness {
             agent_addr,
             grpc: Frontend::Uds(grpc_path),
             connect: Frontend::Uds(connect_path),
+            socks5: socks5_path,
             shutdown,
         })
     }
@@ -179,6 +194,8 @@ pub struct Server {
     pub grpc: Frontend,
     /// The HTTP-CONNECT frontend (UNIX socket).
     pub connect: Frontend,
+    /// The SOCKS5 frontend's UNIX socket.
+    pub socks5: std::path::PathBuf,
     /// Cancelled on drop.
     shutdown: CancellationToken,
 }

@@ -799,3 +799,31 @@ fn validation_error_display_has_the_wrapper() {
         "failed to validate server options with server ca cert must be set when in TCP mode (uds-name is empty)"
     );
 }
+
+#[test]
+fn socks5_frontend_is_off_by_default_and_only_binds_loopback() {
+    let o = parse(&[]);
+    assert_eq!(o.ext.socks5_port, 0);
+    assert_eq!(o.ext.socks5_uds, "");
+    assert_eq!(o.ext.socks5_bind_address, "127.0.0.1");
+    let o = parse(&["--socks5-port=1080", "--socks5-uds=/run/s.sock"]);
+    assert_eq!(o.ext.socks5_port, 1080);
+    assert_eq!(o.ext.socks5_uds, "/run/s.sock");
+    for ok in ["127.0.0.1", "127.1.2.3", "::1"] {
+        let mut o = valid();
+        o.ext.socks5_bind_address = ok.into();
+        assert!(o.validate().is_ok(), "{ok}");
+    }
+    for bad in ["0.0.0.0", "10.0.0.1", "::", "localhost", ""] {
+        let mut o = valid();
+        o.ext.socks5_bind_address = bad.into();
+        let msg = invalid_message(&o);
+        assert!(
+            msg.contains("--socks5-bind-address must be a loopback address"),
+            "{msg}"
+        );
+    }
+    let mut o = valid();
+    o.ext.socks5_port = 70000;
+    assert!(invalid_message(&o).contains("--socks5-port must be a port"));
+}

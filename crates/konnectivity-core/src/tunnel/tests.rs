@@ -23,6 +23,7 @@ fn dialing(b: DialBounds, now: Instant) -> T {
         t.on_frontend(packet::dial_req("tcp", "10.0.0.7:10250", R)),
         Step::Dial {
             random: R,
+            protocol: "tcp".into(),
             address: "10.0.0.7:10250".into()
         }
     );

@@ -7,7 +7,9 @@ mod drain;
 mod isolation;
 mod keepalive;
 mod limits;
+mod protocols;
 mod reconnect;
+mod socks5;
 mod stall;
 mod status;
 

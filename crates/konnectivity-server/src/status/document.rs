@@ -150,6 +150,8 @@ pub enum FrontendKind {
     Grpc,
     /// HTTP CONNECT.
     Connect,
+    /// SOCKS5 CONNECT (`--socks5-port`, `--socks5-uds`).
+    Socks5,
 }
 
 /// One open tunneled connection.

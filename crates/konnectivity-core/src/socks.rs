@@ -1,0 +1,449 @@
+//! SOCKS5 (RFC 1928) for the server's SOCKS5 frontend, sans-IO: the client's method
+//! greeting, its request, and the replies. Only what the frontend serves is accepted:
+//! method 0 (no authentication) and the CONNECT command, to an IPv4, IPv6 or domain
+//! address; every other input is a typed [`SocksError`] that says which reply (if any)
+//! the client gets. Nothing here panics on peer input.
+//!
+//! The parsers are incremental: given the bytes read so far they return `Ok(None)`
+//! until the message is complete, then the message and how many bytes it used (a
+//! client may pipeline its request, or data, behind the greeting).
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The protocol version byte.
+pub const VERSION: u8 = 5;
+/// Method 0: no authentication required.
+pub const NO_AUTH: u8 = 0x00;
+/// Method 0xFF: no acceptable methods.
+pub const NO_ACCEPTABLE_METHOD: u8 = 0xFF;
+
+const CMD_CONNECT: u8 = 0x01;
+const ATYP_IPV4: u8 = 0x01;
+const ATYP_DOMAIN: u8 = 0x03;
+const ATYP_IPV6: u8 = 0x04;
+
+/// The client's first message: the authentication methods it offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// The offered method codes (1 to 255 of them).
+    pub methods: Vec<u8>,
+}
+
+impl Greeting {
+    /// The method the server answers with: [`NO_AUTH`] when offered (the only one
+    /// served), else [`NO_ACCEPTABLE_METHOD`] (the client must then close).
+    pub fn choose(&self) -> u8 {
+        if self.methods.contains(&NO_AUTH) {
+            NO_AUTH
+        } else {
+            NO_ACCEPTABLE_METHOD
+        }
+    }
+}
+
+/// Where a CONNECT request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// ATYP 1.
+    Ipv4(Ipv4Addr, u16),
+    /// ATYP 4.
+    Ipv6(Ipv6Addr, u16),
+    /// ATYP 3: a name, resolved by the agent on its node.
+    Domain(String, u16),
+}
+
+impl Destination {
+    /// The dial address sent in the DIAL_REQ: `1.2.3.4:80`, `[::1]:80`, `name:80`.
+    pub fn dial_address(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ipv4(ip, port) => write!(f, "{ip}:{port}"),
+            Self::Ipv6(ip, port) => write!(f, "[{ip}]:{port}"),
+            Self::Domain(name, port) => write!(f, "{name}:{port}"),
+        }
+    }
+}
+
+impl Destination {
+    /// The destination of a dial address (`host:port`, `[v6]:port`): an IP literal
+    /// becomes ATYP 1 or 4, anything else a name for the proxy to resolve. `None` when
+    /// there is no port, or the name does not fit in a request.
+    pub fn from_address(address: &str) -> Option<Self> {
+        let (host, port) = address.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => Self::Ipv4(ip, port),
+            Ok(std::net::IpAddr::V6(ip)) => Self::Ipv6(ip, port),
+            Err(_) => {
+                if host.is_empty() || host.len() > 255 {
+                    return None;
+                }
+                Self::Domain(host.to_owned(), port)
+            }
+        })
+    }
+
+    /// The client's CONNECT request for this destination.
+    pub fn connect_request(&self) -> Vec<u8> {
+        let mut r = vec![VERSION, CMD_CONNECT, 0];
+        let port = match self {
+            Self::Ipv4(ip, port) => {
+                r.push(ATYP_IPV4);
+                r.extend_from_slice(&ip.octets());
+                port
+            }
+            Self::Ipv6(ip, port) => {
+                r.push(ATYP_IPV6);
+                r.extend_from_slice(&ip.octets());
+                port
+            }
+            Self::Domain(name, port) => {
+                r.push(ATYP_DOMAIN);
+                r.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+                r.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+                port
+            }
+        };
+        r.extend_from_slice(&port.to_be_bytes());
+        r
+    }
+}
+
+/// Parses a server's reply (`VER REP RSV ATYP BND.ADDR BND.PORT`, any address type):
+/// the reply code.
+pub fn parse_reply(buf: &[u8]) -> Parsed<u8> {
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
+    if head[0] != VERSION {
+        return Err(SocksError::Version(head[0]));
+    }
+    let addr_len = match head[3] {
+        ATYP_IPV4 => 4,
+        ATYP_IPV6 => 16,
+        ATYP_DOMAIN => match buf.get(4) {
+            None => return Ok(None),
+            Some(&n) => 1 + usize::from(n),
+        },
+        other => return Err(SocksError::AddressType(other)),
+    };
+    let end = 4 + addr_len + 2;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((head[1], end)))
+}
+
+/// What a reply code means (RFC 1928 §6).
+pub fn reply_text(code: u8) -> &'static str {
+    match code {
+        0x00 => "succeeded",
+        0x01 => "general SOCKS server failure",
+        0x02 => "connection not allowed by ruleset",
+        0x03 => "network unreachable",
+        0x04 => "host unreachable",
+        0x05 => "connection refused",
+        0x06 => "TTL expired",
+        0x07 => "command not supported",
+        0x08 => "address type not supported",
+        _ => "unassigned reply code",
+    }
+}
+
+/// A reply code (RFC 1928 §6, `REP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reply {
+    /// 0x00.
+    Succeeded = 0x00,
+    /// 0x01.
+    GeneralFailure = 0x01,
+    /// 0x02: a policy of the server refused the destination.
+    NotAllowed = 0x02,
+    /// 0x03.
+    NetworkUnreachable = 0x03,
+    /// 0x04.
+    HostUnreachable = 0x04,
+    /// 0x05.
+    ConnectionRefused = 0x05,
+    /// 0x07.
+    CommandNotSupported = 0x07,
+    /// 0x08.
+    AddressTypeNotSupported = 0x08,
+}
+
+impl Reply {
+    /// The reply message, with BND.ADDR 0.0.0.0:0: the frontend does not know the
+    /// agent's local address (RFC 1928 lets the server choose what to report).
+    pub const fn encode(self) -> [u8; 10] {
+        [VERSION, self as u8, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0]
+    }
+}
+
+/// Malformed or unsupported client input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SocksError {
+    /// The first byte is not 5 (another SOCKS version, or another protocol).
+    #[error("not SOCKS5 (version byte {0:#04x})")]
+    Version(u8),
+    /// A greeting offering no methods.
+    #[error("the greeting offers no authentication method")]
+    NoMethods,
+    /// RSV is not 0.
+    #[error("reserved byte is {0:#04x}, not 0")]
+    Reserved(u8),
+    /// BIND (2), UDP ASSOCIATE (3) or an unknown command.
+    #[error("command {0:#04x} is not supported (only CONNECT)")]
+    Command(u8),
+    /// An unknown ATYP.
+    #[error("address type {0:#04x} is not supported")]
+    AddressType(u8),
+    /// A domain name that is empty, not ASCII, or holds characters no host name has.
+    #[error("invalid domain name")]
+    Domain,
+}
+
+impl SocksError {
+    /// The reply the client gets before the connection is closed; `None` when it did
+    /// not speak SOCKS5 (it gets no SOCKS5 message, only the close).
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            Self::Version(_) | Self::NoMethods => None,
+            Self::Reserved(_) | Self::Domain => Some(Reply::GeneralFailure),
+            Self::Command(_) => Some(Reply::CommandNotSupported),
+            Self::AddressType(_) => Some(Reply::AddressTypeNotSupported),
+        }
+    }
+}
+
+/// What an incremental parser returns: `Ok(None)` until the message is complete, then
+/// the message and the number of bytes it used.
+pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
+
+/// Parses the method greeting: `VER NMETHODS METHODS...`.
+pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
+    let Some(&ver) = buf.first() else {
+        return Ok(None);
+    };
+    if ver != VERSION {
+        return Err(SocksError::Version(ver));
+    }
+    let Some(&n) = buf.get(1) else {
+        return Ok(None);
+    };
+    if n == 0 {
+        return Err(SocksError::NoMethods);
+    }
+    let end = 2 + usize::from(n);
+    let Some(methods) = buf.get(2..end) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Greeting {
+            methods: methods.to_vec(),
+        },
+        end,
+    )))
+}
+
+/// Parses a request: `VER CMD RSV ATYP DST.ADDR DST.PORT`; only CONNECT is accepted.
+/// An unsupported command or address type is reported as soon as its byte arrives.
+pub fn parse_request(buf: &[u8]) -> Parsed<Destination> {
+    let Some(head) = buf.get(..4) else {
+        if let Some(&ver) = buf.first()
+            && ver != VERSION
+        {
+            return Err(SocksError::Version(ver));
+        }
+        return Ok(None);
+    };
+    let (ver, cmd, rsv, atyp) = (head[0], head[1], head[2], head[3]);
+    if ver != VERSION {
+        return Err(SocksError::Version(ver));
+    }
+    if cmd != CMD_CONNECT {
+        return Err(SocksError::Command(cmd));
+    }
+    if rsv != 0 {
+        return Err(SocksError::Reserved(rsv));
+    }
+    let rest = &buf[4..];
+    let (addr_len, skip) = match atyp {
+        ATYP_IPV4 => (4, 0),
+        ATYP_IPV6 => (16, 0),
+        ATYP_DOMAIN => match rest.first() {
+            None => return Ok(None),
+            Some(0) => return Err(SocksError::Domain),
+            Some(&n) => (usize::from(n), 1),
+        },
+        other => return Err(SocksError::AddressType(other)),
+    };
+    let end = skip + addr_len + 2;
+    let Some(body) = rest.get(..end) else {
+        return Ok(None);
+    };
+    let addr = &body[skip..skip + addr_len];
+    let port = u16::from_be_bytes([body[end - 2], body[end - 1]]);
+    let dest = match atyp {
+        ATYP_IPV4 => {
+            let o: [u8; 4] = addr.try_into().map_err(|_| SocksError::AddressType(atyp))?;
+            Destination::Ipv4(Ipv4Addr::from(o), port)
+        }
+        ATYP_IPV6 => {
+            let o: [u8; 16] = addr.try_into().map_err(|_| SocksError::AddressType(atyp))?;
+            Destination::Ipv6(Ipv6Addr::from(o), port)
+        }
+        _ => Destination::Domain(domain(addr)?, port),
+    };
+    Ok(Some((dest, 4 + end)))
+}
+
+/// A host name as the agent's resolver will see it: ASCII letters, digits, `-`, `_`
+/// and `.` only (no `:`, which would change where the dial address's port starts,
+/// no spaces or control characters).
+fn domain(raw: &[u8]) -> Result<String, SocksError> {
+    let ok = raw
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(SocksError::Domain);
+    }
+    String::from_utf8(raw.to_vec()).map_err(|_| SocksError::Domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_offering_no_auth_is_answered_with_method_zero() {
+        let (g, n) = parse_greeting(&[5, 2, 2, 0, 0xAA]).unwrap().unwrap();
+        assert_eq!(n, 4, "a pipelined byte is left for the request");
+        assert_eq!(g.choose(), NO_AUTH);
+        let (g, _) = parse_greeting(&[5, 1, 2]).unwrap().unwrap();
+        assert_eq!(g.choose(), NO_ACCEPTABLE_METHOD);
+    }
+
+    #[test]
+    fn partial_greetings_ask_for_more() {
+        for partial in [&[][..], &[5], &[5, 3, 0, 1]] {
+            assert_eq!(parse_greeting(partial), Ok(None), "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_greetings_are_typed_errors_without_a_reply() {
+        assert_eq!(parse_greeting(&[4, 1, 0]), Err(SocksError::Version(4)));
+        assert_eq!(
+            parse_greeting(b"GET / HTTP/1.1"),
+            Err(SocksError::Version(b'G'))
+        );
+        assert_eq!(parse_greeting(&[5, 0]), Err(SocksError::NoMethods));
+        assert_eq!(SocksError::Version(4).reply(), None);
+        assert_eq!(SocksError::NoMethods.reply(), None);
+    }
+
+    #[test]
+    fn connect_requests_parse_to_dial_addresses() {
+        let v4 = [5, 1, 0, 1, 10, 0, 0, 7, 0x28, 0x0A];
+        let (d, n) = parse_request(&v4).unwrap().unwrap();
+        assert_eq!((d.dial_address(), n), ("10.0.0.7:10250".to_owned(), 10));
+
+        let mut v6 = vec![5, 1, 0, 4];
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        v6.extend_from_slice(&[0, 80, 0xFF]);
+        let (d, n) = parse_request(&v6).unwrap().unwrap();
+        assert_eq!((d.dial_address(), n), ("[::1]:80".to_owned(), 22));
+
+        let mut name = vec![5, 1, 0, 3, 11];
+        name.extend_from_slice(b"node.local_");
+        name.extend_from_slice(&[0x1F, 0x90]);
+        let (d, n) = parse_request(&name).unwrap().unwrap();
+        assert_eq!(d, Destination::Domain("node.local_".into(), 8080));
+        assert_eq!((d.dial_address(), n), ("node.local_:8080".to_owned(), 18));
+    }
+
+    #[test]
+    fn partial_requests_ask_for_more() {
+        let full = [5, 1, 0, 3, 4, b'h', b'o', b's', b't', 0, 80];
+        for cut in 0..full.len() {
+            assert_eq!(parse_request(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert!(parse_request(&full).unwrap().is_some());
+    }
+
+    #[test]
+    fn unsupported_commands_and_address_types_get_their_reply_codes() {
+        for cmd in [2, 3, 0, 9] {
+            let e = parse_request(&[5, cmd, 0, 1]).unwrap_err();
+            assert_eq!(e, SocksError::Command(cmd));
+            assert_eq!(e.reply(), Some(Reply::CommandNotSupported));
+        }
+        let e = parse_request(&[5, 1, 0, 2]).unwrap_err();
+        assert_eq!(e, SocksError::AddressType(2));
+        assert_eq!(e.reply(), Some(Reply::AddressTypeNotSupported));
+        assert_eq!(parse_request(&[5, 1, 1, 1]), Err(SocksError::Reserved(1)));
+        assert_eq!(parse_request(&[4]), Err(SocksError::Version(4)));
+    }
+
+    #[test]
+    fn domains_that_would_change_the_dial_address_are_refused() {
+        for bad in [
+            &b""[..],
+            b"a:1",
+            b"a b",
+            b"a\nb",
+            b"a/b",
+            "é".as_bytes(),
+            b"[::1]",
+        ] {
+            let mut req = vec![5, 1, 0, 3, bad.len() as u8];
+            req.extend_from_slice(bad);
+            req.extend_from_slice(&[0, 80]);
+            assert_eq!(parse_request(&req), Err(SocksError::Domain), "{bad:?}");
+        }
+        assert_eq!(SocksError::Domain.reply(), Some(Reply::GeneralFailure));
+    }
+
+    #[test]
+    fn client_requests_round_trip_through_the_server_parser() {
+        for a in ["10.0.0.7:10250", "[::1]:80", "node-1.internal:8080"] {
+            let d = Destination::from_address(a).unwrap();
+            let (back, n) = parse_request(&d.connect_request()).unwrap().unwrap();
+            assert_eq!(
+                (back.dial_address(), n),
+                (a.to_owned(), d.connect_request().len())
+            );
+        }
+        assert_eq!(Destination::from_address("no-port"), None);
+        assert_eq!(Destination::from_address(":80"), None);
+    }
+
+    #[test]
+    fn replies_parse_with_any_bound_address_type() {
+        assert_eq!(
+            parse_reply(&Reply::ConnectionRefused.encode()),
+            Ok(Some((5, 10)))
+        );
+        assert_eq!(
+            parse_reply(&[5, 0, 0, 3, 1, b'x', 0, 1, 9]),
+            Ok(Some((0, 8)))
+        );
+        assert_eq!(parse_reply(&[5, 0, 0, 4, 0]), Ok(None));
+        assert_eq!(parse_reply(&[4, 0, 0, 1]), Err(SocksError::Version(4)));
+        assert_eq!(reply_text(4), "host unreachable");
+    }
+
+    #[test]
+    fn replies_are_ten_bytes_with_an_unspecified_bound_address() {
+        assert_eq!(Reply::Succeeded.encode(), [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(Reply::ConnectionRefused.encode()[1], 5);
+        assert_eq!(Reply::AddressTypeNotSupported.encode()[1], 8);
+    }
+}

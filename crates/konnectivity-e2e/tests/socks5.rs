@@ -1,0 +1,239 @@
+//! The SOCKS5 frontend with a real client: `curl --socks5-hostname` in the control
+//! plane's network namespace, through our proxy-server (SOCKS5 on a loopback port) and
+//! our proxy-agent in a firewalled node namespace, to an HTTP server on the node. By the
+//! node's IP, and by a name only the node can resolve (an `/etc/netns/<node>/hosts`
+//! entry, which `ip netns exec` bind-mounts over `/etc/hosts` for the agent only).
+//! Needs root, `ip netns`, iptables, curl and python3; fails (does not skip) without.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
+use konnectivity_e2e::{Proc, ServerSpec, free_port, start_agent, start_server, wait_for};
+use konnectivity_testkit::pki;
+
+const ID: &str = "served-on-the-node";
+const NAME: &str = "kubelet.node-only.test";
+
+/// `/etc/netns/<ns>/hosts` for the node namespace; removed on drop.
+struct NodeHosts(PathBuf);
+
+impl NodeHosts {
+    fn create(ns: &str, line: &str) -> NodeHosts {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("/etc/netns/<ns>");
+        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{line}\n")).expect("hosts");
+        NodeHosts(dir)
+    }
+}
+
+impl Drop for NodeHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `curl` in `ns` through the SOCKS5 proxy at `proxy`; the body, or curl's exit status
+/// and message.
+fn curl_socks(ns: &str, proxy: &str, url: &str) -> Result<String, String> {
+    let args = [
+        "curl",
+        "-sS",
+        "-f",
+        "-m",
+        "10",
+        "--socks5-hostname",
+        proxy,
+        url,
+    ];
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[test]
+fn curl_reaches_the_node_through_socks5_by_ip_and_by_a_name_only_the_node_resolves() {
+    let link = Link::create("s5", 200 + (std::process::id() % 50) as u8);
+    firewall_inbound(&link.node);
+    let _hosts = NodeHosts::create(&link.node, &format!("{} {NAME}", link.node_ip));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
+
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("id.txt"), ID).expect("id.txt");
+    let args: Vec<String> = [
+        "-m",
+        "http.server",
+        "10250",
+        "--bind",
+        &link.node_ip,
+        "--directory",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([www.display().to_string()])
+    .collect();
+    let _www =
+        Proc::spawn("www", Path::new("python3"), &args, Some(&link.node), d).expect("python3");
+    let by_ip = format!("http://{}:10250/id.txt", link.node_ip);
+    let by_name = format!("http://{NAME}:10250/id.txt");
+    wait_for("the node's HTTP server", Duration::from_secs(5), || {
+        succeeds(&link.node, &["curl", "-sf", "-m", "1", &by_ip])
+    })
+    .expect("destination up");
+    assert!(
+        succeeds(&link.node, &["curl", "-sf", "-m", "1", &by_name]),
+        "the node resolves {NAME}"
+    );
+    // Without the tunnel the control plane reaches neither.
+    assert!(!succeeds(&link.cp, &["curl", "-s", "-m", "2", &by_ip]));
+    assert!(!succeeds(&link.cp, &["curl", "-s", "-m", "2", &by_name]));
+
+    let socks_port = free_port();
+    let sock = d.join("konnectivity.sock");
+    let spec = ServerSpec {
+        bind: link.cp_ip.clone(),
+        extra: vec![
+            format!("--socks5-port={socks_port}"),
+            format!("--socks5-uds={}", d.join("socks5.sock").display()),
+        ],
+        ..ServerSpec::grpc_uds(sock)
+    };
+    let (server, ports) =
+        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
+    let (_agent, _) = start_agent(
+        "proxy-agent",
+        &pki,
+        &link.cp_ip,
+        ports.agent,
+        &[],
+        Some(&link.node),
+        d,
+    )
+    .expect("proxy-agent");
+    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
+    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
+        succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
+    })
+    .expect("the agent connects out to the server");
+
+    let proxy = format!("127.0.0.1:{socks_port}");
+    assert_eq!(curl_socks(&link.cp, &proxy, &by_ip).as_deref(), Ok(ID));
+    assert_eq!(curl_socks(&link.cp, &proxy, &by_name).as_deref(), Ok(ID));
+    // A closed port on the node: curl reports the refusal (reply 0x05).
+    let refused = curl_socks(&link.cp, &proxy, &format!("http://{}:10251/", link.node_ip))
+        .expect_err("a closed port");
+    assert!(refused.contains("(5)"), "reply 0x05 expected: {refused}");
+    // The SOCKS5 port listens on loopback only.
+    assert!(
+        !succeeds(
+            &link.node,
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "--socks5-hostname",
+                &format!("{}:{socks_port}", link.cp_ip),
+                &by_ip
+            ]
+        ),
+        "the SOCKS5 port answered on the control plane's network address"
+    );
+    let listening = output(&link.cp, &["ss", "-ltnH"]).unwrap_or_default();
+    assert!(
+        listening.contains(&format!("127.0.0.1:{socks_port}")),
+        "{listening}"
+    );
+    assert!(server.child_alive());
+}
+
+#[test]
+fn a_socks5_bind_address_that_is_not_loopback_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(konnectivity_e2e::bin("proxy-server").expect("built"))
+        .args([
+            "--uds-name",
+            &dir.path().join("s.sock").display().to_string(),
+            "--server-port=0",
+            "--socks5-port=1080",
+            "--socks5-bind-address=0.0.0.0",
+        ])
+        .output()
+        .expect("proxy-server runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--socks5-bind-address must be a loopback address"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnectivity_dial_relays_through_the_socks5_frontend() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let socks = d.join("socks5.sock");
+    let spec = ServerSpec {
+        extra: vec![format!("--socks5-uds={}", socks.display())],
+        ..ServerSpec::grpc_uds(d.join("s.sock"))
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let dial = move |dest: String| {
+        let mut child =
+            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                .args(["dial", "--socks5", &socks.display().to_string(), &dest])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("konnectivity dial");
+        // The tunnel has no half-close: keep stdin open until the echo is back.
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"through socks5\n").expect("write");
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+        drop(stdin);
+        let mut out = child.wait_with_output().expect("output");
+        out.stdout = line.into_bytes();
+        out
+    };
+    let out = tokio::task::spawn_blocking({
+        let dial = dial.clone();
+        move || dial(format!("localhost:{}", echo.port()))
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"through socks5\n");
+
+    let closed = konnectivity_testkit::servers::closed_port().expect("port");
+    let out = tokio::task::spawn_blocking(move || dial(closed.to_string()))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("connection refused (reply 5)"), "{stderr}");
+}

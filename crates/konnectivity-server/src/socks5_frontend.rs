@@ -1,0 +1,124 @@
+//! The SOCKS5 frontend (`--socks5-port` on a loopback address, `--socks5-uds`): RFC 1928
+//! CONNECT with method 0 (no authentication), for tools that speak SOCKS (`curl
+//! --socks5-hostname`, browsers, `ssh -o ProxyCommand`), an extension of ours.
+//!
+//! Per client connection: read the greeting and the request (parsed by
+//! `konnectivity_core::socks`, both within `--connect-header-timeout`), then the same
+//! tunnel as the HTTP-CONNECT frontend (`stream_tunnel`: state machine, policy, limits,
+//! deadline, splice). A domain name is passed through as `name:port` and resolved by
+//! the agent on its node. Replies: a greeting without method 0 gets `05 FF`; an
+//! unsupported command 0x07, an unknown address type 0x08, another malformed request
+//! 0x01; a failed dial the code `DialError::socks_reply` chooses; input that is not
+//! SOCKS5 at all is closed without a reply.
+//!
+//! Nobody is authenticated, which is why the flags only bind a loopback address or a
+//! UNIX socket (mode 0770); mTLS or user/password are not built.
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use konnectivity_core::socks::{
+    self, NO_ACCEPTABLE_METHOD, Parsed, Reply, SocksError, parse_greeting, parse_request,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use crate::state::Shared;
+use crate::status::document::FrontendKind;
+use crate::stream_tunnel::{self, Answers, write_close};
+
+const SUCCEEDED: [u8; 10] = Reply::Succeeded.encode();
+
+/// The SOCKS5 answers to a dial's outcome.
+const ANSWERS: Answers = Answers {
+    established: &SUCCEEDED,
+    refused: |e| Some(e.socks_reply().encode().to_vec()),
+};
+
+/// Why the handshake ended before a dial.
+enum Ended {
+    /// The client sent something that is not a valid SOCKS5 message.
+    Malformed(SocksError),
+    /// It closed, failed, or was too slow: nothing to answer.
+    Gone(&'static str),
+}
+
+/// Serves one accepted client connection.
+pub async fn serve<S>(s: Arc<Shared>, mut sock: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let within = s.settings.connect_header_timeout;
+    let mut buf = BytesMut::with_capacity(512);
+    let handshake = tokio::time::timeout(within, async {
+        let greeting = read_message(&mut sock, &mut buf, parse_greeting).await?;
+        let method = greeting.choose();
+        sock.write_all(&[socks::VERSION, method])
+            .await
+            .map_err(|_| Ended::Gone("write failed"))?;
+        if method == NO_ACCEPTABLE_METHOD {
+            return Err(Ended::Gone("no acceptable authentication method"));
+        }
+        read_message(&mut sock, &mut buf, parse_request).await
+    })
+    .await;
+    let dest = match handshake {
+        Ok(Ok(dest)) => dest,
+        Ok(Err(Ended::Malformed(e))) => {
+            debug!(error = %e, "malformed SOCKS5 input");
+            return match e.reply() {
+                Some(r) => write_close(&mut sock, &r.encode()).await,
+                None => {
+                    let _ = sock.shutdown().await;
+                }
+            };
+        }
+        Ok(Err(Ended::Gone(why))) => {
+            debug!(why, "SOCKS5 client gone before its request");
+            let _ = sock.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            debug!("SOCKS5 handshake not completed in time (--connect-header-timeout)");
+            let _ = sock.shutdown().await;
+            return;
+        }
+    };
+    let address = dest.dial_address();
+    debug!(%address, "SOCKS5 CONNECT");
+    stream_tunnel::run(
+        &s,
+        sock,
+        FrontendKind::Socks5,
+        &address,
+        buf.freeze(),
+        ANSWERS,
+    )
+    .await;
+}
+
+/// Reads until `parse` completes a message (the parsers are bounded: a greeting is at
+/// most 257 bytes, a request 262), and consumes it from `buf`.
+async fn read_message<S, T>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    parse: fn(&[u8]) -> Parsed<T>,
+) -> Result<T, Ended>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match parse(buf) {
+            Ok(Some((msg, n))) => {
+                let _ = buf.split_to(n);
+                return Ok(msg);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Ended::Malformed(e)),
+        }
+        match sock.read_buf(buf).await {
+            Ok(0) => return Err(Ended::Gone("closed")),
+            Ok(_) => {}
+            Err(_) => return Err(Ended::Gone("read failed")),
+        }
+    }
+}
