@@ -217,6 +217,60 @@ async fn upstreams_agent_serves_udp_behind_our_server() {
     assert!(server.child_alive() && agent.child_alive());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let sock = d.join("s.sock");
+    let spec = ServerSpec {
+        extra: vec!["--enable-udp".into()],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    // A UDP echo that answers each datagram with its length and its bytes reversed,
+    // so that merged or split datagrams would show.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut reply = format!("{n}:").into_bytes();
+            reply.extend(buf[..n].iter().rev());
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child =
+            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                .args(["dial", "--uds", &sock.display().to_string(), "--udp"])
+                .arg(addr.to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("konnectivity dial --udp");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"one\ntwo\nthree\n").expect("write");
+        drop(stdin);
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3:eno\n3:owt\n5:eerht\n"
+    );
+}
+
 #[test]
 fn a_dns_query_is_built_and_an_answer_parsed_as_rfc_1035_says() {
     let q = a_query(0x1234, "a.bc");
