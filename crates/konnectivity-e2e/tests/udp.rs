@@ -3,7 +3,8 @@
 //! client asks it over the gRPC frontend with `DialRequest.protocol "udp"`, one DNS
 //! message per datagram per DATA packet. With our agent in a firewalled node namespace,
 //! and with upstream's v0.36.0 agent behind our server on loopback (the mixed fleet:
-//! upstream's agent does Go's `net.Dial("udp")`, the same wire behaviour).
+//! upstream's agent does Go's `net.Dial("udp")`, the same wire behaviour), and with our
+//! agent behind upstream's server.
 //! Needs root, `ip netns`, iptables and dnsmasq (scripts/setup.sh installs
 //! dnsmasq-base); fails (does not skip) without.
 use std::path::{Path, PathBuf};
@@ -13,8 +14,8 @@ use bytes::Bytes;
 use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
 use konnectivity_e2e::netns::{Link, firewall_inbound};
 use konnectivity_e2e::{
-    Proc, ServerSpec, free_port, start_agent, start_server, start_upstream_agent, wait_for,
-    wait_server_ready,
+    Proc, ServerSpec, free_port, start_agent, start_server, start_upstream_agent,
+    start_upstream_server, wait_for, wait_server_ready,
 };
 use konnectivity_testkit::pki;
 
@@ -124,6 +125,20 @@ async fn resolve_through_tunnel(
     Ok(all)
 }
 
+/// [`resolve_through_tunnel`], retried for up to 5 s: dnsmasq may still be starting
+/// (a first query can be refused by the port) and the agent may still be connecting.
+async fn resolve_with_retries(frontend: &Frontend, dns: &str) -> Result<Vec<[u8; 4]>, ClientError> {
+    let mut answers = Err(ClientError::Closed);
+    for _ in 0..20 {
+        answers = resolve_through_tunnel(frontend, dns).await;
+        if answers.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
     let link = Link::create("udp", 250 + (std::process::id() % 5) as u8);
@@ -160,16 +175,12 @@ async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
     // The gRPC frontend is a UNIX socket: the test process reaches it from any namespace.
     let frontend = Frontend::Uds(sock);
     let dns = format!("{}:53", link.node_ip);
-    let mut answers = Err(ClientError::Closed);
-    // dnsmasq may still be starting: a first query can go unanswered (read refused).
-    for _ in 0..20 {
-        answers = resolve_through_tunnel(&frontend, &dns).await;
-        if answers.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(answers.expect("dnsmasq answers"), vec![ANSWER, ANSWER]);
+    assert_eq!(
+        resolve_with_retries(&frontend, &dns)
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
     let metrics = konnectivity_e2e::netns::output(
         &link.node,
         &[
@@ -205,15 +216,38 @@ async fn upstreams_agent_serves_udp_behind_our_server() {
 
     let frontend = Frontend::Uds(sock);
     let dns = format!("127.0.0.1:{port}");
-    let mut answers = Err(ClientError::Closed);
-    for _ in 0..20 {
-        answers = resolve_through_tunnel(&frontend, &dns).await;
-        if answers.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert_eq!(answers.expect("dnsmasq answers"), vec![ANSWER, ANSWER]);
+    assert_eq!(
+        resolve_with_retries(&frontend, &dns)
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
+    assert!(server.child_alive() && agent.child_alive());
+}
+
+/// The other half of the mixed fleet: upstream's server forwards `udp` as it gets it,
+/// and our agent serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_agent_serves_udp_behind_upstreams_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let port = free_port();
+    let _dns = dnsmasq("127.0.0.1", port, None, d);
+    let sock = d.join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (server, ports) =
+        start_upstream_server("server", &pki, &spec, d).expect("upstream's proxy-server");
+    let (agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, d)
+        .expect("our proxy-agent");
+    wait_server_ready("127.0.0.1", ports.health).expect("our agent connects");
+    let frontend = Frontend::Uds(sock);
+    assert_eq!(
+        resolve_with_retries(&frontend, &format!("127.0.0.1:{port}"))
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
     assert!(server.child_alive() && agent.child_alive());
 }
 
