@@ -206,3 +206,47 @@ async fn the_agents_destination_policy_applies_to_udp() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn datagrams_beyond_the_window_are_dropped_not_queued() -> anyhow::Result<()> {
+    const SIZE: usize = 60_000;
+    const FLOOD: usize = 300; // 18 MB: more than the 1 MiB window and every buffer behind it
+    let (_h, server, agent) = one_agent(udp_enabled()).await?;
+    // A destination that answers its first datagram with a paced flood.
+    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    let dest = sock.local_addr()?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16];
+        if let Ok((_, from)) = sock.recv_from(&mut buf).await {
+            let d = vec![9u8; SIZE];
+            for _ in 0..FLOOD {
+                let _ = sock.send_to(&d, from).await;
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+    });
+    let mut conn = server.udp_dial(dest).await?;
+    conn.send_datagram(Bytes::from_static(b"go")).await?;
+    // The frontend does not read: the agent drops what the window has no room for.
+    let udp = &agent.agent.metrics.udp;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while udp.dropped.load(Relaxed) == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dropped; sent {}",
+            udp.from_destination.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = udp.from_destination.load(Relaxed) as usize;
+    assert!(
+        sent * SIZE < 16 << 20,
+        "the agent stopped sending near the window and the buffers behind it: {sent} datagrams"
+    );
+    // What was sent arrives whole, one datagram per DATA packet.
+    for _ in 0..3 {
+        let d = conn.recv_datagram().await?.unwrap_or_default();
+        assert_eq!(d.len(), SIZE);
+    }
+    Ok(())
+}
