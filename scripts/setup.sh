@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine (idempotent):
-# Debian packages for real-network tests, and the Go modules of the interop client.
+# Debian packages for real-network tests (dnsmasq-base: the DNS server of the UDP e2e
+# test, the binary only, no system service holding port 53), and the Go modules of the
+# interop client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium; do
+for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium dnsmasq:dnsmasq-base; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

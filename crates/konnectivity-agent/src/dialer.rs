@@ -6,7 +6,7 @@ use konnectivity_core::address::{
     DialFailure, bad_address_text, connect_error_text, lookup_error_text,
 };
 use konnectivity_core::policy::DestinationPolicy;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 /// Upstream's dial timeout.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +56,61 @@ pub async fn dial(
         Ok(Err(e)) => Err(e),
         Err(_) => Err((
             format!("dial tcp {address}: i/o timeout"),
+            DialFailure::Timeout,
+        )),
+    }
+}
+
+/// Opens a UDP socket connected to `address` (`host:port`), like Go's
+/// `net.Dial("udp")`: names resolve on the node, the `policy` applies to every resolved
+/// address, and the first allowed one is used (connecting a UDP socket sends nothing).
+/// Error texts are Go's, `dial udp …`.
+pub async fn dial_udp(
+    address: &str,
+    timeout: Duration,
+    policy: &DestinationPolicy,
+) -> Result<UdpSocket, (String, DialFailure)> {
+    let udp = |(text, why): (String, DialFailure)| (text.replacen("dial tcp", "dial udp", 1), why);
+    let Some((host, _port)) = address.rsplit_once(':') else {
+        return Err(udp((bad_address_text(address), DialFailure::Unknown)));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let attempt = async {
+        let addrs: Vec<_> = tokio::net::lookup_host(address)
+            .await
+            .map_err(|e| (lookup_error_text(host, &e), DialFailure::Unknown))?
+            .collect();
+        let mut last = None;
+        for a in &addrs {
+            if let Err(e) = policy.check_resolved(*a) {
+                last = Some((e, DialFailure::Unknown));
+                continue;
+            }
+            let local: std::net::SocketAddr = if a.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let connected = match UdpSocket::bind(local).await {
+                Ok(s) => s.connect(a).await.map(|()| s),
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            (
+                format!("dial tcp: lookup {host}: no such host"),
+                DialFailure::Unknown,
+            )
+        }))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r.map_err(udp),
+        Err(_) => Err((
+            format!("dial udp {address}: i/o timeout"),
             DialFailure::Timeout,
         )),
     }
@@ -115,6 +170,36 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn udp_dials_connect_and_the_policy_applies_after_resolution() {
+        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = dest.local_addr().unwrap();
+        let s = dial_udp(
+            &addr.to_string(),
+            DIAL_TIMEOUT,
+            &DestinationPolicy::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.peer_addr().unwrap(), addr);
+        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
+        let (text, _) = dial_udp(
+            &format!("localhost:{}", addr.port()),
+            DIAL_TIMEOUT,
+            &only_10,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            text.contains("denied by the agent's destination policy"),
+            "{text}"
+        );
+        let (text, _) = dial_udp("nohost", DIAL_TIMEOUT, &DestinationPolicy::default())
+            .await
+            .unwrap_err();
+        assert_eq!(text, "dial udp: address nohost: missing port in address");
     }
 
     #[tokio::test]

@@ -69,6 +69,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Destinations this agent may dial.
     pub policy: konnectivity_core::policy::DestinationPolicy,
+    /// How UDP connections are served (`--udp-idle-timeout`, `--max-udp-sockets`).
+    pub udp: stream::udp::UdpSettings,
 }
 
 /// `--count-server-leases` with `--server-count-source`.
@@ -263,6 +265,7 @@ impl Agent {
                         agent.settings.policy.clone(),
                         agent.metrics.clone(),
                         agent.budget.clone(),
+                        agent.settings.udp,
                     )
                     .await;
                     let mut servers = lock(&agent.servers);

@@ -38,6 +38,25 @@ pub struct Metrics {
     lease_lists: Mutex<BTreeMap<(u16, String), u64>>,
     /// `lease_list_latency_seconds`, by HTTP status code.
     lease_list_latency: Mutex<BTreeMap<u16, Histogram>>,
+    /// UDP connections (an extension, `konnectivity_rs_agent_udp_*`).
+    pub udp: UdpCounters,
+}
+
+/// The agent's UDP counters (`konnectivity_rs_agent_udp_*`).
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// UDP sockets open now; `--max-udp-sockets` bounds it.
+    pub open: std::sync::atomic::AtomicUsize,
+    /// UDP dials that opened a socket.
+    pub dials: AtomicU64,
+    /// UDP dials refused at `--max-udp-sockets`.
+    pub refused: AtomicU64,
+    /// Datagrams written to destinations.
+    pub to_destination: AtomicU64,
+    /// Datagrams read from destinations and sent to the server.
+    pub from_destination: AtomicU64,
+    /// Datagrams from destinations dropped because the server's window was spent.
+    pub dropped: AtomicU64,
 }
 
 /// Upstream's agent latency buckets (dials and lease lists), in seconds.
@@ -320,6 +339,42 @@ impl Metrics {
                 "counter",
                 "Changed certificate files that did not load; the previous certificate stays in use.",
                 konnectivity_tls::reloads().1,
+            ),
+            (
+                "udp_open_sockets",
+                "gauge",
+                "UDP sockets open for tunneled connections (--max-udp-sockets bounds them).",
+                self.udp.open.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "udp_dials_total",
+                "counter",
+                "UDP dials that opened a socket.",
+                self.udp.dials.load(Ordering::Relaxed),
+            ),
+            (
+                "udp_dials_refused_total",
+                "counter",
+                "UDP dials refused because --max-udp-sockets sockets were open.",
+                self.udp.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "udp_datagrams_to_destination_total",
+                "counter",
+                "Datagrams written to destinations, one per DATA packet.",
+                self.udp.to_destination.load(Ordering::Relaxed),
+            ),
+            (
+                "udp_datagrams_from_destination_total",
+                "counter",
+                "Datagrams read from destinations and sent to the server, one per DATA packet.",
+                self.udp.from_destination.load(Ordering::Relaxed),
+            ),
+            (
+                "udp_datagrams_dropped_total",
+                "counter",
+                "Datagrams from destinations dropped (not queued) because the server's flow-control window was spent.",
+                self.udp.dropped.load(Ordering::Relaxed),
             ),
         ] {
             let _ = write!(

@@ -140,6 +140,10 @@ impl Settings {
             leases: None,
             drain_timeout: std(o.ext.drain_timeout),
             policy: o.ext.policy(),
+            udp: crate::stream::udp::UdpSettings {
+                idle_timeout: std(o.ext.udp_idle_timeout),
+                max_sockets: usize::try_from(o.ext.max_udp_sockets).unwrap_or(0),
+            },
         }
     }
 }

@@ -4,7 +4,10 @@
 //! a dial task, DATA goes to the connection's queue, CLOSE_REQ closes it. Each
 //! connection is one task that dials, answers DIAL_RSP, splices the destination socket
 //! and finally answers CLOSE_RSP — all through the same ordered queue, so a DIAL_RSP
-//! always precedes the connection's DATA, and its DATA precedes its CLOSE_RSP.
+//! always precedes the connection's DATA, and its DATA precedes its CLOSE_RSP. A UDP
+//! connection (`udp`) is the same with a datagram socket in place of the splice.
+pub mod udp;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,7 +18,7 @@ use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{self, Kind};
-use konnectivity_core::protocol::Protocol;
+use konnectivity_core::protocol::{Protocol, SERVED, TCP_AND_UDP};
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
 use konnectivity_tls::{ClientConfig, ServerName, TlsConnector};
@@ -24,7 +27,9 @@ use konnectivity_tunnel::credit::Credit;
 use konnectivity_tunnel::grpc::{PacketBody, PacketReader, status_of};
 use konnectivity_tunnel::outbound::{self, Pacer, StreamTx};
 use konnectivity_tunnel::paced::{self, PacedIo};
-use konnectivity_tunnel::queue::{Abort, Budget, ConnQueue, Overflow, Pressure, conn_queue};
+use konnectivity_tunnel::queue::{
+    Abort, Budget, ConnQueue, ConnReceiver, Overflow, Pressure, conn_queue,
+};
 use konnectivity_tunnel::splice::{SpliceEnd, splice};
 use tonic::metadata::MetadataValue;
 use tracing::{debug, info, warn};
@@ -282,6 +287,8 @@ struct StreamState {
     metrics: Arc<Metrics>,
     server_id: String,
     budget: Arc<MemoryBudget>,
+    /// `--udp-idle-timeout` and `--max-udp-sockets` (the count is in `metrics`, agent-wide).
+    udp: udp::UdpSettings,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,6 +298,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl StreamState {
     fn flow(&self) -> bool {
         self.our_window.is_some() && self.peer_window.is_some()
+    }
+
+    /// The protocols this agent dials: `udp` too unless `--max-udp-sockets=0`.
+    fn served(&self) -> &'static [Protocol] {
+        if self.udp.max_sockets > 0 {
+            TCP_AND_UDP
+        } else {
+            SERVED
+        }
     }
 }
 
@@ -302,6 +318,7 @@ pub async fn serve(
     policy: konnectivity_core::policy::DestinationPolicy,
     metrics: Arc<Metrics>,
     budget: Arc<MemoryBudget>,
+    udp: udp::UdpSettings,
 ) {
     let ServerStream {
         server_id,
@@ -321,6 +338,7 @@ pub async fn serve(
         metrics,
         server_id,
         budget,
+        udp,
     });
     loop {
         let next = tokio::select! {
@@ -370,10 +388,14 @@ fn dispatch(st: &Arc<StreamState>, p: Packet) -> Option<Pressure> {
     match packet::kind(&p) {
         Kind::Known(PacketType::DialReq) => {
             let req = packet::dial_request(&p).into_owned();
-            match Protocol::parse(&req.protocol) {
+            match Protocol::parse_in(&req.protocol, st.served()) {
                 Ok(Protocol::Tcp) => {
                     let id = st.next_id.fetch_add(1, Ordering::AcqRel) + 1;
                     tokio::spawn(serve_conn(st.clone(), id, req.random, req.address));
+                }
+                Ok(Protocol::Udp) => {
+                    let id = st.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+                    tokio::spawn(udp::serve_conn(st.clone(), id, req.random, req.address));
                 }
                 Err(refused) => {
                     // Upstream hands the string to Go's dialer ("unix" reaches a
@@ -451,6 +473,39 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
             return;
         }
     };
+    let Some((rx, credit)) = open_conn(&st, id, random).await else {
+        return;
+    };
+    debug!(%address, connect_id = id, "connected");
+    let end = splice(
+        sock,
+        id,
+        rx,
+        st.tx.clone(),
+        credit,
+        st.max_chunk,
+        Bytes::new(),
+    )
+    .await;
+    let error = match end {
+        SpliceEnd::PeerClosed(e) => Some(e),
+        SpliceEnd::LocalEof => Some(String::new()),
+        SpliceEnd::LocalError(e) => {
+            debug!(connect_id = id, error = %e, "destination connection failed");
+            Some(String::new())
+        }
+        SpliceEnd::StreamGone => None,
+    };
+    close_conn(&st, id, error).await;
+}
+
+/// Registers connection `id` (its queue and credit) and answers `DIAL_RSP{random, id}`;
+/// `None` if the stream went away meanwhile (nothing is left registered).
+async fn open_conn(
+    st: &Arc<StreamState>,
+    id: i64,
+    random: i64,
+) -> Option<(ConnReceiver, Option<Arc<Credit>>)> {
     let budget = match (st.flow(), st.our_window) {
         (true, Some(window)) => Budget::Flow {
             window,
@@ -475,37 +530,22 @@ async fn serve_conn(st: Arc<StreamState>, id: i64, random: i64, address: String)
         .open_endpoint_connections
         .fetch_add(1, Ordering::Relaxed);
     if st.tx.send(packet::dial_rsp(random, id, "")).await.is_err() {
-        lock(&st.conns).remove(&id);
-        st.metrics
-            .open_endpoint_connections
-            .fetch_sub(1, Ordering::Relaxed);
-        return;
+        close_conn(st, id, None).await;
+        return None;
     }
-    debug!(%address, connect_id = id, "connected");
-    let end = splice(
-        sock,
-        id,
-        rx,
-        st.tx.clone(),
-        credit,
-        st.max_chunk,
-        Bytes::new(),
-    )
-    .await;
+    Some((rx, credit))
+}
+
+/// Unregisters connection `id` and, unless the stream is gone (`None`), answers
+/// `CLOSE_RSP{id, error}`.
+async fn close_conn(st: &Arc<StreamState>, id: i64, error: Option<String>) {
     lock(&st.conns).remove(&id);
     st.metrics
         .open_endpoint_connections
         .fetch_sub(1, Ordering::Relaxed);
-    let error = match end {
-        SpliceEnd::PeerClosed(e) => e,
-        SpliceEnd::LocalEof => String::new(),
-        SpliceEnd::LocalError(e) => {
-            debug!(connect_id = id, error = %e, "destination connection failed");
-            String::new()
-        }
-        SpliceEnd::StreamGone => return,
-    };
-    let _ = st.tx.send(packet::close_rsp(id, error)).await;
+    if let Some(error) = error {
+        let _ = st.tx.send(packet::close_rsp(id, error)).await;
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +570,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             server_id: "s".into(),
             budget: MemoryBudget::new(0, Duration::from_secs(10)),
+            udp: udp::UdpSettings::default(),
         });
         (st, out)
     }

@@ -1,13 +1,19 @@
 //! `konnectivity dial`: one tunneled connection, relayed to stdin/stdout (like `nc`),
 //! through the gRPC or HTTP-CONNECT frontend, or through the SOCKS5 frontend
-//! (`--socks5`, our extension).
+//! (`--socks5`, our extension). With `--udp`, a UDP connection through the gRPC
+//! frontend (a server with `--enable-udp`): each stdin line is one datagram, each
+//! reply is printed on its own line.
 use std::path::PathBuf;
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use clap::Args;
 use konnectivity_client::Io;
 use konnectivity_core::socks::{self, Destination, parse_reply, reply_text};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// With `--udp`, how long replies are still awaited after stdin ends.
+const UDP_REPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// Arguments of `konnectivity dial`.
 #[derive(Args, Debug)]
@@ -39,12 +45,21 @@ pub struct DialArgs {
     /// (`--socks5-port`) or a UNIX socket path (`--socks5-uds`, anything with a `/`).
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["uds", "tcp", "http_connect"])]
     socks5: Option<String>,
+    /// UDP through the gRPC frontend (`DialRequest.protocol "udp"`, a server with
+    /// `--enable-udp`): each stdin line (without its newline) is sent as one datagram,
+    /// each reply datagram is printed on a line; ends 1 s after stdin without a reply.
+    #[arg(long, conflicts_with_all = ["socks5", "http_connect"])]
+    udp: bool,
 }
 
 /// Runs the relay until both directions end.
 pub async fn run(a: DialArgs) -> anyhow::Result<()> {
     type R = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
     type W = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+    if a.udp {
+        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
+        return udp(&f, &a.address).await;
+    }
     let (mut r, mut w): (R, W) = if let Some(proxy) = &a.socks5 {
         let (io, rest) = socks5_dial(proxy, &a.address).await?;
         tokio::io::stdout().write_all(&rest).await?;
@@ -72,6 +87,34 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
     };
     tokio::join!(to, from);
     Ok(())
+}
+
+/// `--udp`: stdin lines out as datagrams, reply datagrams to stdout, one per line.
+async fn udp(f: &konnectivity_client::Frontend, address: &str) -> anyhow::Result<()> {
+    let mut conn =
+        konnectivity_client::grpc_dial_protocol(f, "udp", address, crate::DIAL_TIMEOUT).await?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line? {
+                Some(l) => conn.send_datagram(Bytes::from(l.into_bytes())).await?,
+                None => stdin_open = false,
+            },
+            reply = conn.recv_datagram() => match reply? {
+                Some(d) => {
+                    out.write_all(&d).await?;
+                    if !d.ends_with(b"\n") {
+                        out.write_all(b"\n").await?;
+                    }
+                    out.flush().await?;
+                }
+                None => return Ok(()),
+            },
+            _ = tokio::time::sleep(UDP_REPLY_WAIT), if !stdin_open => return Ok(()),
+        }
+    }
 }
 
 /// Opens a connection to `address` through the SOCKS5 proxy at `proxy` (no

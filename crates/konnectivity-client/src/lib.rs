@@ -2,7 +2,9 @@
 //! the tests: what kube-apiserver does, in Rust.
 //!
 //! - [`grpc_dial`]: one `ProxyService.Proxy` stream per connection (the protocol of
-//!   konnectivity-client), returned as a byte stream;
+//!   konnectivity-client), returned as a byte stream; [`grpc_dial_protocol`] asks for
+//!   another `DialRequest.protocol` (`udp`: then [`GrpcStream::send_datagram`] and
+//!   [`GrpcStream::recv_datagram`] keep one datagram per DATA packet);
 //! - [`connect_dial`]: an HTTP CONNECT tunnel.
 //!
 //! Both work over the server's UNIX socket or its mTLS TCP port ([`Frontend`]).
@@ -114,6 +116,18 @@ pub async fn grpc_dial(
     address: &str,
     timeout: Duration,
 ) -> Result<GrpcStream, ClientError> {
+    grpc_dial_protocol(f, "tcp", address, timeout).await
+}
+
+/// [`grpc_dial`] with `DialRequest.protocol` set to `protocol` (`"udp"` for a UDP
+/// connection through a server started with `--enable-udp`; the server refuses what
+/// it does not serve, with a [`ClientError::Dial`] naming the protocol).
+pub async fn grpc_dial_protocol(
+    f: &Frontend,
+    protocol: &str,
+    address: &str,
+    timeout: Duration,
+) -> Result<GrpcStream, ClientError> {
     let io = tokio::time::timeout(timeout, open_frontend(f, b"h2"))
         .await
         .map_err(|_| ClientError::Timeout)??;
@@ -131,7 +145,7 @@ pub async fn grpc_dial(
     });
     let (tx, out) = outbound::channel();
     let random = rand::random::<i64>() & i64::MAX;
-    tx.control(packet::dial_req("tcp", address, random))
+    tx.control(packet::dial_req(protocol, address, random))
         .map_err(|e| stream_err(&e))?;
     let mut req = http::Request::new(PacketBody::request(out));
     *req.method_mut() = http::Method::POST;
@@ -218,6 +232,57 @@ impl GrpcStream {
     /// The connect ID the agent assigned.
     pub fn connect_id(&self) -> i64 {
         self.connect_id
+    }
+
+    /// Sends `datagram` as one DATA packet, never merged with another (a UDP
+    /// connection: the agent writes it as one datagram).
+    pub async fn send_datagram(&mut self, datagram: Bytes) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_sending(cx)).await?;
+        if self.closed || self.tx.is_closed() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"));
+        }
+        self.tx
+            .send_whole(packet::data(self.connect_id, datagram))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"))
+    }
+
+    /// The next DATA payload whole (a UDP connection: one datagram); `Ok(None)` after
+    /// a CLOSE_RSP without error, an error with the CLOSE_RSP's text otherwise. Do not
+    /// mix with byte-stream reads.
+    pub async fn recv_datagram(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        loop {
+            if self.eof {
+                return match self.failed.take() {
+                    Some(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+                    None => Ok(None),
+                };
+            }
+            let Some(inbound) = self.inbound.as_mut() else {
+                return Ok(None);
+            };
+            match inbound.message().await {
+                Ok(Some(p)) => match packet::kind(&p) {
+                    Kind::Known(PacketType::Data) => return Ok(Some(packet::into_data(p).data)),
+                    Kind::Known(PacketType::CloseRsp) => {
+                        let error = &packet::close_response(&p).error;
+                        if !error.is_empty() {
+                            self.failed = Some(error.clone());
+                        }
+                        self.eof = true;
+                    }
+                    _ => {}
+                },
+                Ok(None) => self.eof = true,
+                Err(e) => {
+                    self.failed = Some(format!("tunnel stream broken: {e}"));
+                    self.eof = true;
+                }
+            }
+        }
     }
 
     fn poll_sending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

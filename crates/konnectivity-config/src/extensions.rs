@@ -47,6 +47,14 @@ options! {
             check loopback;
         @server socks5_uds: String = "socks5-uds", "",
             "konnectivity-rs: serve a SOCKS5 frontend on this UNIX socket (mode 0770, like --uds-name); empty is off.";
+        @server enable_udp: bool = "enable-udp", "false",
+            "konnectivity-rs: accept DialRequest.protocol \"udp\" from gRPC frontends (one datagram per DATA packet, sent to the agent as \"udp\"); off, it is refused like any protocol but tcp.";
+        @agent udp_idle_timeout: GoDuration = "udp-idle-timeout", "1m0s",
+            "konnectivity-rs: a UDP connection with no datagram either way for this long is closed (CLOSE_RSP).",
+            check positive_duration;
+        @agent max_udp_sockets: i64 = "max-udp-sockets", "1024",
+            "konnectivity-rs: UDP sockets open at once on this agent beyond this are refused at dial; 0 serves no UDP.",
+            check non_negative;
         @agent drain_timeout: GoDuration = "drain-timeout", "5m0s",
             "konnectivity-rs: after SIGTERM, how long established connections may keep the draining agent running.",
             check non_negative_duration;

@@ -22,6 +22,7 @@
 
 pub mod address;
 pub mod connect;
+pub mod datagram;
 pub mod dial;
 pub mod flow;
 pub mod frame;

@@ -5,7 +5,9 @@
 //! kubelet's) and `"udp"` sends datagrams; upstream's server forwards whatever it gets.
 //! Here the string is parsed into [`Protocol`] at both ends: the server refuses anything
 //! else before choosing an agent, and the agent refuses anything it does not serve.
-//! Adding a protocol (UDP, later) is a new variant, served explicitly, never a default.
+//! A protocol beyond `tcp` is a variant served explicitly, never a default: `udp` is
+//! accepted by the server only with `--enable-udp` ([`TCP_AND_UDP`]), and the allowed
+//! set is named in every refusal.
 use std::fmt;
 
 /// A protocol the tunnel serves.
@@ -13,11 +15,16 @@ use std::fmt;
 pub enum Protocol {
     /// `"tcp"`: the only protocol upstream's client library and CONNECT frontend send.
     Tcp,
+    /// `"udp"`: a connected UDP socket on the node, one datagram per DATA packet each
+    /// way (what upstream's agent does with Go's `net.Dial("udp")`). Off by default.
+    Udp,
 }
 
-/// The protocols a server accepts from frontends and an agent dials, in the order
-/// error texts list them.
+/// The protocols served by default, in the order error texts list them.
 pub const SERVED: &[Protocol] = &[Protocol::Tcp];
+
+/// The protocols served with UDP enabled (`--enable-udp` on the server).
+pub const TCP_AND_UDP: &[Protocol] = &[Protocol::Tcp, Protocol::Udp];
 
 /// How much of a refused protocol string an error text repeats.
 const MAX_ECHOED: usize = 32;
@@ -26,17 +33,24 @@ impl Protocol {
     /// Parses the wire string exactly as Go's dialer spells it (`"tcp"`, lower case);
     /// anything else, the empty string and `"tcp4"`/`"tcp6"` included, is refused.
     pub fn parse(s: &str) -> Result<Self, ProtocolNotAllowed> {
-        SERVED
+        Self::parse_in(s, SERVED)
+    }
+
+    /// Parses `s` if it names one of `allowed` (spelled as Go's dialer spells it);
+    /// the refusal names `allowed`.
+    pub fn parse_in(s: &str, allowed: &'static [Protocol]) -> Result<Self, ProtocolNotAllowed> {
+        allowed
             .iter()
             .copied()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| ProtocolNotAllowed::new(s))
+            .ok_or_else(|| ProtocolNotAllowed::in_set(s, allowed))
     }
 
     /// The wire string.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
+            Self::Udp => "udp",
         }
     }
 }
@@ -47,26 +61,35 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A protocol that is not in [`SERVED`]; displays as
+/// A protocol outside the allowed set; displays as
 /// `protocol "unix" is not allowed (allowed: tcp)`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("protocol {requested:?} is not allowed (allowed: {})", allowed())]
+#[error("protocol {requested:?} is not allowed (allowed: {})", names(allowed))]
 pub struct ProtocolNotAllowed {
     /// What the peer asked for, cut to 32 characters.
     pub requested: String,
+    /// What was allowed where it was refused.
+    pub allowed: &'static [Protocol],
 }
 
 impl ProtocolNotAllowed {
-    /// The refusal of `requested` (kept short: it is peer input echoed to logs).
+    /// The refusal of `requested` where only [`SERVED`] is allowed (kept short: it is
+    /// peer input echoed to logs).
     pub fn new(requested: &str) -> Self {
+        Self::in_set(requested, SERVED)
+    }
+
+    /// The refusal of `requested` where `allowed` is allowed.
+    pub fn in_set(requested: &str, allowed: &'static [Protocol]) -> Self {
         Self {
             requested: requested.chars().take(MAX_ECHOED).collect(),
+            allowed,
         }
     }
 }
 
-fn allowed() -> String {
-    let names: Vec<_> = SERVED.iter().map(|p| p.as_str()).collect();
+fn names(allowed: &[Protocol]) -> String {
+    let names: Vec<_> = allowed.iter().map(|p| p.as_str()).collect();
     names.join(", ")
 }
 
@@ -122,5 +145,22 @@ mod tests {
     #[test]
     fn display_is_the_wire_string() {
         assert_eq!(Protocol::Tcp.to_string(), "tcp");
+        assert_eq!(Protocol::Udp.to_string(), "udp");
+    }
+
+    #[test]
+    fn udp_parses_only_where_enabled_and_the_refusal_says_what_is_allowed() {
+        assert_eq!(
+            Protocol::parse("udp").unwrap_err().to_string(),
+            r#"protocol "udp" is not allowed (allowed: tcp)"#
+        );
+        assert_eq!(Protocol::parse_in("udp", TCP_AND_UDP), Ok(Protocol::Udp));
+        assert_eq!(Protocol::parse_in("tcp", TCP_AND_UDP), Ok(Protocol::Tcp));
+        for p in ["UDP", "udp4", "udp6", "unixgram", "unix"] {
+            assert_eq!(
+                Protocol::parse_in(p, TCP_AND_UDP).unwrap_err().to_string(),
+                format!("protocol {p:?} is not allowed (allowed: tcp, udp)")
+            );
+        }
     }
 }

@@ -112,7 +112,7 @@ pub enum Step<D> {
         /// The frontend's dial ID.
         random: i64,
         /// The protocol the frontend asked for, as sent: the server's dial path
-        /// checks it against [`crate::protocol::SERVED`].
+        /// checks it against its allowlist ([`crate::protocol`]).
         protocol: String,
         /// The destination.
         address: String,

@@ -735,7 +735,11 @@ async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyh
     let node = NodeSocket::bind(dir.path())?;
 
     let unix = refused_dial(&sock, "unix", &node.address()).await?;
-    assert_eq!(unix, r#"protocol "unix" is not allowed (allowed: tcp)"#);
+    // Our agent serves UDP too (unless --max-udp-sockets=0); never UNIX sockets.
+    assert_eq!(
+        unix,
+        r#"protocol "unix" is not allowed (allowed: tcp, udp)"#
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !node.connected.load(Ordering::SeqCst),

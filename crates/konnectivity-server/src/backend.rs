@@ -11,6 +11,7 @@ use std::sync::Arc;
 use konnectivity_config::identifiers::AgentIdentifiers;
 use konnectivity_core::dial::DialError;
 use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::protocol::Protocol;
 use konnectivity_core::select::{Cidr, Identity};
 use konnectivity_core::wire::{self, metadata};
 use konnectivity_core::{Packet, PacketType};
@@ -336,7 +337,10 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
         },
         _ => Budget::UNMANAGED,
     };
-    let (queue, rx) = conn_queue(r.connect_id, budget, b.tx.clone(), s.budget.clone());
+    let (queue, mut rx) = conn_queue(r.connect_id, budget, b.tx.clone(), s.budget.clone());
+    if pd.protocol == Protocol::Udp {
+        rx.keep_datagrams();
+    }
     let credit = b.peer_window.map(|w| Arc::new(Credit::new(w)));
     {
         let mut conns = b.conns();

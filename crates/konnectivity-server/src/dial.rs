@@ -7,7 +7,7 @@ use std::sync::Arc;
 use konnectivity_core::address::host_of;
 use konnectivity_core::dial::DialError;
 use konnectivity_core::packet;
-use konnectivity_core::protocol::Protocol;
+use konnectivity_core::protocol::{Protocol, SERVED, TCP_AND_UDP};
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -29,8 +29,9 @@ pub struct Dialing {
     ticket: u64,
 }
 
-/// Checks the frontend's `protocol` against the allowlist (anything but `tcp` is
-/// refused here, before an agent is chosen, and never reaches one), picks a backend
+/// Checks the frontend's `protocol` against the allowlist (`tcp`, and `udp` with
+/// `--enable-udp`; anything else is refused here, before an agent is chosen, and never
+/// reaches one), picks a backend
 /// for `address` and sends it `DIAL_REQ{protocol, address, random}`. A failure is
 /// counted here (policy and limit refusals in their own metrics) and remembered for
 /// the status page.
@@ -41,7 +42,12 @@ pub async fn start(
     address: &str,
     random: i64,
 ) -> Result<Dialing, DialError> {
-    let started = match Protocol::parse(protocol) {
+    let allowed = if s.settings.enable_udp {
+        TCP_AND_UDP
+    } else {
+        SERVED
+    };
+    let started = match Protocol::parse_in(protocol, allowed) {
         Ok(p) => send_dial_req(s, frontend, p, address, random).await,
         Err(e) => {
             let e = DialError::from(e);
@@ -94,6 +100,7 @@ async fn send_dial_req(
                 ticket,
                 address,
                 frontend,
+                protocol,
                 s.dial_failures.clone(),
             ),
         );

@@ -303,7 +303,13 @@ async fn on_frontend_packet(s: &Shared, t: &mut Machine, p: Packet, out: &Out) -
             if let Some(c) = &conn.est.credit {
                 c.spend(forwarded_len(&p));
             }
-            if conn.backend.tx.send(p).await.is_err() {
+            // A UDP connection's DATA payloads are datagrams: never merged on the way.
+            let sent = if conn.est.rx.datagrams() {
+                conn.backend.tx.send_whole(p).await
+            } else {
+                conn.backend.tx.send(p).await
+            };
+            if sent.is_err() {
                 debug!(connect_id, "agent stream gone while forwarding DATA");
             }
             true

@@ -59,6 +59,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         max_conns_per_agent: usize::try_from(o.ext.max_connections_per_agent).unwrap_or(0),
         max_buffered_bytes: o.ext.buffer_budget(),
         stall_timeout: o.ext.stall_timeout.to_std().unwrap_or_default(),
+        enable_udp: o.ext.enable_udp,
         ..Settings::default()
     };
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use konnectivity_core::protocol::Protocol;
 use konnectivity_core::select::{BackendTable, Candidate, Strategy};
 use konnectivity_tunnel::budget::MemoryBudget;
 use konnectivity_tunnel::credit::Credit;
@@ -57,6 +58,8 @@ pub struct Settings {
     /// `--stall-timeout`: a consumer over its budget that makes no progress for this
     /// long is closed.
     pub stall_timeout: Duration,
+    /// `--enable-udp`: gRPC frontends may ask for `udp` (else only `tcp` is served).
+    pub enable_udp: bool,
 }
 
 impl Settings {
@@ -88,6 +91,7 @@ impl Default for Settings {
             max_conns_per_agent: 20_000,
             max_buffered_bytes: konnectivity_tunnel::budget::DEFAULT_LIMIT,
             stall_timeout: konnectivity_tunnel::budget::DEFAULT_STALL,
+            enable_udp: false,
         }
     }
 }
@@ -221,6 +225,8 @@ pub struct Pending {
     pub address: String,
     /// The frontend the dial came through.
     pub frontend: FrontendKind,
+    /// The protocol asked for: a `udp` connection's DATA payloads are datagrams.
+    pub protocol: Protocol,
     /// Delivers the outcome to the frontend task.
     reply: Option<oneshot::Sender<DialOutcome>>,
     /// Where a failure is remembered for the status page.
@@ -239,6 +245,7 @@ impl Pending {
         ticket: u64,
         address: &str,
         frontend: FrontendKind,
+        protocol: Protocol,
         failures: Arc<DialFailures>,
     ) -> Self {
         backend.pending.fetch_add(1, Ordering::AcqRel);
@@ -248,6 +255,7 @@ impl Pending {
             started: Instant::now(),
             ticket,
             address: address.to_owned(),
+            protocol,
             frontend,
             reply: Some(reply),
             failures,

@@ -216,6 +216,17 @@ impl Server {
         konnectivity_client::grpc_dial(&self.grpc, &address.to_string(), CLIENT_TIMEOUT).await
     }
 
+    /// Dials `address` through the gRPC frontend with `DialRequest.protocol "udp"`.
+    pub async fn udp_dial(&self, address: impl ToString) -> Result<GrpcStream, ClientError> {
+        konnectivity_client::grpc_dial_protocol(
+            &self.grpc,
+            "udp",
+            &address.to_string(),
+            CLIENT_TIMEOUT,
+        )
+        .await
+    }
+
     /// Dials `address` through the HTTP-CONNECT frontend.
     pub async fn connect_dial(
         &self,

@@ -14,7 +14,8 @@
 //! packet (at most [`COALESCE_MAX`] bytes): konnectivity-client writes one packet per
 //! `Write`, and a peer that pays per message (upstream's agent handles one packet at a
 //! time) keeps up better with fewer, larger ones. The bound on what one turn puts on
-//! the wire stays that of one piece.
+//! the wire stays that of one piece. A lane fed by [`StreamTx::send_whole`] (a UDP
+//! connection: one datagram per DATA packet) is never merged.
 //!
 //! Below the scheduler sit HTTP/2, TLS and the socket, each with buffers of its own;
 //! whatever is queued there is ahead of every lane. A [`Pacer`] bounds it: the
@@ -131,6 +132,8 @@ impl Pacer {
 #[derive(Debug, Default)]
 struct Lane {
     queue: VecDeque<Packet>,
+    /// DATA payloads are datagrams: never merged ([`StreamTx::send_whole`]).
+    whole: bool,
     /// Senders waiting for room in this lane.
     room: Arc<Notify>,
 }
@@ -202,7 +205,7 @@ impl Sched {
                 Some(p) => {
                     // Small DATA packets queued behind this one leave with it as one
                     // packet (see `take_small`).
-                    let mut total = small_data_len(&p);
+                    let mut total = small_data_len(&p).filter(|_| !lane.whole);
                     while let Some(n) = total
                         && let Some(next) = lane.queue.front().and_then(small_data_len)
                         && n + next <= COALESCE_MAX
@@ -306,6 +309,16 @@ impl StreamTx {
     /// Queues a packet in its connection's lane (DIAL_REQ: the dial lane), waiting
     /// while that lane is full.
     pub async fn send(&self, p: Packet) -> Result<(), StreamClosed> {
+        self.send_in_lane(p, false).await
+    }
+
+    /// [`StreamTx::send`] for a connection whose DATA payloads are datagrams (UDP):
+    /// its lane is never merged into larger packets.
+    pub async fn send_whole(&self, p: Packet) -> Result<(), StreamClosed> {
+        self.send_in_lane(p, true).await
+    }
+
+    async fn send_in_lane(&self, p: Packet, whole: bool) -> Result<(), StreamClosed> {
         let id = lane_of(&p);
         let cap = if id == DIAL_LANE {
             DIAL_LANE_PACKETS
@@ -320,6 +333,7 @@ impl StreamTx {
             let room = {
                 let mut st = s.lock();
                 let lane = st.lanes.entry(id).or_default();
+                lane.whole |= whole;
                 if lane.queue.len() < cap {
                     if let Some(Payload::Data(d)) = &p.payload {
                         s.data_bytes
@@ -606,6 +620,22 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, vec![10, COALESCE_SMALL]);
+    }
+
+    #[tokio::test]
+    async fn datagrams_sent_whole_are_never_merged() {
+        let (tx, mut out) = channel();
+        for n in [10, 20, 30] {
+            tx.send_whole(data(1, n)).await.unwrap();
+        }
+        let sizes: Vec<_> = (0..3)
+            .map(|_| {
+                packet::into_data(futures::executor::block_on(out.next()).unwrap())
+                    .data
+                    .len()
+            })
+            .collect();
+        assert_eq!(sizes, vec![10, 20, 30], "one DATA packet per datagram");
     }
 
     #[tokio::test]

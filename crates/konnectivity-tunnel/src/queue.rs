@@ -342,6 +342,8 @@ pub struct ConnReceiver {
     taken: usize,
     /// A message read ahead while coalescing, delivered next.
     stash: Option<Inbound>,
+    /// Each DATA payload is one datagram: never merged (see [`ConnReceiver::keep_datagrams`]).
+    datagrams: bool,
 }
 
 /// Creates a connection queue counted against `process`. With a flow-controlled
@@ -388,6 +390,7 @@ pub fn conn_queue(
             reply,
             taken: 0,
             stash: None,
+            datagrams: false,
         },
     )
 }
@@ -408,7 +411,7 @@ impl ConnReceiver {
         let Inbound::Data(first) = first else {
             return Some(first);
         };
-        if first.len() >= COALESCE_SMALL {
+        if first.len() >= COALESCE_SMALL || self.datagrams {
             self.taken += first.len();
             return Some(Inbound::Data(first));
         }
@@ -438,6 +441,17 @@ impl ConnReceiver {
             merged.extend_from_slice(p);
         }
         Some(Inbound::Data(merged.freeze()))
+    }
+
+    /// Makes [`ConnReceiver::recv`] hand out each DATA payload as it came: a UDP
+    /// connection's payloads are datagrams, whose boundaries merging would lose.
+    pub fn keep_datagrams(&mut self) {
+        self.datagrams = true;
+    }
+
+    /// Whether DATA payloads are datagrams ([`ConnReceiver::keep_datagrams`]).
+    pub fn datagrams(&self) -> bool {
+        self.datagrams
     }
 
     fn abort_close(&self) -> Inbound {
@@ -638,6 +652,26 @@ mod tests {
             messages, 2,
             "400 KiB of 4 KiB chunks leave as 256 KiB + 144 KiB"
         );
+    }
+
+    #[tokio::test]
+    async fn datagrams_are_received_one_per_payload() {
+        let (tx, _out) = outbound::channel();
+        let (q, mut r) = conn_queue(1, Budget::UNMANAGED, tx, MemoryBudget::default_budget());
+        r.keep_datagrams();
+        assert!(r.datagrams());
+        for n in [1usize, 100, 1000] {
+            q.push(Bytes::from(vec![7; n])).unwrap();
+        }
+        for n in [1usize, 100, 1000] {
+            match r.recv().await {
+                Some(Inbound::Data(b)) => {
+                    assert_eq!(b.len(), n, "boundaries kept");
+                    r.written(n);
+                }
+                other => panic!("expected a datagram, got {other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ mod reconnect;
 mod socks5;
 mod stall;
 mod status;
+mod udp;
 
 use std::time::Duration;
 

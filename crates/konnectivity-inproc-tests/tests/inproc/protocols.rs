@@ -8,6 +8,7 @@ use std::time::Duration;
 use konnectivity_core::PacketType;
 use konnectivity_core::dial::DialError;
 use konnectivity_core::packet::{self, Kind};
+use konnectivity_core::protocol::Protocol;
 use konnectivity_server::metrics::DialFailureReason;
 use konnectivity_server::state::{DialOutcome, Pending};
 use konnectivity_server::status::document::FrontendKind;
@@ -92,6 +93,7 @@ async fn agent_refuses_protocols_it_does_not_serve_instead_of_dialing_tcp() -> a
             shared.next_id(),
             &path,
             FrontendKind::Grpc,
+            Protocol::Tcp,
             shared.dial_failures.clone(),
         ),
     );
@@ -100,7 +102,10 @@ async fn agent_refuses_protocols_it_does_not_serve_instead_of_dialing_tcp() -> a
     let DialOutcome::Failed(DialError::Agent(text)) = outcome else {
         anyhow::bail!("expected the agent's refusal, got {outcome:?}");
     };
-    assert_eq!(text, r#"protocol "unix" is not allowed (allowed: tcp)"#);
+    assert_eq!(
+        text,
+        r#"protocol "unix" is not allowed (allowed: tcp, udp)"#
+    );
     never_connected(&node_socket).await?;
     let agent_metrics = agent.agent.metrics.render();
     assert!(

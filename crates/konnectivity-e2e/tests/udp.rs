@@ -1,0 +1,325 @@
+//! UDP through the tunnel with a real DNS server (issue 16 item 3): Debian's dnsmasq
+//! answers an A query for a name only it knows (`--address=/name/ip`), and our Rust
+//! client asks it over the gRPC frontend with `DialRequest.protocol "udp"`, one DNS
+//! message per datagram per DATA packet. With our agent in a firewalled node namespace,
+//! and with upstream's v0.36.0 agent behind our server on loopback (the mixed fleet:
+//! upstream's agent does Go's `net.Dial("udp")`, the same wire behaviour), and with our
+//! agent behind upstream's server.
+//! Needs root, `ip netns`, iptables and dnsmasq (scripts/setup.sh installs
+//! dnsmasq-base); fails (does not skip) without.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
+use konnectivity_e2e::netns::{Link, firewall_inbound};
+use konnectivity_e2e::{
+    Proc, ServerSpec, free_port, start_agent, start_server, start_upstream_agent,
+    start_upstream_server, wait_for, wait_server_ready,
+};
+use konnectivity_testkit::pki;
+
+const NAME: &str = "kubelet.node-only.test";
+const ANSWER: [u8; 4] = [10, 77, 0, 42];
+
+/// dnsmasq as a plain DNS server: no config file, no system resolver, no hosts file,
+/// bound to `ip:port` only, answering `NAME` with `ANSWER`.
+fn dnsmasq(ip: &str, port: u16, netns: Option<&str>, dir: &Path) -> Proc {
+    let program = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("dnsmasq is installed (scripts/setup.sh: dnsmasq-base)");
+    let a = ANSWER;
+    let args: Vec<String> = [
+        "--no-daemon".to_owned(),
+        "--conf-file=/dev/null".to_owned(),
+        "--no-resolv".to_owned(),
+        "--no-hosts".to_owned(),
+        "--pid-file".to_owned(),
+        "--user=root".to_owned(),
+        "--bind-interfaces".to_owned(),
+        format!("--listen-address={ip}"),
+        format!("--port={port}"),
+        format!("--address=/{NAME}/{}.{}.{}.{}", a[0], a[1], a[2], a[3]),
+    ]
+    .into();
+    Proc::spawn("dnsmasq", &program, &args, netns, dir).expect("dnsmasq starts")
+}
+
+/// A DNS query (RFC 1035 §4.1) for the A record of `name`, with recursion desired.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; QDCOUNT 1
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, QTYPE A, QCLASS IN
+    q
+}
+
+/// The IPv4 addresses of the A records in the answer section of `rsp` to the query
+/// `query` (same ID, no error).
+fn a_answers(query: &[u8], rsp: &[u8]) -> Result<Vec<[u8; 4]>, String> {
+    let short = || format!("short DNS response: {rsp:?}");
+    if rsp.len() < query.len() || rsp[..2] != query[..2] {
+        return Err(format!("not the answer to our query: {rsp:?}"));
+    }
+    if rsp[3] & 0x0f != 0 {
+        return Err(format!("DNS error rcode {}", rsp[3] & 0x0f));
+    }
+    let answers = u16::from_be_bytes([rsp[6], rsp[7]]);
+    // The question is echoed as sent; answers follow it.
+    let mut at = query.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // The owner name: a compression pointer, or labels up to the root.
+        loop {
+            let len = *rsp.get(at).ok_or_else(short)?;
+            if len & 0xc0 == 0xc0 {
+                at += 2;
+                break;
+            }
+            at += 1 + len as usize;
+            if len == 0 {
+                break;
+            }
+        }
+        let fixed = rsp.get(at..at + 10).ok_or_else(short)?;
+        let (rtype, rdlen) = (
+            u16::from_be_bytes([fixed[0], fixed[1]]),
+            u16::from_be_bytes([fixed[8], fixed[9]]) as usize,
+        );
+        at += 10;
+        let data = rsp.get(at..at + rdlen).ok_or_else(short)?;
+        if rtype == 1 && rdlen == 4 {
+            out.push([data[0], data[1], data[2], data[3]]);
+        }
+        at += rdlen;
+    }
+    Ok(out)
+}
+
+/// Asks the DNS server at `dns` for `NAME` through the tunnel, twice on one UDP
+/// connection (two datagrams each way), and returns the addresses of both answers.
+async fn resolve_through_tunnel(
+    frontend: &Frontend,
+    dns: &str,
+) -> Result<Vec<[u8; 4]>, ClientError> {
+    let mut conn = grpc_dial_protocol(frontend, "udp", dns, Duration::from_secs(10)).await?;
+    let mut all = Vec::new();
+    for id in [0x5151u16, 0x5152] {
+        let q = a_query(id, NAME);
+        conn.send_datagram(Bytes::from(q.clone()))
+            .await
+            .map_err(|e| ClientError::Dial(e.to_string()))?;
+        let rsp = tokio::time::timeout(Duration::from_secs(10), conn.recv_datagram())
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Dial(e.to_string()))?
+            .ok_or(ClientError::Closed)?;
+        all.extend(a_answers(&q, &rsp).map_err(ClientError::Dial)?);
+    }
+    Ok(all)
+}
+
+/// [`resolve_through_tunnel`], retried for up to 5 s: dnsmasq may still be starting
+/// (a first query can be refused by the port) and the agent may still be connecting.
+async fn resolve_with_retries(frontend: &Frontend, dns: &str) -> Result<Vec<[u8; 4]>, ClientError> {
+    let mut answers = Err(ClientError::Closed);
+    for _ in 0..20 {
+        answers = resolve_through_tunnel(frontend, dns).await;
+        if answers.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
+    let link = Link::create("udp", 250 + (std::process::id() % 5) as u8);
+    firewall_inbound(&link.node);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
+    let _dns = dnsmasq(&link.node_ip, 53, Some(&link.node), d);
+
+    let sock = d.join("konnectivity.sock");
+    let spec = ServerSpec {
+        bind: link.cp_ip.clone(),
+        extra: vec!["--enable-udp".into()],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let (server, ports) =
+        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
+    let (agent, agent_health) = start_agent(
+        "proxy-agent",
+        &pki,
+        &link.cp_ip,
+        ports.agent,
+        &[],
+        Some(&link.node),
+        d,
+    )
+    .expect("proxy-agent");
+    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
+    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
+        konnectivity_e2e::netns::succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
+    })
+    .expect("the agent connects out to the server");
+
+    // The gRPC frontend is a UNIX socket: the test process reaches it from any namespace.
+    let frontend = Frontend::Uds(sock);
+    let dns = format!("{}:53", link.node_ip);
+    assert_eq!(
+        resolve_with_retries(&frontend, &dns)
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
+    let metrics = konnectivity_e2e::netns::output(
+        &link.node,
+        &[
+            "curl",
+            "-sf",
+            &format!("http://127.0.0.1:{agent_health}/metrics"),
+        ],
+    )
+    .unwrap_or_default();
+    assert!(
+        metrics.contains("konnectivity_rs_agent_udp_datagrams_from_destination_total"),
+        "{metrics}"
+    );
+    assert!(server.child_alive() && agent.child_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_agent_serves_udp_behind_our_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let port = free_port();
+    let _dns = dnsmasq("127.0.0.1", port, None, d);
+    let sock = d.join("s.sock");
+    let spec = ServerSpec {
+        extra: vec!["--enable-udp".into()],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let (server, ports) = start_server("server", &pki, &spec, None, d).expect("proxy-server");
+    let (agent, _) = start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], d)
+        .expect("upstream's proxy-agent");
+    wait_server_ready("127.0.0.1", ports.health).expect("the upstream agent connects");
+
+    let frontend = Frontend::Uds(sock);
+    let dns = format!("127.0.0.1:{port}");
+    assert_eq!(
+        resolve_with_retries(&frontend, &dns)
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
+    assert!(server.child_alive() && agent.child_alive());
+}
+
+/// The other half of the mixed fleet: upstream's server forwards `udp` as it gets it,
+/// and our agent serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_agent_serves_udp_behind_upstreams_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let port = free_port();
+    let _dns = dnsmasq("127.0.0.1", port, None, d);
+    let sock = d.join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (server, ports) =
+        start_upstream_server("server", &pki, &spec, d).expect("upstream's proxy-server");
+    let (agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, d)
+        .expect("our proxy-agent");
+    wait_server_ready("127.0.0.1", ports.health).expect("our agent connects");
+    let frontend = Frontend::Uds(sock);
+    assert_eq!(
+        resolve_with_retries(&frontend, &format!("127.0.0.1:{port}"))
+            .await
+            .expect("dnsmasq answers"),
+        vec![ANSWER, ANSWER]
+    );
+    assert!(server.child_alive() && agent.child_alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let sock = d.join("s.sock");
+    let spec = ServerSpec {
+        extra: vec!["--enable-udp".into()],
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    // A UDP echo that answers each datagram with its length and its bytes reversed,
+    // so that merged or split datagrams would show.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut reply = format!("{n}:").into_bytes();
+            reply.extend(buf[..n].iter().rev());
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child =
+            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                .args(["dial", "--uds", &sock.display().to_string(), "--udp"])
+                .arg(addr.to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("konnectivity dial --udp");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"one\ntwo\nthree\n").expect("write");
+        drop(stdin);
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3:eno\n3:owt\n5:eerht\n"
+    );
+}
+
+#[test]
+fn a_dns_query_is_built_and_an_answer_parsed_as_rfc_1035_says() {
+    let q = a_query(0x1234, "a.bc");
+    assert_eq!(
+        q,
+        [
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 2, b'b', b'c', 0, 0, 1, 0, 1
+        ]
+    );
+    let mut rsp = q.clone();
+    rsp[2] = 0x81;
+    rsp[3] = 0x80;
+    rsp[7] = 1; // ANCOUNT 1
+    rsp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 77, 0, 42]);
+    assert_eq!(a_answers(&q, &rsp), Ok(vec![ANSWER]));
+    rsp[3] = 0x83; // NXDOMAIN
+    assert!(a_answers(&q, &rsp).is_err());
+}
