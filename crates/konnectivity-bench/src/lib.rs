@@ -75,9 +75,11 @@ mod memory;
 mod null;
 mod procs;
 mod report;
+mod restart;
 mod rtt;
 mod rtt_processes;
 mod scale;
+mod soak;
 mod stalled;
 mod stats;
 mod upstream;
@@ -118,6 +120,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if cfg.has(Phase::Memory)
         || cfg.has(Phase::Scale)
+        || cfg.has(Phase::Restart)
+        || cfg.has(Phase::Soak)
         || cfg.has(Phase::Rtt)
         || cfg.has(Phase::Upstream)
         || cfg.has(Phase::Faults)
@@ -133,7 +137,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0) as u64
         + 512;
-    if (cfg.has(Phase::Memory) || cfg.has(Phase::Scale) || cfg.has(Phase::Upstream))
+    if (cfg.has(Phase::Memory)
+        || cfg.has(Phase::Scale)
+        || cfg.has(Phase::Restart)
+        || cfg.has(Phase::Upstream))
         && let Some(lim) = nofile_limit()
         && lim < need
     {
@@ -243,6 +250,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .context("scale")?;
     }
+    if cfg.has(Phase::Restart) {
+        restart::phase_restart(&cfg, &bin_dir, &pki, &dir, &mut res)
+            .await
+            .context("server restart")?;
+    }
 
     if cfg.has(Phase::Upstream) {
         let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
@@ -250,6 +262,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         upstream::phase_upstream(&cfg, &bin_dir, (&up, go), &pki, &dir, source, &mut res)
             .await
             .context("ours beside upstream")?;
+    }
+
+    if cfg.has(Phase::Soak) {
+        soak::phase_soak(&cfg, &bin_dir, &pki, &dir, source, &mut res)
+            .await
+            .context("soak")?;
     }
 
     if cfg.has(Phase::Faults) {
@@ -289,7 +307,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "config": {
             "bulk_bytes": cfg.size, "parallel": cfg.parallel, "dials": cfg.dials,
             "rtt_samples": cfg.rtt_samples, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
-            "agents": cfg.agents, "stall_bytes": cfg.stall_size,
+            "agents": cfg.agents, "soak_seconds": cfg.soak.as_secs(), "stall_bytes": cfg.stall_size,
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "flow_window_in_process": cfg.window,
             "flow_window_processes": konnectivity_core::flow::DEFAULT_WINDOW,
