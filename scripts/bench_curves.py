@@ -37,6 +37,11 @@ if "restart" in m:
     ready = [p[1] for p in r["curve"]]
     rss = [p[2] / 1024 for p in r["curve"]]
     ax.plot(t, ready, color="tab:blue", label="agents ready")
+    if len(r["curve"][0]) > 3:
+        fds = [p[3] for p in r["curve"]]
+        ax.plot(t, fds, color="tab:blue", linestyle="--", linewidth=1,
+                label="server descriptors (connections accepted)")
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel("seconds since SIGKILL of proxy-server")
     ax.set_ylabel("agents ready", color="tab:blue")
     ax.set_ylim(0, r["agents"] * 1.05)

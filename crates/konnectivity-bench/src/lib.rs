@@ -48,7 +48,10 @@
 //!   [`stalled`];
 //! * the separate-process phases: [`procs`] (our binaries and the bench's helper
 //!   processes), [`hops`] (the client and echo on threads of their own),
-//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], and [`upstream`]
+//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], [`restart`] (the
+//!   scale phase's agents through a proxy-server SIGKILL and restart: the curve of
+//!   agents back), [`soak`] (mixed rounds for `--soak-seconds`, resources sampled
+//!   every second against a bound), and [`upstream`]
 //!   (ours beside upstream's binaries in the four server + agent pairings), and
 //!   [`faults`] (loss, a partition and a killed agent between two network namespaces,
 //!   ours and upstream's; root only, not in the default set);

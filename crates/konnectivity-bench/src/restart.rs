@@ -5,7 +5,7 @@
 //! one proxy-server process. Once all are ready the server is killed (SIGKILL: no DRAIN,
 //! no GOAWAY, the kernel resets every stream) and started again at once on the same
 //! ports. From the kill on, a thread of its own samples every [`SAMPLE`] the new
-//! server's `ready_backends` gauge and its resident memory, until every agent is back or
+//! server's `ready_backends` gauge, its resident memory and descriptors, until every agent is back or
 //! [`crate::config::Cfg::restart_window`] passes. What it reports: the time until 50,
 //! 90 and 100 % of the agents are back, the server's peak memory during the storm
 //! (sampled, and the kernel's high-water mark `VmHWM`), and the kernel's TCP counters
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use konnectivity_testkit::pki::Pki;
-use konnectivity_testkit::process::{cpu_s, http_get, rss_kib, status_kib};
+use konnectivity_testkit::process::{cpu_s, fds, http_get, rss_kib, status_kib};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,9 @@ use crate::stats::round;
 /// How often the curve is sampled.
 const SAMPLE: Duration = Duration::from_millis(100);
 
-/// One point of the curve: seconds since the kill, agents ready, server RSS (KiB).
-type Point = (f64, u64, u64);
+/// One point of the curve: seconds since the kill, agents ready, server RSS (KiB),
+/// server descriptors (one per accepted connection, handshake done or not).
+type Point = (f64, u64, u64, usize);
 
 pub(crate) async fn phase_restart(
     cfg: &Cfg,
@@ -135,8 +136,8 @@ pub(crate) async fn phase_restart(
                 "listen_overflows": tcp.listen_overflows,
                 "listen_drops": tcp.listen_drops,
             },
-            "curve": curve.iter().map(|p| json!([p.0, p.1, p.2])).collect::<Vec<_>>(),
-            "curve_columns": ["seconds_since_kill", "agents_ready", "server_rss_kib"],
+            "curve": curve.iter().map(|p| json!([p.0, p.1, p.2, p.3])).collect::<Vec<_>>(),
+            "curve_columns": ["seconds_since_kill", "agents_ready", "server_rss_kib", "server_fds"],
         }),
     );
     let secs = p100.unwrap_or(f64::INFINITY);
@@ -198,7 +199,7 @@ fn sample_curve(
     t0: Instant,
     window: Duration,
 ) -> (Vec<Point>, u64) {
-    let mut curve = vec![(0.0, 0, 0)];
+    let mut curve = vec![(0.0, 0, 0, 0)];
     let mut polls = 0;
     let mut next = Instant::now();
     loop {
@@ -208,7 +209,7 @@ fn sample_curve(
             _ => 0,
         };
         let t = t0.elapsed();
-        curve.push((round(t.as_secs_f64()), ready, rss_kib(pid)));
+        curve.push((round(t.as_secs_f64()), ready, rss_kib(pid), fds(pid)));
         if ready >= n || t >= window {
             return (curve, polls);
         }
