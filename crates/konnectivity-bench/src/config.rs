@@ -26,6 +26,12 @@ pub enum Phase {
     Memory,
     /// N agents connecting to one proxy-server process.
     Scale,
+    /// A proxy-server process killed and started again with the largest `--agents`
+    /// count connected: the curve of agents back over time.
+    Restart,
+    /// Mixed traffic in rounds through proxy-server and proxy-agent processes for
+    /// `--soak-seconds`, their memory, descriptors and threads sampled every second.
+    Soak,
     /// Ours beside upstream's binaries (v0.36.0, `tests/upstream/build.sh`) in the four
     /// server + agent pairings, through separate processes, against the null tunnel.
     Upstream,
@@ -65,6 +71,9 @@ pub struct BenchArgs {
     /// Agent counts of the scale test [default: 1000,10000; smoke 10,50].
     #[arg(long, value_delimiter = ',')]
     pub agents: Option<Vec<usize>>,
+    /// Length of the soak phase, in seconds [default: 3600; smoke 3].
+    #[arg(long)]
+    pub soak_seconds: Option<u64>,
     /// Run only these measurements (comma list) [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Option<Vec<Phase>>,
@@ -136,6 +145,10 @@ pub(crate) struct Cfg {
     pub(crate) warmup_dials: usize,
     pub(crate) rtt_time_cap: Duration,
     pub(crate) scale_deadline: Duration,
+    /// How long the restart phase waits for every agent to be back.
+    pub(crate) restart_window: Duration,
+    /// How long the soak phase starts new rounds.
+    pub(crate) soak: Duration,
 }
 
 impl Cfg {
@@ -168,7 +181,9 @@ impl Cfg {
                 Phase::Stalled,
                 Phase::Memory,
                 Phase::Scale,
+                Phase::Restart,
                 Phase::Upstream,
+                Phase::Soak,
             ]
         });
         ensure!(
@@ -176,7 +191,8 @@ impl Cfg {
             "--idle-conns is empty"
         );
         ensure!(
-            !phases.contains(&Phase::Scale) || !agents.is_empty(),
+            !(phases.contains(&Phase::Scale) || phases.contains(&Phase::Restart))
+                || !agents.is_empty(),
             "--agents is empty"
         );
         Ok(Self {
@@ -200,6 +216,8 @@ impl Cfg {
             warmup_dials: if smoke { 3 } else { 50 },
             rtt_time_cap: Duration::from_secs(if smoke { 10 } else { 60 }),
             scale_deadline: Duration::from_secs(if smoke { 30 } else { 120 }),
+            restart_window: Duration::from_secs(60),
+            soak: Duration::from_secs(a.soak_seconds.unwrap_or(if smoke { 3 } else { 3600 })),
         })
     }
 

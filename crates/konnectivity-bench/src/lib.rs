@@ -48,7 +48,10 @@
 //!   [`stalled`];
 //! * the separate-process phases: [`procs`] (our binaries and the bench's helper
 //!   processes), [`hops`] (the client and echo on threads of their own),
-//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], and [`upstream`]
+//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], [`restart`] (the
+//!   scale phase's agents through a proxy-server SIGKILL and restart: the curve of
+//!   agents back), [`soak`] (mixed rounds for `--soak-seconds`, resources sampled
+//!   every second against a bound), and [`upstream`]
 //!   (ours beside upstream's binaries in the four server + agent pairings), and
 //!   [`faults`] (loss, a partition and a killed agent between two network namespaces,
 //!   ours and upstream's; root only, not in the default set);
@@ -75,9 +78,11 @@ mod memory;
 mod null;
 mod procs;
 mod report;
+mod restart;
 mod rtt;
 mod rtt_processes;
 mod scale;
+mod soak;
 mod stalled;
 mod stats;
 mod upstream;
@@ -118,6 +123,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if cfg.has(Phase::Memory)
         || cfg.has(Phase::Scale)
+        || cfg.has(Phase::Restart)
+        || cfg.has(Phase::Soak)
         || cfg.has(Phase::Rtt)
         || cfg.has(Phase::Upstream)
         || cfg.has(Phase::Faults)
@@ -133,7 +140,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0) as u64
         + 512;
-    if (cfg.has(Phase::Memory) || cfg.has(Phase::Scale) || cfg.has(Phase::Upstream))
+    if (cfg.has(Phase::Memory)
+        || cfg.has(Phase::Scale)
+        || cfg.has(Phase::Restart)
+        || cfg.has(Phase::Upstream))
         && let Some(lim) = nofile_limit()
         && lim < need
     {
@@ -243,6 +253,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
             .context("scale")?;
     }
+    if cfg.has(Phase::Restart) {
+        restart::phase_restart(&cfg, &bin_dir, &pki, &dir, &mut res)
+            .await
+            .context("server restart")?;
+    }
 
     if cfg.has(Phase::Upstream) {
         let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
@@ -250,6 +265,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         upstream::phase_upstream(&cfg, &bin_dir, (&up, go), &pki, &dir, source, &mut res)
             .await
             .context("ours beside upstream")?;
+    }
+
+    if cfg.has(Phase::Soak) {
+        soak::phase_soak(&cfg, &bin_dir, &pki, &dir, source, &mut res)
+            .await
+            .context("soak")?;
     }
 
     if cfg.has(Phase::Faults) {
@@ -289,7 +310,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "config": {
             "bulk_bytes": cfg.size, "parallel": cfg.parallel, "dials": cfg.dials,
             "rtt_samples": cfg.rtt_samples, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
-            "agents": cfg.agents, "stall_bytes": cfg.stall_size,
+            "agents": cfg.agents, "soak_seconds": cfg.soak.as_secs(), "stall_bytes": cfg.stall_size,
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "flow_window_in_process": cfg.window,
             "flow_window_processes": konnectivity_core::flow::DEFAULT_WINDOW,

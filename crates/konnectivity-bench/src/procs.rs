@@ -155,6 +155,7 @@ pub(crate) struct ServerProc {
     pub(crate) agent_port: u16,
     pub(crate) health: String,
     pub(crate) uds: PathBuf,
+    pub(crate) ports: ServerPorts,
 }
 
 /// A proxy-server process with its frontend (`mode`: `grpc` or `http-connect`) on a
@@ -166,7 +167,33 @@ pub(crate) async fn start_server_proc(
     pki: &Pki,
     dir: &Path,
 ) -> anyhow::Result<ServerProc> {
-    let (agent_port, health_port, admin_port) = (free_port(), free_port(), free_port());
+    let ports = ServerPorts {
+        agent: free_port(),
+        health: free_port(),
+        admin: free_port(),
+    };
+    start_server_proc_on(name, mode, program, pki, dir, ports).await
+}
+
+/// The listening ports of a proxy-server process: kept to start it again on the same
+/// ports (the restart phase).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerPorts {
+    pub(crate) agent: u16,
+    pub(crate) health: u16,
+    pub(crate) admin: u16,
+}
+
+/// [`start_server_proc`] on the given ports.
+pub(crate) async fn start_server_proc_on(
+    name: &str,
+    mode: &str,
+    program: &Path,
+    pki: &Pki,
+    dir: &Path,
+    ports: ServerPorts,
+) -> anyhow::Result<ServerProc> {
+    let (agent_port, health_port, admin_port) = (ports.agent, ports.health, ports.admin);
     let uds = dir.join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&uds);
     let args = ServerArgv::new(name, mode, pki)
@@ -184,6 +211,7 @@ pub(crate) async fn start_server_proc(
         agent_port,
         health,
         uds,
+        ports,
     })
 }
 

@@ -32,6 +32,44 @@ pub(crate) fn ready_backends(metrics: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
+/// The agents' TLS client: every agent pays a full handshake, as separate nodes
+/// starting cold would (no session resumption).
+pub(crate) fn agent_tls(pki: &Pki) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut tls =
+        konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
+    tls.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(tls))
+}
+
+/// Starts `n` agents (`bench-agent-0…n-1`) as tasks of this process, all at once,
+/// against the server's agent port; they run until `stop` is cancelled.
+pub(crate) fn spawn_agents(
+    n: usize,
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|k| {
+            let agent = Agent::new(agent_settings(
+                port,
+                tls.clone(),
+                format!("bench-agent-{k}"),
+                // upstream's defaults: --sync-interval=1s, --sync-interval-cap=10s
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+            ));
+            tokio::spawn(konnectivity_agent::run(
+                agent,
+                None,
+                None,
+                CancellationToken::new(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
 pub(crate) async fn phase_scale(
     cfg: &Cfg,
     bin_dir: &Path,
@@ -39,11 +77,7 @@ pub(crate) async fn phase_scale(
     dir: &Path,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let mut tls =
-        konnectivity_tls::agent_client(&pki.ca, Some((&pki.agent_cert, &pki.agent_key)), &[])?;
-    // Every agent pays a full handshake, as separate nodes starting cold would.
-    tls.resumption = rustls::client::Resumption::disabled();
-    let tls = Arc::new(tls);
+    let tls = agent_tls(pki)?;
     let program = bin(bin_dir, "proxy-server")?;
     let mut runs = Vec::new();
     let mut last = None;
@@ -84,24 +118,7 @@ pub(crate) async fn phase_scale(
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let mut tasks = Vec::with_capacity(n);
-        for k in 0..n {
-            let agent = Agent::new(agent_settings(
-                server.agent_port,
-                tls.clone(),
-                format!("bench-agent-{k}"),
-                // upstream's defaults: --sync-interval=1s, --sync-interval-cap=10s
-                Duration::from_secs(1),
-                Duration::from_secs(10),
-            ));
-            tasks.push(tokio::spawn(konnectivity_agent::run(
-                agent,
-                None,
-                None,
-                CancellationToken::new(),
-                stop.clone(),
-            )));
-        }
+        let tasks = spawn_agents(n, server.agent_port, &tls, &stop);
         let (took, seen, curve) = tokio::task::spawn_blocking(move || poller.join())
             .await?
             .map_err(|_| anyhow::anyhow!("metrics poller panicked"))?;

@@ -144,6 +144,14 @@ fn smoke_run_reports_every_measurement() {
         positive(r, &["server_rss_kib"]);
         assert_eq!(r["ready_seen"], r["agents"], "every agent became ready");
     }
+    positive(m, &["restart", "back_100_seconds"]);
+    assert_eq!(m["restart"]["agents_back"], m["restart"]["agents"]);
+    positive(m, &["soak", "rounds"]);
+    assert_eq!(
+        m["soak"]["failed_steps"], 0,
+        "soak: {}",
+        m["soak"]["errors"]
+    );
 
     let ids: Vec<&str> = v["targets"]
         .as_array()
@@ -172,6 +180,11 @@ fn smoke_run_reports_every_measurement() {
         "idle_agent_rss",
         "scale_ready",
         "scale_rss",
+        "restart_all_back",
+        "restart_peak_rss",
+        "soak_failed_steps",
+        "soak_rss_growth",
+        "soak_fds_threads",
         "bulk_1conn_processes",
     ] {
         assert!(ids.contains(&id), "target {id} missing from {ids:?}");
