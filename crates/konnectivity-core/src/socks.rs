@@ -1,6 +1,8 @@
 //! SOCKS5 (RFC 1928) for the server's SOCKS5 frontend, sans-IO: the client's method
 //! greeting, its request, the replies, and the header of UDP ASSOCIATE datagrams
-//! (§7). Only what the frontend serves is accepted: method 0 (no authentication), the
+//! (§7), and RFC 1929 username/password authentication (the sub-negotiation and the
+//! list of users it is checked against, in constant time). Only what the frontend
+//! serves is accepted: method 0 (no authentication) or 2 (username/password), the
 //! CONNECT and UDP ASSOCIATE commands, to an IPv4, IPv6 or domain address, and
 //! unfragmented datagrams (FRAG 0); every other input is a typed [`SocksError`] that
 //! says which reply (if any) the client gets. Nothing here panics on peer input.
@@ -15,9 +17,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const VERSION: u8 = 5;
 /// Method 0: no authentication required.
 pub const NO_AUTH: u8 = 0x00;
+/// Method 2: username/password (RFC 1929).
+pub const USER_PASS: u8 = 0x02;
 /// Method 0xFF: no acceptable methods.
 pub const NO_ACCEPTABLE_METHOD: u8 = 0xFF;
 
+const AUTH_VERSION: u8 = 0x01;
 const CMD_CONNECT: u8 = 0x01;
 const CMD_UDP_ASSOCIATE: u8 = 0x03;
 const ATYP_IPV4: u8 = 0x01;
@@ -35,12 +40,145 @@ impl Greeting {
     /// The method the server answers with: [`NO_AUTH`] when offered (the only one
     /// served), else [`NO_ACCEPTABLE_METHOD`] (the client must then close).
     pub fn choose(&self) -> u8 {
-        if self.methods.contains(&NO_AUTH) {
-            NO_AUTH
+        self.choose_with(false)
+    }
+
+    /// The method the server answers with when `password` authentication is required
+    /// ([`USER_PASS`] if offered; method 0 is then never chosen) or not ([`NO_AUTH`]).
+    pub fn choose_with(&self, password: bool) -> u8 {
+        let wanted = if password { USER_PASS } else { NO_AUTH };
+        if self.methods.contains(&wanted) {
+            wanted
         } else {
             NO_ACCEPTABLE_METHOD
         }
     }
+}
+
+/// An RFC 1929 request: `VER(1) ULEN UNAME PLEN PASSWD`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserPass {
+    /// UNAME (1 to 255 bytes).
+    pub user: Vec<u8>,
+    /// PASSWD (0 to 255 bytes).
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for UserPass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserPass")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses an RFC 1929 username/password request (incremental, like the others).
+pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
+    let Some(&ver) = buf.first() else {
+        return Ok(None);
+    };
+    if ver != AUTH_VERSION {
+        return Err(SocksError::AuthVersion(ver));
+    }
+    let Some(&ulen) = buf.get(1) else {
+        return Ok(None);
+    };
+    if ulen == 0 {
+        return Err(SocksError::NoUser);
+    }
+    let uend = 2 + usize::from(ulen);
+    let Some(&plen) = buf.get(uend) else {
+        return Ok(None);
+    };
+    let end = uend + 1 + usize::from(plen);
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((
+        UserPass {
+            user: buf[2..uend].to_vec(),
+            password: buf[uend + 1..end].to_vec(),
+        },
+        end,
+    )))
+}
+
+/// The RFC 1929 reply: `01 00` accepted, `01 01` rejected (the client must close).
+pub const fn user_pass_reply(accepted: bool) -> [u8; 2] {
+    [AUTH_VERSION, if accepted { 0 } else { 1 }]
+}
+
+/// The users a `--socks5-auth-file` allows: lines `user:password` (the password is
+/// everything after the first `:`), blank lines and `#` comments ignored.
+#[derive(Clone, Default)]
+pub struct Users {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Users({} entries)", self.entries.len())
+    }
+}
+
+impl Users {
+    /// Parses the file's text; an error names the line, never a password.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let Some((user, password)) = line.split_once(':') else {
+                return Err(format!("line {}: expected user:password", i + 1));
+            };
+            if user.is_empty() || user.len() > 255 || password.is_empty() || password.len() > 255 {
+                return Err(format!(
+                    "line {}: user and password must each be 1 to 255 bytes",
+                    i + 1
+                ));
+            }
+            entries.push((user.as_bytes().to_vec(), password.as_bytes().to_vec()));
+        }
+        if entries.is_empty() {
+            return Err("no user:password line".to_owned());
+        }
+        Ok(Self { entries })
+    }
+
+    /// How many users are allowed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the list is empty (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `c` names a user with its password. Every entry is compared, each in
+    /// constant time for its length, so the time taken does not tell which user
+    /// exists or how much of a password matched.
+    pub fn check(&self, c: &UserPass) -> bool {
+        let mut ok = 0u8;
+        for (user, password) in &self.entries {
+            ok |= ct_eq(user, &c.user) & ct_eq(password, &c.password);
+        }
+        ok == 1
+    }
+}
+
+/// 1 when equal, else 0, without a data-dependent branch or early exit.
+fn ct_eq(a: &[u8], b: &[u8]) -> u8 {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    let diff = std::hint::black_box(diff);
+    u8::from(diff == 0)
 }
 
 /// What a request asks for.
@@ -266,6 +404,12 @@ pub enum SocksError {
     /// A domain name that is empty, not ASCII, or holds characters no host name has.
     #[error("invalid domain name")]
     Domain,
+    /// An RFC 1929 request whose version byte is not 1.
+    #[error("username/password version {0:#04x}, not 1")]
+    AuthVersion(u8),
+    /// An RFC 1929 request with an empty user name.
+    #[error("empty user name")]
+    NoUser,
     /// A UDP datagram shorter than its header.
     #[error("datagram shorter than its SOCKS5 UDP header")]
     Truncated,
@@ -280,7 +424,7 @@ impl SocksError {
     /// not speak SOCKS5 (it gets no SOCKS5 message, only the close).
     pub fn reply(&self) -> Option<Reply> {
         match self {
-            Self::Version(_) | Self::NoMethods => None,
+            Self::Version(_) | Self::NoMethods | Self::AuthVersion(_) | Self::NoUser => None,
             Self::Reserved(_) | Self::Domain | Self::Truncated | Self::Fragmented(_) => {
                 Some(Reply::GeneralFailure)
             }
@@ -636,5 +780,60 @@ mod tests {
         let r = Reply::Succeeded.encode_bound("127.0.0.1:4242".parse().unwrap());
         assert_eq!(r, [5, 0, 0, 1, 127, 0, 0, 1, 0x10, 0x92]);
         assert_eq!(parse_reply(&r), Ok(Some((0, 10))));
+    }
+
+    #[test]
+    fn password_required_chooses_method_two_and_never_method_zero() {
+        let (g, _) = parse_greeting(&[5, 2, 0, 2]).unwrap().unwrap();
+        assert_eq!(g.choose_with(true), USER_PASS);
+        assert_eq!(g.choose_with(false), NO_AUTH);
+        let (g, _) = parse_greeting(&[5, 1, 0]).unwrap().unwrap();
+        assert_eq!(g.choose_with(true), NO_ACCEPTABLE_METHOD);
+    }
+
+    #[test]
+    fn user_pass_requests_parse_incrementally() {
+        let full = [1, 1, b'u', 2, b'p', b'w', 9];
+        for cut in 0..6 {
+            assert_eq!(parse_user_pass(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (c, n) = parse_user_pass(&full).unwrap().unwrap();
+        assert_eq!(
+            (c.user.as_slice(), c.password.as_slice(), n),
+            (&b"u"[..], &b"pw"[..], 6)
+        );
+        assert!(!format!("{c:?}").contains("pw"), "Debug hides the password");
+        assert_eq!(parse_user_pass(&[5, 1]), Err(SocksError::AuthVersion(5)));
+        assert_eq!(parse_user_pass(&[1, 0, 0]), Err(SocksError::NoUser));
+        assert_eq!(user_pass_reply(true), [1, 0]);
+        assert_eq!(user_pass_reply(false), [1, 1]);
+    }
+
+    #[test]
+    fn users_file_checks_every_user_and_password_exactly() {
+        let users = Users::parse("# ops\nalice:s3cret:x\n\nbob:hunter2\r\n").unwrap();
+        assert_eq!(users.len(), 2);
+        let c = |u: &str, p: &str| UserPass {
+            user: u.into(),
+            password: p.into(),
+        };
+        assert!(
+            users.check(&c("alice", "s3cret:x")),
+            "password after the first colon"
+        );
+        assert!(users.check(&c("bob", "hunter2")));
+        for (u, p) in [
+            ("bob", "hunter"),
+            ("bob", "hunter22"),
+            ("alice", "hunter2"),
+            ("", ""),
+            ("carol", "s3cret:x"),
+        ] {
+            assert!(!users.check(&c(u, p)), "{u}:{p}");
+        }
+        assert!(Users::parse("nocolon").unwrap_err().contains("line 1"));
+        assert!(Users::parse("a:").is_err());
+        assert!(Users::parse(":p").is_err());
+        assert!(Users::parse("# only a comment\n").is_err());
     }
 }

@@ -80,8 +80,8 @@ pub enum FrontendListener {
     Uds(UnixListener),
     /// `--server-port` with its TLS configuration (client certificates required).
     Tcp(TcpListener, Arc<ServerConfig>),
-    /// Plain TCP on a loopback address, for the SOCKS5 frontend only
-    /// (`--socks5-bind-address` is checked to be loopback).
+    /// Plain TCP, for the SOCKS5 frontend only (`--socks5-bind-address` is checked to
+    /// be loopback unless `--socks5-auth-file` makes clients authenticate).
     Loopback(TcpListener),
 }
 

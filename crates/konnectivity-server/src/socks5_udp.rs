@@ -2,8 +2,9 @@
 //! `--socks5-port` (a UNIX-socket client has no IP its datagrams could be checked
 //! against, so `--socks5-uds` answers UDP ASSOCIATE with 0x07).
 //!
-//! One association per control connection: a relay UDP socket bound on the SOCKS5
-//! listener's own loopback address (its address is the reply's BND.ADDR/PORT). A
+//! One association per control connection: a relay UDP socket bound on the address the
+//! client connected to (loopback unless `--socks5-auth-file`; the reply's
+//! BND.ADDR/PORT). A
 //! datagram is accepted only from the control connection's peer IP (and, when the
 //! request named one, from that IP and port); its header is parsed by
 //! `konnectivity_core::socks::parse_udp_header`; anything malformed, fragmented
