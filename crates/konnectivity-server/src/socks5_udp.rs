@@ -6,7 +6,7 @@
 //! client connected to (loopback unless `--socks5-auth-file`; the reply's
 //! BND.ADDR/PORT). A
 //! datagram is accepted only from the control connection's peer IP (and, when the
-//! request named one, from that IP and port); its header is parsed by
+//! request named a port, from that port); its header is parsed by
 //! `konnectivity_core::socks::parse_udp_header`; anything malformed, fragmented
 //! (FRAG != 0: reassembly is not built) or foreign is dropped without disturbing the
 //! association. Each distinct destination gets its own tunnel connection with
@@ -63,21 +63,11 @@ struct Filter {
 }
 
 impl Filter {
-    /// The control connection's IP, narrowed to the request's DST when it named an IP
-    /// (not 0.0.0.0 / ::) or a port (not 0).
+    /// The control connection's IP (always: a request naming another host does not open
+    /// the relay to that host), narrowed to the request's DST.PORT when it is not 0.
     fn new(origin: Origin, from: &Destination) -> Self {
-        let ip = match from.ip() {
-            Some(ip) if !ip.is_unspecified() => ip,
-            _ => origin.peer.ip(),
-        };
-        let ip = if ip == origin.peer.ip() {
-            ip
-        } else {
-            // A DST naming another host than the client's: only the client may send.
-            origin.peer.ip()
-        };
         Self {
-            ip,
+            ip: origin.peer.ip(),
             port: Some(from.port()).filter(|&p| p != 0),
         }
     }
