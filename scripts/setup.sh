@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine (idempotent):
 # Debian packages for real-network tests (dnsmasq-base: the DNS server of the UDP e2e
-# test, the binary only, no system service holding port 53), and the Go modules of the
-# interop client.
+# test, the binary only, no system service holding port 53; python3-socks: PySocks, the
+# SOCKS5 UDP ASSOCIATE client, checked as a module of Debian's /usr/bin/python3), and the
+# Go modules of the interop client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium dnsmasq:dnsmasq-base; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+# Python modules: imported by Debian's python3 (the tests call /usr/bin/python3).
+for module in socks:python3-socks; do
+  /usr/bin/python3 -c "import ${module%%:*}" >/dev/null 2>&1 || need+=("${module##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

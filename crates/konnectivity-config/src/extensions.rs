@@ -40,13 +40,15 @@ options! {
             "konnectivity-rs: an HTTP-CONNECT client must send its whole request head within this time.",
             check non_negative_duration;
         @server socks5_port: i64 = "socks5-port", "0",
-            "konnectivity-rs: serve a SOCKS5 frontend (RFC 1928 CONNECT, no authentication) on this port of --socks5-bind-address; 0 is off.",
+            "konnectivity-rs: serve a SOCKS5 frontend (RFC 1928 CONNECT, and UDP ASSOCIATE with --enable-udp) on this port of --socks5-bind-address; 0 is off.",
             check port_or_zero;
         @server socks5_bind_address: String = "socks5-bind-address", "127.0.0.1",
-            "konnectivity-rs: the address the SOCKS5 port listens on; must be a loopback address, as the SOCKS5 frontend authenticates nobody.",
-            check loopback;
+            "konnectivity-rs: the address the SOCKS5 port listens on; must be a loopback address unless --socks5-auth-file is set (without it the SOCKS5 frontend authenticates nobody).",
+            check ip_address;
         @server socks5_uds: String = "socks5-uds", "",
             "konnectivity-rs: serve a SOCKS5 frontend on this UNIX socket (mode 0770, like --uds-name); empty is off.";
+        @server socks5_auth_file: String = "socks5-auth-file", "",
+            "konnectivity-rs: require RFC 1929 username/password on the SOCKS5 frontends, checked against this file's user:password lines (keep it unreadable to others); empty: no authentication, loopback and UNIX socket only.";
         @server enable_udp: bool = "enable-udp", "false",
             "konnectivity-rs: accept DialRequest.protocol \"udp\" from gRPC frontends (one datagram per DATA packet, sent to the agent as \"udp\"); off, it is refused like any protocol but tcp.";
         @agent udp_idle_timeout: GoDuration = "udp-idle-timeout", "1m0s",
@@ -71,14 +73,29 @@ fn port_or_zero(v: &i64) -> Result<(), String> {
     Ok(())
 }
 
-/// Row check: a loopback IP address (the SOCKS5 frontend has no authentication, so it
-/// must not be reachable from the network).
-fn loopback(v: &String) -> Result<(), String> {
+/// Row check: an IP address.
+fn ip_address(v: &String) -> Result<(), String> {
     match v.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_loopback() => Ok(()),
-        _ => Err(format!(
-            "must be a loopback address such as 127.0.0.1 or ::1 (the SOCKS5 frontend has no authentication yet), got {v:?}"
-        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("must be an IP address, got {v:?}")),
+    }
+}
+
+impl Extensions {
+    /// Without `--socks5-auth-file` the SOCKS5 frontend authenticates nobody, so it must
+    /// not be reachable from the network: `--socks5-bind-address` must be loopback.
+    fn check_socks5_exposure(&self) -> Result<(), String> {
+        let loopback = self
+            .socks5_bind_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && self.socks5_auth_file.is_empty() {
+            return Err(format!(
+                "--socks5-bind-address must be a loopback address such as 127.0.0.1 or ::1 unless --socks5-auth-file is set (without it the SOCKS5 frontend authenticates nobody), got {:?}",
+                self.socks5_bind_address
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -106,7 +123,8 @@ impl Extensions {
     pub fn check(&self) -> Result<(), String> {
         DestinationPolicy::parse(&self.allowed_cidrs, &self.allowed_ports)
             .map_err(|e| format!("--allowed-destination-cidrs/--allowed-destination-ports: {e}"))?;
-        self.check_rows()
+        self.check_rows()?;
+        self.check_socks5_exposure()
     }
 
     /// The destination policy (valid after [`Extensions::check`]).

@@ -1,23 +1,30 @@
 //! SOCKS5 (RFC 1928) for the server's SOCKS5 frontend, sans-IO: the client's method
-//! greeting, its request, and the replies. Only what the frontend serves is accepted:
-//! method 0 (no authentication) and the CONNECT command, to an IPv4, IPv6 or domain
-//! address; every other input is a typed [`SocksError`] that says which reply (if any)
-//! the client gets. Nothing here panics on peer input.
+//! greeting, its request, the replies, and the header of UDP ASSOCIATE datagrams
+//! (§7), and RFC 1929 username/password authentication (the sub-negotiation and the
+//! list of users it is checked against, in constant time). Only what the frontend
+//! serves is accepted: method 0 (no authentication) or 2 (username/password), the
+//! CONNECT and UDP ASSOCIATE commands, to an IPv4, IPv6 or domain address, and
+//! unfragmented datagrams (FRAG 0); every other input is a typed [`SocksError`] that
+//! says which reply (if any) the client gets. Nothing here panics on peer input.
 //!
 //! The parsers are incremental: given the bytes read so far they return `Ok(None)`
 //! until the message is complete, then the message and how many bytes it used (a
 //! client may pipeline its request, or data, behind the greeting).
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The protocol version byte.
 pub const VERSION: u8 = 5;
 /// Method 0: no authentication required.
 pub const NO_AUTH: u8 = 0x00;
+/// Method 2: username/password (RFC 1929).
+pub const USER_PASS: u8 = 0x02;
 /// Method 0xFF: no acceptable methods.
 pub const NO_ACCEPTABLE_METHOD: u8 = 0xFF;
 
+const AUTH_VERSION: u8 = 0x01;
 const CMD_CONNECT: u8 = 0x01;
+const CMD_UDP_ASSOCIATE: u8 = 0x03;
 const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
 const ATYP_IPV6: u8 = 0x04;
@@ -33,16 +40,168 @@ impl Greeting {
     /// The method the server answers with: [`NO_AUTH`] when offered (the only one
     /// served), else [`NO_ACCEPTABLE_METHOD`] (the client must then close).
     pub fn choose(&self) -> u8 {
-        if self.methods.contains(&NO_AUTH) {
-            NO_AUTH
+        self.choose_with(false)
+    }
+
+    /// The method the server answers with when `password` authentication is required
+    /// ([`USER_PASS`] if offered; method 0 is then never chosen) or not ([`NO_AUTH`]).
+    pub fn choose_with(&self, password: bool) -> u8 {
+        let wanted = if password { USER_PASS } else { NO_AUTH };
+        if self.methods.contains(&wanted) {
+            wanted
         } else {
             NO_ACCEPTABLE_METHOD
         }
     }
 }
 
-/// Where a CONNECT request goes.
+/// An RFC 1929 request: `VER(1) ULEN UNAME PLEN PASSWD`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserPass {
+    /// UNAME (1 to 255 bytes).
+    pub user: Vec<u8>,
+    /// PASSWD (0 to 255 bytes).
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for UserPass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserPass")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses an RFC 1929 username/password request (incremental, like the others).
+pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
+    let Some(&ver) = buf.first() else {
+        return Ok(None);
+    };
+    if ver != AUTH_VERSION {
+        return Err(SocksError::AuthVersion(ver));
+    }
+    let Some(&ulen) = buf.get(1) else {
+        return Ok(None);
+    };
+    if ulen == 0 {
+        return Err(SocksError::NoUser);
+    }
+    let uend = 2 + usize::from(ulen);
+    let Some(&plen) = buf.get(uend) else {
+        return Ok(None);
+    };
+    let end = uend + 1 + usize::from(plen);
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((
+        UserPass {
+            user: buf[2..uend].to_vec(),
+            password: buf[uend + 1..end].to_vec(),
+        },
+        end,
+    )))
+}
+
+/// The RFC 1929 reply: `01 00` accepted, `01 01` rejected (the client must close).
+pub const fn user_pass_reply(accepted: bool) -> [u8; 2] {
+    [AUTH_VERSION, if accepted { 0 } else { 1 }]
+}
+
+/// The users a `--socks5-auth-file` allows: lines `user:password` (the password is
+/// everything after the first `:`), blank lines and `#` comments ignored.
+#[derive(Clone, Default)]
+pub struct Users {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Users({} entries)", self.entries.len())
+    }
+}
+
+impl Users {
+    /// Parses the file's text; an error names the line, never a password.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let Some((user, password)) = line.split_once(':') else {
+                return Err(format!("line {}: expected user:password", i + 1));
+            };
+            if user.is_empty() || user.len() > 255 || password.is_empty() || password.len() > 255 {
+                return Err(format!(
+                    "line {}: user and password must each be 1 to 255 bytes",
+                    i + 1
+                ));
+            }
+            entries.push((user.as_bytes().to_vec(), password.as_bytes().to_vec()));
+        }
+        if entries.is_empty() {
+            return Err("no user:password line".to_owned());
+        }
+        Ok(Self { entries })
+    }
+
+    /// How many users are allowed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the list is empty (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `c` names a user with its password. Every entry is compared, each in
+    /// constant time for its length, so the time taken does not tell which user
+    /// exists or how much of a password matched.
+    pub fn check(&self, c: &UserPass) -> bool {
+        let mut ok = 0u8;
+        for (user, password) in &self.entries {
+            ok |= ct_eq(user, &c.user) & ct_eq(password, &c.password);
+        }
+        ok == 1
+    }
+}
+
+/// 1 when equal, else 0, without a data-dependent branch or early exit.
+fn ct_eq(a: &[u8], b: &[u8]) -> u8 {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    let diff = std::hint::black_box(diff);
+    u8::from(diff == 0)
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// CONNECT (1): a TCP connection to the destination.
+    Connect,
+    /// UDP ASSOCIATE (3): a UDP relay; the destination is where the client will send
+    /// its datagrams from (all zeros when it does not know yet).
+    UdpAssociate,
+}
+
+/// A client's request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The command.
+    pub command: Command,
+    /// DST.ADDR and DST.PORT.
+    pub destination: Destination,
+}
+
+/// Where a CONNECT request goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// ATYP 1.
     Ipv4(Ipv4Addr, u16),
@@ -92,6 +251,28 @@ impl Destination {
     /// The client's CONNECT request for this destination.
     pub fn connect_request(&self) -> Vec<u8> {
         let mut r = vec![VERSION, CMD_CONNECT, 0];
+        self.encode_into(&mut r);
+        r
+    }
+
+    /// The port (DST.PORT).
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Ipv4(_, p) | Self::Ipv6(_, p) | Self::Domain(_, p) => *p,
+        }
+    }
+
+    /// The IP address, when it is one (not a name).
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Self::Ipv4(ip, _) => Some(IpAddr::V4(*ip)),
+            Self::Ipv6(ip, _) => Some(IpAddr::V6(*ip)),
+            Self::Domain(..) => None,
+        }
+    }
+
+    /// Appends `ATYP ADDR PORT`.
+    fn encode_into(&self, r: &mut Vec<u8>) {
         let port = match self {
             Self::Ipv4(ip, port) => {
                 r.push(ATYP_IPV4);
@@ -111,7 +292,15 @@ impl Destination {
             }
         };
         r.extend_from_slice(&port.to_be_bytes());
-        r
+    }
+}
+
+impl From<SocketAddr> for Destination {
+    fn from(a: SocketAddr) -> Self {
+        match a.ip() {
+            IpAddr::V4(ip) => Self::Ipv4(ip, a.port()),
+            IpAddr::V6(ip) => Self::Ipv6(ip, a.port()),
+        }
     }
 }
 
@@ -184,6 +373,14 @@ impl Reply {
     pub const fn encode(self) -> [u8; 10] {
         [VERSION, self as u8, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0]
     }
+
+    /// The reply message with a bound address: UDP ASSOCIATE's answer names the relay
+    /// socket the client sends its datagrams to.
+    pub fn encode_bound(self, bound: SocketAddr) -> Vec<u8> {
+        let mut r = vec![VERSION, self as u8, 0];
+        Destination::from(bound).encode_into(&mut r);
+        r
+    }
 }
 
 /// Malformed or unsupported client input.
@@ -198,8 +395,8 @@ pub enum SocksError {
     /// RSV is not 0.
     #[error("reserved byte is {0:#04x}, not 0")]
     Reserved(u8),
-    /// BIND (2), UDP ASSOCIATE (3) or an unknown command.
-    #[error("command {0:#04x} is not supported (only CONNECT)")]
+    /// BIND (2) or an unknown command.
+    #[error("command {0:#04x} is not supported (only CONNECT and UDP ASSOCIATE)")]
     Command(u8),
     /// An unknown ATYP.
     #[error("address type {0:#04x} is not supported")]
@@ -207,6 +404,19 @@ pub enum SocksError {
     /// A domain name that is empty, not ASCII, or holds characters no host name has.
     #[error("invalid domain name")]
     Domain,
+    /// An RFC 1929 request whose version byte is not 1.
+    #[error("username/password version {0:#04x}, not 1")]
+    AuthVersion(u8),
+    /// An RFC 1929 request with an empty user name.
+    #[error("empty user name")]
+    NoUser,
+    /// A UDP datagram shorter than its header.
+    #[error("datagram shorter than its SOCKS5 UDP header")]
+    Truncated,
+    /// A UDP datagram with FRAG != 0: fragmentation is not supported (§7 lets a
+    /// server that does not reassemble drop it).
+    #[error("fragment {0:#04x} of a fragmented datagram (fragmentation not supported)")]
+    Fragmented(u8),
 }
 
 impl SocksError {
@@ -214,8 +424,10 @@ impl SocksError {
     /// not speak SOCKS5 (it gets no SOCKS5 message, only the close).
     pub fn reply(&self) -> Option<Reply> {
         match self {
-            Self::Version(_) | Self::NoMethods => None,
-            Self::Reserved(_) | Self::Domain => Some(Reply::GeneralFailure),
+            Self::Version(_) | Self::NoMethods | Self::AuthVersion(_) | Self::NoUser => None,
+            Self::Reserved(_) | Self::Domain | Self::Truncated | Self::Fragmented(_) => {
+                Some(Reply::GeneralFailure)
+            }
             Self::Command(_) => Some(Reply::CommandNotSupported),
             Self::AddressType(_) => Some(Reply::AddressTypeNotSupported),
         }
@@ -252,9 +464,10 @@ pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
     )))
 }
 
-/// Parses a request: `VER CMD RSV ATYP DST.ADDR DST.PORT`; only CONNECT is accepted.
-/// An unsupported command or address type is reported as soon as its byte arrives.
-pub fn parse_request(buf: &[u8]) -> Parsed<Destination> {
+/// Parses a request: `VER CMD RSV ATYP DST.ADDR DST.PORT`; CONNECT and UDP ASSOCIATE
+/// are accepted. An unsupported command or address type is reported as soon as its
+/// byte arrives.
+pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
     let Some(head) = buf.get(..4) else {
         if let Some(&ver) = buf.first()
             && ver != VERSION
@@ -267,13 +480,28 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Destination> {
     if ver != VERSION {
         return Err(SocksError::Version(ver));
     }
-    if cmd != CMD_CONNECT {
-        return Err(SocksError::Command(cmd));
-    }
+    let command = match cmd {
+        CMD_CONNECT => Command::Connect,
+        CMD_UDP_ASSOCIATE => Command::UdpAssociate,
+        other => return Err(SocksError::Command(other)),
+    };
     if rsv != 0 {
         return Err(SocksError::Reserved(rsv));
     }
-    let rest = &buf[4..];
+    Ok(parse_address(atyp, &buf[4..])?.map(|(destination, n)| {
+        (
+            Request {
+                command,
+                destination,
+            },
+            4 + n,
+        )
+    }))
+}
+
+/// Parses `DST.ADDR DST.PORT` of address type `atyp` from `rest`: the destination and
+/// the bytes it used, `Ok(None)` while incomplete.
+fn parse_address(atyp: u8, rest: &[u8]) -> Parsed<Destination> {
     let (addr_len, skip) = match atyp {
         ATYP_IPV4 => (4, 0),
         ATYP_IPV6 => (16, 0),
@@ -301,7 +529,36 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Destination> {
         }
         _ => Destination::Domain(domain(addr)?, port),
     };
-    Ok(Some((dest, 4 + end)))
+    Ok(Some((dest, end)))
+}
+
+/// Parses the header of a UDP ASSOCIATE datagram (RFC 1928 §7: `RSV(2) FRAG ATYP
+/// DST.ADDR DST.PORT DATA`), given the whole datagram: where it goes and the header's
+/// length (the payload follows it). A datagram is never incomplete, so a short one is
+/// [`SocksError::Truncated`]; FRAG != 0 is [`SocksError::Fragmented`].
+pub fn parse_udp_header(datagram: &[u8]) -> Result<(Destination, usize), SocksError> {
+    let Some(head) = datagram.get(..4) else {
+        return Err(SocksError::Truncated);
+    };
+    if head[0] != 0 || head[1] != 0 {
+        return Err(SocksError::Reserved(head[0] | head[1]));
+    }
+    if head[2] != 0 {
+        return Err(SocksError::Fragmented(head[2]));
+    }
+    match parse_address(head[3], &datagram[4..])? {
+        Some((dest, n)) => Ok((dest, 4 + n)),
+        None => Err(SocksError::Truncated),
+    }
+}
+
+/// The header of a UDP ASSOCIATE datagram to or from `dest` (FRAG 0), to put before
+/// its payload.
+pub fn udp_header(dest: &Destination) -> Vec<u8> {
+    let mut h = Vec::with_capacity(4 + 257 + 2);
+    h.extend_from_slice(&[0, 0, 0]);
+    dest.encode_into(&mut h);
+    h
 }
 
 /// A host name as the agent's resolver will see it: ASCII letters, digits, `-`, `_`
@@ -352,19 +609,25 @@ mod tests {
     #[test]
     fn connect_requests_parse_to_dial_addresses() {
         let v4 = [5, 1, 0, 1, 10, 0, 0, 7, 0x28, 0x0A];
-        let (d, n) = parse_request(&v4).unwrap().unwrap();
+        let (r, n) = parse_request(&v4).unwrap().unwrap();
+        assert_eq!(r.command, Command::Connect);
+        let d = r.destination;
         assert_eq!((d.dial_address(), n), ("10.0.0.7:10250".to_owned(), 10));
 
         let mut v6 = vec![5, 1, 0, 4];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         v6.extend_from_slice(&[0, 80, 0xFF]);
-        let (d, n) = parse_request(&v6).unwrap().unwrap();
-        assert_eq!((d.dial_address(), n), ("[::1]:80".to_owned(), 22));
+        let (r, n) = parse_request(&v6).unwrap().unwrap();
+        assert_eq!(
+            (r.destination.dial_address(), n),
+            ("[::1]:80".to_owned(), 22)
+        );
 
         let mut name = vec![5, 1, 0, 3, 11];
         name.extend_from_slice(b"node.local_");
         name.extend_from_slice(&[0x1F, 0x90]);
-        let (d, n) = parse_request(&name).unwrap().unwrap();
+        let (r, n) = parse_request(&name).unwrap().unwrap();
+        let d = r.destination;
         assert_eq!(d, Destination::Domain("node.local_".into(), 8080));
         assert_eq!((d.dial_address(), n), ("node.local_:8080".to_owned(), 18));
     }
@@ -380,7 +643,7 @@ mod tests {
 
     #[test]
     fn unsupported_commands_and_address_types_get_their_reply_codes() {
-        for cmd in [2, 3, 0, 9] {
+        for cmd in [2, 0, 9] {
             let e = parse_request(&[5, cmd, 0, 1]).unwrap_err();
             assert_eq!(e, SocksError::Command(cmd));
             assert_eq!(e.reply(), Some(Reply::CommandNotSupported));
@@ -417,7 +680,7 @@ mod tests {
             let d = Destination::from_address(a).unwrap();
             let (back, n) = parse_request(&d.connect_request()).unwrap().unwrap();
             assert_eq!(
-                (back.dial_address(), n),
+                (back.destination.dial_address(), n),
                 (a.to_owned(), d.connect_request().len())
             );
         }
@@ -445,5 +708,132 @@ mod tests {
         assert_eq!(Reply::Succeeded.encode(), [5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(Reply::ConnectionRefused.encode()[1], 5);
         assert_eq!(Reply::AddressTypeNotSupported.encode()[1], 8);
+    }
+
+    #[test]
+    fn udp_associate_requests_parse_with_the_clients_address() {
+        let (r, n) = parse_request(&[5, 3, 0, 1, 0, 0, 0, 0, 0x30, 0x39])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.command, Command::UdpAssociate);
+        assert_eq!(
+            r.destination,
+            Destination::Ipv4(Ipv4Addr::UNSPECIFIED, 12345)
+        );
+        assert_eq!(n, 10);
+        // PySocks sends the name "0" and its port.
+        let (r, _) = parse_request(&[5, 3, 0, 3, 1, b'0', 0, 7])
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.destination.ip(), r.destination.port()), (None, 7));
+    }
+
+    #[test]
+    fn udp_headers_round_trip_for_every_address_type() {
+        for a in ["10.0.0.7:53", "[::1]:5353", "dns.node-only.test:53"] {
+            let d = Destination::from_address(a).unwrap();
+            let mut datagram = udp_header(&d);
+            let header = datagram.len();
+            datagram.extend_from_slice(b"payload");
+            let (back, n) = parse_udp_header(&datagram).unwrap();
+            assert_eq!((back, n), (d, header));
+            assert_eq!(&datagram[n..], b"payload");
+        }
+        // An empty payload is a valid (empty) datagram.
+        assert!(parse_udp_header(&[0, 0, 0, 1, 1, 2, 3, 4, 0, 53]).is_ok());
+    }
+
+    #[test]
+    fn malformed_udp_headers_are_typed_errors() {
+        for short in [
+            &[][..],
+            &[0, 0, 0],
+            &[0, 0, 0, 1, 10, 0, 0],
+            &[0, 0, 0, 3, 9, b'a'],
+        ] {
+            assert_eq!(
+                parse_udp_header(short),
+                Err(SocksError::Truncated),
+                "{short:?}"
+            );
+        }
+        assert_eq!(
+            parse_udp_header(&[0, 0, 1, 1, 1, 2, 3, 4, 0, 53]),
+            Err(SocksError::Fragmented(1))
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 2, 1, 2, 3, 4, 0, 53]),
+            Err(SocksError::AddressType(2))
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 7, 0, 1, 1, 2, 3, 4, 0, 53]),
+            Err(SocksError::Reserved(7))
+        );
+        assert_eq!(
+            parse_udp_header(&[0, 0, 0, 3, 3, b'a', b':', b'b', 0, 53]),
+            Err(SocksError::Domain)
+        );
+    }
+
+    #[test]
+    fn udp_associate_replies_name_the_relay_socket() {
+        let r = Reply::Succeeded.encode_bound("127.0.0.1:4242".parse().unwrap());
+        assert_eq!(r, [5, 0, 0, 1, 127, 0, 0, 1, 0x10, 0x92]);
+        assert_eq!(parse_reply(&r), Ok(Some((0, 10))));
+    }
+
+    #[test]
+    fn password_required_chooses_method_two_and_never_method_zero() {
+        let (g, _) = parse_greeting(&[5, 2, 0, 2]).unwrap().unwrap();
+        assert_eq!(g.choose_with(true), USER_PASS);
+        assert_eq!(g.choose_with(false), NO_AUTH);
+        let (g, _) = parse_greeting(&[5, 1, 0]).unwrap().unwrap();
+        assert_eq!(g.choose_with(true), NO_ACCEPTABLE_METHOD);
+    }
+
+    #[test]
+    fn user_pass_requests_parse_incrementally() {
+        let full = [1, 1, b'u', 2, b'p', b'w', 9];
+        for cut in 0..6 {
+            assert_eq!(parse_user_pass(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (c, n) = parse_user_pass(&full).unwrap().unwrap();
+        assert_eq!(
+            (c.user.as_slice(), c.password.as_slice(), n),
+            (&b"u"[..], &b"pw"[..], 6)
+        );
+        assert!(!format!("{c:?}").contains("pw"), "Debug hides the password");
+        assert_eq!(parse_user_pass(&[5, 1]), Err(SocksError::AuthVersion(5)));
+        assert_eq!(parse_user_pass(&[1, 0, 0]), Err(SocksError::NoUser));
+        assert_eq!(user_pass_reply(true), [1, 0]);
+        assert_eq!(user_pass_reply(false), [1, 1]);
+    }
+
+    #[test]
+    fn users_file_checks_every_user_and_password_exactly() {
+        let users = Users::parse("# ops\nalice:s3cret:x\n\nbob:hunter2\r\n").unwrap();
+        assert_eq!(users.len(), 2);
+        let c = |u: &str, p: &str| UserPass {
+            user: u.into(),
+            password: p.into(),
+        };
+        assert!(
+            users.check(&c("alice", "s3cret:x")),
+            "password after the first colon"
+        );
+        assert!(users.check(&c("bob", "hunter2")));
+        for (u, p) in [
+            ("bob", "hunter"),
+            ("bob", "hunter22"),
+            ("alice", "hunter2"),
+            ("", ""),
+            ("carol", "s3cret:x"),
+        ] {
+            assert!(!users.check(&c(u, p)), "{u}:{p}");
+        }
+        assert!(Users::parse("nocolon").unwrap_err().contains("line 1"));
+        assert!(Users::parse("a:").is_err());
+        assert!(Users::parse(":p").is_err());
+        assert!(Users::parse("# only a comment\n").is_err());
     }
 }

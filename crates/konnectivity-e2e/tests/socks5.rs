@@ -237,3 +237,103 @@ async fn konnectivity_dial_relays_through_the_socks5_frontend() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("connection refused (reply 5)"), "{stderr}");
 }
+
+/// With `--socks5-auth-file` the port may face the network (here 0.0.0.0) and every
+/// client must authenticate (RFC 1929): curl with the right `--proxy-user` gets through,
+/// a wrong password is answered `01 01`, a client offering no username/password
+/// method `05 FF`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let users = d.join("socks5-users");
+    std::fs::write(&users, "# who may use SOCKS5\nops:s3cret:2\nother:pw\n").expect("users");
+    std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let socks_port = free_port();
+    let spec = ServerSpec {
+        extra: vec![
+            format!("--socks5-port={socks_port}"),
+            "--socks5-bind-address=0.0.0.0".into(),
+            format!("--socks5-auth-file={}", users.display()),
+        ],
+        ..ServerSpec::grpc_uds(d.join("s.sock"))
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    // The destination: one fixed HTTP response per connection.
+    let www = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/id.txt", www.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = www.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let body = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{ID}",
+                    ID.len()
+                );
+                let _ = c.write_all(body.as_bytes()).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    let proxy = format!("127.0.0.1:{socks_port}");
+    let curl = |user: &'static str| {
+        let (proxy, url) = (proxy.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            output(
+                "",
+                &[
+                    "curl",
+                    "-s",
+                    "-m",
+                    "5",
+                    "--socks5-hostname",
+                    &proxy,
+                    "--proxy-user",
+                    user,
+                    &url,
+                ],
+            )
+        })
+    };
+    assert_eq!(
+        curl("ops:s3cret:2").await.expect("join").as_deref(),
+        Some(ID),
+        "the right password gets through"
+    );
+    assert_eq!(curl("ops:wrong").await.expect("join"), None, "curl fails");
+
+    let exchange = |bytes: Vec<Vec<u8>>| {
+        let proxy = proxy.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&proxy)
+                .await
+                .expect("connect");
+            let mut answers = Vec::new();
+            for (msg, want) in bytes.iter().zip([2usize, 2]) {
+                c.write_all(msg).await.expect("write");
+                let mut a = vec![0u8; want];
+                c.read_exact(&mut a).await.expect("answer");
+                answers.push(a);
+            }
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+            (answers, rest)
+        }
+    };
+    let mut wrong = vec![1, 3];
+    wrong.extend_from_slice(b"ops");
+    wrong.push(5);
+    wrong.extend_from_slice(b"wrong");
+    let (answers, rest) = exchange(vec![vec![5, 1, 2], wrong]).await;
+    assert_eq!(answers, [vec![5, 2], vec![1, 1]], "method 2, then status 1");
+    assert!(rest.is_empty(), "closed after the rejection: {rest:?}");
+    let (answers, rest) = exchange(vec![vec![5, 1, 0]]).await;
+    assert_eq!(answers, [vec![5, 0xFF]], "no username/password offered");
+    assert!(rest.is_empty());
+}

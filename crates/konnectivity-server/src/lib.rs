@@ -29,6 +29,7 @@ pub mod listen;
 pub mod metrics;
 pub mod rpc;
 pub mod socks5_frontend;
+pub mod socks5_udp;
 pub mod state;
 pub mod status;
 pub mod stream_tunnel;
@@ -79,8 +80,8 @@ pub enum FrontendListener {
     Uds(UnixListener),
     /// `--server-port` with its TLS configuration (client certificates required).
     Tcp(TcpListener, Arc<ServerConfig>),
-    /// Plain TCP on a loopback address, for the SOCKS5 frontend only
-    /// (`--socks5-bind-address` is checked to be loopback).
+    /// Plain TCP, for the SOCKS5 frontend only (`--socks5-bind-address` is checked to
+    /// be loopback unless `--socks5-auth-file` makes clients authenticate).
     Loopback(TcpListener),
 }
 
@@ -275,7 +276,7 @@ async fn serve_frontend(
                 },
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            spawn_stream_frontend(shared.clone(), mode, sock);
+            spawn_stream_frontend(shared.clone(), mode, sock, None);
         },
         (Mode::Socks5, FrontendListener::Loopback(tcp)) => loop {
             let sock = tokio::select! {
@@ -290,7 +291,11 @@ async fn serve_frontend(
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let _ = sock.set_nodelay(true);
-            spawn_stream_frontend(shared.clone(), mode, sock);
+            let origin = match (sock.local_addr(), sock.peer_addr()) {
+                (Ok(local), Ok(peer)) => Some(socks5_udp::Origin { local, peer }),
+                _ => None,
+            };
+            spawn_stream_frontend(shared.clone(), mode, sock, origin);
         },
         (Mode::HttpConnect, FrontendListener::Loopback(_)) => Err(ServerError::Unsupported(
             "a plain TCP listener serves only the SOCKS5 frontend",
@@ -300,20 +305,25 @@ async fn serve_frontend(
             let mut incoming =
                 std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
             while let Some(Ok(sock)) = incoming.next().await {
-                spawn_stream_frontend(shared.clone(), mode, sock);
+                spawn_stream_frontend(shared.clone(), mode, sock, None);
             }
             Ok(())
         }
     }
 }
 
-/// Serves one client of a byte-stream frontend (CONNECT or SOCKS5) in its own task.
-fn spawn_stream_frontend<S>(shared: Arc<Shared>, mode: Mode, sock: S)
-where
+/// Serves one client of a byte-stream frontend (CONNECT or SOCKS5) in its own task;
+/// `origin`: its TCP addresses, for SOCKS5 UDP ASSOCIATE.
+fn spawn_stream_frontend<S>(
+    shared: Arc<Shared>,
+    mode: Mode,
+    sock: S,
+    origin: Option<socks5_udp::Origin>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match mode {
-        Mode::Socks5 => tokio::spawn(socks5_frontend::serve(shared, sock)),
+        Mode::Socks5 => tokio::spawn(socks5_frontend::serve(shared, sock, origin)),
         Mode::Grpc | Mode::HttpConnect => tokio::spawn(connect_frontend::serve(shared, sock)),
     };
 }

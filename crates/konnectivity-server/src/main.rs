@@ -60,6 +60,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         max_buffered_bytes: o.ext.buffer_budget(),
         stall_timeout: o.ext.stall_timeout.to_std().unwrap_or_default(),
         enable_udp: o.ext.enable_udp,
+        socks5_users: socks5_users(&o.ext.socks5_auth_file)?,
         ..Settings::default()
     };
 
@@ -180,8 +181,35 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--socks5-auth-file`, read once at start-up: its users, with a warning when others
+/// may read it.
+fn socks5_users(path: &str) -> anyhow::Result<Option<Arc<konnectivity_core::socks::Users>>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let meta =
+        std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--socks5-auth-file {path}: {e}"))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        warn!(
+            path,
+            "--socks5-auth-file is readable by every user on this machine; make it 0600 or 0640"
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--socks5-auth-file {path}: {e}"))?;
+    let users = konnectivity_core::socks::Users::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--socks5-auth-file {path}: {e}"))?;
+    info!(
+        path,
+        users = users.len(),
+        "SOCKS5 username/password authentication"
+    );
+    Ok(Some(Arc::new(users)))
+}
+
 /// The SOCKS5 frontends (our extension): `--socks5-port` on `--socks5-bind-address`
-/// (validated to be loopback) and `--socks5-uds`, each off when unset.
+/// (validated to be loopback unless `--socks5-auth-file` is set) and `--socks5-uds`,
+/// each off when unset.
 fn socks5_frontends(o: &ServerOptions) -> anyhow::Result<Vec<Frontend>> {
     let mut out = Vec::new();
     if o.ext.socks5_port != 0 {

@@ -11,17 +11,25 @@
 //! 0x01; a failed dial the code `DialError::socks_reply` chooses; input that is not
 //! SOCKS5 at all is closed without a reply.
 //!
-//! Nobody is authenticated, which is why the flags only bind a loopback address or a
-//! UNIX socket (mode 0770); mTLS or user/password are not built.
+//! UDP ASSOCIATE is served by `socks5_udp` with `--enable-udp` on `--socks5-port`
+//! only; otherwise (or on `--socks5-uds`) it is answered 0x07.
+//!
+//! Without `--socks5-auth-file` nobody is authenticated, which is why the port then only
+//! binds a loopback address (the UNIX socket is mode 0770). With it, every client must
+//! choose method 2 and pass RFC 1929 username/password (checked in constant time by
+//! `socks::Users`): a greeting without method 2 gets `05 FF`, wrong credentials `01 01`
+//! and a close, both within `--connect-header-timeout`. mTLS is not built.
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use konnectivity_core::socks::{
-    self, NO_ACCEPTABLE_METHOD, Parsed, Reply, SocksError, parse_greeting, parse_request,
+    self, Command, NO_ACCEPTABLE_METHOD, Parsed, Reply, SocksError, USER_PASS, parse_greeting,
+    parse_request, parse_user_pass, user_pass_reply,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use crate::socks5_udp::{self, Origin};
 use crate::state::Shared;
 use crate::status::document::FrontendKind;
 use crate::stream_tunnel::{self, Answers, write_close};
@@ -42,8 +50,9 @@ enum Ended {
     Gone(&'static str),
 }
 
-/// Serves one accepted client connection.
-pub async fn serve<S>(s: Arc<Shared>, mut sock: S)
+/// Serves one accepted client connection; `origin` is its TCP addresses (`None` on a
+/// UNIX socket, where UDP ASSOCIATE is not served).
+pub async fn serve<S>(s: Arc<Shared>, mut sock: S, origin: Option<Origin>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -51,18 +60,32 @@ where
     let mut buf = BytesMut::with_capacity(512);
     let handshake = tokio::time::timeout(within, async {
         let greeting = read_message(&mut sock, &mut buf, parse_greeting).await?;
-        let method = greeting.choose();
+        let users = s.settings.socks5_users.as_deref();
+        let method = greeting.choose_with(users.is_some());
         sock.write_all(&[socks::VERSION, method])
             .await
             .map_err(|_| Ended::Gone("write failed"))?;
         if method == NO_ACCEPTABLE_METHOD {
             return Err(Ended::Gone("no acceptable authentication method"));
         }
+        if let (USER_PASS, Some(users)) = (method, users) {
+            let accepted = match read_message(&mut sock, &mut buf, parse_user_pass).await {
+                Ok(c) => users.check(&c),
+                Err(Ended::Malformed(_)) => false,
+                Err(gone) => return Err(gone),
+            };
+            sock.write_all(&user_pass_reply(accepted))
+                .await
+                .map_err(|_| Ended::Gone("write failed"))?;
+            if !accepted {
+                return Err(Ended::Gone("username/password rejected"));
+            }
+        }
         read_message(&mut sock, &mut buf, parse_request).await
     })
     .await;
-    let dest = match handshake {
-        Ok(Ok(dest)) => dest,
+    let req = match handshake {
+        Ok(Ok(req)) => req,
         Ok(Err(Ended::Malformed(e))) => {
             debug!(error = %e, "malformed SOCKS5 input");
             return match e.reply() {
@@ -83,7 +106,18 @@ where
             return;
         }
     };
-    let address = dest.dial_address();
+    if req.command == Command::UdpAssociate {
+        return match origin {
+            Some(origin) if s.settings.enable_udp => {
+                socks5_udp::serve(s, sock, origin, req.destination).await
+            }
+            _ => {
+                debug!("SOCKS5 UDP ASSOCIATE refused: needs --enable-udp and --socks5-port");
+                write_close(&mut sock, &Reply::CommandNotSupported.encode()).await
+            }
+        };
+    }
+    let address = req.destination.dial_address();
     debug!(%address, "SOCKS5 CONNECT");
     stream_tunnel::run(
         &s,

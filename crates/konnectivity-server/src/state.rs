@@ -60,6 +60,9 @@ pub struct Settings {
     pub stall_timeout: Duration,
     /// `--enable-udp`: gRPC frontends may ask for `udp` (else only `tcp` is served).
     pub enable_udp: bool,
+    /// `--socks5-auth-file`: the users SOCKS5 clients must authenticate as (RFC 1929);
+    /// `None`: no authentication.
+    pub socks5_users: Option<Arc<konnectivity_core::socks::Users>>,
 }
 
 impl Settings {
@@ -92,6 +95,7 @@ impl Default for Settings {
             max_buffered_bytes: konnectivity_tunnel::budget::DEFAULT_LIMIT,
             stall_timeout: konnectivity_tunnel::budget::DEFAULT_STALL,
             enable_udp: false,
+            socks5_users: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::dial::{self, Dialing};
 use crate::metrics::Gauge;
-use crate::state::{Backend, DialOutcome, Shared};
+use crate::state::{Backend, DialOutcome, Established, Shared};
 use crate::status::document::FrontendKind;
 
 /// How a frontend tells its client what became of the dial.
@@ -31,30 +31,37 @@ pub struct Answers {
     pub refused: fn(&DialError) -> Option<Vec<u8>>,
 }
 
-/// Dials `address` for a client of `frontend` and relays its bytes once connected.
-pub async fn run<S>(
+/// A connection the agent accepted: the frontend's tunnel state and the agent's side.
+pub struct Opened {
+    /// The tunnel state machine, now holding the connection.
+    pub tunnel: Tunnel<Dialing, Arc<Backend>>,
+    /// The agent's connect ID, DATA and credit.
+    pub est: Established,
+    /// The backend the connection runs through.
+    pub backend: Arc<Backend>,
+}
+
+/// Dials `address` with `protocol` through the tunnel state machine (policy, limits,
+/// `--backend-dial-timeout` / `--dial-deadline`). `Err(None)`: nothing to answer.
+pub async fn open(
     s: &Arc<Shared>,
-    mut sock: S,
     frontend: FrontendKind,
+    protocol: Protocol,
     address: &str,
-    leftover: Bytes,
-    answers: Answers,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Result<Opened, Option<DialError>> {
     let mut t: Tunnel<Dialing, Arc<Backend>> = Tunnel::new(s.settings.dial_bounds());
     let random = rand::random::<i64>() & i64::MAX;
     let Step::Dial {
         random,
         protocol,
         address,
-    } = t.connect(random, Protocol::Tcp.as_str(), address)
+    } = t.connect(random, protocol.as_str(), address)
     else {
-        return;
+        return Err(None);
     };
     match dial::start(s, frontend, &protocol, &address, random).await {
         Ok(d) => t.dial_started(random, d, now()),
-        Err(e) => return refuse(&mut sock, &e, answers).await,
+        Err(e) => return Err(Some(e)),
     }
     let outcome = loop {
         let deadline = t.deadline().map(Instant::from_std);
@@ -79,17 +86,58 @@ pub async fn run<S>(
             if t.dial_connected(est.connect_id, (), |d, ()| d.backend)
                 .is_err()
             {
-                return;
+                return Err(None);
             }
             est
         }
         DialOutcome::Failed(e) => {
             let _ = t.pending_failed(&e);
-            return refuse(&mut sock, &e, answers).await;
+            return Err(Some(e));
         }
     };
     let Some(backend) = t.conn().cloned() else {
-        return;
+        return Err(None);
+    };
+    Ok(Opened {
+        tunnel: t,
+        est,
+        backend,
+    })
+}
+
+/// Ends an opened connection: after the agent closed it (`by_agent`: its entry is
+/// already gone unless we aborted a stalled client, then the agent gets CLOSE_REQ),
+/// or because the frontend's client went away (CLOSE_REQ to the agent).
+pub async fn close(s: &Shared, tunnel: Tunnel<Dialing, Arc<Backend>>, by_agent: bool) {
+    let mut t = tunnel;
+    if by_agent {
+        if let Some((connect_id, conn)) = t.agent_closed() {
+            dial::close_conn(s, &conn, connect_id).await;
+        }
+    } else if let Leftover::Conn { connect_id, conn } = t.frontend_gone() {
+        dial::close_conn(s, &conn, connect_id).await;
+    }
+}
+
+/// Dials `address` for a client of `frontend` and relays its bytes once connected.
+pub async fn run<S>(
+    s: &Arc<Shared>,
+    mut sock: S,
+    frontend: FrontendKind,
+    address: &str,
+    leftover: Bytes,
+    answers: Answers,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Opened {
+        tunnel: t,
+        est,
+        backend,
+    } = match open(s, frontend, Protocol::Tcp, address).await {
+        Ok(o) => o,
+        Err(Some(e)) => return refuse(&mut sock, &e, answers).await,
+        Err(None) => return,
     };
     let _established = s.metrics.hold(Gauge::Established);
     let id = est.connect_id;
@@ -108,21 +156,9 @@ pub async fn run<S>(
     )
     .await;
     debug!(connect_id = id, ?frontend, ?end, "tunnel ended");
-    match end {
-        SpliceEnd::PeerClosed(_) => {
-            // The agent closed it (CLOSE_RSP: its entry is already gone and close_conn
-            // does nothing) or our own abort of a client that stalled (the entry is
-            // still there: the agent is told with CLOSE_REQ).
-            if let Some((connect_id, conn)) = t.agent_closed() {
-                dial::close_conn(s, &conn, connect_id).await;
-            }
-        }
-        SpliceEnd::LocalEof | SpliceEnd::LocalError(_) | SpliceEnd::StreamGone => {
-            if let Leftover::Conn { connect_id, conn } = t.frontend_gone() {
-                dial::close_conn(s, &conn, connect_id).await;
-            }
-        }
-    }
+    // A peer close is the agent's CLOSE_RSP, or our own abort of a client that stalled.
+    let by_agent = matches!(end, SpliceEnd::PeerClosed(_));
+    close(s, t, by_agent).await;
 }
 
 /// Writes `bytes` (best effort) and closes the socket.

@@ -814,12 +814,25 @@ fn socks5_frontend_is_off_by_default_and_only_binds_loopback() {
         o.ext.socks5_bind_address = ok.into();
         assert!(o.validate().is_ok(), "{ok}");
     }
-    for bad in ["0.0.0.0", "10.0.0.1", "::", "localhost", ""] {
+    for bad in ["0.0.0.0", "10.0.0.1", "::"] {
         let mut o = valid();
         o.ext.socks5_bind_address = bad.into();
         let msg = invalid_message(&o);
         assert!(
             msg.contains("--socks5-bind-address must be a loopback address"),
+            "{msg}"
+        );
+        // With username/password authentication it may face the network.
+        o.ext.socks5_auth_file = "/etc/konnectivity/socks5-users".into();
+        assert!(o.validate().is_ok(), "{bad} with --socks5-auth-file");
+    }
+    for bad in ["localhost", ""] {
+        let mut o = valid();
+        o.ext.socks5_bind_address = bad.into();
+        o.ext.socks5_auth_file = "/etc/konnectivity/socks5-users".into();
+        let msg = invalid_message(&o);
+        assert!(
+            msg.contains("--socks5-bind-address must be an IP address"),
             "{msg}"
         );
     }

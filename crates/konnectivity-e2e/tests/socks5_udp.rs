@@ -1,0 +1,145 @@
+//! SOCKS5 UDP ASSOCIATE with a real client library (issue 16 item 5): Debian's
+//! PySocks (`python3-socks`) in the control-plane namespace opens a
+//! `socks.socksocket(AF_INET, SOCK_DGRAM)` through proxy-server's `--socks5-port`
+//! (`--enable-udp`) and asks Debian's dnsmasq in a firewalled node namespace, through
+//! our agent, for a name only it knows. Then the hostile part: datagrams with a short
+//! header, a bad ATYP, FRAG != 0, and valid ones from foreign source addresses reach
+//! the relay socket, are dropped, and the association still answers the next query.
+//! Needs root, `ip netns`, iptables, dnsmasq and python3-socks (scripts/setup.sh);
+//! fails (does not skip) without.
+use std::time::Duration;
+
+use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
+use konnectivity_e2e::{ServerSpec, free_port, start_agent, start_server, wait_for};
+use konnectivity_testkit::pki;
+
+mod dns;
+use dns::{ANSWER, NAME, a_answers, a_query, dnsmasq};
+
+/// Debian's python, which has the `socks` module (a pyenv one on PATH may not).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// argv: SOCKS5 port, DNS server IP, then hex of: the first query, a query only sent
+/// in malformed or foreign datagrams, the last query. Prints the hex of the two
+/// answers PySocks receives; exits 1 if a foreign sender got an answer.
+const CLIENT: &str = r#"
+import socket, sys
+import socks
+port, dns_ip = int(sys.argv[1]), sys.argv[2]
+first, bad, last = (bytes.fromhex(a) for a in sys.argv[3:6])
+s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+s.set_proxy(socks.SOCKS5, "127.0.0.1", port)
+s.settimeout(10)
+s.sendto(first, (dns_ip, 53))
+print(s.recv(4096).hex(), flush=True)
+relay = socket.socket.getpeername(s)
+addr = socket.inet_aton(dns_ip) + (53).to_bytes(2, "big")
+for junk in [b"\0", b"\0\0\0\x01\x0a", b"\0\0\0\x09" + addr + bad, b"\0\0\x01\x01" + addr + bad]:
+    socket.socket.send(s, junk)
+for src in ["127.0.0.2", "127.0.0.1"]:
+    f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    f.bind((src, 0))
+    f.settimeout(1)
+    f.sendto(b"\0\0\0\x01" + addr + bad, relay)
+    try:
+        f.recv(4096)
+        print("a foreign sender got an answer", file=sys.stderr)
+        sys.exit(1)
+    except socket.timeout:
+        pass
+s.sendto(last, (dns_ip, 53))
+print(s.recv(4096).hex(), flush=True)
+"#;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+#[test]
+fn pysocks_resolves_through_udp_associate_and_malformed_datagrams_are_dropped() {
+    assert!(
+        succeeds("", &[PYTHON, "-c", "import socks"]),
+        "python3-socks is installed (scripts/setup.sh)"
+    );
+    let link = Link::create("s5u", 200 + (std::process::id() % 50) as u8);
+    firewall_inbound(&link.node);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
+    let _dns = dnsmasq(&link.node_ip, 53, Some(&link.node), d);
+
+    let socks_port = free_port();
+    let spec = ServerSpec {
+        bind: link.cp_ip.clone(),
+        extra: vec!["--enable-udp".into(), format!("--socks5-port={socks_port}")],
+        ..ServerSpec::grpc_uds(d.join("konnectivity.sock"))
+    };
+    let (server, ports) =
+        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
+    let (agent, _) = start_agent(
+        "proxy-agent",
+        &pki,
+        &link.cp_ip,
+        ports.agent,
+        &[],
+        Some(&link.node),
+        d,
+    )
+    .expect("proxy-agent");
+    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
+    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
+        succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
+    })
+    .expect("the agent connects out to the server");
+
+    let (first, bad, last) = (
+        a_query(0x6161, NAME),
+        a_query(0x6262, NAME),
+        a_query(0x6363, NAME),
+    );
+    let port = socks_port.to_string();
+    let args = [hex(&first), hex(&bad), hex(&last)];
+    let mut out = None;
+    // dnsmasq may still be starting: a first query can go unanswered.
+    for _ in 0..5 {
+        out = output(
+            &link.cp,
+            &[
+                PYTHON,
+                "-c",
+                CLIENT,
+                &port,
+                &link.node_ip,
+                &args[0],
+                &args[1],
+                &args[2],
+            ],
+        );
+        if out.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = out.expect("PySocks gets both answers, no foreign sender gets one");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        a_answers(&first, &unhex(lines[0])),
+        Ok(vec![ANSWER]),
+        "the first answer"
+    );
+    // Had a malformed or foreign datagram been relayed, its answer (ID 0x6262) would
+    // have come first.
+    assert_eq!(
+        a_answers(&last, &unhex(lines[1])),
+        Ok(vec![ANSWER]),
+        "the answer after the junk"
+    );
+    assert!(server.child_alive() && agent.child_alive());
+}
