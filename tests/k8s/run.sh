@@ -21,7 +21,8 @@
 #
 # Environment: KONNECTIVITY_CACHE (cache root), KONNECTIVITY_BIN_DIR (prebuilt
 # proxy-server/proxy-agent, optionally konnectivity; default: `cargo build --bins` into target/debug),
-# K8S_E2E_MODES (default "grpc http-connect token-leases"), K8S_E2E_KEEP=1 (keep the work dir).
+# K8S_E2E_MODES (default "grpc http-connect token-leases"), K8S_E2E_KEEP=1 (keep the work dir),
+# K8S_BUILD_ONLY=1 (build the Go programs into the cache and stop).
 # Needs root (network namespaces, iptables), go, cargo, openssl, curl, iproute2.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
@@ -78,6 +79,10 @@ gobuild() {
   rm -f "$tl"
 }
 
+# One build at a time (scripts/test.sh starts these builds in the background, niced,
+# while it builds and tests the Rust side; a run that gets here first waits for it).
+exec 8>"$KDIR/.lock"
+flock 8
 if [ ! -e "$KDIR/.complete" ]; then
   say "building kube-apiserver, etcd and kubectl ($K8S_VERSION, etcd $ETCD_VERSION) into $KDIR (first run only)"
   mkdir -p "$KDIR/bin"
@@ -102,6 +107,11 @@ if [ ! -x "$TDIR/webhook" ]; then
   gobuild ./kubelet-standin "$TDIR/kubelet-standin"
   gobuild ./webhook "$TDIR/webhook"
   find "$KDIR" -maxdepth 1 -name 'tools-*' ! -name "tools-$TKEY" -exec rm -rf {} + 2>/dev/null || true
+fi
+exec 8>&-
+if [ "${K8S_BUILD_ONLY:-0}" = 1 ]; then
+  say "K8S_BUILD_ONLY: kube-apiserver, etcd, kubectl and the helpers are built"
+  exit 0
 fi
 
 if [ -n "${KONNECTIVITY_BIN_DIR:-}" ]; then
