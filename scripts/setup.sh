@@ -2,13 +2,14 @@
 # Installs what the test suite needs on a fresh machine (idempotent):
 # Debian packages for real-network tests (dnsmasq-base: the DNS server of the UDP e2e
 # test, the binary only, no system service holding port 53; python3-socks: PySocks, the
-# SOCKS5 UDP ASSOCIATE client, checked as a module of Debian's /usr/bin/python3), and the
+# SOCKS5 UDP ASSOCIATE client, checked as a module of Debian's /usr/bin/python3; socat: the
+# TLS client of the SOCKS5-over-TLS test), and the
 # Go modules of the interop client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium dnsmasq:dnsmasq-base; do
+for tool in ip:iproute2 iptables:iptables curl:curl python3:python3 chromium:chromium dnsmasq:dnsmasq-base socat:socat; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # Python modules: imported by Debian's python3 (the tests call /usr/bin/python3).

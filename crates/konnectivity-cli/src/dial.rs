@@ -1,6 +1,8 @@
 //! `konnectivity dial`: one tunneled connection, relayed to stdin/stdout (like `nc`),
 //! through the gRPC or HTTP-CONNECT frontend, or through the SOCKS5 frontend
-//! (`--socks5`, our extension). With `--udp`, a UDP connection through the gRPC
+//! (`--socks5`, our extension; with `--ca/--cert/--key` over TLS for a port with
+//! `--socks5-tls-*`, with `--socks5-user` and the password from
+//! `KONNECTIVITY_SOCKS5_PASSWORD` for a server with `--socks5-auth-file`). With `--udp`, a UDP connection through the gRPC
 //! frontend (a server with `--enable-udp`): each stdin line is one datagram, each
 //! reply is printed on its own line.
 use std::path::PathBuf;
@@ -9,8 +11,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use konnectivity_client::Io;
-use konnectivity_core::socks::{self, Destination, parse_reply, reply_text};
+use konnectivity_core::socks::{self, Destination, UserPass, parse_reply, reply_text};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// Where `--socks5-user` finds its password.
+const PASSWORD_ENV: &str = "KONNECTIVITY_SOCKS5_PASSWORD";
 
 /// With `--udp`, how long replies are still awaited after stdin ends.
 const UDP_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -42,9 +47,15 @@ pub struct DialArgs {
     #[arg(long)]
     http_connect: bool,
     /// Dial through the server's SOCKS5 frontend at this address: `host:port`
-    /// (`--socks5-port`) or a UNIX socket path (`--socks5-uds`, anything with a `/`).
+    /// (`--socks5-port`; TLS with a client certificate when --ca, --cert and --key are
+    /// given) or a UNIX socket path (`--socks5-uds`, anything with a `/`).
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["uds", "tcp", "http_connect"])]
     socks5: Option<String>,
+    /// RFC 1929 username for a SOCKS5 frontend with `--socks5-auth-file`; the password
+    /// is read from the environment variable KONNECTIVITY_SOCKS5_PASSWORD (never from
+    /// the command line, which other users can see).
+    #[arg(long, value_name = "USER", requires = "socks5")]
+    socks5_user: Option<String>,
     /// UDP through the gRPC frontend (`DialRequest.protocol "udp"`, a server with
     /// `--enable-udp`): each stdin line (without its newline) is sent as one datagram,
     /// each reply datagram is printed on a line; ends 1 s after stdin without a reply.
@@ -61,7 +72,19 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
         return udp(&f, &a.address).await;
     }
     let (mut r, mut w): (R, W) = if let Some(proxy) = &a.socks5 {
-        let (io, rest) = socks5_dial(proxy, &a.address).await?;
+        let io = socks5_open(proxy, a.ca, a.cert, a.key, a.server_name).await?;
+        let credentials = match a.socks5_user {
+            Some(user) => Some(UserPass {
+                user: user.into_bytes(),
+                password: std::env::var(PASSWORD_ENV)
+                    .map_err(|_| {
+                        anyhow::anyhow!("--socks5-user needs the password in {PASSWORD_ENV}")
+                    })?
+                    .into_bytes(),
+            }),
+            None => None,
+        };
+        let (io, rest) = socks5_dial(io, proxy, &a.address, credentials).await?;
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
@@ -117,24 +140,72 @@ async fn udp(f: &konnectivity_client::Frontend, address: &str) -> anyhow::Result
     }
 }
 
-/// Opens a connection to `address` through the SOCKS5 proxy at `proxy` (no
-/// authentication); returns it and any bytes that arrived behind the reply.
-async fn socks5_dial(proxy: &str, address: &str) -> anyhow::Result<(Box<dyn Io>, BytesMut)> {
+/// The byte stream to the SOCKS5 frontend at `proxy`: a UNIX socket (a path), TLS with
+/// a client certificate when `ca`, `cert` and `key` are given, else plain TCP.
+async fn socks5_open(
+    proxy: &str,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+) -> anyhow::Result<Box<dyn Io>> {
+    if proxy.contains('/') {
+        return Ok(Box::new(tokio::net::UnixStream::connect(proxy).await?));
+    }
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(Box::new(tokio::net::TcpStream::connect(proxy).await?));
+    }
+    let f = crate::frontend(None, Some(proxy.to_owned()), ca, cert, key, server_name)?;
+    let io = tokio::time::timeout(
+        crate::DIAL_TIMEOUT,
+        konnectivity_client::open_frontend(&f, b""),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("TLS handshake with the SOCKS5 port {proxy} timed out"))??;
+    Ok(io)
+}
+
+/// Opens a connection to `address` through the SOCKS5 proxy on `io` (at `proxy`),
+/// offering username/password when `credentials` are given, no authentication
+/// otherwise; returns it and any bytes that arrived behind the reply.
+async fn socks5_dial(
+    mut io: Box<dyn Io>,
+    proxy: &str,
+    address: &str,
+    credentials: Option<UserPass>,
+) -> anyhow::Result<(Box<dyn Io>, BytesMut)> {
     let dest = Destination::from_address(address)
         .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
-    let mut io: Box<dyn Io> = if proxy.contains('/') {
-        Box::new(tokio::net::UnixStream::connect(proxy).await?)
-    } else {
-        Box::new(tokio::net::TcpStream::connect(proxy).await?)
-    };
     let handshake = async {
-        io.write_all(&[socks::VERSION, 1, socks::NO_AUTH]).await?;
-        let mut method = [0u8; 2];
-        io.read_exact(&mut method).await?;
+        let method = if credentials.is_some() {
+            socks::USER_PASS
+        } else {
+            socks::NO_AUTH
+        };
+        io.write_all(&[socks::VERSION, 1, method]).await?;
+        let mut chosen = [0u8; 2];
+        io.read_exact(&mut chosen).await?;
         anyhow::ensure!(
-            method == [socks::VERSION, socks::NO_AUTH],
-            "the SOCKS5 proxy at {proxy} does not accept unauthenticated clients"
+            chosen == [socks::VERSION, method],
+            "the SOCKS5 proxy at {proxy} refused {}",
+            if credentials.is_some() {
+                "username/password authentication"
+            } else {
+                "unauthenticated clients (give --socks5-user)"
+            }
         );
+        if let Some(c) = &credentials {
+            let request = c.encode().ok_or_else(|| {
+                anyhow::anyhow!("--socks5-user and its password must be 1 to 255 bytes")
+            })?;
+            io.write_all(&request).await?;
+            let mut status = [0u8; 2];
+            io.read_exact(&mut status).await?;
+            anyhow::ensure!(
+                status[1] == 0,
+                "the SOCKS5 proxy at {proxy} rejected the username or password"
+            );
+        }
         io.write_all(&dest.connect_request()).await?;
         let mut buf = BytesMut::with_capacity(512);
         loop {

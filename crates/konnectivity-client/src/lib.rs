@@ -78,7 +78,9 @@ pub enum ClientError {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-async fn open_frontend(f: &Frontend, alpn: &[u8]) -> Result<Box<dyn Io>, ClientError> {
+/// Opens a byte stream to `f`: the UNIX socket, or TLS over TCP offering `alpn` (none
+/// when empty, as for the SOCKS5 port with `--socks5-tls-*`).
+pub async fn open_frontend(f: &Frontend, alpn: &[u8]) -> Result<Box<dyn Io>, ClientError> {
     match f {
         Frontend::Uds(path) => Ok(Box::new(
             UnixStream::connect(path)
@@ -95,7 +97,11 @@ async fn open_frontend(f: &Frontend, alpn: &[u8]) -> Result<Box<dyn Io>, ClientE
                 .map_err(ClientError::Connect)?;
             let _ = tcp.set_nodelay(true);
             let mut cfg = (**tls).clone();
-            cfg.alpn_protocols = vec![alpn.to_vec()];
+            cfg.alpn_protocols = if alpn.is_empty() {
+                Vec::new()
+            } else {
+                vec![alpn.to_vec()]
+            };
             let name = ServerName::try_from(server_name.clone()).map_err(|e| {
                 ClientError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
             })?;

@@ -43,12 +43,18 @@ options! {
             "konnectivity-rs: serve a SOCKS5 frontend (RFC 1928 CONNECT, and UDP ASSOCIATE with --enable-udp) on this port of --socks5-bind-address; 0 is off.",
             check port_or_zero;
         @server socks5_bind_address: String = "socks5-bind-address", "127.0.0.1",
-            "konnectivity-rs: the address the SOCKS5 port listens on; must be a loopback address unless --socks5-auth-file is set (without it the SOCKS5 frontend authenticates nobody).",
+            "konnectivity-rs: the address the SOCKS5 port listens on; must be a loopback address unless --socks5-auth-file or --socks5-tls-cert-file is set (without them the SOCKS5 frontend authenticates nobody).",
             check ip_address;
         @server socks5_uds: String = "socks5-uds", "",
             "konnectivity-rs: serve a SOCKS5 frontend on this UNIX socket (mode 0770, like --uds-name); empty is off.";
         @server socks5_auth_file: String = "socks5-auth-file", "",
             "konnectivity-rs: require RFC 1929 username/password on the SOCKS5 frontends, checked against this file's user:password lines (keep it unreadable to others); empty: no authentication, loopback and UNIX socket only.";
+        @server socks5_tls_cert_file: String = "socks5-tls-cert-file", "",
+            "konnectivity-rs: serve --socks5-port over TLS with this certificate (and --socks5-tls-key-file), requiring a client certificate signed by --socks5-tls-client-ca-file; empty: plain TCP.";
+        @server socks5_tls_key_file: String = "socks5-tls-key-file", "",
+            "konnectivity-rs: the private key of --socks5-tls-cert-file.";
+        @server socks5_tls_client_ca_file: String = "socks5-tls-client-ca-file", "",
+            "konnectivity-rs: the CA that signs SOCKS5 client certificates; empty: --server-ca-cert, the frontend client CA.";
         @server enable_udp: bool = "enable-udp", "false",
             "konnectivity-rs: accept DialRequest.protocol \"udp\" from gRPC frontends (one datagram per DATA packet, sent to the agent as \"udp\"); off, it is refused like any protocol but tcp.";
         @agent udp_idle_timeout: GoDuration = "udp-idle-timeout", "1m0s",
@@ -82,20 +88,31 @@ fn ip_address(v: &String) -> Result<(), String> {
 }
 
 impl Extensions {
-    /// Without `--socks5-auth-file` the SOCKS5 frontend authenticates nobody, so it must
-    /// not be reachable from the network: `--socks5-bind-address` must be loopback.
+    /// Without `--socks5-auth-file` or mTLS the SOCKS5 frontend authenticates nobody, so
+    /// it must not be reachable from the network: `--socks5-bind-address` must be
+    /// loopback. The TLS certificate and key come together.
     fn check_socks5_exposure(&self) -> Result<(), String> {
+        if self.socks5_tls_cert_file.is_empty() != self.socks5_tls_key_file.is_empty() {
+            return Err(
+                "--socks5-tls-cert-file and --socks5-tls-key-file must be set together".into(),
+            );
+        }
         let loopback = self
             .socks5_bind_address
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-        if !loopback && self.socks5_auth_file.is_empty() {
+        if !loopback && self.socks5_auth_file.is_empty() && !self.socks5_tls() {
             return Err(format!(
-                "--socks5-bind-address must be a loopback address such as 127.0.0.1 or ::1 unless --socks5-auth-file is set (without it the SOCKS5 frontend authenticates nobody), got {:?}",
+                "--socks5-bind-address must be a loopback address such as 127.0.0.1 or ::1 unless --socks5-auth-file or --socks5-tls-cert-file is set (without them the SOCKS5 frontend authenticates nobody), got {:?}",
                 self.socks5_bind_address
             ));
         }
         Ok(())
+    }
+
+    /// Whether `--socks5-port` speaks TLS with client certificates.
+    pub fn socks5_tls(&self) -> bool {
+        !self.socks5_tls_cert_file.is_empty()
     }
 }
 

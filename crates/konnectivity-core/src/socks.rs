@@ -103,6 +103,21 @@ pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
     )))
 }
 
+impl UserPass {
+    /// The client's RFC 1929 request (`01 ULEN UNAME PLEN PASSWD`), or `None` when the
+    /// user is empty or either field is longer than 255 bytes.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let ulen = u8::try_from(self.user.len()).ok().filter(|&n| n > 0)?;
+        let plen = u8::try_from(self.password.len()).ok()?;
+        let mut out = Vec::with_capacity(3 + self.user.len() + self.password.len());
+        out.extend_from_slice(&[AUTH_VERSION, ulen]);
+        out.extend_from_slice(&self.user);
+        out.push(plen);
+        out.extend_from_slice(&self.password);
+        Some(out)
+    }
+}
+
 /// The RFC 1929 reply: `01 00` accepted, `01 01` rejected (the client must close).
 pub const fn user_pass_reply(accepted: bool) -> [u8; 2] {
     [AUTH_VERSION, if accepted { 0 } else { 1 }]
@@ -807,6 +822,27 @@ mod tests {
         assert_eq!(parse_user_pass(&[1, 0, 0]), Err(SocksError::NoUser));
         assert_eq!(user_pass_reply(true), [1, 0]);
         assert_eq!(user_pass_reply(false), [1, 1]);
+    }
+
+    #[test]
+    fn a_client_user_pass_request_round_trips_and_refuses_fields_over_255_bytes() {
+        let c = UserPass {
+            user: b"ops".to_vec(),
+            password: b"s3cret:2".to_vec(),
+        };
+        let wire = c.encode().unwrap();
+        let (back, n) = parse_user_pass(&wire).unwrap().unwrap();
+        assert_eq!((back, n), (c, wire.len()));
+        let long = UserPass {
+            user: vec![b'u'; 256],
+            password: Vec::new(),
+        };
+        assert_eq!(long.encode(), None);
+        let empty = UserPass {
+            user: Vec::new(),
+            password: b"x".to_vec(),
+        };
+        assert_eq!(empty.encode(), None);
     }
 
     #[test]

@@ -312,6 +312,19 @@ pub fn start_upstream_agent(
     extra: &[String],
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
+    start_upstream_agent_in(name, pki, host, agent_port, extra, None, dir)
+}
+
+/// [`start_upstream_agent`] in the network namespace `netns` (the host's when `None`).
+pub fn start_upstream_agent_in(
+    name: &str,
+    pki: &Pki,
+    host: &str,
+    agent_port: u16,
+    extra: &[String],
+    netns: Option<&str>,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
     let health = free_port();
     let args = AgentArgv::new(name, pki, host, agent_port)
         .args(["--health-server-host=127.0.0.1"])
@@ -320,7 +333,7 @@ pub fn start_upstream_agent(
         .args(["--probe-interval=100ms"])
         .args(extra.iter().cloned())
         .build();
-    let proc = Proc::spawn(name, &upstream_bin("proxy-agent")?, &args, None, dir)?;
+    let proc = Proc::spawn(name, &upstream_bin("proxy-agent")?, &args, netns, dir)?;
     Ok((proc, health))
 }
 

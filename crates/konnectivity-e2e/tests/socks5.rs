@@ -1,14 +1,19 @@
 //! The SOCKS5 frontend with a real client: `curl --socks5-hostname` in the control
 //! plane's network namespace, through our proxy-server (SOCKS5 on a loopback port) and
-//! our proxy-agent in a firewalled node namespace, to an HTTP server on the node. By the
-//! node's IP, and by a name only the node can resolve (an `/etc/netns/<node>/hosts`
-//! entry, which `ip netns exec` bind-mounts over `/etc/hosts` for the agent only).
-//! Needs root, `ip netns`, iptables, curl and python3; fails (does not skip) without.
+//! our proxy-agent or upstream's in a firewalled node namespace, to an HTTP server on the
+//! node. By the node's IP, and by a name only the node can resolve (an
+//! `/etc/netns/<node>/hosts` entry, which `ip netns exec` bind-mounts over `/etc/hosts`
+//! for the agent only). Then the port's authentication: RFC 1929 username/password
+//! (curl `--proxy-user`, `konnectivity dial --socks5-user`) and TLS with client
+//! certificates (curl through `socat`, `konnectivity dial --socks5 --cert`). Needs
+//! root, `ip netns`, iptables, curl, python3 and socat; fails (does not skip) without.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{Proc, ServerSpec, free_port, start_agent, start_server, wait_for};
+use konnectivity_e2e::{
+    Proc, ServerSpec, free_port, start_agent, start_server, start_upstream_agent_in, wait_for,
+};
 use konnectivity_testkit::pki;
 
 const ID: &str = "served-on-the-node";
@@ -61,9 +66,27 @@ fn curl_socks(ns: &str, proxy: &str, url: &str) -> Result<String, String> {
     }
 }
 
+/// Which proxy-agent serves the node.
+#[derive(Clone, Copy, PartialEq)]
+enum Agent {
+    Ours,
+    /// Upstream's v0.36.0 (the mixed fleet: it dials TCP for our server's SOCKS5
+    /// requests as for any DIAL_REQ).
+    Upstreams,
+}
+
 #[test]
 fn curl_reaches_the_node_through_socks5_by_ip_and_by_a_name_only_the_node_resolves() {
-    let link = Link::create("s5", 200 + (std::process::id() % 50) as u8);
+    curl_through_socks5_to_the_node(Agent::Ours, "s5", 200);
+}
+
+#[test]
+fn curl_reaches_the_node_through_socks5_with_upstreams_agent() {
+    curl_through_socks5_to_the_node(Agent::Upstreams, "s5g", 150);
+}
+
+fn curl_through_socks5_to_the_node(which: Agent, prefix: &str, subnet: u8) {
+    let link = Link::create(prefix, subnet + (std::process::id() % 50) as u8);
     firewall_inbound(&link.node);
     let _hosts = NodeHosts::create(&link.node, &format!("{} {NAME}", link.node_ip));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -113,7 +136,11 @@ fn curl_reaches_the_node_through_socks5_by_ip_and_by_a_name_only_the_node_resolv
     };
     let (server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
-    let (_agent, _) = start_agent(
+    let start = match which {
+        Agent::Ours => start_agent,
+        Agent::Upstreams => start_upstream_agent_in,
+    };
+    let (agent, _) = start(
         "proxy-agent",
         &pki,
         &link.cp_ip,
@@ -157,7 +184,7 @@ fn curl_reaches_the_node_through_socks5_by_ip_and_by_a_name_only_the_node_resolv
         listening.contains(&format!("127.0.0.1:{socks_port}")),
         "{listening}"
     );
-    assert!(server.child_alive());
+    assert!(server.child_alive() && agent.child_alive());
 }
 
 #[test]
@@ -336,4 +363,244 @@ async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
     let (answers, rest) = exchange(vec![vec![5, 1, 0]]).await;
     assert_eq!(answers, [vec![5, 0xFF]], "no username/password offered");
     assert!(rest.is_empty());
+
+    // `konnectivity dial --socks5-user`, the password from the environment.
+    let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let dial = |password: &'static str| {
+        let (proxy, dest) = (proxy.clone(), format!("127.0.0.1:{}", echo.port()));
+        tokio::task::spawn_blocking(move || {
+            let mut child =
+                std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                    .args(["dial", "--socks5", &proxy, "--socks5-user", "ops", &dest])
+                    .env("KONNECTIVITY_SOCKS5_PASSWORD", password)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("konnectivity dial");
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            let _ = stdin.write_all(b"with a password\n");
+            let mut line = String::new();
+            let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+            drop(stdin);
+            let out = child.wait_with_output().expect("output");
+            (line, String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    };
+    let (line, stderr) = dial("s3cret:2").await.expect("join");
+    assert_eq!(line, "with a password\n", "{stderr}");
+    let (line, stderr) = dial("wrong").await.expect("join");
+    assert_eq!(line, "");
+    assert!(
+        stderr.contains("rejected the username or password"),
+        "{stderr}"
+    );
+}
+
+/// One fixed HTTP response (`ID`) per connection, on a loopback port; its URL.
+async fn id_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let www = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/id.txt", www.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = www.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let body = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{ID}",
+                    ID.len()
+                );
+                let _ = c.write_all(body.as_bytes()).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// `socat` as a TLS client of the SOCKS5 port: plain TCP on a loopback port in, TLS
+/// (with `cert`/`key` when given, verifying the server against `ca`) out. curl speaks
+/// SOCKS5 through it, as a TLS-wrapping sidecar would. The local port.
+fn socat_tls(
+    socks_port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    dir: &Path,
+) -> (Proc, u16) {
+    let local = free_port();
+    let mut out = format!(
+        "OPENSSL:127.0.0.1:{socks_port},cafile={},commonname=localhost",
+        ca.display()
+    );
+    if let Some((cert, key)) = client {
+        out.push_str(&format!(",cert={},key={}", cert.display(), key.display()));
+    }
+    let args = vec![
+        format!("TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork"),
+        out,
+    ];
+    let p = Proc::spawn("socat", Path::new("socat"), &args, None, dir).expect("socat");
+    wait_for("socat listening", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", local)).is_ok()
+    })
+    .expect("socat up");
+    (p, local)
+}
+
+/// With `--socks5-tls-cert-file`/`--socks5-tls-key-file` the SOCKS5 port speaks TLS and
+/// requires a client certificate from the frontend client CA (`--server-ca-cert` here,
+/// the default of `--socks5-tls-client-ca-file`), so it may face the network (0.0.0.0)
+/// without a password file. curl through `socat` presenting the frontend client
+/// certificate gets through; without a certificate, with one from another CA, or in
+/// plain SOCKS5 it does not. `konnectivity dial --socks5 --ca --cert --key` dials the
+/// same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_over_tls_admits_only_clients_with_a_certificate_from_the_frontend_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
+    let stranger = pki::generate(&d.join("other-pki"), &[]).expect("another CA");
+    let socks_port = free_port();
+    let spec = ServerSpec {
+        mode: "grpc",
+        uds: None,
+        bind: "127.0.0.1".into(),
+        extra: vec![
+            format!("--socks5-port={socks_port}"),
+            "--socks5-bind-address=0.0.0.0".into(),
+            format!("--socks5-tls-cert-file={}", pki.server_cert.display()),
+            format!("--socks5-tls-key-file={}", pki.server_key.display()),
+        ],
+    };
+    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let url = id_server().await;
+    let curl_via = |local: u16| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let proxy = format!("127.0.0.1:{local}");
+            output(
+                "",
+                &["curl", "-s", "-m", "5", "--socks5-hostname", &proxy, &url],
+            )
+        })
+    };
+
+    let (_ok, ok_port) = socat_tls(
+        socks_port,
+        &pki.ca,
+        Some((&pki.client_cert, &pki.client_key)),
+        d,
+    );
+    assert_eq!(
+        curl_via(ok_port).await.expect("join").as_deref(),
+        Some(ID),
+        "a client certificate from the frontend CA gets through"
+    );
+    let (_anon, anon_port) = socat_tls(socks_port, &pki.ca, None, d);
+    assert_eq!(
+        curl_via(anon_port).await.expect("join"),
+        None,
+        "no client certificate"
+    );
+    let (_foreign, foreign_port) = socat_tls(
+        socks_port,
+        &pki.ca,
+        Some((&stranger.client_cert, &stranger.client_key)),
+        d,
+    );
+    assert_eq!(
+        curl_via(foreign_port).await.expect("join"),
+        None,
+        "a client certificate from another CA"
+    );
+    assert_eq!(
+        curl_via(socks_port).await.expect("join"),
+        None,
+        "plain SOCKS5 to the TLS port"
+    );
+
+    // Our CLI over the same port.
+    let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let (ca, cert, key) = (
+        pki.ca.clone(),
+        pki.client_cert.clone(),
+        pki.client_key.clone(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child =
+            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+                .args(["dial", "--socks5", &format!("127.0.0.1:{socks_port}")])
+                .args(["--ca", &ca.display().to_string()])
+                .args(["--cert", &cert.display().to_string()])
+                .args(["--key", &key.display().to_string()])
+                .args(["--server-name", "localhost"])
+                .arg(format!("127.0.0.1:{}", echo.port()))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("konnectivity dial");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"through socks5 over tls\n")
+            .expect("write");
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+        drop(stdin);
+        let out = child.wait_with_output().expect("output");
+        (line, out)
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        out.0,
+        "through socks5 over tls\n",
+        "{}",
+        String::from_utf8_lossy(&out.1.stderr)
+    );
+}
+
+#[test]
+fn a_socks5_tls_certificate_without_any_client_ca_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki::generate(&dir.path().join("pki"), &[]).expect("pki");
+    let out = std::process::Command::new(konnectivity_e2e::bin("proxy-server").expect("built"))
+        .args([
+            "--uds-name",
+            &dir.path().join("s.sock").display().to_string(),
+            "--server-port=0",
+        ])
+        .args(["--agent-port", &free_port().to_string()])
+        .args(["--health-port", &free_port().to_string()])
+        .args(["--admin-port", &free_port().to_string()])
+        .args(["--socks5-port", &free_port().to_string()])
+        .args([
+            "--socks5-tls-cert-file",
+            &pki.server_cert.display().to_string(),
+        ])
+        .args([
+            "--socks5-tls-key-file",
+            &pki.server_key.display().to_string(),
+        ])
+        .args(["--cluster-cert", &pki.server_cert.display().to_string()])
+        .args(["--cluster-key", &pki.server_key.display().to_string()])
+        .output()
+        .expect("proxy-server runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--socks5-tls-cert-file needs a CA for client certificates"),
+        "{stderr}"
+    );
 }

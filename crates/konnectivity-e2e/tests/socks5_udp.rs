@@ -2,7 +2,7 @@
 //! PySocks (`python3-socks`) in the control-plane namespace opens a
 //! `socks.socksocket(AF_INET, SOCK_DGRAM)` through proxy-server's `--socks5-port`
 //! (`--enable-udp`) and asks Debian's dnsmasq in a firewalled node namespace, through
-//! our agent, for a name only it knows. Then the hostile part: datagrams with a short
+//! our agent or upstream's, for a name only it knows. Then the hostile part: datagrams with a short
 //! header, a bad ATYP, FRAG != 0, and valid ones from foreign source addresses reach
 //! the relay socket, are dropped, and the association still answers the next query.
 //! Needs root, `ip netns`, iptables, dnsmasq and python3-socks (scripts/setup.sh);
@@ -10,7 +10,9 @@
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{ServerSpec, free_port, start_agent, start_server, wait_for};
+use konnectivity_e2e::{
+    ServerSpec, free_port, start_agent, start_server, start_upstream_agent_in, wait_for,
+};
 use konnectivity_testkit::pki;
 
 mod dns;
@@ -63,11 +65,22 @@ fn unhex(s: &str) -> Vec<u8> {
 
 #[test]
 fn pysocks_resolves_through_udp_associate_and_malformed_datagrams_are_dropped() {
+    pysocks_through_udp_associate(false, "s5u", 200);
+}
+
+/// The mixed fleet: upstream's v0.36.0 agent in the node namespace serves the
+/// association's `udp` dials (Go's `net.Dial("udp")`, one datagram per DATA packet).
+#[test]
+fn pysocks_resolves_through_udp_associate_with_upstreams_agent() {
+    pysocks_through_udp_associate(true, "s5v", 150);
+}
+
+fn pysocks_through_udp_associate(upstream_agent: bool, tag: &str, subnet: u8) {
     assert!(
         succeeds("", &[PYTHON, "-c", "import socks"]),
         "python3-socks is installed (scripts/setup.sh)"
     );
-    let link = Link::create("s5u", 200 + (std::process::id() % 50) as u8);
+    let link = Link::create(tag, subnet + (std::process::id() % 50) as u8);
     firewall_inbound(&link.node);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -82,7 +95,12 @@ fn pysocks_resolves_through_udp_associate_and_malformed_datagrams_are_dropped() 
     };
     let (server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
-    let (agent, _) = start_agent(
+    let start = if upstream_agent {
+        start_upstream_agent_in
+    } else {
+        start_agent
+    };
+    let (agent, _) = start(
         "proxy-agent",
         &pki,
         &link.cp_ip,

@@ -78,7 +78,8 @@ pub enum Mode {
 pub enum FrontendListener {
     /// `--uds-name`.
     Uds(UnixListener),
-    /// `--server-port` with its TLS configuration (client certificates required).
+    /// `--server-port` (or `--socks5-port` with `--socks5-tls-*`) with its TLS
+    /// configuration (client certificates required).
     Tcp(TcpListener, Arc<ServerConfig>),
     /// Plain TCP, for the SOCKS5 frontend only (`--socks5-bind-address` is checked to
     /// be loopback unless `--socks5-auth-file` makes clients authenticate).
@@ -305,7 +306,10 @@ async fn serve_frontend(
             let mut incoming =
                 std::pin::pin!(listen::tls_incoming(tcp, tls, "frontend", shutdown.clone()));
             while let Some(Ok(sock)) = incoming.next().await {
-                spawn_stream_frontend(shared.clone(), mode, sock, None);
+                let origin = sock
+                    .addresses()
+                    .map(|(local, peer)| socks5_udp::Origin { local, peer });
+                spawn_stream_frontend(shared.clone(), mode, sock, origin);
             }
             Ok(())
         }

@@ -29,6 +29,14 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsIo {
     inner: PacedIo<konnectivity_tls::ServerTlsStream<TcpStream>>,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl TlsIo {
+    /// The connection's (local, peer) TCP addresses.
+    pub fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.local.map(|local| (local, self.peer))
+    }
 }
 
 /// What a request served on a [`TlsIo`] learns about its connection.
@@ -112,13 +120,14 @@ pub fn tls_incoming(
             };
             let _ = sock.set_nodelay(true);
             let _ = set_notsent_lowat(&sock, NOTSENT_LOWAT);
+            let local = sock.local_addr().ok();
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                     Ok(Ok(inner)) => {
                         let inner = PacedIo::new(inner, Pacer::new(PACER_LIMIT));
-                        let _ = tx.send(TlsIo { inner, peer }).await;
+                        let _ = tx.send(TlsIo { inner, peer, local }).await;
                     }
                     Ok(Err(e)) => warn!(listener = what, %peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(listener = what, %peer, "TLS handshake timed out"),

@@ -107,7 +107,7 @@ async fn serve(o: ServerOptions) -> anyhow::Result<()> {
         mode,
         listener: frontend,
     }];
-    frontends.extend(socks5_frontends(&o)?);
+    frontends.extend(socks5_frontends(&o, &policy)?);
     let listeners = Listeners {
         agent,
         agent_tls: Arc::new(agent_tls),
@@ -208,16 +208,43 @@ fn socks5_users(path: &str) -> anyhow::Result<Option<Arc<konnectivity_core::sock
 }
 
 /// The SOCKS5 frontends (our extension): `--socks5-port` on `--socks5-bind-address`
-/// (validated to be loopback unless `--socks5-auth-file` is set) and `--socks5-uds`,
-/// each off when unset.
-fn socks5_frontends(o: &ServerOptions) -> anyhow::Result<Vec<Frontend>> {
+/// (validated to be loopback unless `--socks5-auth-file` or `--socks5-tls-cert-file` is
+/// set; with the latter it speaks TLS and requires client certificates) and
+/// `--socks5-uds`, each off when unset.
+fn socks5_frontends(
+    o: &ServerOptions,
+    policy: &konnectivity_tls::TlsPolicy,
+) -> anyhow::Result<Vec<Frontend>> {
     let mut out = Vec::new();
     if o.ext.socks5_port != 0 {
-        let l = process::bind_tcp(&o.ext.socks5_bind_address, port(o.ext.socks5_port)?)?;
-        info!(socks5 = ?l.local_addr().ok(), "listening");
+        let listener = if o.ext.socks5_tls() {
+            let ca = match (&*o.ext.socks5_tls_client_ca_file, &*o.server_ca_cert) {
+                ("", "") => anyhow::bail!(
+                    "--socks5-tls-cert-file needs a CA for client certificates: set --socks5-tls-client-ca-file (or --server-ca-cert)"
+                ),
+                ("", frontend_ca) => frontend_ca,
+                (ca, _) => ca,
+            };
+            let tls = konnectivity_tls::socks5_listener_with(
+                Path::new(&o.ext.socks5_tls_cert_file),
+                Path::new(&o.ext.socks5_tls_key_file),
+                Path::new(ca),
+                policy,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("--socks5-tls-cert-file/--socks5-tls-key-file/client CA {ca}: {e}")
+            })?;
+            let l = process::bind_tcp(&o.ext.socks5_bind_address, port(o.ext.socks5_port)?)?;
+            info!(socks5 = ?l.local_addr().ok(), client_ca = %ca, "listening (TLS, client certificates required)");
+            FrontendListener::Tcp(l, Arc::new(tls))
+        } else {
+            let l = process::bind_tcp(&o.ext.socks5_bind_address, port(o.ext.socks5_port)?)?;
+            info!(socks5 = ?l.local_addr().ok(), "listening");
+            FrontendListener::Loopback(l)
+        };
         out.push(Frontend {
             mode: Mode::Socks5,
-            listener: FrontendListener::Loopback(l),
+            listener,
         });
     }
     if !o.ext.socks5_uds.is_empty() {

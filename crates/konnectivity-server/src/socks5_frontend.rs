@@ -18,7 +18,9 @@
 //! binds a loopback address (the UNIX socket is mode 0770). With it, every client must
 //! choose method 2 and pass RFC 1929 username/password (checked in constant time by
 //! `socks::Users`): a greeting without method 2 gets `05 FF`, wrong credentials `01 01`
-//! and a close, both within `--connect-header-timeout`. mTLS is not built.
+//! and a close, both within `--connect-header-timeout`. With `--socks5-tls-*` the port
+//! speaks TLS and the handshake has already verified a client certificate (the accept
+//! loop of `listen`); the SOCKS5 exchange inside is the same.
 use std::sync::Arc;
 
 use bytes::BytesMut;

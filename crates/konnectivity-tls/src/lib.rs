@@ -279,6 +279,22 @@ pub fn frontend_listener_with(
     Ok(cfg)
 }
 
+/// The SOCKS5 port over TLS (`--socks5-tls-*`): client certificates required and
+/// verified against `client_ca`; no ALPN (SOCKS has no registered protocol id, and
+/// clients such as `socat` or `openssl s_client` offer none). The certificate reloads
+/// on change.
+pub fn socks5_listener_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    policy: &TlsPolicy,
+) -> Result<ServerConfig, TlsError> {
+    let resolver = Arc::new(ReloadingCert::new(cert, key)?);
+    Ok(server_builder(policy)?
+        .with_client_cert_verifier(client_verifier(client_ca)?)
+        .with_cert_resolver(resolver))
+}
+
 /// The agent's client side: trust `ca`, optionally present a client certificate
 /// (re-read when its files change, see [`ReloadingCert`]), offer `alpn` then `h2`.
 pub fn agent_client(

@@ -825,7 +825,18 @@ fn socks5_frontend_is_off_by_default_and_only_binds_loopback() {
         // With username/password authentication it may face the network.
         o.ext.socks5_auth_file = "/etc/konnectivity/socks5-users".into();
         assert!(o.validate().is_ok(), "{bad} with --socks5-auth-file");
+        // So may it with client certificates.
+        o.ext.socks5_auth_file = String::new();
+        o.ext.socks5_tls_cert_file = "/etc/konnectivity/socks5.crt".into();
+        o.ext.socks5_tls_key_file = "/etc/konnectivity/socks5.key".into();
+        assert!(o.validate().is_ok(), "{bad} with --socks5-tls-cert-file");
     }
+    let mut o = valid();
+    o.ext.socks5_tls_cert_file = "/etc/konnectivity/socks5.crt".into();
+    assert!(
+        invalid_message(&o)
+            .contains("--socks5-tls-cert-file and --socks5-tls-key-file must be set together")
+    );
     for bad in ["localhost", ""] {
         let mut o = valid();
         o.ext.socks5_bind_address = bad.into();
