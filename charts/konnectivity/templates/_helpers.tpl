@@ -100,6 +100,9 @@ prometheus.io/port: {{ .Values.healthPort | quote }}
 {{- with $a.identifiers }}
 - --agent-identifiers={{ . }}
 {{- end }}
+{{- if $a.podCidrsFromNode }}
+- --node-name=$(NODE_NAME)
+{{- end }}
 {{- range $a.alpnProtos }}
 - --alpn-proto={{ . }}
 {{- end }}

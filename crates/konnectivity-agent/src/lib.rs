@@ -102,6 +102,9 @@ pub struct Agent {
     /// Valid server leases at the last count (0: none, or never counted).
     lease_count: AtomicU64,
     draining: AtomicBool,
+    /// The `agentidentifiers` new streams announce: `--agent-identifiers`, plus the
+    /// Node's pod CIDRs with `--node-name` ([`Agent::announce_pod_cidrs`]).
+    identifiers: Mutex<String>,
     /// The process-wide budget of bytes queued for destinations (`--max-buffered-bytes`).
     pub budget: Arc<MemoryBudget>,
 }
@@ -129,6 +132,7 @@ impl Agent {
 
     /// A new agent whose connection queues count against `budget`.
     pub fn with_budget(settings: Settings, budget: Arc<MemoryBudget>) -> Arc<Self> {
+        let settings_identifiers = settings.hello.identifiers.clone();
         Arc::new(Self {
             budget,
             settings,
@@ -139,6 +143,7 @@ impl Agent {
             last_count: AtomicU64::new(0),
             lease_count: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            identifiers: Mutex::new(settings_identifiers),
         })
     }
 
@@ -187,6 +192,37 @@ impl Agent {
         }
     }
 
+    /// The identifiers new streams announce.
+    pub fn identifiers(&self) -> String {
+        lock(&self.identifiers).clone()
+    }
+
+    /// Announces `cidrs` (the Node's pod CIDRs, `--node-name`) as `cidr=` identifiers
+    /// after `--agent-identifiers`. Identifiers travel only when a stream opens, so when
+    /// they change every open stream is closed and the sync loop reconnects with the
+    /// new ones (connections open at that moment end; a Node's pod CIDRs change only
+    /// when it is first allocated or re-registered). Returns whether they changed.
+    pub fn announce_pod_cidrs(&self, cidrs: &[String]) -> bool {
+        let mut ids = self.settings.hello.identifiers.clone();
+        for c in cidrs {
+            if !ids.is_empty() {
+                ids.push('&');
+            }
+            ids.push_str("cidr=");
+            ids.push_str(c);
+        }
+        {
+            let mut current = lock(&self.identifiers);
+            if *current == ids {
+                return false;
+            }
+            info!(pod_cidrs = ?cidrs, identifiers = %ids, "the Node's pod CIDRs changed; announcing them");
+            *current = ids;
+        }
+        self.close_all();
+        true
+    }
+
     /// Sends DRAIN on every stream and stops making new connections.
     pub fn drain(&self) {
         if self.draining.swap(true, Ordering::AcqRel) {
@@ -220,11 +256,15 @@ impl Agent {
     /// if it did (a duplicate server is not a failure).
     async fn sync_once(self: &Arc<Self>, host: &str, addr: SocketAddr) -> Option<Failure> {
         let s = &self.settings;
+        let hello = Hello {
+            identifiers: self.identifiers(),
+            ..s.hello.clone()
+        };
         match stream::open(
             host,
             addr,
             s.tls.clone(),
-            &s.hello,
+            &hello,
             s.keepalive,
             Some(self.metrics.clone()),
         )

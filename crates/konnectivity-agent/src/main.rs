@@ -38,9 +38,45 @@ async fn serve(o: AgentOptions) -> anyhow::Result<()> {
     );
     let agent = Agent::with_budget(settings, budget);
     let drain = process::shutdown_on_signals();
+    if !o.ext.node_name.is_empty() {
+        follow_node(&o, agent.clone(), drain.clone()).await?;
+    }
     // The second signal exits the process (see `shutdown_on_signals`); until then the
     // agent drains and keeps serving established connections.
     let stop = CancellationToken::new();
     konnectivity_agent::run(agent, Some(health), Some(admin), drain, stop).await;
+    Ok(())
+}
+
+/// `--node-name`: announce the Node's pod CIDRs from the first connection on (one GET,
+/// bounded; a failure is logged and retried by the watch), then follow them until the
+/// agent drains.
+async fn follow_node(
+    o: &AgentOptions,
+    agent: Arc<Agent>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = konnectivity_k8s::connect(&o.kubeconfig).await?;
+    let node = konnectivity_k8s::node::NodeCidrs::new(client, &o.ext.node_name);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), node.get()).await {
+        Ok(Ok((cidrs, _))) => {
+            agent.announce_pod_cidrs(&cidrs);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = %o.ext.node_name, error = %e, "reading the Node's pod CIDRs failed; connecting without them and retrying")
+        }
+        Err(_) => {
+            tracing::warn!(node = %o.ext.node_name, "reading the Node's pod CIDRs timed out; connecting without them and retrying")
+        }
+    }
+    tokio::spawn(async move {
+        node.follow(
+            move |cidrs| {
+                agent.announce_pod_cidrs(&cidrs);
+            },
+            stop,
+        )
+        .await
+    });
     Ok(())
 }

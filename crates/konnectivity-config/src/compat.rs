@@ -118,6 +118,7 @@ fn common(name: &str) -> Support {
         | "socks5-tls-client-ca-file"
         | "enable-udp"
         | "udp-idle-timeout"
+        | "node-name"
         | "max-udp-sockets"
         | "stall-timeout" => Support::Extension,
         _ => Support::Same,

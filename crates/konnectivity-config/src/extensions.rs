@@ -63,6 +63,8 @@ options! {
         @agent max_udp_sockets: i64 = "max-udp-sockets", "1024",
             "konnectivity-rs: UDP sockets open at once on this agent beyond this are refused at dial; 0 serves no UDP.",
             check non_negative;
+        @agent node_name: String = "node-name", "",
+            "konnectivity-rs: this node's Node name (the DaemonSet passes spec.nodeName via the downward API); the agent reads that Node through the API (--kubeconfig, else in-cluster; needs get and watch on nodes) and announces its spec.podCIDRs as cidr= identifiers beside --agent-identifiers, reconnecting when they change; empty is off.";
         @agent drain_timeout: GoDuration = "drain-timeout", "5m0s",
             "konnectivity-rs: after SIGTERM, how long established connections may keep the draining agent running.",
             check non_negative_duration;

@@ -5,11 +5,13 @@
 //!   short-lived cache of successful reviews (a reconnect storm of thousands of agents
 //!   must not throttle the API server — upstream #237);
 //! - [`lease`]: the server's Lease heartbeat and garbage collector, and the agent's
-//!   count of valid server leases (spec §6.1/§6.2).
+//!   count of valid server leases (spec §6.1/§6.2);
+//! - [`node`]: the agent's own Node's pod CIDRs, followed with a watch (`--node-name`).
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod lease;
+pub mod node;
 
 pub use kube::Client;
 

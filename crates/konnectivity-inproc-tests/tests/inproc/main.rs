@@ -7,6 +7,7 @@ mod drain;
 mod isolation;
 mod keepalive;
 mod limits;
+mod pod_cidrs;
 mod protocols;
 mod reconnect;
 mod socks5;
