@@ -78,6 +78,7 @@ impl Hello {
             identifiers: String::new(),
             token_path: None,
             flow_window: Some(konnectivity_core::flow::DEFAULT_WINDOW),
+            probe: false,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Hello {
     pub token_path: Option<std::path::PathBuf>,
     /// Our per-connection receive window (announces flow control), if enabled.
     pub flow_window: Option<u32>,
+    /// A check only ([`metadata::PROBE`]): the server is asked not to route to it.
+    pub probe: bool,
 }
 
 /// An open stream to one server.
@@ -91,6 +93,8 @@ pub struct ServerStream {
     pub server_count: u32,
     /// The server's window when both sides do flow control.
     pub peer_window: Option<u32>,
+    /// The server honoured [`Hello::probe`]: the stream is not in its routing table.
+    pub probe_honoured: bool,
     /// Sends to the server.
     pub tx: StreamTx,
     inbound: PacketReader<hyper::body::Incoming>,
@@ -237,10 +241,15 @@ pub async fn open(
             .filter(|w| *w > 0),
         None => None,
     };
+    let probe_honoured = hello.probe
+        && md
+            .get(metadata::PROBE)
+            .is_some_and(|v| v.as_bytes() == b"1");
     Ok(ServerStream {
         server_id: ids[0].clone(),
         server_count,
         peer_window,
+        probe_honoured,
         tx,
         inbound: PacketReader::new(body, 4 << 20),
     })
@@ -260,6 +269,9 @@ fn add_hello(md: &mut tonic::metadata::MetadataMap, hello: &Hello) -> Result<(),
     }
     if let Some(w) = hello.flow_window {
         md.insert(metadata::FLOW_WINDOW, MetadataValue::from(w));
+    }
+    if hello.probe {
+        md.insert(metadata::PROBE, MetadataValue::from_static("1"));
     }
     Ok(())
 }

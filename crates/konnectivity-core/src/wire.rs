@@ -49,4 +49,10 @@ pub mod metadata {
     /// window in bytes. Present on both ends ⇒ WINDOW_UPDATE flow control is on for
     /// that stream. Upstream ignores unknown metadata.
     pub const FLOW_WINDOW: &str = "konnectivity-rs-window";
+    /// konnectivity-rs, agent → server `1`: a check only (`konnectivity doctor agent`):
+    /// identify and authenticate the agent and answer, but never add the stream to the
+    /// routing table, so no dial can be sent to the check. Server → agent `1`: honoured.
+    /// Upstream's server ignores it and registers the stream (the doctor then sends DRAIN
+    /// and leaves at once).
+    pub const PROBE: &str = "konnectivity-rs-probe";
 }

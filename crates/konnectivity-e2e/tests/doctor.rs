@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use konnectivity_e2e::netns::{Bridge, Namespaces, curl, firewall_inbound, must, output};
+use konnectivity_e2e::netns::{Bridge, Namespaces, curl, firewall_inbound, must, output, succeeds};
 use konnectivity_e2e::{Proc, bin, free_port, wait_for};
 use konnectivity_testkit::argv::{AgentArgv, Listener, ServerArgv};
 use konnectivity_testkit::pki::{self, Pki};
@@ -369,6 +369,16 @@ fn doctor_reports_a_healthy_tunnel_and_exits_zero() {
         cause_of(&fs, "connect", &server).contains("server cp-server accepted agent node1"),
         "{fs:#?}"
     );
+    assert!(
+        cause_of(&fs, "connect", &server).contains("checked without registering"),
+        "{fs:#?}"
+    );
+    // proxy-agent's default --keepalive-time (1h) outlives a load balancer's idle timeout.
+    assert_eq!(
+        status_of(&fs, "keepalive", "--keepalive-time=1h0m0s"),
+        "warning",
+        "{fs:#?}"
+    );
     assert_eq!(status_of(&fs, "kubelet", "127.0.0.1:10250"), "ok");
     assert_eq!(status_of(&fs, "kubelet", &k(1)), "ok");
 }
@@ -535,6 +545,42 @@ fn doctor_agent_names_blocked_egress_foreign_ca_expired_token_and_bad_dns() {
         cause_of(&fs, "tcp", &server).contains("egress blocked"),
         "{fs:#?}"
     );
+    // No other usual agent port answers on the control plane either.
+    assert_eq!(status_of(&fs, "ports", &cp), "warning", "{fs:#?}");
+    assert!(
+        cause_of(&fs, "ports", &cp).contains("no usual agent port answers"),
+        "{fs:#?}"
+    );
+    // Something listens on 443 (as on an AKS-style control plane): doctor names it.
+    let args: Vec<String> = ["-m", "http.server", "443", "--bind", &cp]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let https = Proc::spawn("on-443", &python(), &args, Some(&t.cp), t.dir.path()).unwrap();
+    wait_for("a listener on 443", Duration::from_secs(5), || {
+        succeeds(
+            &t.nodes[1],
+            &["curl", "-s", "-m", "1", &format!("http://{cp}:443/")],
+        )
+    })
+    .unwrap();
+    let (code, fs) = doctor(
+        &t.nodes[1],
+        &agent_args(&["--timeout", "2s"], agent_flags(&t, 2)),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        cause_of(&fs, "ports", &cp).contains("but 443 on"),
+        "{fs:#?}"
+    );
+    assert!(
+        get(&fs, "ports", &cp)["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--proxy-server-port"),
+        "{fs:#?}"
+    );
+    drop(https);
     assert_eq!(status_of(&fs, "kubelet", &k(2)), "ok", "{fs:#?}");
     iptables(&t.nodes[1], false, "OUTPUT", &rule);
 

@@ -335,6 +335,7 @@ fn hello(id: &str, identifiers: &str) -> Hello {
         identifiers: identifiers.into(),
         token_path: None,
         flow_window: Some(1 << 20),
+        probe: false,
     }
 }
 

@@ -121,6 +121,18 @@ async fn connect(s: Arc<Shared>, request: HttpRequest) -> Result<HttpResponse, S
             .filter(|w| *w > 0),
         None => None,
     };
+    if md
+        .get(metadata::PROBE)
+        .is_some_and(|v| v.as_bytes() == b"1")
+    {
+        // A check (`konnectivity doctor agent`): answered, never routed to.
+        info!(agent_id = %ident.agent_id, ?peer, "agent check answered (not registered)");
+        let (tx, out) = outbound::channel_with(None, None);
+        tx.close();
+        let mut md = response_metadata(&s, None);
+        md.insert(metadata::PROBE, MetadataValue::from_static("1"));
+        return Ok(grpc_response(out, md));
+    }
     let metrics_shared = s.clone();
     let hook: outbound::Hook = std::sync::Arc::new(move |p: &Packet| {
         metrics_shared.metrics.packet(Segment::ToAgent, p);
@@ -146,6 +158,12 @@ async fn connect(s: Arc<Shared>, request: HttpRequest) -> Result<HttpResponse, S
     let inbound = PacketReader::new(body, s.settings.max_message);
     tokio::spawn(serve_agent(s.clone(), backend, inbound));
 
+    Ok(grpc_response(out, response_metadata(&s, peer_window)))
+}
+
+/// The Connect response's metadata: server ID and count, and our window when both
+/// sides do flow control.
+fn response_metadata(s: &Shared, peer_window: Option<u32>) -> MetadataMap {
     let mut md = MetadataMap::new();
     if let Ok(v) = MetadataValue::try_from(s.settings.server_id.as_str()) {
         md.insert(metadata::SERVER_ID, v);
@@ -157,13 +175,18 @@ async fn connect(s: Arc<Shared>, request: HttpRequest) -> Result<HttpResponse, S
     if let (Some(ours), Some(_)) = (s.settings.flow_window, peer_window) {
         md.insert(metadata::FLOW_WINDOW, MetadataValue::from(ours));
     }
+    md
+}
+
+/// The Connect response: `md` as headers, the packets of `out` as the body.
+fn grpc_response(out: outbound::Outbound, md: MetadataMap) -> HttpResponse {
     let mut response = http::Response::new(tonic::body::Body::new(PacketBody::response(out)));
     *response.headers_mut() = md.into_headers();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
-    Ok(response)
+    response
 }
 
 /// Reads one agent stream until it ends, then cleans up after it.

@@ -1,6 +1,9 @@
 //! `doctor agent`: on a node, with proxy-agent's own flags: DNS of the server host, TCP to
-//! the agent port, TLS with `--ca-cert`, the token, whether the server accepts the agent's
-//! Connect stream, and whether the local kubelet answers.
+//! the agent port (and, when it does not answer, which of the usual agent ports 8132, 443,
+//! 8091 do), TLS with `--ca-cert`, the token, whether the server accepts the agent's
+//! Connect stream (as a check the server does not route to: `metadata::PROBE`),
+//! `--keepalive-time` against load-balancer idle timeouts, and whether the local kubelet
+//! answers.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -88,10 +91,13 @@ pub(super) async fn run(a: AgentArgs) -> anyhow::Result<Vec<Finding>> {
             None
         }
     };
+    // Asks the server not to register the check (ours honours it, upstream's does not).
     let hello = konnectivity_agent::Hello {
         flow_window: None,
+        probe: true,
         ..konnectivity_agent::Hello::from_options(&o)
     };
+    out.push(keepalive_finding(&o));
     for host in o.server_hosts() {
         let addrs = match resolve(&host, port, t).await {
             Ok(addrs) => {
@@ -129,6 +135,7 @@ pub(super) async fn run(a: AgentArgs) -> anyhow::Result<Vec<Finding>> {
                 }
                 Err(e) => {
                     out.push(agent_tcp_finding(&target, port, t, &e));
+                    out.push(other_ports_finding(addr, t).await);
                     continue;
                 }
             };
@@ -387,11 +394,16 @@ async fn connect_check(
         Ok(Ok(s)) => {
             let _ = s.tx.control(konnectivity_core::packet::drain());
             s.tx.close();
+            let registered = if s.probe_honoured {
+                "checked without registering: no dial was routed to this check"
+            } else {
+                "the server does not know checks (upstream): it registered this check, which announced DRAIN and left at once"
+            };
             ok(
                 "connect",
                 target,
                 format!(
-                    "server {} accepted agent {} (servercount {})",
+                    "server {} accepted agent {} (servercount {}); {registered}",
                     s.server_id, hello.agent_id, s.server_count
                 ),
             )
@@ -430,6 +442,87 @@ async fn connect_check(
             "check that --proxy-server-host:--proxy-server-port is proxy-server's agent port",
         ),
         Ok(Err(e)) => finding("connect", target, Status::Failed, e.to_string(), ""),
+    }
+}
+
+/// The agent ports managed control planes use: kubeadm and k0s 8132, AKS 443 (behind
+/// its load balancer), upstream's default 8091.
+const KNOWN_AGENT_PORTS: [u16; 3] = [8132, 443, 8091];
+
+/// Common idle timeouts of load balancers and NAT gateways between nodes and the control
+/// plane (Azure Load Balancer and NAT gateway: 4 min by default; AWS NLB 350 s).
+const LB_IDLE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// When `--proxy-server-port` does not answer, which of the other usual agent ports on
+/// the same address do: a port blocked on the way (8132 dropped by a firewall that lets
+/// 443 through) or the wrong port for this control plane.
+async fn other_ports_finding(addr: SocketAddr, t: Duration) -> Finding {
+    let mut answers = Vec::new();
+    let mut silent = Vec::new();
+    for p in KNOWN_AGENT_PORTS.into_iter().filter(|p| *p != addr.port()) {
+        let a = SocketAddr::new(addr.ip(), p);
+        match tcp_connect(a, t).await {
+            Ok(_) => answers.push(p),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => silent.push(format!("{p} dropped")),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                silent.push(format!("{p} refused"))
+            }
+            Err(e) => silent.push(format!("{p}: {e}")),
+        }
+    }
+    let target = addr.ip().to_string();
+    let configured = addr.port();
+    match answers.as_slice() {
+        [] => finding(
+            "ports",
+            target.as_str(),
+            Status::Warning,
+            format!(
+                "no usual agent port answers on {target} either ({}): the control plane is unreachable from this node, not just port {configured}",
+                silent.join(", ")
+            ),
+            "check the node's route and egress towards the control plane (NAT gateway, security groups / NSGs, the control plane's allowed source ranges)",
+        ),
+        ports => {
+            let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+            finding(
+                "ports",
+                target.as_str(),
+                Status::Warning,
+                format!(
+                    "port {configured} (--proxy-server-port) is blocked or closed, but {} on {target} accepts TCP connections",
+                    list.join(" and ")
+                ),
+                format!(
+                    "if the server's agent port is {} here (AKS exposes it on 443, kubeadm and k0s use 8132), set --proxy-server-port to it; otherwise open port {configured} between the nodes and the control plane",
+                    list[0]
+                ),
+            )
+        }
+    }
+}
+
+/// `--keepalive-time` against the idle timeouts of the load balancers and NAT gateways
+/// agents commonly sit behind: longer, and an idle tunnel is dropped silently.
+fn keepalive_finding(o: &AgentOptions) -> Finding {
+    let k = o.keepalive_time.to_std().unwrap_or_default();
+    let flag = format!("--keepalive-time={}", o.keepalive_time);
+    if k > LB_IDLE_TIMEOUT {
+        finding(
+            "keepalive",
+            flag.as_str(),
+            Status::Warning,
+            format!(
+                "{flag} is longer than the idle timeout of common load balancers and NAT gateways (Azure Load Balancer and NAT gateway: 4 minutes; AWS NLB: 350 s): through one, an idle agent connection is dropped without a reset and the agent only notices at the next keepalive"
+            ),
+            "if a load balancer or NAT gateway sits between the nodes and the control plane, set --keepalive-time below its idle timeout (e.g. 30s)",
+        )
+    } else {
+        ok(
+            "keepalive",
+            flag.as_str(),
+            format!("{flag} is within common load-balancer idle timeouts (4 minutes)"),
+        )
     }
 }
 

@@ -2,6 +2,7 @@
 //! loopback, on tokio's paused clock (`konnectivity_testkit::inproc`). Each test states
 //! a behaviour that takes seconds of protocol time and checks it, with the times it
 //! happens at, in milliseconds of wall time.
+mod agent_check;
 mod dial_timeouts;
 mod drain;
 mod isolation;
