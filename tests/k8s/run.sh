@@ -17,11 +17,13 @@
 # dry-runs deploy/*.yaml and charts/konnectivity's presets (helm from tests/tools/build.sh)
 # server-side, and runs two proxy-servers (second address
 # 10.232.7.3) that authenticate agents by ServiceAccount token (TokenReview) and publish
-# Leases, with one agent counting the Leases and joining both.
+# Leases, with one agent counting the Leases and joining both. A fourth, kubenet
+# (kubenet.sh), gives two nodes pod CIDRs behind bridges and agents that announce their
+# Node's spec.podCIDR (--node-name) to a destHost-only proxy-server.
 #
 # Environment: KONNECTIVITY_CACHE (cache root), KONNECTIVITY_BIN_DIR (prebuilt
 # proxy-server/proxy-agent, optionally konnectivity; default: `cargo build --bins` into target/debug),
-# K8S_E2E_MODES (default "grpc http-connect token-leases"), K8S_E2E_KEEP=1 (keep the work dir),
+# K8S_E2E_MODES (default "grpc http-connect token-leases kubenet"), K8S_E2E_KEEP=1 (keep the work dir),
 # K8S_BUILD_ONLY=1 (build the Go programs into the cache and stop).
 # Needs root (network namespaces, iptables), go, cargo, openssl, curl, iproute2.
 set -euo pipefail
@@ -139,6 +141,7 @@ W=$(mktemp -d /tmp/konnectivity-k8s-e2e.XXXXXX)
 L=$W/logs
 mkdir -p "$L" "$W/pki"
 declare -A PIDS=()
+EXTRA_NS=()   # namespaces a phase adds (kubenet.sh); deleted by cleanup
 
 stop() { # name: TERM, then KILL after 10 s; bounded
   local n=$1 pid=${PIDS[$1]:-}
@@ -162,6 +165,7 @@ cleanup() {
   for n in "${!PIDS[@]}"; do stop "$n"; done
   ip netns del "$CP" 2>/dev/null
   ip netns del "$NODE" 2>/dev/null
+  for ns in "${EXTRA_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   if [ "$rc" != 0 ]; then
     for f in "$L"/*.log; do
       [ -s "$f" ] || continue
@@ -903,12 +907,16 @@ token_leases() {
   stop kube-apiserver
 }
 
+# shellcheck source=tests/k8s/kubenet.sh
+source "$HERE/kubenet.sh"
+
 # ───────────────────────────── the scenario ─────────────────────────────
-for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases}; do
+for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases kubenet}; do
   case $mode in
     grpc) protocol=GRPC ;;
     http-connect) protocol=HTTPConnect ;;
     token-leases) token_leases; continue ;;
+    kubenet) kubenet_phase; continue ;;
     *) die "unknown mode $mode" ;;
   esac
   say "── egress 'cluster' = $protocol over UDS, proxy-server --mode=$mode"
