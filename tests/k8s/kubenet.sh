@@ -189,6 +189,16 @@ kn_pod_proxy() {
   kc get --raw "/api/v1/namespaces/kn-e2e/pods/https:kn-web:8443/proxy/healthz"
 }
 
+# Retries kn_pod_proxy for up to 20 s until it answers ok; prints its last answer.
+kn_until_pod_ok() {
+  local out end=$((SECONDS + 20))
+  until out=$(kn_pod_proxy 2>&1) && [ "$out" = ok ]; do
+    [ "$SECONDS" -lt "$end" ] || { echo "$out"; return 1; }
+    sleep 0.5
+  done
+  echo "$out"
+}
+
 kubenet_phase() {
   local m=kubenet out n t
   say "── kubenet: pod CIDRs per node (Node.spec.podCIDR), agents with --node-name, proxy-server --proxy-strategies=destHost"
@@ -232,11 +242,7 @@ kubenet_phase() {
   ok "[$m] each agent read its Node (get/watch with its ServiceAccount) and announced spec.podCIDR: $(grep -m1 -o "the Node's pod CIDRs changed.*" "$L/kn-agent-2.log")"
 
   # kube-apiserver → pod IP on node 2 (pods/proxy dials the pod IP through `cluster`).
-  t=$SECONDS
-  until out=$(kn_pod_proxy 2>&1) && [ "$out" = ok ]; do
-    [ $((SECONDS - t)) -lt 20 ] || bad "[$m] pods/kn-web/proxy through the tunnel: $out"
-    sleep 0.5
-  done
+  out=$(kn_until_pod_ok) || bad "[$m] pods/kn-web/proxy through the tunnel: $out"
   ok "[$m] kube-apiserver reaches pod $(kn_pod_ip 2) on node 2 through node 2's agent (pods/proxy /healthz: $out)"
   # Socket ownership, not log text: node 2's agent holds the connection to the pod.
   out=$(KC_TIMEOUT=30 kc get --raw "/api/v1/namespaces/kn-e2e/pods/http:kn-web:8080/proxy/" >"$W/kn-slow.out" 2>&1 &
@@ -272,10 +278,7 @@ kubenet_phase() {
   kn_agent 2
   wait_until "node 2's agent back with its CIDR" 30 kn_announced 2 10.244.2.0/24
   t=$SECONDS
-  until out=$(kn_pod_proxy 2>&1) && [ "$out" = ok ]; do
-    [ $((SECONDS - t)) -lt 20 ] || bad "[$m] pods/proxy after node 2's agent restarted: $out"
-    sleep 0.5
-  done
+  out=$(kn_until_pod_ok) || bad "[$m] pods/proxy after node 2's agent restarted: $out"
   ok "[$m] node 2's agent restarted: the pod is reachable again ($((SECONDS - t)) s)"
 
   # Node 1 re-registered with another pod CIDR: its agent follows the watch and

@@ -210,7 +210,6 @@ fn a_socks5_bind_address_that_is_not_loopback_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn konnectivity_dial_relays_through_the_socks5_frontend() {
-    use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
@@ -223,45 +222,25 @@ async fn konnectivity_dial_relays_through_the_socks5_frontend() {
     let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
         .await
         .expect("echo");
+    let socks = socks.display().to_string();
     let dial = move |dest: String| {
-        let mut child =
-            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-                .args(["dial", "--socks5", &socks.display().to_string(), &dest])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("konnectivity dial");
-        // The tunnel has no half-close: keep stdin open until the echo is back.
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(b"through socks5\n").expect("write");
-        let mut line = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
-        drop(stdin);
-        let mut out = child.wait_with_output().expect("output");
-        out.stdout = line.into_bytes();
-        out
+        let args = vec!["--socks5".into(), socks.clone(), dest];
+        dial_line(args, vec![], b"through socks5\n")
     };
-    let out = tokio::task::spawn_blocking({
+    let (line, status, stderr) = tokio::task::spawn_blocking({
         let dial = dial.clone();
         move || dial(format!("localhost:{}", echo.port()))
     })
     .await
     .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"through socks5\n");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(line, "through socks5\n");
 
     let closed = konnectivity_testkit::servers::closed_port().expect("port");
-    let out = tokio::task::spawn_blocking(move || dial(closed.to_string()))
+    let (_, status, stderr) = tokio::task::spawn_blocking(move || dial(closed.to_string()))
         .await
         .expect("join");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
     assert!(stderr.contains("connection refused (reply 5)"), "{stderr}");
 }
 
@@ -289,25 +268,7 @@ async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
         ..ServerSpec::grpc_uds(d.join("s.sock"))
     };
     let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
-    // The destination: one fixed HTTP response per connection.
-    let www = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/id.txt", www.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = www.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = c.read(&mut buf).await;
-                let body = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{ID}",
-                    ID.len()
-                );
-                let _ = c.write_all(body.as_bytes()).await;
-                let _ = c.shutdown().await;
-            });
-        }
-    });
+    let url = id_server().await;
     let proxy = format!("127.0.0.1:{socks_port}");
     let curl = |user: &'static str| {
         let (proxy, url) = (proxy.clone(), url.clone());
@@ -369,36 +330,59 @@ async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
         .await
         .expect("echo");
     let dial = |password: &'static str| {
-        let (proxy, dest) = (proxy.clone(), format!("127.0.0.1:{}", echo.port()));
+        let args = vec![
+            "--socks5".into(),
+            proxy.clone(),
+            "--socks5-user".into(),
+            "ops".into(),
+            format!("127.0.0.1:{}", echo.port()),
+        ];
         tokio::task::spawn_blocking(move || {
-            let mut child =
-                std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-                    .args(["dial", "--socks5", &proxy, "--socks5-user", "ops", &dest])
-                    .env("KONNECTIVITY_SOCKS5_PASSWORD", password)
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("konnectivity dial");
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            let _ = stdin.write_all(b"with a password\n");
-            let mut line = String::new();
-            let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-            let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
-            drop(stdin);
-            let out = child.wait_with_output().expect("output");
-            (line, String::from_utf8_lossy(&out.stderr).into_owned())
+            dial_line(
+                args,
+                vec![("KONNECTIVITY_SOCKS5_PASSWORD", password)],
+                b"with a password\n",
+            )
         })
     };
-    let (line, stderr) = dial("s3cret:2").await.expect("join");
+    let (line, _, stderr) = dial("s3cret:2").await.expect("join");
     assert_eq!(line, "with a password\n", "{stderr}");
-    let (line, stderr) = dial("wrong").await.expect("join");
+    let (line, _, stderr) = dial("wrong").await.expect("join");
     assert_eq!(line, "");
     assert!(
         stderr.contains("rejected the username or password"),
         "{stderr}"
     );
+}
+
+/// Runs `konnectivity dial <args>` with `env`, writes `msg` (one line) to its stdin and
+/// reads one line back before closing stdin (the tunnel has no half-close): that line,
+/// the exit status and stderr.
+fn dial_line(
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+    msg: &'static [u8],
+) -> (String, std::process::ExitStatus, String) {
+    use std::io::Write;
+    let mut child =
+        std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
+            .arg("dial")
+            .args(args)
+            .envs(env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("konnectivity dial");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(msg);
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+    drop(stdin);
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (line, out.status, stderr)
 }
 
 /// One fixed HTTP response (`ID`) per connection, on a loopback port; its URL.
@@ -530,45 +514,24 @@ async fn socks5_over_tls_admits_only_clients_with_a_certificate_from_the_fronten
     let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
         .await
         .expect("echo");
-    let (ca, cert, key) = (
-        pki.ca.clone(),
-        pki.client_cert.clone(),
-        pki.client_key.clone(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child =
-            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-                .args(["dial", "--socks5", &format!("127.0.0.1:{socks_port}")])
-                .args(["--ca", &ca.display().to_string()])
-                .args(["--cert", &cert.display().to_string()])
-                .args(["--key", &key.display().to_string()])
-                .args(["--server-name", "localhost"])
-                .arg(format!("127.0.0.1:{}", echo.port()))
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("konnectivity dial");
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(b"through socks5 over tls\n")
-            .expect("write");
-        let mut line = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
-        drop(stdin);
-        let out = child.wait_with_output().expect("output");
-        (line, out)
-    })
-    .await
-    .expect("join");
-    assert_eq!(
-        out.0,
-        "through socks5 over tls\n",
-        "{}",
-        String::from_utf8_lossy(&out.1.stderr)
-    );
+    let args = vec![
+        "--socks5".into(),
+        format!("127.0.0.1:{socks_port}"),
+        "--ca".into(),
+        pki.ca.display().to_string(),
+        "--cert".into(),
+        pki.client_cert.display().to_string(),
+        "--key".into(),
+        pki.client_key.display().to_string(),
+        "--server-name".into(),
+        "localhost".into(),
+        format!("127.0.0.1:{}", echo.port()),
+    ];
+    let (line, _, stderr) =
+        tokio::task::spawn_blocking(move || dial_line(args, vec![], b"through socks5 over tls\n"))
+            .await
+            .expect("join");
+    assert_eq!(line, "through socks5 over tls\n", "{stderr}");
 }
 
 #[test]
