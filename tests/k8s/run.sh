@@ -17,13 +17,17 @@
 # dry-runs deploy/*.yaml and charts/konnectivity's presets (helm from tests/tools/build.sh)
 # server-side, and runs two proxy-servers (second address
 # 10.232.7.3) that authenticate agents by ServiceAccount token (TokenReview) and publish
-# Leases, with one agent counting the Leases and joining both. A fourth, kubenet
-# (kubenet.sh), gives two nodes pod CIDRs behind bridges and agents that announce their
-# Node's spec.podCIDR (--node-name) to a destHost-only proxy-server.
+# Leases, with one agent counting the Leases and joining both.
+# A fourth phase, nat, puts two nodes behind a NAT gateway (MASQUERADE; 10.233.x.x):
+# kube-apiserver with a Direct egress cannot reach them; through proxy-server and two
+# proxy-agents, run with the container args of deploy/konnectivity-server-static-pod.yaml
+# and deploy/konnectivity-agent.yaml (agent port 8132, and 443 for one node), it can.
+# A fifth, kubenet (kubenet.sh), gives two nodes pod CIDRs behind bridges and agents that
+# announce their Node's spec.podCIDR (--node-name) to a destHost-only proxy-server.
 #
 # Environment: KONNECTIVITY_CACHE (cache root), KONNECTIVITY_BIN_DIR (prebuilt
 # proxy-server/proxy-agent, optionally konnectivity; default: `cargo build --bins` into target/debug),
-# K8S_E2E_MODES (default "grpc http-connect token-leases kubenet"), K8S_E2E_KEEP=1 (keep the work dir),
+# K8S_E2E_MODES (default "grpc http-connect token-leases nat kubenet"), K8S_E2E_KEEP=1 (keep the work dir),
 # K8S_BUILD_ONLY=1 (build the Go programs into the cache and stop).
 # Needs root (network namespaces, iptables), go, cargo, openssl, curl, iproute2.
 set -euo pipefail
@@ -137,6 +141,16 @@ CP_IP=10.232.7.1
 CP_IP2=10.232.7.3     # a second control-plane address: the second proxy-server of token-leases
 NODE_IP=10.232.7.2
 SVC_RANGE=10.232.8.0/24   # never routed anywhere; only a setting kube-apiserver requires
+# nat: a gateway namespace and two node namespaces behind it (nat_topology), 10.233.x.x
+GW=$TAG-gw
+NAT_A=$TAG-nat-a
+NAT_B=$TAG-nat-b
+NAT_CP_IP=10.233.0.1   # the control plane's address on the gateway's uplink
+NAT_GW_IP=10.233.0.2   # the gateway's uplink address: every node connection comes from it
+NAT_LAN=10.233.1       # the nodes' LAN: gateway .1, node a .2, node b .3
+NAT_A_IP=$NAT_LAN.2
+NAT_B_IP=$NAT_LAN.3
+declare -A NAT_NS=([a]=$NAT_A [b]=$NAT_B) NAT_IP=([a]=$NAT_A_IP [b]=$NAT_B_IP)
 W=$(mktemp -d /tmp/konnectivity-k8s-e2e.XXXXXX)
 L=$W/logs
 mkdir -p "$L" "$W/pki"
@@ -154,18 +168,28 @@ stop() { # name: TERM, then KILL after 10 s; bounded
   wait "$pid" 2>/dev/null || true
   unset "PIDS[$n]"
 }
+# stop_now NAME...: our binaries exit at once on a second signal (no drain); for agents
+# started without --drain-timeout when draining is not what is tested. Bounded by stop.
+stop_now() {
+  local n pids=()
+  for n in "$@"; do [ -z "${PIDS[$n]:-}" ] || pids+=("${PIDS[$n]}"); done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  sleep 0.2
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for n in "$@"; do stop "$n"; done
+}
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
+  stop_now nat-agent-a nat-agent-b
   for n in kubectl-pf agent agent-wrong-audience agent-wrong-sa proxy-server-b kube-apiserver proxy-server webhook kubelet etcd; do
     stop "$n"
   done
   for n in "${!PIDS[@]}"; do stop "$n"; done
-  ip netns del "$CP" 2>/dev/null
-  ip netns del "$NODE" 2>/dev/null
-  for ns in "${EXTRA_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  for ns in "$CP" "$NODE" "$GW" "$NAT_A" "$NAT_B" "${EXTRA_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   if [ "$rc" != 0 ]; then
     for f in "$L"/*.log; do
       [ -s "$f" ] || continue
@@ -192,6 +216,13 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^k8se2e-[0-9]*-
   kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
 done
 
+# firewall_inbound NETNS: the namespace may open connections; nothing may open one toward it.
+firewall_inbound() {
+  ip netns exec "$1" iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  ip netns exec "$1" iptables -A INPUT -i lo -j ACCEPT
+  ip netns exec "$1" iptables -A INPUT -j DROP
+}
+
 ip netns add "$CP"
 ip netns add "$NODE"
 ip link add "${TAG}c" netns "$CP" type veth peer name "${TAG}n" netns "$NODE" 2>/dev/null ||
@@ -204,10 +235,7 @@ ip -n "$NODE" addr add "$NODE_IP/24" dev "$VN"
 for ns in "$CP" "$NODE"; do ip -n "$ns" link set lo up; done
 ip -n "$CP" link set "$VC" up
 ip -n "$NODE" link set "$VN" up
-# The node may open connections; nothing may open one toward it (a NAT-ed node).
-ip netns exec "$NODE" iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-ip netns exec "$NODE" iptables -A INPUT -i lo -j ACCEPT
-ip netns exec "$NODE" iptables -A INPUT -j DROP
+firewall_inbound "$NODE" # a NAT-ed node
 say "network namespaces $CP ($CP_IP) and $NODE ($NODE_IP, inbound firewalled); work dir $W"
 
 in_cp() { ip netns exec "$CP" "$@"; }
@@ -251,7 +279,7 @@ cert() {
   openssl x509 -req -in "$P/$n.csr" -CA "$P/ca.crt" -CAkey "$P/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
     -days 2 -sha256 -extfile "$P/$n.ext" -out "$P/$n.crt" 2>/dev/null
 }
-cert apiserver kube-apiserver "" serverAuth "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,IP:127.0.0.1,IP:$CP_IP,IP:10.232.8.1"
+cert apiserver kube-apiserver "" serverAuth "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,IP:127.0.0.1,IP:$CP_IP,IP:$NAT_CP_IP,IP:10.232.8.1"
 cert admin admin system:masters clientAuth ""
 cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth ""
 cert proxy-server proxy-server "" serverAuth "DNS:localhost,IP:127.0.0.1,IP:$CP_IP,IP:$CP_IP2"
@@ -318,11 +346,21 @@ start_agent() {
   wait_until "proxy-server /readyz (agent connected)" 30 in_cp curl -sf "http://$CP_IP:8092/readyz"
 }
 
-start_apiserver() { # GRPC|HTTPConnect|deploy
+start_apiserver() { # GRPC|HTTPConnect|deploy|Direct
   if [ "$1" = deploy ]; then
     # The shipped deploy/egress-selector-configuration.yaml, only its socket path changed.
     sed "s#udsName: .*#udsName: $UDS#" "$ROOT/deploy/egress-selector-configuration.yaml" >"$W/egress.yaml"
     grep -q "udsName: $UDS\$" "$W/egress.yaml" || die "deploy/egress-selector-configuration.yaml has no udsName to point at $UDS"
+  elif [ "$1" = Direct ]; then
+    # No konnectivity: kube-apiserver dials every destination itself.
+    cat >"$W/egress.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- {name: cluster, connection: {proxyProtocol: Direct}}
+- {name: controlplane, connection: {proxyProtocol: Direct}}
+- {name: etcd, connection: {proxyProtocol: Direct}}
+EOF
   else
     cat >"$W/egress.yaml" <<EOF
 apiVersion: apiserver.k8s.io/v1beta1
@@ -363,6 +401,8 @@ EOF
   KC_TIMEOUT=10 wait_until "kube-apiserver /readyz" 180 kc get --raw=/readyz
   if [ "$1" = deploy ]; then
     say "kube-apiserver ready in $((SECONDS - t)) s (egress: deploy/egress-selector-configuration.yaml, cluster = GRPC over UDS, controlplane Direct)"
+  elif [ "$1" = Direct ]; then
+    say "kube-apiserver ready in $((SECONDS - t)) s (egress: Direct, no proxy)"
   else
     say "kube-apiserver ready in $((SECONDS - t)) s (egress cluster: $1 over UDS)"
   fi
@@ -384,22 +424,6 @@ metadata: {name: default, namespace: konn-e2e}
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: kube-system}
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: konn-node
-  labels: {kubernetes.io/hostname: konn-node}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: konn-pod, namespace: konn-e2e}
-spec:
-  nodeName: konn-node
-  automountServiceAccountToken: false
-  containers:
-  - name: app
-    image: konnectivity-e2e.invalid/none:1
 ---
 apiVersion: v1
 kind: Service
@@ -450,64 +474,102 @@ done)
 EOF
 }
 
-create_objects() {
-  objects >"$W/objects.yaml"
-  kc apply -f "$W/objects.yaml" >/dev/null
-  local now
+# register_node NODE IP POD: what a kubelet would register: Node NODE (InternalIP IP,
+# kubelet port 10250, Ready) and a running Pod konn-e2e/POD on it, container `app`.
+register_node() {
+  local node=$1 ip=$2 pod=$3 now
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  labels: {kubernetes.io/hostname: $node}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: $pod, namespace: konn-e2e}
+spec:
+  nodeName: $node
+  automountServiceAccountToken: false
+  containers:
+  - name: app
+    image: konnectivity-e2e.invalid/none:1
+EOF
   now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  kc patch node konn-node --subresource=status --type=merge -p "{\"status\":{
-    \"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$NODE_IP\"},{\"type\":\"Hostname\",\"address\":\"konn-node\"}],
+  kc patch node "$node" --subresource=status --type=merge -p "{\"status\":{
+    \"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$ip\"},{\"type\":\"Hostname\",\"address\":\"$node\"}],
     \"daemonEndpoints\":{\"kubeletEndpoint\":{\"Port\":10250}},
     \"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"stand-in\",
       \"lastHeartbeatTime\":\"$now\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null
-  kc -n konn-e2e patch pod konn-pod --subresource=status --type=merge -p "{\"status\":{
-    \"phase\":\"Running\",\"hostIP\":\"$NODE_IP\",\"podIP\":\"$NODE_IP\",\"startTime\":\"$now\",
+  kc -n konn-e2e patch pod "$pod" --subresource=status --type=merge -p "{\"status\":{
+    \"phase\":\"Running\",\"hostIP\":\"$ip\",\"podIP\":\"$ip\",\"startTime\":\"$now\",
     \"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"}],
     \"containerStatuses\":[{\"name\":\"app\",\"ready\":true,\"started\":true,\"restartCount\":0,
       \"image\":\"konnectivity-e2e.invalid/none:1\",\"imageID\":\"\",\"containerID\":\"e2e://app\",
       \"state\":{\"running\":{\"startedAt\":\"$now\"}}}]}}" >/dev/null
+}
+
+create_objects() {
+  objects >"$W/objects.yaml"
+  kc apply -f "$W/objects.yaml" >/dev/null
+  register_node konn-node "$NODE_IP" konn-pod
   say "created Node konn-node (InternalIP $NODE_IP, kubelet port 10250), Pod konn-e2e/konn-pod on it, ValidatingWebhookConfigurations konn-e2e-service (Service konn-e2e/konn-webhook, EndpointSlice -> $NODE_IP:8443) and konn-e2e-url (https://$NODE_IP:8443/validate/url)"
 }
 
 # ───────────────────────────── assertions ─────────────────────────────
-check_logs() { # mode
-  local out
-  out=$(kc -n konn-e2e logs konn-pod -c app 2>&1) || bad "[$1] kubectl logs: $out"
-  grep -qF "$LOG_TEXT" <<<"$out" || bad "[$1] kubectl logs returned something else: $out"
-  ok "[$1] kubectl logs returns the node's log text: $(head -1 <<<"$out")"
+# The checks below default to the scenario's node (konn-node, $NODE_IP, its kubelet
+# stand-in logging to kubelet.log); the nat phase names its own nodes.
+
+# check_logs MODE [POD NODE_IP KUBELET TEXT]: kubectl logs of POD returns TEXT, and the
+# kubelet stand-in KUBELET (its log $L/KUBELET.log) saw the request from NODE_IP.
+check_logs() {
+  local m=$1 pod=${2:-konn-pod} ip=${3:-$NODE_IP} kubelet=${4:-kubelet} text=${5:-$LOG_TEXT} out
+  local on=${2:+ ($pod on $ip)}
+  out=$(kc -n konn-e2e logs "$pod" -c app 2>&1) || bad "[$m] kubectl logs$on: $out"
+  grep -qF "$text" <<<"$out" || bad "[$m] kubectl logs$on returned something else: $out"
+  ok "[$m] kubectl logs$on returns the node's log text: $(head -1 <<<"$out")"
   # The request reached the kubelet from the node's own address (the agent's dial),
   # with kube-apiserver's kubelet client certificate inside the tunnelled TLS.
   local seen
-  seen=$(grep "GET /containerLogs/konn-e2e/konn-pod/app" "$L/kubelet.log" | tail -1)
-  grep -q "from $NODE_IP:[0-9]* (client cert \"kube-apiserver-kubelet-client\")" <<<"$seen" ||
-    bad "[$1] the kubelet stand-in saw the logs request from elsewhere: $seen"
-  ok "[$1] kubelet stand-in: ${seen#*: }"
+  seen=$(grep "GET /containerLogs/konn-e2e/$pod/app" "$L/$kubelet.log" | tail -1)
+  grep -q "from $ip:[0-9]* (client cert \"kube-apiserver-kubelet-client\")" <<<"$seen" ||
+    bad "[$m] the kubelet stand-in$on saw the logs request from elsewhere: $seen"
+  ok "[$m] kubelet stand-in$on: ${seen#*: }"
 }
 
+# check_exec MODE [POD NODE_IP]
 check_exec() {
-  local out
-  out=$(printf 'hello through the tunnel\n' | kc -n konn-e2e exec -i konn-pod -c app -- tr a-z A-Z 2>&1) ||
-    bad "[$1] kubectl exec -i: $out"
-  [ "$out" = "HELLO THROUGH THE TUNNEL" ] || bad "[$1] kubectl exec -i returned: $out"
-  ok "[$1] kubectl exec -i (stdin -> tr a-z A-Z -> stdout): $out"
+  local m=$1 pod=${2:-konn-pod} ip=${3:-$NODE_IP} out
+  local on=${2:+ ($pod on $ip)}
+  out=$(printf 'hello through the tunnel\n' | kc -n konn-e2e exec -i "$pod" -c app -- tr a-z A-Z 2>&1) ||
+    bad "[$m] kubectl exec -i$on: $out"
+  [ "$out" = "HELLO THROUGH THE TUNNEL" ] || bad "[$m] kubectl exec -i$on returned: $out"
+  ok "[$m] kubectl exec -i$on (stdin -> tr a-z A-Z -> stdout): $out"
   local rc=0
-  out=$(kc -n konn-e2e exec konn-pod -c app -- sh -c 'ip -4 -o addr show scope global | awk "{print \"on\", \$4}"; echo to-stderr >&2; exit 3' 2>&1) || rc=$?
-  [ "$rc" = 3 ] || bad "[$1] kubectl exec exit code: want 3, got $rc ($out)"
-  grep -q "on $NODE_IP/24" <<<"$out" && grep -q to-stderr <<<"$out" ||
-    bad "[$1] kubectl exec output: $out"
-  ok "[$1] kubectl exec runs on the node (stdout+stderr, exit code 3 propagated): $(tr '\n' ' ' <<<"$out")"
+  out=$(kc -n konn-e2e exec "$pod" -c app -- sh -c 'ip -4 -o addr show scope global | awk "{print \"on\", \$4}"; echo to-stderr >&2; exit 3' 2>&1) || rc=$?
+  [ "$rc" = 3 ] || bad "[$m] kubectl exec$on exit code: want 3, got $rc ($out)"
+  grep -q "on $ip/24" <<<"$out" && grep -q to-stderr <<<"$out" ||
+    bad "[$m] kubectl exec$on output: $out"
+  ok "[$m] kubectl exec$on runs on the node (stdout+stderr, exit code 3 propagated): $(tr '\n' ' ' <<<"$out")"
 }
 
+# check_port_forward MODE [POD LOCAL_PORT [CMD...]]: a line through kubectl port-forward
+# to the pod's port 7000 (the stand-in's echo server on the node's 127.0.0.1:7000) comes
+# back; CMD (an assertion) runs while the forward is still open.
 check_port_forward() {
-  local lport=17000 out
+  local m=$1 pod=${2:-konn-pod} lport=${3:-17000} out
+  shift $(($# < 3 ? $# : 3))
+  local on=
+  [ "$pod" = konn-pod ] || on=" ($pod)"
   : >"$L/kubectl-pf.log"
-  start kubectl-pf "$CP" "$KUBECTL" --kubeconfig="$W/admin.kubeconfig" -n konn-e2e port-forward pod/konn-pod "$lport:7000"
+  start kubectl-pf "$CP" "$KUBECTL" --kubeconfig="$W/admin.kubeconfig" -n konn-e2e port-forward "pod/$pod" "$lport:7000"
   wait_until "kubectl port-forward listening" 30 grep -q "Forwarding from" "$L/kubectl-pf.log"
   out=$(in_cp timeout 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$lport; printf 'ping %s\n' $$ >&3; read -r line <&3; echo \"\$line\"") ||
-    { stop kubectl-pf; bad "[$1] port-forward exchange failed: $out"; }
+    { stop kubectl-pf; bad "[$m] port-forward$on exchange failed: $out"; }
+  [ "$out" = "echo from the node: ping $$" ] || { stop kubectl-pf; bad "[$m] port-forward$on exchange returned: $out"; }
+  ok "[$m] kubectl port-forward$on carries a TCP exchange to 127.0.0.1:7000 on the node: $out"
+  [ $# = 0 ] || "$@"
   stop kubectl-pf
-  [ "$out" = "echo from the node: ping $$" ] || bad "[$1] port-forward exchange returned: $out"
-  ok "[$1] kubectl port-forward carries a TCP exchange to 127.0.0.1:7000 on the node: $out"
 }
 
 configmap() { # name via
@@ -720,9 +782,10 @@ start_token_agent() {
     --drain-timeout=1s "$@"
 }
 
-# agent_metric HEALTH_PORT NAME: the agent's gauge konnectivity_network_proxy_agent_NAME
+# agent_metric HEALTH_PORT NAME [NETNS]: the agent's konnectivity_network_proxy_agent_NAME
+# (the agent in NETNS, default the node's)
 agent_metric() {
-  in_node curl -sf -m 5 "http://127.0.0.1:$1/metrics" |
+  ip netns exec "${3:-$NODE}" curl -sf -m 5 "http://127.0.0.1:$1/metrics" |
     awk -v n="konnectivity_network_proxy_agent_$2" '$1 == n {print $2}'
 }
 agent_metrics_are() { # HEALTH_PORT OPEN KNOWN
@@ -775,16 +838,85 @@ check_doctor_tokens() {
   ok "[$m] konnectivity doctor agent with another ServiceAccount's token exits 1: ${f%% — *}"
 }
 
+# ─────────────── container args from manifests (deploy/, the chart) ───────────────
+# kubectl_local JSONPATH: the manifests on stdin, parsed by kubectl offline (`label
+# --local` prints each object as read, plus a label), each printed with JSONPATH.
+kubectl_local() {
+  "$KUBECTL" label --local -f - --kubeconfig=/dev/null konnectivity-e2e=read -o jsonpath="$1"
+}
+
+# container_args CONTAINER: the args of the containers named CONTAINER in the manifests on
+# stdin, one per line, as kubectl's YAML parser reads them (comments, quoting and flow
+# style are its business, not this script's).
+container_args() {
+  kubectl_local '{range ..containers[?(@.name=="'"$1"'")].args[*]}{@}{"\n"}{end}'
+}
+
+# sidecar_pod: the chart's server-sidecar ConfigMap (stdin) as a Pod whose containers are
+# its `containers.yaml` (what a control-plane node adds to kube-apiserver's static pod).
+sidecar_pod() {
+  local c
+  c=$(kubectl_local '{.data.containers\.yaml}')
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: sidecar}\nspec:\n  containers:\n'
+  sed 's/^/  /' <<<"$c"
+}
+
+# subst_args ARRAY SUBST...: in the args read from a manifest, each `--flag=value` SUBST
+# replaces that flag's value, each `$(VAR)=value` SUBST expands that downward-API variable
+# (as the kubelet would). A SUBST that matches nothing fails the run: the manifest changed.
+subst_args() {
+  local -n _args=$1
+  shift
+  local s i hit
+  for s in "$@"; do
+    hit=0
+    for i in "${!_args[@]}"; do
+      if [[ $s == '$('* ]]; then
+        [[ ${_args[$i]} != *"${s%%=*}"* ]] || { _args[$i]=${_args[$i]//"${s%%=*}"/${s#*=}}; hit=1; }
+      elif [ "${_args[$i]%%=*}" = "${s%%=*}" ]; then
+        _args[$i]=$s
+        hit=1
+      fi
+    done
+    [ "$hit" = 1 ] || bad "no ${s%%=*} in the manifest's args (${_args[*]})"
+  done
+}
+
+# pod_secrets DIR AGENT_TOKEN API_TOKEN: what a kubelet mounts under /var/run/secrets for
+# the agent DaemonSet's pods: the projected token for our audience (tokens/, the
+# manifests' volume) and the ServiceAccount's in-cluster credentials.
+pod_secrets() {
+  local d=$1
+  mkdir -p "$d/tokens" "$d/kubernetes.io/serviceaccount"
+  cp "$2" "$d/tokens/konnectivity-agent-token"
+  cp "$3" "$d/kubernetes.io/serviceaccount/token"
+  cp "$P/ca.crt" "$d/kubernetes.io/serviceaccount/ca.crt"
+  echo kube-system >"$d/kubernetes.io/serviceaccount/namespace"
+}
+
+# start_pod_agent NAME NETNS SECRETS APISERVER_IP ARGS...: proxy-agent with ARGS in a
+# private mount namespace where SECRETS (pod_secrets) is /var/run/secrets and
+# KUBERNETES_SERVICE_HOST is APISERVER_IP, as in a pod: the manifests' paths hold as written.
+start_pod_agent() {
+  local n=$1 ns=$2 secrets=$3 host=$4
+  shift 4
+  : >"$L/$n.log"
+  start "$n" "$ns" unshare --mount --propagation private sh -c \
+    "mount -t tmpfs tmpfs /run && cp -r '$secrets' /run/secrets && export KUBERNETES_SERVICE_HOST=$host KUBERNETES_SERVICE_PORT=6443 && exec \"\$0\" \"\$@\"" \
+    "$RBIN/proxy-agent" "$@"
+}
+
 # The kubeadm preset's server and agent arguments, exactly as the chart renders them,
 # run by our binaries against this kube-apiserver, with the chart's objects applied for
 # real (release chart-e2e: the agent's ServiceAccount, RBAC for the sidecar's user
-# system:konnectivity-server). Only paths and the server's host name are substituted
-# (and $(NODE_NAME)/$(NODE_IP), as the kubelet would); the agent, without a kubeconfig
-# as rendered, gets in-cluster credentials in a private mount namespace. The agent's
-# token is reviewed and accepted, it counts the server's Lease, and kubectl logs goes
-# through the rendered server (on the socket kube-apiserver's egress selector names).
+# system:konnectivity-server). Only the server's paths and the agent's server host are
+# substituted (and $(NODE_NAME)/$(NODE_IP), as the kubelet would); the agent runs as in a
+# pod (start_pod_agent: its token, CA and in-cluster credentials where the chart mounts
+# them). The agent's token is reviewed and accepted, it counts the server's Lease, and
+# kubectl logs goes through the rendered server (on the socket kube-apiserver's egress
+# selector names).
 check_chart_args() {
-  local m=token-leases helm out a sargs=() aargs=()
+  local m=token-leases helm out sargs=() aargs=()
   helm=$(bash "$ROOT/tests/tools/build.sh" helm) || bad "[$m] tests/tools/build.sh helm failed"
   local render=("$helm" template chart-e2e "$ROOT/charts/konnectivity" --namespace kube-system
     -f "$ROOT/charts/konnectivity/presets/kubeadm.yaml")
@@ -795,45 +927,26 @@ check_chart_args() {
     "$W/admin.kubeconfig" >"$W/chart-server.kubeconfig"
   kc -n kube-system create token chart-e2e-agent --audience=system:konnectivity-server >"$T/chart-agent" ||
     bad "[$m] kubectl create token chart-e2e-agent"
-  mkdir -p "$W/chart-sa"
-  kc -n kube-system create token chart-e2e-agent >"$W/chart-sa/token" || bad "[$m] kubectl create token chart-e2e-agent"
-  cp "$P/ca.crt" "$W/chart-sa/ca.crt"
-  echo kube-system >"$W/chart-sa/namespace"
-  # In these two templates only the container arguments are "- --flag" lines.
-  while IFS= read -r a; do
-    case ${a%%=*} in
-      --uds-name) a="--uds-name=$UDS" ;;
-      --cluster-cert) a="--cluster-cert=$P/proxy-server.crt" ;;
-      --cluster-key) a="--cluster-key=$P/proxy-server.key" ;;
-      --kubeconfig) a="--kubeconfig=$W/chart-server.kubeconfig" ;;
-    esac
-    sargs+=("$a")
-  done < <("${render[@]}" --show-only templates/server-sidecar.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
-  while IFS= read -r a; do
-    case ${a%%=*} in
-      --proxy-server-host) a="--proxy-server-host=$CP_IP" ;;
-      --ca-cert) a="--ca-cert=$P/ca.crt" ;;
-      --service-account-token-path) a="--service-account-token-path=$T/chart-agent" ;;
-      --agent-identifiers) a=${a//'$(NODE_NAME)'/konn-node}; a=${a//'$(NODE_IP)'/$NODE_IP} ;;
-    esac
-    aargs+=("$a")
-  done < <("${render[@]}" --show-only templates/agent.yaml | sed -n 's/^ *- \(--[a-z].*\)$/\1/p')
+  kc -n kube-system create token chart-e2e-agent >"$T/chart-agent-api" || bad "[$m] kubectl create token chart-e2e-agent"
+  pod_secrets "$W/chart-secrets" "$T/chart-agent" "$T/chart-agent-api"
+  mapfile -t sargs < <("${render[@]}" --show-only templates/server-sidecar.yaml | sidecar_pod | container_args konnectivity-server)
+  mapfile -t aargs < <("${render[@]}" --show-only templates/agent.yaml | container_args konnectivity-agent)
   [ ${#sargs[@]} -ge 10 ] && [ ${#aargs[@]} -ge 8 ] || bad "[$m] rendered args not found: server ${sargs[*]}; agent ${aargs[*]}"
+  subst_args sargs --uds-name="$UDS" --cluster-cert="$P/proxy-server.crt" --cluster-key="$P/proxy-server.key" \
+    --kubeconfig="$W/chart-server.kubeconfig"
+  subst_args aargs --proxy-server-host="$CP_IP" '$(NODE_NAME)=konn-node' '$(NODE_IP)='"$NODE_IP"
   say "chart (kubeadm) proxy-server ${sargs[*]}"
   say "chart (kubeadm) proxy-agent ${aargs[*]}"
   : >"$L/chart-server.log"
   start chart-server "$CP" "$RBIN/proxy-server" "${sargs[@]}"
   wait_until "the chart's proxy-server /healthz" 20 in_cp curl -sf "http://$CP_IP:8134/healthz"
-  : >"$L/chart-agent.log"
-  start chart-agent "$NODE" unshare --mount --propagation private sh -c \
-    "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io && cp -r '$W/chart-sa' /run/secrets/kubernetes.io/serviceaccount && export KUBERNETES_SERVICE_HOST=$CP_IP KUBERNETES_SERVICE_PORT=6443 && exec \"\$0\" \"\$@\"" \
-    "$RBIN/proxy-agent" "${aargs[@]}"
+  start_pod_agent chart-agent "$NODE" "$W/chart-secrets" "$CP_IP" "${aargs[@]}"
   wait_until "the chart's agent accepted (server /readyz)" 30 in_cp curl -sf "http://$CP_IP:8134/readyz"
   wait_until "the chart's agent counting 1 Lease, connected to it" 40 agent_metrics_are 8134 1 1
   ok "[$m] the kubeadm preset's rendered args (chart applied: ServiceAccount chart-e2e-agent, RBAC for user system:konnectivity-server): token accepted, Lease $(server_leases)counted, agent open_server_connections 1, known_server_count 1"
   check_logs "$m"
   ok "[$m] kubectl logs goes through the proxy-server run with the chart's rendered args"
-  stop chart-agent
+  stop_now chart-agent # rendered without --drain-timeout: it would drain until stop's KILL
   stop chart-server
 }
 
@@ -907,16 +1020,190 @@ token_leases() {
   stop kube-apiserver
 }
 
+# ─────────────── nat: two nodes behind a NAT gateway, deploy/*.yaml's args ───────────────
+#   control plane (nat0 10.233.0.1) ── gateway (wan0 10.233.0.2, MASQUERADE) ── bridge lan0
+#   10.233.1.1 ── node a (10.233.1.2), node b (10.233.1.3)
+# Every node connection reaches the control plane from 10.233.0.2. The control plane has
+# no route to 10.233.1.0/24, the gateway forwards only connections opened from the LAN,
+# and each node drops every connection opened toward it (firewall_inbound). The control
+# plane's edge maps 443 to the agent port 8132 (as AKS's load balancer fronts its
+# servers on 443); node b's agent dials 443.
+nat_topology() {
+  local ns
+  for ns in "$GW" "$NAT_A" "$NAT_B"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+  done
+  # Device names are per namespace: each end is created inside its own.
+  ip link add nat0 netns "$CP" type veth peer name wan0 netns "$GW"
+  ip -n "$CP" addr add "$NAT_CP_IP/24" dev nat0
+  ip -n "$CP" link set nat0 up
+  in_cp iptables -t nat -A PREROUTING -i nat0 -p tcp --dport 443 -j REDIRECT --to-ports 8132
+  ip -n "$GW" addr add "$NAT_GW_IP/24" dev wan0
+  ip -n "$GW" link set wan0 up
+  ip -n "$GW" link add lan0 type bridge
+  ip -n "$GW" addr add "$NAT_LAN.1/24" dev lan0
+  ip -n "$GW" link set lan0 up
+  local n ip
+  for n in a b; do
+    ns=${NAT_NS[$n]} ip=${NAT_IP[$n]}
+    ip link add eth0 netns "$ns" type veth peer name "lan-$n" netns "$GW"
+    ip -n "$GW" link set "lan-$n" master lan0 up
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via "$NAT_LAN.1"
+    firewall_inbound "$ns"
+  done
+  ip netns exec "$GW" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$GW" iptables -t nat -A POSTROUTING -o wan0 -j MASQUERADE
+  ip netns exec "$GW" iptables -P FORWARD DROP
+  ip netns exec "$GW" iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  ip netns exec "$GW" iptables -A FORWARD -i lan0 -o wan0 -j ACCEPT
+  say "nat: $GW ($NAT_GW_IP, MASQUERADE) in front of $NAT_A ($NAT_A_IP) and $NAT_B ($NAT_B_IP); control plane $NAT_CP_IP (443 -> 8132)"
+}
+
+# sockets NETNS FILTER...: established TCP sockets matching the ss FILTER, with their owners
+sockets() { local ns=$1; shift; ip netns exec "$ns" ss -tnpH state established "$@"; }
+
+# check_owned MODE NETNS AGENT WHAT FILTER...: every established socket in NETNS matching
+# FILTER (at least one) belongs to the process started as AGENT.
+check_owned() {
+  local m=$1 ns=$2 agent=$3 what=$4 out
+  shift 4
+  out=$(sockets "$ns" "$@")
+  [ -n "$out" ] || bad "[$m] no established socket $* in $ns"
+  ! grep -qv "pid=${PIDS[$agent]}," <<<"$out" ||
+    bad "[$m] $what: a socket not owned by $agent (pid ${PIDS[$agent]}): $out"
+  ok "[$m] $what, owned by $agent (pid ${PIDS[$agent]}): $(awk '{print $3, "->", $4, $5}' <<<"$out" | tr '\n' ' ')"
+}
+
+# check_served_by MODE N: (while a forward to node N's pod is open) the tunnel's dials to
+# node N's kubelet are sockets of node N's agent in node N's namespace, and the other
+# node's namespace holds no connection to that kubelet.
+check_served_by() {
+  local m=$1 n=$2 o=a out
+  [ "$n" != a ] || o=b
+  out=$(ip netns exec "${NAT_NS[$o]}" ss -tnH dst "${NAT_IP[$n]}:10250") # in any state
+  [ -z "$out" ] || bad "[$m] konn-nat-$o holds a connection to konn-nat-$n's kubelet: $out"
+  check_owned "$m" "${NAT_NS[$n]}" "nat-agent-$n" \
+    "konn-nat-$n: the open dials to its kubelet ${NAT_IP[$n]}:10250 (none from konn-nat-$o)" dst "${NAT_IP[$n]}:10250"
+}
+
+# nat_agents N: the proxy-server's /status lists N agents
+nat_agents() { [ "$(in_cp curl -sf -m 5 http://127.0.0.1:8133/status | grep -o '"agent_id":' | wc -l)" = "$1" ]; }
+
+nat() {
+  local m=nat n ns ip out sargs=() aargs=() args=()
+  say "── nat: two nodes behind a NAT gateway, agent port 8132 and 443; proxy-server and proxy-agents with deploy/*.yaml's container args"
+  nat_topology
+  for n in a b; do
+    ns=${NAT_NS[$n]} ip=${NAT_IP[$n]}
+    cert "kubelet-nat-$n" "system:node:konn-nat-$n" system:nodes serverAuth "DNS:konn-nat-$n,IP:$ip"
+    start "kubelet-nat-$n" "$ns" "$TDIR/kubelet-standin" --listen="$ip:10250" \
+      --tls-cert-file="$P/kubelet-nat-$n.crt" --tls-private-key-file="$P/kubelet-nat-$n.key" \
+      --client-ca-file="$P/ca.crt" --log-text="$LOG_TEXT on konn-nat-$n" --echo-listen=127.0.0.1:7000
+  done
+  wait_until "kubelet stand-in a" 20 ip netns exec "$NAT_A" curl -sf --cacert "$P/ca.crt" "https://$NAT_A_IP:10250/healthz"
+  wait_until "kubelet stand-in b" 20 ip netns exec "$NAT_B" curl -sf --cacert "$P/ca.crt" "https://$NAT_B_IP:10250/healthz"
+  for ip in "$NAT_A_IP" "$NAT_B_IP"; do
+    ! in_cp curl -s -m 2 -k "https://$ip:10250/healthz" >/dev/null 2>&1 ||
+      bad "[$m] the control plane reached $ip:10250 directly"
+  done
+  ok "[$m] the control plane cannot reach either node's kubelet port ($NAT_A_IP, $NAT_B_IP) directly"
+
+  # (a) Without konnectivity, kube-apiserver cannot reach the nodes.
+  start_apiserver Direct
+  create_objects
+  register_node konn-nat-a "$NAT_A_IP" nat-pod-a
+  register_node konn-nat-b "$NAT_B_IP" nat-pod-b
+  for n in a b; do
+    local t=$SECONDS rc=0
+    out=$(kc -n konn-e2e logs "nat-pod-$n" -c app 2>&1) || rc=$?
+    [ "$rc" != 0 ] || bad "[$m] egress Direct: kubectl logs nat-pod-$n succeeded: $out"
+    grep -Eqi 'network is unreachable|no route to host|i/o timeout|timed out' <<<"$out" ||
+      bad "[$m] egress Direct: kubectl logs nat-pod-$n failed (exit $rc) without a timeout/unreachable error: $out"
+    ok "[$m] egress Direct: kubectl logs nat-pod-$n (konn-nat-$n) fails in $((SECONDS - t)) s: $out"
+  done
+
+  # The manifests' container args, read by kubectl; the agents' ServiceAccount and tokens.
+  mapfile -t sargs < <(container_args konnectivity-server-container <"$ROOT/deploy/konnectivity-server-static-pod.yaml")
+  mapfile -t aargs < <(container_args konnectivity-agent <"$ROOT/deploy/konnectivity-agent.yaml")
+  [ ${#sargs[@]} -ge 10 ] && [ ${#aargs[@]} -ge 8 ] || bad "[$m] deploy/ args not found: server ${sargs[*]}; agent ${aargs[*]}"
+  # The static pod's certificate is kube-apiserver's own, its kubeconfig the admin's.
+  subst_args sargs --uds-name="$UDS" --cluster-cert="$P/apiserver.crt" --cluster-key="$P/apiserver.key" \
+    --kubeconfig="$W/admin.kubeconfig"
+  out=$(kc apply -f "$ROOT/deploy/konnectivity-agent.yaml" 2>&1) || bad "[$m] kubectl apply -f deploy/konnectivity-agent.yaml: $out"
+  mkdir -p "$W/nat"
+  kc -n kube-system create token konnectivity-agent --audience=system:konnectivity-server >"$W/nat/agent-token" ||
+    bad "[$m] kubectl create token konnectivity-agent"
+  kc -n kube-system create token konnectivity-agent >"$W/nat/api-token" || bad "[$m] kubectl create token konnectivity-agent"
+  pod_secrets "$W/nat/secrets" "$W/nat/agent-token" "$W/nat/api-token"
+  stop kube-apiserver
+
+  # (b) Through proxy-server (the static pod's args) and one agent per node (the
+  # DaemonSet's args): kube-apiserver on deploy/egress-selector-configuration.yaml.
+  start_apiserver deploy
+  say "deploy/konnectivity-server-static-pod.yaml: proxy-server ${sargs[*]}"
+  : >"$L/nat-server.log"
+  start nat-server "$CP" "$RBIN/proxy-server" "${sargs[@]}"
+  wait_until "proxy-server (static pod args) /healthz" 20 in_cp curl -sf http://127.0.0.1:8134/healthz
+  for n in a b; do
+    ns=${NAT_NS[$n]} ip=${NAT_IP[$n]}
+    args=("${aargs[@]}")
+    subst_args args --proxy-server-host="$NAT_CP_IP" "\$(NODE_NAME)=konn-nat-$n" "\$(NODE_IP)=$ip"
+    # Node b: the AKS port, the one substitution that is not a path, address or variable.
+    [ "$n" = a ] || subst_args args --proxy-server-port=443
+    say "deploy/konnectivity-agent.yaml on konn-nat-$n: proxy-agent ${args[*]}"
+    start_pod_agent "nat-agent-$n" "$ns" "$W/nat/secrets" "$NAT_CP_IP" "${args[@]}"
+  done
+  wait_until "both agents connected (proxy-server /status)" 30 nat_agents 2
+  ! grep -q "rejected agent" "$L/nat-server.log" || bad "[$m] proxy-server rejected an agent: $(grep -m1 'rejected agent' "$L/nat-server.log")"
+  ok "[$m] proxy-server with deploy/konnectivity-server-static-pod.yaml's args (paths substituted) accepts both agents with deploy/konnectivity-agent.yaml's args (token auth, konnectivity-agent ServiceAccount)"
+  local lport=17001
+  for n in a b; do
+    ip=${NAT_IP[$n]}
+    check_logs "$m" "nat-pod-$n" "$ip" "kubelet-nat-$n" "$LOG_TEXT on konn-nat-$n"
+    check_exec "$m" "nat-pod-$n" "$ip"
+    check_port_forward "$m" "nat-pod-$n" "$lport" check_served_by "$m" "$n"
+    lport=$((lport + 1))
+  done
+  # (c) Each agent's tunnel leaves its own node (8132, 443); the server sees both from
+  # the gateway's address.
+  check_owned "$m" "$NAT_A" nat-agent-a "konn-nat-a: its tunnel to $NAT_CP_IP:8132" dst "$NAT_CP_IP:8132"
+  check_owned "$m" "$NAT_B" nat-agent-b "konn-nat-b: its tunnel to $NAT_CP_IP:443" dst "$NAT_CP_IP:443"
+  # proxy-server listens on [::]: IPv4 peers show as [::ffff:a.b.c.d].
+  out=$(sockets "$CP" sport = :8132)
+  [ "$(wc -l <<<"$out")" = 2 ] &&
+    [ "$(grep -cE " (\[::ffff:)?${NAT_GW_IP//./\\.}\]?:[0-9]+ .*pid=${PIDS[nat-server]}," <<<"$out")" = 2 ] ||
+    bad "[$m] proxy-server's agent connections are not two from $NAT_GW_IP: $out"
+  local hosts
+  hosts=$(in_cp curl -sf -m 5 http://127.0.0.1:8133/status | grep -o '"hosts":\[[^]]*\]' | tr '\n' ' ')
+  grep -qF "konn-nat-a" <<<"$hosts" && grep -qF "$NAT_A_IP" <<<"$hosts" && grep -qF "konn-nat-b" <<<"$hosts" &&
+    grep -qF "$NAT_B_IP" <<<"$hosts" || bad "[$m] proxy-server /status does not list both nodes' agents: $hosts"
+  # The agents also reach kube-apiserver through the gateway, as pods: in-cluster
+  # credentials, KUBERNETES_SERVICE_HOST=$NAT_CP_IP, listing Leases (--count-server-leases).
+  local la lb
+  la=$(agent_metric 8134 'lease_lists_total{http_response_code="200",reason=""}' "$NAT_A")
+  lb=$(agent_metric 8134 'lease_lists_total{http_response_code="200",reason=""}' "$NAT_B")
+  [ "${la:-0}" -ge 1 ] && [ "${lb:-0}" -ge 1 ] 2>/dev/null ||
+    bad "[$m] the agents' Lease lists through the gateway: lease_lists_total{http_response_code=\"200\"} a '$la', b '$lb'"
+  ok "[$m] both agents list Leases through the gateway with in-cluster credentials (lease_lists_total{http_response_code=\"200\"}: a $la, b $lb)"
+  ok "[$m] proxy-server: both agents' connections come from the gateway $NAT_GW_IP ($(awk '{print $4}' <<<"$out" | tr '\n' ' ')); /status agents $hosts"
+  stop_now nat-agent-a nat-agent-b
+  for n in nat-server kube-apiserver kubelet-nat-a kubelet-nat-b; do stop "$n"; done
+}
+
 # shellcheck source=tests/k8s/kubenet.sh
 source "$HERE/kubenet.sh"
 
 # ───────────────────────────── the scenario ─────────────────────────────
-for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases kubenet}; do
+for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases nat kubenet}; do
   case $mode in
     grpc) protocol=GRPC ;;
     http-connect) protocol=HTTPConnect ;;
     token-leases) token_leases; continue ;;
     kubenet) kubenet_phase; continue ;;
+    nat) nat; continue ;;
     *) die "unknown mode $mode" ;;
   esac
   say "── egress 'cluster' = $protocol over UDS, proxy-server --mode=$mode"
