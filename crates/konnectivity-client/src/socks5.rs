@@ -128,8 +128,10 @@ pub struct Socks5Udp {
     _control: TcpStream,
     socket: UdpSocket,
     relay: SocketAddr,
-    /// A datagram being built or received (header + payload), reused.
-    buf: Vec<u8>,
+    /// The datagram being sent (header + payload), reused.
+    out: Vec<u8>,
+    /// Room for a received datagram, reused.
+    inbound: Box<[u8]>,
 }
 
 impl Socks5Udp {
@@ -168,7 +170,8 @@ impl Socks5Udp {
             _control: control,
             socket,
             relay,
-            buf: Vec::with_capacity(64 * 1024),
+            out: Vec::with_capacity(512),
+            inbound: vec![0; 64 * 1024].into_boxed_slice(),
         })
     }
 
@@ -179,20 +182,35 @@ impl Socks5Udp {
 
     /// Sends `payload` to `dest` through the relay (one datagram).
     pub async fn send_to(&mut self, dest: &Destination, payload: &[u8]) -> io::Result<()> {
-        self.buf.clear();
-        self.buf.extend_from_slice(&udp_header(dest));
-        self.buf.extend_from_slice(payload);
-        self.socket.send(&self.buf).await.map(|_| ())
+        self.out.clear();
+        self.out.extend_from_slice(&udp_header(dest));
+        self.out.extend_from_slice(payload);
+        self.socket.send(&self.out).await.map(|_| ())
     }
 
     /// The next datagram from the relay: where it came from and its payload. A
     /// datagram whose header does not parse is an error (the relay never sends one).
     pub async fn recv_from(&mut self) -> io::Result<(Destination, Bytes)> {
-        self.buf.resize(64 * 1024, 0);
-        let n = self.socket.recv(&mut self.buf).await?;
-        let d = &self.buf[..n];
+        let n = self.socket.recv(&mut self.inbound).await?;
+        let d = &self.inbound[..n];
         let (from, at) = parse_udp_header(d)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok((from, Bytes::copy_from_slice(&d[at..])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_address_reads_ipv4_and_ipv6_and_refuses_names_and_short_replies() {
+        let v4 = socks::Reply::Succeeded.encode_bound("127.0.0.1:4242".parse().unwrap());
+        assert_eq!(bound_address(&v4), Some("127.0.0.1:4242".parse().unwrap()));
+        let v6 = socks::Reply::Succeeded.encode_bound("[::1]:53".parse().unwrap());
+        assert_eq!(bound_address(&v6), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(bound_address(&v4[..v4.len() - 1]), None);
+        assert_eq!(bound_address(&[5, 0, 0, 3, 1, b'a', 0, 1]), None);
+        assert_eq!(bound_address(&[]), None);
     }
 }
