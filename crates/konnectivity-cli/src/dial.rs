@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use konnectivity_client::Io;
+use konnectivity_core::socks::{self, Destination, parse_reply, reply_text};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// With `--udp`, how long replies are still awaited after stdin ends.
 const UDP_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -59,8 +61,7 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
         return udp(&f, &a.address).await;
     }
     let (mut r, mut w): (R, W) = if let Some(proxy) = &a.socks5 {
-        let (io, rest) =
-            konnectivity_client::socks5_dial(proxy, &a.address, crate::DIAL_TIMEOUT).await?;
+        let (io, rest) = socks5_dial(proxy, &a.address).await?;
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
@@ -114,4 +115,45 @@ async fn udp(f: &konnectivity_client::Frontend, address: &str) -> anyhow::Result
             _ = tokio::time::sleep(UDP_REPLY_WAIT), if !stdin_open => return Ok(()),
         }
     }
+}
+
+/// Opens a connection to `address` through the SOCKS5 proxy at `proxy` (no
+/// authentication); returns it and any bytes that arrived behind the reply.
+async fn socks5_dial(proxy: &str, address: &str) -> anyhow::Result<(Box<dyn Io>, BytesMut)> {
+    let dest = Destination::from_address(address)
+        .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
+    let mut io: Box<dyn Io> = if proxy.contains('/') {
+        Box::new(tokio::net::UnixStream::connect(proxy).await?)
+    } else {
+        Box::new(tokio::net::TcpStream::connect(proxy).await?)
+    };
+    let handshake = async {
+        io.write_all(&[socks::VERSION, 1, socks::NO_AUTH]).await?;
+        let mut method = [0u8; 2];
+        io.read_exact(&mut method).await?;
+        anyhow::ensure!(
+            method == [socks::VERSION, socks::NO_AUTH],
+            "the SOCKS5 proxy at {proxy} does not accept unauthenticated clients"
+        );
+        io.write_all(&dest.connect_request()).await?;
+        let mut buf = BytesMut::with_capacity(512);
+        loop {
+            if let Some((code, n)) = parse_reply(&buf)? {
+                anyhow::ensure!(
+                    code == 0,
+                    "SOCKS5 proxy refused {address}: {} (reply {code})",
+                    reply_text(code)
+                );
+                let _ = buf.split_to(n);
+                return Ok(buf);
+            }
+            if io.read_buf(&mut buf).await? == 0 {
+                anyhow::bail!("the SOCKS5 proxy closed the connection during the handshake");
+            }
+        }
+    };
+    let rest = tokio::time::timeout(crate::DIAL_TIMEOUT, handshake)
+        .await
+        .map_err(|_| anyhow::anyhow!("SOCKS5 handshake with {proxy} timed out"))??;
+    Ok((io, rest))
 }

@@ -1,7 +1,9 @@
 //! A SOCKS5 client (RFC 1928, no authentication) for the server's SOCKS5 frontend
-//! (`--socks5-port`, `--socks5-uds`): [`socks5_dial`] opens a CONNECT tunnel and
-//! returns the raw stream; [`Socks5Udp`] holds a UDP ASSOCIATE (its control connection
-//! and a UDP socket talking to the relay) and wraps and unwraps the datagram header.
+//! (`--socks5-port`, `--socks5-uds`), used by the bench: [`socks5_dial`] opens a
+//! CONNECT tunnel and returns the raw stream; [`Socks5Udp`] holds a UDP ASSOCIATE (its
+//! control connection and a UDP socket talking to the relay) and wraps and unwraps the
+//! datagram header. (`konnectivity dial --socks5` still has its own client, with TLS
+//! and RFC 1929; it could move here.)
 //! The message encodings are `konnectivity_core::socks`; this module only does the I/O,
 //! and every read of the proxy's answers is bounded by the caller's timeout.
 use std::io;
