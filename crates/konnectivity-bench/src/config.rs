@@ -35,6 +35,11 @@ pub enum Phase {
     /// Ours beside upstream's binaries (v0.36.0, `tests/upstream/build.sh`) in the four
     /// server + agent pairings, through separate processes, against the null tunnel.
     Upstream,
+    /// UDP round trips (p50/p99) and loss to a UDP echo, direct, through the gRPC
+    /// frontend's protocol "udp" and through SOCKS5 UDP ASSOCIATE (proxy-server and
+    /// proxy-agent processes), idle and beside a bulk transfer; our server with
+    /// upstream's agent too when upstream's binaries are built.
+    Udp,
     /// Faults between two network namespaces, ours and upstream's binaries: transfers
     /// under random loss, a partition, an agent killed mid-transfer. Needs root; not
     /// in the default set.
@@ -74,6 +79,9 @@ pub struct BenchArgs {
     /// Length of the soak phase, in seconds [default: 3600; smoke 3].
     #[arg(long)]
     pub soak_seconds: Option<u64>,
+    /// Datagrams per run of the UDP test, one per millisecond [default: 2000; smoke 200].
+    #[arg(long)]
+    pub udp_datagrams: Option<usize>,
     /// Run only these measurements (comma list) [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Option<Vec<Phase>>,
@@ -136,6 +144,8 @@ pub(crate) struct Cfg {
     pub(crate) parallel: usize,
     pub(crate) dials: usize,
     pub(crate) rtt_samples: usize,
+    /// Datagrams per run of the UDP phase.
+    pub(crate) udp_datagrams: usize,
     pub(crate) reps: usize,
     pub(crate) idle_conns: Vec<usize>,
     pub(crate) agents: Vec<usize>,
@@ -178,6 +188,7 @@ impl Cfg {
                 Phase::Parallel,
                 Phase::Dial,
                 Phase::Rtt,
+                Phase::Udp,
                 Phase::Stalled,
                 Phase::Memory,
                 Phase::Scale,
@@ -204,6 +215,10 @@ impl Cfg {
                 .rtt_samples
                 .unwrap_or(if smoke { 300 } else { 10_000 })
                 .max(1),
+            udp_datagrams: a
+                .udp_datagrams
+                .unwrap_or(if smoke { 200 } else { 2000 })
+                .clamp(1, 1_000_000),
             reps: a.reps.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             idle_conns,
             agents,

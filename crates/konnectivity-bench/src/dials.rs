@@ -1,7 +1,8 @@
 //! Connection set-up in-process: a new connection to the echo backend plus one byte
 //! written and echoed back, per path, in ten interleaved rounds after a warm-up;
 //! p50/p99 against the plain null tunnel (a TLS handshake per connection is reported
-//! beside it).
+//! beside it), through each frontend: gRPC, HTTP-CONNECT and SOCKS5 (CONNECT, no
+//! authentication), all on UNIX sockets of the same server.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::config::Cfg;
 use crate::load::first_echo;
-use crate::report::Results;
+use crate::report::{Results, Row};
 use crate::stats::{latency, num, round};
 use crate::world::{PathKind, World};
 
@@ -23,7 +24,7 @@ pub(crate) async fn dial_once(w: &World, p: PathKind, seq: usize) -> anyhow::Res
 
 pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
     use PathKind::*;
-    let paths = [Direct, NullPlain, NullTls, Grpc, Connect];
+    let paths = [Direct, NullPlain, NullTls, Grpc, Connect, Socks5];
     for &p in &paths {
         for i in 0..cfg.warmup_dials {
             dial_once(w, p, i)
@@ -65,6 +66,7 @@ pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     let p99 = |k: &str| num(&o, &[k, "p99_us"]);
     let g50 = p50("grpc_uds") / p50("null_plain");
     let c50 = p50("http_connect_uds") / p50("null_plain");
+    let s50 = p50("socks5_uds") / p50("null_plain");
     let g99 = p99("grpc_uds") / p99("null_plain");
     m.insert("ratio_grpc_p50_vs_null_plain".into(), json!(round(g50)));
     m.insert(
@@ -73,6 +75,7 @@ pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     );
     m.insert("ratio_grpc_p99_vs_null_plain".into(), json!(round(g99)));
     m.insert("ratio_connect_p50_vs_null_plain".into(), json!(round(c50)));
+    m.insert("ratio_socks5_p50_vs_null_plain".into(), json!(round(s50)));
     res.measurements.insert("dial".into(), Value::Object(m));
     res.ratio_row(
         "dial_p50",
@@ -99,6 +102,25 @@ pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
         1.2,
         "issue",
     );
+    // No target of its own in the issue: reported beside CONNECT, the tunnel it shares.
+    res.rows.push(Row {
+        id: "dial_p50_socks5",
+        label: "dial + first byte p50, SOCKS5/UDS".into(),
+        value: format!("{:.0} µs", p50("socks5_uds")),
+        baseline: format!(
+            "null {:.0}, CONNECT {:.0} (p99 {:.0}, null p99 {:.0})",
+            p50("null_plain"),
+            p50("http_connect_uds"),
+            p99("socks5_uds"),
+            p99("null_plain")
+        ),
+        ratio: Some(s50),
+        target: "—".into(),
+        source: "info",
+        pass: None,
+        judged: p50("socks5_uds"),
+        unit: "µs",
+    });
     res.ratio_row(
         "dial_p99",
         "dial + first byte p99, gRPC/UDS".into(),

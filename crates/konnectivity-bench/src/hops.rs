@@ -15,17 +15,19 @@ use konnectivity_client::Frontend;
 use tokio::io::AsyncWriteExt;
 
 use crate::load::{first_echo, round_trips};
-use crate::world::{BoxIo, connect, grpc, tcp};
+use crate::world::{BoxIo, connect, grpc, socks5, tcp};
 use crate::{DIAL, STEP};
 
 /// Where a connection of the separate-process latency test goes: straight to an
 /// address (a backend, or a null-tunnel entrance), or through a proxy-server frontend
-/// to a backend.
+/// (gRPC, HTTP-CONNECT, SOCKS5) to a backend.
 #[derive(Clone)]
 pub(crate) enum Hop {
     Tcp(SocketAddr),
     Grpc(Frontend, SocketAddr),
     Connect(Frontend, SocketAddr),
+    /// A SOCKS5 frontend (`host:port` or a UNIX socket path) and a backend.
+    Socks5(String, SocketAddr),
 }
 
 impl Hop {
@@ -34,6 +36,7 @@ impl Hop {
             Hop::Tcp(a) => tcp(*a).await,
             Hop::Grpc(f, a) => grpc(f, *a).await,
             Hop::Connect(f, a) => connect(f, *a).await,
+            Hop::Socks5(p, a) => socks5(p, *a).await,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! Everything runs on loopback. Three kinds of set-up:
 //!
 //! * **In-process** (throughput, connection set-up, latency, stalled reader): a
-//!   proxy-server (gRPC frontend on a UNIX socket, HTTP-CONNECT frontend on a second
-//!   UNIX socket) and a proxy-agent started with the library APIs inside this process,
+//!   proxy-server (gRPC, HTTP-CONNECT and SOCKS5 frontends, each on a UNIX socket)
+//!   and a proxy-agent started with the library APIs inside this process,
 //!   plus loopback backends (byte source, byte sink, echo). The client is
 //!   `konnectivity_client::grpc_dial` (one Proxy stream on its own HTTP/2 connection,
 //!   what kube-apiserver's konnectivity-client does) or `connect_dial`.
@@ -48,7 +48,9 @@
 //!   [`stalled`];
 //! * the separate-process phases: [`procs`] (our binaries and the bench's helper
 //!   processes), [`hops`] (the client and echo on threads of their own),
-//!   [`rtt_processes`] (latency and dials), [`memory`], [`scale`], [`restart`] (the
+//!   [`rtt_processes`] (latency and dials), [`udp`] (datagram round trips and loss,
+//!   direct, gRPC `udp` and SOCKS5 UDP ASSOCIATE, idle and beside bulk), [`memory`],
+//!   [`scale`], [`restart`] (the
 //!   scale phase's agents through a proxy-server SIGKILL and restart: the curve of
 //!   agents back), [`soak`] (mixed rounds for `--soak-seconds`, resources sampled
 //!   every second against a bound), and [`upstream`]
@@ -85,6 +87,7 @@ mod scale;
 mod soak;
 mod stalled;
 mod stats;
+mod udp;
 mod upstream;
 mod world;
 
@@ -128,6 +131,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         || cfg.has(Phase::Rtt)
         || cfg.has(Phase::Upstream)
         || cfg.has(Phase::Faults)
+        || cfg.has(Phase::Udp)
     {
         procs::bin(&bin_dir, "proxy-server")?;
         procs::bin(&bin_dir, "proxy-agent")?;
@@ -203,13 +207,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
             }
         };
-        let (inproc, grpc, connect) = world::start_inproc(&pki, &dir, cfg.window).await?;
+        let (inproc, [grpc, connect], socks5) = world::start_inproc(&pki, &dir, cfg.window).await?;
         let world = Arc::new(World {
             source: target(source).await?,
             sink: target(sink).await?,
             echo: target(echo).await?,
             grpc,
             connect,
+            socks5,
         });
         if cfg.has(Phase::Bulk) {
             bulk::phase_bulk(&world, &cfg, &mut res)
@@ -242,6 +247,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         inproc.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), inproc.server).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), inproc.agent).await;
+    }
+    if cfg.has(Phase::Udp) {
+        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
+        let ours = (
+            procs::bin(&bin_dir, "proxy-server")?,
+            procs::bin(&bin_dir, "proxy-agent")?,
+        );
+        udp::phase_udp(
+            &cfg,
+            (&ours.0, &ours.1),
+            upstream::upstream_bins(&up),
+            &pki,
+            &dir,
+            source,
+            &mut res,
+        )
+        .await
+        .context("UDP")?;
     }
     if cfg.has(Phase::Memory) {
         memory::phase_memory(&cfg, &bin_dir, &pki, &dir, source, &mut res)
@@ -309,7 +332,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "machine": machine(),
         "config": {
             "bulk_bytes": cfg.size, "parallel": cfg.parallel, "dials": cfg.dials,
-            "rtt_samples": cfg.rtt_samples, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
+            "rtt_samples": cfg.rtt_samples, "udp_datagrams": cfg.udp_datagrams, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
             "agents": cfg.agents, "soak_seconds": cfg.soak.as_secs(), "stall_bytes": cfg.stall_size,
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "flow_window_in_process": cfg.window,

@@ -172,7 +172,7 @@ pub(crate) async fn start_server_proc(
         health: free_port(),
         admin: free_port(),
     };
-    start_server_proc_on(name, mode, program, pki, dir, ports).await
+    start_server_proc_on(name, mode, program, pki, dir, ports, &[]).await
 }
 
 /// The listening ports of a proxy-server process: kept to start it again on the same
@@ -184,7 +184,8 @@ pub(crate) struct ServerPorts {
     pub(crate) admin: u16,
 }
 
-/// [`start_server_proc`] on the given ports.
+/// [`start_server_proc`] on the given ports, with `extra` flags (ours only: e.g.
+/// `--enable-udp`, `--socks5-port`).
 pub(crate) async fn start_server_proc_on(
     name: &str,
     mode: &str,
@@ -192,6 +193,7 @@ pub(crate) async fn start_server_proc_on(
     pki: &Pki,
     dir: &Path,
     ports: ServerPorts,
+    extra: &[String],
 ) -> anyhow::Result<ServerProc> {
     let (agent_port, health_port, admin_port) = (ports.agent, ports.health, ports.admin);
     let uds = dir.join(format!("{name}.sock"));
@@ -199,6 +201,7 @@ pub(crate) async fn start_server_proc_on(
     let args = ServerArgv::new(name, mode, pki)
         .listeners("127.0.0.1", agent_port, health_port, admin_port)
         .uds_frontend(&uds)
+        .args(extra.iter().cloned())
         .build();
     let mut proc = Proc::spawn(name, program, &args, None, dir)?;
     let health = format!("127.0.0.1:{health_port}");
@@ -234,21 +237,35 @@ impl TunnelProcs {
     ) -> anyhow::Result<Self> {
         let server = bin(bin_dir, "proxy-server")?;
         let agent = bin(bin_dir, "proxy-agent")?;
-        Self::start_programs(name, mode, &server, &agent, pki, dir).await
+        Self::start_programs(name, mode, (&server, &[]), &agent, pki, dir).await
     }
 
-    /// Starts `server_program` and `agent_program` (ours or upstream's: both take
-    /// upstream's flags); returns once the server reports the agent ready (/readyz).
+    /// Starts `server_program` (with its `extra` flags beside upstream's) and
+    /// `agent_program` (ours or upstream's: both take upstream's flags); returns once the
+    /// server reports the agent ready (/readyz).
     pub(crate) async fn start_programs(
         name: &str,
         mode: &str,
-        server_program: &Path,
+        (server_program, extra): (&Path, &[String]),
         agent_program: &Path,
         pki: &Pki,
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        let mut server =
-            start_server_proc(&format!("{name}-server"), mode, server_program, pki, dir).await?;
+        let ports = ServerPorts {
+            agent: free_port(),
+            health: free_port(),
+            admin: free_port(),
+        };
+        let mut server = start_server_proc_on(
+            &format!("{name}-server"),
+            mode,
+            server_program,
+            pki,
+            dir,
+            ports,
+            extra,
+        )
+        .await?;
         let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.agent_port)
             .ports(free_port())
             .build();

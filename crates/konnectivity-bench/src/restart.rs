@@ -65,7 +65,7 @@ pub(crate) async fn phase_restart(
     server.proc.kill();
     drop(server);
     let mut server =
-        start_server_proc_on("restart-server-1", "grpc", &program, pki, dir, ports).await?;
+        start_server_proc_on("restart-server-1", "grpc", &program, pki, dir, ports, &[]).await?;
     let up = t0.elapsed();
     let pid = server.proc.pid();
     let cpu0 = cpu_s(&pid.to_string());

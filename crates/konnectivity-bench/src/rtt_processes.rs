@@ -1,7 +1,8 @@
 //! Latency through separate processes, the deployment-like figures: 1-byte round trips
 //! alone and beside a continuous download, and dial + first byte with the CPU each
 //! process spends per dial, through a proxy-server + proxy-agent pair per frontend
-//! (gRPC, HTTP-CONNECT) and the null tunnel in its own process.
+//! (gRPC, HTTP-CONNECT; the HTTP-CONNECT server also serves SOCKS5 on a UNIX socket,
+//! for the dials) and the null tunnel in its own process.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
 use crate::load::Background;
-use crate::procs::{TunnelProcs, start_null};
+use crate::procs::{TunnelProcs, bin, start_null};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, num, round};
 
@@ -35,7 +36,21 @@ pub(crate) async fn phase_rtt_processes(
     let echo = EchoThreads::start()?;
     let mut null = start_null(pki, source, echo.addr)?;
     let mut g = TunnelProcs::start("rtt-grpc", "grpc", bin_dir, pki, dir).await?;
-    let mut c = TunnelProcs::start("rtt-connect", "http-connect", bin_dir, pki, dir).await?;
+    // The HTTP-CONNECT server also serves SOCKS5 on a UNIX socket, for the dials.
+    let socks5_uds = dir.join("rtt-socks5.sock");
+    let _ = std::fs::remove_file(&socks5_uds);
+    let mut c = TunnelProcs::start_programs(
+        "rtt-connect",
+        "http-connect",
+        (
+            &bin(bin_dir, "proxy-server")?,
+            &[format!("--socks5-uds={}", socks5_uds.display())],
+        ),
+        &bin(bin_dir, "proxy-agent")?,
+        pki,
+        dir,
+    )
+    .await?;
     // (key, bulk hop, echo hop, processes carrying the path)
     let routes = [
         (
@@ -80,11 +95,16 @@ pub(crate) async fn phase_rtt_processes(
         ("null_plain", Hop::Tcp(null.addrs[2])),
         ("grpc_uds", routes[1].2.clone()),
         ("http_connect_uds", routes[2].2.clone()),
+        (
+            "socks5_uds",
+            Hop::Socks5(socks5_uds.display().to_string(), echo.addr),
+        ),
     ];
     let dial_pids = [
         ("null_plain", routes[0].3.clone()),
         ("grpc_uds", routes[1].3.clone()),
         ("http_connect_uds", routes[2].3.clone()),
+        ("socks5_uds", routes[2].3.clone()),
     ];
     let cpu_now = || -> Vec<Vec<f64>> {
         dial_pids
@@ -95,12 +115,15 @@ pub(crate) async fn phase_rtt_processes(
     let cpu0 = cpu_now();
     let dials = dials_on_thread(dial_hops, cfg.dials, cfg.warmup_dials).await?;
     let cpu1 = cpu_now();
-    // Every path was dialled `warmup_dials + dials` times.
+    // Every path was dialled `warmup_dials + dials` times; processes serving two paths
+    // (HTTP-CONNECT and SOCKS5) served twice as many, and each path gets the average.
     let per = 1e6 / (cfg.dials + cfg.warmup_dials).max(1) as f64;
     let dial_cpu: serde_json::Map<String, Value> = dial_pids
         .iter()
         .zip(cpu0.iter().zip(&cpu1))
         .map(|((key, ps), (a, b))| {
+            let sharing = dial_pids.iter().filter(|(_, q)| q == ps).count().max(1);
+            let per = per / sharing as f64;
             let m: serde_json::Map<String, Value> = ps
                 .iter()
                 .zip(a.iter().zip(b))
@@ -185,7 +208,7 @@ pub(crate) async fn phase_rtt_processes(
     dm.insert("dials_per_path".into(), json!(cfg.dials));
     dm.insert(
         "what".into(),
-        json!("new connection to the echo backend + 1 byte written and echoed back, through separate proxy-server + proxy-agent processes, or the null tunnel with a plain middle hop in its own process; the dialing client on a dedicated thread (current-thread runtime)"),
+        json!("new connection to the echo backend + 1 byte written and echoed back, through separate proxy-server + proxy-agent processes (socks5_uds: the HTTP-CONNECT pair's server, its --socks5-uds frontend; cpu_us_per_dial of these two is the pair's CPU over both paths' dials, halved), or the null tunnel with a plain middle hop in its own process; the dialing client on a dedicated thread (current-thread runtime)"),
     );
     for (k, mut v) in dials {
         dm.insert(k.into(), latency(&mut v));
@@ -207,9 +230,10 @@ pub(crate) async fn phase_rtt_processes(
             label: "dial + first byte p50, gRPC/UDS, separate processes".into(),
             value: format!("{:.0} µs", dp50("grpc_uds")),
             baseline: format!(
-                "null {:.0}, CONNECT {:.0} (direct {:.0})",
+                "null {:.0}, CONNECT {:.0}, SOCKS5 {:.0} (direct {:.0})",
                 dp50("null_plain"),
                 dp50("http_connect_uds"),
+                dp50("socks5_uds"),
                 dp50("direct")
             ),
             ratio: Some(dp50("grpc_uds") / dp50("null_plain")),

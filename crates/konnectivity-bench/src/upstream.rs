@@ -176,7 +176,7 @@ pub(crate) async fn phase_upstream(
         let procs = TunnelProcs::start_programs(
             &format!("up-{key}"),
             "grpc",
-            &program(s, &ours_server, &up_server),
+            (&program(s, &ours_server, &up_server), &[]),
             &program(a, &ours_agent, &up_agent),
             pki,
             dir,

@@ -1,9 +1,10 @@
-//! The in-process world: a proxy-server (gRPC and HTTP-CONNECT frontends on UNIX
-//! sockets) and a proxy-agent started with the library APIs inside the bench process,
-//! the backends with their null-tunnel entrances, and the paths ([`PathKind`]) a
-//! client can take to a backend: direct, the two null tunnels, and the two frontends.
+//! The in-process world: a proxy-server (gRPC, HTTP-CONNECT and SOCKS5 frontends on
+//! UNIX sockets) and a proxy-agent started with the library APIs inside the bench
+//! process, the backends with their null-tunnel entrances, and the paths ([`PathKind`])
+//! a client can take to a backend: direct, the two null tunnels, and the three
+//! frontends.
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ pub(crate) enum PathKind {
     NullTls,
     Grpc,
     Connect,
+    Socks5,
 }
 
 impl PathKind {
@@ -35,6 +37,7 @@ impl PathKind {
             PathKind::NullTls => "null_tls",
             PathKind::Grpc => "grpc_uds",
             PathKind::Connect => "http_connect_uds",
+            PathKind::Socks5 => "socks5_uds",
         }
     }
 }
@@ -56,6 +59,8 @@ pub(crate) struct World {
     pub(crate) echo: Target,
     pub(crate) grpc: Frontend,
     pub(crate) connect: Frontend,
+    /// The SOCKS5 frontend's UNIX socket (`--socks5-uds`).
+    pub(crate) socks5: PathBuf,
 }
 
 pub(crate) async fn tcp(addr: SocketAddr) -> anyhow::Result<BoxIo> {
@@ -83,6 +88,14 @@ pub(crate) async fn connect(f: &Frontend, addr: SocketAddr) -> anyhow::Result<Bo
     Ok(std::pin::Pin::into_inner(io))
 }
 
+/// `addr` through a SOCKS5 frontend (CONNECT, no authentication) at `proxy`
+/// (`host:port` or a UNIX socket path).
+pub(crate) async fn socks5(proxy: &str, addr: SocketAddr) -> anyhow::Result<BoxIo> {
+    let (io, rest) = konnectivity_client::socks5_dial(proxy, &addr.to_string(), DIAL).await?;
+    ensure!(rest.is_empty(), "unexpected bytes after the SOCKS5 reply");
+    Ok(io)
+}
+
 impl World {
     pub(crate) async fn open(&self, p: PathKind, t: &Target) -> anyhow::Result<BoxIo> {
         match p {
@@ -91,6 +104,7 @@ impl World {
             PathKind::NullTls => tcp(t.null_tls).await,
             PathKind::Grpc => grpc(&self.grpc, t.addr).await,
             PathKind::Connect => connect(&self.connect, t.addr).await,
+            PathKind::Socks5 => socks5(&self.socks5.display().to_string(), t.addr).await,
         }
     }
 }
@@ -105,13 +119,15 @@ pub(crate) async fn start_inproc(
     pki: &Pki,
     dir: &Path,
     window: u32,
-) -> anyhow::Result<(InProc, Frontend, Frontend)> {
+) -> anyhow::Result<(InProc, [Frontend; 2], PathBuf)> {
     let agent_l = TcpListener::bind("127.0.0.1:0").await?;
     let agent_port = agent_l.local_addr()?.port();
     let grpc_sock = dir.join("grpc.sock");
     let connect_sock = dir.join("connect.sock");
-    let _ = std::fs::remove_file(&grpc_sock);
-    let _ = std::fs::remove_file(&connect_sock);
+    let socks5_sock = dir.join("socks5.sock");
+    for s in [&grpc_sock, &connect_sock, &socks5_sock] {
+        let _ = std::fs::remove_file(s);
+    }
     let agent_tls = konnectivity_tls::agent_listener(
         &pki.server_cert,
         &pki.server_key,
@@ -135,6 +151,10 @@ pub(crate) async fn start_inproc(
             konnectivity_server::Frontend {
                 mode: Mode::HttpConnect,
                 listener: FrontendListener::Uds(UnixListener::bind(&connect_sock)?),
+            },
+            konnectivity_server::Frontend {
+                mode: Mode::Socks5,
+                listener: FrontendListener::Uds(UnixListener::bind(&socks5_sock)?),
             },
         ],
         health: None,
@@ -177,8 +197,8 @@ pub(crate) async fn start_inproc(
             server,
             agent,
         },
-        Frontend::Uds(grpc_sock),
-        Frontend::Uds(connect_sock),
+        [Frontend::Uds(grpc_sock), Frontend::Uds(connect_sock)],
+        socks5_sock,
     ))
 }
 

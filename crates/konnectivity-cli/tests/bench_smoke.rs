@@ -72,6 +72,10 @@ fn smoke_run_reports_every_measurement() {
         positive(m, &["dial", path, "p50_us"]);
         positive(m, &["dial", path, "p99_us"]);
     }
+    positive(m, &["dial", "socks5_uds", "p50_us"]);
+    positive(m, &["dial", "socks5_uds", "p99_us"]);
+    positive(m, &["dial_processes", "socks5_uds", "p50_us"]);
+    check_udp(m);
     positive(m, &["bulk_1conn", "ratio_grpc_vs_null_tls"]);
     for path in ["direct", "null_tls", "grpc_uds"] {
         positive(m, &["bulk_1conn_upload", &format!("{path}_gbps"), "median"]);
@@ -172,6 +176,10 @@ fn smoke_run_reports_every_measurement() {
         "bulk_parallel",
         "dial_p50",
         "dial_p50_connect",
+        "dial_p50_socks5",
+        "udp_rtt_p50",
+        "udp_rtt_p99_loaded",
+        "udp_loss_loaded",
         "dial_p99",
         "rtt_p50",
         "rtt_p99_loaded",
@@ -189,6 +197,85 @@ fn smoke_run_reports_every_measurement() {
     ] {
         assert!(ids.contains(&id), "target {id} missing from {ids:?}");
     }
+}
+
+/// `measurements.udp`: every path idle and beside bulk, with round trips, a loss
+/// count that adds up, and the bulk transfer moving; upstream's agent measured or the
+/// reason said.
+fn check_udp(m: &Value) {
+    let udp = &m["udp"];
+    let n = udp["datagrams_per_run"]
+        .as_u64()
+        .expect("datagrams_per_run");
+    let mut paths = vec!["direct", "grpc_udp", "socks5_udp"];
+    match udp["upstream_agent"]["available"].as_bool() {
+        Some(true) => {
+            let errors = &udp["upstream_agent"]["errors"];
+            for p in ["grpc_udp_upstream_agent", "socks5_udp_upstream_agent"] {
+                if errors[p].is_null() && errors["start"].is_null() {
+                    paths.push(p);
+                }
+            }
+        }
+        Some(false) => assert!(
+            udp["upstream_agent"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not found")),
+            "no reason given: {udp}"
+        ),
+        None => panic!("measurements.udp.upstream_agent missing: {udp}"),
+    }
+    for p in paths {
+        for run in ["idle", "beside_bulk"] {
+            let r = &udp["paths"][p][run];
+            assert_eq!(r["sent"].as_u64(), Some(n), "{p} {run}: {r}");
+            let (echoed, lost) = (r["echoed"].as_u64(), r["lost"].as_u64());
+            assert_eq!(
+                echoed.zip(lost).map(|(e, l)| e + l),
+                Some(n),
+                "{p} {run}: {r}"
+            );
+            assert_eq!(r["corrupt"], 0, "{p} {run}: {r}");
+            positive(r, &["p50_us"]);
+            positive(r, &["p99_us"]);
+        }
+        positive(&udp["paths"][p], &["beside_bulk", "background_gbps"]);
+    }
+}
+
+/// The UDP phase alone, small: what CI runs on every change to it, in a few seconds.
+#[test]
+fn udp_phase_reports_round_trips_and_loss() {
+    let out = tmp("udp.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
+        .args([
+            "bench",
+            "--smoke",
+            "--only",
+            "udp",
+            "--udp-datagrams",
+            "100",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run konnectivity bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "konnectivity bench --only udp failed ({}):\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("UDP round trips"),
+        "no UDP table:\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&out).expect("results file written");
+    let _ = std::fs::remove_file(&out);
+    let v: Value = serde_json::from_str(&text).expect("results are JSON");
+    assert_eq!(v["measurements"]["udp"]["datagrams_per_run"], 100);
+    check_udp(&v["measurements"]);
 }
 
 #[test]

@@ -8,7 +8,12 @@
 //! - [`connect_dial`]: an HTTP CONNECT tunnel.
 //!
 //! Both work over the server's UNIX socket or its mTLS TCP port ([`Frontend`]).
+//! The SOCKS5 frontend (our extension) has its own client in [`socks5`]:
+//! [`socks5_dial`] (CONNECT) and [`Socks5Udp`] (UDP ASSOCIATE).
 #![deny(missing_docs)]
+
+pub mod socks5;
+pub use socks5::{Socks5Udp, socks5_dial};
 
 use std::io;
 use std::path::PathBuf;
@@ -64,6 +69,9 @@ pub enum ClientError {
     /// No answer in time.
     #[error("dial timeout")]
     Timeout,
+    /// The SOCKS5 proxy refused the request or answered something unexpected.
+    #[error("SOCKS5: {0}")]
+    Socks5(String),
     /// A CONNECT response other than 200.
     #[error("CONNECT failed: {status}: {body}")]
     Http {
