@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use konnectivity_client::Io;
-use konnectivity_core::socks::{self, Destination, UserPass, parse_reply, reply_text};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use konnectivity_core::socks::UserPass;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// Where `--socks5-user` finds its password.
 const PASSWORD_ENV: &str = "KONNECTIVITY_SOCKS5_PASSWORD";
@@ -169,62 +169,22 @@ async fn socks5_open(
 /// offering username/password when `credentials` are given, no authentication
 /// otherwise; returns it and any bytes that arrived behind the reply.
 async fn socks5_dial(
-    mut io: Box<dyn Io>,
+    io: Box<dyn Io>,
     proxy: &str,
     address: &str,
     credentials: Option<UserPass>,
 ) -> anyhow::Result<(Box<dyn Io>, BytesMut)> {
-    let dest = Destination::from_address(address)
-        .ok_or_else(|| anyhow::anyhow!("{address:?} is not host:port"))?;
-    let handshake = async {
-        let method = if credentials.is_some() {
-            socks::USER_PASS
-        } else {
-            socks::NO_AUTH
-        };
-        io.write_all(&[socks::VERSION, 1, method]).await?;
-        let mut chosen = [0u8; 2];
-        io.read_exact(&mut chosen).await?;
-        anyhow::ensure!(
-            chosen == [socks::VERSION, method],
-            "the SOCKS5 proxy at {proxy} refused {}",
-            if credentials.is_some() {
-                "username/password authentication"
-            } else {
-                "unauthenticated clients (give --socks5-user)"
-            }
-        );
-        if let Some(c) = &credentials {
-            let request = c.encode().ok_or_else(|| {
-                anyhow::anyhow!("--socks5-user and its password must be 1 to 255 bytes")
-            })?;
-            io.write_all(&request).await?;
-            let mut status = [0u8; 2];
-            io.read_exact(&mut status).await?;
-            anyhow::ensure!(
-                status[1] == 0,
-                "the SOCKS5 proxy at {proxy} rejected the username or password"
-            );
+    konnectivity_client::socks5::socks5_dial_on(
+        io,
+        address,
+        credentials.as_ref(),
+        crate::DIAL_TIMEOUT,
+    )
+    .await
+    .map_err(|e| match e {
+        konnectivity_client::ClientError::Timeout => {
+            anyhow::anyhow!("SOCKS5 handshake with {proxy} timed out")
         }
-        io.write_all(&dest.connect_request()).await?;
-        let mut buf = BytesMut::with_capacity(512);
-        loop {
-            if let Some((code, n)) = parse_reply(&buf)? {
-                anyhow::ensure!(
-                    code == 0,
-                    "SOCKS5 proxy refused {address}: {} (reply {code})",
-                    reply_text(code)
-                );
-                let _ = buf.split_to(n);
-                return Ok(buf);
-            }
-            if io.read_buf(&mut buf).await? == 0 {
-                anyhow::bail!("the SOCKS5 proxy closed the connection during the handshake");
-            }
-        }
-    };
-    let rest = tokio::time::timeout(crate::DIAL_TIMEOUT, handshake)
-        .await
-        .map_err(|_| anyhow::anyhow!("SOCKS5 handshake with {proxy} timed out"))??;
-    Ok((io, rest))
+        e => anyhow::anyhow!("SOCKS5 proxy {proxy}: {e}"),
+    })
 }

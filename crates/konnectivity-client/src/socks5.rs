@@ -1,9 +1,9 @@
-//! A SOCKS5 client (RFC 1928, no authentication) for the server's SOCKS5 frontend
-//! (`--socks5-port`, `--socks5-uds`), used by the bench: [`socks5_dial`] opens a
-//! CONNECT tunnel and returns the raw stream; [`Socks5Udp`] holds a UDP ASSOCIATE (its
-//! control connection and a UDP socket talking to the relay) and wraps and unwraps the
-//! datagram header. (`konnectivity dial --socks5` still has its own client, with TLS
-//! and RFC 1929; it could move here.)
+//! A SOCKS5 client (RFC 1928, no authentication or RFC 1929 username/password) for the
+//! server's SOCKS5 frontend (`--socks5-port`, `--socks5-uds`), used by the bench and
+//! `konnectivity dial --socks5`: [`socks5_dial`] opens a CONNECT tunnel and returns the
+//! raw stream ([`socks5_dial_on`] on a stream the caller opened, e.g. TLS for a port
+//! with `--socks5-tls-*`); [`Socks5Udp`] holds a UDP ASSOCIATE (its control connection
+//! and a UDP socket talking to the relay) and wraps and unwraps the datagram header.
 //! The message encodings are `konnectivity_core::socks`; this module only does the I/O,
 //! and every read of the proxy's answers is bounded by the caller's timeout.
 use std::io;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use konnectivity_core::socks::{
-    self, Destination, parse_reply, parse_udp_header, reply_text, udp_header,
+    self, Destination, UserPass, parse_reply, parse_udp_header, reply_text, udp_header,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket, UnixStream};
@@ -40,24 +40,46 @@ async fn open_proxy(proxy: &str) -> Result<Box<dyn Io>, ClientError> {
     }
 }
 
-/// Greets without authentication, sends `request`, and reads the reply; returns it
+/// Greets (offering username/password when `credentials` are given, no
+/// authentication otherwise), logs in, sends `request`, and reads the reply; returns it
 /// (the reply's bytes) and any bytes that arrived behind it.
 async fn handshake<S: Io + ?Sized>(
     io: &mut S,
+    credentials: Option<&UserPass>,
     request: &[u8],
     what: &str,
 ) -> Result<(Vec<u8>, BytesMut), ClientError> {
-    io.write_all(&[socks::VERSION, 1, socks::NO_AUTH])
+    let method = match credentials {
+        Some(_) => socks::USER_PASS,
+        None => socks::NO_AUTH,
+    };
+    io.write_all(&[socks::VERSION, 1, method])
         .await
         .map_err(ClientError::Connect)?;
-    let mut method = [0u8; 2];
-    io.read_exact(&mut method)
+    let mut chosen = [0u8; 2];
+    io.read_exact(&mut chosen)
         .await
         .map_err(ClientError::Connect)?;
-    if method != [socks::VERSION, socks::NO_AUTH] {
-        return Err(ClientError::Socks5(
-            "the proxy does not accept unauthenticated clients".into(),
-        ));
+    if chosen != [socks::VERSION, method] {
+        return Err(ClientError::Socks5(match credentials {
+            Some(_) => "the proxy does not accept username/password authentication".into(),
+            None => "the proxy does not accept unauthenticated clients (it wants a username and password)".into(),
+        }));
+    }
+    if let Some(c) = credentials {
+        let login = c.encode().ok_or_else(|| {
+            ClientError::Socks5("the username and the password must be 1 to 255 bytes".into())
+        })?;
+        io.write_all(&login).await.map_err(ClientError::Connect)?;
+        let mut status = [0u8; 2];
+        io.read_exact(&mut status)
+            .await
+            .map_err(ClientError::Connect)?;
+        if status[1] != 0 {
+            return Err(ClientError::Socks5(
+                "the proxy rejected the username or password".into(),
+            ));
+        }
     }
     io.write_all(request).await.map_err(ClientError::Connect)?;
     let mut buf = BytesMut::with_capacity(512);
@@ -93,14 +115,38 @@ pub async fn socks5_dial(
     let dest = Destination::from_address(address)
         .ok_or_else(|| ClientError::Socks5(format!("{address:?} is not host:port")))?;
     let dial = async {
-        let mut io = open_proxy(proxy).await?;
-        let what = format!("CONNECT {address}");
-        let (_, rest) = handshake(io.as_mut(), &dest.connect_request(), &what).await?;
-        Ok((io, rest))
+        let io = open_proxy(proxy).await?;
+        connect(io, &dest, address, None).await
     };
     tokio::time::timeout(timeout, dial)
         .await
         .map_err(|_| ClientError::Timeout)?
+}
+
+/// [`socks5_dial`] on `io`, a stream to the proxy the caller opened (TLS, say), logging
+/// in with `credentials` when given.
+pub async fn socks5_dial_on(
+    io: Box<dyn Io>,
+    address: &str,
+    credentials: Option<&UserPass>,
+    timeout: Duration,
+) -> Result<(Box<dyn Io>, BytesMut), ClientError> {
+    let dest = Destination::from_address(address)
+        .ok_or_else(|| ClientError::Socks5(format!("{address:?} is not host:port")))?;
+    tokio::time::timeout(timeout, connect(io, &dest, address, credentials))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
+async fn connect(
+    mut io: Box<dyn Io>,
+    dest: &Destination,
+    address: &str,
+    credentials: Option<&UserPass>,
+) -> Result<(Box<dyn Io>, BytesMut), ClientError> {
+    let what = format!("CONNECT {address}");
+    let (_, rest) = handshake(io.as_mut(), credentials, &dest.connect_request(), &what).await?;
+    Ok((io, rest))
 }
 
 /// The address in a reply's `ATYP BND.ADDR BND.PORT` (IPv4 or IPv6; a name is
@@ -155,7 +201,7 @@ impl Socks5Udp {
             let mut request = vec![socks::VERSION, CMD_UDP_ASSOCIATE, 0];
             request.extend_from_slice(&udp_header(&Destination::from(from))[3..]);
             let mut control = control;
-            let (reply, _) = handshake(&mut control, &request, "UDP ASSOCIATE").await?;
+            let (reply, _) = handshake(&mut control, None, &request, "UDP ASSOCIATE").await?;
             let mut relay = bound_address(&reply).ok_or_else(|| {
                 ClientError::Socks5("the UDP ASSOCIATE reply names no IP address".into())
             })?;
