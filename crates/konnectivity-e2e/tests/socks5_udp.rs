@@ -159,5 +159,29 @@ fn pysocks_through_udp_associate(upstream_agent: bool, tag: &str, subnet: u8) {
         Ok(vec![ANSWER]),
         "the answer after the junk"
     );
+    // The server counted what it dropped (each attempt sends the same junk).
+    let metrics = output(
+        &link.cp,
+        &[
+            "curl",
+            "-sf",
+            "-m",
+            "5",
+            &format!("http://{}:{}/metrics", link.cp_ip, ports.health),
+        ],
+    )
+    .unwrap_or_default();
+    let count = |reason: &str| {
+        let key = format!(
+            "konnectivity_rs_server_socks5_udp_datagrams_dropped_total{{reason=\"{reason}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("foreign_source") >= 2, "{metrics}");
+    assert!(count("malformed") >= 4, "{metrics}");
     assert!(server.child_alive() && agent.child_alive());
 }

@@ -101,6 +101,7 @@ pub struct Metrics {
     foreign_ids: IntCounter,
     cert_reloads: IntCounter,
     cert_reload_failures: IntCounter,
+    socks5_udp_dropped: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +161,7 @@ impl Metrics {
             foreign_ids: IntCounter::with_opts(rs("foreign_connect_id_total", "Packets from gRPC frontends that named a connect ID (or dial ID) their own dial did not establish; never forwarded to an agent.")).expect("valid"),
             cert_reloads: IntCounter::with_opts(rs("certificate_reloads_total", "Times a serving certificate was re-read after its files changed; new connections use it.")).expect("valid"),
             cert_reload_failures: IntCounter::with_opts(rs("certificate_reload_failures_total", "Changed certificate files that did not load; the previous certificate stays in use.")).expect("valid"),
+            socks5_udp_dropped: IntCounterVec::new(rs("socks5_udp_datagrams_dropped_total", "SOCKS5 UDP ASSOCIATE datagrams dropped (UDP semantics: never queued without bound), by reason: foreign_source, malformed, too_many_destinations, queue_full, window_spent."), &["reason"]).expect("valid"),
             registry,
         };
         let r = &m.registry;
@@ -194,6 +196,7 @@ impl Metrics {
             Box::new(m.foreign_ids.clone()),
             Box::new(m.cert_reloads.clone()),
             Box::new(m.cert_reload_failures.clone()),
+            Box::new(m.socks5_udp_dropped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             let _ = r.register(c);
@@ -312,6 +315,16 @@ impl Metrics {
     /// Counts a limit hit (`limit` is the flag name).
     pub fn limit_hit(&self, limit: &'static str) {
         self.limit_hits.with_label_values(&[limit]).inc();
+    }
+
+    /// Counts a SOCKS5 UDP datagram dropped for `reason`.
+    pub fn socks5_udp_dropped(&self, reason: &'static str) {
+        self.socks5_udp_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// SOCKS5 UDP datagrams dropped for `reason` so far.
+    pub fn socks5_udp_drops(&self, reason: &'static str) -> u64 {
+        self.socks5_udp_dropped.with_label_values(&[reason]).get()
     }
 
     /// Counts a dial denied by the destination policy.

@@ -121,12 +121,14 @@ where
                 let Ok((n, src)) = r else { continue };
                 if !filter.allows(src) {
                     debug!(%src, "SOCKS5 UDP: dropped a datagram from a foreign address");
+                    s.metrics.socks5_udp_dropped("foreign_source");
                     continue;
                 }
                 let (dest, header) = match parse_udp_header(&buf[..n]) {
                     Ok(h) => h,
                     Err(e) => {
                         debug!(%src, error = %e, "SOCKS5 UDP: dropped a malformed datagram");
+                        s.metrics.socks5_udp_dropped("malformed");
                         continue;
                     }
                 };
@@ -139,6 +141,7 @@ where
                         dests.retain(|_, tx| !tx.is_closed());
                         if dests.len() >= MAX_DESTINATIONS {
                             debug!(%dest, max = MAX_DESTINATIONS, "SOCKS5 UDP: too many destinations, datagram dropped");
+                            s.metrics.socks5_udp_dropped("too_many_destinations");
                             continue;
                         }
                         let (tx, rx) = mpsc::channel(QUEUE);
@@ -153,7 +156,9 @@ where
                         tx
                     }
                 };
-                let _ = tx.try_send(payload);
+                if tx.try_send(payload).is_err() {
+                    s.metrics.socks5_udp_dropped("queue_full");
+                }
             }
             Some((dest, data)) = replies.recv() => {
                 let Some(c) = client else { continue };
@@ -198,7 +203,8 @@ async fn destination(
                 let Some(p) = m else { break false };
                 if let Some(c) = &o.est.credit {
                     if !c.can_send() {
-                        continue; // window spent: dropped, not queued
+                        s.metrics.socks5_udp_dropped("window_spent");
+                        continue; // dropped, not queued
                     }
                     c.spend(p.len());
                 }
@@ -209,7 +215,9 @@ async fn destination(
             m = o.est.rx.recv() => match m {
                 Some(Inbound::Data(d)) => {
                     o.est.rx.written(d.len());
-                    let _ = to_client.try_send((dest.clone(), d));
+                    if to_client.try_send((dest.clone(), d)).is_err() {
+                        s.metrics.socks5_udp_dropped("queue_full");
+                    }
                 }
                 Some(Inbound::Close(_)) | None => break true,
             },
