@@ -96,14 +96,23 @@ impl NodeCidrs {
         }
     }
 
-    /// One GET, then one watch from its resource version until the watch ends.
+    /// One GET (a Node that does not exist has no pod CIDRs), then one watch until it
+    /// ends. The watch starts at resource version "0" (the API server's current state,
+    /// replayed as ADDED), not at the object's own version: that one is older than the
+    /// watch cache after an API server restart, which answers 410 Gone.
     async fn get_and_watch(&self, on_change: &impl Fn(Vec<String>)) -> Result<(), K8sError> {
-        let (cidrs, version) = self.get().await?;
-        on_change(cidrs);
+        match self.get().await {
+            Ok((cidrs, _)) => on_change(cidrs),
+            Err(K8sError::Api(kube::Error::Api(s))) if s.code == 404 => {
+                debug!(node = %self.name, "no such Node (yet): no pod CIDRs");
+                on_change(Vec::new());
+            }
+            Err(e) => return Err(e),
+        }
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", self.name))
             .timeout(WATCH_SECONDS);
-        let mut events = self.api.watch(&params, &version).await?.boxed();
+        let mut events = self.api.watch(&params, "0").await?.boxed();
         while let Some(event) = events.next().await {
             match event? {
                 WatchEvent::Added(n) | WatchEvent::Modified(n) => on_change(pod_cidrs(&n)),
@@ -140,6 +149,39 @@ mod tests {
         assert!(pod_cidrs(&n).is_empty());
         let n = node(r#"{"metadata":{"name":"n"}}"#);
         assert!(pod_cidrs(&n).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_node_that_does_not_exist_has_no_pod_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
+        let (kc, _) = crate::fake::api(
+            vec![(404, missing.into()), (200, String::new())],
+            dir.path(),
+        )
+        .await;
+        let client = crate::connect(&kc).await.unwrap();
+        let cidrs = NodeCidrs::new(client, "gone");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = {
+            let got = got.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                cidrs
+                    .follow(move |c| got.lock().unwrap().push(c), stop)
+                    .await
+            })
+        };
+        for _ in 0..200 {
+            if !got.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(got.lock().unwrap().first(), Some(&Vec::new()));
     }
 
     #[tokio::test]
@@ -181,7 +223,7 @@ mod tests {
         assert!(
             seen[1].1.starts_with("/api/v1/nodes?")
                 && seen[1].1.contains("watch=true")
-                && seen[1].1.contains("resourceVersion=41")
+                && seen[1].1.contains("resourceVersion=0")
                 && seen[1].1.contains("fieldSelector=metadata.name%3Dnode-2"),
             "{:?}",
             seen[1]
