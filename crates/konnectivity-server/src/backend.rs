@@ -395,6 +395,7 @@ fn dial_response(s: &Shared, b: &Arc<Backend>, p: &Packet) {
                 since: Instant::now(),
                 destination: pd.address.clone(),
                 frontend: pd.frontend,
+                protocol: pd.protocol,
                 bytes_from_agent: 0,
             },
         );

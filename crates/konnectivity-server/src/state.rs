@@ -113,6 +113,8 @@ pub struct ConnEntry {
     pub destination: String,
     /// The frontend the connection came through.
     pub frontend: FrontendKind,
+    /// `tcp` or `udp` (one datagram per DATA).
+    pub protocol: Protocol,
     /// DATA payload bytes received from the agent, counted under the table's lock the
     /// reader holds anyway (no atomic).
     pub bytes_from_agent: u64,

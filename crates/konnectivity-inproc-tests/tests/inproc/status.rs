@@ -130,6 +130,7 @@ async fn open_connections_show_destination_frontend_and_bytes_each_way() -> anyh
             (
                 c.destination.clone(),
                 c.frontend,
+                c.protocol.clone(),
                 c.bytes_to_agent,
                 c.bytes_from_agent,
             )
@@ -138,8 +139,20 @@ async fn open_connections_show_destination_frontend_and_bytes_each_way() -> anyh
     assert_eq!(
         shown,
         [
-            (echo.to_string(), FrontendKind::Connect, Some(500), 500),
-            (echo.to_string(), FrontendKind::Grpc, Some(3000), 3000),
+            (
+                echo.to_string(),
+                FrontendKind::Connect,
+                "tcp".to_owned(),
+                Some(500),
+                500
+            ),
+            (
+                echo.to_string(),
+                FrontendKind::Grpc,
+                "tcp".to_owned(),
+                Some(3000),
+                3000
+            ),
         ]
     );
 

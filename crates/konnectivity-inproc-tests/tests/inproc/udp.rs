@@ -72,6 +72,16 @@ async fn udp_datagrams_are_echoed_with_their_boundaries() -> anyhow::Result<()> 
         assert_eq!(got.len(), d.len(), "one datagram per DATA packet");
         assert_eq!(got, *d);
     }
+    // The status page lists it as a UDP connection.
+    let doc = konnectivity_server::status::document(&server.shared);
+    let c = &doc.agents[0].open_connections[0];
+    assert_eq!(
+        (c.protocol.as_str(), c.frontend),
+        (
+            "udp",
+            konnectivity_server::status::document::FrontendKind::Grpc
+        )
+    );
     for d in &sent {
         assert_eq!(
             seen.recv().await,

@@ -163,6 +163,10 @@ pub struct Connection {
     pub destination: String,
     /// The frontend it came through.
     pub frontend: FrontendKind,
+    /// `tcp` or `udp` (a datagram connection: gRPC `protocol "udp"` or SOCKS5 UDP
+    /// ASSOCIATE).
+    #[serde(default = "tcp")]
+    pub protocol: String,
     /// Since the dial completed.
     pub age_seconds: f64,
     /// DATA payload bytes sent to the agent; known only with flow control, where the
@@ -172,6 +176,10 @@ pub struct Connection {
     pub bytes_from_agent: u64,
     /// Bytes from the agent waiting for the frontend to take them.
     pub queued_bytes: usize,
+}
+
+fn tcp() -> String {
+    "tcp".into()
 }
 
 /// One failed dial.

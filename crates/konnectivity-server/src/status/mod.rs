@@ -49,6 +49,7 @@ pub fn document(s: &Shared) -> document::Status {
                             connect_id: id,
                             destination: e.destination.clone(),
                             frontend: e.frontend,
+                            protocol: e.protocol.as_str().to_owned(),
                             age_seconds: (since.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                             bytes_to_agent: e.credit.as_ref().map(|c| c.sent()),
                             bytes_from_agent: e.bytes_from_agent,
