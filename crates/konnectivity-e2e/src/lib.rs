@@ -194,6 +194,46 @@ pub fn wait_server_ready(bind: &str, health: u16) -> anyhow::Result<()> {
     })
 }
 
+/// Which proxy-agent a test runs: ours, or upstream's (a mixed fleet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    /// konnectivity-rs's `proxy-agent`.
+    Ours,
+    /// Upstream's v0.36.0 `proxy-agent` (built by `tests/upstream/build.sh`).
+    Upstreams,
+}
+
+/// A server (`spec`, which should bind `link.cp_ip`) in the control-plane namespace of
+/// `link` and an agent of `kind` in its node namespace dialing it; waits until the
+/// server is ready. Returns the server, its ports, the agent and its health port.
+pub fn start_across(
+    link: &netns::Link,
+    pki: &Pki,
+    spec: &ServerSpec,
+    kind: AgentKind,
+    dir: &Path,
+) -> anyhow::Result<(Proc, ServerPorts, Proc, u16)> {
+    let (server, ports) = start_server("proxy-server", pki, spec, Some(&link.cp), dir)?;
+    let start = match kind {
+        AgentKind::Ours => start_agent,
+        AgentKind::Upstreams => start_upstream_agent_in,
+    };
+    let (agent, health) = start(
+        "proxy-agent",
+        pki,
+        &link.cp_ip,
+        ports.agent,
+        &[],
+        Some(&link.node),
+        dir,
+    )?;
+    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
+    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
+        netns::succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
+    })?;
+    Ok((server, ports, agent, health))
+}
+
 /// A frontend description for the Rust client.
 pub fn tcp_frontend(
     pki: &Pki,

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{
-    Proc, ServerSpec, free_port, start_agent, start_server, start_upstream_agent_in, wait_for,
-};
+use konnectivity_e2e::{AgentKind, Proc, ServerSpec, free_port, start_across, wait_for};
 use konnectivity_testkit::pki;
 
 const ID: &str = "served-on-the-node";
@@ -66,26 +64,17 @@ fn curl_socks(ns: &str, proxy: &str, url: &str) -> Result<String, String> {
     }
 }
 
-/// Which proxy-agent serves the node.
-#[derive(Clone, Copy, PartialEq)]
-enum Agent {
-    Ours,
-    /// Upstream's v0.36.0 (the mixed fleet: it dials TCP for our server's SOCKS5
-    /// requests as for any DIAL_REQ).
-    Upstreams,
-}
-
 #[test]
 fn curl_reaches_the_node_through_socks5_by_ip_and_by_a_name_only_the_node_resolves() {
-    curl_through_socks5_to_the_node(Agent::Ours, "s5", 200);
+    curl_through_socks5_to_the_node(AgentKind::Ours, "s5", 200);
 }
 
 #[test]
 fn curl_reaches_the_node_through_socks5_with_upstreams_agent() {
-    curl_through_socks5_to_the_node(Agent::Upstreams, "s5g", 150);
+    curl_through_socks5_to_the_node(AgentKind::Upstreams, "s5g", 150);
 }
 
-fn curl_through_socks5_to_the_node(which: Agent, prefix: &str, subnet: u8) {
+fn curl_through_socks5_to_the_node(which: AgentKind, prefix: &str, subnet: u8) {
     let link = Link::create(prefix, subnet + (std::process::id() % 50) as u8);
     firewall_inbound(&link.node);
     let _hosts = NodeHosts::create(&link.node, &format!("{} {NAME}", link.node_ip));
@@ -134,27 +123,8 @@ fn curl_through_socks5_to_the_node(which: Agent, prefix: &str, subnet: u8) {
         ],
         ..ServerSpec::grpc_uds(sock)
     };
-    let (server, ports) =
-        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
-    let start = match which {
-        Agent::Ours => start_agent,
-        Agent::Upstreams => start_upstream_agent_in,
-    };
-    let (agent, _) = start(
-        "proxy-agent",
-        &pki,
-        &link.cp_ip,
-        ports.agent,
-        &[],
-        Some(&link.node),
-        d,
-    )
-    .expect("proxy-agent");
-    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
-    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
-        succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
-    })
-    .expect("the agent connects out to the server");
+    let (server, _ports, agent, _) =
+        start_across(&link, &pki, &spec, which, d).expect("server and agent");
 
     let proxy = format!("127.0.0.1:{socks_port}");
     assert_eq!(curl_socks(&link.cp, &proxy, &by_ip).as_deref(), Ok(ID));

@@ -10,9 +10,7 @@
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{
-    ServerSpec, free_port, start_agent, start_server, start_upstream_agent_in, wait_for,
-};
+use konnectivity_e2e::{AgentKind, ServerSpec, free_port, start_across};
 use konnectivity_testkit::pki;
 
 mod dns;
@@ -93,28 +91,13 @@ fn pysocks_through_udp_associate(upstream_agent: bool, tag: &str, subnet: u8) {
         extra: vec!["--enable-udp".into(), format!("--socks5-port={socks_port}")],
         ..ServerSpec::grpc_uds(d.join("konnectivity.sock"))
     };
-    let (server, ports) =
-        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
-    let start = if upstream_agent {
-        start_upstream_agent_in
+    let kind = if upstream_agent {
+        AgentKind::Upstreams
     } else {
-        start_agent
+        AgentKind::Ours
     };
-    let (agent, _) = start(
-        "proxy-agent",
-        &pki,
-        &link.cp_ip,
-        ports.agent,
-        &[],
-        Some(&link.node),
-        d,
-    )
-    .expect("proxy-agent");
-    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
-    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
-        succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
-    })
-    .expect("the agent connects out to the server");
+    let (server, ports, agent, _) =
+        start_across(&link, &pki, &spec, kind, d).expect("server and agent");
 
     let (first, bad, last) = (
         a_query(0x6161, NAME),

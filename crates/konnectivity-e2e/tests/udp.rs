@@ -13,8 +13,8 @@ use bytes::Bytes;
 use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
 use konnectivity_e2e::netns::{Link, firewall_inbound};
 use konnectivity_e2e::{
-    ServerSpec, free_port, start_agent, start_server, start_upstream_agent, start_upstream_server,
-    wait_for, wait_server_ready,
+    AgentKind, ServerSpec, free_port, start_across, start_agent, start_server,
+    start_upstream_agent, start_upstream_server, wait_server_ready,
 };
 use konnectivity_testkit::pki;
 
@@ -73,23 +73,8 @@ async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
         extra: vec!["--enable-udp".into()],
         ..ServerSpec::grpc_uds(sock.clone())
     };
-    let (server, ports) =
-        start_server("proxy-server", &pki, &spec, Some(&link.cp), d).expect("proxy-server");
-    let (agent, agent_health) = start_agent(
-        "proxy-agent",
-        &pki,
-        &link.cp_ip,
-        ports.agent,
-        &[],
-        Some(&link.node),
-        d,
-    )
-    .expect("proxy-agent");
-    let readyz = format!("http://{}:{}/readyz", link.cp_ip, ports.health);
-    wait_for("proxy-server /readyz", Duration::from_secs(10), || {
-        konnectivity_e2e::netns::succeeds(&link.cp, &["curl", "-sf", "-m", "1", &readyz])
-    })
-    .expect("the agent connects out to the server");
+    let (server, _ports, agent, agent_health) =
+        start_across(&link, &pki, &spec, AgentKind::Ours, d).expect("server and agent");
 
     // The gRPC frontend is a UNIX socket: the test process reaches it from any namespace.
     let frontend = Frontend::Uds(sock);
