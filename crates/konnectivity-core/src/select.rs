@@ -159,6 +159,14 @@ impl<B: Candidate + Clone> Keyed<B> {
         }
         fallback
     }
+    /// The first stream of every key, in registration order (the candidates of
+    /// [`Keyed::random`]).
+    fn firsts(&self) -> Vec<B> {
+        self.order
+            .iter()
+            .filter_map(|k| self.streams.get(k).and_then(|l| l.first()).cloned())
+            .collect()
+    }
     /// Streams under `key` in registration order; first non-draining, else the first.
     fn exact(&self, key: &str) -> Option<B> {
         let list = self.streams.get(key)?;
@@ -167,6 +175,20 @@ impl<B: Candidate + Clone> Keyed<B> {
             .or_else(|| list.first())
             .cloned()
     }
+}
+
+/// What [`BackendTable::explain`] found for a destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route<B> {
+    /// `destHost`: a stream announced the host exactly (`host=`, `ipv4=`, `ipv6=`).
+    Host(B),
+    /// `destHost`: the longest announced `cidr=` containing the destination IP.
+    Cidr(Cidr, B),
+    /// `default` or `defaultRoute`: one of these streams at random (non-draining
+    /// first).
+    Random(Strategy, Vec<B>),
+    /// No strategy has a candidate: `No agent available`.
+    NoAgent,
 }
 
 /// Every connected agent stream, indexed for each configured strategy.
@@ -232,6 +254,12 @@ impl<B: Candidate + Clone> BackendTable<B> {
     }
 
     fn by_cidr(&self, host: &str) -> Option<B> {
+        self.cidr_match(host).map(|(_, b)| b)
+    }
+
+    /// The longest announced prefix containing `host` (an IP), a non-draining stream
+    /// preferred among equal prefixes.
+    fn cidr_match(&self, host: &str) -> Option<(Cidr, B)> {
         let ip: IpAddr = host.parse().ok()?;
         let mut best: Option<(&Cidr, &B)> = None;
         for (c, b) in &self.cidrs {
@@ -249,7 +277,38 @@ impl<B: Candidate + Clone> BackendTable<B> {
                 best = Some((c, b));
             }
         }
-        best.map(|(_, b)| b.clone())
+        best.map(|(c, b)| (*c, b.clone()))
+    }
+
+    /// Why [`BackendTable::pick`] would choose what it chooses for `host`: the same
+    /// strategies in the same order, with the stream it would take (exact host or
+    /// CIDR) or the streams it would choose among at random. Not on the dial path (it
+    /// allocates); `/status?explain=` and `konnectivity doctor` use it.
+    pub fn explain(&self, host: &str) -> Route<B> {
+        for s in &self.strategies {
+            match s {
+                Strategy::DestHost => {
+                    if let Some(b) = self.by_host.exact(host) {
+                        return Route::Host(b);
+                    }
+                    if let Some((cidr, b)) = self.cidr_match(host) {
+                        return Route::Cidr(cidr, b);
+                    }
+                }
+                Strategy::Default | Strategy::DefaultRoute => {
+                    let keyed = if *s == Strategy::Default {
+                        &self.by_agent
+                    } else {
+                        &self.by_route
+                    };
+                    let among = keyed.firsts();
+                    if !among.is_empty() {
+                        return Route::Random(*s, among);
+                    }
+                }
+            }
+        }
+        Route::NoAgent
     }
 
     /// Number of keys held for a strategy (the `ready_backends` gauge).
@@ -342,6 +401,42 @@ mod tests {
         assert_eq!(t.pick("10.244.2.17", &mut rng).unwrap().0, 2);
         assert_eq!(t.pick("10.244.3.1", &mut rng).unwrap().0, 1);
         assert!(t.pick("192.168.1.1", &mut rng).is_none());
+    }
+
+    #[test]
+    fn explain_names_what_pick_would_take_and_why() {
+        let mut t = BackendTable::new(vec![
+            Strategy::DestHost,
+            Strategy::DefaultRoute,
+            Strategy::Default,
+        ]);
+        let mut a = ident("a", &["10.0.0.1"]);
+        a.cidrs.push(Cidr::parse("10.244.1.0/24").unwrap());
+        let mut r = ident("r", &[]);
+        r.default_route = true;
+        t.add(b(1), a);
+        t.add(b(2), r);
+        let mut rng = rand::rng();
+        let id = |r: Route<B>| match r {
+            Route::Host(b) => format!("host {}", b.0),
+            Route::Cidr(c, b) => format!("cidr {c} {}", b.0),
+            Route::Random(s, bs) => format!(
+                "{} {:?}",
+                s.name(),
+                bs.iter().map(|b| b.0).collect::<Vec<_>>()
+            ),
+            Route::NoAgent => "none".into(),
+        };
+        assert_eq!(id(t.explain("10.0.0.1")), "host 1");
+        assert_eq!(t.pick("10.0.0.1", &mut rng).unwrap().0, 1);
+        assert_eq!(id(t.explain("10.244.1.9")), "cidr 10.244.1.0/24 1");
+        assert_eq!(t.pick("10.244.1.9", &mut rng).unwrap().0, 1);
+        assert_eq!(id(t.explain("10.9.9.9")), "defaultRoute [2]");
+        assert_eq!(t.pick("10.9.9.9", &mut rng).unwrap().0, 2);
+        t.remove(2);
+        assert_eq!(id(t.explain("10.9.9.9")), "default [1]");
+        let only_dest = BackendTable::<B>::new(vec![Strategy::DestHost]);
+        assert_eq!(id(only_dest.explain("10.0.0.1")), "none");
     }
 
     #[test]

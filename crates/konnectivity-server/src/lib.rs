@@ -148,12 +148,15 @@ pub fn health_router(s: Arc<Shared>) -> Router {
 
 /// The admin port's routes.
 pub fn admin_router(s: Arc<Shared>) -> Router {
-    Arc::new(move |path, _query, _host| match path {
+    Arc::new(move |path, query, _host| match path {
         "/metrics" => {
             s.refresh_scrape_gauges();
             Reply::metrics(s.metrics.render())
         }
-        "/status" => Reply::json(status::json(&s)),
+        "/status" => {
+            let explain = query_value(query, "explain");
+            Reply::json(status::json_explaining(&s, explain.as_deref()))
+        }
         "/status.html" | "/" => {
             let mut r = Reply::text(200, status::PAGE);
             r.content_type = "text/html; charset=utf-8";
@@ -161,6 +164,35 @@ pub fn admin_router(s: Arc<Shared>) -> Router {
         }
         _ => Reply::not_found(),
     })
+}
+
+/// The percent-decoded value of `key` in a URL query (`a=1&explain=10.0.0.1`); `None`
+/// when absent, empty or not UTF-8 after decoding.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|v| !v.is_empty())
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -330,4 +362,25 @@ fn spawn_stream_frontend<S>(
         Mode::Socks5 => tokio::spawn(socks5_frontend::serve(shared, sock, origin)),
         Mode::Grpc | Mode::HttpConnect => tokio::spawn(connect_frontend::serve(shared, sock)),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn query_values_are_found_and_percent_decoded() {
+        assert_eq!(
+            query_value("explain=10.0.0.1", "explain").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            query_value("a=1&explain=fd00%3A%3A1", "explain").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(query_value("explainer=x", "explain"), None);
+        assert_eq!(query_value("explain=", "explain"), None);
+        assert_eq!(query_value("", "explain"), None);
+        assert_eq!(query_value("explain=%zz", "explain"), None);
+    }
 }

@@ -13,7 +13,7 @@ use konnectivity_tls::{ServerName, TlsConnector};
 
 use super::agent::rustls_error;
 use super::report::{Finding, Status, finding, ok};
-use super::route::{fetch_status, parse_status, route, status_finding};
+use super::route::{fetch_status, route, status_finding};
 use super::{Output, go_duration, host_port};
 
 /// Arguments of `konnectivity doctor server`.
@@ -77,9 +77,9 @@ pub(super) async fn run(a: ServerArgs) -> anyhow::Result<Vec<Finding>> {
         a.server_name.clone(),
     )?;
     let mut out = Vec::new();
-    let status = fetch_status(&a.admin, a.timeout).await;
+    let status = fetch_status(&a.admin, a.timeout, None).await;
     out.push(status_finding(&a.admin, &status));
-    let st = status.as_ref().ok().map(parse_status);
+    let st = status.ok();
 
     let mut dests: Vec<String> = a.nodes.clone();
     if a.all_agents || a.nodes.is_empty() {
@@ -119,7 +119,24 @@ pub(super) async fn run(a: ServerArgs) -> anyhow::Result<Vec<Finding>> {
     let per_dest = futures::stream::iter(dests.into_iter().map(|d| async move {
         let mut fs = Vec::new();
         if let Some(st) = st {
-            fs.push(route(st, &d));
+            // The server explains its own choice for this destination, now.
+            match fetch_status(&a.admin, a.timeout, Some(&d)).await {
+                Ok(konnectivity_server::status::document::Status { route: Some(r), .. }) => fs.push(route(&r, &st.strategies)),
+                Ok(_) => fs.push(finding(
+                    "route",
+                    d.as_str(),
+                    Status::Skipped,
+                    "the server's /status has no route explanation (a konnectivity-rs server older than the explain query)",
+                    "upgrade proxy-server; dials are still probed",
+                )),
+                Err(e) => fs.push(finding(
+                    "route",
+                    d.as_str(),
+                    Status::Failed,
+                    format!("cannot ask the server how it routes {d}: {e}"),
+                    "",
+                )),
+            }
         }
         fs.extend(probe(frontend, a, &d).await);
         fs

@@ -201,3 +201,47 @@ async fn a_draining_agent_is_shown_draining() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// `/status?explain=<host>`: the server explains its own choice with the table that
+/// picks for dials: an announced host, a CIDR, the default strategy's candidates, none.
+#[tokio::test(start_paused = true)]
+async fn the_server_explains_which_agent_a_destination_goes_to() -> anyhow::Result<()> {
+    use konnectivity_core::select::Strategy;
+    use konnectivity_server::status::document::RouteHow;
+    let h = Harness::new()?;
+    let server = h
+        .server(konnectivity_server::Settings {
+            strategies: vec![Strategy::DestHost, Strategy::Default],
+            ..Harness::server_settings()
+        })
+        .await?;
+    let mut settings = h.agent_settings("node1", server.agent_addr)?;
+    settings.hello.identifiers = "host=node1&ipv4=10.0.0.1&cidr=10.244.1.0/24".into();
+    let _agent = h.agent(settings);
+    server.wait_for_agents(1).await?;
+
+    let r = status::explain(&server.shared, "10.0.0.1");
+    assert_eq!(
+        (r.how, r.strategy.as_deref()),
+        (RouteHow::Host, Some("destHost"))
+    );
+    assert_eq!(r.agent.map(|a| a.agent_id).as_deref(), Some("node1"));
+    let r = status::explain(&server.shared, "10.244.1.7");
+    assert_eq!(
+        (r.how, r.cidr.as_deref()),
+        (RouteHow::Cidr, Some("10.244.1.0/24"))
+    );
+    let r = status::explain(&server.shared, "192.0.2.1");
+    assert_eq!(
+        (r.how, r.strategy.as_deref()),
+        (RouteHow::Random, Some("default"))
+    );
+    assert_eq!(r.candidates.len(), 1);
+    // The JSON the admin port serves carries it; without the query it is absent.
+    let json: serde_json::Value =
+        serde_json::from_str(&status::json_explaining(&server.shared, Some("10.0.0.1")))?;
+    assert_eq!(json["route"]["how"], "host");
+    let json: serde_json::Value = serde_json::from_str(&status::json(&server.shared))?;
+    assert!(json.get("route").is_none());
+    Ok(())
+}

@@ -49,6 +49,57 @@ pub struct Status {
     /// Failed dials since the server started, including those the ring forgot.
     #[serde(default)]
     pub dial_failures_total: u64,
+    /// With `/status?explain=<host>`: which agent stream a dial to that host would take
+    /// now, and why (the server's own selection, `BackendTable::explain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+}
+
+/// How a dial to [`Route::destination`] would be routed, by the strategies in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// The host asked about (port stripped).
+    pub destination: String,
+    /// What decided.
+    pub how: RouteHow,
+    /// The strategy that decided (`destHost`, `default`, `defaultRoute`); none for
+    /// [`RouteHow::NoAgent`].
+    pub strategy: Option<String>,
+    /// For [`RouteHow::Cidr`]: the announced prefix that contains the destination.
+    pub cidr: Option<String>,
+    /// For [`RouteHow::Host`] and [`RouteHow::Cidr`]: the stream it takes.
+    pub agent: Option<RouteAgent>,
+    /// For [`RouteHow::Random`]: the streams it chooses among (the first stream of
+    /// each key), non-draining ones first at dial time.
+    #[serde(default)]
+    pub candidates: Vec<RouteAgent>,
+}
+
+/// What decided a [`Route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteHow {
+    /// A stream announced the host exactly (`host=`, `ipv4=`, `ipv6=`).
+    Host,
+    /// The longest announced `cidr=` containing the destination IP.
+    Cidr,
+    /// `default` or `defaultRoute`: one of the candidates at random.
+    Random,
+    /// No strategy has a candidate: the dial gets `No agent available`.
+    NoAgent,
+}
+
+/// An agent stream named by a [`Route`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteAgent {
+    /// `agentid`.
+    pub agent_id: String,
+    /// The stream (unique per server).
+    pub stream: u64,
+    /// Whether it announced DRAIN.
+    pub draining: bool,
+    /// When it connected (Unix seconds).
+    pub connected_since: u64,
 }
 
 /// Frontend streams and connections open now.

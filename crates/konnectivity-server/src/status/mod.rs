@@ -112,12 +112,67 @@ pub fn document(s: &Shared) -> document::Status {
         sample_interval_seconds: history::SAMPLE_INTERVAL.as_secs_f64(),
         dial_failures: s.dial_failures.recent(),
         dial_failures_total: s.dial_failures.total(),
+        route: None,
+    }
+}
+
+/// How a dial to `host` (port stripped) would be routed now: the table's own
+/// [`BackendTable::explain`](konnectivity_core::select::BackendTable::explain).
+pub fn explain(s: &Shared, host: &str) -> document::Route {
+    use document::{Route, RouteAgent, RouteHow};
+    use konnectivity_core::select::Route as R;
+    let agent = |b: &std::sync::Arc<crate::state::Backend>| RouteAgent {
+        agent_id: b.agent_id.clone(),
+        stream: b.stream_id,
+        draining: b.is_draining(),
+        connected_since: history::unix_ms(b.since) / 1000,
+    };
+    let found = s.table().explain(host);
+    let (how, strategy, cidr, one, candidates) = match &found {
+        R::Host(b) => (
+            RouteHow::Host,
+            Some("destHost"),
+            None,
+            Some(agent(b)),
+            Vec::new(),
+        ),
+        R::Cidr(c, b) => (
+            RouteHow::Cidr,
+            Some("destHost"),
+            Some(c.to_string()),
+            Some(agent(b)),
+            Vec::new(),
+        ),
+        R::Random(st, bs) => (
+            RouteHow::Random,
+            Some(st.name()),
+            None,
+            None,
+            bs.iter().map(agent).collect(),
+        ),
+        R::NoAgent => (RouteHow::NoAgent, None, None, None, Vec::new()),
+    };
+    Route {
+        destination: host.to_owned(),
+        how,
+        strategy: strategy.map(str::to_owned),
+        cidr,
+        agent: one,
+        candidates,
     }
 }
 
 /// The status document as JSON.
 pub fn json(s: &Shared) -> String {
-    serde_json::to_string(&document(s))
+    json_explaining(s, None)
+}
+
+/// The status document as JSON, with [`document::Status::route`] for `explain` (a
+/// host, port stripped) when given.
+pub fn json_explaining(s: &Shared, explain: Option<&str>) -> String {
+    let mut doc = document(s);
+    doc.route = explain.map(|h| self::explain(s, h));
+    serde_json::to_string(&doc)
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 }
 
