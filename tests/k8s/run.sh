@@ -1188,6 +1188,26 @@ nat() {
   [ "${la:-0}" -ge 1 ] && [ "${lb:-0}" -ge 1 ] 2>/dev/null ||
     bad "[$m] the agents' Lease lists through the gateway: lease_lists_total{http_response_code=\"200\"} a '$la', b '$lb'"
   ok "[$m] both agents list Leases through the gateway with in-cluster credentials (lease_lists_total{http_response_code=\"200\"}: a $la, b $lb)"
+
+  # The other egress protocol: the same server args in --mode=http-connect (the last
+  # --mode wins, as with pflag) and kube-apiserver's egress `cluster` over HTTPConnect;
+  # the agents, untouched, reconnect to the restarted server.
+  stop kube-apiserver
+  stop nat-server
+  : >"$L/nat-server.log"
+  start nat-server "$CP" "$RBIN/proxy-server" "${sargs[@]}" --mode=http-connect
+  wait_until "proxy-server (static pod args, http-connect) /healthz" 20 in_cp curl -sf http://127.0.0.1:8134/healthz
+  # The agents' tokens are reviewed by kube-apiserver (TokenReview): it comes first.
+  start_apiserver HTTPConnect
+  wait_until "both agents back (proxy-server /status)" 30 nat_agents 2
+  create_objects
+  register_node konn-nat-a "$NAT_A_IP" nat-pod-a
+  register_node konn-nat-b "$NAT_B_IP" nat-pod-b
+  for n in a b; do
+    ip=${NAT_IP[$n]}
+    check_logs "$m/http-connect" "nat-pod-$n" "$ip" "kubelet-nat-$n" "$LOG_TEXT on konn-nat-$n"
+    check_exec "$m/http-connect" "nat-pod-$n" "$ip"
+  done
   ok "[$m] proxy-server: both agents' connections come from the gateway $NAT_GW_IP ($(awk '{print $4}' <<<"$out" | tr '\n' ' ')); /status agents $hosts"
   stop_now nat-agent-a nat-agent-b
   for n in nat-server kube-apiserver kubelet-nat-a kubelet-nat-b; do stop "$n"; done
