@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 # The Go programs the later steps need (promtool and helm for the ops tests,
-# kube-apiserver, etcd and kubectl for tests/k8s/run.sh; ~25 CPU-minutes cold, cached
+# kube-apiserver, etcd, kubectl and metrics-server for tests/k8s/run.sh; ~30 CPU-minutes cold, cached
 # under ~/.cache/konnectivity-rs after) build in the background at the lowest CPU
 # priority, in the gaps the Rust steps leave (links, the single-threaded fuzzing, tests
 # that wait on timers). Whoever needs one first waits on its lock; a failed build is

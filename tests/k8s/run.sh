@@ -24,10 +24,12 @@
 # and deploy/konnectivity-agent.yaml (agent port 8132, and 443 for one node), it can.
 # A fifth, kubenet (kubenet.sh), gives two nodes pod CIDRs behind bridges and agents that
 # announce their Node's spec.podCIDR (--node-name) to a destHost-only proxy-server.
+# A sixth, top (metrics.sh), runs metrics-server in a pod namespace behind the node
+# (10.235.1.0/24) as the aggregated API v1beta1.metrics.k8s.io: kubectl top through the tunnel.
 #
 # Environment: KONNECTIVITY_CACHE (cache root), KONNECTIVITY_BIN_DIR (prebuilt
 # proxy-server/proxy-agent, optionally konnectivity; default: `cargo build --bins` into target/debug),
-# K8S_E2E_MODES (default "grpc http-connect token-leases nat kubenet"), K8S_E2E_KEEP=1 (keep the work dir),
+# K8S_E2E_MODES (default "grpc http-connect token-leases nat kubenet top"), K8S_E2E_KEEP=1 (keep the work dir),
 # K8S_BUILD_ONLY=1 (build the Go programs into the cache and stop).
 # Needs root (network namespaces, iptables), go, cargo, openssl, curl, iproute2.
 set -euo pipefail
@@ -84,6 +86,8 @@ gobuild() {
   say "built $(basename "$out") in $((SECONDS - t)) s ($(tail -1 "$tl"))"
   rm -f "$tl"
 }
+# metrics-server and the aggregated API (mode `top`): build_metrics_server, front_proxy_pki, top_phase.
+source "$HERE/metrics.sh"
 
 # One build at a time (scripts/test.sh starts these builds in the background, niced,
 # while it builds and tests the Rust side; a run that gets here first waits for it).
@@ -115,8 +119,9 @@ if [ ! -x "$TDIR/webhook" ]; then
   find "$KDIR" -maxdepth 1 -name 'tools-*' ! -name "tools-$TKEY" -exec rm -rf {} + 2>/dev/null || true
 fi
 exec 8>&-
+build_metrics_server
 if [ "${K8S_BUILD_ONLY:-0}" = 1 ]; then
-  say "K8S_BUILD_ONLY: kube-apiserver, etcd, kubectl and the helpers are built"
+  say "K8S_BUILD_ONLY: kube-apiserver, etcd, kubectl, metrics-server and the helpers are built"
   exit 0
 fi
 
@@ -286,6 +291,7 @@ cert proxy-server proxy-server "" serverAuth "DNS:localhost,IP:127.0.0.1,IP:$CP_
 cert proxy-agent proxy-agent "" clientAuth ""
 cert kubelet "system:node:konn-node" system:nodes serverAuth "DNS:konn-node,IP:$NODE_IP"
 cert webhook konn-webhook.konn-e2e.svc "" serverAuth "DNS:konn-webhook.konn-e2e.svc,IP:$NODE_IP"
+front_proxy_pki
 openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
 openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
 cat >"$W/admin.kubeconfig" <<EOF
@@ -394,7 +400,7 @@ EOF
     --kubelet-client-certificate="$P/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$P/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority="$P/ca.crt" --kubelet-preferred-address-types=InternalIP \
-    --enable-aggregator-routing=true \
+    --enable-aggregator-routing=true "${FRONT_PROXY_FLAGS[@]}" \
     --egress-selector-config-file="$W/egress.yaml" \
     --enable-priority-and-fairness=false --profiling=false --v=2
   local t=$SECONDS
@@ -1217,13 +1223,14 @@ nat() {
 source "$HERE/kubenet.sh"
 
 # ───────────────────────────── the scenario ─────────────────────────────
-for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases nat kubenet}; do
+for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases nat kubenet top}; do
   case $mode in
     grpc) protocol=GRPC ;;
     http-connect) protocol=HTTPConnect ;;
     token-leases) token_leases; continue ;;
     kubenet) kubenet_phase; continue ;;
     nat) nat; continue ;;
+    top) top_phase; continue ;;
     *) die "unknown mode $mode" ;;
   esac
   say "── egress 'cluster' = $protocol over UDS, proxy-server --mode=$mode"

@@ -1,5 +1,6 @@
 // Command kubelet-standin serves the part of the kubelet API that kube-apiserver
-// uses for `kubectl logs`, `kubectl exec` and `kubectl port-forward`, on the node side
+// uses for `kubectl logs`, `kubectl exec` and `kubectl port-forward`, and the resource
+// metrics metrics-server scrapes for `kubectl top` (resource_metrics.go), on the node side
 // of the end-to-end scenario (tests/k8s/run.sh). It runs in the node's network
 // namespace, behind a firewall that only the Konnectivity tunnel passes.
 //
@@ -218,6 +219,7 @@ func main() {
 	clientCA := flag.String("client-ca-file", "", "CA that signs kube-apiserver's kubelet client certificate (required from clients)")
 	logText := flag.String("log-text", "hello from the node", "text returned as the container log")
 	echoListen := flag.String("echo-listen", "", "if set, a line-echo TCP server (the pod's port for port-forward), e.g. 127.0.0.1:7000")
+	resourceContainers := flag.String("resource-containers", "konn-e2e/konn-pod/app", "containers reported by /metrics/resource, comma-separated namespace/pod/container (the default is the scenario's pod)")
 	flag.Parse()
 	log.SetPrefix("kubelet-standin: ")
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
@@ -244,6 +246,12 @@ func main() {
 	mux.HandleFunc("/containerLogs/", k.containerLogs)
 	mux.HandleFunc("/exec/", k.exec)
 	mux.HandleFunc("/portForward/", k.portForward)
+	containers, err := parseContainers(*resourceContainers)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Everything "started" an hour ago: the CPU counters are well above zero.
+	mux.Handle("/metrics/resource", &resourceMetrics{containers: containers, start: time.Now().Add(-time.Hour).Truncate(time.Second)})
 
 	pool := x509.NewCertPool()
 	pem, err := os.ReadFile(*clientCA)
