@@ -1230,7 +1230,7 @@ for mode in ${K8S_E2E_MODES:-grpc http-connect token-leases nat kubenet top}; do
     token-leases) token_leases; continue ;;
     kubenet) kubenet_phase; continue ;;
     nat) nat; continue ;;
-    top) top_phase; continue ;;
+    top) top_phase http-connect; top_phase grpc; continue ;;
     *) die "unknown mode $mode" ;;
   esac
   say "── egress 'cluster' = $protocol over UDS, proxy-server --mode=$mode"
