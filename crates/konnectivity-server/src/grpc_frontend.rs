@@ -272,11 +272,21 @@ async fn on_frontend_packet(s: &Shared, t: &mut Machine, p: Packet, out: &Out) -
             debug!("ignoring a frontend packet (second DIAL_REQ, or the tunnel has ended)");
             true
         }
+        // Boxed: the dial's state lives only while it runs instead of enlarging every
+        // stream's task for the life of the tunnel.
         Step::Dial {
             random,
             protocol,
             address,
-        } => match dial::start(s, FrontendKind::Grpc, &protocol, &address, random).await {
+        } => match Box::pin(dial::start(
+            s,
+            FrontendKind::Grpc,
+            &protocol,
+            &address,
+            random,
+        ))
+        .await
+        {
             Ok(d) => {
                 t.dial_started(random, d, now());
                 true
