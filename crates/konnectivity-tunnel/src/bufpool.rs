@@ -21,11 +21,13 @@
 //! released at once. Without that, a trickling peer (a log line at a time after a bulk
 //! phase) would queue one 256 KiB buffer per few bytes while its reader is slow; the
 //! credit window bounds bytes, not buffers.
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::Poll;
 
 use bytes::{BufMut, Bytes};
 use konnectivity_core::flow::MAX_CHUNK;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// Most buffers kept for reuse (each [`MAX_CHUNK`] bytes).
 pub const KEPT: usize = 16;
@@ -84,24 +86,37 @@ fn seal(buf: Vec<u8>) -> Bytes {
 /// Reads once from `rd`, at most `want` bytes (at least 1 is asked for), and returns
 /// what was read (empty at EOF). Reads of more than a quarter of [`MAX_CHUNK`] use a
 /// pooled buffer.
+///
+/// The buffer exists only while a read is attempted: each poll takes one, and a read
+/// that is not ready gives it back at once. An idle connection waiting for its socket
+/// holds no read buffer (it used to hold 4 KiB each on the agent); a busy one pays
+/// one extra allocation, or one trip to the free list, per read that had to wait.
 pub async fn read_chunk<R>(rd: &mut R, want: usize) -> std::io::Result<Bytes>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
     let want = want.clamp(1, MAX_CHUNK);
-    let mut buf = if pooled(want) {
-        take()
-    } else {
-        Vec::with_capacity(want)
-    };
-    // On an error or EOF the buffer goes back through `Pooled`'s drop in `seal`.
-    let res = rd.read_buf(&mut (&mut buf).limit(want)).await;
-    let chunk = seal(buf);
-    match res {
-        Ok(0) => Ok(Bytes::new()),
-        Ok(_) => Ok(chunk),
-        Err(e) => Err(e),
-    }
+    std::future::poll_fn(|cx| {
+        let mut buf = if pooled(want) {
+            take()
+        } else {
+            Vec::with_capacity(want)
+        };
+        let polled =
+            tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, &mut (&mut buf).limit(want));
+        // On Pending, an error or EOF the buffer goes back through `Pooled`'s drop.
+        let Poll::Ready(res) = polled else {
+            drop(Pooled(buf));
+            return Poll::Pending;
+        };
+        let chunk = seal(buf);
+        Poll::Ready(match res {
+            Ok(0) => Ok(Bytes::new()),
+            Ok(_) => Ok(chunk),
+            Err(e) => Err(e),
+        })
+    })
+    .await
 }
 
 /// Copies `data` into a new chunk; copies of more than a quarter of the full size (and
@@ -195,5 +210,14 @@ mod tests {
         }
         drop(chunks);
         assert!(kept() <= KEPT);
+
+        // A read that is not ready gives its buffer back at once: a connection waiting
+        // for its socket holds no read buffer.
+        let (_writer, mut idle) = tokio::io::duplex(64);
+        let n = kept();
+        assert!(n > 0);
+        let mut waiting = std::pin::pin!(read_chunk(&mut idle, MAX_CHUNK));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        assert_eq!(kept(), n, "a pending read holds no pooled buffer");
     }
 }

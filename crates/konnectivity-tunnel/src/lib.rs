@@ -10,6 +10,7 @@
 //!
 //! - [`queue`]: the per-connection inbound queue with a byte budget; a push over it
 //!   pauses the reader instead of growing memory.
+//! - [`inbox`]: the channel under those queues, whose memory grows with what it holds.
 //! - [`budget`]: the process-wide bound on queued bytes and the stall sweep.
 //! - [`credit`]: the sender side of per-connection flow control, awaitable.
 //! - [`outbound`]: the sender half of a shared stream: per-connection lanes taken in
@@ -30,6 +31,7 @@ pub mod budget;
 pub mod bufpool;
 pub mod credit;
 pub mod grpc;
+pub mod inbox;
 pub mod outbound;
 pub mod paced;
 pub mod queue;

@@ -27,10 +27,11 @@ use bytes::{Bytes, BytesMut};
 use konnectivity_core::flow::RecvWindow;
 use konnectivity_core::packet;
 use konnectivity_core::wire;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::MemoryBudget;
+use crate::inbox;
 use crate::outbound::StreamTx;
 
 /// The largest DATA payload [`ConnReceiver::recv`] builds by merging queued chunks.
@@ -200,7 +201,8 @@ impl QueueState {
 /// The stream reader's handle for one connection.
 #[derive(Debug, Clone)]
 pub struct ConnQueue {
-    tx: mpsc::UnboundedSender<Inbound>,
+    /// Grows with what is queued; an idle connection holds at most a few slots.
+    tx: inbox::Sender<Inbound>,
     state: Arc<QueueState>,
     budget: Budget,
     process: Arc<MemoryBudget>,
@@ -292,7 +294,7 @@ impl ConnQueue {
             Budget::Unmanaged { .. } if len < COALESCE_SMALL => Bytes::copy_from_slice(&data),
             _ => data,
         };
-        if self.tx.send(Inbound::Data(data)).is_err() {
+        if self.tx.try_send(Inbound::Data(data)).is_err() {
             // The connection task is already gone; the caller learns of it through
             // its own table cleanup.
             self.unqueue(len);
@@ -314,7 +316,7 @@ impl ConnQueue {
 
     /// Tells the connection the peer closed it. Queued data is delivered first.
     pub fn close(&self, error: String) {
-        let _ = self.tx.send(Inbound::Close(error));
+        let _ = self.tx.try_send(Inbound::Close(error));
     }
 
     /// Stops the connection at once, dropping queued data.
@@ -332,7 +334,7 @@ impl ConnQueue {
 /// written onward.
 #[derive(Debug)]
 pub struct ConnReceiver {
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: inbox::Receiver<Inbound>,
     state: Arc<QueueState>,
     process: Arc<MemoryBudget>,
     window: Option<RecvWindow>,
@@ -354,7 +356,7 @@ pub fn conn_queue(
     reply: StreamTx,
     process: Arc<MemoryBudget>,
 ) -> (ConnQueue, ConnReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = inbox::unbounded();
     let (high, low) = match budget {
         Budget::Flow { .. } => (usize::MAX, usize::MAX),
         Budget::Unmanaged { high, low } => (high, low.min(high)),
@@ -505,12 +507,11 @@ impl Drop for ConnReceiver {
     /// Gives back what the connection still held: received but unwritten bytes and
     /// whatever is left in the queue (no push can add to it once it is closed).
     fn drop(&mut self) {
-        self.rx.close();
         let mut left = self.taken;
         if let Some(Inbound::Data(b)) = self.stash.take() {
             left += b.len();
         }
-        while let Ok(m) = self.rx.try_recv() {
+        for m in self.rx.close_and_drain() {
             if let Inbound::Data(b) = m {
                 left += b.len();
             }
