@@ -135,13 +135,41 @@ pub fn start_agent(
     netns: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
+    spawn_agent(
+        &bin("proxy-agent")?,
+        name,
+        pki,
+        host,
+        agent_port,
+        &[],
+        extra,
+        netns,
+        dir,
+    )
+}
+
+/// Spawns `program` as an agent toward `host:agent_port` on a free health port, sync
+/// 100 ms capped at 1 s, with `own` flags (the binary's) then `extra`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_agent(
+    program: &Path,
+    name: &str,
+    pki: &Pki,
+    host: &str,
+    agent_port: u16,
+    own: &[&str],
+    extra: &[String],
+    netns: Option<&str>,
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
     let health = free_port();
     let args = AgentArgv::new(name, pki, host, agent_port)
+        .args(own.iter().map(|s| s.to_string()))
         .ports(health)
         .sync("100ms", "1s")
         .args(extra.iter().cloned())
         .build();
-    let proc = Proc::spawn(name, &bin("proxy-agent")?, &args, netns, dir)?;
+    let proc = Proc::spawn(name, program, &args, netns, dir)?;
     Ok((proc, health))
 }
 
@@ -365,16 +393,17 @@ pub fn start_upstream_agent_in(
     netns: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
-    let health = free_port();
-    let args = AgentArgv::new(name, pki, host, agent_port)
-        .args(["--health-server-host=127.0.0.1"])
-        .ports(health)
-        .sync("100ms", "1s")
-        .args(["--probe-interval=100ms"])
-        .args(extra.iter().cloned())
-        .build();
-    let proc = Proc::spawn(name, &upstream_bin("proxy-agent")?, &args, netns, dir)?;
-    Ok((proc, health))
+    spawn_agent(
+        &upstream_bin("proxy-agent")?,
+        name,
+        pki,
+        host,
+        agent_port,
+        &["--health-server-host=127.0.0.1", "--probe-interval=100ms"],
+        extra,
+        netns,
+        dir,
+    )
 }
 
 /// The value of an unlabelled metric `name` from `http://addr/metrics`, or `None` when it

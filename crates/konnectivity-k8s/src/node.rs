@@ -151,17 +151,9 @@ mod tests {
         assert!(pod_cidrs(&n).is_empty());
     }
 
-    #[tokio::test]
-    async fn a_node_that_does_not_exist_has_no_pod_cidrs() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
-        let (kc, _) = crate::fake::api(
-            vec![(404, missing.into()), (200, String::new())],
-            dir.path(),
-        )
-        .await;
-        let client = crate::connect(&kc).await.unwrap();
-        let cidrs = NodeCidrs::new(client, "gone");
+    /// Runs `follow` until it reported `n` times (at most 2 s), then stops it; what it
+    /// reported.
+    async fn follow_until(cidrs: NodeCidrs, n: usize) -> Vec<Vec<String>> {
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let task = {
@@ -174,14 +166,29 @@ mod tests {
             })
         };
         for _ in 0..200 {
-            if !got.lock().unwrap().is_empty() {
+            if got.lock().unwrap().len() >= n {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         stop.cancel();
         task.await.unwrap();
-        assert_eq!(got.lock().unwrap().first(), Some(&Vec::new()));
+        got.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_node_that_does_not_exist_has_no_pod_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
+        let (kc, _) = crate::fake::api(
+            vec![(404, missing.into()), (200, String::new())],
+            dir.path(),
+        )
+        .await;
+        let client = crate::connect(&kc).await.unwrap();
+        let cidrs = NodeCidrs::new(client, "gone");
+        let got = follow_until(cidrs, 1).await;
+        assert_eq!(got.first(), Some(&Vec::new()));
     }
 
     #[tokio::test]
@@ -196,26 +203,7 @@ mod tests {
             crate::fake::api(vec![(200, get.into()), (200, watch.into())], dir.path()).await;
         let client = crate::connect(&kc).await.unwrap();
         let cidrs = NodeCidrs::new(client, "node-2");
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = CancellationToken::new();
-        let task = {
-            let got = got.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                cidrs
-                    .follow(move |c| got.lock().unwrap().push(c), stop)
-                    .await
-            })
-        };
-        for _ in 0..200 {
-            if got.lock().unwrap().len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stop.cancel();
-        task.await.unwrap();
-        let got = got.lock().unwrap().clone();
+        let got = follow_until(cidrs, 2).await;
         assert_eq!(got[0], ["10.244.2.0/24"], "{got:?}");
         assert_eq!(got[1], ["10.244.7.0/24"], "{got:?}");
         let seen = seen.lock().unwrap().clone();
