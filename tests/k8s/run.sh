@@ -39,14 +39,17 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 T0=$(date +%s)
 say() { printf '[k8s-e2e %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
-die() { FAILED=$((FAILED + 1)); say "FAIL: $*"; exit 1; }
+# The failure is said twice: where it happened, and again after the logs at the end,
+# where a CI page that shows only the tail still shows it.
+FAIL_MSG=
+die() { FAILED=$((FAILED + 1)); FAIL_MSG=$*; say "FAIL: $*"; exit 1; }
 
 PASSED=0
 FAILED=0
 PENDING=()
 ok() { PASSED=$((PASSED + 1)); say "ok   $*"; }
 # A failed assertion stops the run (later steps depend on earlier ones).
-bad() { FAILED=$((FAILED + 1)); say "FAIL $*"; exit 1; }
+bad() { FAILED=$((FAILED + 1)); FAIL_MSG=$*; say "FAIL $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
 need=()
@@ -208,6 +211,7 @@ cleanup() {
     rm -rf "$W"
   fi
   echo "k8s-e2e: $PASSED passed, $FAILED failed"
+  [ -z "$FAIL_MSG" ] || say "the failure: $FAIL_MSG"
   say "total $(($(date +%s) - T0)) s, exit $rc"
   exit "$rc"
 }

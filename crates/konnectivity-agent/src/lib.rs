@@ -284,6 +284,17 @@ impl Agent {
                         lock(&self.addr_owner).insert(addr, id);
                         return None;
                     }
+                    // The identifiers changed while this stream was opening (after
+                    // `announce_pod_cidrs` closed the registered ones): it announced
+                    // the old ones, so it must not serve. Checked under the servers
+                    // lock, which `close_all` takes after the identifiers are stored,
+                    // so a stream is either closed there or caught here.
+                    if *lock(&self.identifiers) != hello.identifiers {
+                        drop(servers);
+                        st.tx.close();
+                        info!(server_id = %id, %addr, "identifiers changed while connecting; reconnecting with the new ones");
+                        return None;
+                    }
                     servers.insert(id.clone(), (serial, st.tx.clone()));
                     self.metrics
                         .open_server_connections

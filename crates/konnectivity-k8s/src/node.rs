@@ -75,7 +75,7 @@ impl NodeCidrs {
         let mut pause = RETRY_FIRST;
         loop {
             let ended = tokio::select! {
-                r = self.get_and_watch(&on_change) => r,
+                r = self.get_and_watch(&on_change, &mut pause) => r,
                 _ = stop.cancelled() => return,
             };
             match ended {
@@ -99,8 +99,14 @@ impl NodeCidrs {
     /// One GET (a Node that does not exist has no pod CIDRs), then one watch until it
     /// ends. The watch starts at resource version "0" (the API server's current state,
     /// replayed as ADDED), not at the object's own version: that one is older than the
-    /// watch cache after an API server restart, which answers 410 Gone.
-    async fn get_and_watch(&self, on_change: &impl Fn(Vec<String>)) -> Result<(), K8sError> {
+    /// watch cache after an API server restart, which answers 410 Gone. A watch event
+    /// resets `pause`: failures while the API server was warming up do not slow the
+    /// recovery from a later one, and an error on every watch still backs off.
+    async fn get_and_watch(
+        &self,
+        on_change: &impl Fn(Vec<String>),
+        pause: &mut Duration,
+    ) -> Result<(), K8sError> {
         match self.get().await {
             Ok((cidrs, _)) => on_change(cidrs),
             Err(K8sError::Api(kube::Error::Api(s))) if s.code == 404 => {
@@ -115,9 +121,15 @@ impl NodeCidrs {
         let mut events = self.api.watch(&params, "0").await?.boxed();
         while let Some(event) = events.next().await {
             match event? {
-                WatchEvent::Added(n) | WatchEvent::Modified(n) => on_change(pod_cidrs(&n)),
-                WatchEvent::Deleted(_) => on_change(Vec::new()),
-                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Added(n) | WatchEvent::Modified(n) => {
+                    *pause = RETRY_FIRST;
+                    on_change(pod_cidrs(&n))
+                }
+                WatchEvent::Deleted(_) => {
+                    *pause = RETRY_FIRST;
+                    on_change(Vec::new())
+                }
+                WatchEvent::Bookmark(_) => *pause = RETRY_FIRST,
                 // 410 Gone (version too old) and the like: start over from a GET.
                 WatchEvent::Error(e) => {
                     debug!(node = %self.name, error = %e, "watch error; reading the Node again");

@@ -75,3 +75,51 @@ async fn pod_ips_route_to_the_agent_whose_node_owns_their_cidr_and_follow_a_chan
     assert!(old.contains("No agent available"), "{old}");
     Ok(())
 }
+
+/// The Node is deleted and re-created within one reconnect: the stream opened after
+/// the deletion (announcing no CIDR) is still in its TLS handshake when the new CIDR
+/// arrives. That stream must not stay registered with the stale identifiers; the
+/// agent reconnects and announces the new CIDR.
+#[tokio::test(start_paused = true)]
+async fn identifiers_changed_while_a_stream_opens_are_announced_by_a_reconnect()
+-> anyhow::Result<()> {
+    use konnectivity_testkit::inproc::eventually;
+    use konnectivity_testkit::relay::{Link, Relay};
+    use std::time::Duration;
+
+    let h = Harness::new()?;
+    let server = h
+        .server(konnectivity_server::Settings {
+            strategies: vec![Strategy::DestHost],
+            ..Harness::server_settings()
+        })
+        .await?;
+    let relay = Relay::start(server.agent_addr).await?;
+    let node = h.agent(h.agent_settings("node", relay.addr())?);
+    server.wait_for_agents(1).await?;
+    let pod_old = servers::echo("127.0.2.5:0").await?;
+    let pod_new = servers::echo("127.0.3.5:0").await?;
+    assert!(node.agent.announce_pod_cidrs(&["127.0.2.0/24".into()]));
+    drop(dial_once_routed(&server, pod_old).await?);
+
+    // The Node is deleted: the agent closes its stream and reconnects, and the new
+    // stream is held in the relay before its handshake completes.
+    relay.set(Link::Frozen);
+    let accepted = relay.accepted().len();
+    assert!(node.agent.announce_pod_cidrs(&[]));
+    eventually(
+        "the reconnect reaches the relay",
+        Duration::from_secs(5),
+        || relay.accepted().len() > accepted,
+    )
+    .await?;
+    // Re-created with another CIDR while that stream is still opening.
+    assert!(node.agent.announce_pod_cidrs(&["127.0.3.0/24".into()]));
+    relay.set(Link::Forwarding);
+
+    let mut conn = dial_once_routed(&server, pod_new).await?;
+    echoes(&mut conn, b"to the re-created Node's pod").await?;
+    let old = dial_error(server.grpc_dial(pod_old).await)?;
+    assert!(old.contains("No agent available"), "{old}");
+    Ok(())
+}
