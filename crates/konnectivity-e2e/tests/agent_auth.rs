@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use konnectivity_e2e::*;
-use konnectivity_testkit::pki;
 
 /// Answers TokenReviews: authenticated as kube-system/konnectivity-agent for the token
 /// "good-token", not authenticated otherwise. Counts the reviews.
@@ -78,8 +77,7 @@ fn fake_apiserver(dir: &std::path::Path) -> anyhow::Result<(String, Arc<AtomicUs
 #[test]
 fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let (kubeconfig, reviews) = fake_apiserver(dir.path())?;
     // Token auth replaces agent client certificates (upstream forbids both).
     let spec = ServerSpec {
@@ -98,13 +96,12 @@ fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
 
     let bad = dir.path().join("bad-token");
     std::fs::write(&bad, "stolen-token")?;
-    let (bad_agent, bad_health) = start_agent(
+    let (bad_agent, bad_health) = start_local_agent(
+        AgentKind::Ours,
         "bad-agent",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &[format!("--service-account-token-path={}", bad.display())],
-        None,
         dir.path(),
     )?;
     wait_for(
@@ -134,13 +131,12 @@ fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
 
     let good = dir.path().join("good-token");
     std::fs::write(&good, "good-token")?;
-    let (_agent, _) = start_agent(
+    let (_agent, _) = start_local_agent(
+        AgentKind::Ours,
         "agent",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &[format!("--service-account-token-path={}", good.display())],
-        None,
         dir.path(),
     )?;
     wait_server_ready("127.0.0.1", ports.health)?;

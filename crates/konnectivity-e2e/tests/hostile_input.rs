@@ -162,8 +162,7 @@ fn received(text: &str, closed: bool) -> String {
 async fn foreign_connect_ids_against(
     which: Server,
 ) -> anyhow::Result<(String, String, Option<f64>)> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (_server, ports, _agent) = match which {
@@ -173,8 +172,14 @@ async fn foreign_connect_ids_against(
         }
         Server::Upstream => {
             let (server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-            let (agent, _) =
-                start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
+            let (agent, _) = start_local_agent(
+                AgentKind::Upstreams,
+                "agent",
+                &pki,
+                ports.agent,
+                &[],
+                dir.path(),
+            )?;
             wait_server_ready("127.0.0.1", ports.health)?;
             (server, ports, agent)
         }
@@ -342,8 +347,7 @@ fn hello(id: &str, identifiers: &str) -> Hello {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources_intact()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let other = pki::generate(&dir.path().join("other-pki"), &[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec {
@@ -354,13 +358,12 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         ..ServerSpec::grpc_uds(sock.clone())
     };
     let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
+    let (_agent, _) = start_local_agent(
+        AgentKind::Ours,
         "good",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &["--agent-identifiers=ipv4=127.0.0.1".into()],
-        None,
         dir.path(),
     )?;
     wait_server_ready("127.0.0.1", ports.health)?;
@@ -595,8 +598,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
 
 #[test]
 fn a_connect_request_sent_one_byte_per_second_is_cut_off() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("c.sock");
     let spec = ServerSpec {
         mode: "http-connect",
@@ -683,13 +685,18 @@ async fn refused_dial(sock: &Path, protocol: &str, address: &str) -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_server_refuses_unix_and_udp_dials_before_they_reach_an_upstream_agent()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) =
-        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
+    let (_agent, _) = start_local_agent(
+        AgentKind::Upstreams,
+        "agent",
+        &pki,
+        ports.agent,
+        &[],
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let node = NodeSocket::bind(dir.path())?;
 
@@ -718,20 +725,12 @@ async fn our_server_refuses_unix_and_udp_dials_before_they_reach_an_upstream_age
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-    let (agent, agent_health) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
+    let (agent, agent_health) =
+        start_local_agent(AgentKind::Ours, "agent", &pki, ports.agent, &[], dir.path())?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let node = NodeSocket::bind(dir.path())?;
 
@@ -759,13 +758,18 @@ async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyh
 /// upstream's server and agent together dial the node's UNIX socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_lets_a_frontend_reach_a_unix_socket_on_the_node() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-    let (_agent, _) =
-        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
+    let (_agent, _) = start_local_agent(
+        AgentKind::Upstreams,
+        "agent",
+        &pki,
+        ports.agent,
+        &[],
+        dir.path(),
+    )?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let node = NodeSocket::bind(dir.path())?;
 
@@ -805,8 +809,7 @@ async fn socks_exchange(sock: &Path, bytes: &[u8], eof: bool) -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_socks5_input_gets_a_reply_or_a_close_and_healthy_traffic_is_undisturbed()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let socks = dir.path().join("socks5.sock");
     let spec = ServerSpec {

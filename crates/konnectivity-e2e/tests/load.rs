@@ -177,16 +177,17 @@ fn run_pairing(server: Side, agent: Side) -> anyhow::Result<Run> {
         Side::Upstream => start_upstream_server("server", &pki, &spec, dir)?,
     };
     let (agt, agent_health) = match agent {
-        Side::Ours => start_agent(
+        Side::Ours => start_local_agent(
+            AgentKind::Ours,
             "agent",
             &pki,
-            "127.0.0.1",
             ports.agent,
             &ours_flags,
-            None,
             dir,
         )?,
-        Side::Upstream => start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir)?,
+        Side::Upstream => {
+            start_local_agent(AgentKind::Upstreams, "agent", &pki, ports.agent, &[], dir)?
+        }
     };
     wait_server_ready("127.0.0.1", ports.health)?;
 

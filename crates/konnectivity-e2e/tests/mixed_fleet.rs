@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::*;
-use konnectivity_testkit::pki::{self, Pki};
+use konnectivity_testkit::pki::Pki;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -329,10 +329,6 @@ fn start_lb(backends: Vec<SocketAddr>) -> anyhow::Result<Lb> {
     Ok(Lb { port, backends })
 }
 
-fn new_pki(dir: &Path) -> anyhow::Result<Pki> {
-    pki::generate(&dir.join("pki"), &[])
-}
-
 // ---------------------------------------------------------------------------------------
 // Upstream proxy-agent ↔ our proxy-server, our proxy-agent ↔ upstream proxy-server
 
@@ -370,8 +366,12 @@ impl ServerIs {
         dir: &Path,
     ) -> anyhow::Result<(Proc, u16)> {
         match self {
-            ServerIs::Ours => start_upstream_agent(name, pki, "127.0.0.1", agent_port, &[], dir),
-            ServerIs::Upstream => start_agent(name, pki, "127.0.0.1", agent_port, &[], None, dir),
+            ServerIs::Ours => {
+                start_local_agent(AgentKind::Upstreams, name, pki, agent_port, &[], dir)
+            }
+            ServerIs::Upstream => {
+                start_local_agent(AgentKind::Ours, name, pki, agent_port, &[], dir)
+            }
         }
     }
 
@@ -392,8 +392,7 @@ fn agent_behind_the_other_server_tunnels_and_reconnects(
     server: ServerIs,
     mode: &'static str,
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let ours = match server {
         ServerIs::Ours => "rs",
         ServerIs::Upstream => "up",
@@ -471,27 +470,25 @@ fn our_agent_behind_the_upstream_http_connect_server_tunnels_and_reconnects() ->
 #[test]
 fn mixed_fleet_behind_our_server_routes_each_destination_to_the_agent_that_announced_it()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("fleet.sock");
     let mut spec = ServerSpec::grpc_uds(sock.clone());
     spec.extra = vec!["--proxy-strategies=destHost,default".into()];
     let (_server, ports) = start_server("rs-server", &pki, &spec, None, dir.path())?;
-    let (up_agent, up_health) = start_upstream_agent(
+    let (up_agent, up_health) = start_local_agent(
+        AgentKind::Upstreams,
         "upstream-agent",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &["--agent-identifiers=host=upstream-node&ipv4=127.0.0.2".into()],
         dir.path(),
     )?;
-    let (rs_agent, _) = start_agent(
+    let (rs_agent, _) = start_local_agent(
+        AgentKind::Ours,
         "rs-agent",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &["--agent-identifiers=host=rs-node&ipv4=127.0.0.3".into()],
-        None,
         dir.path(),
     )?;
     let health = format!("127.0.0.1:{}", ports.health);
@@ -580,8 +577,7 @@ fn mixed_fleet_behind_our_server_routes_each_destination_to_the_agent_that_annou
 #[test]
 fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_three()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let count = "--server-count=3".to_string();
     let spec = |name: &str| {
         let mut s = ServerSpec::grpc_uds(dir.path().join(format!("{name}.sock")));
@@ -599,19 +595,12 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
     let addr = |p: &ServerPorts| SocketAddr::from(([127, 0, 0, 1], p.agent));
     let lb = start_lb(vec![addr(&p1), addr(&p2), addr(&p3)])?;
 
-    let (_rs_agent, rs_health) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        lb.port,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    let (_up_agent, up_health) = start_upstream_agent(
+    let (_rs_agent, rs_health) =
+        start_local_agent(AgentKind::Ours, "rs-agent", &pki, lb.port, &[], dir.path())?;
+    let (_up_agent, up_health) = start_local_agent(
+        AgentKind::Upstreams,
         "upstream-agent",
         &pki,
-        "127.0.0.1",
         lb.port,
         &[],
         dir.path(),
@@ -735,8 +724,7 @@ fn both_connect_servers(
 
 #[test]
 fn connect_frontends_without_agents_answer_byte_for_byte_like_upstream() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let servers = both_connect_servers(dir.path(), &pki)?;
     let mut answers = Vec::new();
     for (who, _proc, sock) in &servers {
@@ -759,8 +747,7 @@ fn connect_frontends_without_agents_answer_byte_for_byte_like_upstream() -> anyh
 #[test]
 fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upstream()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let servers = both_connect_servers(dir.path(), &pki)?;
     let mut failures = Vec::new();
     for (who, _proc, sock) in &servers {
@@ -797,8 +784,7 @@ fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upst
 /// the first SIGTERM sends DRAIN and the agent keeps running; the server marks it
 /// draining but still uses it when it is the only agent; the second SIGTERM ends it.
 fn drain_keeps_a_lone_agent_usable(server_is: ServerIs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("drain.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (server, ports) = server_is.start_server(&pki, &spec, dir.path())?;
