@@ -138,28 +138,6 @@ pub fn temp_pki(sans: &[&str]) -> anyhow::Result<(tempfile::TempDir, Pki)> {
     Ok((dir, pki))
 }
 
-/// Starts proxy-agent toward `host:agent_port`.
-pub fn start_agent(
-    name: &str,
-    pki: &Pki,
-    host: &str,
-    agent_port: u16,
-    extra: &[String],
-    netns: Option<&str>,
-    dir: &Path,
-) -> anyhow::Result<(Proc, u16)> {
-    spawn_agent(
-        AgentKind::Ours,
-        name,
-        pki,
-        host,
-        agent_port,
-        extra,
-        netns,
-        dir,
-    )
-}
-
 /// Starts an agent of `kind` named `name` on loopback toward `agent_port` (the host's
 /// network namespace), with `extra` flags; returns it and its health port.
 pub fn start_local_agent(
@@ -170,13 +148,14 @@ pub fn start_local_agent(
     extra: &[String],
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
-    spawn_agent(kind, name, pki, "127.0.0.1", agent_port, extra, None, dir)
+    start_agent(kind, name, pki, "127.0.0.1", agent_port, extra, None, dir)
 }
 
-/// Spawns an agent of `kind` toward `host:agent_port` on a free health port, sync
-/// 100 ms capped at 1 s, with the flags that kind always gets then `extra`.
+/// Starts an agent of `kind` toward `host:agent_port` (in the network namespace `netns`,
+/// the host's when `None`) on a free health port, sync 100 ms capped at 1 s, with the
+/// flags that kind always gets then `extra`; returns it and its health port.
 #[allow(clippy::too_many_arguments)]
-fn spawn_agent(
+pub fn start_agent(
     kind: AgentKind,
     name: &str,
     pki: &Pki,
@@ -298,7 +277,7 @@ pub fn start_across(
     dir: &Path,
 ) -> anyhow::Result<(Proc, ServerPorts, Proc, u16)> {
     let (server, ports) = start_server("proxy-server", pki, spec, Some(&link.cp), dir)?;
-    let (agent, health) = spawn_agent(
+    let (agent, health) = start_agent(
         kind,
         "proxy-agent",
         pki,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::netns::Link;
 use konnectivity_e2e::{
-    Proc, ServerSpec, start_agent, start_loopback, start_server, temp_pki, wait_for,
+    AgentKind, Proc, ServerSpec, start_agent, start_loopback, start_server, temp_pki, wait_for,
 };
 use konnectivity_testkit::pki;
 use konnectivity_testkit::servers::{self, pattern_byte};
@@ -215,6 +215,7 @@ fn partitionable(tag: &str, subnet: u8, blob: u64, d: &Path) -> Partitionable {
         .map(|s| s.to_string())
         .collect();
     let (agent, _) = start_agent(
+        AgentKind::Ours,
         "proxy-agent",
         &pki,
         &link.cp_ip,
@@ -459,6 +460,7 @@ fn rotated_certificates_reach_new_connections_while_established_transfers_finish
         });
     }
     let (_agent, agent_health) = start_agent(
+        AgentKind::Ours,
         "agent",
         &pki,
         "127.0.0.1,127.0.0.2",

@@ -19,10 +19,10 @@
 //! recorded, not failed (the issue measured 4 of them).
 //!
 //! The pairings run one after another (a lock in this file): each saturates the host.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use konnectivity_e2e::*;
@@ -69,28 +69,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The Go driver, built once per test process.
 fn go_load() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-            let out = bin_dir().join("konnectivity-interop-load");
-            let build = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(&src)
-                .output()
-                .map_err(|e| format!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "go build failed: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                ));
-            }
-            Ok(out)
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))
+    konnectivity_testkit::go_interop::build(&bin_dir().join("konnectivity-interop-load"))
 }
 
 /// Highest RSS seen of each watched process, sampled every 100 ms until dropped.

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, connect_dial, grpc_dial};
 use konnectivity_e2e::netns::{Namespaces, firewall_inbound, succeeds, veth_pair};
-use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_server, temp_pki, wait_for};
+use konnectivity_e2e::{
+    AgentKind, Proc, ServerSpec, start_agent, start_server, temp_pki, wait_for,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const ID: &str = "kubelet-on-isolated-node";
@@ -103,6 +105,7 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
     let (_server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
     let (_agent, _) = start_agent(
+        AgentKind::Ours,
         "proxy-agent",
         &pki,
         &net.cp_ip,
