@@ -13,7 +13,9 @@ use konnectivity_testkit::argv::{AgentArgv, ServerArgv};
 /// Network-namespace helpers for topology tests (root, iproute2, iptables).
 pub use konnectivity_testkit::netns;
 use konnectivity_testkit::pki::Pki;
-pub use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib, wait_for};
+pub use konnectivity_testkit::process::{
+    Proc, assert_fails_with, assert_prints, free_port, http_get, rss_kib, wait_for,
+};
 
 pub mod ops;
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
 use konnectivity_e2e::{
-    AgentKind, Proc, ServerSpec, free_port, start_across, start_loopback, temp_pki, wait_for,
+    AgentKind, Proc, ServerSpec, assert_fails_with, free_port, start_across, start_loopback,
+    temp_pki, wait_for,
 };
 use konnectivity_testkit::pki;
 
@@ -171,12 +172,7 @@ fn a_socks5_bind_address_that_is_not_loopback_refuses_to_start() {
         ])
         .output()
         .expect("proxy-server runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--socks5-bind-address must be a loopback address"),
-        "{stderr}"
-    );
+    assert_fails_with(&out, "--socks5-bind-address must be a loopback address");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,10 +524,8 @@ fn a_socks5_tls_certificate_without_any_client_ca_refuses_to_start() {
         .args(["--cluster-key", &pki.server_key.display().to_string()])
         .output()
         .expect("proxy-server runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--socks5-tls-cert-file needs a CA for client certificates"),
-        "{stderr}"
+    assert_fails_with(
+        &out,
+        "--socks5-tls-cert-file needs a CA for client certificates",
     );
 }

@@ -163,15 +163,7 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
         }
     })
     .await??;
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "node says hi via curl"
-    );
+    assert_prints("curl", &out, "node says hi via curl");
 
     // Without a client certificate the frontend refuses the TLS handshake.
     let out = Command::new("curl")
@@ -400,14 +392,18 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
         None,
         dir.path(),
     )?;
-    let (_first, _) = start_local_agent(
-        AgentKind::Ours,
-        "same-id",
-        &pki,
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
+    // Each call starts another process with the same agent ID.
+    let same_id_agent = || {
+        start_local_agent(
+            AgentKind::Ours,
+            "same-id",
+            &pki,
+            ports.agent,
+            &[],
+            dir.path(),
+        )
+    };
+    let (_first, _) = same_id_agent()?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let mut conn = grpc_dial(&Frontend::Uds(sock.clone()), &echo.to_string(), T).await?;
@@ -415,14 +411,7 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
     let mut buf = [0u8; 6];
     conn.read_exact(&mut buf).await?;
     // A second process with the same agent ID connects.
-    let (_second, second_health) = start_local_agent(
-        AgentKind::Ours,
-        "same-id",
-        &pki,
-        ports.agent,
-        &[],
-        dir.path(),
-    )?;
+    let (_second, second_health) = same_id_agent()?;
     wait_for("second agent ready", T, || {
         http_get(&format!("127.0.0.1:{second_health}"), "/readyz")
             .map(|(s, _)| s == 200)

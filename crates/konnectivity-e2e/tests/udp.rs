@@ -13,7 +13,7 @@ use bytes::Bytes;
 use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
 use konnectivity_e2e::netns::{Link, firewall_inbound};
 use konnectivity_e2e::{
-    AgentKind, ServerKind, ServerSpec, free_port, start_across, start_pair, temp_pki,
+    AgentKind, ServerKind, ServerSpec, assert_prints, free_port, start_across, start_pair, temp_pki,
 };
 
 mod dns;
@@ -179,15 +179,7 @@ async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
     })
     .await
     .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "3:eno\n3:owt\n5:eerht\n"
-    );
+    assert_prints("konnectivity dial --udp", &out, "3:eno\n3:owt\n5:eerht\n");
 }
 
 #[test]
