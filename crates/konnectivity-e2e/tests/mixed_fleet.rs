@@ -88,81 +88,75 @@ fn wait_metric(
     r.map_err(|e| anyhow::anyhow!("{e} (last value seen: {last:?})"))
 }
 
-/// A TCP echo server on a plain thread.
-fn echo_server(bind: &str) -> anyhow::Result<SocketAddr> {
+/// Listens on `bind` and runs `serve` on a thread of its own for each connection.
+fn serve_each(
+    bind: &str,
+    serve: impl Fn(TcpStream) + Send + Copy + 'static,
+) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(bind)?;
     let addr = l.local_addr()?;
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = match s.try_clone() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
+            std::thread::spawn(move || serve(s));
         }
     });
     Ok(addr)
 }
 
+/// A TCP echo server on a plain thread.
+fn echo_server(bind: &str) -> anyhow::Result<SocketAddr> {
+    serve_each(bind, |s| {
+        let mut r = match s.try_clone() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let mut w = s;
+        let _ = std::io::copy(&mut r, &mut w);
+    })
+}
+
 /// An HTTP/1.1 server answering every request with `200` and `body` (keep-alive).
 fn http_server(bind: &str, body: &'static str) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind(bind)?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut w = match s.try_clone() {
-                    Ok(w) => w,
-                    Err(_) => return,
-                };
-                let mut r = BufReader::new(s);
-                loop {
-                    // Read one request head.
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match r.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    let rsp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if w.write_all(rsp.as_bytes()).is_err() {
-                        return;
-                    }
+    serve_each(bind, move |s| {
+        let mut w = match s.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut r = BufReader::new(s);
+        loop {
+            // Read one request head.
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
                 }
-            });
+            }
+            let rsp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if w.write_all(rsp.as_bytes()).is_err() {
+                return;
+            }
         }
-    });
-    Ok(addr)
+    })
 }
 
 /// A server that first tells the client the address it sees the connection coming
 /// from (`peer=<addr> node=<node>\n`), then echoes.
 fn whoami_server(bind: &str, node: &'static str) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind(bind)?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(peer) = s.peer_addr() else { return };
-                let mut w = s;
-                if writeln!(w, "peer={peer} node={node}").is_err() {
-                    return;
-                }
-                let Ok(mut r) = w.try_clone() else { return };
-                let _ = std::io::copy(&mut r, &mut w);
-            });
+    serve_each(bind, move |s| {
+        let Ok(peer) = s.peer_addr() else { return };
+        let mut w = s;
+        if writeln!(w, "peer={peer} node={node}").is_err() {
+            return;
         }
-    });
-    Ok(addr)
+        let Ok(mut r) = w.try_clone() else { return };
+        let _ = std::io::copy(&mut r, &mut w);
+    })
 }
 
 /// A port on which nothing listens.
