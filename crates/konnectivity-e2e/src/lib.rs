@@ -216,6 +216,21 @@ pub fn start_loopback(
     )
 }
 
+/// [`start_loopback`] with our gRPC server, its frontend on the UNIX socket `dir/s.sock`
+/// and `server_extra` flags; the tunnel and that socket's path.
+pub fn start_uds_loopback(
+    pki: &Pki,
+    dir: &Path,
+    server_extra: Vec<String>,
+) -> anyhow::Result<(Loopback, PathBuf)> {
+    let sock = dir.join("s.sock");
+    let spec = ServerSpec {
+        extra: server_extra,
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    Ok((start_loopback(pki, &spec, &[], dir)?, sock))
+}
+
 /// [`start_loopback`] with a server of kind `server` and an agent of kind `agent`.
 pub fn start_pair(
     server: ServerKind,

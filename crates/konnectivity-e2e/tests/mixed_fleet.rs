@@ -469,22 +469,17 @@ fn mixed_fleet_behind_our_server_routes_each_destination_to_the_agent_that_annou
     let mut spec = ServerSpec::grpc_uds(sock.clone());
     spec.extra = vec!["--proxy-strategies=destHost,default".into()];
     let (_server, ports) = start_server("rs-server", &pki, &spec, None, dir.path())?;
-    let (up_agent, up_health) = start_local_agent(
+    // An agent of `kind` announcing `identifiers`.
+    let announcing = |kind, name: &str, identifiers: &str| {
+        let flags = [format!("--agent-identifiers={identifiers}")];
+        start_local_agent(kind, name, &pki, ports.agent, &flags, dir.path())
+    };
+    let (up_agent, up_health) = announcing(
         AgentKind::Upstreams,
         "upstream-agent",
-        &pki,
-        ports.agent,
-        &["--agent-identifiers=host=upstream-node&ipv4=127.0.0.2".into()],
-        dir.path(),
+        "host=upstream-node&ipv4=127.0.0.2",
     )?;
-    let (rs_agent, _) = start_local_agent(
-        AgentKind::Ours,
-        "rs-agent",
-        &pki,
-        ports.agent,
-        &["--agent-identifiers=host=rs-node&ipv4=127.0.0.3".into()],
-        dir.path(),
-    )?;
+    let (rs_agent, _) = announcing(AgentKind::Ours, "rs-agent", "host=rs-node&ipv4=127.0.0.3")?;
     let health = format!("127.0.0.1:{}", ports.health);
     wait_metric(
         "both agents behind our server",
@@ -589,18 +584,13 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
     let addr = |p: &ServerPorts| SocketAddr::from(([127, 0, 0, 1], p.agent));
     let lb = start_lb(vec![addr(&p1), addr(&p2), addr(&p3)])?;
 
-    let (_rs_agent, rs_health) =
-        start_local_agent(AgentKind::Ours, "rs-agent", &pki, lb.port, &[], dir.path())?;
-    let (_up_agent, up_health) = start_local_agent(
-        AgentKind::Upstreams,
-        "upstream-agent",
-        &pki,
-        lb.port,
-        &[],
-        dir.path(),
-    )?;
-    let rs_health = format!("127.0.0.1:{rs_health}");
-    let up_health = format!("127.0.0.1:{up_health}");
+    // An agent of `kind` behind the load balancer, and the address of its health port.
+    let behind_lb = |kind, name: &str| {
+        start_local_agent(kind, name, &pki, lb.port, &[], dir.path())
+            .map(|(agent, health)| (agent, format!("127.0.0.1:{health}")))
+    };
+    let (_rs_agent, rs_health) = behind_lb(AgentKind::Ours, "rs-agent")?;
+    let (_up_agent, up_health) = behind_lb(AgentKind::Upstreams, "upstream-agent")?;
     let within = Duration::from_secs(30);
     let start = Instant::now();
     wait_metric(

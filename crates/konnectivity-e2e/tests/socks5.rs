@@ -13,7 +13,7 @@ use std::time::Duration;
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
 use konnectivity_e2e::{
     AgentKind, Proc, ServerSpec, assert_fails_with, free_port, start_across, start_loopback,
-    temp_pki, wait_for,
+    start_uds_loopback, temp_pki, wait_for,
 };
 use konnectivity_testkit::pki;
 
@@ -180,11 +180,8 @@ async fn konnectivity_dial_relays_through_the_socks5_frontend() {
     let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
     let socks = d.join("socks5.sock");
-    let spec = ServerSpec {
-        extra: vec![format!("--socks5-uds={}", socks.display())],
-        ..ServerSpec::grpc_uds(d.join("s.sock"))
-    };
-    let _l = start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let (_l, _) = start_uds_loopback(&pki, d, vec![format!("--socks5-uds={}", socks.display())])
+        .expect("server and agent");
     let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
         .await
         .expect("echo");
@@ -224,15 +221,12 @@ async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
     std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
     let socks_port = free_port();
-    let spec = ServerSpec {
-        extra: vec![
-            format!("--socks5-port={socks_port}"),
-            "--socks5-bind-address=0.0.0.0".into(),
-            format!("--socks5-auth-file={}", users.display()),
-        ],
-        ..ServerSpec::grpc_uds(d.join("s.sock"))
-    };
-    let _l = start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let flags = vec![
+        format!("--socks5-port={socks_port}"),
+        "--socks5-bind-address=0.0.0.0".into(),
+        format!("--socks5-auth-file={}", users.display()),
+    ];
+    let (_l, _) = start_uds_loopback(&pki, d, flags).expect("server and agent");
     let url = id_server().await;
     let proxy = format!("127.0.0.1:{socks_port}");
     let curl = |user: &'static str| {

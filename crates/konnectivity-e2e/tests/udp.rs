@@ -13,7 +13,8 @@ use bytes::Bytes;
 use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
 use konnectivity_e2e::netns::{Link, firewall_inbound};
 use konnectivity_e2e::{
-    AgentKind, ServerKind, ServerSpec, assert_prints, free_port, start_across, start_pair, temp_pki,
+    AgentKind, ServerKind, ServerSpec, assert_prints, free_port, start_across, start_pair,
+    start_uds_loopback, temp_pki,
 };
 
 mod dns;
@@ -140,13 +141,8 @@ async fn assert_resolves(frontend: &Frontend, dns: &str) {
 async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
     let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let sock = d.join("s.sock");
-    let spec = ServerSpec {
-        extra: vec!["--enable-udp".into()],
-        ..ServerSpec::grpc_uds(sock.clone())
-    };
-    let _l = start_pair(ServerKind::Ours, AgentKind::Ours, &pki, &spec, &[], d)
-        .expect("server and agent");
+    let (_l, sock) =
+        start_uds_loopback(&pki, d, vec!["--enable-udp".into()]).expect("server and agent");
     // A UDP echo that answers each datagram with its length and its bytes reversed,
     // so that merged or split datagrams would show.
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
