@@ -156,14 +156,17 @@ async fn whoami(s: &Server, addr: &str) -> Result<String, ClientError> {
         .to_owned())
 }
 
+/// Inserts (`op` `-I`) or deletes (`-D`) the iptables rules that cut the node namespace
+/// `ns` off the control-plane network, both ways.
+fn cut_off(ns: &str, op: &str) {
+    let net = format!("{NET}.0/24");
+    must(ns, &["iptables", op, "OUTPUT", "-d", &net, "-j", "DROP"]);
+    must(ns, &["iptables", op, "INPUT", "-s", &net, "-j", "DROP"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
-    let pid = std::process::id();
-    let cp = format!("kha-cp-{pid}");
-    let nodes: Vec<String> = (1..=3).map(|n| format!("kha-n{n}-{pid}")).collect();
-    let mut all = vec![cp.clone()];
-    all.extend(nodes.iter().cloned());
-    let _ns = Namespaces::create(&all);
+    let (_ns, cp, nodes) = Namespaces::control_plane_and_nodes("kha", 3);
     let dir = tempfile::tempdir().unwrap();
 
     // The control plane: a bridge holding the four server addresses.
@@ -281,30 +284,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     }
 
     // Partition node 3 from the control plane: detected within two keepalive periods.
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-I",
-            "OUTPUT",
-            "-d",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-I",
-            "INPUT",
-            "-s",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
+    cut_off(&nodes[2], "-I");
     let t = Instant::now();
     wait_for(
         "partitioned agent removed on every server",
@@ -340,30 +320,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "node1"
     );
     // Heal: the agent reconnects on its own.
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-D",
-            "OUTPUT",
-            "-d",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-D",
-            "INPUT",
-            "-s",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
+    cut_off(&nodes[2], "-D");
     wait_for(
         "healed agent back on every server",
         Duration::from_secs(20),
