@@ -94,16 +94,21 @@ fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
     };
     let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
 
-    let bad = dir.path().join("bad-token");
-    std::fs::write(&bad, "stolen-token")?;
-    let (bad_agent, bad_health) = start_local_agent(
-        AgentKind::Ours,
-        "bad-agent",
-        &pki,
-        ports.agent,
-        &[format!("--service-account-token-path={}", bad.display())],
-        dir.path(),
-    )?;
+    // Our agent `name` presenting the service account token `token` (from a file).
+    let with_token = |name: &str, token: &str| -> anyhow::Result<(Proc, u16)> {
+        let path = dir.path().join(format!("{name}-token"));
+        std::fs::write(&path, token)?;
+        let flag = format!("--service-account-token-path={}", path.display());
+        start_local_agent(
+            AgentKind::Ours,
+            name,
+            &pki,
+            ports.agent,
+            &[flag],
+            dir.path(),
+        )
+    };
+    let (bad_agent, bad_health) = with_token("bad-agent", "stolen-token")?;
     wait_for(
         "a rejection in the server log",
         Duration::from_secs(10),
@@ -129,16 +134,7 @@ fn agents_authenticate_with_service_account_tokens_and_bad_tokens_are_rejected()
     );
     drop(bad_agent);
 
-    let good = dir.path().join("good-token");
-    std::fs::write(&good, "good-token")?;
-    let (_agent, _) = start_local_agent(
-        AgentKind::Ours,
-        "agent",
-        &pki,
-        ports.agent,
-        &[format!("--service-account-token-path={}", good.display())],
-        dir.path(),
-    )?;
+    let (_agent, _) = with_token("agent", "good-token")?;
     wait_server_ready("127.0.0.1", ports.health)?;
     assert!(reviews.load(Ordering::SeqCst) >= 2);
     Ok(())

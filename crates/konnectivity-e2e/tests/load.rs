@@ -338,11 +338,17 @@ fn stall_of<'a>(report: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|s| s["kind"] == kind)
 }
 
+/// [`run_pairing`], asserting that the run had no cuts and stayed within its bounds.
+fn run_pairing_without_cuts(server: Side, agent: Side) -> anyhow::Result<Run> {
+    let run = run_pairing(server, agent)?;
+    assert_no_cuts_and_bounded(&run, server, agent);
+    Ok(run)
+}
+
 #[test]
 fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_consumer()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Ours, Side::Ours)?;
-    assert_no_cuts_and_bounded(&run, Side::Ours, Side::Ours);
+    let run = run_pairing_without_cuts(Side::Ours, Side::Ours)?;
     // Flow control confines a stalled consumer to its window: nothing to pause, nothing
     // over budget, so our processes never need to close it themselves.
     assert_eq!(run.server_budget.map(|b| b.0), Some(0.0));
@@ -355,8 +361,7 @@ fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_
 #[test]
 fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_consumer()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Ours, Side::Upstream)?;
-    assert_no_cuts_and_bounded(&run, Side::Ours, Side::Upstream);
+    let run = run_pairing_without_cuts(Side::Ours, Side::Upstream)?;
     let (stalled, pauses) = run.server_budget.unwrap_or_default();
     assert!(
         pauses > 0.0,
@@ -383,8 +388,7 @@ fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_t
 #[test]
 fn upstream_server_with_our_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_destination()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Upstream, Side::Ours)?;
-    assert_no_cuts_and_bounded(&run, Side::Upstream, Side::Ours);
+    let run = run_pairing_without_cuts(Side::Upstream, Side::Ours)?;
     let (stalled, _) = run.agent_budget.unwrap_or_default();
     assert_eq!(
         stalled, 1.0,
