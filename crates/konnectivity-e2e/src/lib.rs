@@ -43,6 +43,23 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Starts `konnectivity dial <args>` (with `env` added to its environment) with its
+/// standard input, output and error piped to the test.
+pub fn spawn_konnectivity_dial(
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Child> {
+    use std::process::Stdio;
+    Ok(Command::new(bin("konnectivity")?)
+        .arg("dial")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
 /// Runs the Go interop client (`tests/go-interop`, built once per test process as
 /// `bin_dir()/<name>`) with `args`; `wait` bounds its wait for a ready agent. Its output.
 pub fn go_interop(name: &str, args: &[String], wait: &str) -> anyhow::Result<String> {

@@ -85,6 +85,16 @@ fn dest_host_keys(cp: &str, s: &Server) -> f64 {
     .unwrap_or(-1.0)
 }
 
+/// Waits up to `secs` seconds until every server in `servers` counts `keys` destHost
+/// keys (`what` names the wait); panics otherwise.
+#[track_caller]
+fn wait_dest_host_keys(cp: &str, servers: &[Server], keys: f64, what: &str, secs: u64) {
+    wait_for(what, Duration::from_secs(secs), || {
+        servers.iter().all(|s| dest_host_keys(cp, s) == keys)
+    })
+    .unwrap();
+}
+
 struct Agent {
     proc: Proc,
     health: u16,
@@ -286,12 +296,13 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     // Partition node 3 from the control plane: detected within two keepalive periods.
     cut_off(&nodes[2], "-I");
     let t = Instant::now();
-    wait_for(
+    wait_dest_host_keys(
+        &cp,
+        &servers,
+        4.0,
         "partitioned agent removed on every server",
-        Duration::from_secs(15),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 4.0),
-    )
-    .unwrap();
+        15,
+    );
     let detect = t.elapsed();
     println!("partition detected on all servers in {detect:?} (keepalive {KEEPALIVE})");
     assert!(
@@ -321,12 +332,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     );
     // Heal: the agent reconnects on its own.
     cut_off(&nodes[2], "-D");
-    wait_for(
-        "healed agent back on every server",
-        Duration::from_secs(20),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 6.0),
-    )
-    .unwrap();
+    wait_dest_host_keys(&cp, &servers, 6.0, "healed agent back on every server", 20);
     assert_eq!(
         whoami(&servers[2], &format!("{}:10250", node_ip(3)))
             .await
@@ -336,10 +342,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
 
     // SIGKILL an agent: its node fails promptly, others are unaffected; restart works.
     agents[1].proc.signal("KILL");
-    wait_for("killed agent removed", Duration::from_secs(10), || {
-        servers.iter().all(|s| dest_host_keys(&cp, s) == 4.0)
-    })
-    .unwrap();
+    wait_dest_host_keys(&cp, &servers, 4.0, "killed agent removed", 10);
     let t = Instant::now();
     let e = whoami(&servers[0], "10.244.2.7:10250")
         .await
@@ -354,12 +357,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "node3"
     );
     agents[1] = start_agent(2, &nodes[1], &pki, dir.path(), agent_port, "-restarted").unwrap();
-    wait_for(
-        "restarted agent on every server",
-        Duration::from_secs(20),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 6.0),
-    )
-    .unwrap();
+    wait_dest_host_keys(&cp, &servers, 6.0, "restarted agent on every server", 20);
     assert_eq!(
         whoami(&servers[0], "10.244.2.7:10250").await.unwrap(),
         "node2"

@@ -345,6 +345,18 @@ fn run_pairing_without_cuts(server: Side, agent: Side) -> anyhow::Result<Run> {
     Ok(run)
 }
 
+/// Asserts that `budget` (stalled, pauses) counts exactly one connection, `which`,
+/// closed as stalled and that `log` says so; the pauses.
+fn assert_one_closed_as_stalled(budget: Option<(f64, f64)>, log: &str, which: &str) -> f64 {
+    let (stalled, pauses) = budget.unwrap_or_default();
+    assert_eq!(stalled, 1.0, "exactly {which} is closed as stalled");
+    assert!(
+        log.contains("made no progress within the stall timeout"),
+        "the log says stalled:\n{log}"
+    );
+    pauses
+}
+
 #[test]
 fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_consumer()
 -> anyhow::Result<()> {
@@ -362,20 +374,14 @@ fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_
 fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_consumer()
 -> anyhow::Result<()> {
     let run = run_pairing_without_cuts(Side::Ours, Side::Upstream)?;
-    let (stalled, pauses) = run.server_budget.unwrap_or_default();
+    let pauses = assert_one_closed_as_stalled(
+        run.server_budget,
+        &run.server_log,
+        "the never-reading consumer",
+    );
     assert!(
         pauses > 0.0,
         "an upstream agent outruns the Go client: our server must have paused its stream"
-    );
-    assert_eq!(
-        stalled, 1.0,
-        "exactly the never-reading consumer is closed as stalled"
-    );
-    assert!(
-        run.server_log
-            .contains("made no progress within the stall timeout"),
-        "the log says stalled:\n{}",
-        run.server_log
     );
     let s = stall_of(&run.report, "download").expect("the stalled download ran");
     assert!(
@@ -389,16 +395,10 @@ fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_t
 fn upstream_server_with_our_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_destination()
 -> anyhow::Result<()> {
     let run = run_pairing_without_cuts(Side::Upstream, Side::Ours)?;
-    let (stalled, _) = run.agent_budget.unwrap_or_default();
-    assert_eq!(
-        stalled, 1.0,
-        "exactly the upload into the never-reading destination is closed as stalled"
-    );
-    assert!(
-        run.agent_log
-            .contains("made no progress within the stall timeout"),
-        "the log says stalled:\n{}",
-        run.agent_log
+    assert_one_closed_as_stalled(
+        run.agent_budget,
+        &run.agent_log,
+        "the upload into the never-reading destination",
     );
     Ok(())
 }

@@ -592,21 +592,22 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
     let (_rs_agent, rs_health) = behind_lb(AgentKind::Ours, "rs-agent")?;
     let (_up_agent, up_health) = behind_lb(AgentKind::Upstreams, "upstream-agent")?;
     let within = Duration::from_secs(30);
+    // Waits until both agents hold `servers` server connections (`when` says why).
+    let both_agents_reach = |servers: f64, when: &str| -> anyhow::Result<()> {
+        for (name, health) in [("our agent", &rs_health), ("upstream agent", &up_health)] {
+            let what = format!("{name}{when}");
+            wait_metric(
+                &what,
+                health,
+                AGENT_OPEN_SERVER_CONNECTIONS,
+                servers,
+                within,
+            )?;
+        }
+        Ok(())
+    };
     let start = Instant::now();
-    wait_metric(
-        "our agent",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
+    both_agents_reach(3.0, "")?;
     println!(
         "both agents connected to 3 servers after {:?}",
         start.elapsed()
@@ -644,20 +645,7 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
         .unwrap_or_else(|e| e.into_inner())
         .retain(|a| *a != addr(&p3));
     up.kill();
-    wait_metric(
-        "our agent after a server left",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        2.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent after a server left",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        2.0,
-        within,
-    )?;
+    both_agents_reach(2.0, " after a server left")?;
     let (_up2, p4) = start_upstream_server(
         "upstream-server-2",
         &pki,
@@ -668,20 +656,7 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(addr(&p4));
-    wait_metric(
-        "our agent after a server joined",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent after a server joined",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
+    both_agents_reach(3.0, " after a server joined")?;
     let out = interop_uds(
         &dir.path().join("upstream-server-2.sock"),
         Some("http-get,echo-chunks"),

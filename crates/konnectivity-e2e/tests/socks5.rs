@@ -324,15 +324,7 @@ fn dial_line(
 ) -> (String, std::process::ExitStatus, String) {
     use std::io::Write;
     let mut child =
-        std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-            .arg("dial")
-            .args(args)
-            .envs(env)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("konnectivity dial");
+        konnectivity_e2e::spawn_konnectivity_dial(&args, &env).expect("konnectivity dial");
     let mut stdin = child.stdin.take().expect("stdin");
     let _ = stdin.write_all(msg);
     let mut line = String::new();

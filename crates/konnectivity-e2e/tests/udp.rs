@@ -159,15 +159,14 @@ async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
     });
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
+        let args = [
+            "--uds".to_string(),
+            sock.display().to_string(),
+            "--udp".into(),
+            addr.to_string(),
+        ];
         let mut child =
-            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-                .args(["dial", "--uds", &sock.display().to_string(), "--udp"])
-                .arg(addr.to_string())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("konnectivity dial --udp");
+            konnectivity_e2e::spawn_konnectivity_dial(&args, &[]).expect("konnectivity dial --udp");
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(b"one\ntwo\nthree\n").expect("write");
         drop(stdin);
