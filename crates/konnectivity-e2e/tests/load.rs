@@ -307,25 +307,24 @@ fn assert_no_cuts_and_bounded(run: &Run, server: Side, agent: Side) {
     assert_eq!(n, 0, "transfers were cut: {why:#?}");
     phases_complete(&run.report);
     let bound = BUDGET + RSS_MARGIN;
+    for (what, side, rss) in [
+        ("server", server, run.server_rss),
+        ("agent", agent, run.agent_rss),
+    ] {
+        if side == Side::Ours {
+            assert!(
+                rss < bound,
+                "our {what}'s RSS peaked at {:.1} MiB (bound {:.0} MiB)",
+                mib(rss),
+                mib(bound)
+            );
+        }
+    }
     if server == Side::Ours {
-        assert!(
-            run.server_rss < bound,
-            "our server's RSS peaked at {:.1} MiB (bound {:.0} MiB)",
-            mib(run.server_rss),
-            mib(bound)
-        );
         assert!(
             !run.server_log.contains("stopped reading"),
             "a slow consumer was treated as a stopped one:\n{}",
             run.server_log
-        );
-    }
-    if agent == Side::Ours {
-        assert!(
-            run.agent_rss < bound,
-            "our agent's RSS peaked at {:.1} MiB (bound {:.0} MiB)",
-            mib(run.agent_rss),
-            mib(bound)
         );
     }
 }
