@@ -186,6 +186,7 @@ pub fn start_agent(
 ) -> anyhow::Result<(Proc, u16)> {
     let (program, own): (PathBuf, &[&str]) = match kind {
         AgentKind::Ours => (bin("proxy-agent")?, &[]),
+        // The flags upstream's own integration harness gives its agent (probe 100 ms).
         AgentKind::Upstreams => (
             upstream_bin("proxy-agent")?,
             &["--health-server-host=127.0.0.1", "--probe-interval=100ms"],
