@@ -86,13 +86,17 @@ fn dest_host_keys(cp: &str, s: &Server) -> f64 {
 }
 
 /// Waits up to `secs` seconds until every server in `servers` counts `keys` destHost
-/// keys (`what` names the wait); panics otherwise.
-#[track_caller]
-fn wait_dest_host_keys(cp: &str, servers: &[Server], keys: f64, what: &str, secs: u64) {
+/// keys (`what` names the wait).
+fn wait_dest_host_keys(
+    cp: &str,
+    servers: &[Server],
+    keys: f64,
+    what: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
     wait_for(what, Duration::from_secs(secs), || {
         servers.iter().all(|s| dest_host_keys(cp, s) == keys)
     })
-    .unwrap();
 }
 
 struct Agent {
@@ -302,7 +306,8 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         4.0,
         "partitioned agent removed on every server",
         15,
-    );
+    )
+    .unwrap();
     let detect = t.elapsed();
     println!("partition detected on all servers in {detect:?} (keepalive {KEEPALIVE})");
     assert!(
@@ -332,7 +337,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     );
     // Heal: the agent reconnects on its own.
     cut_off(&nodes[2], "-D");
-    wait_dest_host_keys(&cp, &servers, 6.0, "healed agent back on every server", 20);
+    wait_dest_host_keys(&cp, &servers, 6.0, "healed agent back on every server", 20).unwrap();
     assert_eq!(
         whoami(&servers[2], &format!("{}:10250", node_ip(3)))
             .await
@@ -342,7 +347,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
 
     // SIGKILL an agent: its node fails promptly, others are unaffected; restart works.
     agents[1].proc.signal("KILL");
-    wait_dest_host_keys(&cp, &servers, 4.0, "killed agent removed", 10);
+    wait_dest_host_keys(&cp, &servers, 4.0, "killed agent removed", 10).unwrap();
     let t = Instant::now();
     let e = whoami(&servers[0], "10.244.2.7:10250")
         .await
@@ -357,7 +362,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "node3"
     );
     agents[1] = start_agent(2, &nodes[1], &pki, dir.path(), agent_port, "-restarted").unwrap();
-    wait_dest_host_keys(&cp, &servers, 6.0, "restarted agent on every server", 20);
+    wait_dest_host_keys(&cp, &servers, 6.0, "restarted agent on every server", 20).unwrap();
     assert_eq!(
         whoami(&servers[0], "10.244.2.7:10250").await.unwrap(),
         "node2"
