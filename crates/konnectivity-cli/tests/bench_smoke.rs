@@ -6,15 +6,48 @@
 //! The memory and scale parts start the real `proxy-server` and `proxy-agent` from the
 //! same target directory: build them first (`cargo build --bins`; `scripts/test.sh`
 //! does).
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
+use konnectivity_testkit::process::assert_fails_with;
 use serde_json::Value;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("konnectivity-bench-test-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&d);
     d.join(name)
+}
+
+/// Runs `konnectivity bench` with `args` and `--out out`; its output.
+fn bench(args: &[&str], out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_konnectivity"))
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run konnectivity bench")
+}
+
+/// Runs `konnectivity bench` with `args`, asserts that it succeeded and that its table
+/// says `table`, and returns the results it wrote to the JSON file `name`.
+fn bench_results(name: &str, args: &[&str], table: &str) -> Value {
+    let out = tmp(name);
+    let run = bench(args, &out);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "konnectivity bench {args:?} failed ({}):\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains(table),
+        "{table:?} not in the table:\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&out).expect("results file written");
+    let _ = std::fs::remove_file(&out);
+    serde_json::from_str(&text).expect("results are JSON")
 }
 
 fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -36,27 +69,7 @@ fn positive(v: &Value, path: &[&str]) {
 
 #[test]
 fn smoke_run_reports_every_measurement() {
-    let out = tmp("smoke.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
-        .args(["bench", "--smoke", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run konnectivity bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "konnectivity bench --smoke failed ({}):\n{stdout}\n{stderr}",
-        run.status
-    );
-    assert!(
-        stdout.contains("measurement"),
-        "no table printed:\n{stdout}"
-    );
-
-    let text = std::fs::read_to_string(&out).expect("results file written");
-    let _ = std::fs::remove_file(&out);
-    let v: Value = serde_json::from_str(&text).expect("results are JSON");
+    let v = bench_results("smoke.json", &["--smoke"], "measurement");
     assert_eq!(v["mode"], "smoke");
     positive(&v, &["machine", "cpus"]);
 
@@ -246,90 +259,37 @@ fn check_udp(m: &Value) {
 /// The UDP phase alone, small: what CI runs on every change to it, in a few seconds.
 #[test]
 fn udp_phase_reports_round_trips_and_loss() {
-    let out = tmp("udp.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
-        .args([
-            "bench",
-            "--smoke",
-            "--only",
-            "udp",
-            "--udp-datagrams",
-            "100",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run konnectivity bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "konnectivity bench --only udp failed ({}):\n{stdout}\n{}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
+    let v = bench_results(
+        "udp.json",
+        &["--smoke", "--only", "udp", "--udp-datagrams", "100"],
+        "UDP round trips",
     );
-    assert!(
-        stdout.contains("UDP round trips"),
-        "no UDP table:\n{stdout}"
-    );
-    let text = std::fs::read_to_string(&out).expect("results file written");
-    let _ = std::fs::remove_file(&out);
-    let v: Value = serde_json::from_str(&text).expect("results are JSON");
     assert_eq!(v["measurements"]["udp"]["datagrams_per_run"], 100);
     check_udp(&v["measurements"]);
 }
 
 #[test]
 fn missing_binaries_fail_clearly() {
-    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
-        .args([
-            "bench",
-            "--smoke",
-            "--only",
-            "memory",
-            "--bin-dir",
-            "/nonexistent",
-        ])
-        .arg("--out")
-        .arg(tmp("never.json"))
-        .output()
-        .expect("run konnectivity bench");
-    assert!(!run.status.success());
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        stderr.contains("proxy-server not found"),
-        "unexpected error: {stderr}"
+    let run = bench(
+        &["--smoke", "--only", "memory", "--bin-dir", "/nonexistent"],
+        &tmp("never.json"),
     );
+    assert_fails_with(&run, "proxy-server not found");
 }
 
 #[test]
 fn missing_upstream_binaries_are_reported() {
-    let out = tmp("no-upstream.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_konnectivity"))
-        .args([
-            "bench",
+    let v = bench_results(
+        "no-upstream.json",
+        &[
             "--smoke",
             "--only",
             "upstream",
             "--upstream-bin-dir",
             "/nonexistent",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run konnectivity bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        ],
+        "not measured",
     );
-    assert!(
-        stdout.contains("not measured"),
-        "not in the table:\n{stdout}"
-    );
-    let text = std::fs::read_to_string(&out).expect("results file written");
-    let _ = std::fs::remove_file(&out);
-    let v: Value = serde_json::from_str(&text).expect("results are JSON");
     let up = &v["measurements"]["upstream"];
     assert_eq!(up["available"], false);
     assert!(

@@ -13,7 +13,9 @@ use konnectivity_testkit::argv::{AgentArgv, ServerArgv};
 /// Network-namespace helpers for topology tests (root, iproute2, iptables).
 pub use konnectivity_testkit::netns;
 use konnectivity_testkit::pki::Pki;
-pub use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib, wait_for};
+pub use konnectivity_testkit::process::{
+    Proc, assert_fails_with, assert_prints, free_port, http_get, rss_kib, wait_for,
+};
 
 pub mod ops;
 
@@ -39,6 +41,23 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
         p.display()
     );
     Ok(p)
+}
+
+/// Starts `konnectivity dial <args>` (with `env` added to its environment) with its
+/// standard input, output and error piped to the test.
+pub fn spawn_konnectivity_dial(
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Child> {
+    use std::process::Stdio;
+    Ok(Command::new(bin("konnectivity")?)
+        .arg("dial")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
 }
 
 /// Runs the Go interop client (`tests/go-interop`, built once per test process as
@@ -114,54 +133,65 @@ pub fn start_server(
     let ports = ServerPorts::free(spec.uds.is_none());
     let args = spec.argv(name, pki, ports);
     let proc = Proc::spawn(name, &bin("proxy-server")?, &args, netns, dir)?;
-    let health = format!("{}:{}", spec.bind, ports.health);
     if netns.is_none() {
-        wait_for("proxy-server /healthz", Duration::from_secs(20), || {
-            http_get(&health, "/healthz")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-        })?;
+        wait_healthz("proxy-server /healthz", &spec.bind, ports.health, 20)?;
     }
     Ok((proc, ports))
 }
 
-/// Starts proxy-agent toward `host:agent_port`.
-pub fn start_agent(
-    name: &str,
-    pki: &Pki,
-    host: &str,
-    agent_port: u16,
-    extra: &[String],
-    netns: Option<&str>,
-    dir: &Path,
-) -> anyhow::Result<(Proc, u16)> {
-    spawn_agent(
-        &bin("proxy-agent")?,
-        name,
-        pki,
-        host,
-        agent_port,
-        &[],
-        extra,
-        netns,
-        dir,
-    )
+/// Waits up to `secs` seconds until `http://bind:port/healthz` answers 200.
+fn wait_healthz(what: &str, bind: &str, port: u16, secs: u64) -> anyhow::Result<()> {
+    let health = format!("{bind}:{port}");
+    wait_for(what, Duration::from_secs(secs), || {
+        http_get(&health, "/healthz")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    })
 }
 
-/// Spawns `program` as an agent toward `host:agent_port` on a free health port, sync
-/// 100 ms capped at 1 s, with `own` flags (the binary's) then `extra`.
+/// A fresh temporary directory and a test PKI (with `sans` on the server certificate)
+/// generated in its `pki/`.
+pub fn temp_pki(sans: &[&str]) -> anyhow::Result<(tempfile::TempDir, Pki)> {
+    let dir = tempfile::tempdir()?;
+    let pki = konnectivity_testkit::pki::generate(&dir.path().join("pki"), sans)?;
+    Ok((dir, pki))
+}
+
+/// Starts an agent of `kind` named `name` on loopback toward `agent_port` (the host's
+/// network namespace), with `extra` flags; returns it and its health port.
+pub fn start_local_agent(
+    kind: AgentKind,
+    name: &str,
+    pki: &Pki,
+    agent_port: u16,
+    extra: &[String],
+    dir: &Path,
+) -> anyhow::Result<(Proc, u16)> {
+    start_agent(kind, name, pki, "127.0.0.1", agent_port, extra, None, dir)
+}
+
+/// Starts an agent of `kind` toward `host:agent_port` (in the network namespace `netns`,
+/// the host's when `None`) on a free health port, sync 100 ms capped at 1 s, with the
+/// flags that kind always gets then `extra`; returns it and its health port.
 #[allow(clippy::too_many_arguments)]
-fn spawn_agent(
-    program: &Path,
+pub fn start_agent(
+    kind: AgentKind,
     name: &str,
     pki: &Pki,
     host: &str,
     agent_port: u16,
-    own: &[&str],
     extra: &[String],
     netns: Option<&str>,
     dir: &Path,
 ) -> anyhow::Result<(Proc, u16)> {
+    let (program, own): (PathBuf, &[&str]) = match kind {
+        AgentKind::Ours => (bin("proxy-agent")?, &[]),
+        // The flags upstream's own integration harness gives its agent (probe 100 ms).
+        AgentKind::Upstreams => (
+            upstream_bin("proxy-agent")?,
+            &["--health-server-host=127.0.0.1", "--probe-interval=100ms"],
+        ),
+    };
     let health = free_port();
     let args = AgentArgv::new(name, pki, host, agent_port)
         .args(own.iter().map(|s| s.to_string()))
@@ -169,7 +199,7 @@ fn spawn_agent(
         .sync("100ms", "1s")
         .args(extra.iter().cloned())
         .build();
-    let proc = Proc::spawn(name, program, &args, netns, dir)?;
+    let proc = Proc::spawn(name, &program, &args, netns, dir)?;
     Ok((proc, health))
 }
 
@@ -186,23 +216,54 @@ pub struct Loopback {
 }
 
 /// Starts a server as `spec` says and an agent (with `agent_extra` flags) connected to
-/// it, both on loopback, and waits until the server is ready (the agent is connected).
+/// it, both ours and on loopback, and waits until the server is ready (the agent is
+/// connected).
 pub fn start_loopback(
     pki: &Pki,
     spec: &ServerSpec,
     agent_extra: &[String],
     dir: &Path,
 ) -> anyhow::Result<Loopback> {
-    let (server, ports) = start_server("server", pki, spec, None, dir)?;
-    let (agent, agent_health) = start_agent(
-        "agent",
+    start_pair(
+        ServerKind::Ours,
+        AgentKind::Ours,
         pki,
-        "127.0.0.1",
-        ports.agent,
+        spec,
         agent_extra,
-        None,
         dir,
-    )?;
+    )
+}
+
+/// [`start_loopback`] with our gRPC server, its frontend on the UNIX socket `dir/s.sock`
+/// and `server_extra` flags; the tunnel and that socket's path.
+pub fn start_uds_loopback(
+    pki: &Pki,
+    dir: &Path,
+    server_extra: Vec<String>,
+) -> anyhow::Result<(Loopback, PathBuf)> {
+    let sock = dir.join("s.sock");
+    let spec = ServerSpec {
+        extra: server_extra,
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    Ok((start_loopback(pki, &spec, &[], dir)?, sock))
+}
+
+/// [`start_loopback`] with a server of kind `server` and an agent of kind `agent`.
+pub fn start_pair(
+    server: ServerKind,
+    agent: AgentKind,
+    pki: &Pki,
+    spec: &ServerSpec,
+    agent_extra: &[String],
+    dir: &Path,
+) -> anyhow::Result<Loopback> {
+    let (server, ports) = match server {
+        ServerKind::Ours => start_server("server", pki, spec, None, dir)?,
+        ServerKind::Upstreams => start_upstream_server("server", pki, spec, dir)?,
+    };
+    let (agent, agent_health) =
+        start_local_agent(agent, "agent", pki, ports.agent, agent_extra, dir)?;
     wait_server_ready("127.0.0.1", ports.health)?;
     Ok(Loopback {
         server,
@@ -220,6 +281,15 @@ pub fn wait_server_ready(bind: &str, health: u16) -> anyhow::Result<()> {
             .map(|(s, _)| s == 200)
             .unwrap_or(false)
     })
+}
+
+/// Which proxy-server a test runs: ours, or upstream's (a mixed fleet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// konnectivity-rs's `proxy-server`.
+    Ours,
+    /// Upstream's v0.36.0 `proxy-server` (built by `tests/upstream/build.sh`).
+    Upstreams,
 }
 
 /// Which proxy-agent a test runs: ours, or upstream's (a mixed fleet).
@@ -242,11 +312,8 @@ pub fn start_across(
     dir: &Path,
 ) -> anyhow::Result<(Proc, ServerPorts, Proc, u16)> {
     let (server, ports) = start_server("proxy-server", pki, spec, Some(&link.cp), dir)?;
-    let start = match kind {
-        AgentKind::Ours => start_agent,
-        AgentKind::Upstreams => start_upstream_agent_in,
-    };
-    let (agent, health) = start(
+    let (agent, health) = start_agent(
+        kind,
         "proxy-agent",
         pki,
         &link.cp_ip,
@@ -343,15 +410,11 @@ pub fn start_upstream_server(
     let ports = ServerPorts::free(spec.uds.is_none());
     let program = upstream_bin("proxy-server")?;
     let proc = spawn_upstream_server(name, &program, pki, spec, ports, dir)?;
-    let health = format!("{}:{}", spec.bind, ports.health);
-    wait_for(
+    wait_healthz(
         "upstream proxy-server /healthz",
-        Duration::from_secs(30),
-        || {
-            http_get(&health, "/healthz")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
-        },
+        &spec.bind,
+        ports.health,
+        30,
     )?;
     Ok((proc, ports))
 }
@@ -367,43 +430,6 @@ pub fn spawn_upstream_server(
 ) -> anyhow::Result<Proc> {
     let args = spec.argv(name, pki, ports);
     Proc::spawn(name, program, &args, None, dir)
-}
-
-/// Starts the upstream `proxy-agent` toward `host:agent_port` with the flags upstream's
-/// own integration harness uses (sync 100 ms, cap 1 s, probe 100 ms); returns it and its
-/// health port.
-pub fn start_upstream_agent(
-    name: &str,
-    pki: &Pki,
-    host: &str,
-    agent_port: u16,
-    extra: &[String],
-    dir: &Path,
-) -> anyhow::Result<(Proc, u16)> {
-    start_upstream_agent_in(name, pki, host, agent_port, extra, None, dir)
-}
-
-/// [`start_upstream_agent`] in the network namespace `netns` (the host's when `None`).
-pub fn start_upstream_agent_in(
-    name: &str,
-    pki: &Pki,
-    host: &str,
-    agent_port: u16,
-    extra: &[String],
-    netns: Option<&str>,
-    dir: &Path,
-) -> anyhow::Result<(Proc, u16)> {
-    spawn_agent(
-        &upstream_bin("proxy-agent")?,
-        name,
-        pki,
-        host,
-        agent_port,
-        &["--health-server-host=127.0.0.1", "--probe-interval=100ms"],
-        extra,
-        netns,
-        dir,
-    )
 }
 
 /// The value of an unlabelled metric `name` from `http://addr/metrics`, or `None` when it

@@ -79,13 +79,14 @@ fn status_agents(t: &Topology) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether, from the namespace `ns`, node `n`'s TLS kubelet stand-in answers within 2 s.
+fn kubelet_answers(ns: &str, n: usize) -> bool {
+    let url = format!("https://{}:10250/", node_ip(n));
+    output(ns, &["curl", "-sk", "-m", "2", "-o", "/dev/null", &url]).is_some()
+}
+
 fn setup(tag: &str) -> Topology {
-    let pid = std::process::id();
-    let cp = format!("kdoc{tag}-cp-{pid}");
-    let nodes: Vec<String> = (1..=2).map(|n| format!("kdoc{tag}-n{n}-{pid}")).collect();
-    let mut all = vec![cp.clone()];
-    all.extend(nodes.iter().cloned());
-    let ns = Namespaces::create(&all);
+    let (ns, cp, nodes) = Namespaces::control_plane_and_nodes(&format!("kdoc{tag}"), 2);
     let dir = tempfile::tempdir().unwrap();
 
     let bridge = Bridge::create(&cp, &[cp_ip()]);
@@ -189,19 +190,7 @@ fn setup(tag: &str) -> Topology {
     }
     for (i, node) in t.nodes.iter().enumerate() {
         wait_for("kubelet stand-in (TLS)", Duration::from_secs(10), || {
-            output(
-                node,
-                &[
-                    "curl",
-                    "-sk",
-                    "-m",
-                    "2",
-                    "-o",
-                    "/dev/null",
-                    &format!("https://{}:10250/", node_ip(i + 1)),
-                ],
-            )
-            .is_some()
+            kubelet_answers(node, i + 1)
         })
         .unwrap();
     }
@@ -215,19 +204,7 @@ fn setup(tag: &str) -> Topology {
     .unwrap();
     // The control plane cannot open a connection to a node: only the tunnel can.
     assert!(
-        output(
-            &t.cp,
-            &[
-                "curl",
-                "-sk",
-                "-m",
-                "2",
-                "-o",
-                "/dev/null",
-                &format!("https://{}:10250/", node_ip(1))
-            ]
-        )
-        .is_none(),
+        !kubelet_answers(&t.cp, 1),
         "control plane reached a node directly"
     );
     t

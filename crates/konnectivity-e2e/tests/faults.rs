@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::netns::Link;
-use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_loopback, start_server, wait_for};
+use konnectivity_e2e::{
+    AgentKind, Proc, ServerSpec, start_agent, start_loopback, start_server, temp_pki, wait_for,
+};
 use konnectivity_testkit::pki;
 use konnectivity_testkit::servers::{self, pattern_byte};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -213,6 +215,7 @@ fn partitionable(tag: &str, subnet: u8, blob: u64, d: &Path) -> Partitionable {
         .map(|s| s.to_string())
         .collect();
     let (agent, _) = start_agent(
+        AgentKind::Ours,
         "proxy-agent",
         &pki,
         &link.cp_ip,
@@ -350,9 +353,8 @@ fn transfer_survives_a_partition_shorter_than_the_keepalive() {
 
 #[test]
 fn killed_agent_ends_its_transfers_within_a_second() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
     let sock = d.join("konnectivity.sock");
     let mut lb = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], d).expect("up");
     let f = Frontend::Uds(sock);
@@ -458,6 +460,7 @@ fn rotated_certificates_reach_new_connections_while_established_transfers_finish
         });
     }
     let (_agent, agent_health) = start_agent(
+        AgentKind::Ours,
         "agent",
         &pki,
         "127.0.0.1,127.0.0.2",

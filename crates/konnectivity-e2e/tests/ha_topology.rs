@@ -85,6 +85,20 @@ fn dest_host_keys(cp: &str, s: &Server) -> f64 {
     .unwrap_or(-1.0)
 }
 
+/// Waits up to `secs` seconds until every server in `servers` counts `keys` destHost
+/// keys (`what` names the wait).
+fn wait_dest_host_keys(
+    cp: &str,
+    servers: &[Server],
+    keys: f64,
+    what: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
+    wait_for(what, Duration::from_secs(secs), || {
+        servers.iter().all(|s| dest_host_keys(cp, s) == keys)
+    })
+}
+
 struct Agent {
     proc: Proc,
     health: u16,
@@ -156,14 +170,17 @@ async fn whoami(s: &Server, addr: &str) -> Result<String, ClientError> {
         .to_owned())
 }
 
+/// Inserts (`op` `-I`) or deletes (`-D`) the iptables rules that cut the node namespace
+/// `ns` off the control-plane network, both ways.
+fn cut_off(ns: &str, op: &str) {
+    let net = format!("{NET}.0/24");
+    must(ns, &["iptables", op, "OUTPUT", "-d", &net, "-j", "DROP"]);
+    must(ns, &["iptables", op, "INPUT", "-s", &net, "-j", "DROP"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
-    let pid = std::process::id();
-    let cp = format!("kha-cp-{pid}");
-    let nodes: Vec<String> = (1..=3).map(|n| format!("kha-n{n}-{pid}")).collect();
-    let mut all = vec![cp.clone()];
-    all.extend(nodes.iter().cloned());
-    let _ns = Namespaces::create(&all);
+    let (_ns, cp, nodes) = Namespaces::control_plane_and_nodes("kha", 3);
     let dir = tempfile::tempdir().unwrap();
 
     // The control plane: a bridge holding the four server addresses.
@@ -281,35 +298,14 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
     }
 
     // Partition node 3 from the control plane: detected within two keepalive periods.
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-I",
-            "OUTPUT",
-            "-d",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-I",
-            "INPUT",
-            "-s",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
+    cut_off(&nodes[2], "-I");
     let t = Instant::now();
-    wait_for(
+    wait_dest_host_keys(
+        &cp,
+        &servers,
+        4.0,
         "partitioned agent removed on every server",
-        Duration::from_secs(15),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 4.0),
+        15,
     )
     .unwrap();
     let detect = t.elapsed();
@@ -340,36 +336,8 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "node1"
     );
     // Heal: the agent reconnects on its own.
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-D",
-            "OUTPUT",
-            "-d",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
-    must(
-        &nodes[2],
-        &[
-            "iptables",
-            "-D",
-            "INPUT",
-            "-s",
-            &format!("{NET}.0/24"),
-            "-j",
-            "DROP",
-        ],
-    );
-    wait_for(
-        "healed agent back on every server",
-        Duration::from_secs(20),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 6.0),
-    )
-    .unwrap();
+    cut_off(&nodes[2], "-D");
+    wait_dest_host_keys(&cp, &servers, 6.0, "healed agent back on every server", 20).unwrap();
     assert_eq!(
         whoami(&servers[2], &format!("{}:10250", node_ip(3)))
             .await
@@ -379,10 +347,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
 
     // SIGKILL an agent: its node fails promptly, others are unaffected; restart works.
     agents[1].proc.signal("KILL");
-    wait_for("killed agent removed", Duration::from_secs(10), || {
-        servers.iter().all(|s| dest_host_keys(&cp, s) == 4.0)
-    })
-    .unwrap();
+    wait_dest_host_keys(&cp, &servers, 4.0, "killed agent removed", 10).unwrap();
     let t = Instant::now();
     let e = whoami(&servers[0], "10.244.2.7:10250")
         .await
@@ -397,12 +362,7 @@ async fn routing_ha_partition_and_lifecycle_across_three_nodes() {
         "node3"
     );
     agents[1] = start_agent(2, &nodes[1], &pki, dir.path(), agent_port, "-restarted").unwrap();
-    wait_for(
-        "restarted agent on every server",
-        Duration::from_secs(20),
-        || servers.iter().all(|s| dest_host_keys(&cp, s) == 6.0),
-    )
-    .unwrap();
+    wait_dest_host_keys(&cp, &servers, 6.0, "restarted agent on every server", 20).unwrap();
     assert_eq!(
         whoami(&servers[0], "10.244.2.7:10250").await.unwrap(),
         "node2"

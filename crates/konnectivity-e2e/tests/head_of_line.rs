@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::*;
-use konnectivity_testkit::{pki, servers};
+use konnectivity_testkit::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
@@ -37,8 +37,7 @@ async fn download(f: &Frontend, source: &str, n: u64) -> anyhow::Result<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_reader_does_not_block_other_connections() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let Loopback { server, agent, .. } =
         start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;

@@ -39,28 +39,7 @@ enum Server {
 
 /// Builds the Go interop program once per test process.
 fn interop_bin() -> anyhow::Result<PathBuf> {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-            let out = bin_dir().join("konnectivity-interop-victim");
-            let build = std::process::Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(&src)
-                .output()
-                .map_err(|e| format!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "go build failed: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                ));
-            }
-            Ok(out)
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))
+    konnectivity_testkit::go_interop::build(&bin_dir().join("konnectivity-interop-victim"))
 }
 
 /// A tunnel of the real Go konnectivity-client to an echo server (`victim.go`), driven
@@ -162,23 +141,19 @@ fn received(text: &str, closed: bool) -> String {
 async fn foreign_connect_ids_against(
     which: Server,
 ) -> anyhow::Result<(String, String, Option<f64>)> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
-    let (_server, ports, _agent) = match which {
-        Server::Ours => {
-            let l = start_loopback(&pki, &spec, &[], dir.path())?;
-            (l.server, l.ports, l.agent)
-        }
-        Server::Upstream => {
-            let (server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-            let (agent, _) =
-                start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
-            wait_server_ready("127.0.0.1", ports.health)?;
-            (server, ports, agent)
-        }
+    let (server, agent) = match which {
+        Server::Ours => (ServerKind::Ours, AgentKind::Ours),
+        Server::Upstream => (ServerKind::Upstreams, AgentKind::Upstreams),
     };
+    let Loopback {
+        server: _server,
+        ports,
+        agent: _agent,
+        ..
+    } = start_pair(server, agent, &pki, &spec, &[], dir.path())?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let mut victim = GoVictim::open(&sock, echo)?;
 
@@ -329,6 +304,15 @@ fn tls_agent(pki_ca: &Path, cert: &Path, key: &Path) -> Arc<konnectivity_tls::Cl
     Arc::new(konnectivity_tls::agent_client(pki_ca, Some((cert, key)), &[]).expect("agent TLS"))
 }
 
+/// Opens an agent's Connect stream to `addr` (as `localhost`) with `tls` and `hello`.
+async fn agent_stream(
+    addr: SocketAddr,
+    tls: Arc<konnectivity_tls::ClientConfig>,
+    hello: &Hello,
+) -> Result<konnectivity_agent::stream::ServerStream, konnectivity_agent::stream::OpenError> {
+    konnectivity_agent::stream::open("localhost", addr, tls, hello, T, None).await
+}
+
 fn hello(id: &str, identifiers: &str) -> Hello {
     Hello {
         agent_id: id.into(),
@@ -342,8 +326,7 @@ fn hello(id: &str, identifiers: &str) -> Hello {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources_intact()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let other = pki::generate(&dir.path().join("other-pki"), &[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec {
@@ -353,17 +336,18 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
         ],
         ..ServerSpec::grpc_uds(sock.clone())
     };
-    let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        "good",
+    // The good agent, serving the echo server's address.
+    let Loopback {
+        server,
+        ports,
+        agent: _agent,
+        ..
+    } = start_loopback(
         &pki,
-        "127.0.0.1",
-        ports.agent,
+        &spec,
         &["--agent-identifiers=ipv4=127.0.0.1".into()],
-        None,
         dir.path(),
     )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let agent_addr: SocketAddr = format!("127.0.0.1:{}", ports.agent).parse()?;
 
@@ -401,45 +385,29 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     }
 
     // 2. TLS: an untrusted CA, an expired certificate, no client certificate.
-    let untrusted = konnectivity_agent::stream::open(
-        "localhost",
-        agent_addr,
-        tls_agent(&other.ca, &other.agent_cert, &other.agent_key),
-        &hello("x", ""),
-        T,
-        None,
-    )
-    .await;
-    assert!(
-        untrusted.is_err(),
-        "agent with a server CA it does not know connected"
-    );
-    let foreign = konnectivity_agent::stream::open(
-        "localhost",
-        agent_addr,
-        tls_agent(&pki.ca, &other.agent_cert, &other.agent_key),
-        &hello("x", ""),
-        T,
-        None,
-    )
-    .await;
-    assert!(
-        foreign.is_err(),
-        "agent with a client certificate from another CA was accepted"
-    );
-    let expired = konnectivity_agent::stream::open(
-        "localhost",
-        agent_addr,
-        tls_agent(&pki.ca, &pki.expired_agent_cert, &pki.expired_agent_key),
-        &hello("x", ""),
-        T,
-        None,
-    )
-    .await;
-    assert!(
-        expired.is_err(),
-        "agent with an expired certificate was accepted"
-    );
+    for (refused, ca, cert, key) in [
+        (
+            "agent with a server CA it does not know connected",
+            &other.ca,
+            &other.agent_cert,
+            &other.agent_key,
+        ),
+        (
+            "agent with a client certificate from another CA was accepted",
+            &pki.ca,
+            &other.agent_cert,
+            &other.agent_key,
+        ),
+        (
+            "agent with an expired certificate was accepted",
+            &pki.ca,
+            &pki.expired_agent_cert,
+            &pki.expired_agent_key,
+        ),
+    ] {
+        let opened = agent_stream(agent_addr, tls_agent(ca, cert, key), &hello("x", "")).await;
+        assert!(opened.is_err(), "{refused}");
+    }
     let no_cert = Arc::new(konnectivity_tls::client(&pki.ca, None, &[b"h2"])?);
     let tcp = tokio::net::TcpStream::connect(agent_addr).await?;
     let r = konnectivity_tls::TlsConnector::from(no_cert)
@@ -457,13 +425,10 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
     // (konnectivity-agent always sends one; the server's parser is unit-tested.)
 
     // 4. A hostile agent with a valid certificate.
-    let evil = konnectivity_agent::stream::open(
-        "localhost",
+    let evil = agent_stream(
         agent_addr,
         tls_agent(&pki.ca, &pki.agent_cert, &pki.agent_key),
         &hello("evil", "ipv4=10.66.0.1"),
-        T,
-        None,
     )
     .await?;
     for id in 1..200 {
@@ -595,8 +560,7 @@ async fn hostile_inputs_get_clear_errors_and_leave_healthy_traffic_and_resources
 
 #[test]
 fn a_connect_request_sent_one_byte_per_second_is_cut_off() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("c.sock");
     let spec = ServerSpec {
         mode: "http-connect",
@@ -663,6 +627,41 @@ impl NodeSocket {
     fn address(&self) -> String {
         self.path.to_string_lossy().into_owned()
     }
+
+    /// Asserts that, half a second on, nothing has connected to the socket.
+    async fn assert_never_reached(&self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !self.connected.load(Ordering::SeqCst),
+            "the node's UNIX socket was reached"
+        );
+    }
+}
+
+/// A `server` and an `agent` on loopback behind the gRPC frontend `sock`, and the node's
+/// UNIX socket that hostile dials point at.
+struct UnixTarget {
+    sock: PathBuf,
+    tunnel: Loopback,
+    node: NodeSocket,
+    /// Last, so that it outlives the processes (their logs are in it).
+    _dir: tempfile::TempDir,
+}
+
+impl UnixTarget {
+    fn start(server: ServerKind, agent: AgentKind) -> anyhow::Result<Self> {
+        let (dir, pki) = temp_pki(&[])?;
+        let sock = dir.path().join("s.sock");
+        let spec = ServerSpec::grpc_uds(sock.clone());
+        let tunnel = start_pair(server, agent, &pki, &spec, &[], dir.path())?;
+        let node = NodeSocket::bind(dir.path())?;
+        Ok(Self {
+            sock,
+            tunnel,
+            node,
+            _dir: dir,
+        })
+    }
 }
 
 /// Sends DIAL_REQ{protocol, address} on a fresh raw stream; the DIAL_RSP's error.
@@ -683,75 +682,44 @@ async fn refused_dial(sock: &Path, protocol: &str, address: &str) -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_server_refuses_unix_and_udp_dials_before_they_reach_an_upstream_agent()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let sock = dir.path().join("s.sock");
-    let spec = ServerSpec::grpc_uds(sock.clone());
-    let (server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) =
-        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let node = NodeSocket::bind(dir.path())?;
+    let t = UnixTarget::start(ServerKind::Ours, AgentKind::Upstreams)?;
 
-    let unix = refused_dial(&sock, "unix", &node.address()).await?;
+    let unix = refused_dial(&t.sock, "unix", &t.node.address()).await?;
     assert_eq!(unix, r#"protocol "unix" is not allowed (allowed: tcp)"#);
-    let udp = refused_dial(&sock, "udp", "127.0.0.1:53").await?;
+    let udp = refused_dial(&t.sock, "udp", "127.0.0.1:53").await?;
     assert_eq!(udp, r#"protocol "udp" is not allowed (allowed: tcp)"#);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !node.connected.load(Ordering::SeqCst),
-        "the node's UNIX socket was reached"
-    );
+    t.node.assert_never_reached().await;
     let refused = scrape_metric(
-        &format!("127.0.0.1:{}", ports.health),
+        &format!("127.0.0.1:{}", t.tunnel.ports.health),
         "konnectivity_network_proxy_server_dial_failure_count{reason=\"protocol_not_allowed\"}",
     );
     assert_eq!(refused, Some(2.0));
 
     // The upstream agent still serves TCP through our server.
     let echo = servers::echo("127.0.0.1:0").await?;
-    let (f, _own) = hostile_with_own_dial(&sock, echo, 77).await?;
+    let (f, _own) = hostile_with_own_dial(&t.sock, echo, 77).await?;
     drop(f);
-    assert!(server.child_alive());
+    assert!(t.tunnel.server.child_alive());
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let sock = dir.path().join("s.sock");
-    let spec = ServerSpec::grpc_uds(sock.clone());
-    let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-    let (agent, agent_health) = start_agent(
-        "agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let node = NodeSocket::bind(dir.path())?;
+    let t = UnixTarget::start(ServerKind::Upstreams, AgentKind::Ours)?;
 
-    let unix = refused_dial(&sock, "unix", &node.address()).await?;
+    let unix = refused_dial(&t.sock, "unix", &t.node.address()).await?;
     // Our agent serves UDP too (unless --max-udp-sockets=0); never UNIX sockets.
     assert_eq!(
         unix,
         r#"protocol "unix" is not allowed (allowed: tcp, udp)"#
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !node.connected.load(Ordering::SeqCst),
-        "the node's UNIX socket was reached"
-    );
+    t.node.assert_never_reached().await;
     let refused = scrape_metric(
-        &format!("127.0.0.1:{agent_health}"),
+        &format!("127.0.0.1:{}", t.tunnel.agent_health),
         "konnectivity_network_proxy_agent_endpoint_dial_failure_total{reason=\"protocol_not_allowed\"}",
     );
     assert_eq!(refused, Some(1.0));
-    assert!(agent.child_alive());
+    assert!(t.tunnel.agent.child_alive());
     Ok(())
 }
 
@@ -759,24 +727,16 @@ async fn our_agent_refuses_a_unix_dial_forwarded_by_an_upstream_server() -> anyh
 /// upstream's server and agent together dial the node's UNIX socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_lets_a_frontend_reach_a_unix_socket_on_the_node() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
-    let sock = dir.path().join("s.sock");
-    let spec = ServerSpec::grpc_uds(sock.clone());
-    let (_server, ports) = start_upstream_server("server", &pki, &spec, dir.path())?;
-    let (_agent, _) =
-        start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir.path())?;
-    wait_server_ready("127.0.0.1", ports.health)?;
-    let node = NodeSocket::bind(dir.path())?;
+    let t = UnixTarget::start(ServerKind::Upstreams, AgentKind::Upstreams)?;
 
-    let dial = packet::dial_req("unix", &node.address(), 4_243);
-    let mut f = RawFrontend::open_with(&sock, Some(dial)).await?;
+    let dial = packet::dial_req("unix", &t.node.address(), 4_243);
+    let mut f = RawFrontend::open_with(&t.sock, Some(dial)).await?;
     let rsp = f.next().await?;
     let r = packet::dial_response(&rsp);
     assert_eq!(r.error, "", "upstream dialed the UNIX socket");
     assert_ne!(r.connect_id, 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(node.connected.load(Ordering::SeqCst));
+    assert!(t.node.connected.load(Ordering::SeqCst));
     Ok(())
 }
 
@@ -805,8 +765,7 @@ async fn socks_exchange(sock: &Path, bytes: &[u8], eof: bool) -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_socks5_input_gets_a_reply_or_a_close_and_healthy_traffic_is_undisturbed()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let socks = dir.path().join("socks5.sock");
     let spec = ServerSpec {

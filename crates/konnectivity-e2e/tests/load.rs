@@ -19,10 +19,10 @@
 //! recorded, not failed (the issue measured 4 of them).
 //!
 //! The pairings run one after another (a lock in this file): each saturates the host.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use konnectivity_e2e::*;
@@ -69,28 +69,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The Go driver, built once per test process.
 fn go_load() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/go-interop");
-            let out = bin_dir().join("konnectivity-interop-load");
-            let build = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(&src)
-                .output()
-                .map_err(|e| format!("cannot run `go` (install Go; .ci/run does): {e}"))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "go build failed: {}",
-                    String::from_utf8_lossy(&build.stderr)
-                ));
-            }
-            Ok(out)
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))
+    konnectivity_testkit::go_interop::build(&bin_dir().join("konnectivity-interop-load"))
 }
 
 /// Highest RSS seen of each watched process, sampled every 100 ms until dropped.
@@ -177,16 +156,17 @@ fn run_pairing(server: Side, agent: Side) -> anyhow::Result<Run> {
         Side::Upstream => start_upstream_server("server", &pki, &spec, dir)?,
     };
     let (agt, agent_health) = match agent {
-        Side::Ours => start_agent(
+        Side::Ours => start_local_agent(
+            AgentKind::Ours,
             "agent",
             &pki,
-            "127.0.0.1",
             ports.agent,
             &ours_flags,
-            None,
             dir,
         )?,
-        Side::Upstream => start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], dir)?,
+        Side::Upstream => {
+            start_local_agent(AgentKind::Upstreams, "agent", &pki, ports.agent, &[], dir)?
+        }
     };
     wait_server_ready("127.0.0.1", ports.health)?;
 
@@ -327,25 +307,24 @@ fn assert_no_cuts_and_bounded(run: &Run, server: Side, agent: Side) {
     assert_eq!(n, 0, "transfers were cut: {why:#?}");
     phases_complete(&run.report);
     let bound = BUDGET + RSS_MARGIN;
+    for (what, side, rss) in [
+        ("server", server, run.server_rss),
+        ("agent", agent, run.agent_rss),
+    ] {
+        if side == Side::Ours {
+            assert!(
+                rss < bound,
+                "our {what}'s RSS peaked at {:.1} MiB (bound {:.0} MiB)",
+                mib(rss),
+                mib(bound)
+            );
+        }
+    }
     if server == Side::Ours {
-        assert!(
-            run.server_rss < bound,
-            "our server's RSS peaked at {:.1} MiB (bound {:.0} MiB)",
-            mib(run.server_rss),
-            mib(bound)
-        );
         assert!(
             !run.server_log.contains("stopped reading"),
             "a slow consumer was treated as a stopped one:\n{}",
             run.server_log
-        );
-    }
-    if agent == Side::Ours {
-        assert!(
-            run.agent_rss < bound,
-            "our agent's RSS peaked at {:.1} MiB (bound {:.0} MiB)",
-            mib(run.agent_rss),
-            mib(bound)
         );
     }
 }
@@ -358,11 +337,29 @@ fn stall_of<'a>(report: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|s| s["kind"] == kind)
 }
 
+/// [`run_pairing`], asserting that the run had no cuts and stayed within its bounds.
+fn run_pairing_without_cuts(server: Side, agent: Side) -> anyhow::Result<Run> {
+    let run = run_pairing(server, agent)?;
+    assert_no_cuts_and_bounded(&run, server, agent);
+    Ok(run)
+}
+
+/// Asserts that `budget` (stalled, pauses) counts exactly one connection, `which`,
+/// closed as stalled and that `log` says so; the pauses.
+fn assert_one_closed_as_stalled(budget: Option<(f64, f64)>, log: &str, which: &str) -> f64 {
+    let (stalled, pauses) = budget.unwrap_or_default();
+    assert_eq!(stalled, 1.0, "exactly {which} is closed as stalled");
+    assert!(
+        log.contains("made no progress within the stall timeout"),
+        "the log says stalled:\n{log}"
+    );
+    pauses
+}
+
 #[test]
 fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_consumer()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Ours, Side::Ours)?;
-    assert_no_cuts_and_bounded(&run, Side::Ours, Side::Ours);
+    let run = run_pairing_without_cuts(Side::Ours, Side::Ours)?;
     // Flow control confines a stalled consumer to its window: nothing to pause, nothing
     // over budget, so our processes never need to close it themselves.
     assert_eq!(run.server_budget.map(|b| b.0), Some(0.0));
@@ -375,22 +372,15 @@ fn ours_with_ours_moves_gigabytes_both_ways_without_cuts_and_confines_a_stalled_
 #[test]
 fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_consumer()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Ours, Side::Upstream)?;
-    assert_no_cuts_and_bounded(&run, Side::Ours, Side::Upstream);
-    let (stalled, pauses) = run.server_budget.unwrap_or_default();
+    let run = run_pairing_without_cuts(Side::Ours, Side::Upstream)?;
+    let pauses = assert_one_closed_as_stalled(
+        run.server_budget,
+        &run.server_log,
+        "the never-reading consumer",
+    );
     assert!(
         pauses > 0.0,
         "an upstream agent outruns the Go client: our server must have paused its stream"
-    );
-    assert_eq!(
-        stalled, 1.0,
-        "exactly the never-reading consumer is closed as stalled"
-    );
-    assert!(
-        run.server_log
-            .contains("made no progress within the stall timeout"),
-        "the log says stalled:\n{}",
-        run.server_log
     );
     let s = stall_of(&run.report, "download").expect("the stalled download ran");
     assert!(
@@ -403,18 +393,11 @@ fn our_server_with_an_upstream_agent_pauses_instead_of_cutting_and_closes_only_t
 #[test]
 fn upstream_server_with_our_agent_pauses_instead_of_cutting_and_closes_only_the_stalled_destination()
 -> anyhow::Result<()> {
-    let run = run_pairing(Side::Upstream, Side::Ours)?;
-    assert_no_cuts_and_bounded(&run, Side::Upstream, Side::Ours);
-    let (stalled, _) = run.agent_budget.unwrap_or_default();
-    assert_eq!(
-        stalled, 1.0,
-        "exactly the upload into the never-reading destination is closed as stalled"
-    );
-    assert!(
-        run.agent_log
-            .contains("made no progress within the stall timeout"),
-        "the log says stalled:\n{}",
-        run.agent_log
+    let run = run_pairing_without_cuts(Side::Upstream, Side::Ours)?;
+    assert_one_closed_as_stalled(
+        run.agent_budget,
+        &run.agent_log,
+        "the upload into the never-reading destination",
     );
     Ok(())
 }

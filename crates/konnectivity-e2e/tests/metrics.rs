@@ -5,13 +5,12 @@ use std::time::Duration;
 use konnectivity_client::{ClientError, Frontend, grpc_dial};
 use konnectivity_e2e::netns::metric;
 use konnectivity_e2e::*;
-use konnectivity_testkit::{pki, servers};
+use konnectivity_testkit::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic_with_upstream_names() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let Loopback {
         server: _server,

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::*;
-use konnectivity_testkit::pki::{self, Pki};
+use konnectivity_testkit::pki::Pki;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -88,81 +88,75 @@ fn wait_metric(
     r.map_err(|e| anyhow::anyhow!("{e} (last value seen: {last:?})"))
 }
 
-/// A TCP echo server on a plain thread.
-fn echo_server(bind: &str) -> anyhow::Result<SocketAddr> {
+/// Listens on `bind` and runs `serve` on a thread of its own for each connection.
+fn serve_each(
+    bind: &str,
+    serve: impl Fn(TcpStream) + Send + Copy + 'static,
+) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind(bind)?;
     let addr = l.local_addr()?;
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = match s.try_clone() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                let mut w = s;
-                let _ = std::io::copy(&mut r, &mut w);
-            });
+            std::thread::spawn(move || serve(s));
         }
     });
     Ok(addr)
 }
 
+/// A TCP echo server on a plain thread.
+fn echo_server(bind: &str) -> anyhow::Result<SocketAddr> {
+    serve_each(bind, |s| {
+        let mut r = match s.try_clone() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let mut w = s;
+        let _ = std::io::copy(&mut r, &mut w);
+    })
+}
+
 /// An HTTP/1.1 server answering every request with `200` and `body` (keep-alive).
 fn http_server(bind: &str, body: &'static str) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind(bind)?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut w = match s.try_clone() {
-                    Ok(w) => w,
-                    Err(_) => return,
-                };
-                let mut r = BufReader::new(s);
-                loop {
-                    // Read one request head.
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match r.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    let rsp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if w.write_all(rsp.as_bytes()).is_err() {
-                        return;
-                    }
+    serve_each(bind, move |s| {
+        let mut w = match s.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut r = BufReader::new(s);
+        loop {
+            // Read one request head.
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
                 }
-            });
+            }
+            let rsp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if w.write_all(rsp.as_bytes()).is_err() {
+                return;
+            }
         }
-    });
-    Ok(addr)
+    })
 }
 
 /// A server that first tells the client the address it sees the connection coming
 /// from (`peer=<addr> node=<node>\n`), then echoes.
 fn whoami_server(bind: &str, node: &'static str) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind(bind)?;
-    let addr = l.local_addr()?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(peer) = s.peer_addr() else { return };
-                let mut w = s;
-                if writeln!(w, "peer={peer} node={node}").is_err() {
-                    return;
-                }
-                let Ok(mut r) = w.try_clone() else { return };
-                let _ = std::io::copy(&mut r, &mut w);
-            });
+    serve_each(bind, move |s| {
+        let Ok(peer) = s.peer_addr() else { return };
+        let mut w = s;
+        if writeln!(w, "peer={peer} node={node}").is_err() {
+            return;
         }
-    });
-    Ok(addr)
+        let Ok(mut r) = w.try_clone() else { return };
+        let _ = std::io::copy(&mut r, &mut w);
+    })
 }
 
 /// A port on which nothing listens.
@@ -329,10 +323,6 @@ fn start_lb(backends: Vec<SocketAddr>) -> anyhow::Result<Lb> {
     Ok(Lb { port, backends })
 }
 
-fn new_pki(dir: &Path) -> anyhow::Result<Pki> {
-    pki::generate(&dir.join("pki"), &[])
-}
-
 // ---------------------------------------------------------------------------------------
 // Upstream proxy-agent ↔ our proxy-server, our proxy-agent ↔ upstream proxy-server
 
@@ -370,8 +360,12 @@ impl ServerIs {
         dir: &Path,
     ) -> anyhow::Result<(Proc, u16)> {
         match self {
-            ServerIs::Ours => start_upstream_agent(name, pki, "127.0.0.1", agent_port, &[], dir),
-            ServerIs::Upstream => start_agent(name, pki, "127.0.0.1", agent_port, &[], None, dir),
+            ServerIs::Ours => {
+                start_local_agent(AgentKind::Upstreams, name, pki, agent_port, &[], dir)
+            }
+            ServerIs::Upstream => {
+                start_local_agent(AgentKind::Ours, name, pki, agent_port, &[], dir)
+            }
         }
     }
 
@@ -392,8 +386,7 @@ fn agent_behind_the_other_server_tunnels_and_reconnects(
     server: ServerIs,
     mode: &'static str,
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let ours = match server {
         ServerIs::Ours => "rs",
         ServerIs::Upstream => "up",
@@ -471,29 +464,22 @@ fn our_agent_behind_the_upstream_http_connect_server_tunnels_and_reconnects() ->
 #[test]
 fn mixed_fleet_behind_our_server_routes_each_destination_to_the_agent_that_announced_it()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("fleet.sock");
     let mut spec = ServerSpec::grpc_uds(sock.clone());
     spec.extra = vec!["--proxy-strategies=destHost,default".into()];
     let (_server, ports) = start_server("rs-server", &pki, &spec, None, dir.path())?;
-    let (up_agent, up_health) = start_upstream_agent(
+    // An agent of `kind` announcing `identifiers`.
+    let announcing = |kind, name: &str, identifiers: &str| {
+        let flags = [format!("--agent-identifiers={identifiers}")];
+        start_local_agent(kind, name, &pki, ports.agent, &flags, dir.path())
+    };
+    let (up_agent, up_health) = announcing(
+        AgentKind::Upstreams,
         "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &["--agent-identifiers=host=upstream-node&ipv4=127.0.0.2".into()],
-        dir.path(),
+        "host=upstream-node&ipv4=127.0.0.2",
     )?;
-    let (rs_agent, _) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &["--agent-identifiers=host=rs-node&ipv4=127.0.0.3".into()],
-        None,
-        dir.path(),
-    )?;
+    let (rs_agent, _) = announcing(AgentKind::Ours, "rs-agent", "host=rs-node&ipv4=127.0.0.3")?;
     let health = format!("127.0.0.1:{}", ports.health);
     wait_metric(
         "both agents behind our server",
@@ -580,8 +566,7 @@ fn mixed_fleet_behind_our_server_routes_each_destination_to_the_agent_that_annou
 #[test]
 fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_three()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let count = "--server-count=3".to_string();
     let spec = |name: &str| {
         let mut s = ServerSpec::grpc_uds(dir.path().join(format!("{name}.sock")));
@@ -599,41 +584,30 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
     let addr = |p: &ServerPorts| SocketAddr::from(([127, 0, 0, 1], p.agent));
     let lb = start_lb(vec![addr(&p1), addr(&p2), addr(&p3)])?;
 
-    let (_rs_agent, rs_health) = start_agent(
-        "rs-agent",
-        &pki,
-        "127.0.0.1",
-        lb.port,
-        &[],
-        None,
-        dir.path(),
-    )?;
-    let (_up_agent, up_health) = start_upstream_agent(
-        "upstream-agent",
-        &pki,
-        "127.0.0.1",
-        lb.port,
-        &[],
-        dir.path(),
-    )?;
-    let rs_health = format!("127.0.0.1:{rs_health}");
-    let up_health = format!("127.0.0.1:{up_health}");
+    // An agent of `kind` behind the load balancer, and the address of its health port.
+    let behind_lb = |kind, name: &str| {
+        start_local_agent(kind, name, &pki, lb.port, &[], dir.path())
+            .map(|(agent, health)| (agent, format!("127.0.0.1:{health}")))
+    };
+    let (_rs_agent, rs_health) = behind_lb(AgentKind::Ours, "rs-agent")?;
+    let (_up_agent, up_health) = behind_lb(AgentKind::Upstreams, "upstream-agent")?;
     let within = Duration::from_secs(30);
+    // Waits until both agents hold `servers` server connections (`when` says why).
+    let both_agents_reach = |servers: f64, when: &str| -> anyhow::Result<()> {
+        for (name, health) in [("our agent", &rs_health), ("upstream agent", &up_health)] {
+            let what = format!("{name}{when}");
+            wait_metric(
+                &what,
+                health,
+                AGENT_OPEN_SERVER_CONNECTIONS,
+                servers,
+                within,
+            )?;
+        }
+        Ok(())
+    };
     let start = Instant::now();
-    wait_metric(
-        "our agent",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
+    both_agents_reach(3.0, "")?;
     println!(
         "both agents connected to 3 servers after {:?}",
         start.elapsed()
@@ -671,20 +645,7 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
         .unwrap_or_else(|e| e.into_inner())
         .retain(|a| *a != addr(&p3));
     up.kill();
-    wait_metric(
-        "our agent after a server left",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        2.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent after a server left",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        2.0,
-        within,
-    )?;
+    both_agents_reach(2.0, " after a server left")?;
     let (_up2, p4) = start_upstream_server(
         "upstream-server-2",
         &pki,
@@ -695,20 +656,7 @@ fn ha_mixed_servers_behind_a_load_balancer_get_both_agents_connected_to_all_thre
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(addr(&p4));
-    wait_metric(
-        "our agent after a server joined",
-        &rs_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
-    wait_metric(
-        "upstream agent after a server joined",
-        &up_health,
-        AGENT_OPEN_SERVER_CONNECTIONS,
-        3.0,
-        within,
-    )?;
+    both_agents_reach(3.0, " after a server joined")?;
     let out = interop_uds(
         &dir.path().join("upstream-server-2.sock"),
         Some("http-get,echo-chunks"),
@@ -735,8 +683,7 @@ fn both_connect_servers(
 
 #[test]
 fn connect_frontends_without_agents_answer_byte_for_byte_like_upstream() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let servers = both_connect_servers(dir.path(), &pki)?;
     let mut answers = Vec::new();
     for (who, _proc, sock) in &servers {
@@ -759,8 +706,7 @@ fn connect_frontends_without_agents_answer_byte_for_byte_like_upstream() -> anyh
 #[test]
 fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upstream()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let servers = both_connect_servers(dir.path(), &pki)?;
     let mut failures = Vec::new();
     for (who, _proc, sock) in &servers {
@@ -797,8 +743,7 @@ fn connect_frontends_close_the_socket_after_a_405_when_the_client_asks_like_upst
 /// the first SIGTERM sends DRAIN and the agent keeps running; the server marks it
 /// draining but still uses it when it is the only agent; the second SIGTERM ends it.
 fn drain_keeps_a_lone_agent_usable(server_is: ServerIs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = new_pki(dir.path())?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("drain.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let (server, ports) = server_is.start_server(&pki, &spec, dir.path())?;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use konnectivity_client::{Frontend, connect_dial, grpc_dial};
 use konnectivity_e2e::netns::{Namespaces, firewall_inbound, succeeds, veth_pair};
-use konnectivity_e2e::{Proc, ServerSpec, start_agent, start_server, wait_for};
-use konnectivity_testkit::pki;
+use konnectivity_e2e::{
+    AgentKind, Proc, ServerSpec, start_agent, start_server, temp_pki, wait_for,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const ID: &str = "kubelet-on-isolated-node";
@@ -62,9 +63,8 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, pre: &[u8], host: &st
 fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u8) {
     let started = Instant::now();
     let net = Net::new(tag, subnet);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[&net.cp_ip]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[&net.cp_ip]).expect("pki");
 
     // The node's kubelet stand-in.
     let www = d.join("www");
@@ -105,6 +105,7 @@ fn isolated_node_reached_through_tunnel(mode: &'static str, tag: &str, subnet: u
     let (_server, ports) =
         start_server("proxy-server", &pki, &spec, Some(&net.cp), d).expect("proxy-server");
     let (_agent, _) = start_agent(
+        AgentKind::Ours,
         "proxy-agent",
         &pki,
         &net.cp_ip,

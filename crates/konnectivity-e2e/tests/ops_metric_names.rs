@@ -9,13 +9,12 @@ use std::time::Duration;
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::ops::{dashboard_queries, exported_names, rule_queries, unknown_metrics};
 use konnectivity_e2e::*;
-use konnectivity_testkit::{pki, servers};
+use konnectivity_testkit::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_and_dashboard_query_only_exported_metrics() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let echo = servers::echo("127.0.0.1:0").await?;
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;

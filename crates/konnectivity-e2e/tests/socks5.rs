@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{AgentKind, Proc, ServerSpec, free_port, start_across, wait_for};
+use konnectivity_e2e::{
+    AgentKind, Proc, ServerSpec, assert_fails_with, free_port, start_across, start_loopback,
+    start_uds_loopback, temp_pki, wait_for,
+};
 use konnectivity_testkit::pki;
 
 const ID: &str = "served-on-the-node";
@@ -78,9 +81,8 @@ fn curl_through_socks5_to_the_node(which: AgentKind, prefix: &str, subnet: u8) {
     let link = Link::create(prefix, subnet + (std::process::id() % 50) as u8);
     firewall_inbound(&link.node);
     let _hosts = NodeHosts::create(&link.node, &format!("{} {NAME}", link.node_ip));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[&link.cp_ip]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
 
     let www = d.join("www");
     std::fs::create_dir_all(&www).expect("www");
@@ -170,25 +172,16 @@ fn a_socks5_bind_address_that_is_not_loopback_refuses_to_start() {
         ])
         .output()
         .expect("proxy-server runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--socks5-bind-address must be a loopback address"),
-        "{stderr}"
-    );
+    assert_fails_with(&out, "--socks5-bind-address must be a loopback address");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn konnectivity_dial_relays_through_the_socks5_frontend() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
     let socks = d.join("socks5.sock");
-    let spec = ServerSpec {
-        extra: vec![format!("--socks5-uds={}", socks.display())],
-        ..ServerSpec::grpc_uds(d.join("s.sock"))
-    };
-    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let (_l, _) = start_uds_loopback(&pki, d, vec![format!("--socks5-uds={}", socks.display())])
+        .expect("server and agent");
     let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
         .await
         .expect("echo");
@@ -221,23 +214,19 @@ async fn konnectivity_dial_relays_through_the_socks5_frontend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_auth_file_admits_curl_with_its_password_and_refuses_the_rest() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
     let users = d.join("socks5-users");
     std::fs::write(&users, "# who may use SOCKS5\nops:s3cret:2\nother:pw\n").expect("users");
     std::fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
     let socks_port = free_port();
-    let spec = ServerSpec {
-        extra: vec![
-            format!("--socks5-port={socks_port}"),
-            "--socks5-bind-address=0.0.0.0".into(),
-            format!("--socks5-auth-file={}", users.display()),
-        ],
-        ..ServerSpec::grpc_uds(d.join("s.sock"))
-    };
-    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let flags = vec![
+        format!("--socks5-port={socks_port}"),
+        "--socks5-bind-address=0.0.0.0".into(),
+        format!("--socks5-auth-file={}", users.display()),
+    ];
+    let (_l, _) = start_uds_loopback(&pki, d, flags).expect("server and agent");
     let url = id_server().await;
     let proxy = format!("127.0.0.1:{socks_port}");
     let curl = |user: &'static str| {
@@ -335,15 +324,7 @@ fn dial_line(
 ) -> (String, std::process::ExitStatus, String) {
     use std::io::Write;
     let mut child =
-        std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-            .arg("dial")
-            .args(args)
-            .envs(env)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("konnectivity dial");
+        konnectivity_e2e::spawn_konnectivity_dial(&args, &env).expect("konnectivity dial");
     let mut stdin = child.stdin.take().expect("stdin");
     let _ = stdin.write_all(msg);
     let mut line = String::new();
@@ -417,9 +398,8 @@ fn socat_tls(
 /// same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_over_tls_admits_only_clients_with_a_certificate_from_the_frontend_ca() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
     let stranger = pki::generate(&d.join("other-pki"), &[]).expect("another CA");
     let socks_port = free_port();
     let spec = ServerSpec {
@@ -433,7 +413,7 @@ async fn socks5_over_tls_admits_only_clients_with_a_certificate_from_the_fronten
             format!("--socks5-tls-key-file={}", pki.server_key.display()),
         ],
     };
-    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let _l = start_loopback(&pki, &spec, &[], d).expect("server and agent");
     let url = id_server().await;
     let curl_via = |local: u16| {
         let url = url.clone();
@@ -530,10 +510,8 @@ fn a_socks5_tls_certificate_without_any_client_ca_refuses_to_start() {
         .args(["--cluster-key", &pki.server_key.display().to_string()])
         .output()
         .expect("proxy-server runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--socks5-tls-cert-file needs a CA for client certificates"),
-        "{stderr}"
+    assert_fails_with(
+        &out,
+        "--socks5-tls-cert-file needs a CA for client certificates",
     );
 }

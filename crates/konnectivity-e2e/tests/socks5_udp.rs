@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use konnectivity_e2e::netns::{Link, firewall_inbound, output, succeeds};
-use konnectivity_e2e::{AgentKind, ServerSpec, free_port, start_across};
-use konnectivity_testkit::pki;
+use konnectivity_e2e::{AgentKind, ServerSpec, free_port, start_across, temp_pki};
 
 mod dns;
 use dns::{ANSWER, NAME, a_answers, a_query, dnsmasq};
@@ -80,9 +79,8 @@ fn pysocks_through_udp_associate(upstream_agent: bool, tag: &str, subnet: u8) {
     );
     let link = Link::create(tag, subnet + (std::process::id() % 50) as u8);
     firewall_inbound(&link.node);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[&link.cp_ip]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
     let _dns = dnsmasq(&link.node_ip, 53, Some(&link.node), d);
 
     let socks_port = free_port();

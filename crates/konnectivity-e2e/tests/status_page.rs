@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use konnectivity_client::{Frontend, grpc_dial};
 use konnectivity_e2e::*;
-use konnectivity_testkit::{pki, servers};
+use konnectivity_testkit::servers;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -111,8 +111,7 @@ fn output_dir() -> PathBuf {
 async fn live_status_page_shows_what_status_reports_after_traffic_and_a_failed_dial()
 -> anyhow::Result<()> {
     chromium()?;
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec {
         extra: vec!["--proxy-strategies=destHost,default".into()],
@@ -121,22 +120,20 @@ async fn live_status_page_shows_what_status_reports_after_traffic_and_a_failed_d
     let (_server, ports) = start_server("status-server", &pki, &spec, None, dir.path())?;
     // agent-a announces 127.0.0.1, so destHost sends every dial below to it.
     let ids = ["--agent-identifiers=host=node-a&ipv4=127.0.0.1&cidr=10.244.1.0/24".to_owned()];
-    let (_a, _) = start_agent(
+    let (_a, _) = start_local_agent(
+        AgentKind::Ours,
         "agent-a",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &ids,
-        None,
         dir.path(),
     )?;
-    let (_b, _) = start_agent(
+    let (_b, _) = start_local_agent(
+        AgentKind::Ours,
         "agent-b",
         &pki,
-        "127.0.0.1",
         ports.agent,
         &[],
-        None,
         dir.path(),
     )?;
     let admin = format!("127.0.0.1:{}", ports.admin);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use konnectivity_client::{ClientError, Frontend, connect_dial, grpc_dial};
 use konnectivity_e2e::*;
-use konnectivity_testkit::{pki, servers};
+use konnectivity_testkit::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(10);
@@ -33,8 +33,7 @@ async fn get_through<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let _tunnel = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi").await?;
@@ -58,8 +57,7 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
@@ -106,8 +104,7 @@ async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("c.sock");
     let spec = ServerSpec::uds("http-connect", sock.clone());
     let (_server, _ports) = start_server("server", &pki, &spec, None, dir.path())?;
@@ -141,8 +138,7 @@ async fn http_connect_over_uds_answers_405_and_500_like_upstream() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let spec = ServerSpec::tcp("http-connect");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
@@ -167,15 +163,7 @@ async fn curl_proxytunnel_reaches_the_backend_through_the_mtls_connect_frontend(
         }
     })
     .await??;
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "node says hi via curl"
-    );
+    assert_prints("curl", &out, "node says hi via curl");
 
     // Without a client certificate the frontend refuses the TLS handshake.
     let out = Command::new("curl")
@@ -201,8 +189,7 @@ fn interop(args: &[String]) -> anyhow::Result<String> {
 
 #[test]
 fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let _tunnel = start_loopback(&pki, &ServerSpec::grpc_uds(sock.clone()), &[], dir.path())?;
     let out = interop(&[format!("-uds={}", sock.display())])?;
@@ -212,8 +199,7 @@ fn go_konnectivity_client_works_through_the_uds_grpc_frontend() -> anyhow::Resul
 
 #[test]
 fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let spec = ServerSpec::tcp("grpc");
     let tunnel = start_loopback(&pki, &spec, &[], dir.path())?;
     let ports = tunnel.ports;
@@ -231,8 +217,7 @@ fn go_konnectivity_client_works_through_the_mtls_tcp_grpc_frontend() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_when_the_server_restarts() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let spec = ServerSpec::grpc_uds(sock.clone());
     let Loopback {
@@ -398,8 +383,7 @@ fn invalid_flag_combinations_exit_1_with_a_message_naming_the_problem() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connections()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let (_server, ports) = start_server(
         "server",
@@ -408,15 +392,18 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
         None,
         dir.path(),
     )?;
-    let (_first, _) = start_agent(
-        "same-id",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
+    // Each call starts another process with the same agent ID.
+    let same_id_agent = || {
+        start_local_agent(
+            AgentKind::Ours,
+            "same-id",
+            &pki,
+            ports.agent,
+            &[],
+            dir.path(),
+        )
+    };
+    let (_first, _) = same_id_agent()?;
     wait_server_ready("127.0.0.1", ports.health)?;
     let echo = servers::echo("127.0.0.1:0").await?;
     let mut conn = grpc_dial(&Frontend::Uds(sock.clone()), &echo.to_string(), T).await?;
@@ -424,15 +411,7 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
     let mut buf = [0u8; 6];
     conn.read_exact(&mut buf).await?;
     // A second process with the same agent ID connects.
-    let (_second, second_health) = start_agent(
-        "same-id",
-        &pki,
-        "127.0.0.1",
-        ports.agent,
-        &[],
-        None,
-        dir.path(),
-    )?;
+    let (_second, second_health) = same_id_agent()?;
     wait_for("second agent ready", T, || {
         http_get(&format!("127.0.0.1:{second_health}"), "/readyz")
             .map(|(s, _)| s == 200)
@@ -452,8 +431,7 @@ async fn a_second_agent_with_the_same_id_does_not_break_the_first_ones_connectio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_ends_finished_tunnels_cleanly_not_with_a_reset() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let pki = pki::generate(&dir.path().join("pki"), &[])?;
+    let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
     let mut spec = ServerSpec::grpc_uds(sock.clone());
     spec.extra.push("--v=5".into());

@@ -13,10 +13,9 @@ use bytes::Bytes;
 use konnectivity_client::{ClientError, Frontend, grpc_dial_protocol};
 use konnectivity_e2e::netns::{Link, firewall_inbound};
 use konnectivity_e2e::{
-    AgentKind, ServerSpec, free_port, start_across, start_agent, start_server,
-    start_upstream_agent, start_upstream_server, wait_server_ready,
+    AgentKind, ServerKind, ServerSpec, assert_prints, free_port, start_across, start_pair,
+    start_uds_loopback, temp_pki,
 };
-use konnectivity_testkit::pki;
 
 mod dns;
 use dns::{ANSWER, NAME, a_answers, a_query, dnsmasq};
@@ -62,9 +61,8 @@ async fn resolve_with_retries(frontend: &Frontend, dns: &str) -> Result<Vec<[u8;
 async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
     let link = Link::create("udp", 250 + (std::process::id() % 5) as u8);
     firewall_inbound(&link.node);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[&link.cp_ip]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[&link.cp_ip]).expect("pki");
     let _dns = dnsmasq(&link.node_ip, 53, Some(&link.node), d);
 
     let sock = d.join("konnectivity.sock");
@@ -77,14 +75,7 @@ async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
         start_across(&link, &pki, &spec, AgentKind::Ours, d).expect("server and agent");
 
     // The gRPC frontend is a UNIX socket: the test process reaches it from any namespace.
-    let frontend = Frontend::Uds(sock);
-    let dns = format!("{}:53", link.node_ip);
-    assert_eq!(
-        resolve_with_retries(&frontend, &dns)
-            .await
-            .expect("dnsmasq answers"),
-        vec![ANSWER, ANSWER]
-    );
+    assert_resolves(&Frontend::Uds(sock), &format!("{}:53", link.node_ip)).await;
     let metrics = konnectivity_e2e::netns::output(
         &link.node,
         &[
@@ -103,69 +94,55 @@ async fn dnsmasq_on_the_node_answers_a_query_over_udp_through_the_tunnel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstreams_agent_serves_udp_behind_our_server() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
-    let port = free_port();
-    let _dns = dnsmasq("127.0.0.1", port, None, d);
-    let sock = d.join("s.sock");
-    let spec = ServerSpec {
-        extra: vec!["--enable-udp".into()],
-        ..ServerSpec::grpc_uds(sock.clone())
-    };
-    let (server, ports) = start_server("server", &pki, &spec, None, d).expect("proxy-server");
-    let (agent, _) = start_upstream_agent("agent", &pki, "127.0.0.1", ports.agent, &[], d)
-        .expect("upstream's proxy-agent");
-    wait_server_ready("127.0.0.1", ports.health).expect("the upstream agent connects");
-
-    let frontend = Frontend::Uds(sock);
-    let dns = format!("127.0.0.1:{port}");
-    assert_eq!(
-        resolve_with_retries(&frontend, &dns)
-            .await
-            .expect("dnsmasq answers"),
-        vec![ANSWER, ANSWER]
-    );
-    assert!(server.child_alive() && agent.child_alive());
+    pair_on_loopback_resolves_over_udp(ServerKind::Ours, AgentKind::Upstreams, &["--enable-udp"])
+        .await;
 }
 
 /// The other half of the mixed fleet: upstream's server forwards `udp` as it gets it,
 /// and our agent serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agent_serves_udp_behind_upstreams_server() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    pair_on_loopback_resolves_over_udp(ServerKind::Upstreams, AgentKind::Ours, &[]).await;
+}
+
+/// A `server` (with `server_extra` flags) and an `agent` on loopback carry two DNS
+/// queries to a dnsmasq on loopback, and both processes are alive afterwards.
+async fn pair_on_loopback_resolves_over_udp(
+    server: ServerKind,
+    agent: AgentKind,
+    server_extra: &[&str],
+) {
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
     let port = free_port();
     let _dns = dnsmasq("127.0.0.1", port, None, d);
     let sock = d.join("s.sock");
-    let spec = ServerSpec::grpc_uds(sock.clone());
-    let (server, ports) =
-        start_upstream_server("server", &pki, &spec, d).expect("upstream's proxy-server");
-    let (agent, _) = start_agent("agent", &pki, "127.0.0.1", ports.agent, &[], None, d)
-        .expect("our proxy-agent");
-    wait_server_ready("127.0.0.1", ports.health).expect("our agent connects");
-    let frontend = Frontend::Uds(sock);
+    let spec = ServerSpec {
+        extra: server_extra.iter().map(|f| f.to_string()).collect(),
+        ..ServerSpec::grpc_uds(sock.clone())
+    };
+    let pair = start_pair(server, agent, &pki, &spec, &[], d)
+        .unwrap_or_else(|e| panic!("{server:?} server and {agent:?} agent: {e}"));
+    assert_resolves(&Frontend::Uds(sock), &format!("127.0.0.1:{port}")).await;
+    assert!(pair.server.child_alive() && pair.agent.child_alive());
+}
+
+/// Asserts that `dns`, asked through `frontend`, answers both queries with `ANSWER`.
+async fn assert_resolves(frontend: &Frontend, dns: &str) {
     assert_eq!(
-        resolve_with_retries(&frontend, &format!("127.0.0.1:{port}"))
+        resolve_with_retries(frontend, dns)
             .await
             .expect("dnsmasq answers"),
         vec![ANSWER, ANSWER]
     );
-    assert!(server.child_alive() && agent.child_alive());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, pki) = temp_pki(&[]).expect("pki");
     let d = dir.path();
-    let pki = pki::generate(&d.join("pki"), &[]).expect("pki");
-    let sock = d.join("s.sock");
-    let spec = ServerSpec {
-        extra: vec!["--enable-udp".into()],
-        ..ServerSpec::grpc_uds(sock.clone())
-    };
-    let _l = konnectivity_e2e::start_loopback(&pki, &spec, &[], d).expect("server and agent");
+    let (_l, sock) =
+        start_uds_loopback(&pki, d, vec!["--enable-udp".into()]).expect("server and agent");
     // A UDP echo that answers each datagram with its length and its bytes reversed,
     // so that merged or split datagrams would show.
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -182,15 +159,14 @@ async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
     });
     let out = tokio::task::spawn_blocking(move || {
         use std::io::Write;
+        let args = [
+            "--uds".to_string(),
+            sock.display().to_string(),
+            "--udp".into(),
+            addr.to_string(),
+        ];
         let mut child =
-            std::process::Command::new(konnectivity_e2e::bin("konnectivity").expect("built"))
-                .args(["dial", "--uds", &sock.display().to_string(), "--udp"])
-                .arg(addr.to_string())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("konnectivity dial --udp");
+            konnectivity_e2e::spawn_konnectivity_dial(&args, &[]).expect("konnectivity dial --udp");
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(b"one\ntwo\nthree\n").expect("write");
         drop(stdin);
@@ -198,15 +174,7 @@ async fn konnectivity_dial_udp_sends_each_line_as_a_datagram() {
     })
     .await
     .expect("join");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "3:eno\n3:owt\n5:eerht\n"
-    );
+    assert_prints("konnectivity dial --udp", &out, "3:eno\n3:owt\n5:eerht\n");
 }
 
 #[test]

@@ -18,10 +18,35 @@ use tokio_util::sync::CancellationToken;
 const SOCKET_PATH_AUTHORITY: &str =
     "%2Fetc%2Fkubernetes%2Fkonnectivity-server%2Fkonnectivity-server.socket";
 
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
+/// The HTTP/2 frame types this client sends or reads (RFC 9113 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameType {
+    Headers,
+    RstStream,
+    Settings,
+    GoAway,
+}
+
+impl FrameType {
+    /// The type's code on the wire.
+    fn code(self) -> u8 {
+        match self {
+            Self::Headers => 0x1,
+            Self::RstStream => 0x3,
+            Self::Settings => 0x4,
+            Self::GoAway => 0x7,
+        }
+    }
+
+    /// The type whose wire code is `code`, when this client knows it.
+    fn of(code: u8) -> Option<Self> {
+        [Self::Headers, Self::RstStream, Self::Settings, Self::GoAway]
+            .into_iter()
+            .find(|t| t.code() == code)
+    }
+}
+
+/// HEADERS flags (RFC 9113 §6.2): the last frame of the stream, and of the header block.
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
@@ -38,11 +63,11 @@ enum Answer {
     Closed,
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+fn frame(kind: FrameType, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len())
         .expect("small frame")
         .to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    let mut f = vec![len[1], len[2], len[3], kind.code(), flags];
     f.extend_from_slice(&stream.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -72,8 +97,13 @@ async fn ask(mut io: impl AsyncRead + AsyncWrite + Unpin, scheme: &str, authorit
         ("te", "trailers"),
     ]);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &request));
+    out.extend(frame(FrameType::Settings, 0, 0, &[]));
+    out.extend(frame(
+        FrameType::Headers,
+        END_HEADERS | END_STREAM,
+        1,
+        &request,
+    ));
     io.write_all(&out).await.expect("send the request");
     let answer = async {
         loop {
@@ -92,10 +122,10 @@ async fn ask(mut io: impl AsyncRead + AsyncWrite + Unpin, scheme: &str, authorit
                     .get(at..at + 4)
                     .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
             };
-            match (head[3], stream) {
-                (HEADERS, 1) => return Answer::Headers,
-                (RST_STREAM, 1) => return Answer::Reset(code(0)),
-                (GOAWAY, _) => return Answer::GoAway(code(4)),
+            match (FrameType::of(head[3]), stream) {
+                (Some(FrameType::Headers), 1) => return Answer::Headers,
+                (Some(FrameType::RstStream), 1) => return Answer::Reset(code(0)),
+                (Some(FrameType::GoAway), _) => return Answer::GoAway(code(4)),
                 _ => {}
             }
         }

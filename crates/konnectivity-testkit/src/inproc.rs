@@ -290,6 +290,20 @@ impl Agent {
         self.stop.cancel();
     }
 
+    /// How many connections to destinations the agent holds open now.
+    pub fn open_endpoints(&self) -> i64 {
+        self.agent
+            .metrics
+            .open_endpoint_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (on the test's clock, at most `within`) until the agent holds `n`
+    /// connections to destinations; `what` names the wait in the error.
+    pub async fn wait_endpoints(&self, what: &str, n: i64, within: Duration) -> anyhow::Result<()> {
+        eventually(what, within, || self.open_endpoints() == n).await
+    }
+
     /// Waits (on the test's clock, at most 30 s) until the agent has `n` servers.
     pub async fn wait_connected(&self, n: usize) -> anyhow::Result<()> {
         eventually(

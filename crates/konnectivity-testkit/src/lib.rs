@@ -3,6 +3,7 @@
 //!
 //! - [`argv`]: proxy-server and proxy-agent command lines (certificates, ports, frontend);
 //! - [`go_interop`]: building and running the Go interop client (`tests/go-interop`);
+//! - [`kube`]: a stand-in kube-apiserver on loopback and a kubeconfig pointing at it;
 //! - [`netns`]: network namespaces, veth links, a bridged control plane with nodes;
 //! - [`pki`]: a CA and server/agent/frontend certificates written as PEM files;
 //! - [`servers`]: HTTP "hello", TCP echo and byte-source servers on loopback, a closed
@@ -18,6 +19,7 @@ pub mod argv;
 pub mod go_interop;
 #[cfg(feature = "inproc")]
 pub mod inproc;
+pub mod kube;
 pub mod netns;
 pub mod pki;
 pub mod process;

@@ -73,6 +73,23 @@ impl Namespaces {
         }
         Namespaces(names.to_vec())
     }
+
+    /// Creates a control-plane namespace `<prefix>-cp-<pid>` and `nodes` node namespaces
+    /// `<prefix>-n<N>-<pid>` (N from 1); the guard, the control plane's name and the
+    /// nodes' names.
+    pub fn control_plane_and_nodes(
+        prefix: &str,
+        nodes: usize,
+    ) -> (Namespaces, String, Vec<String>) {
+        let pid = std::process::id();
+        let cp = format!("{prefix}-cp-{pid}");
+        let nodes: Vec<String> = (1..=nodes)
+            .map(|n| format!("{prefix}-n{n}-{pid}"))
+            .collect();
+        let mut all = vec![cp.clone()];
+        all.extend(nodes.iter().cloned());
+        (Namespaces::create(&all), cp, nodes)
+    }
 }
 
 impl Drop for Namespaces {

@@ -31,31 +31,33 @@ pub struct Pki {
     pub expired_agent_key: PathBuf,
 }
 
+/// What a leaf certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    /// TLS server authentication.
+    Server,
+    /// TLS client authentication.
+    Client,
+    /// TLS client authentication, valid only in 2019.
+    ExpiredClient,
+}
+
+/// A certificate `name` for `sans`, signed by `issuer`, and its key, written into `dir`
+/// as `<name>.crt` and `<name>.key`; their paths.
 fn leaf(
     name: &str,
     sans: &[&str],
-    server: bool,
+    kind: Leaf,
     issuer: &Issuer<'_, KeyPair>,
     dir: &Path,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
-    leaf_with(name, sans, server, issuer, dir, false)
-}
-
-fn leaf_with(
-    name: &str,
-    sans: &[&str],
-    server: bool,
-    issuer: &Issuer<'_, KeyPair>,
-    dir: &Path,
-    expired: bool,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
+) -> anyhow::Result<CertAndKey> {
     let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-    if expired {
+    if kind == Leaf::ExpiredClient {
         p.not_before = rcgen::date_time_ymd(2019, 1, 1);
         p.not_after = rcgen::date_time_ymd(2020, 1, 1);
     }
     p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![if server {
+    p.extended_key_usages = vec![if kind == Leaf::Server {
         ExtendedKeyUsagePurpose::ServerAuth
     } else {
         ExtendedKeyUsagePurpose::ClientAuth
@@ -86,6 +88,23 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(ca)
 }
 
+/// The paths of a certificate and of its key.
+type CertAndKey = (PathBuf, PathBuf);
+
+/// The server certificate (for `localhost`, `kubernetes`, `127.0.0.1`, `::1` and
+/// `extra_sans`) and the agent's client certificate, signed by `issuer` into `dir`.
+fn server_and_agent(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    extra_sans: &[&str],
+) -> anyhow::Result<(CertAndKey, CertAndKey)> {
+    let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
+    sans.extend_from_slice(extra_sans);
+    let server = leaf("proxy-server", &sans, Leaf::Server, issuer, dir)?;
+    let agent = leaf("proxy-agent", &["proxy-agent"], Leaf::Client, issuer, dir)?;
+    Ok((server, agent))
+}
+
 /// New server and agent certificates (new keys, new serials) from the CA of `pki`,
 /// written into `dir`: what a certificate rotation installs. The server certificate
 /// carries the same names as [`generate`] gives it plus `extra_sans`.
@@ -93,10 +112,8 @@ pub fn reissue(pki: &Pki, dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki
     std::fs::create_dir_all(dir)?;
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca.key"))?)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
-    sans.extend_from_slice(extra_sans);
-    let (server_cert, server_key) = leaf("proxy-server", &sans, true, &issuer, dir)?;
-    let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
+    let ((server_cert, server_key), (agent_cert, agent_key)) =
+        server_and_agent(&issuer, dir, extra_sans)?;
     Ok(Pki {
         dir: dir.to_owned(),
         server_cert,
@@ -119,14 +136,22 @@ pub fn generate(dir: &Path, extra_sans: &[&str]) -> anyhow::Result<Pki> {
     std::fs::write(&ca_path, ca_cert.pem())?;
     std::fs::write(dir.join("ca.key"), ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
-    let mut sans = vec!["localhost", "kubernetes", "127.0.0.1", "::1"];
-    sans.extend_from_slice(extra_sans);
-    let (server_cert, server_key) = leaf("proxy-server", &sans, true, &issuer, dir)?;
-    let (agent_cert, agent_key) = leaf("proxy-agent", &["proxy-agent"], false, &issuer, dir)?;
-    let (client_cert, client_key) =
-        leaf("frontend-client", &["kube-apiserver"], false, &issuer, dir)?;
-    let (expired_agent_cert, expired_agent_key) =
-        leaf_with("expired-agent", &["proxy-agent"], false, &issuer, dir, true)?;
+    let ((server_cert, server_key), (agent_cert, agent_key)) =
+        server_and_agent(&issuer, dir, extra_sans)?;
+    let (client_cert, client_key) = leaf(
+        "frontend-client",
+        &["kube-apiserver"],
+        Leaf::Client,
+        &issuer,
+        dir,
+    )?;
+    let (expired_agent_cert, expired_agent_key) = leaf(
+        "expired-agent",
+        &["proxy-agent"],
+        Leaf::ExpiredClient,
+        &issuer,
+        dir,
+    )?;
     Ok(Pki {
         dir: dir.to_owned(),
         ca: ca_path,

@@ -1,8 +1,8 @@
 //! Child processes for end-to-end tests and the bench: spawning our (or upstream's)
 //! binaries with their output in a log file, killing them by their own PID when
 //! dropped, free ports in the range upstream's flags accept, a blocking HTTP GET for
-//! health and metrics endpoints, and what `/proc` says about a process (resident
-//! memory, file descriptors, CPU time).
+//! health and metrics endpoints, what `/proc` says about a process (resident
+//! memory, file descriptors, CPU time), and assertions on a finished command's output.
 //!
 //! One harness for every caller, so a fix to how a process is started or stopped
 //! reaches the e2e tests and the bench alike.
@@ -224,4 +224,22 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(20));
     }
     anyhow::bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Asserts that the finished command `what` succeeded (else fails with its standard
+/// error) and printed exactly `want` on standard output.
+pub fn assert_prints(what: &str, out: &std::process::Output, want: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{what}");
+}
+
+/// Asserts that a finished command failed and that its standard error contains `want`.
+pub fn assert_fails_with(out: &std::process::Output, want: &str) {
+    assert!(!out.status.success(), "expected a failure with {want:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(want), "expected {want:?} in: {stderr}");
 }

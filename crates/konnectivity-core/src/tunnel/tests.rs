@@ -49,6 +49,23 @@ fn close_error(step: &Step<&str>) -> (i64, String) {
     }
 }
 
+/// Asserts that the established tunnel `t` answers `p` as `what` with a CLOSE_RSP of
+/// upstream's mismatched-IDs text for the named ID, and stays established.
+#[track_caller]
+fn assert_refused_as_foreign(t: &mut T, p: Packet, what: Foreign) {
+    let step = t.on_frontend(p);
+    assert!(
+        matches!(step, Step::Foreign { what: w, .. } if w == what),
+        "expected {what:?}, got {step:?}"
+    );
+    let (Foreign::Data { named } | Foreign::CloseReq { named } | Foreign::DialCls { named }) = what;
+    assert_eq!(
+        close_error(&step),
+        (named, wire::MISMATCHED_CONNECTION_IDS.to_owned())
+    );
+    assert!(t.is_established());
+}
+
 #[test]
 fn own_data_and_close_are_forwarded_once_established() {
     let mut t = established(Instant::now());
@@ -80,20 +97,9 @@ fn own_data_and_close_are_forwarded_once_established() {
 #[test]
 fn data_naming_another_connect_id_is_refused_and_the_tunnel_continues() {
     let mut t = established(Instant::now());
-    let step = t.on_frontend(packet::data(1, Bytes::from_static(b"INJECTED")));
-    assert!(matches!(
-        step,
-        Step::Foreign {
-            what: Foreign::Data { named: 1 },
-            ..
-        }
-    ));
-    assert_eq!(
-        close_error(&step),
-        (1, wire::MISMATCHED_CONNECTION_IDS.to_owned())
-    );
+    let p = packet::data(1, Bytes::from_static(b"INJECTED"));
+    assert_refused_as_foreign(&mut t, p, Foreign::Data { named: 1 });
     // Nothing was sent about the tunnel's own connection, and it still works.
-    assert!(t.is_established());
     assert!(matches!(
         t.on_frontend(packet::data(OWN, Bytes::from_static(b"x"))),
         Step::Forward(_)
@@ -103,19 +109,7 @@ fn data_naming_another_connect_id_is_refused_and_the_tunnel_continues() {
 #[test]
 fn close_req_naming_another_connect_id_is_refused_and_never_forwarded() {
     let mut t = established(Instant::now());
-    let step = t.on_frontend(packet::close_req(1));
-    assert!(matches!(
-        step,
-        Step::Foreign {
-            what: Foreign::CloseReq { named: 1 },
-            ..
-        }
-    ));
-    assert_eq!(
-        close_error(&step),
-        (1, wire::MISMATCHED_CONNECTION_IDS.to_owned())
-    );
-    assert!(t.is_established());
+    assert_refused_as_foreign(&mut t, packet::close_req(1), Foreign::CloseReq { named: 1 });
 }
 
 #[test]

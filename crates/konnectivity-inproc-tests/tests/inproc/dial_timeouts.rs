@@ -115,33 +115,21 @@ async fn refused_destination_is_answered_at_once_with_gos_text() -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test(start_paused = true)]
-async fn agent_dial_timeout_answers_grpc_dial_after_5s_with_io_timeout() -> anyhow::Result<()> {
-    unanswered_dial(Bound::Agent, Via::Grpc).await
+/// One test of [`unanswered_dial`] for each `name: bound, via` (a case of the matrix).
+macro_rules! unanswered_dial_tests {
+    ($($name:ident: $bound:ident, $via:ident;)*) => {$(
+        #[tokio::test(start_paused = true)]
+        async fn $name() -> anyhow::Result<()> {
+            unanswered_dial(Bound::$bound, Via::$via).await
+        }
+    )*};
 }
 
-#[tokio::test(start_paused = true)]
-async fn agent_dial_timeout_answers_connect_with_504_after_5s() -> anyhow::Result<()> {
-    unanswered_dial(Bound::Agent, Via::Connect).await
-}
-
-#[tokio::test(start_paused = true)]
-async fn backend_dial_timeout_answers_grpc_dial_before_the_agent_does() -> anyhow::Result<()> {
-    unanswered_dial(Bound::BackendDialTimeout, Via::Grpc).await
-}
-
-#[tokio::test(start_paused = true)]
-async fn backend_dial_timeout_answers_connect_with_504_before_the_agent_does() -> anyhow::Result<()>
-{
-    unanswered_dial(Bound::BackendDialTimeout, Via::Connect).await
-}
-
-#[tokio::test(start_paused = true)]
-async fn dial_deadline_answers_connect_when_backend_dial_timeout_is_off() -> anyhow::Result<()> {
-    unanswered_dial(Bound::DialDeadline, Via::Connect).await
-}
-
-#[tokio::test(start_paused = true)]
-async fn dial_deadline_answers_grpc_dial_when_backend_dial_timeout_is_off() -> anyhow::Result<()> {
-    unanswered_dial(Bound::DialDeadline, Via::Grpc).await
+unanswered_dial_tests! {
+    agent_dial_timeout_answers_grpc_dial_after_5s_with_io_timeout: Agent, Grpc;
+    agent_dial_timeout_answers_connect_with_504_after_5s: Agent, Connect;
+    backend_dial_timeout_answers_grpc_dial_before_the_agent_does: BackendDialTimeout, Grpc;
+    backend_dial_timeout_answers_connect_with_504_before_the_agent_does: BackendDialTimeout, Connect;
+    dial_deadline_answers_connect_when_backend_dial_timeout_is_off: DialDeadline, Connect;
+    dial_deadline_answers_grpc_dial_when_backend_dial_timeout_is_off: DialDeadline, Grpc;
 }

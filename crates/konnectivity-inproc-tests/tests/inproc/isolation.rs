@@ -11,7 +11,7 @@ use konnectivity_testkit::inproc::{Harness, RawProxy, Server};
 use konnectivity_testkit::servers;
 use tokio::io::AsyncReadExt;
 
-use crate::{echoes, one_agent};
+use crate::{echoes, one_agent, one_agent_and_echo};
 
 /// Where the hostile stream's own dial is when it names the victim's ID.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +60,7 @@ enum Own {
 async fn foreign_ids_do_not_reach_another_frontends_connection(
     state: Hostile,
 ) -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let mut victim = server.grpc_dial(echo).await?;
     echoes(&mut victim, b"hello").await?;
     let id = victim.connect_id();
@@ -186,8 +185,7 @@ async fn dial_cls_of_the_streams_own_dial_abandons_it() -> anyhow::Result<()> {
 
 #[tokio::test(start_paused = true)]
 async fn data_before_the_dial_is_answered_is_refused_not_guessed() -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let mut victim = server.grpc_dial(echo).await?;
     echoes(&mut victim, b"hello").await?;
 
@@ -219,8 +217,7 @@ async fn data_before_the_dial_is_answered_is_refused_not_guessed() -> anyhow::Re
 
 #[tokio::test(start_paused = true)]
 async fn a_connect_frontends_connection_cannot_be_named_by_a_grpc_frontend() -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let (mut victim, _) = server.connect_dial(echo).await?;
     echoes(&mut victim, b"hello").await?;
     // The CONNECT tunnel holds connect ID 1 on the only agent stream.

@@ -1,7 +1,6 @@
 //! `--max-pending-dials-per-agent` and `--max-connections-per-agent`: the dial over
 //! the limit is refused at once with a text naming the flag, and the limit frees up
 //! when a dial or connection ends.
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use konnectivity_agent::dialer::DIAL_TIMEOUT;
@@ -75,19 +74,13 @@ async fn connections_over_the_per_agent_limit_are_refused_until_one_closes() -> 
     assert_eq!(status, "503 Service Unavailable");
     assert_eq!(body, limit);
     // The agent had dialed them; the server's CLOSE_REQ closes them there too.
-    let open = || {
-        agent
-            .agent
-            .metrics
-            .open_endpoint_connections
-            .load(Ordering::Relaxed)
-    };
-    eventually(
-        "refused connections closed on the agent",
-        Duration::from_secs(1),
-        || open() == 1,
-    )
-    .await?;
+    agent
+        .wait_endpoints(
+            "refused connections closed on the agent",
+            1,
+            Duration::from_secs(1),
+        )
+        .await?;
     echoes(&mut first, b"still served").await?;
 
     first.shutdown().await?;

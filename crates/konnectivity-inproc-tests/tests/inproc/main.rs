@@ -16,6 +16,7 @@ mod stall;
 mod status;
 mod udp;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use konnectivity_client::ClientError;
@@ -34,6 +35,13 @@ pub async fn one_agent(settings: Settings) -> anyhow::Result<(Harness, Server, A
     server.wait_for_agents(1).await?;
     agent.wait_connected(1).await?;
     Ok((h, server, agent))
+}
+
+/// [`one_agent`] on the default settings, and an echo server on loopback to dial.
+pub async fn one_agent_and_echo() -> anyhow::Result<(Harness, Server, Agent, SocketAddr)> {
+    let (h, server, agent) = one_agent(Harness::server_settings()).await?;
+    let echo = konnectivity_testkit::servers::echo("127.0.0.1:0").await?;
+    Ok((h, server, agent, echo))
 }
 
 /// The text of a refused dial.

@@ -26,16 +26,20 @@ async fn dial_once_routed(
     anyhow::bail!("{addr} never routed: {last:?}")
 }
 
+/// A server of `h` with `destHost` as its only strategy.
+async fn dest_host_only(h: &Harness) -> anyhow::Result<konnectivity_testkit::inproc::Server> {
+    h.server(konnectivity_server::Settings {
+        strategies: vec![Strategy::DestHost],
+        ..Harness::server_settings()
+    })
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn pod_ips_route_to_the_agent_whose_node_owns_their_cidr_and_follow_a_change()
 -> anyhow::Result<()> {
     let h = Harness::new()?;
-    let server = h
-        .server(konnectivity_server::Settings {
-            strategies: vec![Strategy::DestHost],
-            ..Harness::server_settings()
-        })
-        .await?;
+    let server = dest_host_only(&h).await?;
     let node1 = h.agent(h.agent_settings("node1", server.agent_addr)?);
     let node2 = h.agent(h.agent_settings("node2", server.agent_addr)?);
     server.wait_for_agents(2).await?;
@@ -54,14 +58,8 @@ async fn pod_ips_route_to_the_agent_whose_node_owns_their_cidr_and_follow_a_chan
     );
     let mut conn = dial_once_routed(&server, pod_a).await?;
     echoes(&mut conn, b"to a pod on node 2").await?;
-    let open = |a: &konnectivity_testkit::inproc::Agent| {
-        a.agent
-            .metrics
-            .open_endpoint_connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     assert_eq!(
-        (open(&node1), open(&node2)),
+        (node1.open_endpoints(), node2.open_endpoints()),
         (0, 1),
         "node 2's agent holds the pod connection"
     );
@@ -88,12 +86,7 @@ async fn identifiers_changed_while_a_stream_opens_are_announced_by_a_reconnect()
     use std::time::Duration;
 
     let h = Harness::new()?;
-    let server = h
-        .server(konnectivity_server::Settings {
-            strategies: vec![Strategy::DestHost],
-            ..Harness::server_settings()
-        })
-        .await?;
+    let server = dest_host_only(&h).await?;
     let relay = Relay::start(server.agent_addr).await?;
     let node = h.agent(h.agent_settings("node", relay.addr())?);
     server.wait_for_agents(1).await?;

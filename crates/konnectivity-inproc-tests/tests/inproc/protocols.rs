@@ -18,6 +18,13 @@ use tokio::sync::oneshot;
 
 use crate::one_agent;
 
+/// A UNIX socket listening on the node (in the harness's directory), and its path.
+fn node_socket(h: &Harness) -> anyhow::Result<(UnixListener, String)> {
+    let path = h.socket_path("node-runtime");
+    let listener = UnixListener::bind(&path)?;
+    Ok((listener, path.to_string_lossy().into_owned()))
+}
+
 /// Fails if anything connects to `l` within a second (of the test's clock).
 async fn never_connected(l: &UnixListener) -> anyhow::Result<()> {
     match tokio::time::timeout(Duration::from_secs(1), l.accept()).await {
@@ -29,9 +36,7 @@ async fn never_connected(l: &UnixListener) -> anyhow::Result<()> {
 #[tokio::test(start_paused = true)]
 async fn server_refuses_protocols_other_than_tcp_without_asking_an_agent() -> anyhow::Result<()> {
     let (h, server, agent) = one_agent(Harness::server_settings()).await?;
-    let path = h.socket_path("node-runtime");
-    let node_socket = UnixListener::bind(&path)?;
-    let path = path.to_string_lossy().into_owned();
+    let (node_socket, path) = node_socket(&h)?;
     for (random, protocol, address) in [
         (7, "unix", path.as_str()),
         (8, "udp", "127.0.0.1:53"),
@@ -73,9 +78,7 @@ async fn server_refuses_protocols_other_than_tcp_without_asking_an_agent() -> an
 #[tokio::test(start_paused = true)]
 async fn agent_refuses_protocols_it_does_not_serve_instead_of_dialing_tcp() -> anyhow::Result<()> {
     let (h, server, agent) = one_agent(Harness::server_settings()).await?;
-    let path = h.socket_path("node-runtime");
-    let node_socket = UnixListener::bind(&path)?;
-    let path = path.to_string_lossy().into_owned();
+    let (node_socket, path) = node_socket(&h)?;
     // What an upstream server would do: forward the frontend's protocol verbatim. The
     // test registers the pending dial and sends the DIAL_REQ on the agent's stream.
     let backend = server

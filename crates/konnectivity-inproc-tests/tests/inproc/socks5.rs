@@ -10,7 +10,7 @@ use konnectivity_testkit::servers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::{echoes, one_agent};
+use crate::{echoes, one_agent, one_agent_and_echo};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -59,8 +59,7 @@ async fn rest(s: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
 
 #[tokio::test(start_paused = true)]
 async fn socks5_connects_by_ip_and_by_name_the_agent_resolves() -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let (mut by_ip, code) =
         socks_connect(&server.socks5, &request("127.0.0.1", echo.port())).await?;
     assert_eq!(code, 0);
@@ -113,8 +112,7 @@ async fn socks5_dial_failures_get_their_reply_codes() -> anyhow::Result<()> {
 #[tokio::test(start_paused = true)]
 async fn malformed_socks5_input_is_answered_or_closed_and_other_tunnels_carry_on()
 -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let mut victim = server.grpc_dial(echo).await?;
     echoes(&mut victim, b"before").await?;
     let (mut socks_victim, _) =

@@ -3,7 +3,6 @@
 //! client that never reads is closed as stalled after `--stall-timeout`, the agent is
 //! told (its destination connection ends), and another connection of the same agent
 //! works before, during the pause's bounded wait, and after.
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use konnectivity_testkit::inproc::{Harness, eventually};
@@ -58,19 +57,9 @@ async fn a_client_that_never_reads_is_closed_as_stalled_and_the_agent_is_told(
             Box::new(s)
         }
     };
-    let endpoints = || {
-        agent
-            .agent
-            .metrics
-            .open_endpoint_connections
-            .load(Ordering::Relaxed)
-    };
-    eventually(
-        "two destination connections",
-        Duration::from_secs(5),
-        || endpoints() == 2,
-    )
-    .await?;
+    agent
+        .wait_endpoints("two destination connections", 2, Duration::from_secs(5))
+        .await?;
     // The bytes move over real sockets while the paused clock runs ahead whenever the
     // runtime waits on them, so the wait is bounded generously: the client's own
     // HTTP/2 windows fill first, then the queue goes over budget and the clock starts.
@@ -97,12 +86,13 @@ async fn a_client_that_never_reads_is_closed_as_stalled_and_the_agent_is_told(
         server.shared.budget.pauses() >= 1,
         "the agent's stream was paused, not read past the budget"
     );
-    eventually(
-        "the agent told: its destination connection closed",
-        Duration::from_secs(10),
-        || endpoints() == 1,
-    )
-    .await?;
+    agent
+        .wait_endpoints(
+            "the agent told: its destination connection closed",
+            1,
+            Duration::from_secs(10),
+        )
+        .await?;
     assert_eq!(
         server.backends()[0].conns().len(),
         1,

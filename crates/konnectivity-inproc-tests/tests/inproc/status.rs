@@ -8,7 +8,7 @@ use konnectivity_server::status::{self, history};
 use konnectivity_testkit::inproc::{Harness, eventually};
 use konnectivity_testkit::servers;
 
-use crate::{AGENT, echoes, one_agent};
+use crate::{AGENT, echoes, one_agent, one_agent_and_echo};
 
 /// The newest remembered failure, after checking that exactly `n` were recorded.
 fn newest_of(
@@ -111,8 +111,7 @@ async fn a_dial_with_no_agent_is_remembered_without_one() -> anyhow::Result<()> 
 
 #[tokio::test(start_paused = true)]
 async fn open_connections_show_destination_frontend_and_bytes_each_way() -> anyhow::Result<()> {
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let mut g = server.grpc_dial(echo).await?;
     echoes(&mut g, &[1u8; 3000]).await?;
     let (mut c, _) = server.connect_dial(echo).await?;
@@ -171,8 +170,7 @@ async fn open_connections_show_destination_frontend_and_bytes_each_way() -> anyh
 #[tokio::test(start_paused = true)]
 async fn at_most_100_connections_are_listed_per_agent_oldest_first() -> anyhow::Result<()> {
     use konnectivity_server::status::document::MAX_LISTED_CONNECTIONS;
-    let (_h, server, _agent) = one_agent(Harness::server_settings()).await?;
-    let echo = servers::echo("127.0.0.1:0").await?;
+    let (_h, server, _agent, echo) = one_agent_and_echo().await?;
     let mut open = Vec::new();
     for _ in 0..(MAX_LISTED_CONNECTIONS + 5) {
         open.push(server.grpc_dial(echo).await?);
