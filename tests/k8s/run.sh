@@ -113,7 +113,7 @@ else
 fi
 
 # Our Go helpers: rebuilt when their sources or the module change.
-TKEY=$(cat go.mod go.sum kubelet-standin/*.go webhook/*.go | sha256sum | cut -c1-16)
+TKEY=$(cat go.mod go.sum kubelet-standin/*.go webhook/*.go internal/*/*.go | sha256sum | cut -c1-16)
 TDIR=$KDIR/tools-$TKEY
 if [ ! -x "$TDIR/webhook" ]; then
   mkdir -p "$TDIR"
