@@ -15,23 +15,19 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"sync"
 	"time"
 )
 
 type benchReport struct {
-	Library     string    `json:"library"`
+	modeReport
 	DialUS      []float64 `json:"dial_us"`
 	RttUS       []float64 `json:"rtt_us"`
 	Bulk1Gbps   []float64 `json:"bulk_1conn_gbps"`
 	BulkNGbps   []float64 `json:"bulk_parallel_gbps"`
 	Connections int       `json:"parallel"`
-	Error       string    `json:"error,omitempty"`
 }
 
 type benchConfig struct {
@@ -48,16 +44,6 @@ const patternPeriod = 1<<20 + 13
 func patternByte(off uint64) byte {
 	p := off % patternPeriod
 	return byte(p*31 + p>>11)
-}
-
-// tunnelConn dials addr through a new single-use tunnel; closing the connection
-// ends the tunnel.
-func tunnelConn(ctx context.Context, fe *frontend, addr string) (net.Conn, error) {
-	t, err := fe.singleUse(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return t.DialContext(ctx, "tcp", addr)
 }
 
 func echoByte(c net.Conn, b byte) error {
@@ -109,15 +95,9 @@ func benchBulk(ctx context.Context, fe *frontend, source string, conns int, per 
 	start := time.Now()
 	errs := make([]error, conns)
 	ends := make([]time.Time, conns)
-	var wg sync.WaitGroup
-	for i := 0; i < conns; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			ends[i], errs[i] = benchDownload(ctx, fe, source, per)
-		}(i)
-	}
-	wg.Wait()
+	parallel(conns, func(i int) {
+		ends[i], errs[i] = benchDownload(ctx, fe, source, per)
+	})
 	last := start
 	for i := range errs {
 		if errs[i] != nil {
@@ -177,11 +157,11 @@ func runBenchMeasurements(ctx context.Context, fe *frontend, cfg benchConfig, r 
 func runBench(fe *frontend, cfg benchConfig, timeout time.Duration) int {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	r := benchReport{Library: libraryVersion(), Connections: cfg.conns}
+	r := benchReport{modeReport: newModeReport(), Connections: cfg.conns}
 	if err := runBenchMeasurements(ctx, fe, cfg, &r); err != nil {
 		r.Error = err.Error()
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(&r); err != nil {
+	if !printReport(&r) {
 		return 1
 	}
 	return 0

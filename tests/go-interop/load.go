@@ -32,8 +32,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -250,11 +248,10 @@ type stallReport struct {
 }
 
 type loadReport struct {
-	Library string        `json:"library"`
-	Phases  []loadPhase   `json:"phases"`
-	Stalls  []stallReport `json:"stalls"`
-	Cuts    int           `json:"cuts"`
-	Error   string        `json:"error,omitempty"`
+	modeReport
+	Phases []loadPhase   `json:"phases"`
+	Stalls []stallReport `json:"stalls"`
+	Cuts   int           `json:"cuts"`
 }
 
 type loadConfig struct {
@@ -264,21 +261,31 @@ type loadConfig struct {
 	phases             map[string]bool
 }
 
-// loadDownload sends the request byte and reads n bytes, hashing them.
-func loadDownload(ctx context.Context, fe *frontend, addr string, n int64) transfer {
+// timedTransfer runs one transfer through a new single-use tunnel to addr and
+// times it: move writes first and reads or writes the rest, counting the bytes
+// moved in t.Bytes. The transfer ends at its last byte: the tunnel is then torn
+// down by cancelling its context, as kube-apiserver does when a request ends.
+// (Close would wait up to 10 s for a CLOSE_RSP that can queue behind the source's
+// endless stream, which nothing reads any more.)
+func timedTransfer(ctx context.Context, fe *frontend, addr string, move func(c net.Conn, t *transfer) error) transfer {
 	start := time.Now()
 	t := transfer{}
-	// The transfer ends at its last byte: the tunnel is then torn down by
-	// cancelling its context, as kube-apiserver does when a request ends. (Close
-	// would wait up to 10 s for a CLOSE_RSP that queues behind the source's
-	// endless stream, which nothing reads any more.)
 	tctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	err := func() error {
-		c, err := tunnelConn(tctx, fe, addr)
-		if err != nil {
-			return err
-		}
+	c, err := tunnelConn(tctx, fe, addr)
+	if err == nil {
+		err = move(c, &t)
+	}
+	t.Secs = time.Since(start).Seconds()
+	if err != nil {
+		t.Error = err.Error()
+	}
+	return t
+}
+
+// loadDownload sends the request byte and reads n bytes, hashing them.
+func loadDownload(ctx context.Context, fe *frontend, addr string, n int64) transfer {
+	return timedTransfer(ctx, fe, addr, func(c net.Conn, t *transfer) error {
 		if _, err := c.Write([]byte{1}); err != nil {
 			return err
 		}
@@ -295,25 +302,12 @@ func loadDownload(ctx context.Context, fe *frontend, addr string, n int64) trans
 			return fmt.Errorf("sha256 mismatch over %d bytes", n)
 		}
 		return nil
-	}()
-	t.Secs = time.Since(start).Seconds()
-	if err != nil {
-		t.Error = err.Error()
-	}
-	return t
+	})
 }
 
 // loadUpload sends the length and n pattern bytes, then checks the sink's digest.
 func loadUpload(ctx context.Context, fe *frontend, addr string, n int64) transfer {
-	start := time.Now()
-	t := transfer{}
-	tctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	err := func() error {
-		c, err := tunnelConn(tctx, fe, addr)
-		if err != nil {
-			return err
-		}
+	return timedTransfer(ctx, fe, addr, func(c net.Conn, t *transfer) error {
 		var head [8]byte
 		binary.BigEndian.PutUint64(head[:], uint64(n))
 		if _, err := c.Write(head[:]); err != nil {
@@ -335,29 +329,18 @@ func loadUpload(ctx context.Context, fe *frontend, addr string, n int64) transfe
 			return fmt.Errorf("all %d bytes written, no digest: %w", n, err)
 		}
 		if !bytes.Equal(digest[:], loadSHA256(n)) {
-			return fmt.Errorf("sha256 mismatch over %d bytes (sink saw %s)", n, hex.EncodeToString(digest[:]))
+			return fmt.Errorf("sha256 mismatch over %d bytes (sink saw %x)", n, digest[:])
 		}
 		return nil
-	}()
-	t.Secs = time.Since(start).Seconds()
-	if err != nil {
-		t.Error = err.Error()
-	}
-	return t
+	})
 }
 
 func runLoadPhase(ctx context.Context, name string, conns int, per int64, one func(context.Context) transfer) loadPhase {
 	ph := loadPhase{Name: name, Conns: conns, PerConn: per, Transfers: make([]transfer, conns)}
 	start := time.Now()
-	var wg sync.WaitGroup
-	for i := 0; i < conns; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			ph.Transfers[i] = one(ctx)
-		}(i)
-	}
-	wg.Wait()
+	parallel(conns, func(i int) {
+		ph.Transfers[i] = one(ctx)
+	})
 	ph.Secs = time.Since(start).Seconds()
 	var moved int64
 	for _, t := range ph.Transfers {
@@ -444,11 +427,11 @@ func stalled(ctx context.Context, fe *frontend, kind, addr string, stop <-chan s
 func runLoad(fe *frontend, cfg loadConfig, timeout time.Duration) int {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	rep := loadReport{Library: libraryVersion(), Phases: []loadPhase{}, Stalls: []stallReport{}}
+	rep := loadReport{modeReport: newModeReport(), Phases: []loadPhase{}, Stalls: []stallReport{}}
 	b, err := startLoadBackends()
 	if err != nil {
 		rep.Error = err.Error()
-		_ = json.NewEncoder(os.Stdout).Encode(&rep)
+		printReport(&rep)
 		return 1
 	}
 	defer b.close()
@@ -498,10 +481,7 @@ func runLoad(fe *frontend, cfg loadConfig, timeout time.Duration) int {
 	for _, ch := range stalls {
 		rep.Stalls = append(rep.Stalls, <-ch)
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(&rep); err != nil {
-		return 1
-	}
-	if rep.Cuts > 0 {
+	if !printReport(&rep) || rep.Cuts > 0 {
 		return 1
 	}
 	return 0

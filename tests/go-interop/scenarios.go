@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -131,36 +128,22 @@ func waitDone(ctx context.Context, t client.Tunnel, d time.Duration) (time.Durat
 	}
 }
 
-func getHello(ctx context.Context, hc *http.Client, httpAddr string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/hello", nil)
-	if err != nil {
-		return err
+// created creates a tunnel with create and reports how long that took as "create".
+func created[T any](r *report, create func() (T, error)) (T, error) {
+	start := time.Now()
+	t, err := create()
+	if err == nil {
+		r.add("create", time.Since(start).Round(time.Microsecond))
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("GET /hello: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("GET /hello: reading body: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET /hello: status %d, body %q", resp.StatusCode, body)
-	}
-	if string(body) != helloBody {
-		return fmt.Errorf("GET /hello: body %q, want %q", body, helloBody)
-	}
-	return nil
+	return t, err
 }
 
 func scenarioHTTPGet(ctx context.Context, e *env, r *report) error {
 	start := time.Now()
-	tun, err := e.fe.singleUse(ctx)
+	tun, err := created(r, func() (client.Tunnel, error) { return e.fe.singleUse(ctx) })
 	if err != nil {
 		return err
 	}
-	r.add("create", time.Since(start).Round(time.Microsecond))
 	if err := getHello(ctx, httpClientVia(tun.DialContext), e.dest.httpAddr); err != nil {
 		return err
 	}
@@ -180,74 +163,6 @@ func mbps(n int64, d time.Duration) float64 {
 	return float64(n) / d.Seconds() / 1e6
 }
 
-// upload POSTs transferSize pattern bytes and checks the server's byte count
-// and sha256. The returned duration covers dial, request and response.
-func upload(ctx context.Context, hc *http.Client, httpAddr string) (time.Duration, error) {
-	want := patternSHA256(uploadSeed, transferSize)
-	start := time.Now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+"/upload",
-		newPatternReader(uploadSeed, transferSize))
-	if err != nil {
-		return 0, err
-	}
-	req.ContentLength = transferSize
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("POST /upload: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	elapsed := time.Since(start)
-	if err != nil {
-		return 0, fmt.Errorf("POST /upload: reading reply: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("POST /upload: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	var rep uploadReply
-	if err := json.Unmarshal(body, &rep); err != nil {
-		return 0, fmt.Errorf("POST /upload: bad reply %q: %w", body, err)
-	}
-	if rep.Bytes != transferSize || rep.SHA256 != want {
-		return 0, fmt.Errorf("POST /upload: server received %d bytes sha256 %s, sent %d bytes sha256 %s",
-			rep.Bytes, rep.SHA256, transferSize, want)
-	}
-	return elapsed, nil
-}
-
-// download GETs transferSize pattern bytes and checks count and sha256.
-func download(ctx context.Context, hc *http.Client, httpAddr string) (time.Duration, error) {
-	want := patternSHA256(downloadSeed, transferSize)
-	start := time.Now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		fmt.Sprintf("http://%s/download?size=%d", httpAddr, transferSize), nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("GET /download: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("GET /download: status %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
-	}
-	h := sha256.New()
-	n, err := io.CopyBuffer(h, resp.Body, make([]byte, 64<<10))
-	elapsed := time.Since(start)
-	if err != nil {
-		return 0, fmt.Errorf("GET /download: body after %d bytes: %w", n, err)
-	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if n != transferSize || got != want {
-		return 0, fmt.Errorf("GET /download: received %d bytes sha256 %s, want %d bytes sha256 %s",
-			n, got, transferSize, want)
-	}
-	return elapsed, nil
-}
-
 type transferFunc func(ctx context.Context, hc *http.Client, httpAddr string) (time.Duration, error)
 
 // transferBoth runs fn once through a fresh single-use tunnel and once
@@ -257,13 +172,11 @@ func transferBoth(ctx context.Context, e *env, r *report, fn transferFunc) error
 	patternSHA256(uploadSeed, transferSize)
 	patternSHA256(downloadSeed, transferSize)
 
-	start := time.Now()
-	tun, err := e.fe.singleUse(ctx)
+	r.add("bytes", transferSize)
+	tun, err := created(r, func() (client.Tunnel, error) { return e.fe.singleUse(ctx) })
 	if err != nil {
 		return err
 	}
-	r.add("bytes", transferSize)
-	r.add("create", time.Since(start).Round(time.Microsecond))
 	tunDur, err := fn(ctx, httpClientVia(tun.DialContext), e.dest.httpAddr)
 	if err != nil {
 		return fmt.Errorf("through tunnel: %w", err)
@@ -334,14 +247,31 @@ func connPayload(i int) []byte {
 	return b
 }
 
-func echoOnce(ctx context.Context, e *env, i int) error {
+// closeUnless closes c in the background (not waiting for a CLOSE_RSP) unless
+// *done: a scenario defers it for what it closes itself when it gets that far.
+func closeUnless(done *bool, c io.Closer) {
+	if !*done {
+		go c.Close()
+	}
+}
+
+// echoConn dials the echo server through a new single-use tunnel.
+func echoConn(ctx context.Context, e *env) (client.Tunnel, net.Conn, error) {
 	tun, err := e.fe.singleUse(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	conn, err := tun.DialContext(ctx, "tcp", e.dest.echoAddr)
 	if err != nil {
-		return fmt.Errorf("DialContext(echo): %w", err)
+		return nil, nil, fmt.Errorf("DialContext(echo): %w", err)
+	}
+	return tun, conn, nil
+}
+
+func echoOnce(ctx context.Context, e *env, i int) error {
+	tun, conn, err := echoConn(ctx, e)
+	if err != nil {
+		return err
 	}
 	payload := connPayload(i)
 	werr := make(chan error, 1)
@@ -382,15 +312,9 @@ func echoOnce(ctx context.Context, e *env, i int) error {
 func scenarioConcurrent(ctx context.Context, e *env, r *report) error {
 	start := time.Now()
 	errs := make([]error, concurrentConns)
-	var wg sync.WaitGroup
-	for i := 0; i < concurrentConns; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			errs[i] = echoOnce(ctx, e, i)
-		}(i)
-	}
-	wg.Wait()
+	parallel(concurrentConns, func(i int) {
+		errs[i] = echoOnce(ctx, e, i)
+	})
 	failed := 0
 	var first []string
 	for i, err := range errs {
@@ -411,18 +335,12 @@ func scenarioConcurrent(ctx context.Context, e *env, r *report) error {
 }
 
 func scenarioReusable(ctx context.Context, e *env, r *report) error {
-	start := time.Now()
-	rt, err := e.fe.reusable(ctx)
+	rt, err := created(r, func() (client.ReusableTunnel, error) { return e.fe.reusable(ctx) })
 	if err != nil {
 		return err
 	}
 	closed := false
-	defer func() {
-		if !closed {
-			go rt.Close()
-		}
-	}()
-	r.add("create", time.Since(start).Round(time.Microsecond))
+	defer closeUnless(&closed, rt)
 	hc := httpClientVia(rt.DialContext)
 
 	t0 := time.Now()
@@ -435,15 +353,9 @@ func scenarioReusable(ctx context.Context, e *env, r *report) error {
 
 	t0 = time.Now()
 	errs := make([]error, reusableDials)
-	var wg sync.WaitGroup
-	for i := 0; i < reusableDials; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			errs[i] = getHello(ctx, hc, e.dest.httpAddr)
-		}(i)
-	}
-	wg.Wait()
+	parallel(reusableDials, func(i int) {
+		errs[i] = getHello(ctx, hc, e.dest.httpAddr)
+	})
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("concurrent requests: %w", err)
 	}
@@ -520,20 +432,12 @@ func reusableEcho(ctx context.Context, rt client.ReusableTunnel, echoAddr string
 // smaller than the pending packet returns a prefix and keeps the rest; a read
 // never merges two packets.
 func scenarioEchoChunks(ctx context.Context, e *env, r *report) error {
-	tun, err := e.fe.singleUse(ctx)
+	tun, conn, err := echoConn(ctx, e)
 	if err != nil {
 		return err
 	}
-	conn, err := tun.DialContext(ctx, "tcp", e.dest.echoAddr)
-	if err != nil {
-		return fmt.Errorf("DialContext(echo): %w", err)
-	}
 	ok := false
-	defer func() {
-		if !ok {
-			go conn.Close()
-		}
-	}()
+	defer closeUnless(&ok, conn)
 	const msg = "1234567890123456789012345"
 	const msg2 = "1234567"
 	write := func(s string) error {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -240,4 +241,97 @@ func (d *destinations) close() {
 	case <-done:
 	case <-time.After(3 * time.Second):
 	}
+}
+
+// getHello GETs /hello and checks the answer, like upload and download below: the
+// client side of the HTTP destination.
+func getHello(ctx context.Context, hc *http.Client, httpAddr string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/hello", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET /hello: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET /hello: reading body: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /hello: status %d, body %q", resp.StatusCode, body)
+	}
+	if string(body) != helloBody {
+		return fmt.Errorf("GET /hello: body %q, want %q", body, helloBody)
+	}
+	return nil
+}
+
+// upload POSTs transferSize pattern bytes and checks the server's byte count
+// and sha256. The returned duration covers dial, request and response.
+func upload(ctx context.Context, hc *http.Client, httpAddr string) (time.Duration, error) {
+	want := patternSHA256(uploadSeed, transferSize)
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+"/upload",
+		newPatternReader(uploadSeed, transferSize))
+	if err != nil {
+		return 0, err
+	}
+	req.ContentLength = transferSize
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("POST /upload: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("POST /upload: reading reply: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("POST /upload: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	var rep uploadReply
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return 0, fmt.Errorf("POST /upload: bad reply %q: %w", body, err)
+	}
+	if rep.Bytes != transferSize || rep.SHA256 != want {
+		return 0, fmt.Errorf("POST /upload: server received %d bytes sha256 %s, sent %d bytes sha256 %s",
+			rep.Bytes, rep.SHA256, transferSize, want)
+	}
+	return elapsed, nil
+}
+
+// download GETs transferSize pattern bytes and checks count and sha256.
+func download(ctx context.Context, hc *http.Client, httpAddr string) (time.Duration, error) {
+	want := patternSHA256(downloadSeed, transferSize)
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		fmt.Sprintf("http://%s/download?size=%d", httpAddr, transferSize), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("GET /download: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return 0, fmt.Errorf("GET /download: status %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, resp.Body, make([]byte, 64<<10))
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("GET /download: body after %d bytes: %w", n, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if n != transferSize || got != want {
+		return 0, fmt.Errorf("GET /download: received %d bytes sha256 %s, want %d bytes sha256 %s",
+			n, got, transferSize, want)
+	}
+	return elapsed, nil
 }

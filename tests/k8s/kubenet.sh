@@ -73,17 +73,9 @@ spec:
   podCIDRs: [10.244.$n.0/24]
 EOF
   done
+  echo ---
+  yaml_namespace kn-e2e kubenet
   cat <<EOF
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: kn-e2e
-  labels: {konnectivity-e2e: kubenet}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: kn-e2e}
 ---
 apiVersion: v1
 kind: ServiceAccount
@@ -116,43 +108,11 @@ spec:
     image: konnectivity-e2e.invalid/none:1
     ports: [{name: https, containerPort: 8443}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {name: kn-webhook, namespace: kn-e2e}
-spec:
-  ports: [{name: https, port: 443, targetPort: 8443, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kn-webhook-pod
-  namespace: kn-e2e
-  labels: {kubernetes.io/service-name: kn-webhook, endpointslice.kubernetes.io/managed-by: konnectivity-e2e}
-addressType: IPv4
-endpoints:
-- addresses: [$(kn_pod_ip 2)]
-  conditions: {ready: true}
-  nodeName: kn-node-2
-  targetRef: {kind: Pod, namespace: kn-e2e, name: kn-web}
-ports: [{name: https, port: 8443, protocol: TCP}]
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {name: kn-e2e-pod}
-webhooks:
-- name: deny-prefix-pod.konnectivity-e2e.invalid
-  clientConfig:
-    service: {namespace: kn-e2e, name: kn-webhook, port: 443, path: /validate/pod}
-    caBundle: $(base64 -w0 "$P/ca.crt")
-  rules:
-  - {operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}
-  namespaceSelector:
-    matchLabels: {konnectivity-e2e: kubenet}
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 10
 EOF
+  yaml_service kn-e2e kn-webhook kn-webhook-pod "$(kn_pod_ip 2)" kn-node-2 8443 "{kind: Pod, namespace: kn-e2e, name: kn-web}"
+  echo ---
+  yaml_webhook kn-e2e-pod deny-prefix-pod.konnectivity-e2e.invalid \
+    "service: {namespace: kn-e2e, name: kn-webhook, port: 443, path: /validate/pod}" kubenet
 }
 
 # kn_agent N: node N's agent, mTLS to the server, --node-name with the kn-agent token.

@@ -93,25 +93,8 @@ pod_netns_down() {
 }
 
 metrics_objects() {
+  yaml_service kube-system metrics-server metrics-server-node "$POD_IP" konn-node "$MS_PORT" "" "{k8s-app: metrics-server}"
   cat <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
-spec:
-  ports: [{name: https, port: 443, targetPort: $MS_PORT, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: metrics-server-node
-  namespace: kube-system
-  labels: {kubernetes.io/service-name: metrics-server, endpointslice.kubernetes.io/managed-by: konnectivity-e2e}
-addressType: IPv4
-endpoints:
-- addresses: [$POD_IP]
-  conditions: {ready: true}
-  nodeName: konn-node
-ports: [{name: https, port: $MS_PORT, protocol: TCP}]
 ---
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService

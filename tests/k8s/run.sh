@@ -113,7 +113,7 @@ else
 fi
 
 # Our Go helpers: rebuilt when their sources or the module change.
-TKEY=$(cat go.mod go.sum kubelet-standin/*.go webhook/*.go | sha256sum | cut -c1-16)
+TKEY=$(cat go.mod go.sum kubelet-standin/*.go webhook/*.go internal/*/*.go | sha256sum | cut -c1-16)
 TDIR=$KDIR/tools-$TKEY
 if [ ! -x "$TDIR/webhook" ]; then
   mkdir -p "$TDIR"
@@ -418,70 +418,104 @@ EOF
   fi
 }
 
-objects() {
+# The YAML helpers below print objects the scenarios apply (objects here, kn_objects in
+# kubenet.sh, metrics_objects in metrics.sh), without a `---` line before or after.
+
+# yaml_namespace NS LABEL: Namespace NS, labelled konnectivity-e2e=LABEL (what a scenario's
+# webhook configurations select), and its default ServiceAccount.
+yaml_namespace() {
   cat <<EOF
 apiVersion: v1
 kind: Namespace
 metadata:
-  name: konn-e2e
-  labels: {konnectivity-e2e: webhook}
+  name: $1
+  labels: {konnectivity-e2e: $2}
 ---
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: default, namespace: konn-e2e}
+metadata: {name: default, namespace: $1}
+EOF
+}
+
+# yaml_service NS NAME SLICE ADDRESS NODE PORT [TARGET_REF] [LABELS]: Service NS/NAME
+# (https, port 443 to PORT; labels LABELS if given) and its EndpointSlice SLICE, written
+# by hand as no kube-controller-manager runs here: one ready endpoint ADDRESS:PORT on
+# Node NODE (for TARGET_REF if given, e.g. its Pod).
+yaml_service() {
+  local ns=$1 name=$2 slice=$3 addr=$4 node=$5 port=$6 ref=${7:-} labels=${8:-}
+  cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: $name, namespace: $ns${labels:+, labels: $labels}}
+spec:
+  ports: [{name: https, port: 443, targetPort: $port, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $slice
+  namespace: $ns
+  labels: {kubernetes.io/service-name: $name, endpointslice.kubernetes.io/managed-by: konnectivity-e2e}
+addressType: IPv4
+endpoints:
+- addresses: [$addr]
+  conditions: {ready: true}
+  nodeName: $node
+EOF
+  [ -z "$ref" ] || echo "  targetRef: $ref"
+  echo "ports: [{name: https, port: $port, protocol: TCP}]"
+}
+
+# yaml_webhook NAME HOOK CLIENT_CONFIG NS_LABEL [OBJECT_LABELS]: ValidatingWebhookConfiguration
+# NAME, one webhook HOOK reached by CLIENT_CONFIG (`service: {...}` or `url: ...`, with
+# the scenario's CA) that validates ConfigMap creation in the namespaces labelled
+# konnectivity-e2e=NS_LABEL (only of the objects labelled OBJECT_LABELS, if given); it
+# fails closed.
+yaml_webhook() {
+  cat <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: $1}
+webhooks:
+- name: $2
+  clientConfig:
+    $3
+    caBundle: $(base64 -w0 "$P/ca.crt")
+  rules:
+  - {operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}
+  namespaceSelector:
+    matchLabels: {konnectivity-e2e: $4}
+EOF
+  [ -z "${5:-}" ] || printf '  objectSelector:\n    matchLabels: %s\n' "$5"
+  cat <<EOF
+  failurePolicy: Fail
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  timeoutSeconds: 10
+EOF
+}
+
+objects() {
+  local via cc
+  yaml_namespace konn-e2e webhook
+  cat <<EOF
 ---
 # What kube-controller-manager (not run here) would create; Pods in kube-system need it.
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: default, namespace: kube-system}
 ---
-apiVersion: v1
-kind: Service
-metadata: {name: konn-webhook, namespace: konn-e2e}
-spec:
-  ports: [{name: https, port: 443, targetPort: 8443, protocol: TCP}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: konn-webhook-node
-  namespace: konn-e2e
-  labels: {kubernetes.io/service-name: konn-webhook, endpointslice.kubernetes.io/managed-by: konnectivity-e2e}
-addressType: IPv4
-endpoints:
-- addresses: [$NODE_IP]
-  conditions: {ready: true}
-  nodeName: konn-node
-ports: [{name: https, port: 8443, protocol: TCP}]
-$(for via in service url; do
-  if [ $via = service ]; then
-    cc="service: {namespace: konn-e2e, name: konn-webhook, port: 443, path: /validate/service}"
-  else
-    cc="url: https://$NODE_IP:8443/validate/url"
-  fi
-  cat <<EOW
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata: {name: konn-e2e-$via}
-webhooks:
-- name: deny-prefix-$via.konnectivity-e2e.invalid
-  clientConfig:
-    $cc
-    caBundle: $(base64 -w0 "$P/ca.crt")
-  rules:
-  - {operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}
-  namespaceSelector:
-    matchLabels: {konnectivity-e2e: webhook}
-  objectSelector:
-    matchLabels: {webhook: $via}
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 10
-EOW
-done)
 EOF
+  yaml_service konn-e2e konn-webhook konn-webhook-node "$NODE_IP" konn-node 8443
+  for via in service url; do
+    if [ $via = service ]; then
+      cc="service: {namespace: konn-e2e, name: konn-webhook, port: 443, path: /validate/service}"
+    else
+      cc="url: https://$NODE_IP:8443/validate/url"
+    fi
+    echo ---
+    yaml_webhook "konn-e2e-$via" "deny-prefix-$via.konnectivity-e2e.invalid" "$cc" webhook "{webhook: $via}"
+  done
 }
 
 # register_node NODE IP POD: what a kubelet would register: Node NODE (InternalIP IP,

@@ -36,6 +36,8 @@ import (
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
 	utilexec "k8s.io/utils/exec"
+
+	"konnectivity-rs/tests/k8s/internal/serving"
 )
 
 // runtime is the "container runtime" behind the streaming server: processes and
@@ -143,52 +145,52 @@ func (k *kubelet) containerLogs(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "served for container %s of pod %s/%s by the kubelet stand-in\n", p[2], p[0], p[1])
 }
 
-func (k *kubelet) exec(w http.ResponseWriter, r *http.Request) {
-	p := parts(r.URL.Path, "/exec/", 3)
-	if p == nil {
-		http.NotFound(w, r)
-		return
+// streamHandler routes a kubelet streaming URL, prefix and want path parts, to the
+// streaming server: request asks it for the one-time URL of the request r, given the
+// parts joined with "/" (the container ID of an exec, the pod sandbox ID of a
+// port-forward).
+func (k *kubelet) streamHandler(prefix string, want int, request func(r *http.Request, id string) (string, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p := parts(r.URL.Path, prefix, want)
+		if p == nil {
+			http.NotFound(w, r)
+			return
+		}
+		tokenURL, err := request(r, strings.Join(p, "/"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		k.serveToken(w, r, tokenURL)
 	}
+}
+
+// execURL asks for the streaming URL of an exec in container id (/exec/ns/pod/container).
+func (k *kubelet) execURL(r *http.Request, id string) (string, error) {
 	opts, err := remotecommand.NewOptions(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return "", err
 	}
 	resp, err := k.streams.GetExec(&runtimeapi.ExecRequest{
-		ContainerId: strings.Join(p, "/"),
+		ContainerId: id,
 		Cmd:         r.URL.Query()["command"],
 		Tty:         opts.TTY,
 		Stdin:       opts.Stdin,
 		Stdout:      opts.Stdout,
 		Stderr:      opts.Stderr,
 	})
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	k.serveToken(w, r, resp.Url)
+	return resp.GetUrl(), err
 }
 
-func (k *kubelet) portForward(w http.ResponseWriter, r *http.Request) {
-	p := parts(r.URL.Path, "/portForward/", 2)
-	if p == nil {
-		http.NotFound(w, r)
-		return
-	}
+// portForwardURL asks for the streaming URL of a port-forward to pod sandbox id
+// (/portForward/ns/pod).
+func (k *kubelet) portForwardURL(r *http.Request, id string) (string, error) {
 	opts, err := portforward.NewV4Options(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+		return "", err
 	}
-	resp, err := k.streams.GetPortForward(&runtimeapi.PortForwardRequest{
-		PodSandboxId: strings.Join(p, "/"),
-		Port:         opts.Ports,
-	})
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	k.serveToken(w, r, resp.Url)
+	resp, err := k.streams.GetPortForward(&runtimeapi.PortForwardRequest{PodSandboxId: id, Port: opts.Ports})
+	return resp.GetUrl(), err
 }
 
 // serveEcho answers every line with "echo from the node: <line>".
@@ -213,20 +215,16 @@ func serveEcho(ln net.Listener) {
 }
 
 func main() {
-	listen := flag.String("listen", "", "address to serve the kubelet API on (host:10250)")
-	cert := flag.String("tls-cert-file", "", "serving certificate")
-	key := flag.String("tls-private-key-file", "", "serving key")
+	sf := serving.Define("address to serve the kubelet API on (host:10250)")
 	clientCA := flag.String("client-ca-file", "", "CA that signs kube-apiserver's kubelet client certificate (required from clients)")
 	logText := flag.String("log-text", "hello from the node", "text returned as the container log")
 	echoListen := flag.String("echo-listen", "", "if set, a line-echo TCP server (the pod's port for port-forward), e.g. 127.0.0.1:7000")
 	resourceContainers := flag.String("resource-containers", "konn-e2e/konn-pod/app", "containers reported by /metrics/resource, comma-separated namespace/pod/container (the default is the scenario's pod)")
-	flag.Parse()
-	log.SetPrefix("kubelet-standin: ")
-	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	serving.Parse("kubelet-standin")
 
 	cfg := streaming.DefaultConfig
-	cfg.Addr = *listen
-	cfg.BaseURL = &url.URL{Scheme: "https", Host: *listen, Path: "/cri/"}
+	cfg.Addr = *sf.Listen
+	cfg.BaseURL = &url.URL{Scheme: "https", Host: *sf.Listen, Path: "/cri/"}
 	cfg.StreamIdleTimeout = 5 * time.Minute
 	streams, err := streaming.NewServer(cfg, runtime{})
 	if err != nil {
@@ -242,10 +240,10 @@ func main() {
 	}
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	mux.HandleFunc("/healthz", serving.Healthz)
 	mux.HandleFunc("/containerLogs/", k.containerLogs)
-	mux.HandleFunc("/exec/", k.exec)
-	mux.HandleFunc("/portForward/", k.portForward)
+	mux.HandleFunc("/exec/", k.streamHandler("/exec/", 3, k.execURL))
+	mux.HandleFunc("/portForward/", k.streamHandler("/portForward/", 2, k.portForwardURL))
 	containers, err := parseContainers(*resourceContainers)
 	if err != nil {
 		log.Fatal(err)
@@ -258,32 +256,24 @@ func main() {
 	if err != nil || !pool.AppendCertsFromPEM(pem) {
 		log.Fatalf("client CA %s: %v", *clientCA, err)
 	}
-	srv := &http.Server{
-		Addr: *listen,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			who := "-"
-			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-				who = r.TLS.PeerCertificates[0].Subject.CommonName
-			}
-			log.Printf("%s %s from %s (client cert %q)", r.Method, r.URL.Path, r.RemoteAddr, who)
-			mux.ServeHTTP(w, r)
-		}),
-		TLSConfig: &tls.Config{
-			ClientCAs:  pool,
-			ClientAuth: tls.VerifyClientCertIfGiven,
-			MinVersion: tls.VersionTLS12,
-		},
-		ReadHeaderTimeout: 10 * time.Second,
-	}
+	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		who := "-"
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			who = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
+		log.Printf("%s %s from %s (client cert %q)", r.Method, r.URL.Path, r.RemoteAddr, who)
+		mux.ServeHTTP(w, r)
+	})
 	// Everything but /healthz needs kube-apiserver's kubelet client certificate.
-	inner := srv.Handler
-	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	sf.Serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz" && (r.TLS == nil || len(r.TLS.PeerCertificates) == 0) {
 			http.Error(w, "Unauthorized: a client certificate is required", http.StatusUnauthorized)
 			return
 		}
-		inner.ServeHTTP(w, r)
+		logged.ServeHTTP(w, r)
+	}), &tls.Config{
+		ClientCAs:  pool,
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		MinVersion: tls.VersionTLS12,
 	})
-	log.Printf("serving on https://%s", *listen)
-	log.Fatal(srv.ListenAndServeTLS(*cert, *key))
 }

@@ -8,16 +8,16 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"strings"
-	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"konnectivity-rs/tests/k8s/internal/serving"
 )
 
 func validate(w http.ResponseWriter, r *http.Request) {
@@ -47,16 +47,10 @@ func validate(w http.ResponseWriter, r *http.Request) {
 }
 
 func main() {
-	listen := flag.String("listen", "", "host:port")
-	cert := flag.String("tls-cert-file", "", "serving certificate")
-	key := flag.String("tls-private-key-file", "", "serving key")
-	flag.Parse()
-	log.SetPrefix("webhook: ")
-	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	sf := serving.Define("host:port")
+	serving.Parse("webhook")
 	mux := http.NewServeMux()
 	mux.HandleFunc("/validate/", validate)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Printf("serving on https://%s", *listen)
-	log.Fatal(srv.ListenAndServeTLS(*cert, *key))
+	mux.HandleFunc("/healthz", serving.Healthz)
+	sf.Serve(mux, nil)
 }
