@@ -147,18 +147,15 @@ pub(crate) async fn phase_upstream(
                 "upstream".into(),
                 json!({ "available": false, "reason": reason, "upstream_bin_dir": upstream.display().to_string() }),
             );
-            res.rows.push(Row {
-                id: "upstream",
-                label: "ours beside upstream (four pairings)".into(),
-                value: "not measured".into(),
-                baseline: format!("no {SERVER}/{AGENT} in {}", upstream.display()),
-                ratio: None,
-                target: "—".into(),
-                source: "info",
-                pass: None,
-                judged: f64::NAN,
-                unit: "—",
-            });
+            res.rows.push(Row::info(
+                "upstream",
+                "ours beside upstream (four pairings)".into(),
+                "not measured".into(),
+                format!("no {SERVER}/{AGENT} in {}", upstream.display()),
+                None,
+                f64::NAN,
+                "—",
+            ));
             return Ok(());
         }
     };
