@@ -3,9 +3,11 @@
 //! process spends per dial, through a proxy-server + proxy-agent pair per frontend
 //! (gRPC, HTTP-CONNECT; the HTTP-CONNECT server also serves SOCKS5 on a UNIX socket,
 //! for the dials) and the null tunnel in its own process.
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
+use konnectivity_client::Frontend;
 use konnectivity_testkit::process::cpu_s;
 use serde_json::{Value, json};
 
@@ -44,6 +46,14 @@ pub(crate) async fn phase_rtt_processes(
     )
     .await?;
     // (key, bulk hop, echo hop, processes carrying the path)
+    let tunnel = |key, procs: &TunnelProcs, hop: fn(Frontend, SocketAddr) -> Hop| {
+        let pids = vec![
+            ("proxy-server", procs.server.proc.pid()),
+            ("proxy-agent", procs.agent.pid()),
+        ];
+        let to = |backend| hop(procs.frontend(), backend);
+        (key, to(env.source), to(echo.addr), pids)
+    };
     let routes = [
         (
             "null_tls",
@@ -51,24 +61,8 @@ pub(crate) async fn phase_rtt_processes(
             Hop::Tcp(null.addrs[1]),
             vec![("bench-null", null.pid())],
         ),
-        (
-            "grpc_uds",
-            Hop::Grpc(g.frontend(), env.source),
-            Hop::Grpc(g.frontend(), echo.addr),
-            vec![
-                ("proxy-server", g.server.proc.pid()),
-                ("proxy-agent", g.agent.pid()),
-            ],
-        ),
-        (
-            "http_connect_uds",
-            Hop::Connect(c.frontend(), env.source),
-            Hop::Connect(c.frontend(), echo.addr),
-            vec![
-                ("proxy-server", c.server.proc.pid()),
-                ("proxy-agent", c.agent.pid()),
-            ],
-        ),
+        tunnel("grpc_uds", &g, Hop::Grpc),
+        tunnel("http_connect_uds", &c, Hop::Connect),
     ];
 
     let mut alone = serde_json::Map::new();

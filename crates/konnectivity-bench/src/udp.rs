@@ -33,7 +33,7 @@ use tokio::net::UdpSocket;
 
 use crate::DIAL;
 use crate::config::Cfg;
-use crate::hops::{Hop, on_own_thread};
+use crate::hops::{Hop, on_own_thread, stoppable_thread};
 use crate::load::Background;
 use crate::procs::TunnelProcs;
 use crate::report::{Results, Row, progress};
@@ -265,19 +265,15 @@ impl UdpEcho {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the UDP echo")?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         let addr = s.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::Builder::new()
-            .name("bench-udp-echo".into())
-            .spawn(move || {
-                let mut b = vec![0u8; 64 * 1024];
-                while !stopped.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = s.recv_from(&mut b) {
-                        let _ = s.send_to(&b[..n], from);
-                    }
+        let stop = stoppable_thread("bench-udp-echo", move |stopped| {
+            let mut b = vec![0u8; 64 * 1024];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut b) {
+                    let _ = s.send_to(&b[..n], from);
                 }
-            })
-            .context("starting the UDP echo thread")?;
+            }
+        })
+        .context("starting the UDP echo thread")?;
         Ok(Self { addr, stop })
     }
 }
