@@ -74,18 +74,10 @@ impl fmt::Debug for UserPass {
 
 /// Parses an RFC 1929 username/password request (incremental, like the others).
 pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
-    let Some(&ver) = buf.first() else {
+    let head = version_and_count(buf, AUTH_VERSION, SocksError::AuthVersion);
+    let Some(ulen) = head.and_then(|c| nonzero(c, SocksError::NoUser))? else {
         return Ok(None);
     };
-    if ver != AUTH_VERSION {
-        return Err(SocksError::AuthVersion(ver));
-    }
-    let Some(&ulen) = buf.get(1) else {
-        return Ok(None);
-    };
-    if ulen == 0 {
-        return Err(SocksError::NoUser);
-    }
     let uend = 2 + usize::from(ulen);
     let Some(&plen) = buf.get(uend) else {
         return Ok(None);
@@ -453,20 +445,34 @@ impl SocksError {
 /// the message and the number of bytes it used.
 pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
 
+/// The two bytes that start a greeting or a username/password request: the version,
+/// which must be `version` (else `wrong(ver)`), then a count (`None` until both came).
+fn version_and_count(
+    buf: &[u8],
+    version: u8,
+    wrong: fn(u8) -> SocksError,
+) -> Result<Option<u8>, SocksError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(&ver) if ver != version => Err(wrong(ver)),
+        Some(_) => Ok(buf.get(1).copied()),
+    }
+}
+
+/// A count that must not be 0 (else `empty`).
+fn nonzero(count: Option<u8>, empty: SocksError) -> Result<Option<u8>, SocksError> {
+    match count {
+        Some(0) => Err(empty),
+        c => Ok(c),
+    }
+}
+
 /// Parses the method greeting: `VER NMETHODS METHODS...`.
 pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
-    let Some(&ver) = buf.first() else {
+    let head = version_and_count(buf, VERSION, SocksError::Version);
+    let Some(n) = head.and_then(|c| nonzero(c, SocksError::NoMethods))? else {
         return Ok(None);
     };
-    if ver != VERSION {
-        return Err(SocksError::Version(ver));
-    }
-    let Some(&n) = buf.get(1) else {
-        return Ok(None);
-    };
-    if n == 0 {
-        return Err(SocksError::NoMethods);
-    }
     let end = 2 + usize::from(n);
     let Some(methods) = buf.get(2..end) else {
         return Ok(None);

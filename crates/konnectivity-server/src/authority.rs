@@ -202,34 +202,22 @@ impl<T> AuthorityFix<T> {
             .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
         // HEADERS (keeping END_STREAM and PRIORITY, dropping padding), then
         // CONTINUATIONs if the block exceeds the frame size.
-        let mut first_room = MAX_FRAME;
+        let prio: &[u8] = p.priority.as_ref().map_or(&[], |prio| prio);
         let mut flags = p.flags & !(PADDED | END_HEADERS);
-        if let Some(prio) = p.priority {
-            first_room -= 5;
+        if !prio.is_empty() {
             flags |= PRIORITY;
-            let chunk = block.len().min(first_room);
-            let last = chunk == block.len();
-            put_frame_header(
-                &mut self.out,
-                chunk + 5,
-                HEADERS,
-                if last { flags | END_HEADERS } else { flags },
-                p.stream_id,
-            );
-            self.out.extend_from_slice(&prio);
-            self.out.extend_from_slice(&block.split_to(chunk));
-        } else {
-            let chunk = block.len().min(first_room);
-            let last = chunk == block.len();
-            put_frame_header(
-                &mut self.out,
-                chunk,
-                HEADERS,
-                if last { flags | END_HEADERS } else { flags },
-                p.stream_id,
-            );
-            self.out.extend_from_slice(&block.split_to(chunk));
         }
+        let chunk = block.len().min(MAX_FRAME - prio.len());
+        let last = chunk == block.len();
+        put_frame_header(
+            &mut self.out,
+            chunk + prio.len(),
+            HEADERS,
+            if last { flags | END_HEADERS } else { flags },
+            p.stream_id,
+        );
+        self.out.extend_from_slice(prio);
+        self.out.extend_from_slice(&block.split_to(chunk));
         while !block.is_empty() {
             let chunk = block.len().min(MAX_FRAME);
             let last = chunk == block.len();
