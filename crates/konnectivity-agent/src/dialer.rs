@@ -1,5 +1,6 @@
 //! Dials destinations on the node, with upstream's fixed 5 s timeout and Go's error
 //! texts (which reach kube-apiserver users verbatim).
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use konnectivity_core::address::{
@@ -25,29 +26,7 @@ pub async fn dial(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let attempt = async {
-        let addrs: Vec<_> = tokio::net::lookup_host(address)
-            .await
-            .map_err(|e| (lookup_error_text(&host, &e), DialFailure::Unknown))?
-            .collect();
-        let mut last = None;
-        for a in &addrs {
-            if let Err(e) = policy.check_resolved(*a) {
-                last = Some((e, DialFailure::Unknown));
-                continue;
-            }
-            match TcpStream::connect(a).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            (
-                format!("dial tcp: lookup {host}: no such host"),
-                DialFailure::Unknown,
-            )
-        }))
-    };
+    let attempt = first_allowed(address, &host, policy, TcpStream::connect);
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -59,6 +38,41 @@ pub async fn dial(
             DialFailure::Timeout,
         )),
     }
+}
+
+/// Resolves `address` (whose host is `host`) on the node and `connect`s to each resolved
+/// address the `policy` allows, in order, until one succeeds. Errors are Go's `dial tcp`
+/// texts for the last address tried.
+async fn first_allowed<S, F>(
+    address: &str,
+    host: &str,
+    policy: &DestinationPolicy,
+    connect: impl Fn(SocketAddr) -> F,
+) -> Result<S, (String, DialFailure)>
+where
+    F: std::future::Future<Output = std::io::Result<S>>,
+{
+    let addrs: Vec<_> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| (lookup_error_text(host, &e), DialFailure::Unknown))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        if let Err(e) = policy.check_resolved(a) {
+            last = Some((e, DialFailure::Unknown));
+            continue;
+        }
+        match connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        (
+            format!("dial tcp: lookup {host}: no such host"),
+            DialFailure::Unknown,
+        )
+    }))
 }
 
 /// Opens a UDP socket connected to `address` (`host:port`), like Go's
@@ -75,38 +89,15 @@ pub async fn dial_udp(
         return Err(udp((bad_address_text(address), DialFailure::Unknown)));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let attempt = async {
-        let addrs: Vec<_> = tokio::net::lookup_host(address)
-            .await
-            .map_err(|e| (lookup_error_text(host, &e), DialFailure::Unknown))?
-            .collect();
-        let mut last = None;
-        for a in &addrs {
-            if let Err(e) = policy.check_resolved(*a) {
-                last = Some((e, DialFailure::Unknown));
-                continue;
-            }
-            let local: std::net::SocketAddr = if a.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let connected = match UdpSocket::bind(local).await {
-                Ok(s) => s.connect(a).await.map(|()| s),
-                Err(e) => Err(e),
-            };
-            match connected {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            (
-                format!("dial tcp: lookup {host}: no such host"),
-                DialFailure::Unknown,
-            )
-        }))
-    };
+    let attempt = first_allowed(address, host, policy, |a: SocketAddr| async move {
+        let local: SocketAddr = if a.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = UdpSocket::bind(local).await?;
+        s.connect(a).await.map(|()| s)
+    });
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r.map_err(udp),
         Err(_) => Err((

@@ -303,6 +303,16 @@ impl Metrics {
             "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
             u8::from(connected < want)
         );
+        let udp = &self.udp;
+        let open = udp.open.load(Ordering::Relaxed) as u64;
+        let [dials, refused, to_destination, from_destination, dropped] = [
+            &udp.dials,
+            &udp.refused,
+            &udp.to_destination,
+            &udp.from_destination,
+            &udp.dropped,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
         for (name, kind, help, v) in [
             (
                 "buffered_bytes",
@@ -344,37 +354,37 @@ impl Metrics {
                 "udp_open_sockets",
                 "gauge",
                 "UDP sockets open for tunneled connections (--max-udp-sockets bounds them).",
-                self.udp.open.load(Ordering::Relaxed) as u64,
+                open,
             ),
             (
                 "udp_dials_total",
                 "counter",
                 "UDP dials that opened a socket.",
-                self.udp.dials.load(Ordering::Relaxed),
+                dials,
             ),
             (
                 "udp_dials_refused_total",
                 "counter",
                 "UDP dials refused because --max-udp-sockets sockets were open.",
-                self.udp.refused.load(Ordering::Relaxed),
+                refused,
             ),
             (
                 "udp_datagrams_to_destination_total",
                 "counter",
                 "Datagrams written to destinations, one per DATA packet.",
-                self.udp.to_destination.load(Ordering::Relaxed),
+                to_destination,
             ),
             (
                 "udp_datagrams_from_destination_total",
                 "counter",
                 "Datagrams read from destinations and sent to the server, one per DATA packet.",
-                self.udp.from_destination.load(Ordering::Relaxed),
+                from_destination,
             ),
             (
                 "udp_datagrams_dropped_total",
                 "counter",
                 "Datagrams from destinations dropped (not queued) because the server's flow-control window was spent.",
-                self.udp.dropped.load(Ordering::Relaxed),
+                dropped,
             ),
         ] {
             let _ = write!(
