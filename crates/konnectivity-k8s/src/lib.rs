@@ -9,6 +9,20 @@
 //! - [`node`]: the agent's own Node's pod CIDRs, followed with a watch (`--node-name`).
 #![deny(missing_docs)]
 
+/// `Debug` for a type holding a Kubernetes API handle: its name and the fields named
+/// (the handle and callbacks are left out), ended by `finish` or `finish_non_exhaustive`.
+macro_rules! debug_fields {
+    ($ty:ident { $($field:ident),+ } $finish:ident) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))+
+                    .$finish()
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod lease;
 pub mod node;
@@ -128,5 +142,20 @@ pub(crate) mod fake {
         )
         .unwrap();
         (kc.display().to_string(), seen)
+    }
+
+    /// [`api`] and a client of it.
+    pub async fn client(
+        responses: Vec<(u16, String)>,
+        dir: &std::path::Path,
+    ) -> (kube::Client, Seen) {
+        let (kc, seen) = api(responses, dir).await;
+        (crate::connect(&kc).await.unwrap(), seen)
+    }
+
+    /// Asserts that `text` (a recorded path or body) contains `part`.
+    #[track_caller]
+    pub fn assert_has(text: &str, part: &str) {
+        assert!(text.contains(part), "{part:?} in {text}");
     }
 }

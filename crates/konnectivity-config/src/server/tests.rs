@@ -760,7 +760,8 @@ fn rule_18_lease_label_only_checked_with_lease_controller() {
         ..valid()
     };
     assert_eq!(o.validate(), Ok(()));
-    assert_eq!(labels::format_labels(&o.lease_labels().unwrap()), "a=1,b=2");
+    let want = [("a", "1"), ("b", "2")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    assert_eq!(o.lease_labels().unwrap(), want.into());
     assert!(o.needs_kubernetes_client());
 }
 
