@@ -138,22 +138,28 @@ mod tests {
         assert!(text.contains("no such host"), "{text}");
     }
 
-    #[tokio::test]
-    async fn the_agents_destination_policy_is_checked_after_resolution() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let (text, _) = dial(
-            &format!("localhost:{}", addr.port()),
-            DIAL_TIMEOUT,
-            &only_10,
-        )
-        .await
-        .unwrap_err();
+    /// A policy allowing only 10.0.0.0/8 (so not what `localhost` resolves to).
+    fn only_10() -> DestinationPolicy {
+        DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap()
+    }
+
+    /// Asserts that the destination policy refused the dial.
+    async fn assert_denied<T: std::fmt::Debug>(
+        dialing: impl std::future::Future<Output = Result<T, (String, DialFailure)>>,
+    ) {
+        let (text, _) = dialing.await.unwrap_err();
         assert!(
             text.contains("denied by the agent's destination policy"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_agents_destination_policy_is_checked_after_resolution() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let localhost = format!("localhost:{}", addr.port());
+        assert_denied(dial(&localhost, DIAL_TIMEOUT, &only_10())).await;
         dial(
             &addr.to_string(),
             DIAL_TIMEOUT,
@@ -175,18 +181,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(s.peer_addr().unwrap(), addr);
-        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let (text, _) = dial_udp(
-            &format!("localhost:{}", addr.port()),
-            DIAL_TIMEOUT,
-            &only_10,
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            text.contains("denied by the agent's destination policy"),
-            "{text}"
-        );
+        let localhost = format!("localhost:{}", addr.port());
+        assert_denied(dial_udp(&localhost, DIAL_TIMEOUT, &only_10())).await;
         let (text, _) = dial_udp("nohost", DIAL_TIMEOUT, &DestinationPolicy::default())
             .await
             .unwrap_err();
