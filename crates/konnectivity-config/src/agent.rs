@@ -7,7 +7,7 @@
 
 use crate::error::ConfigError;
 use crate::extensions::Extensions;
-use crate::files::check_file;
+use crate::files::{check_file, check_pair};
 use crate::flags::{self, binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec};
@@ -119,6 +119,7 @@ binary! {
     AgentOptions {
         name: "proxy-agent",
         server: false,
+        validates: "agent",
         command: AGENT_COMMAND,
         table: AGENT_OWN_FLAGS,
         flags: agent_flags,
@@ -129,37 +130,8 @@ binary! {
 }
 
 impl AgentOptions {
-    /// Applies upstream's validation rules in order; the first failure is returned as
-    /// `failed to validate agent options with <msg>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
-            ConfigError::Invalid(format!("failed to validate agent options with {msg}"))
-        })
-    }
-
     fn check(&self) -> Result<(), String> {
-        if !self.agent_key.is_empty() {
-            check_file(&self.agent_key, |p, e| {
-                format!("error checking agent key {p}, got {e}")
-            })?;
-            if self.agent_cert.is_empty() {
-                return Err(format!(
-                    "cannot have agent cert empty when agent key is set to {}",
-                    quote(&self.agent_key)
-                ));
-            }
-        }
-        if !self.agent_cert.is_empty() {
-            check_file(&self.agent_cert, |p, e| {
-                format!("error checking agent cert {p}, got {e}")
-            })?;
-            if self.agent_key.is_empty() {
-                return Err(format!(
-                    "cannot have agent key empty when agent cert is set to {}",
-                    quote(&self.agent_cert)
-                ));
-            }
-        }
+        check_pair("agent", &self.agent_key, &self.agent_cert)?;
         check_file(&self.ca_cert, |p, e| {
             format!("error checking agent CA cert {p}, got {e}")
         })?;

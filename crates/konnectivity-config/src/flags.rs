@@ -372,6 +372,7 @@ macro_rules! binary {
         $options:ident {
             name: $name:literal,
             server: $server:literal,
+            validates: $validates:literal,
             command: $command:expr,
             table: $table:ident,
             flags: $flags:ident,
@@ -402,6 +403,16 @@ macro_rules! binary {
         }
 
         impl $options {
+            #[doc = concat!("Applies upstream's validation rules in order (then the extension flags' checks); the first failure is returned as `failed to validate ", $validates, " options with <msg>`.")]
+            pub fn validate(&self) -> Result<(), $crate::ConfigError> {
+                self.check().and_then(|()| self.ext.check()).map_err(|msg| {
+                    $crate::ConfigError::Invalid(format!(
+                        concat!("failed to validate ", $validates, " options with {}"),
+                        msg
+                    ))
+                })
+            }
+
             #[doc = concat!("Upstream defaults with the given `--", $id_flag, "`.")]
             pub fn $with_id($id: String) -> Self {
                 $options {

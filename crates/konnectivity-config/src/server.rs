@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::error::ConfigError;
 use crate::extensions::Extensions;
-use crate::files::check_file;
+use crate::files::{check_file, check_pair};
 use crate::flags::{self, binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
@@ -183,6 +183,7 @@ binary! {
     ServerOptions {
         name: "proxy-server",
         server: true,
+        validates: "server",
         command: SERVER_COMMAND,
         table: SERVER_OWN_FLAGS,
         flags: server_flags,
@@ -193,14 +194,6 @@ binary! {
 }
 
 impl ServerOptions {
-    /// Applies upstream's validation rules in order; the first failure is returned as
-    /// `failed to validate server options with <msg>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
-            ConfigError::Invalid(format!("failed to validate server options with {msg}"))
-        })
-    }
-
     fn check(&self) -> Result<(), String> {
         // 1-6: key/cert pairs and CA files.
         check_pair("server", &self.server_key, &self.server_cert)?;
@@ -367,33 +360,6 @@ impl ServerOptions {
     pub fn needs_kubernetes_client(&self) -> bool {
         self.token_auth_enabled() || self.enable_lease_controller
     }
-}
-
-/// Key then cert: each must exist when set, and each requires the other.
-fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
-    if !key.is_empty() {
-        check_file(key, |p, e| {
-            format!("error checking {what} key {p}, got {e}")
-        })?;
-        if cert.is_empty() {
-            return Err(format!(
-                "cannot have {what} cert empty when {what} key is set to {}",
-                crate::go::strconv::quote(key)
-            ));
-        }
-    }
-    if !cert.is_empty() {
-        check_file(cert, |p, e| {
-            format!("error checking {what} cert {p}, got {e}")
-        })?;
-        if key.is_empty() {
-            return Err(format!(
-                "cannot have {what} key empty when {what} cert is set to {}",
-                crate::go::strconv::quote(cert)
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
