@@ -6,15 +6,13 @@
 //! upstream's order and messages.
 
 use crate::error::ConfigError;
-use crate::extensions::Extensions;
 use crate::files::{check_file, check_pair};
-use crate::flags::{self, binary, options};
+use crate::flags::{binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec};
 use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
-use crate::logging::LogOptions;
 
 /// The command name cobra prints in the usage text.
 pub const AGENT_COMMAND: &str = "agent";
@@ -103,15 +101,7 @@ options! {
             "Content type of requests to the Kubernetes API.";
     }
     also [FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h')]
-    extra {
-        /// klog flags.
-        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
-        /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
-        /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default(), read Extensions::from_flags;
-        /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
+    extra binary {
     }
 }
 

@@ -238,8 +238,37 @@ pub(crate) trait FlagSet: Sized {
 /// hidden, deprecated second name writing the same field (last one given wins), `check`
 /// (optional) is a `fn(&Type) -> Result<(), String>` whose message follows `--<name> `.
 /// `also` lists flags without a field (shown with their default), `extra` fields that are
-/// not flags (`read` (optional) computes one from the [`ParsedFlags`]).
+/// not flags (`read` (optional) computes one from the [`ParsedFlags`]). `extra binary`
+/// adds the fields every binary has after them: `log` (klog's flags), `explicit_flags`,
+/// `ext` (the extension flags) and `deprecation_notices`, which `binary!` relies on.
 macro_rules! options {
+    // A binary's options: its own extra fields, then the fields every binary has.
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $table:ident { $($rows:tt)* }
+        also [$($also:tt)*]
+        extra binary { $($extra:tt)* }
+    ) => {
+        $crate::flags::options! {
+            $(#[$meta])*
+            pub struct $name in $table { $($rows)* }
+            also [$($also)*]
+            extra {
+                $($extra)*
+                /// klog flags.
+                log: $crate::logging::LogOptions = $crate::logging::LogOptions::default(),
+                    read $crate::logging::LogOptions::from_flags;
+                /// Flags given on the command line, in order of first use.
+                explicit_flags: Vec<String> = Vec::new(), read $crate::flags::explicit_flags;
+                /// konnectivity-rs extension flags.
+                ext: $crate::extensions::Extensions = $crate::extensions::Extensions::default(),
+                    read $crate::extensions::Extensions::from_flags;
+                /// Notices to print for deprecated flags that were used (pflag's wording).
+                deprecation_notices: Vec<String> = Vec::new(),
+                    read $crate::flags::deprecation_notices;
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         pub struct $name:ident in $table:ident {

@@ -7,13 +7,11 @@
 use std::collections::BTreeMap;
 
 use crate::error::ConfigError;
-use crate::extensions::Extensions;
 use crate::files::{check_file, check_pair};
-use crate::flags::{self, binary, options};
+use crate::flags::{binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
 use crate::labels;
-use crate::logging::LogOptions;
 use crate::tls::{self, TlsVersion};
 
 /// The command name cobra prints in the usage text.
@@ -164,18 +162,10 @@ options! {
             .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
         FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
     ]
-    extra {
+    extra binary {
         /// True when the deprecated no-op `--warn-on-channel-limit` was given.
         warn_on_channel_limit_used: bool = false,
             read |p: &ParsedFlags| p.is_set("warn-on-channel-limit");
-        /// klog flags.
-        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
-        /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
-        /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default(), read Extensions::from_flags;
-        /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
