@@ -36,82 +36,31 @@ pub trait FlagField: Sized {
     fn show(&self) -> String;
 }
 
-impl FlagField for String {
-    const KIND: FlagKind = FlagKind::String;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
+/// [`FlagField`] for a type whose parsed [`FlagValue`] variant holds it as it is.
+macro_rules! plain_field {
+    ($($ty:ty: $kind:ident, show $show:expr;)+) => {$(
+        impl FlagField for $ty {
+            const KIND: FlagKind = FlagKind::$kind;
+            fn from_value(value: &FlagValue) -> Option<Self> {
+                match value {
+                    FlagValue::$kind(v) => Some(v.clone()),
+                    _ => None,
+                }
+            }
+            fn show(&self) -> String {
+                ($show)(self)
+            }
         }
-    }
-    fn show(&self) -> String {
-        self.clone()
-    }
+    )+};
 }
 
-impl FlagField for bool {
-    const KIND: FlagKind = FlagKind::Bool;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl FlagField for i64 {
-    const KIND: FlagKind = FlagKind::Int;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Int(i) => Some(*i),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl FlagField for f32 {
-    const KIND: FlagKind = FlagKind::Float32;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Float32(f) => Some(*f),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        format_float32(*self)
-    }
-}
-
-impl FlagField for Vec<String> {
-    const KIND: FlagKind = FlagKind::StringSlice;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::StringSlice(v) => Some(v.clone()),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        format_string_slice(self)
-    }
-}
-
-impl FlagField for GoDuration {
-    const KIND: FlagKind = FlagKind::Duration;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Duration(d) => Some(*d),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
+plain_field! {
+    String: String, show String::clone;
+    bool: Bool, show bool::to_string;
+    i64: Int, show i64::to_string;
+    f32: Float32, show |f: &f32| format_float32(*f);
+    Vec<String>: StringSlice, show |v: &Vec<String>| format_string_slice(v);
+    GoDuration: Duration, show GoDuration::to_string;
 }
 
 fn check_selector(s: &str) -> Result<(), String> {
