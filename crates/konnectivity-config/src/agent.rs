@@ -202,63 +202,24 @@ impl AgentOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{
+        MISSING, args, assert_defaults, assert_value_types, existing_file, invalid_message,
+        rejected,
+    };
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
 
     fn parse(a: &[&str]) -> AgentOptions {
-        match AgentOptions::parse(args(a)) {
-            Ok(o) => o,
-            Err(e) => panic!("parse {a:?}: {e}"),
-        }
-    }
-
-    fn existing_file(name: &str) -> String {
-        let dir: PathBuf = std::env::temp_dir().join(format!(
-            "konnectivity-config-agent-test-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, b"x").unwrap();
-        path.to_string_lossy().into_owned()
+        crate::testing::parse(a)
     }
 
     fn valid() -> AgentOptions {
         AgentOptions::with_agent_id("agent-1".to_owned())
     }
 
-    fn invalid_message(o: &AgentOptions) -> String {
-        match o.validate() {
-            Err(ConfigError::Invalid(msg)) => msg
-                .strip_prefix("failed to validate agent options with ")
-                .unwrap_or_else(|| panic!("missing prefix: {msg}"))
-                .to_owned(),
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
-
-    const MISSING: &str = "/nonexistent/konnectivity/agent-file";
-
     #[test]
     fn defaults_equal_the_spec_table() {
         let o = AgentOptions::with_agent_id("aid".to_owned());
-        let values = o.flag_values();
-        assert_eq!(values.len(), agent_flags().len());
-        for spec in agent_flags() {
-            let value = values
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map(|(_, v)| v.as_str());
-            if spec.name == "agent-id" {
-                assert_eq!(value, Some("aid"));
-            } else {
-                assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
-            }
-        }
+        assert_defaults(&o.flag_values(), agent_flags(), ("agent-id", "aid"));
         assert_eq!(o.validate(), Ok(()));
         assert_eq!(o.server_hosts(), ["127.0.0.1"]);
         assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Default);
@@ -302,13 +263,7 @@ mod tests {
             ("kubeconfig", "string"),
             ("kube-api-content-type", "string"),
         ];
-        for (name, ty) in expect {
-            let spec = agent_flags()
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(spec.value_type(), ty, "{name}");
-        }
+        assert_value_types(agent_flags(), &expect);
         assert_eq!(AGENT_OWN_FLAGS.len(), expect.len() + 1);
         let hidden: Vec<_> = agent_flags()
             .iter()
@@ -544,12 +499,8 @@ mod tests {
 
     #[test]
     fn key_and_cert_files_are_checked_in_order() {
-        let o = AgentOptions {
-            agent_key: MISSING.into(),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.agent_key = MISSING.into()),
             format!(
                 "error checking agent key {MISSING}, got stat {MISSING}: no such file or directory"
             )
@@ -563,12 +514,9 @@ mod tests {
             invalid_message(&o),
             format!("cannot have agent cert empty when agent key is set to \"{key}\"")
         );
-        let o = AgentOptions {
-            agent_cert: MISSING.into(),
-            ..valid()
-        };
         assert!(
-            invalid_message(&o).starts_with(&format!("error checking agent cert {MISSING}, got "))
+            rejected(valid(), |o| o.agent_cert = MISSING.into())
+                .starts_with(&format!("error checking agent cert {MISSING}, got "))
         );
         let cert = existing_file("only.crt");
         let o = AgentOptions {
@@ -579,12 +527,8 @@ mod tests {
             invalid_message(&o),
             format!("cannot have agent key empty when agent cert is set to \"{cert}\"")
         );
-        let o = AgentOptions {
-            ca_cert: MISSING.into(),
-            ..valid()
-        };
         assert!(
-            invalid_message(&o)
+            rejected(valid(), |o| o.ca_cert = MISSING.into())
                 .starts_with(&format!("error checking agent CA cert {MISSING}, got "))
         );
     }
@@ -608,12 +552,8 @@ mod tests {
                 invalid_message(&o),
                 format!("health server port {port} must be greater than 0")
             );
-            let o = AgentOptions {
-                admin_server_port: port,
-                ..valid()
-            };
             assert_eq!(
-                invalid_message(&o),
+                rejected(valid(), |o| o.admin_server_port = port),
                 format!("admin server port {port} must be greater than 0")
             );
         }
@@ -631,21 +571,13 @@ mod tests {
     #[test]
     fn channel_size_and_profiling() {
         for n in [0, -10] {
-            let o = AgentOptions {
-                xfr_channel_size: n,
-                ..valid()
-            };
             assert_eq!(
-                invalid_message(&o),
+                rejected(valid(), |o| o.xfr_channel_size = n),
                 format!("channel size {n} must be greater than 0")
             );
         }
-        let o = AgentOptions {
-            enable_contention_profiling: true,
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.enable_contention_profiling = true),
             "if --enable-contention-profiling is set, --enable-profiling must also be set"
         );
     }
@@ -686,12 +618,8 @@ mod tests {
                 "error checking service account token path {MISSING}, got stat {MISSING}: no such file or directory"
             )
         );
-        let o = AgentOptions {
-            kubeconfig: MISSING.into(),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.kubeconfig = MISSING.into()),
             format!(
                 "error checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
             )
@@ -736,12 +664,8 @@ mod tests {
                 "{ok}"
             );
         }
-        let o = AgentOptions {
-            server_count_source: "min".into(),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.server_count_source = "min".into()),
             "--server-count-source must be one of '', 'default', 'max', got min"
         );
     }

@@ -1,27 +1,12 @@
 //! Unit tests of `proxy-server`'s flags: defaults, parsing, and each validation rule.
 
 use super::*;
-use std::path::PathBuf;
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
-}
+use crate::testing::{
+    MISSING, args, assert_defaults, assert_value_types, existing_file, invalid_message, rejected,
+};
 
 fn parse(a: &[&str]) -> ServerOptions {
-    match ServerOptions::parse(args(a)) {
-        Ok(o) => o,
-        Err(e) => panic!("parse {a:?}: {e}"),
-    }
-}
-
-/// A file that exists for the duration of the test process.
-fn existing_file(name: &str) -> String {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("konnectivity-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, b"x").unwrap();
-    path.to_string_lossy().into_owned()
+    crate::testing::parse(a)
 }
 
 /// Options that pass validation: TCP mode with a server CA that exists.
@@ -31,35 +16,10 @@ fn valid() -> ServerOptions {
     o
 }
 
-fn invalid_message(o: &ServerOptions) -> String {
-    match o.validate() {
-        Err(ConfigError::Invalid(msg)) => msg
-            .strip_prefix("failed to validate server options with ")
-            .unwrap_or_else(|| panic!("missing prefix: {msg}"))
-            .to_owned(),
-        other => panic!("expected a validation error, got {other:?}"),
-    }
-}
-
-const MISSING: &str = "/nonexistent/konnectivity/file";
-
 #[test]
 fn defaults_equal_the_spec_table() {
     let o = ServerOptions::with_server_id("sid".to_owned());
-    let values = o.flag_values();
-    let specs = server_flags();
-    assert_eq!(values.len(), specs.len());
-    for spec in specs {
-        let value = values
-            .iter()
-            .find(|(n, _)| *n == spec.name)
-            .map(|(_, v)| v.as_str());
-        if spec.name == "server-id" {
-            assert_eq!(value, Some("sid"));
-        } else {
-            assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
-        }
-    }
+    assert_defaults(&o.flag_values(), server_flags(), ("server-id", "sid"));
     assert_eq!(o.mode().unwrap(), Mode::Grpc);
     assert_eq!(o.proxy_strategies().unwrap(), [ProxyStrategy::Default]);
     assert_eq!(o.tls_min_version().unwrap(), TlsVersion::Tls12);
@@ -116,13 +76,7 @@ fn flag_table_matches_spec_types() {
         ("backend-dial-timeout", "duration"),
         ("warn-on-channel-limit", "bool"),
     ];
-    for (name, ty) in expect {
-        let spec = server_flags()
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("{name}"));
-        assert_eq!(spec.value_type(), ty, "{name}");
-    }
+    assert_value_types(server_flags(), &expect);
     for klog in [
         "v",
         "vmodule",
@@ -344,35 +298,24 @@ fn valid_baseline_passes() {
 
 #[test]
 fn rule_1_server_key_missing_or_without_cert() {
-    let o = ServerOptions {
-        server_key: MISSING.into(),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.server_key = MISSING.into()),
         format!(
             "error checking server key {MISSING}, got stat {MISSING}: no such file or directory"
         )
     );
     let key = existing_file("server.key");
-    let o = ServerOptions {
-        server_key: key.clone(),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.server_key = key.clone()),
         format!("cannot have server cert empty when server key is set to \"{key}\"")
     );
 }
 
 #[test]
 fn rule_2_server_cert_missing_or_without_key() {
-    let o = ServerOptions {
-        server_cert: MISSING.into(),
-        ..valid()
-    };
     assert!(
-        invalid_message(&o).starts_with(&format!("error checking server cert {MISSING}, got "))
+        rejected(valid(), |o| o.server_cert = MISSING.into())
+            .starts_with(&format!("error checking server cert {MISSING}, got "))
     );
     let cert = existing_file("server.crt");
     let o = ServerOptions {
@@ -393,23 +336,17 @@ fn rule_2_server_cert_missing_or_without_key() {
 
 #[test]
 fn rule_3_server_ca_missing() {
-    let o = ServerOptions {
-        server_ca_cert: MISSING.into(),
-        ..valid()
-    };
     assert!(
-        invalid_message(&o).starts_with(&format!("error checking server CA cert {MISSING}, got "))
+        rejected(valid(), |o| o.server_ca_cert = MISSING.into())
+            .starts_with(&format!("error checking server CA cert {MISSING}, got "))
     );
 }
 
 #[test]
 fn rules_4_to_6_cluster_files() {
-    let o = ServerOptions {
-        cluster_key: MISSING.into(),
-        ..valid()
-    };
     assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster key {MISSING}, got "))
+        rejected(valid(), |o| o.cluster_key = MISSING.into())
+            .starts_with(&format!("error checking cluster key {MISSING}, got "))
     );
     let key = existing_file("cluster.key");
     let o = ServerOptions {
@@ -420,12 +357,9 @@ fn rules_4_to_6_cluster_files() {
         invalid_message(&o),
         format!("cannot have cluster cert empty when cluster key is set to \"{key}\"")
     );
-    let o = ServerOptions {
-        cluster_cert: MISSING.into(),
-        ..valid()
-    };
     assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster cert {MISSING}, got "))
+        rejected(valid(), |o| o.cluster_cert = MISSING.into())
+            .starts_with(&format!("error checking cluster cert {MISSING}, got "))
     );
     let cert = existing_file("cluster.crt");
     let o = ServerOptions {
@@ -436,12 +370,9 @@ fn rules_4_to_6_cluster_files() {
         invalid_message(&o),
         format!("cannot have cluster key empty when cluster cert is set to \"{cert}\"")
     );
-    let o = ServerOptions {
-        cluster_ca_cert: MISSING.into(),
-        ..valid()
-    };
     assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
+        rejected(valid(), |o| o.cluster_ca_cert = MISSING.into())
+            .starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
     );
 }
 
@@ -548,13 +479,11 @@ fn rules_9_and_10_port_boundaries() {
         "please do not try to use reserved port 0 for the agent port"
     );
     // Ephemeral checks run for all ports before reserved checks.
-    let o = ServerOptions {
-        server_port: 80,
-        health_port: 60000,
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| {
+            o.server_port = 80;
+            o.health_port = 60000;
+        }),
         "please do not try to use ephemeral port 60000 for the health port"
     );
 }
@@ -678,12 +607,8 @@ fn rule_14_proxy_strategies() {
 #[test]
 fn rule_15_channel_size() {
     for n in [0, -10] {
-        let o = ServerOptions {
-            xfr_channel_size: n,
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.xfr_channel_size = n),
             format!("channel size {n} must be greater than 0")
         );
     }
@@ -691,12 +616,8 @@ fn rule_15_channel_size() {
 
 #[test]
 fn rule_16_tls_version() {
-    let o = ServerOptions {
-        tls_min_version: "VersionTLS14".into(),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.tls_min_version = "VersionTLS14".into()),
         "unsupported TLS version \"VersionTLS14\", supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
     );
     for v in [

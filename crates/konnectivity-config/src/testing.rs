@@ -1,0 +1,79 @@
+//! Helpers shared by the unit tests of both binaries' options (`agent`, `server`):
+//! parsing argument lists, files that exist, and reading validation failures.
+use crate::{ConfigError, FlagSpec, Program};
+
+/// A path that does not exist.
+pub(crate) const MISSING: &str = "/nonexistent/konnectivity/file";
+
+pub(crate) fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The options `a` parses into; panics naming the arguments if they do not parse.
+pub(crate) fn parse<P: Program>(a: &[&str]) -> P {
+    match P::parse_args(args(a)) {
+        Ok(o) => o,
+        Err(e) => panic!("parse {a:?}: {e}"),
+    }
+}
+
+/// A file that exists for the duration of the test process.
+pub(crate) fn existing_file(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("konnectivity-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, b"x").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// The validation failure of `o` without upstream's wrapper
+/// (`failed to validate agent options with `); panics if `o` is valid.
+pub(crate) fn invalid_message<P: Program>(o: &P) -> String {
+    let binary = P::NAME.trim_start_matches("proxy-");
+    match o.check() {
+        Err(ConfigError::Invalid(msg)) => msg
+            .strip_prefix(&format!("failed to validate {binary} options with "))
+            .unwrap_or_else(|| panic!("missing prefix: {msg}"))
+            .to_owned(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+/// [`invalid_message`] of `base` after `change`.
+pub(crate) fn rejected<P: Program>(mut base: P, change: impl FnOnce(&mut P)) -> String {
+    change(&mut base);
+    invalid_message(&base)
+}
+
+/// Each flag of `specs` has its declared default among `values` (a binary's
+/// `flag_values()`), except the ID flag `id_flag`, which is `id`.
+pub(crate) fn assert_defaults(
+    values: &[(&str, String)],
+    specs: &[FlagSpec],
+    (id_flag, id): (&str, &str),
+) {
+    assert_eq!(values.len(), specs.len());
+    for spec in specs {
+        let value = values
+            .iter()
+            .find(|(n, _)| *n == spec.name)
+            .map(|(_, v)| v.as_str());
+        let want = if spec.name == id_flag {
+            id
+        } else {
+            spec.default
+        };
+        assert_eq!(value, Some(want), "default of --{}", spec.name);
+    }
+}
+
+/// Each named flag is among `specs` with the pflag value type given.
+pub(crate) fn assert_value_types(specs: &[FlagSpec], expect: &[(&str, &str)]) {
+    for (name, ty) in expect {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == *name)
+            .unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(spec.value_type(), *ty, "{name}");
+    }
+}
