@@ -203,8 +203,8 @@ impl AgentOptions {
 mod tests {
     use super::*;
     use crate::testing::{
-        MISSING, args, assert_defaults, assert_value_types, existing_file, invalid_message,
-        rejected,
+        MISSING, args, assert_defaults, assert_pair_rules, assert_value_types, existing_file,
+        invalid_message, rejected,
     };
     use std::collections::BTreeMap;
 
@@ -499,34 +499,10 @@ mod tests {
 
     #[test]
     fn key_and_cert_files_are_checked_in_order() {
-        assert_eq!(
-            rejected(valid(), |o| o.agent_key = MISSING.into()),
-            format!(
-                "error checking agent key {MISSING}, got stat {MISSING}: no such file or directory"
-            )
-        );
-        let key = existing_file("only.key");
-        let o = AgentOptions {
-            agent_key: key.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have agent cert empty when agent key is set to \"{key}\"")
-        );
-        assert!(
-            rejected(valid(), |o| o.agent_cert = MISSING.into())
-                .starts_with(&format!("error checking agent cert {MISSING}, got "))
-        );
-        let cert = existing_file("only.crt");
-        let o = AgentOptions {
-            agent_cert: cert.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have agent key empty when agent cert is set to \"{cert}\"")
-        );
+        assert_pair_rules(valid, "agent", |o, key, cert| {
+            o.agent_key = key.into();
+            o.agent_cert = cert.into();
+        });
         assert!(
             rejected(valid(), |o| o.ca_cert = MISSING.into())
                 .starts_with(&format!("error checking agent CA cert {MISSING}, got "))

@@ -45,6 +45,48 @@ pub(crate) fn rejected<P: Program>(mut base: P, change: impl FnOnce(&mut P)) -> 
     invalid_message(&base)
 }
 
+/// The rules of a key/cert pair (`what`: `server`, `cluster`, `agent`), in upstream's
+/// order: each file must exist when set, and each requires the other; both set is valid.
+/// `set(o, key, cert)` puts the paths into options from `valid`.
+pub(crate) fn assert_pair_rules<P: Program>(
+    valid: impl Fn() -> P,
+    what: &str,
+    set: impl Fn(&mut P, &str, &str),
+) {
+    let key = existing_file(&format!("{what}.key"));
+    let cert = existing_file(&format!("{what}.crt"));
+    let missing = format!("got stat {MISSING}: no such file or directory");
+    let cases = [
+        (
+            MISSING,
+            "",
+            format!("error checking {what} key {MISSING}, {missing}"),
+        ),
+        (
+            &key,
+            "",
+            format!("cannot have {what} cert empty when {what} key is set to \"{key}\""),
+        ),
+        (
+            "",
+            MISSING,
+            format!("error checking {what} cert {MISSING}, {missing}"),
+        ),
+        (
+            "",
+            &cert,
+            format!("cannot have {what} key empty when {what} cert is set to \"{cert}\""),
+        ),
+    ];
+    for (k, c, want) in cases {
+        let got = rejected(valid(), |o| set(o, k, c));
+        assert_eq!(got, want, "{what} key {k:?}, cert {c:?}");
+    }
+    let mut both = valid();
+    set(&mut both, &key, &cert);
+    assert_eq!(both.check(), Ok(()), "{what} key and cert");
+}
+
 /// Each flag of `specs` has its declared default among `values` (a binary's
 /// `flag_values()`), except the ID flag `id_flag`, which is `id`.
 pub(crate) fn assert_defaults(

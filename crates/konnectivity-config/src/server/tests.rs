@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::testing::{
-    MISSING, args, assert_defaults, assert_value_types, existing_file, invalid_message, rejected,
+    MISSING, args, assert_defaults, assert_pair_rules, assert_value_types, existing_file,
+    invalid_message, rejected,
 };
 
 fn parse(a: &[&str]) -> ServerOptions {
@@ -297,41 +298,11 @@ fn valid_baseline_passes() {
 }
 
 #[test]
-fn rule_1_server_key_missing_or_without_cert() {
-    assert_eq!(
-        rejected(valid(), |o| o.server_key = MISSING.into()),
-        format!(
-            "error checking server key {MISSING}, got stat {MISSING}: no such file or directory"
-        )
-    );
-    let key = existing_file("server.key");
-    assert_eq!(
-        rejected(valid(), |o| o.server_key = key.clone()),
-        format!("cannot have server cert empty when server key is set to \"{key}\"")
-    );
-}
-
-#[test]
-fn rule_2_server_cert_missing_or_without_key() {
-    assert!(
-        rejected(valid(), |o| o.server_cert = MISSING.into())
-            .starts_with(&format!("error checking server cert {MISSING}, got "))
-    );
-    let cert = existing_file("server.crt");
-    let o = ServerOptions {
-        server_cert: cert.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have server key empty when server cert is set to \"{cert}\"")
-    );
-    let o = ServerOptions {
-        server_cert: cert,
-        server_key: existing_file("server.key"),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+fn rules_1_and_2_server_key_and_cert() {
+    assert_pair_rules(valid, "server", |o, key, cert| {
+        o.server_key = key.into();
+        o.server_cert = cert.into();
+    });
 }
 
 #[test]
@@ -344,32 +315,10 @@ fn rule_3_server_ca_missing() {
 
 #[test]
 fn rules_4_to_6_cluster_files() {
-    assert!(
-        rejected(valid(), |o| o.cluster_key = MISSING.into())
-            .starts_with(&format!("error checking cluster key {MISSING}, got "))
-    );
-    let key = existing_file("cluster.key");
-    let o = ServerOptions {
-        cluster_key: key.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have cluster cert empty when cluster key is set to \"{key}\"")
-    );
-    assert!(
-        rejected(valid(), |o| o.cluster_cert = MISSING.into())
-            .starts_with(&format!("error checking cluster cert {MISSING}, got "))
-    );
-    let cert = existing_file("cluster.crt");
-    let o = ServerOptions {
-        cluster_cert: cert.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have cluster key empty when cluster cert is set to \"{cert}\"")
-    );
+    assert_pair_rules(valid, "cluster", |o, key, cert| {
+        o.cluster_key = key.into();
+        o.cluster_cert = cert.into();
+    });
     assert!(
         rejected(valid(), |o| o.cluster_ca_cert = MISSING.into())
             .starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
