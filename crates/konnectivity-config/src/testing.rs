@@ -45,14 +45,18 @@ pub(crate) fn rejected<P: Program>(mut base: P, change: impl FnOnce(&mut P)) -> 
     invalid_message(&base)
 }
 
-/// The rules of a key/cert pair (`what`: `server`, `cluster`, `agent`), in upstream's
-/// order: each file must exist when set, and each requires the other; both set is valid.
-/// `set(o, key, cert)` puts the paths into options from `valid`.
+/// The rules of a key/cert pair and its CA (`what`: `server`, `cluster`, `agent`), in
+/// upstream's order: each file must exist when set, key and cert require each other,
+/// both set is valid. `files(o)` are the key, cert and CA fields of options from `valid`.
 pub(crate) fn assert_pair_rules<P: Program>(
     valid: impl Fn() -> P,
     what: &str,
-    set: impl Fn(&mut P, &str, &str),
+    files: impl Fn(&mut P) -> [&mut String; 3],
 ) {
+    let set = |o: &mut P, key: &str, cert: &str| {
+        let [k, c, _] = files(o);
+        (*k, *c) = (key.to_owned(), cert.to_owned());
+    };
     let key = existing_file(&format!("{what}.key"));
     let cert = existing_file(&format!("{what}.crt"));
     let missing = format!("got stat {MISSING}: no such file or directory");
@@ -85,6 +89,14 @@ pub(crate) fn assert_pair_rules<P: Program>(
     let mut both = valid();
     set(&mut both, &key, &cert);
     assert_eq!(both.check(), Ok(()), "{what} key and cert");
+    let no_ca = rejected(valid(), |o| *files(o)[2] = MISSING.into());
+    let want = format!("error checking {what} CA cert {MISSING}, got ");
+    assert!(no_ca.starts_with(&want), "{no_ca}");
+}
+
+/// The hidden flags of `specs`.
+pub(crate) fn hidden(specs: &[FlagSpec]) -> Vec<&str> {
+    specs.iter().filter(|s| s.hidden).map(|s| s.name).collect()
 }
 
 /// Each flag of `specs` has its declared default among `values` (a binary's
