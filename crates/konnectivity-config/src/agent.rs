@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn defaults_equal_the_spec_table() {
         let o = AgentOptions::with_agent_id("aid".to_owned());
-        assert_defaults(&o.flag_values(), agent_flags(), ("agent-id", "aid"));
+        assert_defaults(&o.flag_values(), agent_flags(), Some(("agent-id", "aid")));
         assert_eq!(o.validate(), Ok(()));
         assert_eq!(o.server_hosts(), ["127.0.0.1"]);
         assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Default);

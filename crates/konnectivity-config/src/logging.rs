@@ -319,14 +319,7 @@ mod tests {
     #[test]
     fn klog_defaults_match_flag_table() {
         let values = LogOptions::default().flag_values();
-        assert_eq!(values.len(), KLOG_FLAGS.len());
-        for spec in KLOG_FLAGS {
-            let v = values
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map(|(_, v)| v.as_str());
-            assert_eq!(v, Some(spec.default), "{}", spec.name);
-        }
+        crate::testing::assert_defaults(&values, KLOG_FLAGS, None);
     }
 
     #[test]

@@ -100,11 +100,11 @@ pub(crate) fn hidden(specs: &[FlagSpec]) -> Vec<&str> {
 }
 
 /// Each flag of `specs` has its declared default among `values` (a binary's
-/// `flag_values()`), except the ID flag `id_flag`, which is `id`.
+/// `flag_values()`), except the ID flag of `id` (flag, value), which has that value.
 pub(crate) fn assert_defaults(
     values: &[(&str, String)],
     specs: &[FlagSpec],
-    (id_flag, id): (&str, &str),
+    id: Option<(&str, &str)>,
 ) {
     assert_eq!(values.len(), specs.len());
     for spec in specs {
@@ -112,10 +112,9 @@ pub(crate) fn assert_defaults(
             .iter()
             .find(|(n, _)| *n == spec.name)
             .map(|(_, v)| v.as_str());
-        let want = if spec.name == id_flag {
-            id
-        } else {
-            spec.default
+        let want = match id {
+            Some((id_flag, id)) if spec.name == id_flag => id,
+            _ => spec.default,
         };
         assert_eq!(value, Some(want), "default of --{}", spec.name);
     }

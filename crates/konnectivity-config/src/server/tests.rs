@@ -20,7 +20,7 @@ fn valid() -> ServerOptions {
 #[test]
 fn defaults_equal_the_spec_table() {
     let o = ServerOptions::with_server_id("sid".to_owned());
-    assert_defaults(&o.flag_values(), server_flags(), ("server-id", "sid"));
+    assert_defaults(&o.flag_values(), server_flags(), Some(("server-id", "sid")));
     assert_eq!(o.mode().unwrap(), Mode::Grpc);
     assert_eq!(o.proxy_strategies().unwrap(), [ProxyStrategy::Default]);
     assert_eq!(o.tls_min_version().unwrap(), TlsVersion::Tls12);
