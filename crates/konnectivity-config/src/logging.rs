@@ -146,40 +146,6 @@ fn check_trace_location(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// klog's Go `flag` bool, as pflag wraps it (errors read `parse error`).
-#[derive(Debug)]
-pub struct GoBool;
-
-impl Codec<bool> for GoBool {
-    const KIND: FlagKind = FlagKind::GoBool;
-    fn from_value(value: &FlagValue) -> Option<bool> {
-        match value {
-            FlagValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    fn show(value: &bool) -> String {
-        value.to_string()
-    }
-}
-
-/// klog's Go `flag` uint64.
-#[derive(Debug)]
-pub struct GoUint64;
-
-impl Codec<u64> for GoUint64 {
-    const KIND: FlagKind = FlagKind::GoUint64;
-    fn from_value(value: &FlagValue) -> Option<u64> {
-        match value {
-            FlagValue::Uint64(u) => Some(*u),
-            _ => None,
-        }
-    }
-    fn show(value: &u64) -> String {
-        value.to_string()
-    }
-}
-
 /// A text flag checked by klog's parser and kept as the number it parses to.
 fn number_from(value: &FlagValue, parse: fn(&str) -> Result<i32, String>) -> Option<i32> {
     match value {
@@ -188,38 +154,42 @@ fn number_from(value: &FlagValue, parse: fn(&str) -> Result<i32, String>) -> Opt
     }
 }
 
-/// klog's `Level` (`-v`).
-#[derive(Debug)]
-pub struct Level;
+/// klog codecs that print with `to_string`: the struct, its field type, its pflag kind
+/// and how a parsed value becomes the field.
+macro_rules! klog_codecs {
+    ($($(#[$doc:meta])* $codec:ident: $ty:ty = $kind:expr, from |$v:ident| $from:expr;)+) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $codec;
 
-impl Codec<i32> for Level {
-    const KIND: FlagKind = FlagKind::Custom {
-        type_name: "Level",
-        check: |s| parse_level(s).map(drop),
-    };
-    fn from_value(value: &FlagValue) -> Option<i32> {
-        number_from(value, parse_level)
-    }
-    fn show(value: &i32) -> String {
-        value.to_string()
-    }
+        impl Codec<$ty> for $codec {
+            const KIND: FlagKind = $kind;
+            fn from_value($v: &FlagValue) -> Option<$ty> {
+                $from
+            }
+            fn show(value: &$ty) -> String {
+                value.to_string()
+            }
+        }
+    )+};
 }
 
-/// klog's `severity` (a name or a number), kept as the number.
-#[derive(Debug)]
-pub struct Severity;
-
-impl Codec<i32> for Severity {
-    const KIND: FlagKind = FlagKind::Custom {
-        type_name: "severity",
-        check: |s| parse_severity(s).map(drop),
-    };
-    fn from_value(value: &FlagValue) -> Option<i32> {
-        number_from(value, parse_severity)
-    }
-    fn show(value: &i32) -> String {
-        value.to_string()
-    }
+klog_codecs! {
+    /// klog's Go `flag` bool, as pflag wraps it (errors read `parse error`).
+    GoBool: bool = FlagKind::GoBool,
+        from |value| if let FlagValue::Bool(b) = value { Some(*b) } else { None };
+    /// klog's Go `flag` uint64.
+    GoUint64: u64 = FlagKind::GoUint64,
+        from |value| if let FlagValue::Uint64(u) = value { Some(*u) } else { None };
+    /// klog's `Level` (`-v`).
+    Level: i32 = FlagKind::Custom { type_name: "Level", check: |s| parse_level(s).map(drop) },
+        from |value| number_from(value, parse_level);
+    /// klog's `severity` (a name or a number), kept as the number.
+    Severity: i32 = FlagKind::Custom {
+            type_name: "severity",
+            check: |s| parse_severity(s).map(drop),
+        },
+        from |value| number_from(value, parse_severity);
 }
 
 /// klog's `moduleSpec` (`--vmodule`).

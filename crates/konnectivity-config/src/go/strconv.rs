@@ -348,16 +348,9 @@ mod tests {
     fn parse_uint_rejects_sign_and_overflow() {
         assert_eq!(parse_uint("1800", 0, 64), Ok(1800));
         assert_eq!(parse_uint("18446744073709551615", 0, 64), Ok(u64::MAX));
-        for (text, base, bits, kind) in [
-            ("18446744073709551616", 0, 64, NumErrorKind::Range),
-            ("-1", 0, 64, NumErrorKind::Syntax),
-        ] {
-            assert_eq!(
-                parse_uint(text, base, bits).unwrap_err().kind,
-                kind,
-                "{text}"
-            );
-        }
+        let kind = |text| parse_uint(text, 0, 64).map_err(|e| e.kind);
+        assert_eq!(kind("18446744073709551616"), Err(NumErrorKind::Range));
+        assert_eq!(kind("-1"), Err(NumErrorKind::Syntax));
     }
 
     #[test]
