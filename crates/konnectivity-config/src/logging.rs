@@ -224,10 +224,7 @@ impl Codec<String> for TraceLocation {
         check: check_trace_location,
     };
     fn from_value(value: &FlagValue) -> Option<String> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
-        }
+        <String as crate::flags::FlagField>::from_value(value)
     }
     fn show(value: &String) -> String {
         if value.is_empty() {
@@ -251,10 +248,7 @@ impl Codec<String> for LoggingFormat {
         check: check_logging_format,
     };
     fn from_value(value: &FlagValue) -> Option<String> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
-        }
+        <String as crate::flags::FlagField>::from_value(value)
     }
     fn show(value: &String) -> String {
         value.clone()
@@ -330,22 +324,26 @@ mod tests {
 
     #[test]
     fn bad_klog_values_are_rejected_with_klog_reasons() {
-        assert_eq!(
-            parse(&["--v=x"]),
-            Err("invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax".to_owned())
-        );
-        assert_eq!(
-            parse(&["--vmodule=a"]),
-            Err("invalid argument \"a\" for \"--vmodule\" flag: syntax error: expect comma-separated list of filename=N".to_owned())
-        );
-        assert_eq!(
-            parse(&["--log-backtrace-at=nodot:1"]),
-            Err("invalid argument \"nodot:1\" for \"--log-backtrace-at\" flag: syntax error: expect file.go:234".to_owned())
-        );
-        assert_eq!(
-            parse(&["--logtostderr=maybe"]),
-            Err("invalid argument \"maybe\" for \"--logtostderr\" flag: parse error".to_owned())
-        );
+        for (arg, want) in [
+            (
+                "--v=x",
+                "invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
+            ),
+            (
+                "--vmodule=a",
+                "invalid argument \"a\" for \"--vmodule\" flag: syntax error: expect comma-separated list of filename=N",
+            ),
+            (
+                "--log-backtrace-at=nodot:1",
+                "invalid argument \"nodot:1\" for \"--log-backtrace-at\" flag: syntax error: expect file.go:234",
+            ),
+            (
+                "--logtostderr=maybe",
+                "invalid argument \"maybe\" for \"--logtostderr\" flag: parse error",
+            ),
+        ] {
+            assert_eq!(parse(&[arg]), Err(want.to_owned()), "{arg}");
+        }
         assert!(parse(&["--stderrthreshold=loud"]).is_err());
         assert!(parse(&["--log-file-max-size=-1"]).is_err());
     }
