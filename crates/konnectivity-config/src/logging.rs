@@ -5,7 +5,7 @@
 //! would stop a real deployment from starting, so every klog flag is accepted with klog's
 //! syntax and kept here for the binary's logging setup to map onto `tracing`.
 
-use crate::flags::{Codec, FlagSet, options};
+use crate::flags::{Codec, FlagSet, Native, options};
 use crate::go::pflag::{FlagKind, FlagSpec, FlagValue, ParsedFlags};
 use crate::go::strconv;
 
@@ -223,8 +223,8 @@ impl Codec<String> for TraceLocation {
         type_name: "traceLocation",
         check: check_trace_location,
     };
-    fn from_value(value: &FlagValue) -> Option<String> {
-        <String as crate::flags::FlagField>::from_value(value)
+    fn default(_: &FlagSpec) -> String {
+        String::new()
     }
     fn show(value: &String) -> String {
         if value.is_empty() {
@@ -233,8 +233,8 @@ impl Codec<String> for TraceLocation {
             value.clone()
         }
     }
-    fn default(_: &FlagSpec) -> String {
-        String::new()
+    fn from_value(value: &FlagValue) -> Option<String> {
+        <Native as Codec<String>>::from_value(value)
     }
 }
 
@@ -242,16 +242,17 @@ impl Codec<String> for TraceLocation {
 #[derive(Debug)]
 pub struct LoggingFormat;
 
+/// A string to pflag, printed as it is; only the check is `--logging-format`'s own.
 impl Codec<String> for LoggingFormat {
     const KIND: FlagKind = FlagKind::Custom {
         type_name: "string",
         check: check_logging_format,
     };
     fn from_value(value: &FlagValue) -> Option<String> {
-        <String as crate::flags::FlagField>::from_value(value)
+        <Native as Codec<String>>::from_value(value)
     }
     fn show(value: &String) -> String {
-        value.clone()
+        <Native as Codec<String>>::show(value)
     }
 }
 

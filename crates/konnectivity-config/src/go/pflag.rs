@@ -845,16 +845,25 @@ mod tests {
                 .unwrap_or_default()
                 .to_owned()
         };
-        assert!(line("mode").contains("--mode string"));
-        assert!(line("mode").ends_with("a mode (default \"grpc\")"));
-        assert!(line("name").ends_with("a string"));
-        assert!(line("port").contains("--port int"));
-        assert!(line("port").ends_with("(default 8090)"));
-        assert!(line("enabled").ends_with("a bool"));
-        assert!(line("on").ends_with("(default true)"));
-        assert!(line("list").contains("--list strings"));
-        assert!(line("wait").ends_with("(default 1h0m0s)"));
-        assert!(line("size").contains("--size uint"));
+        // Each flag's line: the name and type, the help and default at its end.
+        for (flag, text) in [
+            ("mode", "--mode string"),
+            ("port", "--port int"),
+            ("list", "--list strings"),
+            ("size", "--size uint"),
+        ] {
+            assert!(line(flag).contains(text), "--{flag}: {text:?}");
+        }
+        for (flag, text) in [
+            ("mode", "a mode (default \"grpc\")"),
+            ("name", "a string"),
+            ("port", "(default 8090)"),
+            ("enabled", "a bool"),
+            ("on", "(default true)"),
+            ("wait", "(default 1h0m0s)"),
+        ] {
+            assert!(line(flag).ends_with(text), "--{flag}: {text:?}");
+        }
         assert!(line("v").starts_with("  -v, --v int"));
         assert!(line("help").starts_with("  -h, --help "));
         // All help texts start in one column.
