@@ -202,10 +202,7 @@ impl AgentOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{
-        MISSING, args, assert_defaults, assert_pair_rules, assert_value_types, existing_file,
-        hidden, invalid_message, rejected,
-    };
+    use crate::testing::*;
     use std::collections::BTreeMap;
 
     fn parse(a: &[&str]) -> AgentOptions {
@@ -526,24 +523,21 @@ mod tests {
             );
         }
         for port in [1023, 49152] {
-            let o = AgentOptions {
-                proxy_server_port: port,
-                health_server_port: port,
-                admin_server_port: port,
-                ..valid()
-            };
-            assert_eq!(o.validate(), Ok(()), "{port}");
+            assert_eq!(
+                checked(valid(), |o| {
+                    o.proxy_server_port = port;
+                    o.health_server_port = port;
+                    o.admin_server_port = port;
+                }),
+                Ok(()),
+                "{port}"
+            );
         }
     }
 
     #[test]
     fn channel_size_and_profiling() {
-        for n in [0, -10] {
-            assert_eq!(
-                rejected(valid(), |o| o.xfr_channel_size = n),
-                format!("channel size {n} must be greater than 0")
-            );
-        }
+        assert_channel_size_rule(valid, |o| &mut o.xfr_channel_size);
         assert_eq!(
             rejected(valid(), |o| o.enable_contention_profiling = true),
             "if --enable-contention-profiling is set, --enable-profiling must also be set"
@@ -600,17 +594,18 @@ mod tests {
             agent_identifiers: s.into(),
             ..valid()
         };
-        assert_eq!(
-            invalid_message(&with("uid=1")),
-            "agent address is invalid: unknown address type: uid"
-        );
-        assert_eq!(
-            invalid_message(&with("host=a;host=b")),
-            "agent address is invalid: invalid semicolon separator in query"
-        );
-        assert_eq!(
-            invalid_message(&with("host=%zz")),
-            "agent address is invalid: invalid URL escape \"%zz\""
+        let invalid = "agent address is invalid:";
+        assert_rejections(
+            valid,
+            |o, s| o.agent_identifiers = s.into(),
+            &[
+                ("uid=1", &format!("{invalid} unknown address type: uid")),
+                (
+                    "host=a;host=b",
+                    &format!("{invalid} invalid semicolon separator in query"),
+                ),
+                ("host=%zz", &format!("{invalid} invalid URL escape \"%zz\"")),
+            ],
         );
         let o = with("host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true");
         assert_eq!(o.validate(), Ok(()));
@@ -640,29 +635,26 @@ mod tests {
 
     #[test]
     fn validation_order_reports_earliest_rule() {
-        let o = AgentOptions {
-            proxy_server_port: 0,
-            xfr_channel_size: 0,
-            server_count_source: "bogus".into(),
-            ..valid()
-        };
         assert_eq!(
-            o.validate().unwrap_err().to_string(),
+            checked(valid(), |o| {
+                o.proxy_server_port = 0;
+                o.xfr_channel_size = 0;
+                o.server_count_source = "bogus".into();
+            })
+            .unwrap_err()
+            .to_string(),
             "failed to validate agent options with proxy server port 0 must be greater than 0"
         );
     }
 
     #[test]
     fn help_hides_the_deprecated_alias() {
-        match AgentOptions::parse(args(&["-h"])) {
-            Err(ConfigError::Help(text)) => {
-                assert!(text.starts_with("Usage:\n  agent [flags]"));
-                assert!(text.contains("--lease-label-selector string"));
-                assert!(text.contains("(default \"k8s-app=konnectivity-server\")"));
-                assert!(!text.contains("--lease-label string"));
-                assert!(text.contains("--alpn-proto strings"));
-            }
-            other => panic!("expected help, got {other:?}"),
-        }
+        let has = [
+            "--lease-label-selector string",
+            "(default \"k8s-app=konnectivity-server\")",
+            "--alpn-proto strings",
+        ];
+        let usage = "Usage:\n  agent [flags]";
+        assert_help::<AgentOptions>("-h", usage, (&has, &["--lease-label string"]));
     }
 }

@@ -99,6 +99,59 @@ pub(crate) fn hidden(specs: &[FlagSpec]) -> Vec<&str> {
     specs.iter().filter(|s| s.hidden).map(|s| s.name).collect()
 }
 
+/// Validation of `base` after `change`.
+pub(crate) fn checked<P: Program>(
+    mut base: P,
+    change: impl FnOnce(&mut P),
+) -> Result<(), ConfigError> {
+    change(&mut base);
+    base.check()
+}
+
+/// Each value `set` puts into options from `valid` fails validation with its message.
+pub(crate) fn assert_rejections<P: Program>(
+    valid: impl Fn() -> P,
+    set: impl Fn(&mut P, &str),
+    cases: &[(&str, &str)],
+) {
+    for (value, want) in cases {
+        assert_eq!(rejected(valid(), |o| set(o, value)), *want, "{value:?}");
+    }
+}
+
+/// `--xfr-channel-size` (`field`) must be positive, in both binaries.
+pub(crate) fn assert_channel_size_rule<P: Program>(
+    valid: impl Fn() -> P,
+    field: impl Fn(&mut P) -> &mut i64,
+) {
+    for n in [0, -10] {
+        assert_eq!(
+            rejected(valid(), |o| *field(o) = n),
+            format!("channel size {n} must be greater than 0")
+        );
+    }
+}
+
+/// The usage text `arg` (`-h`, `--help`) asks for starts with `usage`, has each of `has`
+/// and none of `lacks`.
+pub(crate) fn assert_help<P: Program + std::fmt::Debug>(
+    arg: &str,
+    usage: &str,
+    (has, lacks): (&[&str], &[&str]),
+) {
+    let text = match P::parse_args(args(&[arg])) {
+        Err(ConfigError::Help(text)) => text,
+        other => panic!("expected help, got {other:?}"),
+    };
+    assert!(text.starts_with(usage), "{text}");
+    for part in has {
+        assert!(text.contains(part), "{part:?} in the help");
+    }
+    for part in lacks {
+        assert!(!text.contains(part), "{part:?} not in the help");
+    }
+}
+
 /// Each flag of `specs` has its declared default among `values` (a binary's
 /// `flag_values()`), except the ID flag of `id` (flag, value), which has that value.
 pub(crate) fn assert_defaults(

@@ -1,10 +1,7 @@
 //! Unit tests of `proxy-server`'s flags: defaults, parsing, and each validation rule.
 
 use super::*;
-use crate::testing::{
-    MISSING, args, assert_defaults, assert_pair_rules, assert_value_types, existing_file, hidden,
-    invalid_message, rejected,
-};
+use crate::testing::*;
 
 fn parse(a: &[&str]) -> ServerOptions {
     crate::testing::parse(a)
@@ -254,19 +251,16 @@ fn warn_on_channel_limit_is_a_deprecated_no_op() {
 
 #[test]
 fn help_lists_flags_but_not_hidden_ones() {
-    match ServerOptions::parse(args(&["--help"])) {
-        Err(ConfigError::Help(text)) => {
-            assert!(text.starts_with("Usage:\n  proxy [flags]"));
-            assert!(text.contains("--mode string"));
-            assert!(text.contains("(default \"grpc\")"));
-            assert!(text.contains("--keepalive-time duration"));
-            assert!(text.contains("(default 1h0m0s)"));
-            assert!(text.contains("--cipher-suites strings"));
-            assert!(text.contains("-v, --v Level"));
-            assert!(!text.contains("warn-on-channel-limit"));
-        }
-        other => panic!("expected help, got {other:?}"),
-    }
+    let has = [
+        "--mode string",
+        "(default \"grpc\")",
+        "--keepalive-time duration",
+        "(default 1h0m0s)",
+        "--cipher-suites strings",
+        "-v, --v Level",
+    ];
+    let lacks = ["warn-on-channel-limit"];
+    assert_help::<ServerOptions>("--help", "Usage:\n  proxy [flags]", (&has, &lacks));
 }
 
 #[test]
@@ -322,11 +316,7 @@ fn rule_7_mode() {
         invalid_message(&o),
         "mode must be set to either 'grpc' or 'http-connect' not \"http\""
     );
-    let o = ServerOptions {
-        mode: "http-connect".into(),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(checked(valid(), |o| o.mode = "http-connect".into()), Ok(()));
 }
 
 #[test]
@@ -434,12 +424,13 @@ fn rule_11_contention_profiling_needs_profiling() {
         invalid_message(&o),
         "if --enable-contention-profiling is set, --enable-profiling must also be set"
     );
-    let o = ServerOptions {
-        enable_contention_profiling: true,
-        enable_profiling: true,
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| {
+            o.enable_contention_profiling = true;
+            o.enable_profiling = true;
+        }),
+        Ok(())
+    );
 }
 
 #[test]
@@ -497,11 +488,10 @@ fn rule_13_kubeconfig_must_exist() {
             "checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
         )
     );
-    let o = ServerOptions {
-        kubeconfig: existing_file("kubeconfig"),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| o.kubeconfig = existing_file("kubeconfig")),
+        Ok(())
+    );
 }
 
 #[test]
@@ -510,21 +500,19 @@ fn rule_14_proxy_strategies() {
         proxy_strategies: s.into(),
         ..valid()
     };
-    assert_eq!(
-        invalid_message(&with("")),
-        "ProxyStrategies cannot be empty"
-    );
-    assert_eq!(
-        invalid_message(&with("invalid")),
-        "invalid proxy strategies: unknown proxy strategy: invalid"
-    );
-    assert_eq!(
-        invalid_message(&with("DestHost")),
-        "invalid proxy strategies: unknown proxy strategy: DestHost"
-    );
-    assert_eq!(
-        invalid_message(&with(",,")),
-        "invalid proxy strategies: proxy strategies cannot be empty"
+    let unknown = "invalid proxy strategies: unknown proxy strategy:";
+    assert_rejections(
+        valid,
+        |o, s| o.proxy_strategies = s.into(),
+        &[
+            ("", "ProxyStrategies cannot be empty"),
+            ("invalid", &format!("{unknown} invalid")),
+            ("DestHost", &format!("{unknown} DestHost")),
+            (
+                ",,",
+                "invalid proxy strategies: proxy strategies cannot be empty",
+            ),
+        ],
     );
     assert_eq!(with("destHost,,defaultRoute,").validate(), Ok(()));
     assert_eq!(
@@ -542,12 +530,7 @@ fn rule_14_proxy_strategies() {
 
 #[test]
 fn rule_15_channel_size() {
-    for n in [0, -10] {
-        assert_eq!(
-            rejected(valid(), |o| o.xfr_channel_size = n),
-            format!("channel size {n} must be greater than 0")
-        );
-    }
+    assert_channel_size_rule(valid, |o| &mut o.xfr_channel_size);
 }
 
 #[test]
@@ -641,12 +624,13 @@ fn rule_19_negative_durations() {
         invalid_message(&o),
         "backend-dial-timeout must be >= 0, got -1.5s"
     );
-    let o = ServerOptions {
-        backend_dial_timeout: GoDuration::from_secs(5),
-        graceful_shutdown_timeout: GoDuration::from_secs(1),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| {
+            o.backend_dial_timeout = GoDuration::from_secs(5);
+            o.graceful_shutdown_timeout = GoDuration::from_secs(1);
+        }),
+        Ok(())
+    );
 }
 
 #[test]
