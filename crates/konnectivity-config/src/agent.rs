@@ -501,12 +501,8 @@ mod tests {
     #[test]
     fn ports_must_be_positive_without_range_checks() {
         for port in [0, -1] {
-            let o = AgentOptions {
-                proxy_server_port: port,
-                ..valid()
-            };
             assert_eq!(
-                invalid_message(&o),
+                rejected(valid(), |o| o.proxy_server_port = port),
                 format!("proxy server port {port} must be greater than 0")
             );
             let o = AgentOptions {
@@ -546,21 +542,20 @@ mod tests {
 
     #[test]
     fn sync_interval_may_equal_but_not_exceed_cap() {
-        let o = AgentOptions {
-            sync_interval: GoDuration::from_secs(2),
-            sync_interval_cap: GoDuration::from_secs(1),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| {
+                o.sync_interval = GoDuration::from_secs(2);
+                o.sync_interval_cap = GoDuration::from_secs(1);
+            }),
             "sync interval 2s must be less than sync interval cap 1s"
         );
-        let o = AgentOptions {
-            sync_interval: GoDuration::from_secs(1),
-            sync_interval_cap: GoDuration::from_secs(1),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
+        assert_eq!(
+            checked(valid(), |o| {
+                o.sync_interval = GoDuration::from_secs(1);
+                o.sync_interval_cap = GoDuration::from_secs(1);
+            }),
+            Ok(())
+        );
         let o = parse(&["--sync-interval=1h", "--sync-interval-cap=100ms"]);
         assert_eq!(
             invalid_message(&o),
@@ -596,8 +591,7 @@ mod tests {
         };
         let invalid = "agent address is invalid:";
         assert_rejections(
-            valid,
-            |o, s| o.agent_identifiers = s.into(),
+            with,
             &[
                 ("uid=1", &format!("{invalid} unknown address type: uid")),
                 (
