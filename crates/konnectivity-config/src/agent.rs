@@ -552,7 +552,7 @@ mod tests {
         assert_eq!(
             checked(valid(), |o| {
                 o.sync_interval = GoDuration::from_secs(1);
-                o.sync_interval_cap = GoDuration::from_secs(1);
+                o.sync_interval_cap = o.sync_interval;
             }),
             Ok(())
         );

@@ -7,6 +7,14 @@ fn parse(a: &[&str]) -> ServerOptions {
     crate::testing::parse(a)
 }
 
+/// `o` with the server CA of [`valid`].
+fn with_valid_ca(o: ServerOptions) -> ServerOptions {
+    ServerOptions {
+        server_ca_cert: valid().server_ca_cert,
+        ..o
+    }
+}
+
 /// Options that pass validation: TCP mode with a server CA that exists.
 fn valid() -> ServerOptions {
     let mut o = ServerOptions::with_server_id("id".to_owned());
@@ -560,10 +568,7 @@ fn rule_16_tls_version() {
 #[test]
 fn rule_17_cipher_suites() {
     let o = parse(&["--cipher-suites=TLS_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]);
-    let o = ServerOptions {
-        server_ca_cert: valid().server_ca_cert,
-        ..o
-    };
+    let o = with_valid_ca(o);
     assert_eq!(o.validate(), Ok(()));
     let o = ServerOptions {
         cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
@@ -606,20 +611,14 @@ fn rule_18_lease_label_only_checked_with_lease_controller() {
 #[test]
 fn rule_19_negative_durations() {
     let o = parse(&["--graceful-shutdown-timeout=-1s"]);
-    let o = ServerOptions {
-        server_ca_cert: valid().server_ca_cert,
-        ..o
-    };
+    let o = with_valid_ca(o);
     assert_eq!(
         invalid_message(&o),
         "graceful-shutdown-timeout must be >= 0, got -1s"
     );
-    let o = ServerOptions {
-        backend_dial_timeout: GoDuration::from_millis(-1500),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.backend_dial_timeout =
+            GoDuration::from_millis(-1500)),
         "backend-dial-timeout must be >= 0, got -1.5s"
     );
     assert_eq!(
