@@ -83,8 +83,13 @@ impl fmt::Debug for UserPass {
 
 /// Parses an RFC 1929 username/password request (incremental, like the others).
 pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
-    let head = version_and_count(buf, AUTH_VERSION, SocksError::AuthVersion);
-    let Some(ulen) = head.and_then(|c| nonzero(c, SocksError::NoUser))? else {
+    let head = version_and_count(
+        buf,
+        AUTH_VERSION,
+        SocksError::AuthVersion,
+        SocksError::NoUser,
+    );
+    let Some(ulen) = head? else {
         return Ok(None);
     };
     let uend = 2 + usize::from(ulen);
@@ -455,31 +460,26 @@ impl SocksError {
 pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
 
 /// The two bytes that start a greeting or a username/password request: the version,
-/// which must be `version` (else `wrong(ver)`), then a count (`None` until both came).
+/// which must be `version` (else `wrong(ver)`), then a count that must not be 0 (else
+/// `empty`). `None` until both have come.
 fn version_and_count(
     buf: &[u8],
     version: u8,
     wrong: fn(u8) -> SocksError,
+    empty: SocksError,
 ) -> Result<Option<u8>, SocksError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(&ver) if ver != version => Err(wrong(ver)),
-        Some(_) => Ok(buf.get(1).copied()),
-    }
-}
-
-/// A count that must not be 0 (else `empty`).
-fn nonzero(count: Option<u8>, empty: SocksError) -> Result<Option<u8>, SocksError> {
-    match count {
-        Some(0) => Err(empty),
-        c => Ok(c),
+    match (buf.first(), buf.get(1)) {
+        (None, _) => Ok(None),
+        (Some(&ver), _) if ver != version => Err(wrong(ver)),
+        (_, Some(0)) => Err(empty),
+        (_, count) => Ok(count.copied()),
     }
 }
 
 /// Parses the method greeting: `VER NMETHODS METHODS...`.
 pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
-    let head = version_and_count(buf, VERSION, SocksError::Version);
-    let Some(n) = head.and_then(|c| nonzero(c, SocksError::NoMethods))? else {
+    let head = version_and_count(buf, VERSION, SocksError::Version, SocksError::NoMethods);
+    let Some(n) = head? else {
         return Ok(None);
     };
     let end = 2 + usize::from(n);
