@@ -25,17 +25,17 @@ pub const NO_ACCEPTABLE_METHOD: u8 = 0xFF;
 /// The version byte of RFC 1929's username/password messages.
 const AUTH_VERSION: u8 = 0x01;
 
-/// The `CMD` codes of a request (RFC 1928 §4).
-mod cmd {
-    pub(super) const CONNECT: u8 = 0x01;
-    pub(super) const UDP_ASSOCIATE: u8 = 0x03;
-}
-
 /// The `ATYP` codes of an address (RFC 1928 §5).
 mod atyp {
     pub(super) const IPV4: u8 = 0x01;
     pub(super) const DOMAIN: u8 = 0x03;
     pub(super) const IPV6: u8 = 0x04;
+}
+
+/// The `CMD` codes of a request (RFC 1928 §4).
+mod cmd {
+    pub(super) const CONNECT: u8 = 0x01;
+    pub(super) const UDP_ASSOCIATE: u8 = 0x03;
 }
 
 /// The client's first message: the authentication methods it offers.
