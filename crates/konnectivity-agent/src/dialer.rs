@@ -1,5 +1,6 @@
 //! Dials destinations on the node, with upstream's fixed 5 s timeout and Go's error
 //! texts (which reach kube-apiserver users verbatim).
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use konnectivity_core::address::{
@@ -25,29 +26,7 @@ pub async fn dial(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let attempt = async {
-        let addrs: Vec<_> = tokio::net::lookup_host(address)
-            .await
-            .map_err(|e| (lookup_error_text(&host, &e), DialFailure::Unknown))?
-            .collect();
-        let mut last = None;
-        for a in &addrs {
-            if let Err(e) = policy.check_resolved(*a) {
-                last = Some((e, DialFailure::Unknown));
-                continue;
-            }
-            match TcpStream::connect(a).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            (
-                format!("dial tcp: lookup {host}: no such host"),
-                DialFailure::Unknown,
-            )
-        }))
-    };
+    let attempt = first_allowed(address, &host, policy, TcpStream::connect);
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -59,6 +38,41 @@ pub async fn dial(
             DialFailure::Timeout,
         )),
     }
+}
+
+/// Resolves `address` (whose host is `host`) on the node and `connect`s to each resolved
+/// address the `policy` allows, in order, until one succeeds. Errors are Go's `dial tcp`
+/// texts for the last address tried.
+async fn first_allowed<S, F>(
+    address: &str,
+    host: &str,
+    policy: &DestinationPolicy,
+    connect: impl Fn(SocketAddr) -> F,
+) -> Result<S, (String, DialFailure)>
+where
+    F: std::future::Future<Output = std::io::Result<S>>,
+{
+    let addrs: Vec<_> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| (lookup_error_text(host, &e), DialFailure::Unknown))?
+        .collect();
+    let mut last = None;
+    for a in addrs {
+        if let Err(e) = policy.check_resolved(a) {
+            last = Some((e, DialFailure::Unknown));
+            continue;
+        }
+        match connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        (
+            format!("dial tcp: lookup {host}: no such host"),
+            DialFailure::Unknown,
+        )
+    }))
 }
 
 /// Opens a UDP socket connected to `address` (`host:port`), like Go's
@@ -75,38 +89,15 @@ pub async fn dial_udp(
         return Err(udp((bad_address_text(address), DialFailure::Unknown)));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let attempt = async {
-        let addrs: Vec<_> = tokio::net::lookup_host(address)
-            .await
-            .map_err(|e| (lookup_error_text(host, &e), DialFailure::Unknown))?
-            .collect();
-        let mut last = None;
-        for a in &addrs {
-            if let Err(e) = policy.check_resolved(*a) {
-                last = Some((e, DialFailure::Unknown));
-                continue;
-            }
-            let local: std::net::SocketAddr = if a.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let connected = match UdpSocket::bind(local).await {
-                Ok(s) => s.connect(a).await.map(|()| s),
-                Err(e) => Err(e),
-            };
-            match connected {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(connect_error_text(&a.to_string(), &e)),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            (
-                format!("dial tcp: lookup {host}: no such host"),
-                DialFailure::Unknown,
-            )
-        }))
-    };
+    let attempt = first_allowed(address, host, policy, |a: SocketAddr| async move {
+        let local: SocketAddr = if a.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = UdpSocket::bind(local).await?;
+        s.connect(a).await.map(|()| s)
+    });
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r.map_err(udp),
         Err(_) => Err((
@@ -147,22 +138,28 @@ mod tests {
         assert!(text.contains("no such host"), "{text}");
     }
 
-    #[tokio::test]
-    async fn the_agents_destination_policy_is_checked_after_resolution() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let (text, _) = dial(
-            &format!("localhost:{}", addr.port()),
-            DIAL_TIMEOUT,
-            &only_10,
-        )
-        .await
-        .unwrap_err();
+    /// A policy allowing only 10.0.0.0/8 (so not what `localhost` resolves to).
+    fn only_10() -> DestinationPolicy {
+        DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap()
+    }
+
+    /// Asserts that the destination policy refused the dial.
+    async fn assert_denied<T: std::fmt::Debug>(
+        dialing: impl std::future::Future<Output = Result<T, (String, DialFailure)>>,
+    ) {
+        let (text, _) = dialing.await.unwrap_err();
         assert!(
             text.contains("denied by the agent's destination policy"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_agents_destination_policy_is_checked_after_resolution() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let localhost = format!("localhost:{}", addr.port());
+        assert_denied(dial(&localhost, DIAL_TIMEOUT, &only_10())).await;
         dial(
             &addr.to_string(),
             DIAL_TIMEOUT,
@@ -184,18 +181,8 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(s.peer_addr().unwrap(), addr);
-        let only_10 = DestinationPolicy::parse(&["10.0.0.0/8".into()], &[]).unwrap();
-        let (text, _) = dial_udp(
-            &format!("localhost:{}", addr.port()),
-            DIAL_TIMEOUT,
-            &only_10,
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            text.contains("denied by the agent's destination policy"),
-            "{text}"
-        );
+        let localhost = format!("localhost:{}", addr.port());
+        assert_denied(dial_udp(&localhost, DIAL_TIMEOUT, &only_10())).await;
         let (text, _) = dial_udp("nohost", DIAL_TIMEOUT, &DestinationPolicy::default())
             .await
             .unwrap_err();

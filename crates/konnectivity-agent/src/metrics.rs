@@ -303,6 +303,16 @@ impl Metrics {
             "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
             u8::from(connected < want)
         );
+        let udp = &self.udp;
+        let open = udp.open.load(Ordering::Relaxed) as u64;
+        let [dials, refused, to_destination, from_destination, dropped] = [
+            &udp.dials,
+            &udp.refused,
+            &udp.to_destination,
+            &udp.from_destination,
+            &udp.dropped,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
         for (name, kind, help, v) in [
             (
                 "buffered_bytes",
@@ -344,37 +354,37 @@ impl Metrics {
                 "udp_open_sockets",
                 "gauge",
                 "UDP sockets open for tunneled connections (--max-udp-sockets bounds them).",
-                self.udp.open.load(Ordering::Relaxed) as u64,
+                open,
             ),
             (
                 "udp_dials_total",
                 "counter",
                 "UDP dials that opened a socket.",
-                self.udp.dials.load(Ordering::Relaxed),
+                dials,
             ),
             (
                 "udp_dials_refused_total",
                 "counter",
                 "UDP dials refused because --max-udp-sockets sockets were open.",
-                self.udp.refused.load(Ordering::Relaxed),
+                refused,
             ),
             (
                 "udp_datagrams_to_destination_total",
                 "counter",
                 "Datagrams written to destinations, one per DATA packet.",
-                self.udp.to_destination.load(Ordering::Relaxed),
+                to_destination,
             ),
             (
                 "udp_datagrams_from_destination_total",
                 "counter",
                 "Datagrams read from destinations and sent to the server, one per DATA packet.",
-                self.udp.from_destination.load(Ordering::Relaxed),
+                from_destination,
             ),
             (
                 "udp_datagrams_dropped_total",
                 "counter",
                 "Datagrams from destinations dropped (not queued) because the server's flow-control window was spent.",
-                self.udp.dropped.load(Ordering::Relaxed),
+                dropped,
             ),
         ] {
             let _ = write!(
@@ -396,6 +406,14 @@ fn escape_label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Asserts each series' value in the exposition `text`.
+    #[track_caller]
+    fn assert_series(text: &str, want: &[(&str, f64)]) {
+        for (series, v) in want {
+            assert_eq!(value(text, series), Some(*v), "{series}");
+        }
+    }
 
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -434,54 +452,40 @@ mod tests {
         );
         let text = m.render();
         let h = "konnectivity_network_proxy_agent_dial_duration_seconds";
-        assert_eq!(
-            value(&text, &format!("{h}_bucket{{le=\"0.005\"}}")),
-            Some(1.0)
+        assert_series(
+            &text,
+            &[
+                (&format!("{h}_bucket{{le=\"0.005\"}}"), 1.0),
+                (&format!("{h}_bucket{{le=\"0.025\"}}"), 1.0),
+                (&format!("{h}_bucket{{le=\"0.1\"}}"), 2.0),
+                (&format!("{h}_bucket{{le=\"30\"}}"), 2.0),
+                (&format!("{h}_bucket{{le=\"+Inf\"}}"), 3.0),
+                (&format!("{h}_count"), 3.0),
+            ],
         );
-        assert_eq!(
-            value(&text, &format!("{h}_bucket{{le=\"0.025\"}}")),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, &format!("{h}_bucket{{le=\"0.1\"}}")),
-            Some(2.0)
-        );
-        assert_eq!(value(&text, &format!("{h}_bucket{{le=\"30\"}}")), Some(2.0));
-        assert_eq!(
-            value(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")),
-            Some(3.0)
-        );
-        assert_eq!(value(&text, &format!("{h}_count")), Some(3.0));
         let sum = value(&text, &format!("{h}_sum")).unwrap_or(0.0);
         assert!((sum - 60.051).abs() < 1e-6, "{sum}");
         let p = "konnectivity_network_proxy_agent_stream_packets_total";
-        assert_eq!(
-            value(
-                &text,
-                &format!("{p}{{packet_type=\"DIAL_RSP\",segment=\"from_agent\"}}")
-            ),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                &format!("{p}{{packet_type=\"DIAL_REQ\",segment=\"to_agent\"}}")
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "konnectivity_network_proxy_agent_stream_errors_total{code=\"Unavailable\",packet_type=\"Unknown\",segment=\"to_agent\"}"
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "konnectivity_network_proxy_agent_server_connection_failure_count{direction=\"from_server\"}"
-            ),
-            Some(1.0)
+        assert_series(
+            &text,
+            &[
+                (
+                    &format!("{p}{{packet_type=\"DIAL_RSP\",segment=\"from_agent\"}}"),
+                    2.0,
+                ),
+                (
+                    &format!("{p}{{packet_type=\"DIAL_REQ\",segment=\"to_agent\"}}"),
+                    1.0,
+                ),
+                (
+                    "konnectivity_network_proxy_agent_stream_errors_total{code=\"Unavailable\",packet_type=\"Unknown\",segment=\"to_agent\"}",
+                    1.0,
+                ),
+                (
+                    "konnectivity_network_proxy_agent_server_connection_failure_count{direction=\"from_server\"}",
+                    1.0,
+                ),
+            ],
         );
     }
 
@@ -495,35 +499,30 @@ mod tests {
         m.lease_list(None, Duration::from_secs(10));
         let text = m.render();
         let l = "konnectivity_network_proxy_agent_lease_lists_total";
-        assert_eq!(
-            value(
-                &text,
-                &format!("{l}{{http_response_code=\"200\",reason=\"\"}}")
-            ),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                &format!("{l}{{http_response_code=\"403\",reason=\"Forbidden\"}}")
-            ),
-            Some(1.0)
+        assert_series(
+            &text,
+            &[
+                (
+                    &format!("{l}{{http_response_code=\"200\",reason=\"\"}}"),
+                    2.0,
+                ),
+                (
+                    &format!("{l}{{http_response_code=\"403\",reason=\"Forbidden\"}}"),
+                    1.0,
+                ),
+            ],
         );
         let h = "konnectivity_network_proxy_agent_lease_list_latency_seconds";
-        assert_eq!(
-            value(
-                &text,
-                &format!("{h}_bucket{{http_response_code=\"200\",le=\"0.005\"}}")
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, &format!("{h}_count{{http_response_code=\"200\"}}")),
-            Some(2.0)
-        );
-        assert_eq!(
-            value(&text, &format!("{h}_count{{http_response_code=\"403\"}}")),
-            Some(1.0)
+        assert_series(
+            &text,
+            &[
+                (
+                    &format!("{h}_bucket{{http_response_code=\"200\",le=\"0.005\"}}"),
+                    1.0,
+                ),
+                (&format!("{h}_count{{http_response_code=\"200\"}}"), 2.0),
+                (&format!("{h}_count{{http_response_code=\"403\"}}"), 1.0),
+            ],
         );
         assert!(
             text.contains("# TYPE konnectivity_network_proxy_agent_lease_watches_total counter")

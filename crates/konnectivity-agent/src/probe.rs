@@ -70,6 +70,16 @@ async fn pending_or(slot: &mut Option<Connecting>) -> io::Result<TcpStream> {
     }
 }
 
+/// What one attempt's result decides: the connection, or an answer that ends the
+/// probing; `None` while unanswered (keep waiting for the other attempts).
+fn settled(r: std::io::Result<TcpStream>) -> Option<Result<TcpStream, ConnectError>> {
+    match r {
+        Ok(s) => Some(Ok(s)),
+        Err(e) if unanswered(&e) => None,
+        Err(e) => Some(Err(ConnectError::Answered(e))),
+    }
+}
+
 /// Connects to `addr`: the first connect lives until [`CONNECT_DEADLINE`], and a fresh
 /// probe replaces the previous one every 0.5–0.8 s until one is answered.
 pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
@@ -82,18 +92,14 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         tokio::select! {
             r = pending_or(&mut first) => {
                 first = None;
-                match r {
-                    Ok(s) => return Ok(s),
-                    Err(e) if unanswered(&e) => {}
-                    Err(e) => return Err(ConnectError::Answered(e)),
+                if let Some(done) = settled(r) {
+                    return done;
                 }
             }
             r = pending_or(&mut probe) => {
                 probe = None;
-                match r {
-                    Ok(s) => return Ok(s),
-                    Err(e) if unanswered(&e) => {}
-                    Err(e) => return Err(ConnectError::Answered(e)),
+                if let Some(done) = settled(r) {
+                    return done;
                 }
             }
             _ = tokio::time::sleep_until(next_probe) => {

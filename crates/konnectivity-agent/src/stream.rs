@@ -209,21 +209,19 @@ pub async fn open(
         return Err(grpc_err(format!("unexpected HTTP status {}", parts.status)));
     }
     let md = tonic::metadata::MetadataMap::from_headers(parts.headers);
-    let ids: Vec<_> = md
-        .get_all(metadata::SERVER_ID)
-        .iter()
-        .map(|v| v.to_str().unwrap_or_default().to_owned())
-        .collect();
+    let all = |key| -> Vec<String> {
+        md.get_all(key)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let ids = all(metadata::SERVER_ID);
     if ids.len() != 1 {
         return Err(OpenError::Headers(format!(
             "expected one server ID in the context, got {ids:?}"
         )));
     }
-    let counts: Vec<_> = md
-        .get_all(metadata::SERVER_COUNT)
-        .iter()
-        .map(|v| v.to_str().unwrap_or_default().to_owned())
-        .collect();
+    let counts = all(metadata::SERVER_COUNT);
     if counts.len() != 1 {
         return Err(OpenError::Headers(format!(
             "expected one server count, got {}",

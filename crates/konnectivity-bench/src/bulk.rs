@@ -81,6 +81,35 @@ pub(crate) fn med(rates: &BTreeMap<PathKind, Vec<f64>>, p: PathKind) -> f64 {
     rates.get(&p).map_or(f64::NAN, |v| median(v))
 }
 
+/// Records measurement `id` (`m` with gRPC's ratio to the null tunnel added) and its
+/// row: the issue's target is gRPC at 0.85 of the null tunnel (TLS) or better.
+fn grpc_vs_null(
+    res: &mut Results,
+    id: &'static str,
+    label: String,
+    rates: &BTreeMap<PathKind, Vec<f64>>,
+    mut m: serde_json::Map<String, Value>,
+) {
+    use PathKind::*;
+    let g = med(rates, Grpc) / med(rates, NullTls);
+    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
+    res.measurements.insert(id.into(), Value::Object(m));
+    res.ratio_row(
+        id,
+        label,
+        format!("{:.2} Gbit/s", med(rates, Grpc)),
+        format!(
+            "null {:.2} (direct {:.2})",
+            med(rates, NullTls),
+            med(rates, Direct)
+        ),
+        g,
+        true,
+        0.85,
+        "issue",
+    );
+}
+
 pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
     use PathKind::*;
     let paths = [Direct, NullPlain, NullTls, Grpc, Connect];
@@ -88,31 +117,15 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     let mut m = rates_json(&down);
     m.insert("bytes".into(), json!(cfg.size));
     m.insert("direction".into(), json!("download (backend → client)"));
-    let g = med(&down, Grpc) / med(&down, NullTls);
     let c = med(&down, Connect) / med(&down, NullTls);
-    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
     m.insert("ratio_connect_vs_null_tls".into(), json!(round(c)));
     m.insert(
         "ratio_grpc_vs_direct".into(),
         json!(round(med(&down, Grpc) / med(&down, Direct))),
     );
-    res.measurements
-        .insert("bulk_1conn".into(), Value::Object(m));
     let size = human_bytes(cfg.size);
-    res.ratio_row(
-        "bulk_1conn",
-        format!("bulk 1 conn {size} download, gRPC/UDS"),
-        format!("{:.2} Gbit/s", med(&down, Grpc)),
-        format!(
-            "null {:.2} (direct {:.2})",
-            med(&down, NullTls),
-            med(&down, Direct)
-        ),
-        g,
-        true,
-        0.85,
-        "issue",
-    );
+    let label = format!("bulk 1 conn {size} download, gRPC/UDS");
+    grpc_vs_null(res, "bulk_1conn", label, &down, m);
     res.ratio_row(
         "bulk_1conn_connect",
         format!("bulk 1 conn {size} download, HTTP-CONNECT/UDS"),
@@ -128,24 +141,8 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     let mut m = rates_json(&upl);
     m.insert("bytes".into(), json!(cfg.size));
     m.insert("direction".into(), json!("upload (client → backend)"));
-    let g = med(&upl, Grpc) / med(&upl, NullTls);
-    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
-    res.measurements
-        .insert("bulk_1conn_upload".into(), Value::Object(m));
-    res.ratio_row(
-        "bulk_1conn_upload",
-        format!("bulk 1 conn {size} upload, gRPC/UDS"),
-        format!("{:.2} Gbit/s", med(&upl, Grpc)),
-        format!(
-            "null {:.2} (direct {:.2})",
-            med(&upl, NullTls),
-            med(&upl, Direct)
-        ),
-        g,
-        true,
-        0.85,
-        "issue",
-    );
+    let label = format!("bulk 1 conn {size} upload, gRPC/UDS");
+    grpc_vs_null(res, "bulk_1conn_upload", label, &upl, m);
     Ok(())
 }
 
@@ -164,30 +161,14 @@ pub(crate) async fn phase_parallel(w: &World, cfg: &Cfg, res: &mut Results) -> a
     let mut m = rates_json(&r);
     m.insert("connections".into(), json!(n));
     m.insert("bytes_total".into(), json!(cfg.size / n as u64 * n as u64));
-    let g = med(&r, Grpc) / med(&r, NullTls);
-    m.insert("ratio_grpc_vs_null_tls".into(), json!(round(g)));
     m.insert(
         "ratio_connect_vs_null_tls".into(),
         json!(round(med(&r, Connect) / med(&r, NullTls))),
     );
-    res.measurements
-        .insert("bulk_parallel".into(), Value::Object(m));
-    res.ratio_row(
-        "bulk_parallel",
-        format!(
-            "bulk {n} conns × {}, gRPC/UDS",
-            human_bytes(cfg.size / n as u64)
-        ),
-        format!("{:.2} Gbit/s", med(&r, Grpc)),
-        format!(
-            "null {:.2} (direct {:.2})",
-            med(&r, NullTls),
-            med(&r, Direct)
-        ),
-        g,
-        true,
-        0.85,
-        "issue",
+    let label = format!(
+        "bulk {n} conns × {}, gRPC/UDS",
+        human_bytes(cfg.size / n as u64)
     );
+    grpc_vs_null(res, "bulk_parallel", label, &r, m);
     Ok(())
 }

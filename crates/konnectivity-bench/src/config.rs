@@ -136,6 +136,16 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// The sizes a phase steps through: the given ones (else `default`), ascending, each once,
+/// without 0.
+fn steps(given: &Option<Vec<usize>>, default: &[usize]) -> Vec<usize> {
+    let mut v = given.clone().unwrap_or_else(|| default.to_vec());
+    v.sort_unstable();
+    v.dedup();
+    v.retain(|&n| n > 0);
+    v
+}
+
 /// Resolved configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Cfg {
@@ -166,22 +176,11 @@ impl Cfg {
         let smoke = a.smoke;
         let size = a.size.unwrap_or(if smoke { 8 * MIB } else { GIB });
         let parallel = a.parallel.unwrap_or(16).max(1);
-        let mut idle_conns = a.idle_conns.clone().unwrap_or(if smoke {
-            vec![20, 100]
-        } else {
-            vec![1000, 10_000]
-        });
-        idle_conns.sort_unstable();
-        idle_conns.dedup();
-        idle_conns.retain(|&n| n > 0);
-        let mut agents = a.agents.clone().unwrap_or(if smoke {
-            vec![10, 50]
-        } else {
-            vec![1000, 10_000]
-        });
-        agents.sort_unstable();
-        agents.dedup();
-        agents.retain(|&n| n > 0);
+        let idle_conns = steps(
+            &a.idle_conns,
+            if smoke { &[20, 100] } else { &[1000, 10_000] },
+        );
+        let agents = steps(&a.agents, if smoke { &[10, 50] } else { &[1000, 10_000] });
         let phases = a.only.clone().unwrap_or_else(|| {
             vec![
                 Phase::Bulk,

@@ -103,24 +103,21 @@ pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
         "issue",
     );
     // No target of its own in the issue: reported beside CONNECT, the tunnel it shares.
-    res.rows.push(Row {
-        id: "dial_p50_socks5",
-        label: "dial + first byte p50, SOCKS5/UDS".into(),
-        value: format!("{:.0} µs", p50("socks5_uds")),
-        baseline: format!(
+    res.rows.push(Row::info(
+        "dial_p50_socks5",
+        "dial + first byte p50, SOCKS5/UDS".into(),
+        format!("{:.0} µs", p50("socks5_uds")),
+        format!(
             "null {:.0}, CONNECT {:.0} (p99 {:.0}, null p99 {:.0})",
             p50("null_plain"),
             p50("http_connect_uds"),
             p99("socks5_uds"),
             p99("null_plain")
         ),
-        ratio: Some(s50),
-        target: "—".into(),
-        source: "info",
-        pass: None,
-        judged: p50("socks5_uds"),
-        unit: "µs",
-    });
+        Some(s50),
+        p50("socks5_uds"),
+        "µs",
+    ));
     res.ratio_row(
         "dial_p99",
         "dial + first byte p99, gRPC/UDS".into(),

@@ -53,29 +53,39 @@ impl EchoThreads {
     pub(crate) fn start() -> anyhow::Result<Self> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding the echo backend")?;
         let addr = l.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::Builder::new()
-            .name("bench-echo".into())
-            .spawn(move || {
-                for s in l.incoming() {
-                    if stopped.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match s {
-                        Ok(s) => {
-                            let _ = std::thread::Builder::new()
-                                .name("bench-echo-conn".into())
-                                .spawn(move || echo_blocking(s));
-                        }
-                        // e.g. a connection reset before accept(): keep serving.
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
+        let stop = stoppable_thread("bench-echo", move |stopped| {
+            for s in l.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
                 }
-            })
-            .context("starting the echo backend thread")?;
+                match s {
+                    Ok(s) => {
+                        let _ = std::thread::Builder::new()
+                            .name("bench-echo-conn".into())
+                            .spawn(move || echo_blocking(s));
+                    }
+                    // e.g. a connection reset before accept(): keep serving.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+        .context("starting the echo backend thread")?;
         Ok(Self { addr, stop })
     }
+}
+
+/// Runs `serve` on an OS thread named `name`, handing it the stop flag it is to watch;
+/// returns that flag.
+pub(crate) fn stoppable_thread(
+    name: &str,
+    serve: impl FnOnce(&AtomicBool) + Send + 'static,
+) -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || serve(&stopped))?;
+    Ok(stop)
 }
 
 impl Drop for EchoThreads {

@@ -114,6 +114,19 @@ pub(crate) const WRITE: usize = 128 * 1024;
 pub(crate) const STEP: Duration = Duration::from_secs(30);
 pub(crate) const DIAL: Duration = Duration::from_secs(10);
 
+/// Runs `phase` when the configuration asks for `which`; its error names `what`.
+async fn run_phase(
+    cfg: &Cfg,
+    which: Phase,
+    what: &'static str,
+    phase: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    if cfg.has(which) {
+        phase.await.context(what)?;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cfg = Cfg::from(&args)?;
@@ -133,8 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         || cfg.has(Phase::Faults)
         || cfg.has(Phase::Udp)
     {
-        procs::bin(&bin_dir, "proxy-server")?;
-        procs::bin(&bin_dir, "proxy-agent")?;
+        procs::ours(&bin_dir)?;
     }
     let need = cfg
         .idle_conns
@@ -179,7 +191,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cfg.agents
     ));
 
+    let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
     let source = load::source_server().await?;
+    let env = procs::ProcessEnv {
+        cfg: &cfg,
+        bin_dir: &bin_dir,
+        pki: &pki,
+        dir: &dir,
+        source,
+    };
     let in_proc_phases = [
         Phase::Bulk,
         Phase::Parallel,
@@ -216,44 +236,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             connect,
             socks5,
         });
-        if cfg.has(Phase::Bulk) {
-            bulk::phase_bulk(&world, &cfg, &mut res)
-                .await
-                .context("bulk")?;
-        }
-        if cfg.has(Phase::Parallel) {
-            bulk::phase_parallel(&world, &cfg, &mut res)
-                .await
-                .context("parallel bulk")?;
-        }
-        if cfg.has(Phase::Dial) {
-            dials::phase_dial(&world, &cfg, &mut res)
-                .await
-                .context("connection set-up")?;
-        }
-        if cfg.has(Phase::Rtt) {
-            rtt::phase_rtt(&world, &cfg, &mut res)
-                .await
-                .context("interactive latency")?;
-            rtt_processes::phase_rtt_processes(&cfg, &bin_dir, &pki, &dir, source, &mut res)
-                .await
-                .context("interactive latency, separate processes")?;
-        }
-        if cfg.has(Phase::Stalled) {
-            stalled::phase_stalled(&world, &cfg, &mut res)
-                .await
-                .context("stalled reader")?;
-        }
+        let w = &world;
+        run_phase(
+            &cfg,
+            Phase::Bulk,
+            "bulk",
+            bulk::phase_bulk(w, &cfg, &mut res),
+        )
+        .await?;
+        let parallel = bulk::phase_parallel(w, &cfg, &mut res);
+        run_phase(&cfg, Phase::Parallel, "parallel bulk", parallel).await?;
+        let dial = dials::phase_dial(w, &cfg, &mut res);
+        run_phase(&cfg, Phase::Dial, "connection set-up", dial).await?;
+        let rtt = rtt::phase_rtt(w, &cfg, &mut res);
+        run_phase(&cfg, Phase::Rtt, "interactive latency", rtt).await?;
+        let rtt = rtt_processes::phase_rtt_processes(env, &mut res);
+        let what = "interactive latency, separate processes";
+        run_phase(&cfg, Phase::Rtt, what, rtt).await?;
+        let stalled = stalled::phase_stalled(w, &cfg, &mut res);
+        run_phase(&cfg, Phase::Stalled, "stalled reader", stalled).await?;
         inproc.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), inproc.server).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), inproc.agent).await;
     }
     if cfg.has(Phase::Udp) {
-        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
-        let ours = (
-            procs::bin(&bin_dir, "proxy-server")?,
-            procs::bin(&bin_dir, "proxy-agent")?,
-        );
+        let ours = procs::ours(&bin_dir)?;
         udp::phase_udp(
             &cfg,
             (&ours.0, &ours.1),
@@ -266,42 +273,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await
         .context("UDP")?;
     }
-    if cfg.has(Phase::Memory) {
-        memory::phase_memory(&cfg, &bin_dir, &pki, &dir, source, &mut res)
-            .await
-            .context("memory")?;
-    }
-    if cfg.has(Phase::Scale) {
-        scale::phase_scale(&cfg, &bin_dir, &pki, &dir, &mut res)
-            .await
-            .context("scale")?;
-    }
-    if cfg.has(Phase::Restart) {
-        restart::phase_restart(&cfg, &bin_dir, &pki, &dir, &mut res)
-            .await
-            .context("server restart")?;
-    }
+    let memory = memory::phase_memory(env, &mut res);
+    run_phase(&cfg, Phase::Memory, "memory", memory).await?;
+    run_phase(
+        &cfg,
+        Phase::Scale,
+        "scale",
+        scale::phase_scale(env, &mut res),
+    )
+    .await?;
+    let restart = restart::phase_restart(env, &mut res);
+    run_phase(&cfg, Phase::Restart, "server restart", restart).await?;
 
     if cfg.has(Phase::Upstream) {
-        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
         let go = args.go_client.clone();
         upstream::phase_upstream(&cfg, &bin_dir, (&up, go), &pki, &dir, source, &mut res)
             .await
             .context("ours beside upstream")?;
     }
 
-    if cfg.has(Phase::Soak) {
-        soak::phase_soak(&cfg, &bin_dir, &pki, &dir, source, &mut res)
-            .await
-            .context("soak")?;
-    }
+    run_phase(&cfg, Phase::Soak, "soak", soak::phase_soak(env, &mut res)).await?;
 
     if cfg.has(Phase::Faults) {
-        let up = upstream::upstream_dir(args.upstream_bin_dir.as_deref(), &bin_dir);
-        let ours = (
-            procs::bin(&bin_dir, "proxy-server")?,
-            procs::bin(&bin_dir, "proxy-agent")?,
-        );
+        let ours = procs::ours(&bin_dir)?;
         faults::phase_faults(
             &cfg,
             (&ours.0, &ours.1),

@@ -168,16 +168,27 @@ pub(crate) async fn upload(io: &mut BoxIo, n: u64) -> anyhow::Result<Instant> {
 /// Writes one byte on a just-opened echo connection and reads it back; returns the time
 /// since `t` (when the dial started).
 pub(crate) async fn first_echo(mut io: BoxIo, seq: usize, t: Instant) -> anyhow::Result<Duration> {
+    let (b, r) = echo_byte(&mut io, seq, "first byte timed out").await?;
+    let d = t.elapsed();
+    ensure!(r == b, "echo returned {r} instead of {b}");
+    Ok(d)
+}
+
+/// Writes byte `seq % 251` on an echo connection and reads one byte back within [`DIAL`]
+/// (else the error `timed_out`); returns (sent, received).
+pub(crate) async fn echo_byte(
+    io: &mut BoxIo,
+    seq: usize,
+    timed_out: &'static str,
+) -> anyhow::Result<(u8, u8)> {
     let b = (seq % 251) as u8;
     io.write_all(&[b]).await?;
     io.flush().await?;
     let mut r = [0u8; 1];
     tokio::time::timeout(DIAL, io.read_exact(&mut r))
         .await
-        .context("first byte timed out")??;
-    let d = t.elapsed();
-    ensure!(r[0] == b, "echo returned {} instead of {b}", r[0]);
-    Ok(d)
+        .context(timed_out)??;
+    Ok((b, r[0]))
 }
 
 /// 1-byte round trips on an open echo connection: up to `n` samples or `cap` time.

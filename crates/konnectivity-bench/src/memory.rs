@@ -2,39 +2,50 @@
 //! proxy-agent, then with N idle tunneled connections (grpc_dial, one echoed byte,
 //! then idle) per step; afterwards one bulk download through the two processes with
 //! the CPU each spent per GiB.
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use futures::StreamExt;
 use konnectivity_client::Frontend;
-use konnectivity_testkit::pki::Pki;
 use konnectivity_testkit::process::{cpu_s, fds, rss_kib};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Cfg;
-use crate::load::download;
-use crate::procs::{Helper, TunnelProcs, settled_rss, sockstat};
+use crate::load::{download, echo_byte};
+use crate::procs::{Helper, ProcessEnv, TunnelProcs, settled_rss, sockstat};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, human_bytes, median, num, round, summary};
 use crate::world::BoxIo;
 use crate::{DIAL, GIB};
 
-pub(crate) async fn phase_memory(
-    cfg: &Cfg,
-    bin_dir: &Path,
-    pki: &Pki,
-    dir: &Path,
-    source: SocketAddr,
-    res: &mut Results,
-) -> anyhow::Result<()> {
+/// An informational row comparing `ours` with the null tunnel's figure `null`, which is
+/// NaN when the phase that measures it did not run (then the row has no baseline).
+fn vs_null(
+    id: &'static str,
+    label: String,
+    value: String,
+    baseline: String,
+    (ours, null): (f64, f64),
+    unit: &'static str,
+) -> Row {
+    let known = null.is_finite();
+    let baseline = if known { baseline } else { "—".into() };
+    Row::info(
+        id,
+        label,
+        value,
+        baseline,
+        known.then_some(ours / null),
+        ours,
+        unit,
+    )
+}
+
+pub(crate) async fn phase_memory(env: ProcessEnv<'_>, res: &mut Results) -> anyhow::Result<()> {
     let helper = Helper::start(&["bench-backend".into()], 1)?;
     let TunnelProcs {
         mut server,
         mut agent,
-    } = TunnelProcs::start("mem", "grpc", bin_dir, pki, dir).await?;
+    } = TunnelProcs::start("mem", "grpc", env.bin_dir, env.pki, env.dir).await?;
     let (sp, ap) = (server.proc.pid(), agent.pid());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s0 = settled_rss(sp).await;
@@ -51,7 +62,7 @@ pub(crate) async fn phase_memory(
     })];
     let mut last = (0usize, s0, a0);
     let mut first_step = None;
-    for &target in &cfg.idle_conns {
+    for &target in &env.cfg.idle_conns {
         let need = target.saturating_sub(conns.len());
         let t = Instant::now();
         let opened = open_idle(&f, &echo, need).await;
@@ -106,12 +117,12 @@ pub(crate) async fn phase_memory(
     while fds(sp) > 64 && t.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let n_bulk = cfg.size;
+    let n_bulk = env.cfg.size;
     let mut rates = Vec::new();
     let cpu0 = (cpu_s(&sp.to_string()), cpu_s(&ap.to_string()));
-    for _ in 0..cfg.reps.min(3) {
+    for _ in 0..env.cfg.reps.min(3) {
         let mut io: BoxIo =
-            Box::new(konnectivity_client::grpc_dial(&f, &source.to_string(), DIAL).await?);
+            Box::new(konnectivity_client::grpc_dial(&f, &env.source.to_string(), DIAL).await?);
         let start = Instant::now();
         let end = download(&mut io, n_bulk)
             .await
@@ -167,25 +178,17 @@ pub(crate) async fn phase_memory(
         &Value::Object(res.measurements.clone()),
         &["bulk_1conn", "grpc_uds_gbps", "median"],
     );
-    res.rows.push(Row {
-        id: "bulk_1conn_processes",
-        label: format!(
+    res.rows.push(vs_null(
+        "bulk_1conn_processes",
+        format!(
             "bulk 1 conn {} download, gRPC/UDS, separate processes",
             human_bytes(n_bulk)
         ),
-        value: format!("{proc_gbps:.2} Gbit/s"),
-        baseline: if null_inproc.is_finite() {
-            format!("null {null_inproc:.2} (in-process tunnel {grpc_inproc:.2})")
-        } else {
-            "—".into()
-        },
-        ratio: null_inproc.is_finite().then_some(proc_gbps / null_inproc),
-        target: "—".into(),
-        source: "info",
-        pass: None,
-        judged: proc_gbps,
-        unit: "Gbit/s",
-    });
+        format!("{proc_gbps:.2} Gbit/s"),
+        format!("null {null_inproc:.2} (in-process tunnel {grpc_inproc:.2})"),
+        (proc_gbps, null_inproc),
+        "Gbit/s",
+    ));
     // The null tunnel's CPU per GiB comes from the latency phase, where it carried a
     // continuous download in a process of its own (cpu_percent at background_gbps).
     let null_cpu = {
@@ -200,25 +203,17 @@ pub(crate) async fn phase_memory(
     };
     let tunnel_cpu = cpu_per_gib.0 + cpu_per_gib.1;
     if tunnel_cpu.is_finite() {
-        res.rows.push(Row {
-            id: "cpu_per_gib_processes",
-            label: "CPU per GiB downloaded, separate processes".into(),
-            value: format!(
+        res.rows.push(vs_null(
+            "cpu_per_gib_processes",
+            "CPU per GiB downloaded, separate processes".into(),
+            format!(
                 "{tunnel_cpu:.2} s (server {:.2} + agent {:.2})",
                 cpu_per_gib.0, cpu_per_gib.1
             ),
-            baseline: if null_cpu.is_finite() {
-                format!("null {null_cpu:.2} s")
-            } else {
-                "—".into()
-            },
-            ratio: null_cpu.is_finite().then_some(tunnel_cpu / null_cpu),
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: tunnel_cpu,
-            unit: "s/GiB",
-        });
+            format!("null {null_cpu:.2} s"),
+            (tunnel_cpu, null_cpu),
+            "s/GiB",
+        ));
     }
     res.abs_row(
         "memory_per_conn",
@@ -257,14 +252,8 @@ pub(crate) async fn open_idle(f: &Frontend, echo: &str, n: usize) -> Vec<anyhow:
             async move {
                 let mut io: BoxIo =
                     Box::new(konnectivity_client::grpc_dial(&f, &echo, DIAL).await?);
-                let b = (i % 251) as u8;
-                io.write_all(&[b]).await?;
-                io.flush().await?;
-                let mut r = [0u8; 1];
-                tokio::time::timeout(DIAL, io.read_exact(&mut r))
-                    .await
-                    .context("idle connection: echo timed out")??;
-                ensure!(r[0] == b, "idle connection: wrong echo");
+                let (b, r) = echo_byte(&mut io, i, "idle connection: echo timed out").await?;
+                ensure!(r == b, "idle connection: wrong echo");
                 Ok(io)
             }
         })

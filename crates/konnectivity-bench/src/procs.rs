@@ -17,6 +17,19 @@ use konnectivity_testkit::pki::Pki;
 use konnectivity_testkit::process::{Proc, free_port, http_get, rss_kib};
 use tokio::io::AsyncReadExt;
 
+/// What the phases that run proxy-server and proxy-agent as processes start from.
+#[derive(Clone, Copy)]
+pub(crate) struct ProcessEnv<'a> {
+    pub(crate) cfg: &'a crate::config::Cfg,
+    /// Where our binaries are.
+    pub(crate) bin_dir: &'a Path,
+    pub(crate) pki: &'a Pki,
+    /// The run's scratch directory (sockets, logs).
+    pub(crate) dir: &'a Path,
+    /// The in-process source backend (bulk downloads).
+    pub(crate) source: SocketAddr,
+}
+
 /// A helper process running this executable (`konnectivity bench-backend`, the echo
 /// backend; `konnectivity bench-null`, the null tunnel): it prints one address per
 /// line and runs until its standard input closes.
@@ -140,6 +153,11 @@ pub(crate) async fn wait_http(
     }
 }
 
+/// Our proxy-server and proxy-agent in `dir`.
+pub(crate) fn ours(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    Ok((bin(dir, "proxy-server")?, bin(dir, "proxy-agent")?))
+}
+
 pub(crate) fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let p = dir.join(name);
     ensure!(
@@ -167,12 +185,7 @@ pub(crate) async fn start_server_proc(
     pki: &Pki,
     dir: &Path,
 ) -> anyhow::Result<ServerProc> {
-    let ports = ServerPorts {
-        agent: free_port(),
-        health: free_port(),
-        admin: free_port(),
-    };
-    start_server_proc_on(name, mode, program, pki, dir, ports, &[]).await
+    start_server_proc_on(name, mode, program, pki, dir, ServerPorts::free(), &[]).await
 }
 
 /// The listening ports of a proxy-server process: kept to start it again on the same
@@ -182,6 +195,17 @@ pub(crate) struct ServerPorts {
     pub(crate) agent: u16,
     pub(crate) health: u16,
     pub(crate) admin: u16,
+}
+
+impl ServerPorts {
+    /// Three ports free right now.
+    pub(crate) fn free() -> Self {
+        ServerPorts {
+            agent: free_port(),
+            health: free_port(),
+            admin: free_port(),
+        }
+    }
 }
 
 /// [`start_server_proc`] on the given ports, with `extra` flags (ours only: e.g.
@@ -251,11 +275,7 @@ impl TunnelProcs {
         pki: &Pki,
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        let ports = ServerPorts {
-            agent: free_port(),
-            health: free_port(),
-            admin: free_port(),
-        };
+        let ports = ServerPorts::free();
         let mut server = start_server_proc_on(
             &format!("{name}-server"),
             mode,

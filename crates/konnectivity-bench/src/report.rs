@@ -24,6 +24,32 @@ pub(crate) struct Row {
     pub(crate) unit: &'static str,
 }
 
+impl Row {
+    /// An informational row: no target and no verdict, `judged` in `unit`.
+    pub(crate) fn info(
+        id: &'static str,
+        label: String,
+        value: String,
+        baseline: String,
+        ratio: Option<f64>,
+        judged: f64,
+        unit: &'static str,
+    ) -> Row {
+        Row {
+            id,
+            label,
+            value,
+            baseline,
+            ratio,
+            target: "—".into(),
+            source: "info",
+            pass: None,
+            judged,
+            unit,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Results {
     pub(crate) measurements: serde_json::Map<String, Value>,
@@ -183,27 +209,19 @@ pub(crate) fn print_table(res: &Results, mode: &str, took: Duration, out: &Path,
         m["memory"].as_str().unwrap_or(""),
         m["kernel"].as_str().unwrap_or("")
     );
-    let w = res
-        .rows
-        .iter()
-        .map(|r| r.label.chars().count())
-        .max()
-        .unwrap_or(10)
-        .max(11);
-    let wv = res
-        .rows
-        .iter()
-        .map(|r| r.value.chars().count())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let wb = res
-        .rows
-        .iter()
-        .map(|r| r.baseline.chars().count())
-        .max()
-        .unwrap_or(8)
-        .max(8);
+    // Column widths: the widest cell, at least the header (the label column at least 11
+    // even when there are no rows).
+    let width = |cell: fn(&Row) -> &String, empty: usize, least: usize| {
+        res.rows
+            .iter()
+            .map(|r| cell(r).chars().count())
+            .max()
+            .unwrap_or(empty)
+            .max(least)
+    };
+    let w = width(|r| &r.label, 10, 11);
+    let wv = width(|r| &r.value, 6, 6);
+    let wb = width(|r| &r.baseline, 8, 8);
     println!(
         "{:<w$}  {:<wv$}  {:<wb$}  {:>6}  {:<8}  result",
         "measurement", "tunnel", "baseline", "ratio", "target"

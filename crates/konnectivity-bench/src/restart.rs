@@ -11,17 +11,14 @@
 //! (sampled, and the kernel's high-water mark `VmHWM`), and the kernel's TCP counters
 //! over the storm (connection attempts per agent, listen-queue overflows), which tell
 //! whether the agents' backoff kept it from becoming a reconnect storm.
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use konnectivity_testkit::pki::Pki;
 use konnectivity_testkit::process::{cpu_s, fds, http_get, rss_kib, status_kib};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Cfg;
-use crate::procs::{bin, settled_rss, start_server_proc, start_server_proc_on};
+use crate::procs::{ProcessEnv, bin, settled_rss, start_server_proc, start_server_proc_on};
 use crate::report::{Results, progress};
 use crate::scale::{agent_tls, ready_backends, spawn_agents};
 use crate::stats::round;
@@ -33,25 +30,20 @@ const SAMPLE: Duration = Duration::from_millis(100);
 /// server descriptors (one per accepted connection, handshake done or not).
 type Point = (f64, u64, u64, usize);
 
-pub(crate) async fn phase_restart(
-    cfg: &Cfg,
-    bin_dir: &Path,
-    pki: &Pki,
-    dir: &Path,
-    res: &mut Results,
-) -> anyhow::Result<()> {
-    let n = cfg.agents.last().copied().unwrap_or(1);
-    let program = bin(bin_dir, "proxy-server")?;
-    let tls = agent_tls(pki)?;
-    let mut server = start_server_proc("restart-server-0", "grpc", &program, pki, dir).await?;
+pub(crate) async fn phase_restart(env: ProcessEnv<'_>, res: &mut Results) -> anyhow::Result<()> {
+    let n = env.cfg.agents.last().copied().unwrap_or(1);
+    let program = bin(env.bin_dir, "proxy-server")?;
+    let tls = agent_tls(env.pki)?;
+    let mut server =
+        start_server_proc("restart-server-0", "grpc", &program, env.pki, env.dir).await?;
     let stop = CancellationToken::new();
     let tasks = spawn_agents(n, server.agent_port, &tls, &stop);
     let health = server.health.clone();
-    let cold = wait_ready(&health, n, cfg.scale_deadline).await?;
+    let cold = wait_ready(&health, n, env.cfg.scale_deadline).await?;
     ensure!(
         cold.is_some(),
         "restart: only some of the {n} agents were ready after {:?} (before the restart)",
-        cfg.scale_deadline
+        env.cfg.scale_deadline
     );
     let rss_before = settled_rss(server.proc.pid()).await;
     progress(format!(
@@ -64,13 +56,21 @@ pub(crate) async fn phase_restart(
     let ports = server.ports;
     server.proc.kill();
     drop(server);
-    let mut server =
-        start_server_proc_on("restart-server-1", "grpc", &program, pki, dir, ports, &[]).await?;
+    let mut server = start_server_proc_on(
+        "restart-server-1",
+        "grpc",
+        &program,
+        env.pki,
+        env.dir,
+        ports,
+        &[],
+    )
+    .await?;
     let up = t0.elapsed();
     let pid = server.proc.pid();
     let cpu0 = cpu_s(&pid.to_string());
     let me0 = cpu_s("self");
-    let window = cfg.restart_window;
+    let window = env.cfg.restart_window;
     let poller = std::thread::spawn(move || sample_curve(&health, pid, n as u64, t0, window));
     let (curve, polls) = tokio::task::spawn_blocking(move || poller.join())
         .await?
@@ -102,7 +102,7 @@ pub(crate) async fn phase_restart(
         tcp.active_opens,
         tcp.listen_overflows
     ));
-    if cfg.smoke {
+    if env.cfg.smoke {
         ensure!(
             p100.is_some(),
             "restart: only {seen} of {n} agents were back {window:?} after the server restart"

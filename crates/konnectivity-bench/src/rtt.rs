@@ -85,20 +85,17 @@ pub(crate) async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> a
     );
     let g99 = num(&l, &["grpc_uds", "p99_us"]);
     let n99 = num(&l, &["null_tls", "p99_us"]);
-    res.rows.push(Row {
-        id: "rtt_p99_loaded_inproc",
-        label: "1-byte RTT p99 beside bulk, gRPC/UDS, in-process".into(),
-        value: format!("{g99:.0} µs"),
-        baseline: format!(
+    res.rows.push(Row::info(
+        "rtt_p99_loaded_inproc",
+        "1-byte RTT p99 beside bulk, gRPC/UDS, in-process".into(),
+        format!("{g99:.0} µs"),
+        format!(
             "null {n99:.0}, CONNECT {:.0}",
             num(&l, &["http_connect_uds", "p99_us"])
         ),
-        ratio: Some(g99 / n99),
-        target: "—".into(),
-        source: "info",
-        pass: None,
-        judged: g99,
-        unit: "µs",
-    });
+        Some(g99 / n99),
+        g99,
+        "µs",
+    ));
     Ok(())
 }

@@ -4,18 +4,16 @@
 //! (gRPC, HTTP-CONNECT; the HTTP-CONNECT server also serves SOCKS5 on a UNIX socket,
 //! for the dials) and the null tunnel in its own process.
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use konnectivity_testkit::pki::Pki;
+use konnectivity_client::Frontend;
 use konnectivity_testkit::process::cpu_s;
 use serde_json::{Value, json};
 
-use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
 use crate::load::Background;
-use crate::procs::{TunnelProcs, bin, start_null};
+use crate::procs::{ProcessEnv, TunnelProcs, bin, start_null};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, num, round};
 
@@ -25,33 +23,37 @@ use crate::stats::{gbps, latency, num, round};
 /// The round trips run from a dedicated thread to an echo backend on dedicated
 /// threads; the download's source and reader run on this process's runtime.
 pub(crate) async fn phase_rtt_processes(
-    cfg: &Cfg,
-    bin_dir: &Path,
-    pki: &Pki,
-    dir: &Path,
-    source: SocketAddr,
+    env: ProcessEnv<'_>,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let warm = cfg.rtt_samples.min(500);
+    let warm = env.cfg.rtt_samples.min(500);
     let echo = EchoThreads::start()?;
-    let mut null = start_null(pki, source, echo.addr)?;
-    let mut g = TunnelProcs::start("rtt-grpc", "grpc", bin_dir, pki, dir).await?;
+    let mut null = start_null(env.pki, env.source, echo.addr)?;
+    let mut g = TunnelProcs::start("rtt-grpc", "grpc", env.bin_dir, env.pki, env.dir).await?;
     // The HTTP-CONNECT server also serves SOCKS5 on a UNIX socket, for the dials.
-    let socks5_uds = dir.join("rtt-socks5.sock");
+    let socks5_uds = env.dir.join("rtt-socks5.sock");
     let _ = std::fs::remove_file(&socks5_uds);
     let mut c = TunnelProcs::start_programs(
         "rtt-connect",
         "http-connect",
         (
-            &bin(bin_dir, "proxy-server")?,
+            &bin(env.bin_dir, "proxy-server")?,
             &[format!("--socks5-uds={}", socks5_uds.display())],
         ),
-        &bin(bin_dir, "proxy-agent")?,
-        pki,
-        dir,
+        &bin(env.bin_dir, "proxy-agent")?,
+        env.pki,
+        env.dir,
     )
     .await?;
     // (key, bulk hop, echo hop, processes carrying the path)
+    let tunnel = |key, procs: &TunnelProcs, hop: fn(Frontend, SocketAddr) -> Hop| {
+        let pids = vec![
+            ("proxy-server", procs.server.proc.pid()),
+            ("proxy-agent", procs.agent.pid()),
+        ];
+        let to = |backend| hop(procs.frontend(), backend);
+        (key, to(env.source), to(echo.addr), pids)
+    };
     let routes = [
         (
             "null_tls",
@@ -59,30 +61,14 @@ pub(crate) async fn phase_rtt_processes(
             Hop::Tcp(null.addrs[1]),
             vec![("bench-null", null.pid())],
         ),
-        (
-            "grpc_uds",
-            Hop::Grpc(g.frontend(), source),
-            Hop::Grpc(g.frontend(), echo.addr),
-            vec![
-                ("proxy-server", g.server.proc.pid()),
-                ("proxy-agent", g.agent.pid()),
-            ],
-        ),
-        (
-            "http_connect_uds",
-            Hop::Connect(c.frontend(), source),
-            Hop::Connect(c.frontend(), echo.addr),
-            vec![
-                ("proxy-server", c.server.proc.pid()),
-                ("proxy-agent", c.agent.pid()),
-            ],
-        ),
+        tunnel("grpc_uds", &g, Hop::Grpc),
+        tunnel("http_connect_uds", &c, Hop::Connect),
     ];
 
     let mut alone = serde_json::Map::new();
     let direct = ("direct", Hop::Tcp(echo.addr));
     for (key, hop) in std::iter::once(direct).chain(routes.iter().map(|r| (r.0, r.2.clone()))) {
-        let mut s = round_trips_on_thread(hop, cfg.rtt_samples, warm, cfg.rtt_time_cap)
+        let mut s = round_trips_on_thread(hop, env.cfg.rtt_samples, warm, env.cfg.rtt_time_cap)
             .await
             .with_context(|| format!("round trips via {key}"))?;
         ensure!(!s.is_empty(), "no round trip completed via {key}");
@@ -113,11 +99,11 @@ pub(crate) async fn phase_rtt_processes(
             .collect()
     };
     let cpu0 = cpu_now();
-    let dials = dials_on_thread(dial_hops, cfg.dials, cfg.warmup_dials).await?;
+    let dials = dials_on_thread(dial_hops, env.cfg.dials, env.cfg.warmup_dials).await?;
     let cpu1 = cpu_now();
     // Every path was dialled `warmup_dials + dials` times; processes serving two paths
     // (HTTP-CONNECT and SOCKS5) served twice as many, and each path gets the average.
-    let per = 1e6 / (cfg.dials + cfg.warmup_dials).max(1) as f64;
+    let per = 1e6 / (env.cfg.dials + env.cfg.warmup_dials).max(1) as f64;
     let dial_cpu: serde_json::Map<String, Value> = dial_pids
         .iter()
         .zip(cpu0.iter().zip(&cpu1))
@@ -144,8 +130,13 @@ pub(crate) async fn phase_rtt_processes(
         let me0 = cpu_s("self");
         let before = bulk.moved();
         let t0 = Instant::now();
-        let r =
-            round_trips_on_thread(echo_hop.clone(), cfg.rtt_samples, warm, cfg.rtt_time_cap).await;
+        let r = round_trips_on_thread(
+            echo_hop.clone(),
+            env.cfg.rtt_samples,
+            warm,
+            env.cfg.rtt_time_cap,
+        )
+        .await;
         let window = t0.elapsed();
         let during = bulk.moved() - before;
         let secs = window.as_secs_f64().max(1e-9);
@@ -200,12 +191,12 @@ pub(crate) async fn phase_rtt_processes(
     res.measurements.insert(
         "rtt_under_load_processes".into(),
         json!({
-            "what": "the same round trips while another connection of the same path (same processes, same agent) downloads continuously from a source in the bench process; bulk and interactive connections share the tunnel processes' runtimes as in a deployment, the client and echo backend do not share a runtime with the load. cpu_percent: CPU of each process during the round trips (100 = one core)",
+            "what": "the same round trips while another connection of the same path (same processes, same agent) downloads continuously from a env.source in the bench process; bulk and interactive connections share the tunnel processes' runtimes as in a deployment, the client and echo backend do not share a runtime with the load. cpu_percent: CPU of each process during the round trips (100 = one core)",
             "paths": loaded,
         }),
     );
     let mut dm = serde_json::Map::new();
-    dm.insert("dials_per_path".into(), json!(cfg.dials));
+    dm.insert("dials_per_path".into(), json!(env.cfg.dials));
     dm.insert(
         "what".into(),
         json!("new connection to the echo backend + 1 byte written and echoed back, through separate proxy-server + proxy-agent processes (socks5_uds: the HTTP-CONNECT pair's server, its --socks5-uds frontend; cpu_us_per_dial of these two is the pair's CPU over both paths' dials, halved), or the null tunnel with a plain middle hop in its own process; the dialing client on a dedicated thread (current-thread runtime)"),
@@ -225,39 +216,33 @@ pub(crate) async fn phase_rtt_processes(
     let g99 = num(&l, &["grpc_uds", "p99_us"]);
     let n99 = num(&l, &["null_tls", "p99_us"]);
     let rows = [
-        Row {
-            id: "dial_p50_processes",
-            label: "dial + first byte p50, gRPC/UDS, separate processes".into(),
-            value: format!("{:.0} µs", dp50("grpc_uds")),
-            baseline: format!(
+        Row::info(
+            "dial_p50_processes",
+            "dial + first byte p50, gRPC/UDS, separate processes".into(),
+            format!("{:.0} µs", dp50("grpc_uds")),
+            format!(
                 "null {:.0}, CONNECT {:.0}, SOCKS5 {:.0} (direct {:.0})",
                 dp50("null_plain"),
                 dp50("http_connect_uds"),
                 dp50("socks5_uds"),
                 dp50("direct")
             ),
-            ratio: Some(dp50("grpc_uds") / dp50("null_plain")),
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: dp50("grpc_uds"),
-            unit: "µs",
-        },
-        Row {
-            id: "rtt_p50_processes",
-            label: "1-byte RTT p50 alone, gRPC/UDS, separate processes".into(),
-            value: format!("{g50:.0} µs"),
-            baseline: format!(
+            Some(dp50("grpc_uds") / dp50("null_plain")),
+            dp50("grpc_uds"),
+            "µs",
+        ),
+        Row::info(
+            "rtt_p50_processes",
+            "1-byte RTT p50 alone, gRPC/UDS, separate processes".into(),
+            format!("{g50:.0} µs"),
+            format!(
                 "null {n50:.0} (direct {:.0})",
                 num(&a, &["direct", "p50_us"])
             ),
-            ratio: Some(g50 / n50),
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: g50,
-            unit: "µs",
-        },
+            Some(g50 / n50),
+            g50,
+            "µs",
+        ),
         Row {
             id: "rtt_p99_loaded",
             label: "1-byte RTT p99 beside bulk, gRPC/UDS, separate processes".into(),

@@ -2,7 +2,6 @@
 //! TCP + TLS connection each, no TLS resumption) against one proxy-server process,
 //! all started at once; the time until the server's metrics show N ready backends,
 //! polled from a thread of its own, and the server's resident memory.
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,7 @@ use konnectivity_testkit::process::{cpu_s, fds, http_get};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Cfg;
-use crate::procs::{bin, settled_rss, start_server_proc};
+use crate::procs::{ProcessEnv, bin, settled_rss, start_server_proc};
 use crate::report::{Results, progress};
 use crate::stats::round;
 use crate::world::agent_settings;
@@ -70,20 +68,20 @@ pub(crate) fn spawn_agents(
         .collect()
 }
 
-pub(crate) async fn phase_scale(
-    cfg: &Cfg,
-    bin_dir: &Path,
-    pki: &Pki,
-    dir: &Path,
-    res: &mut Results,
-) -> anyhow::Result<()> {
-    let tls = agent_tls(pki)?;
-    let program = bin(bin_dir, "proxy-server")?;
+pub(crate) async fn phase_scale(env: ProcessEnv<'_>, res: &mut Results) -> anyhow::Result<()> {
+    let tls = agent_tls(env.pki)?;
+    let program = bin(env.bin_dir, "proxy-server")?;
     let mut runs = Vec::new();
     let mut last = None;
-    for (i, &n) in cfg.agents.iter().enumerate() {
-        let mut server =
-            start_server_proc(&format!("scale-server-{i}"), "grpc", &program, pki, dir).await?;
+    for (i, &n) in env.cfg.agents.iter().enumerate() {
+        let mut server = start_server_proc(
+            &format!("scale-server-{i}"),
+            "grpc",
+            &program,
+            env.pki,
+            env.dir,
+        )
+        .await?;
         let sp = server.proc.pid();
         let s0 = settled_rss(sp).await;
         let cpu0 = cpu_s(&sp.to_string());
@@ -91,7 +89,7 @@ pub(crate) async fn phase_scale(
         let stop = CancellationToken::new();
         // The poller runs on its own thread so that a busy runtime does not delay it.
         let health = server.health.clone();
-        let deadline = cfg.scale_deadline;
+        let deadline = env.cfg.scale_deadline;
         let t0 = Instant::now();
         let poller = std::thread::spawn(move || {
             let mut seen = 0u64;
@@ -137,7 +135,7 @@ pub(crate) async fn phase_scale(
         let join_all = futures::future::join_all(tasks);
         let _ = tokio::time::timeout(Duration::from_secs(30), join_all).await;
         drop(server);
-        if cfg.smoke {
+        if env.cfg.smoke {
             ensure!(
                 took.is_some(),
                 "only {seen} of {n} agents were ready after {deadline:?}"
@@ -172,7 +170,7 @@ pub(crate) async fn phase_scale(
             format!("{n} agents all ready"),
             match took {
                 Some(_) => format!("{secs:.2} s"),
-                None => format!("{seen} of {n} after {:?}", cfg.scale_deadline),
+                None => format!("{seen} of {n} after {:?}", env.cfg.scale_deadline),
             },
             secs,
             10.0,

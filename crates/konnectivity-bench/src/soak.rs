@@ -18,22 +18,19 @@
 //! (`konnectivity-tunnel::bufpool`, 16 × 256 KiB): a plateau reached in the first round
 //! passes, a leak of a few bytes per connection over an hour does not.
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use konnectivity_client::Frontend;
-use konnectivity_testkit::pki::Pki;
 use konnectivity_testkit::process::{fds, rss_kib, status_kib};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Cfg;
-use crate::load::download;
+use crate::load::{download, echo_byte};
 use crate::memory::open_idle;
-use crate::procs::{TunnelProcs, settled_rss};
+use crate::procs::{ProcessEnv, TunnelProcs, settled_rss};
 use crate::report::{Results, progress};
 use crate::stats::round;
 use crate::world::BoxIo;
@@ -82,19 +79,12 @@ impl Sizes {
 /// the server, then of the agent.
 type Sample = [f64; 7];
 
-pub(crate) async fn phase_soak(
-    cfg: &Cfg,
-    bin_dir: &Path,
-    pki: &Pki,
-    dir: &Path,
-    source: SocketAddr,
-    res: &mut Results,
-) -> anyhow::Result<()> {
-    let sizes = Sizes::of(cfg);
+pub(crate) async fn phase_soak(env: ProcessEnv<'_>, res: &mut Results) -> anyhow::Result<()> {
+    let sizes = Sizes::of(env.cfg);
     let echo = konnectivity_testkit::servers::echo("127.0.0.1:0")
         .await?
         .to_string();
-    let mut procs = TunnelProcs::start("soak", "grpc", bin_dir, pki, dir).await?;
+    let mut procs = TunnelProcs::start("soak", "grpc", env.bin_dir, env.pki, env.dir).await?;
     let (sp, ap) = (procs.server.proc.pid(), procs.agent.pid());
     let idle_before = (settled_rss(sp).await, settled_rss(ap).await);
     let f = procs.frontend();
@@ -125,7 +115,7 @@ pub(crate) async fn phase_soak(
     };
     progress(format!(
         "soak: {:?} of rounds ({} dials, {} download, {PARALLEL} parallel downloads, {} idle tunnels), idle RSS server {} KiB, agent {} KiB",
-        cfg.soak,
+        env.cfg.soak,
         sizes.dials,
         crate::stats::human_bytes(sizes.download),
         sizes.idle,
@@ -135,8 +125,8 @@ pub(crate) async fn phase_soak(
     let mut rounds = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     let mut steps = 0u64;
-    while rounds.is_empty() || t0.elapsed() < cfg.soak {
-        for (name, r) in one_round(&f, &echo, source, &sizes).await {
+    while rounds.is_empty() || t0.elapsed() < env.cfg.soak {
+        for (name, r) in one_round(&f, &echo, env.source, &sizes).await {
             steps += 1;
             if let Err(e) = r {
                 failed.push(format!("round {} {name}: {e:#}", rounds.len() + 1));
@@ -189,7 +179,7 @@ pub(crate) async fn phase_soak(
         idle_after.1,
         if flat { "met" } else { "MISSED" }
     ));
-    if cfg.smoke {
+    if env.cfg.smoke {
         ensure!(failed.is_empty(), "soak: failed steps: {failed:?}");
     }
     let side = |g: &[Growth; 3], idle0: u64, idle1: u64| {
@@ -279,14 +269,8 @@ async fn one_round(
     let dials = async {
         for i in 0..sizes.dials {
             let mut io: BoxIo = Box::new(konnectivity_client::grpc_dial(f, echo, DIAL).await?);
-            let b = (i % 251) as u8;
-            io.write_all(&[b]).await?;
-            io.flush().await?;
-            let mut r = [0u8; 1];
-            tokio::time::timeout(DIAL, io.read_exact(&mut r))
-                .await
-                .context("echo timed out")??;
-            ensure!(r[0] == b, "wrong echo");
+            let (b, r) = echo_byte(&mut io, i, "echo timed out").await?;
+            ensure!(r == b, "wrong echo");
         }
         anyhow::Ok(())
     }

@@ -11,8 +11,36 @@ use crate::config::Cfg;
 use crate::load::{download, pattern_at};
 use crate::report::{Results, progress};
 use crate::stats::{gbps, human_bytes, median, round, summary};
-use crate::world::{PathKind, World};
+use crate::world::{BoxIo, PathKind, World};
 use crate::{MAX_IO, MIB, STEP};
+
+/// A fresh download of `n` bytes on path `p`, in Gbit/s; `what` names it in errors.
+async fn healthy(w: &World, p: PathKind, n: u64, what: &'static str) -> anyhow::Result<f64> {
+    let mut io = w.open(p, &w.source).await?;
+    let start = Instant::now();
+    let end = download(&mut io, n).await.context(what)?;
+    Ok(gbps(n, end - start))
+}
+
+/// Reads the MiB of the source's pattern that starts at `offset` within [`STEP`] (else the
+/// error `late`) and checks every byte (else the error `wrong`).
+async fn read_mib(
+    io: &mut BoxIo,
+    offset: u64,
+    (late, wrong): (&'static str, &'static str),
+) -> anyhow::Result<()> {
+    let mut got = vec![0u8; MIB as usize];
+    tokio::time::timeout(STEP, io.read_exact(&mut got))
+        .await
+        .context(late)??;
+    ensure!(
+        got.chunks(MAX_IO)
+            .enumerate()
+            .all(|(i, c)| c == pattern_at(offset + (i * MAX_IO) as u64, c.len())),
+        "{wrong}"
+    );
+    Ok(())
+}
 
 pub(crate) async fn phase_stalled(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
     let n = cfg.stall_size;
@@ -24,46 +52,26 @@ pub(crate) async fn phase_stalled(w: &World, cfg: &Cfg, res: &mut Results) -> an
     let reps = cfg.reps.max(if cfg.smoke { 1 } else { 3 });
     let (mut alone, mut beside) = (Vec::new(), Vec::new());
     for rep in 0..reps {
-        let mut io = w.open(p, &w.source).await?;
-        let start = Instant::now();
-        let end = download(&mut io, n)
-            .await
-            .context("healthy transfer alone")?;
-        alone.push(gbps(n, end - start));
+        alone.push(healthy(w, p, n, "healthy transfer alone").await?);
 
         // A connection asks for 1 TiB, reads 1 MiB, then stops reading.
         let mut stalled = w.open(p, &w.source).await?;
         stalled.write_u64(1 << 40).await?;
         stalled.flush().await?;
-        let mut first = vec![0u8; MIB as usize];
-        tokio::time::timeout(STEP, stalled.read_exact(&mut first))
-            .await
-            .context("stalled connection: first MiB")??;
-        ensure!(
-            first
-                .chunks(MAX_IO)
-                .enumerate()
-                .all(|(i, c)| c == pattern_at((i * MAX_IO) as u64, c.len())),
-            "stalled connection: corrupted first MiB"
+        let first = (
+            "stalled connection: first MiB",
+            "stalled connection: corrupted first MiB",
         );
+        read_mib(&mut stalled, 0, first).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut io = w.open(p, &w.source).await?;
-        let start = Instant::now();
-        let end = download(&mut io, n)
-            .await
-            .context("healthy transfer beside a stalled reader")?;
-        beside.push(gbps(n, end - start));
+        let what = "healthy transfer beside a stalled reader";
+        beside.push(healthy(w, p, n, what).await?);
         // The stalled connection is intact and resumes where it stopped.
-        let mut more = vec![0u8; MIB as usize];
-        tokio::time::timeout(STEP, stalled.read_exact(&mut more))
-            .await
-            .context("stalled connection did not resume")??;
-        ensure!(
-            more.chunks(MAX_IO)
-                .enumerate()
-                .all(|(i, c)| c == pattern_at(MIB + (i * MAX_IO) as u64, c.len())),
-            "stalled connection: data lost or corrupted after resuming"
+        let more = (
+            "stalled connection did not resume",
+            "stalled connection: data lost or corrupted after resuming",
         );
+        read_mib(&mut stalled, MIB, more).await?;
         drop(stalled);
         progress(format!(
             "stalled reader rep {}/{reps}: alone {:.2}, beside stalled {:.2} Gbit/s",

@@ -33,7 +33,7 @@ use tokio::net::UdpSocket;
 
 use crate::DIAL;
 use crate::config::Cfg;
-use crate::hops::{Hop, on_own_thread};
+use crate::hops::{Hop, on_own_thread, stoppable_thread};
 use crate::load::Background;
 use crate::procs::TunnelProcs;
 use crate::report::{Results, Row, progress};
@@ -265,19 +265,15 @@ impl UdpEcho {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the UDP echo")?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         let addr = s.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::Builder::new()
-            .name("bench-udp-echo".into())
-            .spawn(move || {
-                let mut b = vec![0u8; 64 * 1024];
-                while !stopped.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = s.recv_from(&mut b) {
-                        let _ = s.send_to(&b[..n], from);
-                    }
+        let stop = stoppable_thread("bench-udp-echo", move |stopped| {
+            let mut b = vec![0u8; 64 * 1024];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut b) {
+                    let _ = s.send_to(&b[..n], from);
                 }
-            })
-            .context("starting the UDP echo thread")?;
+            }
+        })
+        .context("starting the UDP echo thread")?;
         Ok(Self { addr, stop })
     }
 }
@@ -468,62 +464,52 @@ pub(crate) async fn phase_udp(
     );
     let v = |k: &str, run: &str, f: &str| num(&p, &[k, run, f]);
     let loss = |k: &str, run: &str| p[k][run]["loss_percent"].as_f64().unwrap_or(f64::NAN);
+    // gRPC "udp"'s round trip in microseconds, against direct (and SOCKS5's).
+    let rtt_row = |id: &'static str, label: &str, (run, q): (&str, &str)| {
+        let grpc = v("grpc_udp", run, q);
+        Row::info(
+            id,
+            label.into(),
+            format!("{grpc:.0} µs"),
+            format!(
+                "direct {:.0}, SOCKS5 {:.0}",
+                v("direct", run, q),
+                v("socks5_udp", run, q)
+            ),
+            Some(grpc / v("direct", run, q)),
+            grpc,
+            "µs",
+        )
+    };
     res.rows.extend([
-        Row {
-            id: "udp_rtt_p50",
-            label: "UDP RTT p50 idle, gRPC \"udp\", separate processes".into(),
-            value: format!("{:.0} µs", v("grpc_udp", "idle", "p50_us")),
-            baseline: format!(
-                "direct {:.0}, SOCKS5 {:.0}",
-                v("direct", "idle", "p50_us"),
-                v("socks5_udp", "idle", "p50_us")
-            ),
-            ratio: Some(v("grpc_udp", "idle", "p50_us") / v("direct", "idle", "p50_us")),
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: v("grpc_udp", "idle", "p50_us"),
-            unit: "µs",
-        },
-        Row {
-            id: "udp_rtt_p99_loaded",
-            label: "UDP RTT p99 beside bulk, gRPC \"udp\", separate processes".into(),
-            value: format!("{:.0} µs", v("grpc_udp", "beside_bulk", "p99_us")),
-            baseline: format!(
-                "direct {:.0}, SOCKS5 {:.0}",
-                v("direct", "beside_bulk", "p99_us"),
-                v("socks5_udp", "beside_bulk", "p99_us")
-            ),
-            ratio: Some(
-                v("grpc_udp", "beside_bulk", "p99_us") / v("direct", "beside_bulk", "p99_us"),
-            ),
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: v("grpc_udp", "beside_bulk", "p99_us"),
-            unit: "µs",
-        },
-        Row {
-            id: "udp_loss_loaded",
-            label: "UDP loss beside bulk, gRPC \"udp\" / SOCKS5".into(),
-            value: format!(
+        rtt_row(
+            "udp_rtt_p50",
+            "UDP RTT p50 idle, gRPC \"udp\", separate processes",
+            ("idle", "p50_us"),
+        ),
+        rtt_row(
+            "udp_rtt_p99_loaded",
+            "UDP RTT p99 beside bulk, gRPC \"udp\", separate processes",
+            ("beside_bulk", "p99_us"),
+        ),
+        Row::info(
+            "udp_loss_loaded",
+            "UDP loss beside bulk, gRPC \"udp\" / SOCKS5".into(),
+            format!(
                 "{}% / {}%",
                 loss("grpc_udp", "beside_bulk"),
                 loss("socks5_udp", "beside_bulk")
             ),
-            baseline: format!(
+            format!(
                 "direct {}% (idle: {}% / {}%)",
                 loss("direct", "beside_bulk"),
                 loss("grpc_udp", "idle"),
                 loss("socks5_udp", "idle")
             ),
-            ratio: None,
-            target: "—".into(),
-            source: "info",
-            pass: None,
-            judged: loss("grpc_udp", "beside_bulk"),
-            unit: "%",
-        },
+            None,
+            loss("grpc_udp", "beside_bulk"),
+            "%",
+        ),
     ]);
     Ok(())
 }

@@ -92,6 +92,20 @@ pub(super) struct Pairing {
     out: Map<String, Value>,
 }
 
+/// Path `i`'s hop to `backend`: path 0 is the null tunnel (`null`), path `i` the gRPC
+/// frontend of pairing `i - 1` while its processes are alive.
+fn path_hop(
+    pairings: &mut [Pairing],
+    i: usize,
+    null: &Hop,
+    backend: SocketAddr,
+) -> Result<Hop, String> {
+    match i.checked_sub(1) {
+        None => Ok(null.clone()),
+        Some(k) => Ok(Hop::Grpc(pairings[k].live()?.frontend(), backend)),
+    }
+}
+
 impl Pairing {
     /// The pairing's processes, or the reason it can no longer be measured (a process
     /// that exited ends the pairing, with its log's tail as the reason).
@@ -147,18 +161,15 @@ pub(crate) async fn phase_upstream(
                 "upstream".into(),
                 json!({ "available": false, "reason": reason, "upstream_bin_dir": upstream.display().to_string() }),
             );
-            res.rows.push(Row {
-                id: "upstream",
-                label: "ours beside upstream (four pairings)".into(),
-                value: "not measured".into(),
-                baseline: format!("no {SERVER}/{AGENT} in {}", upstream.display()),
-                ratio: None,
-                target: "—".into(),
-                source: "info",
-                pass: None,
-                judged: f64::NAN,
-                unit: "—",
-            });
+            res.rows.push(Row::info(
+                "upstream",
+                "ours beside upstream (four pairings)".into(),
+                "not measured".into(),
+                format!("no {SERVER}/{AGENT} in {}", upstream.display()),
+                None,
+                f64::NAN,
+                "—",
+            ));
             return Ok(());
         }
     };
@@ -220,11 +231,7 @@ pub(crate) async fn phase_upstream(
             if failed.contains_key(&i) {
                 continue;
             }
-            let hop = if i == 0 {
-                Ok(null_hops.1.clone())
-            } else {
-                echo_hop(&mut pairings[i - 1])
-            };
+            let hop = path_hop(&mut pairings, i, &null_hops.1, echo.addr);
             let got = match hop {
                 Ok(h) => dials_on_thread(vec![("dial", h)], per, warm)
                     .await
@@ -299,11 +306,7 @@ pub(crate) async fn phase_upstream(
                 if failed.contains_key(&i) {
                     continue;
                 }
-                let hop = if i == 0 {
-                    Ok(null_hops.2.clone())
-                } else {
-                    source_hop(&mut pairings[i - 1])
-                };
+                let hop = path_hop(&mut pairings, i, &null_hops.2, source);
                 let r = match hop {
                     Ok(h) => bulk(&h, conns, per).await.map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),

@@ -125,38 +125,29 @@ pub(crate) async fn start_inproc(
     let grpc_sock = dir.join("grpc.sock");
     let connect_sock = dir.join("connect.sock");
     let socks5_sock = dir.join("socks5.sock");
-    for s in [&grpc_sock, &connect_sock, &socks5_sock] {
-        let _ = std::fs::remove_file(s);
+    // Each frontend on a UNIX socket of its own.
+    let mut frontends = Vec::new();
+    for (mode, sock) in [
+        (Mode::Grpc, &grpc_sock),
+        (Mode::HttpConnect, &connect_sock),
+        (Mode::Socks5, &socks5_sock),
+    ] {
+        let _ = std::fs::remove_file(sock);
+        let listener = FrontendListener::Uds(UnixListener::bind(sock)?);
+        frontends.push(konnectivity_server::Frontend { mode, listener });
     }
-    let agent_tls = konnectivity_tls::agent_listener(
-        &pki.server_cert,
-        &pki.server_key,
-        Some(&pki.ca),
-        Default::default(),
-    )?;
     let shutdown = CancellationToken::new();
     let shared = Shared::new(Settings {
         server_id: "bench-server".into(),
         flow_window: Some(window),
         ..Settings::default()
     });
+    let (cert, key) = (&pki.server_cert, &pki.server_key);
+    let agent_tls = konnectivity_tls::agent_listener(cert, key, Some(&pki.ca), Default::default());
     let listeners = Listeners {
         agent: agent_l,
-        agent_tls: Arc::new(agent_tls),
-        frontends: vec![
-            konnectivity_server::Frontend {
-                mode: Mode::Grpc,
-                listener: FrontendListener::Uds(UnixListener::bind(&grpc_sock)?),
-            },
-            konnectivity_server::Frontend {
-                mode: Mode::HttpConnect,
-                listener: FrontendListener::Uds(UnixListener::bind(&connect_sock)?),
-            },
-            konnectivity_server::Frontend {
-                mode: Mode::Socks5,
-                listener: FrontendListener::Uds(UnixListener::bind(&socks5_sock)?),
-            },
-        ],
+        agent_tls: Arc::new(agent_tls?),
+        frontends,
         health: None,
         admin: None,
     };

@@ -19,6 +19,21 @@ use tokio_util::sync::CancellationToken;
 
 const BODY: &str = "hello from the node, through the tunnel\n";
 
+/// GETs the demo backend's page over `io`, a connection through `frontend`, and returns
+/// the response's status line.
+async fn status_line<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: S,
+    backend: std::net::SocketAddr,
+    frontend: &str,
+) -> anyhow::Result<String> {
+    let rsp = http_get(io, &backend.to_string()).await?;
+    anyhow::ensure!(
+        rsp.ends_with(BODY),
+        "unexpected response through the {frontend}: {rsp:?}"
+    );
+    Ok(rsp.lines().next().unwrap_or("").to_owned())
+}
+
 async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut io: S,
     host: &str,
@@ -162,14 +177,9 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
         Duration::from_secs(10),
     )
     .await?;
-    let rsp = http_get(io, &backend.to_string()).await?;
-    anyhow::ensure!(
-        rsp.ends_with(BODY),
-        "unexpected response through the gRPC frontend: {rsp:?}"
-    );
+    let status = status_line(io, backend, "gRPC frontend").await?;
     println!(
-        "[1] gRPC frontend (what kube-apiserver uses):  GET http://{backend}/  ->  {:?}  in {:?}",
-        rsp.lines().next().unwrap_or(""),
+        "[1] gRPC frontend (what kube-apiserver uses):  GET http://{backend}/  ->  {status:?}  in {:?}",
         t.elapsed()
     );
 
@@ -187,14 +197,9 @@ pub async fn run(once: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (io, _) =
         konnectivity_client::connect_dial(&f, &backend.to_string(), Duration::from_secs(10))
             .await?;
-    let rsp = http_get(io, &backend.to_string()).await?;
-    anyhow::ensure!(
-        rsp.ends_with(BODY),
-        "unexpected response through the HTTP-CONNECT frontend: {rsp:?}"
-    );
+    let status = status_line(io, backend, "HTTP-CONNECT frontend").await?;
     println!(
-        "[2] HTTP-CONNECT frontend (mTLS):              GET http://{backend}/  ->  {:?}  in {:?}",
-        rsp.lines().next().unwrap_or(""),
+        "[2] HTTP-CONNECT frontend (mTLS):              GET http://{backend}/  ->  {status:?}  in {:?}",
         t.elapsed()
     );
     println!("    body: {}", BODY.trim_end());

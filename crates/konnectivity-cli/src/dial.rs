@@ -25,27 +25,8 @@ const UDP_REPLY_WAIT: Duration = Duration::from_secs(1);
 pub struct DialArgs {
     /// Destination, host:port as the agent's node sees it.
     address: String,
-    /// The server's frontend UNIX socket (`--uds-name`).
-    #[arg(long)]
-    uds: Option<PathBuf>,
-    /// The server's frontend TCP address (mTLS).
-    #[arg(long)]
-    tcp: Option<String>,
-    /// CA that signed the server certificate.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Client certificate.
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// Client key.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Server name to verify (default: the host of --tcp).
-    #[arg(long)]
-    server_name: Option<String>,
-    /// Use the HTTP-CONNECT protocol instead of gRPC.
-    #[arg(long)]
-    http_connect: bool,
+    #[command(flatten)]
+    fe: crate::FrontendArgs,
     /// Dial through the server's SOCKS5 frontend at this address: `host:port`
     /// (`--socks5-port`; TLS with a client certificate when --ca, --cert and --key are
     /// given) or a UNIX socket path (`--socks5-uds`, anything with a `/`).
@@ -68,11 +49,12 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
     type R = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
     type W = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
     if a.udp {
-        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
+        let f = a.fe.frontend()?;
         return udp(&f, &a.address).await;
     }
     let (mut r, mut w): (R, W) = if let Some(proxy) = &a.socks5 {
-        let io = socks5_open(proxy, a.ca, a.cert, a.key, a.server_name).await?;
+        let fe = a.fe;
+        let io = socks5_open(proxy, fe.ca, fe.cert, fe.key, fe.server_name).await?;
         let credentials = match a.socks5_user {
             Some(user) => Some(UserPass {
                 user: user.into_bytes(),
@@ -88,15 +70,15 @@ pub async fn run(a: DialArgs) -> anyhow::Result<()> {
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
-    } else if a.http_connect {
-        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
+    } else if a.fe.http_connect {
+        let f = a.fe.frontend()?;
         let (io, rest) =
             konnectivity_client::connect_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
         tokio::io::stdout().write_all(&rest).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))
     } else {
-        let f = crate::frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)?;
+        let f = a.fe.frontend()?;
         let io = konnectivity_client::grpc_dial(&f, &a.address, crate::DIAL_TIMEOUT).await?;
         let (r, w) = tokio::io::split(io);
         (Box::new(r), Box::new(w))

@@ -142,7 +142,41 @@ fn main() -> ExitCode {
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds a frontend description from CLI flags.
-pub(crate) fn frontend(
+/// How `dial` and `doctor server` reach the server's gRPC or HTTP-CONNECT frontend.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct FrontendArgs {
+    /// The server's frontend UNIX socket (`--uds-name`).
+    #[arg(long)]
+    uds: Option<PathBuf>,
+    /// The server's frontend TCP address (mTLS).
+    #[arg(long)]
+    tcp: Option<String>,
+    /// CA that signed the server certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Server name to verify (default: the host of --tcp).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Use the HTTP-CONNECT protocol instead of gRPC.
+    #[arg(long)]
+    http_connect: bool,
+}
+
+impl FrontendArgs {
+    /// The frontend: `--uds`, or `--tcp` with mTLS.
+    pub(crate) fn frontend(&self) -> anyhow::Result<konnectivity_client::Frontend> {
+        let a = self.clone();
+        frontend(a.uds, a.tcp, a.ca, a.cert, a.key, a.server_name)
+    }
+}
+
+fn frontend(
     uds: Option<PathBuf>,
     tcp: Option<String>,
     ca: Option<PathBuf>,

@@ -270,32 +270,52 @@ impl GrpcStream {
         }
         loop {
             if self.eof {
-                return match self.failed.take() {
-                    Some(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
-                    None => Ok(None),
-                };
+                return self.end().map(|()| None);
             }
             let Some(inbound) = self.inbound.as_mut() else {
                 return Ok(None);
             };
-            match inbound.message().await {
-                Ok(Some(p)) => match packet::kind(&p) {
-                    Kind::Known(PacketType::Data) => return Ok(Some(packet::into_data(p).data)),
-                    Kind::Known(PacketType::CloseRsp) => {
-                        let error = &packet::close_response(&p).error;
-                        if !error.is_empty() {
-                            self.failed = Some(error.clone());
-                        }
-                        self.eof = true;
+            let message = inbound.message().await;
+            if let Some(data) = self.received(message) {
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    /// Takes in what the tunnel stream delivered: a DATA payload is returned, a
+    /// CLOSE_RSP (its error kept for [`GrpcStream::end`]), the stream's end or its
+    /// failure ends the connection; other packets are ignored.
+    fn received<E: std::fmt::Display>(
+        &mut self,
+        message: Result<Option<Packet>, E>,
+    ) -> Option<Bytes> {
+        match message {
+            Ok(Some(p)) => match packet::kind(&p) {
+                Kind::Known(PacketType::Data) => return Some(packet::into_data(p).data),
+                Kind::Known(PacketType::CloseRsp) => {
+                    let error = &packet::close_response(&p).error;
+                    if !error.is_empty() {
+                        self.failed = Some(error.clone());
                     }
-                    _ => {}
-                },
-                Ok(None) => self.eof = true,
-                Err(e) => {
-                    self.failed = Some(format!("tunnel stream broken: {e}"));
                     self.eof = true;
                 }
+                _ => {}
+            },
+            Ok(None) => self.eof = true,
+            Err(e) => {
+                self.failed = Some(format!("tunnel stream broken: {e}"));
+                self.eof = true;
             }
+        }
+        None
+    }
+
+    /// After the end: a close with an error (the agent went away, a protocol
+    /// violation) is reported once, after the data that came before it.
+    fn end(&mut self) -> io::Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+            None => Ok(()),
         }
     }
 
@@ -338,33 +358,14 @@ impl AsyncRead for GrpcStream {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
-                // A close with an error (the agent went away, a protocol violation)
-                // is reported once, after the data that came before it.
-                return Poll::Ready(match self.failed.take() {
-                    Some(e) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
-                    None => Ok(()),
-                });
+                return Poll::Ready(self.end());
             }
             let Some(inbound) = self.inbound.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
-            match std::task::ready!(inbound.poll_message(cx)) {
-                Ok(Some(p)) => match packet::kind(&p) {
-                    Kind::Known(PacketType::Data) => self.pending = packet::into_data(p).data,
-                    Kind::Known(PacketType::CloseRsp) => {
-                        let error = &packet::close_response(&p).error;
-                        if !error.is_empty() {
-                            self.failed = Some(error.clone());
-                        }
-                        self.eof = true;
-                    }
-                    _ => {}
-                },
-                Ok(None) => self.eof = true,
-                Err(e) => {
-                    self.failed = Some(format!("tunnel stream broken: {e}"));
-                    self.eof = true;
-                }
+            let message = std::task::ready!(inbound.poll_message(cx));
+            if let Some(data) = self.received(message) {
+                self.pending = data;
             }
         }
     }

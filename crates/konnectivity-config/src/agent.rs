@@ -6,15 +6,13 @@
 //! upstream's order and messages.
 
 use crate::error::ConfigError;
-use crate::extensions::Extensions;
-use crate::files::check_file;
-use crate::flags::{self, binary, options};
+use crate::files::{check_file, check_pair};
+use crate::flags::{binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec};
 use crate::go::strconv::quote;
 use crate::identifiers::{AgentIdentifiers, IdentifierError};
 use crate::labels::LabelSelector;
-use crate::logging::LogOptions;
 
 /// The command name cobra prints in the usage text.
 pub const AGENT_COMMAND: &str = "agent";
@@ -103,15 +101,7 @@ options! {
             "Content type of requests to the Kubernetes API.";
     }
     also [FlagSpec::new("help", FlagKind::Bool, "false", "help for agent").with_shorthand('h')]
-    extra {
-        /// klog flags.
-        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
-        /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
-        /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default(), read Extensions::from_flags;
-        /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
+    extra binary {
     }
 }
 
@@ -119,6 +109,7 @@ binary! {
     AgentOptions {
         name: "proxy-agent",
         server: false,
+        validates: "agent",
         command: AGENT_COMMAND,
         table: AGENT_OWN_FLAGS,
         flags: agent_flags,
@@ -129,37 +120,8 @@ binary! {
 }
 
 impl AgentOptions {
-    /// Applies upstream's validation rules in order; the first failure is returned as
-    /// `failed to validate agent options with <msg>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
-            ConfigError::Invalid(format!("failed to validate agent options with {msg}"))
-        })
-    }
-
     fn check(&self) -> Result<(), String> {
-        if !self.agent_key.is_empty() {
-            check_file(&self.agent_key, |p, e| {
-                format!("error checking agent key {p}, got {e}")
-            })?;
-            if self.agent_cert.is_empty() {
-                return Err(format!(
-                    "cannot have agent cert empty when agent key is set to {}",
-                    quote(&self.agent_key)
-                ));
-            }
-        }
-        if !self.agent_cert.is_empty() {
-            check_file(&self.agent_cert, |p, e| {
-                format!("error checking agent cert {p}, got {e}")
-            })?;
-            if self.agent_key.is_empty() {
-                return Err(format!(
-                    "cannot have agent key empty when agent cert is set to {}",
-                    quote(&self.agent_cert)
-                ));
-            }
-        }
+        check_pair("agent", &self.agent_key, &self.agent_cert)?;
         check_file(&self.ca_cert, |p, e| {
             format!("error checking agent CA cert {p}, got {e}")
         })?;
@@ -240,63 +202,21 @@ impl AgentOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::*;
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
 
     fn parse(a: &[&str]) -> AgentOptions {
-        match AgentOptions::parse(args(a)) {
-            Ok(o) => o,
-            Err(e) => panic!("parse {a:?}: {e}"),
-        }
-    }
-
-    fn existing_file(name: &str) -> String {
-        let dir: PathBuf = std::env::temp_dir().join(format!(
-            "konnectivity-config-agent-test-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, b"x").unwrap();
-        path.to_string_lossy().into_owned()
+        crate::testing::parse(a)
     }
 
     fn valid() -> AgentOptions {
         AgentOptions::with_agent_id("agent-1".to_owned())
     }
 
-    fn invalid_message(o: &AgentOptions) -> String {
-        match o.validate() {
-            Err(ConfigError::Invalid(msg)) => msg
-                .strip_prefix("failed to validate agent options with ")
-                .unwrap_or_else(|| panic!("missing prefix: {msg}"))
-                .to_owned(),
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
-
-    const MISSING: &str = "/nonexistent/konnectivity/agent-file";
-
     #[test]
     fn defaults_equal_the_spec_table() {
         let o = AgentOptions::with_agent_id("aid".to_owned());
-        let values = o.flag_values();
-        assert_eq!(values.len(), agent_flags().len());
-        for spec in agent_flags() {
-            let value = values
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map(|(_, v)| v.as_str());
-            if spec.name == "agent-id" {
-                assert_eq!(value, Some("aid"));
-            } else {
-                assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
-            }
-        }
+        assert_defaults(&o.flag_values(), agent_flags(), Some(("agent-id", "aid")));
         assert_eq!(o.validate(), Ok(()));
         assert_eq!(o.server_hosts(), ["127.0.0.1"]);
         assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Default);
@@ -340,20 +260,9 @@ mod tests {
             ("kubeconfig", "string"),
             ("kube-api-content-type", "string"),
         ];
-        for (name, ty) in expect {
-            let spec = agent_flags()
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(spec.value_type(), ty, "{name}");
-        }
+        assert_value_types(agent_flags(), &expect);
         assert_eq!(AGENT_OWN_FLAGS.len(), expect.len() + 1);
-        let hidden: Vec<_> = agent_flags()
-            .iter()
-            .filter(|s| s.hidden)
-            .map(|s| s.name)
-            .collect();
-        assert_eq!(hidden, ["lease-label"]);
+        assert_eq!(hidden(agent_flags()), ["lease-label"]);
         assert!(agent_flags().iter().any(|s| s.name == "logtostderr"));
     }
 
@@ -487,36 +396,38 @@ mod tests {
             "--kube-api-content-type=application/json",
             "--v=1",
         ]);
-        let mut want = AgentOptions::with_agent_id("id".to_owned());
-        want.agent_cert = "c".into();
-        want.agent_key = "k".into();
-        want.ca_cert = "ca".into();
-        want.proxy_server_host = "a,b".into();
-        want.proxy_server_port = 9000;
-        want.alpn_proto = vec!["x".into(), "y".into()];
-        want.health_server_host = "h".into();
-        want.health_server_port = 9001;
-        want.admin_server_port = 9002;
-        want.admin_bind_address = "0.0.0.0".into();
-        want.enable_profiling = true;
-        want.enable_contention_profiling = true;
-        want.sync_interval = GoDuration::from_secs(2);
-        want.probe_interval = GoDuration::from_secs(3);
-        want.sync_interval_cap = GoDuration::from_secs(20);
-        want.keepalive_time = GoDuration::from_secs(30);
-        want.service_account_token_path = "/t".into();
-        want.agent_identifiers = "host=a".into();
-        want.warn_on_channel_limit = true;
-        want.sync_forever = true;
-        want.xfr_channel_size = 5;
-        want.count_server_leases = true;
-        want.lease_namespace = "ns".into();
-        want.lease_label_selector = LabelSelector::parse("app in (a,b)").unwrap();
-        want.server_count_source = "max".into();
-        want.kubeconfig = "/kc".into();
-        want.kube_api_content_type = "application/json".into();
+        let mut want = AgentOptions {
+            agent_cert: "c".into(),
+            agent_key: "k".into(),
+            ca_cert: "ca".into(),
+            proxy_server_host: "a,b".into(),
+            proxy_server_port: 9000,
+            alpn_proto: vec!["x".into(), "y".into()],
+            health_server_host: "h".into(),
+            health_server_port: 9001,
+            admin_server_port: 9002,
+            admin_bind_address: "0.0.0.0".into(),
+            enable_profiling: true,
+            enable_contention_profiling: true,
+            sync_interval: GoDuration::from_secs(2),
+            probe_interval: GoDuration::from_secs(3),
+            sync_interval_cap: GoDuration::from_secs(20),
+            keepalive_time: GoDuration::from_secs(30),
+            service_account_token_path: "/t".into(),
+            agent_identifiers: "host=a".into(),
+            warn_on_channel_limit: true,
+            sync_forever: true,
+            xfr_channel_size: 5,
+            count_server_leases: true,
+            lease_namespace: "ns".into(),
+            lease_label_selector: LabelSelector::parse("app in (a,b)").unwrap(),
+            server_count_source: "max".into(),
+            kubeconfig: "/kc".into(),
+            kube_api_content_type: "application/json".into(),
+            explicit_flags: o.explicit_flags.clone(),
+            ..AgentOptions::with_agent_id("id".to_owned())
+        };
         want.log.v = 1;
-        want.explicit_flags = o.explicit_flags.clone();
         assert_eq!(o, want);
         assert_eq!(o.server_hosts(), ["a", "b"]);
         assert_eq!(o.server_count_source().unwrap(), ServerCountSource::Max);
@@ -582,60 +493,16 @@ mod tests {
 
     #[test]
     fn key_and_cert_files_are_checked_in_order() {
-        let o = AgentOptions {
-            agent_key: MISSING.into(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!(
-                "error checking agent key {MISSING}, got stat {MISSING}: no such file or directory"
-            )
-        );
-        let key = existing_file("only.key");
-        let o = AgentOptions {
-            agent_key: key.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have agent cert empty when agent key is set to \"{key}\"")
-        );
-        let o = AgentOptions {
-            agent_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o).starts_with(&format!("error checking agent cert {MISSING}, got "))
-        );
-        let cert = existing_file("only.crt");
-        let o = AgentOptions {
-            agent_cert: cert.clone(),
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("cannot have agent key empty when agent cert is set to \"{cert}\"")
-        );
-        let o = AgentOptions {
-            ca_cert: MISSING.into(),
-            ..valid()
-        };
-        assert!(
-            invalid_message(&o)
-                .starts_with(&format!("error checking agent CA cert {MISSING}, got "))
-        );
+        assert_pair_rules(valid, "agent", |o| {
+            [&mut o.agent_key, &mut o.agent_cert, &mut o.ca_cert]
+        });
     }
 
     #[test]
     fn ports_must_be_positive_without_range_checks() {
         for port in [0, -1] {
-            let o = AgentOptions {
-                proxy_server_port: port,
-                ..valid()
-            };
             assert_eq!(
-                invalid_message(&o),
+                rejected(valid(), |o| o.proxy_server_port = port),
                 format!("proxy server port {port} must be greater than 0")
             );
             let o = AgentOptions {
@@ -646,65 +513,49 @@ mod tests {
                 invalid_message(&o),
                 format!("health server port {port} must be greater than 0")
             );
-            let o = AgentOptions {
-                admin_server_port: port,
-                ..valid()
-            };
             assert_eq!(
-                invalid_message(&o),
+                rejected(valid(), |o| o.admin_server_port = port),
                 format!("admin server port {port} must be greater than 0")
             );
         }
         for port in [1023, 49152] {
-            let o = AgentOptions {
-                proxy_server_port: port,
-                health_server_port: port,
-                admin_server_port: port,
-                ..valid()
-            };
-            assert_eq!(o.validate(), Ok(()), "{port}");
+            assert_eq!(
+                checked(valid(), |o| {
+                    o.proxy_server_port = port;
+                    o.health_server_port = port;
+                    o.admin_server_port = port;
+                }),
+                Ok(()),
+                "{port}"
+            );
         }
     }
 
     #[test]
     fn channel_size_and_profiling() {
-        for n in [0, -10] {
-            let o = AgentOptions {
-                xfr_channel_size: n,
-                ..valid()
-            };
-            assert_eq!(
-                invalid_message(&o),
-                format!("channel size {n} must be greater than 0")
-            );
-        }
-        let o = AgentOptions {
-            enable_contention_profiling: true,
-            ..valid()
-        };
+        assert_channel_size_rule(valid, |o| &mut o.xfr_channel_size);
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.enable_contention_profiling = true),
             "if --enable-contention-profiling is set, --enable-profiling must also be set"
         );
     }
 
     #[test]
     fn sync_interval_may_equal_but_not_exceed_cap() {
-        let o = AgentOptions {
-            sync_interval: GoDuration::from_secs(2),
-            sync_interval_cap: GoDuration::from_secs(1),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| {
+                o.sync_interval = GoDuration::from_secs(2);
+                o.sync_interval_cap = GoDuration::from_secs(1);
+            }),
             "sync interval 2s must be less than sync interval cap 1s"
         );
-        let o = AgentOptions {
-            sync_interval: GoDuration::from_secs(1),
-            sync_interval_cap: GoDuration::from_secs(1),
-            ..valid()
-        };
-        assert_eq!(o.validate(), Ok(()));
+        assert_eq!(
+            checked(valid(), |o| {
+                o.sync_interval = GoDuration::from_secs(1);
+                o.sync_interval_cap = o.sync_interval;
+            }),
+            Ok(())
+        );
         let o = parse(&["--sync-interval=1h", "--sync-interval-cap=100ms"]);
         assert_eq!(
             invalid_message(&o),
@@ -724,12 +575,8 @@ mod tests {
                 "error checking service account token path {MISSING}, got stat {MISSING}: no such file or directory"
             )
         );
-        let o = AgentOptions {
-            kubeconfig: MISSING.into(),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.kubeconfig = MISSING.into()),
             format!(
                 "error checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
             )
@@ -742,17 +589,17 @@ mod tests {
             agent_identifiers: s.into(),
             ..valid()
         };
-        assert_eq!(
-            invalid_message(&with("uid=1")),
-            "agent address is invalid: unknown address type: uid"
-        );
-        assert_eq!(
-            invalid_message(&with("host=a;host=b")),
-            "agent address is invalid: invalid semicolon separator in query"
-        );
-        assert_eq!(
-            invalid_message(&with("host=%zz")),
-            "agent address is invalid: invalid URL escape \"%zz\""
+        let invalid = "agent address is invalid:";
+        assert_rejections(
+            with,
+            &[
+                ("uid=1", &format!("{invalid} unknown address type: uid")),
+                (
+                    "host=a;host=b",
+                    &format!("{invalid} invalid semicolon separator in query"),
+                ),
+                ("host=%zz", &format!("{invalid} invalid URL escape \"%zz\"")),
+            ],
         );
         let o = with("host=node1&ipv4=10.0.0.5&ipv6=fd00::5&cidr=10.0.0.0/8&default-route=true");
         assert_eq!(o.validate(), Ok(()));
@@ -774,41 +621,34 @@ mod tests {
                 "{ok}"
             );
         }
-        let o = AgentOptions {
-            server_count_source: "min".into(),
-            ..valid()
-        };
         assert_eq!(
-            invalid_message(&o),
+            rejected(valid(), |o| o.server_count_source = "min".into()),
             "--server-count-source must be one of '', 'default', 'max', got min"
         );
     }
 
     #[test]
     fn validation_order_reports_earliest_rule() {
-        let o = AgentOptions {
-            proxy_server_port: 0,
-            xfr_channel_size: 0,
-            server_count_source: "bogus".into(),
-            ..valid()
-        };
         assert_eq!(
-            o.validate().unwrap_err().to_string(),
+            checked(valid(), |o| {
+                o.proxy_server_port = 0;
+                o.xfr_channel_size = 0;
+                o.server_count_source = "bogus".into();
+            })
+            .unwrap_err()
+            .to_string(),
             "failed to validate agent options with proxy server port 0 must be greater than 0"
         );
     }
 
     #[test]
     fn help_hides_the_deprecated_alias() {
-        match AgentOptions::parse(args(&["-h"])) {
-            Err(ConfigError::Help(text)) => {
-                assert!(text.starts_with("Usage:\n  agent [flags]"));
-                assert!(text.contains("--lease-label-selector string"));
-                assert!(text.contains("(default \"k8s-app=konnectivity-server\")"));
-                assert!(!text.contains("--lease-label string"));
-                assert!(text.contains("--alpn-proto strings"));
-            }
-            other => panic!("expected help, got {other:?}"),
-        }
+        let has = [
+            "--lease-label-selector string",
+            "(default \"k8s-app=konnectivity-server\")",
+            "--alpn-proto strings",
+        ];
+        let usage = "Usage:\n  agent [flags]";
+        assert_help::<AgentOptions>("-h", usage, (&has, &["--lease-label string"]));
     }
 }

@@ -23,13 +23,9 @@ const LOGS_TO_STDERR: &str = "logs always go to standard error (structured, `tra
 /// proxy-server flags that differ from upstream.
 pub fn server_flag(name: &str) -> Support {
     match name {
-        "enable-profiling" | "enable-contention-profiling" => {
-            Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
-        }
         "kubeconfig-qps" | "kubeconfig-burst" => {
             Support::NotImplemented("the Kubernetes client is not rate-limited client-side")
         }
-        "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
         "xfr-channel-size" => Support::NotImplemented(
             "queues are bounded in bytes per connection (flow control), not in packets per stream",
         ),
@@ -57,10 +53,6 @@ pub fn server_flag(name: &str) -> Support {
 /// proxy-agent flags that differ from upstream.
 pub fn agent_flag(name: &str) -> Support {
     match name {
-        "enable-profiling" | "enable-contention-profiling" => {
-            Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
-        }
-        "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
         "probe-interval" => Support::NotImplemented(
             "streams are watched directly and by HTTP/2 keepalive; no polling",
         ),
@@ -80,8 +72,13 @@ pub fn agent_flag(name: &str) -> Support {
     }
 }
 
+/// Flags of both binaries (klog's, ours, and upstream's that both take the same way).
 fn common(name: &str) -> Support {
     match name {
+        "enable-profiling" | "enable-contention-profiling" => {
+            Support::NotImplemented("Go pprof endpoints have no Rust equivalent; not served")
+        }
+        "kube-api-content-type" => Support::NotImplemented("the Kubernetes client speaks JSON"),
         "logtostderr" | "alsologtostderr" => Support::Different("logs always go to standard error"),
         "log-dir"
         | "log-file"

@@ -26,6 +26,26 @@ pub(crate) fn check_file(path: &str, message: impl Fn(&str, &str) -> String) -> 
     }
 }
 
+/// Key then cert: each must exist when set, and each requires the other (`what` is
+/// `server`, `cluster` or `agent` in the messages).
+pub(crate) fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
+    for (file, is, other, other_is) in [(key, "key", cert, "cert"), (cert, "cert", key, "key")] {
+        if file.is_empty() {
+            continue;
+        }
+        check_file(file, |p, e| {
+            format!("error checking {what} {is} {p}, got {e}")
+        })?;
+        if other.is_empty() {
+            return Err(format!(
+                "cannot have {what} {other_is} empty when {what} {is} is set to {}",
+                crate::go::strconv::quote(file)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

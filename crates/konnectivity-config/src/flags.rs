@@ -36,82 +36,31 @@ pub trait FlagField: Sized {
     fn show(&self) -> String;
 }
 
-impl FlagField for String {
-    const KIND: FlagKind = FlagKind::String;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
+/// [`FlagField`] for a type whose parsed [`FlagValue`] variant holds it as it is.
+macro_rules! plain_field {
+    ($($ty:ty: $kind:ident, show $show:expr;)+) => {$(
+        impl FlagField for $ty {
+            const KIND: FlagKind = FlagKind::$kind;
+            fn from_value(value: &FlagValue) -> Option<Self> {
+                match value {
+                    FlagValue::$kind(v) => Some(v.clone()),
+                    _ => None,
+                }
+            }
+            fn show(&self) -> String {
+                ($show)(self)
+            }
         }
-    }
-    fn show(&self) -> String {
-        self.clone()
-    }
+    )+};
 }
 
-impl FlagField for bool {
-    const KIND: FlagKind = FlagKind::Bool;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl FlagField for i64 {
-    const KIND: FlagKind = FlagKind::Int;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Int(i) => Some(*i),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl FlagField for f32 {
-    const KIND: FlagKind = FlagKind::Float32;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Float32(f) => Some(*f),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        format_float32(*self)
-    }
-}
-
-impl FlagField for Vec<String> {
-    const KIND: FlagKind = FlagKind::StringSlice;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::StringSlice(v) => Some(v.clone()),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        format_string_slice(self)
-    }
-}
-
-impl FlagField for GoDuration {
-    const KIND: FlagKind = FlagKind::Duration;
-    fn from_value(value: &FlagValue) -> Option<Self> {
-        match value {
-            FlagValue::Duration(d) => Some(*d),
-            _ => None,
-        }
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
+plain_field! {
+    String: String, show String::clone;
+    bool: Bool, show bool::to_string;
+    i64: Int, show i64::to_string;
+    f32: Float32, show |f: &f32| format_float32(*f);
+    Vec<String>: StringSlice, show |v: &Vec<String>| format_string_slice(v);
+    GoDuration: Duration, show GoDuration::to_string;
 }
 
 fn check_selector(s: &str) -> Result<(), String> {
@@ -238,8 +187,37 @@ pub(crate) trait FlagSet: Sized {
 /// hidden, deprecated second name writing the same field (last one given wins), `check`
 /// (optional) is a `fn(&Type) -> Result<(), String>` whose message follows `--<name> `.
 /// `also` lists flags without a field (shown with their default), `extra` fields that are
-/// not flags (`read` (optional) computes one from the [`ParsedFlags`]).
+/// not flags (`read` (optional) computes one from the [`ParsedFlags`]). `extra binary`
+/// adds the fields every binary has after them: `log` (klog's flags), `explicit_flags`,
+/// `ext` (the extension flags) and `deprecation_notices`, which `binary!` relies on.
 macro_rules! options {
+    // A binary's options: its own extra fields, then the fields every binary has.
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $table:ident { $($rows:tt)* }
+        also [$($also:tt)*]
+        extra binary { $($extra:tt)* }
+    ) => {
+        $crate::flags::options! {
+            $(#[$meta])*
+            pub struct $name in $table { $($rows)* }
+            also [$($also)*]
+            extra {
+                $($extra)*
+                /// klog flags.
+                log: $crate::logging::LogOptions = $crate::logging::LogOptions::default(),
+                    read $crate::logging::LogOptions::from_flags;
+                /// Flags given on the command line, in order of first use.
+                explicit_flags: Vec<String> = Vec::new(), read $crate::flags::explicit_flags;
+                /// konnectivity-rs extension flags.
+                ext: $crate::extensions::Extensions = $crate::extensions::Extensions::default(),
+                    read $crate::extensions::Extensions::from_flags;
+                /// Notices to print for deprecated flags that were used (pflag's wording).
+                deprecation_notices: Vec<String> = Vec::new(),
+                    read $crate::flags::deprecation_notices;
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         pub struct $name:ident in $table:ident {
@@ -372,6 +350,7 @@ macro_rules! binary {
         $options:ident {
             name: $name:literal,
             server: $server:literal,
+            validates: $validates:literal,
             command: $command:expr,
             table: $table:ident,
             flags: $flags:ident,
@@ -402,6 +381,16 @@ macro_rules! binary {
         }
 
         impl $options {
+            #[doc = concat!("Applies upstream's validation rules in order (then the extension flags' checks); the first failure is returned as `failed to validate ", $validates, " options with <msg>`.")]
+            pub fn validate(&self) -> Result<(), $crate::ConfigError> {
+                self.check().and_then(|()| self.ext.check()).map_err(|msg| {
+                    $crate::ConfigError::Invalid(format!(
+                        concat!("failed to validate ", $validates, " options with {}"),
+                        msg
+                    ))
+                })
+            }
+
             #[doc = concat!("Upstream defaults with the given `--", $id_flag, "`.")]
             pub fn $with_id($id: String) -> Self {
                 $options {

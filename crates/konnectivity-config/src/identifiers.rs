@@ -121,6 +121,12 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
 
 /// Go `url.QueryUnescape`: `%XX` escapes and `+` as space.
 pub fn query_unescape(s: &str) -> Result<String, String> {
+    query_unescape_bytes(s).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// [`query_unescape`] before the bytes become text (for callers that refuse bytes that are
+/// not UTF-8 rather than replace them).
+pub fn query_unescape_bytes(s: &str) -> Result<Vec<u8>, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -151,7 +157,7 @@ pub fn query_unescape(s: &str) -> Result<String, String> {
             }
         }
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(out)
 }
 
 #[cfg(test)]

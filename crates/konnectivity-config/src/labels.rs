@@ -31,15 +31,6 @@ pub fn parse_lease_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(labels)
 }
 
-/// Formats a label map as a selector string `k1=v1,k2=v2` (sorted by key).
-pub fn format_labels(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// A selector operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operator {
@@ -587,7 +578,6 @@ mod tests {
     fn lease_labels_parse_trim_and_sort() {
         let m = parse_lease_labels(" b = 2 ,a=1").unwrap();
         assert_eq!(m, labels(&[("a", "1"), ("b", "2")]));
-        assert_eq!(format_labels(&m), "a=1,b=2");
         assert_eq!(
             parse_lease_labels("k8s-app=konnectivity-server").unwrap(),
             labels(&[("k8s-app", "konnectivity-server")])
@@ -596,22 +586,14 @@ mod tests {
 
     #[test]
     fn lease_labels_reject_empty_and_malformed_items() {
-        assert_eq!(
-            parse_lease_labels(""),
-            Err("empty string provided".to_owned())
-        );
-        assert_eq!(
-            parse_lease_labels("a"),
-            Err("invalid label format: a".to_owned())
-        );
-        assert_eq!(
-            parse_lease_labels("a=1,b=2=3"),
-            Err("invalid label format: b=2=3".to_owned())
-        );
-        assert_eq!(
-            parse_lease_labels("a=1,"),
-            Err("invalid label format: ".to_owned())
-        );
+        for (input, want) in [
+            ("", "empty string provided"),
+            ("a", "invalid label format: a"),
+            ("a=1,b=2=3", "invalid label format: b=2=3"),
+            ("a=1,", "invalid label format: "),
+        ] {
+            assert_eq!(parse_lease_labels(input), Err(want.to_owned()), "{input:?}");
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub mod identifiers;
 pub mod labels;
 pub mod logging;
 pub mod server;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 pub use agent::{AgentOptions, ServerCountSource, agent_flags};

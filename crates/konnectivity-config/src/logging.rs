@@ -5,7 +5,7 @@
 //! would stop a real deployment from starting, so every klog flag is accepted with klog's
 //! syntax and kept here for the binary's logging setup to map onto `tracing`.
 
-use crate::flags::{Codec, FlagSet, options};
+use crate::flags::{Codec, FlagSet, Native, options};
 use crate::go::pflag::{FlagKind, FlagSpec, FlagValue, ParsedFlags};
 use crate::go::strconv;
 
@@ -146,40 +146,6 @@ fn check_trace_location(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// klog's Go `flag` bool, as pflag wraps it (errors read `parse error`).
-#[derive(Debug)]
-pub struct GoBool;
-
-impl Codec<bool> for GoBool {
-    const KIND: FlagKind = FlagKind::GoBool;
-    fn from_value(value: &FlagValue) -> Option<bool> {
-        match value {
-            FlagValue::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-    fn show(value: &bool) -> String {
-        value.to_string()
-    }
-}
-
-/// klog's Go `flag` uint64.
-#[derive(Debug)]
-pub struct GoUint64;
-
-impl Codec<u64> for GoUint64 {
-    const KIND: FlagKind = FlagKind::GoUint64;
-    fn from_value(value: &FlagValue) -> Option<u64> {
-        match value {
-            FlagValue::Uint64(u) => Some(*u),
-            _ => None,
-        }
-    }
-    fn show(value: &u64) -> String {
-        value.to_string()
-    }
-}
-
 /// A text flag checked by klog's parser and kept as the number it parses to.
 fn number_from(value: &FlagValue, parse: fn(&str) -> Result<i32, String>) -> Option<i32> {
     match value {
@@ -188,38 +154,42 @@ fn number_from(value: &FlagValue, parse: fn(&str) -> Result<i32, String>) -> Opt
     }
 }
 
-/// klog's `Level` (`-v`).
-#[derive(Debug)]
-pub struct Level;
+/// klog codecs that print with `to_string`: the struct, its field type, its pflag kind
+/// and how a parsed value becomes the field.
+macro_rules! klog_codecs {
+    ($($(#[$doc:meta])* $codec:ident: $ty:ty = $kind:expr, from |$v:ident| $from:expr;)+) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $codec;
 
-impl Codec<i32> for Level {
-    const KIND: FlagKind = FlagKind::Custom {
-        type_name: "Level",
-        check: |s| parse_level(s).map(drop),
-    };
-    fn from_value(value: &FlagValue) -> Option<i32> {
-        number_from(value, parse_level)
-    }
-    fn show(value: &i32) -> String {
-        value.to_string()
-    }
+        impl Codec<$ty> for $codec {
+            const KIND: FlagKind = $kind;
+            fn from_value($v: &FlagValue) -> Option<$ty> {
+                $from
+            }
+            fn show(value: &$ty) -> String {
+                value.to_string()
+            }
+        }
+    )+};
 }
 
-/// klog's `severity` (a name or a number), kept as the number.
-#[derive(Debug)]
-pub struct Severity;
-
-impl Codec<i32> for Severity {
-    const KIND: FlagKind = FlagKind::Custom {
-        type_name: "severity",
-        check: |s| parse_severity(s).map(drop),
-    };
-    fn from_value(value: &FlagValue) -> Option<i32> {
-        number_from(value, parse_severity)
-    }
-    fn show(value: &i32) -> String {
-        value.to_string()
-    }
+klog_codecs! {
+    /// klog's Go `flag` bool, as pflag wraps it (errors read `parse error`).
+    GoBool: bool = FlagKind::GoBool,
+        from |value| if let FlagValue::Bool(b) = value { Some(*b) } else { None };
+    /// klog's Go `flag` uint64.
+    GoUint64: u64 = FlagKind::GoUint64,
+        from |value| if let FlagValue::Uint64(u) = value { Some(*u) } else { None };
+    /// klog's `Level` (`-v`).
+    Level: i32 = FlagKind::Custom { type_name: "Level", check: |s| parse_level(s).map(drop) },
+        from |value| number_from(value, parse_level);
+    /// klog's `severity` (a name or a number), kept as the number.
+    Severity: i32 = FlagKind::Custom {
+            type_name: "severity",
+            check: |s| parse_severity(s).map(drop),
+        },
+        from |value| number_from(value, parse_severity);
 }
 
 /// klog's `moduleSpec` (`--vmodule`).
@@ -253,11 +223,8 @@ impl Codec<String> for TraceLocation {
         type_name: "traceLocation",
         check: check_trace_location,
     };
-    fn from_value(value: &FlagValue) -> Option<String> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
-        }
+    fn default(_: &FlagSpec) -> String {
+        String::new()
     }
     fn show(value: &String) -> String {
         if value.is_empty() {
@@ -266,8 +233,8 @@ impl Codec<String> for TraceLocation {
             value.clone()
         }
     }
-    fn default(_: &FlagSpec) -> String {
-        String::new()
+    fn from_value(value: &FlagValue) -> Option<String> {
+        <Native as Codec<String>>::from_value(value)
     }
 }
 
@@ -275,19 +242,17 @@ impl Codec<String> for TraceLocation {
 #[derive(Debug)]
 pub struct LoggingFormat;
 
+/// A string to pflag, printed as it is; only the check is `--logging-format`'s own.
 impl Codec<String> for LoggingFormat {
     const KIND: FlagKind = FlagKind::Custom {
         type_name: "string",
         check: check_logging_format,
     };
     fn from_value(value: &FlagValue) -> Option<String> {
-        match value {
-            FlagValue::String(s) => Some(s.clone()),
-            _ => None,
-        }
+        <Native as Codec<String>>::from_value(value)
     }
     fn show(value: &String) -> String {
-        value.clone()
+        <Native as Codec<String>>::show(value)
     }
 }
 
@@ -319,14 +284,7 @@ mod tests {
     #[test]
     fn klog_defaults_match_flag_table() {
         let values = LogOptions::default().flag_values();
-        assert_eq!(values.len(), KLOG_FLAGS.len());
-        for spec in KLOG_FLAGS {
-            let v = values
-                .iter()
-                .find(|(n, _)| *n == spec.name)
-                .map(|(_, v)| v.as_str());
-            assert_eq!(v, Some(spec.default), "{}", spec.name);
-        }
+        crate::testing::assert_defaults(&values, KLOG_FLAGS, None);
     }
 
     #[test]
@@ -367,22 +325,26 @@ mod tests {
 
     #[test]
     fn bad_klog_values_are_rejected_with_klog_reasons() {
-        assert_eq!(
-            parse(&["--v=x"]),
-            Err("invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax".to_owned())
-        );
-        assert_eq!(
-            parse(&["--vmodule=a"]),
-            Err("invalid argument \"a\" for \"--vmodule\" flag: syntax error: expect comma-separated list of filename=N".to_owned())
-        );
-        assert_eq!(
-            parse(&["--log-backtrace-at=nodot:1"]),
-            Err("invalid argument \"nodot:1\" for \"--log-backtrace-at\" flag: syntax error: expect file.go:234".to_owned())
-        );
-        assert_eq!(
-            parse(&["--logtostderr=maybe"]),
-            Err("invalid argument \"maybe\" for \"--logtostderr\" flag: parse error".to_owned())
-        );
+        for (arg, want) in [
+            (
+                "--v=x",
+                "invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
+            ),
+            (
+                "--vmodule=a",
+                "invalid argument \"a\" for \"--vmodule\" flag: syntax error: expect comma-separated list of filename=N",
+            ),
+            (
+                "--log-backtrace-at=nodot:1",
+                "invalid argument \"nodot:1\" for \"--log-backtrace-at\" flag: syntax error: expect file.go:234",
+            ),
+            (
+                "--logtostderr=maybe",
+                "invalid argument \"maybe\" for \"--logtostderr\" flag: parse error",
+            ),
+        ] {
+            assert_eq!(parse(&[arg]), Err(want.to_owned()), "{arg}");
+        }
         assert!(parse(&["--stderrthreshold=loud"]).is_err());
         assert!(parse(&["--log-file-max-size=-1"]).is_err());
     }

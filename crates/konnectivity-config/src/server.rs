@@ -7,13 +7,11 @@
 use std::collections::BTreeMap;
 
 use crate::error::ConfigError;
-use crate::extensions::Extensions;
-use crate::files::check_file;
-use crate::flags::{self, binary, options};
+use crate::files::{check_file, check_pair};
+use crate::flags::{binary, options};
 use crate::go::duration::GoDuration;
 use crate::go::pflag::{FlagKind, FlagSpec, ParsedFlags};
 use crate::labels;
-use crate::logging::LogOptions;
 use crate::tls::{self, TlsVersion};
 
 /// The command name cobra prints in the usage text.
@@ -164,18 +162,10 @@ options! {
             .deprecated("This behavior is now thread safe and always on. This flag will be removed in a future release."),
         FlagSpec::new("help", FlagKind::Bool, "false", "help for proxy").with_shorthand('h'),
     ]
-    extra {
+    extra binary {
         /// True when the deprecated no-op `--warn-on-channel-limit` was given.
         warn_on_channel_limit_used: bool = false,
             read |p: &ParsedFlags| p.is_set("warn-on-channel-limit");
-        /// klog flags.
-        log: LogOptions = LogOptions::default(), read LogOptions::from_flags;
-        /// Flags given on the command line, in order of first use.
-        explicit_flags: Vec<String> = Vec::new(), read flags::explicit_flags;
-        /// konnectivity-rs extension flags.
-        ext: Extensions = Extensions::default(), read Extensions::from_flags;
-        /// Notices to print for deprecated flags that were used (pflag's wording).
-        deprecation_notices: Vec<String> = Vec::new(), read flags::deprecation_notices;
     }
 }
 
@@ -183,6 +173,7 @@ binary! {
     ServerOptions {
         name: "proxy-server",
         server: true,
+        validates: "server",
         command: SERVER_COMMAND,
         table: SERVER_OWN_FLAGS,
         flags: server_flags,
@@ -193,14 +184,6 @@ binary! {
 }
 
 impl ServerOptions {
-    /// Applies upstream's validation rules in order; the first failure is returned as
-    /// `failed to validate server options with <msg>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check().and_then(|()| self.ext.check()).map_err(|msg| {
-            ConfigError::Invalid(format!("failed to validate server options with {msg}"))
-        })
-    }
-
     fn check(&self) -> Result<(), String> {
         // 1-6: key/cert pairs and CA files.
         check_pair("server", &self.server_key, &self.server_cert)?;
@@ -367,33 +350,6 @@ impl ServerOptions {
     pub fn needs_kubernetes_client(&self) -> bool {
         self.token_auth_enabled() || self.enable_lease_controller
     }
-}
-
-/// Key then cert: each must exist when set, and each requires the other.
-fn check_pair(what: &str, key: &str, cert: &str) -> Result<(), String> {
-    if !key.is_empty() {
-        check_file(key, |p, e| {
-            format!("error checking {what} key {p}, got {e}")
-        })?;
-        if cert.is_empty() {
-            return Err(format!(
-                "cannot have {what} cert empty when {what} key is set to {}",
-                crate::go::strconv::quote(key)
-            ));
-        }
-    }
-    if !cert.is_empty() {
-        check_file(cert, |p, e| {
-            format!("error checking {what} cert {p}, got {e}")
-        })?;
-        if key.is_empty() {
-            return Err(format!(
-                "cannot have {what} key empty when {what} cert is set to {}",
-                crate::go::strconv::quote(cert)
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -22,12 +22,21 @@ pub const USER_PASS: u8 = 0x02;
 /// Method 0xFF: no acceptable methods.
 pub const NO_ACCEPTABLE_METHOD: u8 = 0xFF;
 
+/// The version byte of RFC 1929's username/password messages.
 const AUTH_VERSION: u8 = 0x01;
-const CMD_CONNECT: u8 = 0x01;
-const CMD_UDP_ASSOCIATE: u8 = 0x03;
-const ATYP_IPV4: u8 = 0x01;
-const ATYP_DOMAIN: u8 = 0x03;
-const ATYP_IPV6: u8 = 0x04;
+
+/// The `ATYP` codes of an address (RFC 1928 §5).
+mod atyp {
+    pub(super) const IPV4: u8 = 0x01;
+    pub(super) const DOMAIN: u8 = 0x03;
+    pub(super) const IPV6: u8 = 0x04;
+}
+
+/// The `CMD` codes of a request (RFC 1928 §4).
+mod cmd {
+    pub(super) const CONNECT: u8 = 0x01;
+    pub(super) const UDP_ASSOCIATE: u8 = 0x03;
+}
 
 /// The client's first message: the authentication methods it offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,18 +83,15 @@ impl fmt::Debug for UserPass {
 
 /// Parses an RFC 1929 username/password request (incremental, like the others).
 pub fn parse_user_pass(buf: &[u8]) -> Parsed<UserPass> {
-    let Some(&ver) = buf.first() else {
+    let head = version_and_count(
+        buf,
+        AUTH_VERSION,
+        SocksError::AuthVersion,
+        SocksError::NoUser,
+    );
+    let Some(ulen) = head? else {
         return Ok(None);
     };
-    if ver != AUTH_VERSION {
-        return Err(SocksError::AuthVersion(ver));
-    }
-    let Some(&ulen) = buf.get(1) else {
-        return Ok(None);
-    };
-    if ulen == 0 {
-        return Err(SocksError::NoUser);
-    }
     let uend = 2 + usize::from(ulen);
     let Some(&plen) = buf.get(uend) else {
         return Ok(None);
@@ -265,7 +271,7 @@ impl Destination {
 
     /// The client's CONNECT request for this destination.
     pub fn connect_request(&self) -> Vec<u8> {
-        let mut r = vec![VERSION, CMD_CONNECT, 0];
+        let mut r = vec![VERSION, cmd::CONNECT, 0];
         self.encode_into(&mut r);
         r
     }
@@ -290,17 +296,17 @@ impl Destination {
     fn encode_into(&self, r: &mut Vec<u8>) {
         let port = match self {
             Self::Ipv4(ip, port) => {
-                r.push(ATYP_IPV4);
+                r.push(atyp::IPV4);
                 r.extend_from_slice(&ip.octets());
                 port
             }
             Self::Ipv6(ip, port) => {
-                r.push(ATYP_IPV6);
+                r.push(atyp::IPV6);
                 r.extend_from_slice(&ip.octets());
                 port
             }
             Self::Domain(name, port) => {
-                r.push(ATYP_DOMAIN);
+                r.push(atyp::DOMAIN);
                 r.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
                 r.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
                 port
@@ -329,9 +335,9 @@ pub fn parse_reply(buf: &[u8]) -> Parsed<u8> {
         return Err(SocksError::Version(head[0]));
     }
     let addr_len = match head[3] {
-        ATYP_IPV4 => 4,
-        ATYP_IPV6 => 16,
-        ATYP_DOMAIN => match buf.get(4) {
+        atyp::IPV4 => 4,
+        atyp::IPV6 => 16,
+        atyp::DOMAIN => match buf.get(4) {
             None => return Ok(None),
             Some(&n) => 1 + usize::from(n),
         },
@@ -386,7 +392,7 @@ impl Reply {
     /// The reply message, with BND.ADDR 0.0.0.0:0: the frontend does not know the
     /// agent's local address (RFC 1928 lets the server choose what to report).
     pub const fn encode(self) -> [u8; 10] {
-        [VERSION, self as u8, 0, ATYP_IPV4, 0, 0, 0, 0, 0, 0]
+        [VERSION, self as u8, 0, atyp::IPV4, 0, 0, 0, 0, 0, 0]
     }
 
     /// The reply message with a bound address: UDP ASSOCIATE's answer names the relay
@@ -453,20 +459,29 @@ impl SocksError {
 /// the message and the number of bytes it used.
 pub type Parsed<T> = Result<Option<(T, usize)>, SocksError>;
 
+/// The two bytes that start a greeting or a username/password request: the version,
+/// which must be `version` (else `wrong(ver)`), then a count that must not be 0 (else
+/// `empty`). `None` until both have come.
+fn version_and_count(
+    buf: &[u8],
+    version: u8,
+    wrong: fn(u8) -> SocksError,
+    empty: SocksError,
+) -> Result<Option<u8>, SocksError> {
+    match (buf.first(), buf.get(1)) {
+        (None, _) => Ok(None),
+        (Some(&ver), _) if ver != version => Err(wrong(ver)),
+        (_, Some(0)) => Err(empty),
+        (_, count) => Ok(count.copied()),
+    }
+}
+
 /// Parses the method greeting: `VER NMETHODS METHODS...`.
 pub fn parse_greeting(buf: &[u8]) -> Parsed<Greeting> {
-    let Some(&ver) = buf.first() else {
+    let head = version_and_count(buf, VERSION, SocksError::Version, SocksError::NoMethods);
+    let Some(n) = head? else {
         return Ok(None);
     };
-    if ver != VERSION {
-        return Err(SocksError::Version(ver));
-    }
-    let Some(&n) = buf.get(1) else {
-        return Ok(None);
-    };
-    if n == 0 {
-        return Err(SocksError::NoMethods);
-    }
     let end = 2 + usize::from(n);
     let Some(methods) = buf.get(2..end) else {
         return Ok(None);
@@ -496,8 +511,8 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
         return Err(SocksError::Version(ver));
     }
     let command = match cmd {
-        CMD_CONNECT => Command::Connect,
-        CMD_UDP_ASSOCIATE => Command::UdpAssociate,
+        cmd::CONNECT => Command::Connect,
+        cmd::UDP_ASSOCIATE => Command::UdpAssociate,
         other => return Err(SocksError::Command(other)),
     };
     if rsv != 0 {
@@ -518,9 +533,9 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
 /// the bytes it used, `Ok(None)` while incomplete.
 fn parse_address(atyp: u8, rest: &[u8]) -> Parsed<Destination> {
     let (addr_len, skip) = match atyp {
-        ATYP_IPV4 => (4, 0),
-        ATYP_IPV6 => (16, 0),
-        ATYP_DOMAIN => match rest.first() {
+        atyp::IPV4 => (4, 0),
+        atyp::IPV6 => (16, 0),
+        atyp::DOMAIN => match rest.first() {
             None => return Ok(None),
             Some(0) => return Err(SocksError::Domain),
             Some(&n) => (usize::from(n), 1),
@@ -534,11 +549,11 @@ fn parse_address(atyp: u8, rest: &[u8]) -> Parsed<Destination> {
     let addr = &body[skip..skip + addr_len];
     let port = u16::from_be_bytes([body[end - 2], body[end - 1]]);
     let dest = match atyp {
-        ATYP_IPV4 => {
+        atyp::IPV4 => {
             let o: [u8; 4] = addr.try_into().map_err(|_| SocksError::AddressType(atyp))?;
             Destination::Ipv4(Ipv4Addr::from(o), port)
         }
-        ATYP_IPV6 => {
+        atyp::IPV6 => {
             let o: [u8; 16] = addr.try_into().map_err(|_| SocksError::AddressType(atyp))?;
             Destination::Ipv6(Ipv6Addr::from(o), port)
         }

@@ -169,8 +169,7 @@ mod tests {
         ttl: Duration,
     ) -> (TokenAuthenticator, fake::Seen, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let (kc, seen) = fake::api(responses, dir.path()).await;
-        let client = crate::connect(&kc).await.unwrap();
+        let (client, seen) = fake::client(responses, dir.path()).await;
         let want = Expectation {
             namespace: "kube-system".into(),
             service_account: "konnectivity-agent".into(),
@@ -196,8 +195,8 @@ mod tests {
             "{}",
             seen[0].1
         );
-        assert!(seen[0].2.contains("\"token\":\"tok\""));
-        assert!(seen[0].2.contains("system:konnectivity-server"));
+        fake::assert_has(&seen[0].2, "\"token\":\"tok\"");
+        fake::assert_has(&seen[0].2, "system:konnectivity-server");
     }
 
     #[tokio::test]

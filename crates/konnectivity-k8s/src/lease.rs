@@ -56,13 +56,7 @@ pub struct LeaseController {
     events: Option<std::sync::Arc<dyn LeaseEvents>>,
 }
 
-impl std::fmt::Debug for LeaseController {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseController")
-            .field("server_id", &self.server_id)
-            .finish()
-    }
-}
+debug_fields!(LeaseController { server_id } finish);
 
 impl LeaseController {
     /// A controller for `server_id`'s lease in `namespace`, labelled with `labels`.
@@ -215,13 +209,7 @@ pub struct LeaseCounter {
     selector: String,
 }
 
-impl std::fmt::Debug for LeaseCounter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseCounter")
-            .field("selector", &self.selector)
-            .finish()
-    }
-}
+debug_fields!(LeaseCounter { selector } finish);
 
 impl LeaseCounter {
     /// Counts leases in `namespace` matching `selector` (Kubernetes selector syntax).
@@ -275,6 +263,12 @@ mod tests {
         )
     }
 
+    /// A lease last renewed `ago` seconds ago.
+    fn renewed(name: &str, ago: i64) -> String {
+        let at = Timestamp::now() - SignedDuration::from_secs(ago);
+        lease_json(name, Some(at), None)
+    }
+
     /// A LeaseList response holding `items` (each from [`lease_json`]).
     fn lease_list(items: &[String]) -> String {
         format!(
@@ -310,16 +304,11 @@ mod tests {
     #[tokio::test]
     async fn garbage_collection_deletes_only_expired_leases_with_a_precondition() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Timestamp::now();
         let list = lease_list(&[
-            lease_json("konnectivity-proxy-server-live", Some(now), None),
-            lease_json(
-                "konnectivity-proxy-server-dead",
-                Some(now - SignedDuration::from_secs(300)),
-                None,
-            ),
+            renewed("konnectivity-proxy-server-live", 0),
+            renewed("konnectivity-proxy-server-dead", 300),
         ]);
-        let (kc, seen) = fake::api(
+        let (client, seen) = fake::client(
             vec![
                 (200, list),
                 (200, r#"{"kind":"Status","status":"Success"}"#.into()),
@@ -327,7 +316,6 @@ mod tests {
             dir.path(),
         )
         .await;
-        let client = crate::connect(&kc).await.unwrap();
         let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
         #[derive(Default)]
         struct Seen(std::sync::Mutex<Vec<String>>);
@@ -356,26 +344,13 @@ mod tests {
         );
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
-        assert!(
-            seen[0]
-                .1
-                .contains("labelSelector=k8s-app%3Dkonnectivity-server"),
-            "{}",
-            seen[0].1
-        );
+        fake::assert_has(&seen[0].1, "labelSelector=k8s-app%3Dkonnectivity-server");
         assert_eq!(seen[1].0, "DELETE");
-        assert!(
-            seen[1]
-                .1
-                .contains("/namespaces/kube-system/leases/konnectivity-proxy-server-dead"),
-            "{}",
-            seen[1].1
+        fake::assert_has(
+            &seen[1].1,
+            "/namespaces/kube-system/leases/konnectivity-proxy-server-dead",
         );
-        assert!(
-            seen[1].2.contains("\"resourceVersion\":\"7\""),
-            "{}",
-            seen[1].2
-        );
+        fake::assert_has(&seen[1].2, "\"resourceVersion\":\"7\"");
     }
 
     #[tokio::test]
@@ -383,8 +358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let notfound = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_owned();
         let created = lease_json("konnectivity-proxy-server-me", Some(Timestamp::now()), None);
-        let (kc, seen) = fake::api(vec![(404, notfound), (201, created)], dir.path()).await;
-        let client = crate::connect(&kc).await.unwrap();
+        let (client, seen) = fake::client(vec![(404, notfound), (201, created)], dir.path()).await;
         let labels = BTreeMap::from([("k8s-app".to_owned(), "konnectivity-server".to_owned())]);
         LeaseController::new(client, "kube-system", "me", labels)
             .renew()
@@ -403,14 +377,12 @@ mod tests {
     #[tokio::test]
     async fn the_agent_counts_only_valid_leases() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Timestamp::now();
         let list = lease_list(&[
-            lease_json("a", Some(now), None),
-            lease_json("b", None, Some(now)),
-            lease_json("c", Some(now - SignedDuration::from_secs(300)), None),
+            renewed("a", 0),
+            lease_json("b", None, Some(Timestamp::now())),
+            renewed("c", 300),
         ]);
-        let (kc, _) = fake::api(vec![(200, list)], dir.path()).await;
-        let client = crate::connect(&kc).await.unwrap();
+        let (client, _) = fake::client(vec![(200, list)], dir.path()).await;
         assert_eq!(
             LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server")
                 .count()
@@ -426,8 +398,8 @@ mod tests {
         let now = Timestamp::now();
         let list = lease_list(&[lease_json("a", Some(now), None)]);
         let forbidden = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io is forbidden","reason":"Forbidden","code":403}"#;
-        let (kc, _) = fake::api(vec![(200, list), (403, forbidden.into())], dir.path()).await;
-        let client = crate::connect(&kc).await.unwrap();
+        let (client, _) =
+            fake::client(vec![(200, list), (403, forbidden.into())], dir.path()).await;
         let c = LeaseCounter::new(client, "kube-system", "k8s-app=konnectivity-server");
         let (n, status) = c.count_with_status().await;
         assert_eq!(n.unwrap(), 1);

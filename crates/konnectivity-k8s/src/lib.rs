@@ -9,6 +9,20 @@
 //! - [`node`]: the agent's own Node's pod CIDRs, followed with a watch (`--node-name`).
 #![deny(missing_docs)]
 
+/// `Debug` for a type holding a Kubernetes API handle: its name and the fields named
+/// (the handle and callbacks are left out), ended by `finish` or `finish_non_exhaustive`.
+macro_rules! debug_fields {
+    ($ty:ident { $($field:ident),+ } $finish:ident) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))+
+                    .$finish()
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod lease;
 pub mod node;
@@ -54,7 +68,7 @@ pub(crate) mod fake {
     //! with the next canned (status, JSON body) and records what it was asked.
     use std::sync::{Arc, Mutex};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// One recorded request: method, path with query, body.
@@ -68,37 +82,32 @@ pub(crate) mod fake {
         let log = seen.clone();
         let responses = Arc::new(Mutex::new(responses.into_iter()));
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
+            while let Ok((s, _)) = l.accept().await {
                 let responses = responses.clone();
                 let log = log.clone();
                 tokio::spawn(async move {
+                    let (rd, mut wr) = s.into_split();
+                    let mut rd = tokio::io::BufReader::new(rd);
                     loop {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        let head_end = loop {
-                            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break p + 4;
-                            }
-                            match s.read(&mut chunk).await {
+                        // The request line and the headers, through the empty line.
+                        let mut head = String::new();
+                        while !head.ends_with("\r\n\r\n") {
+                            match rd.read_line(&mut head).await {
                                 Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                Ok(_) => {}
                             }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                        }
                         let len: usize = head
                             .lines()
                             .find(|l| l.to_ascii_lowercase().starts_with("content-length:"))
                             .and_then(|l| l.split(':').nth(1))
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
-                        while buf.len() < head_end + len {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
+                        let mut body = vec![0u8; len];
+                        if rd.read_exact(&mut body).await.is_err() {
+                            return;
                         }
-                        let body =
-                            String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+                        let body = String::from_utf8_lossy(&body).to_string();
                         let mut first = head.lines().next().unwrap_or("").split_whitespace();
                         let method = first.next().unwrap_or("").to_owned();
                         let path = first.next().unwrap_or("").to_owned();
@@ -112,21 +121,39 @@ pub(crate) mod fake {
                             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
                             json.len()
                         );
-                        if s.write_all(rsp.as_bytes()).await.is_err() {
+                        if wr.write_all(rsp.as_bytes()).await.is_err() {
                             return;
                         }
                     }
                 });
             }
         });
+        // JSON is YAML: the kubeconfig reader takes it as it is.
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": format!("http://{addr}")}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+            "users": [{"name": "u", "user": {"token": "test"}}],
+        });
         let kc = dir.join("kubeconfig");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: test\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kc, config.to_string()).unwrap();
         (kc.display().to_string(), seen)
+    }
+
+    /// [`api`] and a client of it.
+    pub async fn client(
+        responses: Vec<(u16, String)>,
+        dir: &std::path::Path,
+    ) -> (kube::Client, Seen) {
+        let (kc, seen) = api(responses, dir).await;
+        (crate::connect(&kc).await.unwrap(), seen)
+    }
+
+    /// Asserts that `text` (a recorded path or body) contains `part`.
+    #[track_caller]
+    pub fn assert_has(text: &str, part: &str) {
+        assert!(text.contains(part), "{part:?} in {text}");
     }
 }

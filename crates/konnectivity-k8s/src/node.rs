@@ -44,13 +44,7 @@ pub struct NodeCidrs {
     name: String,
 }
 
-impl std::fmt::Debug for NodeCidrs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCidrs")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(NodeCidrs { name } finish_non_exhaustive);
 
 impl NodeCidrs {
     /// The Node named `name` (cluster-scoped; the caller needs `get` and `watch` on
@@ -192,12 +186,11 @@ mod tests {
     async fn a_node_that_does_not_exist_has_no_pod_cidrs() {
         let dir = tempfile::tempdir().unwrap();
         let missing = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"gone\" not found","reason":"NotFound","code":404}"#;
-        let (kc, _) = crate::fake::api(
+        let (client, _) = crate::fake::client(
             vec![(404, missing.into()), (200, String::new())],
             dir.path(),
         )
         .await;
-        let client = crate::connect(&kc).await.unwrap();
         let cidrs = NodeCidrs::new(client, "gone");
         let got = follow_until(cidrs, 1).await;
         assert_eq!(got.first(), Some(&Vec::new()));
@@ -211,9 +204,8 @@ mod tests {
             r#"{"type":"MODIFIED","object":{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-2","resourceVersion":"42"},"spec":{"podCIDR":"10.244.7.0/24","podCIDRs":["10.244.7.0/24"]}}}"#,
             "\n"
         );
-        let (kc, seen) =
-            crate::fake::api(vec![(200, get.into()), (200, watch.into())], dir.path()).await;
-        let client = crate::connect(&kc).await.unwrap();
+        let (client, seen) =
+            crate::fake::client(vec![(200, get.into()), (200, watch.into())], dir.path()).await;
         let cidrs = NodeCidrs::new(client, "node-2");
         let got = follow_until(cidrs, 2).await;
         assert_eq!(got[0], ["10.244.2.0/24"], "{got:?}");

@@ -28,11 +28,19 @@ use konnectivity_core::hpack::Decoder;
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
-const HEADERS: u8 = 0x1;
-const CONTINUATION: u8 = 0x9;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+
+/// The HTTP/2 frame types rewritten here (RFC 9113 §6).
+mod frame {
+    pub(super) const HEADERS: u8 = 0x1;
+    pub(super) const CONTINUATION: u8 = 0x9;
+}
+
+/// The HEADERS and CONTINUATION flags that shape a header block (RFC 9113 §6.2).
+mod flag {
+    pub(super) const END_HEADERS: u8 = 0x4;
+    pub(super) const PADDED: u8 = 0x8;
+    pub(super) const PRIORITY: u8 = 0x20;
+}
 /// Largest header block we assemble (grpc-go's default header list limit is 16 MiB;
 /// real kube-apiserver requests carry a few hundred bytes).
 const MAX_BLOCK: usize = 1 << 20;
@@ -104,7 +112,7 @@ impl<T> AuthorityFix<T> {
                 | (usize::from(self.raw[1]) << 8)
                 | usize::from(self.raw[2]);
             let kind = self.raw[3];
-            let header_frame = kind == HEADERS || kind == CONTINUATION;
+            let header_frame = kind == frame::HEADERS || kind == frame::CONTINUATION;
             if header_frame && len > MAX_BLOCK {
                 return Err(bad("header frame too large"));
             }
@@ -116,16 +124,16 @@ impl<T> AuthorityFix<T> {
             let stream_id =
                 u32::from_be_bytes([self.raw[5], self.raw[6], self.raw[7], self.raw[8]])
                     & 0x7fff_ffff;
-            if self.pending.is_some() && kind != CONTINUATION {
+            if self.pending.is_some() && kind != frame::CONTINUATION {
                 return Err(bad("expected CONTINUATION frame"));
             }
             match kind {
-                HEADERS => {
+                frame::HEADERS => {
                     let mut frame = self.raw.split_to(FRAME_HEADER + len);
                     frame.advance(FRAME_HEADER);
                     let mut payload = frame;
                     let mut pad = 0;
-                    if flags & PADDED != 0 {
+                    if flags & flag::PADDED != 0 {
                         if payload.is_empty() {
                             return Err(bad("padded HEADERS frame without pad length"));
                         }
@@ -133,7 +141,7 @@ impl<T> AuthorityFix<T> {
                         payload.advance(1);
                     }
                     let mut priority = None;
-                    if flags & PRIORITY != 0 {
+                    if flags & flag::PRIORITY != 0 {
                         if payload.len() < 5 {
                             return Err(bad("short PRIORITY fields"));
                         }
@@ -152,11 +160,11 @@ impl<T> AuthorityFix<T> {
                         priority,
                         block: payload,
                     });
-                    if flags & END_HEADERS != 0 {
+                    if flags & flag::END_HEADERS != 0 {
                         self.emit_block()?;
                     }
                 }
-                CONTINUATION => {
+                frame::CONTINUATION => {
                     let mut frame = self.raw.split_to(FRAME_HEADER + len);
                     frame.advance(FRAME_HEADER);
                     let Some(p) = self.pending.as_mut() else {
@@ -169,7 +177,7 @@ impl<T> AuthorityFix<T> {
                         return Err(bad("header block too large"));
                     }
                     p.block.extend_from_slice(&frame);
-                    if flags & END_HEADERS != 0 {
+                    if flags & flag::END_HEADERS != 0 {
                         self.emit_block()?;
                     }
                 }
@@ -202,42 +210,34 @@ impl<T> AuthorityFix<T> {
             .map_err(|e| bad(&format!("HPACK decoding failed: {e}")))?;
         // HEADERS (keeping END_STREAM and PRIORITY, dropping padding), then
         // CONTINUATIONs if the block exceeds the frame size.
-        let mut first_room = MAX_FRAME;
-        let mut flags = p.flags & !(PADDED | END_HEADERS);
-        if let Some(prio) = p.priority {
-            first_room -= 5;
-            flags |= PRIORITY;
-            let chunk = block.len().min(first_room);
-            let last = chunk == block.len();
-            put_frame_header(
-                &mut self.out,
-                chunk + 5,
-                HEADERS,
-                if last { flags | END_HEADERS } else { flags },
-                p.stream_id,
-            );
-            self.out.extend_from_slice(&prio);
-            self.out.extend_from_slice(&block.split_to(chunk));
-        } else {
-            let chunk = block.len().min(first_room);
-            let last = chunk == block.len();
-            put_frame_header(
-                &mut self.out,
-                chunk,
-                HEADERS,
-                if last { flags | END_HEADERS } else { flags },
-                p.stream_id,
-            );
-            self.out.extend_from_slice(&block.split_to(chunk));
+        let prio: &[u8] = p.priority.as_ref().map_or(&[], |prio| prio);
+        let mut flags = p.flags & !(flag::PADDED | flag::END_HEADERS);
+        if !prio.is_empty() {
+            flags |= flag::PRIORITY;
         }
+        let chunk = block.len().min(MAX_FRAME - prio.len());
+        let last = chunk == block.len();
+        put_frame_header(
+            &mut self.out,
+            chunk + prio.len(),
+            frame::HEADERS,
+            if last {
+                flags | flag::END_HEADERS
+            } else {
+                flags
+            },
+            p.stream_id,
+        );
+        self.out.extend_from_slice(prio);
+        self.out.extend_from_slice(&block.split_to(chunk));
         while !block.is_empty() {
             let chunk = block.len().min(MAX_FRAME);
             let last = chunk == block.len();
             put_frame_header(
                 &mut self.out,
                 chunk,
-                CONTINUATION,
-                if last { END_HEADERS } else { 0 },
+                frame::CONTINUATION,
+                if last { flag::END_HEADERS } else { 0 },
                 p.stream_id,
             );
             self.out.extend_from_slice(&block.split_to(chunk));
@@ -343,29 +343,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    konnectivity_tunnel::forward_io!(write inner);
 }
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
@@ -410,7 +388,7 @@ mod tests {
             let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
             let (f, r) = rest.split_at(FRAME_HEADER + len);
             rest = r;
-            if f[3] == HEADERS {
+            if f[3] == frame::HEADERS {
                 let mut fields = Vec::new();
                 d.decode(&f[FRAME_HEADER..], MAX_LIST, |n, v| {
                     fields.push((
@@ -436,9 +414,9 @@ mod tests {
         let second = vec![0x83, 0x86, 0x80 | 63, 0x80 | 62];
         let data = frame(0x0, 0, 1, b"payload");
         let mut input = PREFACE.to_vec();
-        input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        input.extend(frame(frame::HEADERS, flag::END_HEADERS, 1, &first));
         input.extend(&data);
-        input.extend(frame(HEADERS, END_HEADERS, 3, &second));
+        input.extend(frame(frame::HEADERS, flag::END_HEADERS, 3, &second));
 
         // Fed in small pieces, as a socket may deliver it.
         let mut fix = AuthorityFix::new(());
@@ -468,9 +446,9 @@ mod tests {
         let mut fix = AuthorityFix::new(server);
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let mut input = PREFACE.to_vec();
-        input.extend(frame(HEADERS, END_HEADERS, 1, &[0x83, 0x86]));
+        input.extend(frame(frame::HEADERS, flag::END_HEADERS, 1, &[0x83, 0x86]));
         input.extend(frame(0x0, 0, 1, &payload));
-        input.extend(frame(HEADERS, END_HEADERS | 0x1, 1, &[0x88]));
+        input.extend(frame(frame::HEADERS, flag::END_HEADERS | 0x1, 1, &[0x88]));
         let writer = tokio::spawn(async move {
             client.write_all(&input).await?;
             client.shutdown().await?;
@@ -511,7 +489,7 @@ mod tests {
         let mut fix = AuthorityFix::new(());
         fix.raw.extend_from_slice(PREFACE);
         let mut h = BytesMut::new();
-        put_frame_header(&mut h, MAX_BLOCK + 1, HEADERS, END_HEADERS, 1);
+        put_frame_header(&mut h, MAX_BLOCK + 1, frame::HEADERS, flag::END_HEADERS, 1);
         fix.raw.extend_from_slice(&h);
         assert!(fix.process().is_err());
         assert!(fix.raw.capacity() < 64 * 1024);
@@ -523,7 +501,8 @@ mod tests {
         let mut block = vec![0x83];
         block.extend(indexed_literal(1, b"konnectivity:8090"));
         fix.raw.extend_from_slice(PREFACE);
-        fix.raw.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        fix.raw
+            .extend(frame(frame::HEADERS, flag::END_HEADERS, 1, &block));
         fix.process().expect("valid input");
         let out = fix.out.split().to_vec();
         assert_eq!(
@@ -535,7 +514,7 @@ mod tests {
         );
         // An index past both tables is a connection error, not a panic.
         fix.raw
-            .extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 100]));
+            .extend(frame(frame::HEADERS, flag::END_HEADERS, 3, &[0x80 | 100]));
         assert!(fix.process().is_err());
     }
 }

@@ -5,7 +5,6 @@
 //! DIAL_RSP completes a pending dial, CLOSE_RSP closes a connection. When the stream
 //! ends, only the connections dialed over *this* stream are closed, and the dials still
 //! pending on it are answered at once instead of being left to time out.
-use std::pin::Pin;
 use std::sync::Arc;
 
 use konnectivity_config::identifiers::AgentIdentifiers;
@@ -25,7 +24,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{DialFailureReason, Gauge, Segment};
-use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
+use crate::rpc::{Handled, HttpRequest, HttpResponse, StreamingRpc};
 use crate::state::{Backend, ConnEntry, DialOutcome, Established, Shared};
 
 /// The `AgentService` implementation.
@@ -84,10 +83,7 @@ impl StreamingRpc for AgentEndpoint {
     const SERVICE: &'static str = "AgentService";
     const PATH: &'static str = konnectivity_proto::CONNECT_PATH;
 
-    fn handle(
-        &self,
-        req: HttpRequest,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Status>> + Send>> {
+    fn handle(&self, req: HttpRequest) -> Handled {
         Box::pin(connect(self.shared.clone(), req))
     }
 }

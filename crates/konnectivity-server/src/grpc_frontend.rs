@@ -24,12 +24,11 @@ use konnectivity_tunnel::inbox;
 use konnectivity_tunnel::queue::Inbound;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::dial::{self, Dialing};
 use crate::metrics::{Gauge, GaugeGuard, Segment};
-use crate::rpc::{HttpRequest, HttpResponse, StreamingRpc};
+use crate::rpc::{Handled, HttpRequest, StreamingRpc};
 use crate::state::{Backend, DialOutcome, Established, Shared};
 use crate::status::document::FrontendKind;
 
@@ -59,10 +58,7 @@ impl StreamingRpc for ProxyEndpoint {
     const SERVICE: &'static str = "ProxyService";
     const PATH: &'static str = konnectivity_proto::PROXY_PATH;
 
-    fn handle(
-        &self,
-        req: HttpRequest,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Status>> + Send>> {
+    fn handle(&self, req: HttpRequest) -> Handled {
         let shared = self.shared.clone();
         let inbound = PacketReader::new(req.into_body(), shared.settings.max_message);
         let (tx, mut rx) = inbox::bounded(OUT_QUEUE);

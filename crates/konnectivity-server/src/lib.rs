@@ -167,31 +167,12 @@ pub fn admin_router(s: Arc<Shared>) -> Router {
 }
 
 /// The percent-decoded value of `key` in a URL query (`a=1&explain=10.0.0.1`); `None`
-/// when absent, empty or not UTF-8 after decoding.
+/// when absent, empty, badly escaped or not UTF-8 after decoding.
 fn query_value(query: &str, key: &str) -> Option<String> {
     let raw = query
         .split('&')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
+    let out = konnectivity_config::identifiers::query_unescape_bytes(raw).ok()?;
     String::from_utf8(out).ok().filter(|v| !v.is_empty())
 }
 
@@ -258,6 +239,27 @@ pub async fn run_with(
     f.into_iter().collect()
 }
 
+/// The next socket `accept` yields, `None` once `shutdown` fires. A failed accept (out
+/// of descriptors, a connection reset before it was taken) is logged and retried after
+/// 100 ms.
+async fn next_socket<S, A, F>(shutdown: &CancellationToken, accept: impl Fn() -> F) -> Option<S>
+where
+    F: std::future::Future<Output = std::io::Result<(S, A)>>,
+{
+    loop {
+        tokio::select! {
+            r = accept() => match r {
+                Ok((sock, _)) => return Some(sock),
+                Err(e) => {
+                    warn!(error = %e, "frontend accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
 async fn serve_frontend(
     shared: Arc<Shared>,
     mode: Mode,
@@ -297,39 +299,23 @@ async fn serve_frontend(
                 source,
             })
         }
-        (_, FrontendListener::Uds(uds)) => loop {
-            let sock = tokio::select! {
-                r = uds.accept() => match r {
-                    Ok((sock, _)) => sock,
-                    Err(e) => {
-                        warn!(error = %e, "frontend accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return Ok(()),
-            };
-            spawn_stream_frontend(shared.clone(), mode, sock, None);
-        },
-        (Mode::Socks5, FrontendListener::Loopback(tcp)) => loop {
-            let sock = tokio::select! {
-                r = tcp.accept() => match r {
-                    Ok((sock, _)) => sock,
-                    Err(e) => {
-                        warn!(error = %e, "frontend accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return Ok(()),
-            };
-            let _ = sock.set_nodelay(true);
-            let origin = match (sock.local_addr(), sock.peer_addr()) {
-                (Ok(local), Ok(peer)) => Some(socks5_udp::Origin { local, peer }),
-                _ => None,
-            };
-            spawn_stream_frontend(shared.clone(), mode, sock, origin);
-        },
+        (_, FrontendListener::Uds(uds)) => {
+            while let Some(sock) = next_socket(&shutdown, || uds.accept()).await {
+                spawn_stream_frontend(shared.clone(), mode, sock, None);
+            }
+            Ok(())
+        }
+        (Mode::Socks5, FrontendListener::Loopback(tcp)) => {
+            while let Some(sock) = next_socket(&shutdown, || tcp.accept()).await {
+                let _ = sock.set_nodelay(true);
+                let origin = match (sock.local_addr(), sock.peer_addr()) {
+                    (Ok(local), Ok(peer)) => Some(socks5_udp::Origin { local, peer }),
+                    _ => None,
+                };
+                spawn_stream_frontend(shared.clone(), mode, sock, origin);
+            }
+            Ok(())
+        }
         (Mode::HttpConnect, FrontendListener::Loopback(_)) => Err(ServerError::Unsupported(
             "a plain TCP listener serves only the SOCKS5 frontend",
         )),

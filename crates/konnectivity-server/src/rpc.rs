@@ -16,7 +16,7 @@ pub type HttpResponse = http::Response<tonic::body::Body>;
 /// The request every handler receives.
 pub type HttpRequest = http::Request<tonic::body::Body>;
 
-type Handled = Pin<Box<dyn Future<Output = Result<HttpResponse, Status>> + Send>>;
+pub(crate) type Handled = Pin<Box<dyn Future<Output = Result<HttpResponse, Status>> + Send>>;
 
 /// One streaming RPC.
 pub trait StreamingRpc: Clone + Send + Sync + 'static {

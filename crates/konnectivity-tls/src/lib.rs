@@ -346,6 +346,21 @@ pub fn diagnostic_client_accepting_any_server_certificate(
     use rustls::{DigitallySignedStruct, SignatureScheme};
     use rustls_pki_types::UnixTime;
 
+    /// The verifier's signature checks: each TLS version's own, with the provider's
+    /// algorithms.
+    macro_rules! signature_checks {
+        ($($method:ident => $check:path),+ $(,)?) => {$(
+            fn $method(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                $check(message, cert, dss, &self.0.signature_verification_algorithms)
+            }
+        )+};
+    }
+
     /// Accepts every certificate; verifies signatures with the provider's algorithms.
     #[derive(Debug)]
     struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
@@ -361,31 +376,9 @@ pub fn diagnostic_client_accepting_any_server_certificate(
         ) -> Result<ServerCertVerified, rustls::Error> {
             Ok(ServerCertVerified::assertion())
         }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
+        signature_checks! {
+            verify_tls12_signature => rustls::crypto::verify_tls12_signature,
+            verify_tls13_signature => rustls::crypto::verify_tls13_signature,
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()

@@ -140,6 +140,15 @@ fn kept() -> usize {
 mod tests {
     use super::*;
 
+    /// Checks `chunk`'s bytes, the buffers on the list while it lives (`held`) and after
+    /// it is dropped (at least one; `before` is what the list held before it was made).
+    fn check_chunk(chunk: Bytes, want: &[u8], (before, held): (usize, usize), what: &str) {
+        assert_eq!(&chunk[..], want, "{what}");
+        assert_eq!(kept(), held, "{what}: while it lives");
+        drop(chunk);
+        assert_eq!(kept(), before.max(1), "{what}: once dropped");
+    }
+
     #[tokio::test]
     async fn full_size_buffers_are_reused_small_ones_are_not_kept_and_the_list_is_bounded() {
         let data: Vec<u8> = (0..MAX_CHUNK * 2).map(|i| (i % 251) as u8).collect();
@@ -172,35 +181,21 @@ mod tests {
         let short = read_chunk(&mut &b"a log line"[..], MAX_CHUNK)
             .await
             .unwrap();
-        assert_eq!(&short[..], b"a log line");
-        assert_eq!(
-            kept(),
-            n.max(1),
-            "the buffer of a short read is back on the list"
-        );
-        drop(short);
-        assert_eq!(kept(), n.max(1));
+        let what = "the buffer of a short read is back on the list";
+        check_chunk(short, b"a log line", (n, n.max(1)), what);
 
         // Reads of more than a quarter of the full size are pooled too, and stop at `want`.
         let n = kept();
         let want = MAX_CHUNK / 2;
         let half = read_chunk(&mut &data[..], want).await.unwrap();
-        assert_eq!(&half[..], &data[..want], "a read stops at `want`");
-        assert_eq!(
-            kept(),
-            n.saturating_sub(1),
-            "a half-size read holds a pooled buffer"
-        );
-        drop(half);
-        assert_eq!(kept(), n.max(1));
+        let what = "a half-size read stops at `want` and holds a pooled buffer";
+        check_chunk(half, &data[..want], (n, n.saturating_sub(1)), what);
 
         // Large copies use the list too.
         let n = kept();
         let c = copy_chunk(&data[..MAX_CHUNK / 2]);
-        assert_eq!(&c[..], &data[..MAX_CHUNK / 2]);
-        assert_eq!(kept(), n.saturating_sub(1));
-        drop(c);
-        assert_eq!(kept(), n.max(1));
+        let what = "a large copy holds a pooled buffer";
+        check_chunk(c, &data[..MAX_CHUNK / 2], (n, n.saturating_sub(1)), what);
 
         // The list is bounded.
         let data = vec![7u8; MAX_CHUNK];

@@ -482,6 +482,16 @@ mod tests {
         lane_of(p)
     }
 
+    /// The payload sizes of the next `n` packets (all DATA).
+    fn next_sizes(out: &mut Outbound, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                let p = futures::executor::block_on(out.next()).unwrap();
+                packet::into_data(p).data.len()
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn control_packets_overtake_queued_data() {
         let (tx, mut out) = channel();
@@ -612,14 +622,7 @@ mod tests {
         // A packet that is not small is never copied or merged.
         tx.send(data(3, 10)).await.unwrap();
         tx.send(data(3, COALESCE_SMALL)).await.unwrap();
-        let sizes: Vec<_> = (0..2)
-            .map(|_| {
-                packet::into_data(futures::executor::block_on(out.next()).unwrap())
-                    .data
-                    .len()
-            })
-            .collect();
-        assert_eq!(sizes, vec![10, COALESCE_SMALL]);
+        assert_eq!(next_sizes(&mut out, 2), vec![10, COALESCE_SMALL]);
     }
 
     #[tokio::test]
@@ -628,14 +631,11 @@ mod tests {
         for n in [10, 20, 30] {
             tx.send_whole(data(1, n)).await.unwrap();
         }
-        let sizes: Vec<_> = (0..3)
-            .map(|_| {
-                packet::into_data(futures::executor::block_on(out.next()).unwrap())
-                    .data
-                    .len()
-            })
-            .collect();
-        assert_eq!(sizes, vec![10, 20, 30], "one DATA packet per datagram");
+        assert_eq!(
+            next_sizes(&mut out, 3),
+            vec![10, 20, 30],
+            "one DATA packet per datagram"
+        );
     }
 
     #[tokio::test]

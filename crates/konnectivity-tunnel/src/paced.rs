@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::outbound::Pacer;
 
@@ -28,6 +28,65 @@ pub fn set_notsent_lowat<S: std::os::fd::AsFd>(sock: &S, bytes: u32) -> io::Resu
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = (sock, bytes);
     Ok(())
+}
+
+/// Methods of `tokio`'s `AsyncRead` / `AsyncWrite` that pass straight through to the
+/// wrapped stream in the field `$inner` (which must be `Unpin`), for wrappers that add
+/// to some methods only. Written inside the `impl` block:
+///
+/// - `forward_io!(read inner)`: `poll_read`;
+/// - `forward_io!(write inner)`: every `AsyncWrite` method;
+/// - `forward_io!(flush inner)`: `is_write_vectored`, `poll_flush` and `poll_shutdown`
+///   (for a wrapper that writes itself).
+#[macro_export]
+macro_rules! forward_io {
+    (read $inner:ident) => {
+        fn poll_read(
+            mut self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            buf: &mut ::tokio::io::ReadBuf<'_>,
+        ) -> ::std::task::Poll<::std::io::Result<()>> {
+            ::tokio::io::AsyncRead::poll_read(::std::pin::Pin::new(&mut self.$inner), cx, buf)
+        }
+    };
+    (write $inner:ident) => {
+        fn poll_write(
+            mut self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            buf: &[u8],
+        ) -> ::std::task::Poll<::std::io::Result<usize>> {
+            ::tokio::io::AsyncWrite::poll_write(::std::pin::Pin::new(&mut self.$inner), cx, buf)
+        }
+        fn poll_write_vectored(
+            mut self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            bufs: &[::std::io::IoSlice<'_>],
+        ) -> ::std::task::Poll<::std::io::Result<usize>> {
+            ::tokio::io::AsyncWrite::poll_write_vectored(
+                ::std::pin::Pin::new(&mut self.$inner),
+                cx,
+                bufs,
+            )
+        }
+        $crate::forward_io!(flush $inner);
+    };
+    (flush $inner:ident) => {
+        fn is_write_vectored(&self) -> bool {
+            ::tokio::io::AsyncWrite::is_write_vectored(&self.$inner)
+        }
+        fn poll_flush(
+            mut self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+        ) -> ::std::task::Poll<::std::io::Result<()>> {
+            ::tokio::io::AsyncWrite::poll_flush(::std::pin::Pin::new(&mut self.$inner), cx)
+        }
+        fn poll_shutdown(
+            mut self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+        ) -> ::std::task::Poll<::std::io::Result<()>> {
+            ::tokio::io::AsyncWrite::poll_shutdown(::std::pin::Pin::new(&mut self.$inner), cx)
+        }
+    };
 }
 
 /// An I/O stream whose writes are reported to a [`Pacer`].
@@ -55,13 +114,7 @@ impl<T> PacedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PacedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+    crate::forward_io!(read inner);
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for PacedIo<T> {
@@ -87,15 +140,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PacedIo<T> {
         }
         r
     }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    crate::forward_io!(flush inner);
 }
 
 #[cfg(test)]

@@ -237,78 +237,64 @@ mod tests {
 
     #[test]
     fn the_servers_explanation_is_worded_as_a_finding() {
+        use RouteHow::*;
         let s = vec!["destHost".to_owned(), "defaultRoute".to_owned()];
-        let r = route(
-            &explained(
-                RouteHow::Host,
-                Some("destHost"),
-                None,
-                Some(agent("n1", 1, false)),
-                vec![],
+        let cidr = Some("10.244.2.0/24");
+        let (n1, n2) = (agent("n1", 1, false), agent("n2", 2, false));
+        // (case, the server's explanation, the finding's status if checked, words its cause has)
+        let cases: [(&str, Route, Option<Status>, &[&str]); 6] = [
+            (
+                "exact host",
+                explained(Host, Some("destHost"), None, Some(n1.clone()), vec![]),
+                Some(Status::Ok),
+                &["agent n1", "exact match"],
             ),
-            &s,
-        );
-        assert_eq!(r.status, Status::Ok);
-        assert!(
-            r.cause.contains("agent n1") && r.cause.contains("exact match"),
-            "{}",
-            r.cause
-        );
-        let r = route(
-            &explained(
-                RouteHow::Cidr,
-                Some("destHost"),
-                Some("10.244.2.0/24"),
-                Some(agent("n2", 2, false)),
-                vec![],
-            ),
-            &s,
-        );
-        assert!(
-            r.cause.contains("agent n2") && r.cause.contains("10.244.2.0/24"),
-            "{}",
-            r.cause
-        );
-        let r = route(
-            &explained(
-                RouteHow::Cidr,
-                Some("destHost"),
-                Some("10.244.2.0/24"),
-                Some(agent("n2", 2, true)),
-                vec![],
-            ),
-            &s,
-        );
-        assert_eq!(r.status, Status::Warning, "a draining agent");
-        let r = route(
-            &explained(
-                RouteHow::Random,
-                Some("defaultRoute"),
+            (
+                "announced CIDR",
+                explained(Cidr, Some("destHost"), cidr, Some(n2.clone()), vec![]),
                 None,
-                None,
-                vec![agent("n2", 2, false)],
+                &["agent n2", "10.244.2.0/24"],
             ),
-            &s,
-        );
-        assert!(
-            r.cause.contains("defaultRoute") && r.cause.contains("n2"),
-            "{}",
-            r.cause
-        );
-        let r = route(
-            &explained(
-                RouteHow::Random,
-                Some("default"),
-                None,
-                None,
-                vec![agent("n1", 1, false), agent("n2", 2, false)],
+            (
+                "a draining agent",
+                explained(
+                    Cidr,
+                    Some("destHost"),
+                    cidr,
+                    Some(agent("n2", 2, true)),
+                    vec![],
+                ),
+                Some(Status::Warning),
+                &[],
             ),
-            &s,
-        );
-        assert!(r.cause.contains("random agent among 2"), "{}", r.cause);
-        let r = route(&explained(RouteHow::NoAgent, None, None, None, vec![]), &s);
-        assert_eq!(r.status, Status::NoAgent);
-        assert!(r.cause.contains("destHost,defaultRoute"), "{}", r.cause);
+            (
+                "default route",
+                explained(Random, Some("defaultRoute"), None, None, vec![n2.clone()]),
+                None,
+                &["defaultRoute", "n2"],
+            ),
+            (
+                "random",
+                explained(Random, Some("default"), None, None, vec![n1, n2]),
+                None,
+                &["random agent among 2"],
+            ),
+            (
+                "no agent",
+                explained(NoAgent, None, None, None, vec![]),
+                Some(Status::NoAgent),
+                &["destHost,defaultRoute"],
+            ),
+        ];
+        for (case, explanation, status, words) in cases {
+            let r = route(&explanation, &s);
+            if let Some(status) = status {
+                assert_eq!(r.status, status, "{case}");
+            }
+            for w in words {
+                assert!(r.cause.contains(w), "{case}: {w:?} in {}", r.cause);
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! of each destination, dials it through the tunnel and tries TLS with what answers.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,33 +15,25 @@ use super::report::{Finding, Status, finding, ok};
 use super::route::{fetch_status, route, status_finding};
 use super::{Output, go_duration, host_port};
 
-/// Arguments of `konnectivity doctor server`.
+/// Arguments of `konnectivity doctor server`. The frontend flags are [`FrontendArgs`]'s,
+/// with help for this command.
+///
+/// [`FrontendArgs`]: crate::FrontendArgs
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("ca", |a| a.help("CA that signed the server certificate (with --tcp)")),
+    mut_arg("cert", |a| a.help("Client certificate (with --tcp)")),
+    mut_arg("key", |a| a.help("Client key (with --tcp)")),
+    mut_arg("http_connect", |a| {
+        a.help("Use the HTTP-CONNECT frontend (a server in `--mode=http-connect`)")
+    })
+)]
 pub(super) struct ServerArgs {
     /// The server's admin address (`--admin-bind-address:--admin-port`), for `/status`.
     #[arg(long)]
     admin: String,
-    /// The server's frontend UNIX socket (`--uds-name`).
-    #[arg(long)]
-    uds: Option<PathBuf>,
-    /// The server's frontend TCP address (mTLS).
-    #[arg(long)]
-    tcp: Option<String>,
-    /// CA that signed the server certificate (with --tcp).
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Client certificate (with --tcp).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// Client key (with --tcp).
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Server name to verify (default: the host of --tcp).
-    #[arg(long)]
-    server_name: Option<String>,
-    /// Use the HTTP-CONNECT frontend (a server in `--mode=http-connect`).
-    #[arg(long)]
-    http_connect: bool,
+    #[command(flatten)]
+    fe: crate::FrontendArgs,
     /// A destination to check: a node IP or name as kube-apiserver dials it
     /// (repeatable).
     #[arg(long = "node", value_name = "IP_OR_NAME")]
@@ -68,14 +59,7 @@ pub(super) struct ServerArgs {
 }
 
 pub(super) async fn run(a: ServerArgs) -> anyhow::Result<Vec<Finding>> {
-    let frontend = crate::frontend(
-        a.uds.clone(),
-        a.tcp.clone(),
-        a.ca.clone(),
-        a.cert.clone(),
-        a.key.clone(),
-        a.server_name.clone(),
-    )?;
+    let frontend = a.fe.frontend()?;
     let mut out = Vec::new();
     let status = fetch_status(&a.admin, a.timeout, None).await;
     out.push(status_finding(&a.admin, &status));
@@ -174,7 +158,7 @@ async fn dial(
 async fn probe(f: &Frontend, a: &ServerArgs, dest: &str) -> Vec<Finding> {
     let addr = host_port(dest, a.port);
     let started = std::time::Instant::now();
-    let io = match dial(f, a.http_connect, &addr, a.timeout).await {
+    let io = match dial(f, a.fe.http_connect, &addr, a.timeout).await {
         Ok(io) => io,
         Err(e) => return vec![classify_dial(&addr, dest, a.port, a.timeout, &e)],
     };

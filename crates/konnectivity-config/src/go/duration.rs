@@ -295,58 +295,69 @@ mod tests {
     #[test]
     fn parses_go_duration_syntax() {
         let s = SECOND as i64;
-        assert_eq!(p("1h0m0s"), 3600 * s);
-        assert_eq!(p("100ms"), 100_000_000);
-        assert_eq!(p("1.5h"), 5400 * s);
-        assert_eq!(p("0"), 0);
-        assert_eq!(p("-0"), 0);
-        assert_eq!(p("+0"), 0);
-        assert_eq!(p("0s"), 0);
-        assert_eq!(p("-1s"), -s);
-        assert_eq!(p("+1s"), s);
-        assert_eq!(p("1s"), s);
-        assert_eq!(p("10s"), 10 * s);
-        assert_eq!(p("1h30m"), 5400 * s);
-        assert_eq!(p("300ms"), 300_000_000);
-        assert_eq!(p("1m0s"), 60 * s);
-        assert_eq!(p("1ns"), 1);
-        assert_eq!(p("1us"), 1_000);
-        assert_eq!(p("1µs"), 1_000);
-        assert_eq!(p("1μs"), 1_000);
-        assert_eq!(p(".5s"), 500_000_000);
-        assert_eq!(p("1.s"), s);
-        assert_eq!(p("1.0000000001s"), s);
-        assert_eq!(p("2562047h47m16.854775807s"), i64::MAX);
-        assert_eq!(p("-2562047h47m16.854775808s"), i64::MIN);
+        // Whole seconds.
+        for (text, secs) in [
+            ("1h0m0s", 3600),
+            ("1.5h", 5400),
+            ("-1s", -1),
+            ("+1s", 1),
+            ("1s", 1),
+            ("10s", 10),
+            ("1h30m", 5400),
+            ("1m0s", 60),
+            ("1.s", 1),
+            ("1.0000000001s", 1),
+        ] {
+            assert_eq!(p(text), secs * s, "{text:?}");
+        }
+        // Nanoseconds.
+        for (text, nanos) in [
+            ("100ms", 100_000_000),
+            ("0", 0),
+            ("-0", 0),
+            ("+0", 0),
+            ("0s", 0),
+            ("300ms", 300_000_000),
+            ("1ns", 1),
+            ("1us", 1_000),
+            ("1µs", 1_000),
+            ("1μs", 1_000),
+            (".5s", 500_000_000),
+            ("2562047h47m16.854775807s", i64::MAX),
+            ("-2562047h47m16.854775808s", i64::MIN),
+        ] {
+            assert_eq!(p(text), nanos, "{text:?}");
+        }
     }
 
     #[test]
     fn rejects_invalid_durations_with_go_messages() {
         let err = |s: &str| GoDuration::parse(s).unwrap_err().to_string();
-        assert_eq!(err(""), "time: invalid duration \"\"");
-        assert_eq!(err("x"), "time: invalid duration \"x\"");
-        assert_eq!(err("-"), "time: invalid duration \"-\"");
-        assert_eq!(err("."), "time: invalid duration \".\"");
-        assert_eq!(err("1"), "time: missing unit in duration \"1\"");
-        assert_eq!(err("10"), "time: missing unit in duration \"10\"");
-        assert_eq!(err("1d"), "time: unknown unit \"d\" in duration \"1d\"");
-        assert_eq!(
-            err("1h-1s"),
-            "time: unknown unit \"h-\" in duration \"1h-1s\""
-        );
-        assert_eq!(err("1s-"), "time: unknown unit \"s-\" in duration \"1s-\"");
-        assert_eq!(err("1h1"), "time: missing unit in duration \"1h1\"");
-        assert_eq!(err("-x"), "time: invalid duration \"-x\"");
-        assert_eq!(err("3000000h"), "time: invalid duration \"3000000h\"");
-        assert_eq!(err("1 s"), "time: unknown unit \" s\" in duration \"1 s\"");
-        assert_eq!(
-            err("2562047h47m16.854775808s"),
-            "time: invalid duration \"2562047h47m16.854775808s\""
-        );
-        assert_eq!(
-            err("1é"),
-            "time: unknown unit \"\\xc3\\xa9\" in duration \"1\\xc3\\xa9\""
-        );
+        for (text, want) in [
+            ("", "time: invalid duration \"\""),
+            ("x", "time: invalid duration \"x\""),
+            ("-", "time: invalid duration \"-\""),
+            (".", "time: invalid duration \".\""),
+            ("1", "time: missing unit in duration \"1\""),
+            ("10", "time: missing unit in duration \"10\""),
+            ("1d", "time: unknown unit \"d\" in duration \"1d\""),
+            ("1h-1s", "time: unknown unit \"h-\" in duration \"1h-1s\""),
+            ("1s-", "time: unknown unit \"s-\" in duration \"1s-\""),
+            ("1h1", "time: missing unit in duration \"1h1\""),
+            ("-x", "time: invalid duration \"-x\""),
+            ("3000000h", "time: invalid duration \"3000000h\""),
+            ("1 s", "time: unknown unit \" s\" in duration \"1 s\""),
+            (
+                "2562047h47m16.854775808s",
+                "time: invalid duration \"2562047h47m16.854775808s\"",
+            ),
+            (
+                "1é",
+                "time: unknown unit \"\\xc3\\xa9\" in duration \"1\\xc3\\xa9\"",
+            ),
+        ] {
+            assert_eq!(err(text), want, "{text:?}");
+        }
     }
 
     #[test]

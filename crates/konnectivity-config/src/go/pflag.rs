@@ -216,6 +216,20 @@ pub struct ParsedFlags {
     positional: Vec<String>,
 }
 
+/// Getters of [`ParsedFlags`] for the flag kinds whose value is `Copy`: the last value
+/// of the flag `name` when it has that kind.
+macro_rules! typed_getters {
+    ($($(#[$doc:meta])* $getter:ident -> $ty:ty = $variant:ident;)+) => {$(
+        $(#[$doc])*
+        pub fn $getter(&self, name: &str) -> Option<$ty> {
+            match self.value(name) {
+                Some(FlagValue::$variant(v)) => Some(*v),
+                _ => None,
+            }
+        }
+    )+};
+}
+
 impl ParsedFlags {
     /// The last value assigned to any of `names` (aliases writing one variable share it).
     pub fn last_of(&self, names: &[&str]) -> Option<&FlagValue> {
@@ -244,44 +258,17 @@ impl ParsedFlags {
         }
     }
 
-    /// Last value of a bool flag.
-    pub fn bool(&self, name: &str) -> Option<bool> {
-        match self.value(name) {
-            Some(FlagValue::Bool(b)) => Some(*b),
-            _ => None,
-        }
-    }
-
-    /// Last value of an int flag.
-    pub fn int(&self, name: &str) -> Option<i64> {
-        match self.value(name) {
-            Some(FlagValue::Int(i)) => Some(*i),
-            _ => None,
-        }
-    }
-
-    /// Last value of a uint64 flag.
-    pub fn uint64(&self, name: &str) -> Option<u64> {
-        match self.value(name) {
-            Some(FlagValue::Uint64(u)) => Some(*u),
-            _ => None,
-        }
-    }
-
-    /// Last value of a float32 flag.
-    pub fn float32(&self, name: &str) -> Option<f32> {
-        match self.value(name) {
-            Some(FlagValue::Float32(f)) => Some(*f),
-            _ => None,
-        }
-    }
-
-    /// Last value of a duration flag.
-    pub fn duration(&self, name: &str) -> Option<GoDuration> {
-        match self.value(name) {
-            Some(FlagValue::Duration(d)) => Some(*d),
-            _ => None,
-        }
+    typed_getters! {
+        /// Last value of a bool flag.
+        bool -> bool = Bool;
+        /// Last value of an int flag.
+        int -> i64 = Int;
+        /// Last value of a uint64 flag.
+        uint64 -> u64 = Uint64;
+        /// Last value of a float32 flag.
+        float32 -> f32 = Float32;
+        /// Last value of a duration flag.
+        duration -> GoDuration = Duration;
     }
 
     /// Accumulated value of a string-slice flag.
@@ -660,14 +647,18 @@ mod tests {
             let p = run(&[&format!("--enabled={v}")]).unwrap();
             assert_eq!(p.bool("enabled"), Some(want), "{v}");
         }
-        assert_eq!(
-            err(&["--enabled=yes"]),
-            "invalid argument \"yes\" for \"--enabled\" flag: strconv.ParseBool: parsing \"yes\": invalid syntax"
-        );
-        assert_eq!(
-            err(&["--tostderr=yes"]),
-            "invalid argument \"yes\" for \"--tostderr\" flag: parse error"
-        );
+        for (arg, want) in [
+            (
+                "--enabled=yes",
+                "invalid argument \"yes\" for \"--enabled\" flag: strconv.ParseBool: parsing \"yes\": invalid syntax",
+            ),
+            (
+                "--tostderr=yes",
+                "invalid argument \"yes\" for \"--tostderr\" flag: parse error",
+            ),
+        ] {
+            assert_eq!(err(&[arg]), want, "{arg}");
+        }
     }
 
     #[test]
@@ -747,18 +738,22 @@ mod tests {
         assert_eq!(p.duration("wait"), Some(GoDuration::from_secs(5400)));
         assert_eq!(p.float32("qps"), Some(2.5));
         assert_eq!(p.uint64("size"), Some(16));
-        assert_eq!(
-            err(&["--wait=5"]),
-            "invalid argument \"5\" for \"--wait\" flag: time: missing unit in duration \"5\""
-        );
-        assert_eq!(
-            err(&["--size=-1"]),
-            "invalid argument \"-1\" for \"--size\" flag: parse error"
-        );
-        assert_eq!(
-            err(&["--qps=x"]),
-            "invalid argument \"x\" for \"--qps\" flag: strconv.ParseFloat: parsing \"x\": invalid syntax"
-        );
+        for (arg, want) in [
+            (
+                "--wait=5",
+                "invalid argument \"5\" for \"--wait\" flag: time: missing unit in duration \"5\"",
+            ),
+            (
+                "--size=-1",
+                "invalid argument \"-1\" for \"--size\" flag: parse error",
+            ),
+            (
+                "--qps=x",
+                "invalid argument \"x\" for \"--qps\" flag: strconv.ParseFloat: parsing \"x\": invalid syntax",
+            ),
+        ] {
+            assert_eq!(err(&[arg]), want, "{arg}");
+        }
     }
 
     #[test]
@@ -776,13 +771,17 @@ mod tests {
         assert_eq!(run(&["-v", "3"]).unwrap().int("v"), Some(3));
         assert_eq!(run(&["-v5"]).unwrap().int("v"), Some(5));
         assert_eq!(run(&["--v=6"]).unwrap().int("v"), Some(6));
-        assert_eq!(
-            err(&["-v=x"]),
-            "invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax"
-        );
-        assert_eq!(err(&["-v"]), "flag needs an argument: 'v' in -v");
-        assert_eq!(err(&["-x"]), "unknown shorthand flag: 'x' in -x");
-        assert_eq!(err(&["-name=x"]), "unknown shorthand flag: 'n' in -name=x");
+        for (arg, want) in [
+            (
+                "-v=x",
+                "invalid argument \"x\" for \"-v, --v\" flag: strconv.ParseInt: parsing \"x\": invalid syntax",
+            ),
+            ("-v", "flag needs an argument: 'v' in -v"),
+            ("-x", "unknown shorthand flag: 'x' in -x"),
+            ("-name=x", "unknown shorthand flag: 'n' in -name=x"),
+        ] {
+            assert_eq!(err(&[arg]), want, "{arg}");
+        }
     }
 
     #[test]
@@ -794,11 +793,15 @@ mod tests {
 
     #[test]
     fn unknown_flag_and_missing_argument_use_pflag_wording() {
-        assert_eq!(err(&["--bogus"]), "unknown flag: --bogus");
-        assert_eq!(err(&["--bogus=1"]), "unknown flag: --bogus");
-        assert_eq!(err(&["--name"]), "flag needs an argument: --name");
-        assert_eq!(err(&["---x"]), "bad flag syntax: ---x");
-        assert_eq!(err(&["--=x"]), "bad flag syntax: --=x");
+        for (arg, want) in [
+            ("--bogus", "unknown flag: --bogus"),
+            ("--bogus=1", "unknown flag: --bogus"),
+            ("--name", "flag needs an argument: --name"),
+            ("---x", "bad flag syntax: ---x"),
+            ("--=x", "bad flag syntax: --=x"),
+        ] {
+            assert_eq!(err(&[arg]), want, "{arg}");
+        }
     }
 
     #[test]
@@ -842,16 +845,25 @@ mod tests {
                 .unwrap_or_default()
                 .to_owned()
         };
-        assert!(line("mode").contains("--mode string"));
-        assert!(line("mode").ends_with("a mode (default \"grpc\")"));
-        assert!(line("name").ends_with("a string"));
-        assert!(line("port").contains("--port int"));
-        assert!(line("port").ends_with("(default 8090)"));
-        assert!(line("enabled").ends_with("a bool"));
-        assert!(line("on").ends_with("(default true)"));
-        assert!(line("list").contains("--list strings"));
-        assert!(line("wait").ends_with("(default 1h0m0s)"));
-        assert!(line("size").contains("--size uint"));
+        // Each flag's line: the name and type, the help and default at its end.
+        for (flag, text) in [
+            ("mode", "--mode string"),
+            ("port", "--port int"),
+            ("list", "--list strings"),
+            ("size", "--size uint"),
+        ] {
+            assert!(line(flag).contains(text), "--{flag}: {text:?}");
+        }
+        for (flag, text) in [
+            ("mode", "a mode (default \"grpc\")"),
+            ("name", "a string"),
+            ("port", "(default 8090)"),
+            ("enabled", "a bool"),
+            ("on", "(default true)"),
+            ("wait", "(default 1h0m0s)"),
+        ] {
+            assert!(line(flag).ends_with(text), "--{flag}: {text:?}");
+        }
         assert!(line("v").starts_with("  -v, --v int"));
         assert!(line("help").starts_with("  -h, --help "));
         // All help texts start in one column.

@@ -331,32 +331,26 @@ mod tests {
                 .to_string(),
             "strconv.ParseInt: parsing \"9223372036854775808\": value out of range"
         );
-        assert_eq!(
-            parse_int("2147483648", 10, 32).unwrap_err().kind,
-            NumErrorKind::Range
-        );
-        assert_eq!(
-            parse_int("0x10", 10, 32).unwrap_err().kind,
-            NumErrorKind::Syntax
-        );
-        assert_eq!(
-            parse_int("1_0", 10, 32).unwrap_err().kind,
-            NumErrorKind::Syntax
-        );
+        for (text, base, bits, kind) in [
+            ("2147483648", 10, 32, NumErrorKind::Range),
+            ("0x10", 10, 32, NumErrorKind::Syntax),
+            ("1_0", 10, 32, NumErrorKind::Syntax),
+        ] {
+            assert_eq!(
+                parse_int(text, base, bits).unwrap_err().kind,
+                kind,
+                "{text}"
+            );
+        }
     }
 
     #[test]
     fn parse_uint_rejects_sign_and_overflow() {
         assert_eq!(parse_uint("1800", 0, 64), Ok(1800));
         assert_eq!(parse_uint("18446744073709551615", 0, 64), Ok(u64::MAX));
-        assert_eq!(
-            parse_uint("18446744073709551616", 0, 64).unwrap_err().kind,
-            NumErrorKind::Range
-        );
-        assert_eq!(
-            parse_uint("-1", 0, 64).unwrap_err().kind,
-            NumErrorKind::Syntax
-        );
+        let kind = |text| parse_uint(text, 0, 64).map_err(|e| e.kind);
+        assert_eq!(kind("18446744073709551616"), Err(NumErrorKind::Range));
+        assert_eq!(kind("-1"), Err(NumErrorKind::Syntax));
     }
 
     #[test]

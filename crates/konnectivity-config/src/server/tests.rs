@@ -1,27 +1,18 @@
 //! Unit tests of `proxy-server`'s flags: defaults, parsing, and each validation rule.
 
 use super::*;
-use std::path::PathBuf;
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
-}
+use crate::testing::*;
 
 fn parse(a: &[&str]) -> ServerOptions {
-    match ServerOptions::parse(args(a)) {
-        Ok(o) => o,
-        Err(e) => panic!("parse {a:?}: {e}"),
-    }
+    crate::testing::parse(a)
 }
 
-/// A file that exists for the duration of the test process.
-fn existing_file(name: &str) -> String {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("konnectivity-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, b"x").unwrap();
-    path.to_string_lossy().into_owned()
+/// `o` with the server CA of [`valid`].
+fn with_valid_ca(o: ServerOptions) -> ServerOptions {
+    ServerOptions {
+        server_ca_cert: valid().server_ca_cert,
+        ..o
+    }
 }
 
 /// Options that pass validation: TCP mode with a server CA that exists.
@@ -31,35 +22,10 @@ fn valid() -> ServerOptions {
     o
 }
 
-fn invalid_message(o: &ServerOptions) -> String {
-    match o.validate() {
-        Err(ConfigError::Invalid(msg)) => msg
-            .strip_prefix("failed to validate server options with ")
-            .unwrap_or_else(|| panic!("missing prefix: {msg}"))
-            .to_owned(),
-        other => panic!("expected a validation error, got {other:?}"),
-    }
-}
-
-const MISSING: &str = "/nonexistent/konnectivity/file";
-
 #[test]
 fn defaults_equal_the_spec_table() {
     let o = ServerOptions::with_server_id("sid".to_owned());
-    let values = o.flag_values();
-    let specs = server_flags();
-    assert_eq!(values.len(), specs.len());
-    for spec in specs {
-        let value = values
-            .iter()
-            .find(|(n, _)| *n == spec.name)
-            .map(|(_, v)| v.as_str());
-        if spec.name == "server-id" {
-            assert_eq!(value, Some("sid"));
-        } else {
-            assert_eq!(value, Some(spec.default), "default of --{}", spec.name);
-        }
-    }
+    assert_defaults(&o.flag_values(), server_flags(), Some(("server-id", "sid")));
     assert_eq!(o.mode().unwrap(), Mode::Grpc);
     assert_eq!(o.proxy_strategies().unwrap(), [ProxyStrategy::Default]);
     assert_eq!(o.tls_min_version().unwrap(), TlsVersion::Tls12);
@@ -116,13 +82,7 @@ fn flag_table_matches_spec_types() {
         ("backend-dial-timeout", "duration"),
         ("warn-on-channel-limit", "bool"),
     ];
-    for (name, ty) in expect {
-        let spec = server_flags()
-            .iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("{name}"));
-        assert_eq!(spec.value_type(), ty, "{name}");
-    }
+    assert_value_types(server_flags(), &expect);
     for klog in [
         "v",
         "vmodule",
@@ -141,12 +101,7 @@ fn flag_table_matches_spec_types() {
     ] {
         assert!(server_flags().iter().any(|s| s.name == klog), "{klog}");
     }
-    let hidden: Vec<_> = server_flags()
-        .iter()
-        .filter(|s| s.hidden)
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(hidden, ["warn-on-channel-limit"]);
+    assert_eq!(hidden(server_flags()), ["warn-on-channel-limit"]);
 }
 
 #[test]
@@ -207,48 +162,50 @@ fn every_flag_is_read_into_its_field() {
         "--logtostderr=false",
         "-v=2",
     ]);
-    let mut want = ServerOptions::with_server_id("s1".to_owned());
-    want.server_cert = "sc".into();
-    want.server_key = "sk".into();
-    want.server_ca_cert = "sca".into();
-    want.cluster_cert = "cc".into();
-    want.cluster_key = "ck".into();
-    want.cluster_ca_cert = "cca".into();
-    want.mode = "http-connect".into();
-    want.uds_name = "/s.sock".into();
-    want.delete_existing_uds_file = false;
-    want.server_port = 0;
-    want.server_bind_address = "1.1.1.1".into();
-    want.agent_port = 9001;
-    want.agent_bind_address = "2.2.2.2".into();
-    want.admin_port = 9002;
-    want.admin_bind_address = "3.3.3.3".into();
-    want.health_port = 9003;
-    want.health_bind_address = "4.4.4.4".into();
-    want.keepalive_time = GoDuration::from_secs(30);
-    want.frontend_keepalive_time = GoDuration::from_secs(45);
-    want.enable_profiling = true;
-    want.enable_contention_profiling = true;
-    want.server_count = 3;
-    want.agent_namespace = "ns".into();
-    want.agent_service_account = "sa".into();
-    want.authentication_audience = "aud".into();
-    want.kubeconfig = "/kc".into();
-    want.kubeconfig_qps = 2.5;
-    want.kubeconfig_burst = 7;
-    want.kube_api_content_type = "application/json".into();
-    want.proxy_strategies = "destHost,default".into();
-    want.cipher_suites = vec!["TLS_AES_128_GCM_SHA256".into()];
-    want.tls_min_version = "VersionTLS13".into();
-    want.xfr_channel_size = 20;
-    want.enable_lease_controller = true;
-    want.lease_namespace = "ns2".into();
-    want.lease_label = "a=b".into();
-    want.graceful_shutdown_timeout = GoDuration::from_secs(5);
-    want.backend_dial_timeout = GoDuration::from_millis(500);
+    let mut want = ServerOptions {
+        server_cert: "sc".into(),
+        server_key: "sk".into(),
+        server_ca_cert: "sca".into(),
+        cluster_cert: "cc".into(),
+        cluster_key: "ck".into(),
+        cluster_ca_cert: "cca".into(),
+        mode: "http-connect".into(),
+        uds_name: "/s.sock".into(),
+        delete_existing_uds_file: false,
+        server_port: 0,
+        server_bind_address: "1.1.1.1".into(),
+        agent_port: 9001,
+        agent_bind_address: "2.2.2.2".into(),
+        admin_port: 9002,
+        admin_bind_address: "3.3.3.3".into(),
+        health_port: 9003,
+        health_bind_address: "4.4.4.4".into(),
+        keepalive_time: GoDuration::from_secs(30),
+        frontend_keepalive_time: GoDuration::from_secs(45),
+        enable_profiling: true,
+        enable_contention_profiling: true,
+        server_count: 3,
+        agent_namespace: "ns".into(),
+        agent_service_account: "sa".into(),
+        authentication_audience: "aud".into(),
+        kubeconfig: "/kc".into(),
+        kubeconfig_qps: 2.5,
+        kubeconfig_burst: 7,
+        kube_api_content_type: "application/json".into(),
+        proxy_strategies: "destHost,default".into(),
+        cipher_suites: vec!["TLS_AES_128_GCM_SHA256".into()],
+        tls_min_version: "VersionTLS13".into(),
+        xfr_channel_size: 20,
+        enable_lease_controller: true,
+        lease_namespace: "ns2".into(),
+        lease_label: "a=b".into(),
+        graceful_shutdown_timeout: GoDuration::from_secs(5),
+        backend_dial_timeout: GoDuration::from_millis(500),
+        explicit_flags: o.explicit_flags.clone(),
+        ..ServerOptions::with_server_id("s1".to_owned())
+    };
     want.log.logtostderr = false;
     want.log.v = 2;
-    want.explicit_flags = o.explicit_flags.clone();
     assert_eq!(o, want);
     assert_eq!(o.explicit_flags.len(), 41);
     assert_eq!(o.explicit_flags[0], "server-cert");
@@ -302,19 +259,16 @@ fn warn_on_channel_limit_is_a_deprecated_no_op() {
 
 #[test]
 fn help_lists_flags_but_not_hidden_ones() {
-    match ServerOptions::parse(args(&["--help"])) {
-        Err(ConfigError::Help(text)) => {
-            assert!(text.starts_with("Usage:\n  proxy [flags]"));
-            assert!(text.contains("--mode string"));
-            assert!(text.contains("(default \"grpc\")"));
-            assert!(text.contains("--keepalive-time duration"));
-            assert!(text.contains("(default 1h0m0s)"));
-            assert!(text.contains("--cipher-suites strings"));
-            assert!(text.contains("-v, --v Level"));
-            assert!(!text.contains("warn-on-channel-limit"));
-        }
-        other => panic!("expected help, got {other:?}"),
-    }
+    let has = [
+        "--mode string",
+        "(default \"grpc\")",
+        "--keepalive-time duration",
+        "(default 1h0m0s)",
+        "--cipher-suites strings",
+        "-v, --v Level",
+    ];
+    let lacks = ["warn-on-channel-limit"];
+    assert_help::<ServerOptions>("--help", "Usage:\n  proxy [flags]", (&has, &lacks));
 }
 
 #[test]
@@ -343,106 +297,17 @@ fn valid_baseline_passes() {
 }
 
 #[test]
-fn rule_1_server_key_missing_or_without_cert() {
-    let o = ServerOptions {
-        server_key: MISSING.into(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!(
-            "error checking server key {MISSING}, got stat {MISSING}: no such file or directory"
-        )
-    );
-    let key = existing_file("server.key");
-    let o = ServerOptions {
-        server_key: key.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have server cert empty when server key is set to \"{key}\"")
-    );
-}
-
-#[test]
-fn rule_2_server_cert_missing_or_without_key() {
-    let o = ServerOptions {
-        server_cert: MISSING.into(),
-        ..valid()
-    };
-    assert!(
-        invalid_message(&o).starts_with(&format!("error checking server cert {MISSING}, got "))
-    );
-    let cert = existing_file("server.crt");
-    let o = ServerOptions {
-        server_cert: cert.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have server key empty when server cert is set to \"{cert}\"")
-    );
-    let o = ServerOptions {
-        server_cert: cert,
-        server_key: existing_file("server.key"),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
-}
-
-#[test]
-fn rule_3_server_ca_missing() {
-    let o = ServerOptions {
-        server_ca_cert: MISSING.into(),
-        ..valid()
-    };
-    assert!(
-        invalid_message(&o).starts_with(&format!("error checking server CA cert {MISSING}, got "))
-    );
-}
-
-#[test]
-fn rules_4_to_6_cluster_files() {
-    let o = ServerOptions {
-        cluster_key: MISSING.into(),
-        ..valid()
-    };
-    assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster key {MISSING}, got "))
-    );
-    let key = existing_file("cluster.key");
-    let o = ServerOptions {
-        cluster_key: key.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have cluster cert empty when cluster key is set to \"{key}\"")
-    );
-    let o = ServerOptions {
-        cluster_cert: MISSING.into(),
-        ..valid()
-    };
-    assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster cert {MISSING}, got "))
-    );
-    let cert = existing_file("cluster.crt");
-    let o = ServerOptions {
-        cluster_cert: cert.clone(),
-        ..valid()
-    };
-    assert_eq!(
-        invalid_message(&o),
-        format!("cannot have cluster key empty when cluster cert is set to \"{cert}\"")
-    );
-    let o = ServerOptions {
-        cluster_ca_cert: MISSING.into(),
-        ..valid()
-    };
-    assert!(
-        invalid_message(&o).starts_with(&format!("error checking cluster CA cert {MISSING}, got "))
-    );
+fn rules_1_to_6_key_cert_and_ca_files() {
+    assert_pair_rules(valid, "server", |o| {
+        [&mut o.server_key, &mut o.server_cert, &mut o.server_ca_cert]
+    });
+    assert_pair_rules(valid, "cluster", |o| {
+        [
+            &mut o.cluster_key,
+            &mut o.cluster_cert,
+            &mut o.cluster_ca_cert,
+        ]
+    });
 }
 
 #[test]
@@ -455,11 +320,7 @@ fn rule_7_mode() {
         invalid_message(&o),
         "mode must be set to either 'grpc' or 'http-connect' not \"http\""
     );
-    let o = ServerOptions {
-        mode: "http-connect".into(),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(checked(valid(), |o| o.mode = "http-connect".into()), Ok(()));
 }
 
 #[test]
@@ -548,13 +409,11 @@ fn rules_9_and_10_port_boundaries() {
         "please do not try to use reserved port 0 for the agent port"
     );
     // Ephemeral checks run for all ports before reserved checks.
-    let o = ServerOptions {
-        server_port: 80,
-        health_port: 60000,
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| {
+            o.server_port = 80;
+            o.health_port = 60000;
+        }),
         "please do not try to use ephemeral port 60000 for the health port"
     );
 }
@@ -569,12 +428,13 @@ fn rule_11_contention_profiling_needs_profiling() {
         invalid_message(&o),
         "if --enable-contention-profiling is set, --enable-profiling must also be set"
     );
-    let o = ServerOptions {
-        enable_contention_profiling: true,
-        enable_profiling: true,
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| {
+            o.enable_contention_profiling = true;
+            o.enable_profiling = true;
+        }),
+        Ok(())
+    );
 }
 
 #[test]
@@ -632,11 +492,10 @@ fn rule_13_kubeconfig_must_exist() {
             "checking KubeconfigPath \"{MISSING}\", got stat {MISSING}: no such file or directory"
         )
     );
-    let o = ServerOptions {
-        kubeconfig: existing_file("kubeconfig"),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| o.kubeconfig = existing_file("kubeconfig")),
+        Ok(())
+    );
 }
 
 #[test]
@@ -645,21 +504,23 @@ fn rule_14_proxy_strategies() {
         proxy_strategies: s.into(),
         ..valid()
     };
-    assert_eq!(
-        invalid_message(&with("")),
-        "ProxyStrategies cannot be empty"
-    );
-    assert_eq!(
-        invalid_message(&with("invalid")),
-        "invalid proxy strategies: unknown proxy strategy: invalid"
-    );
-    assert_eq!(
-        invalid_message(&with("DestHost")),
-        "invalid proxy strategies: unknown proxy strategy: DestHost"
-    );
-    assert_eq!(
-        invalid_message(&with(",,")),
-        "invalid proxy strategies: proxy strategies cannot be empty"
+    assert_rejections(
+        with,
+        &[
+            ("", "ProxyStrategies cannot be empty"),
+            (
+                "invalid",
+                "invalid proxy strategies: unknown proxy strategy: invalid",
+            ),
+            (
+                "DestHost",
+                "invalid proxy strategies: unknown proxy strategy: DestHost",
+            ),
+            (
+                ",,",
+                "invalid proxy strategies: proxy strategies cannot be empty",
+            ),
+        ],
     );
     assert_eq!(with("destHost,,defaultRoute,").validate(), Ok(()));
     assert_eq!(
@@ -677,26 +538,13 @@ fn rule_14_proxy_strategies() {
 
 #[test]
 fn rule_15_channel_size() {
-    for n in [0, -10] {
-        let o = ServerOptions {
-            xfr_channel_size: n,
-            ..valid()
-        };
-        assert_eq!(
-            invalid_message(&o),
-            format!("channel size {n} must be greater than 0")
-        );
-    }
+    assert_channel_size_rule(valid, |o| &mut o.xfr_channel_size);
 }
 
 #[test]
 fn rule_16_tls_version() {
-    let o = ServerOptions {
-        tls_min_version: "VersionTLS14".into(),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.tls_min_version = "VersionTLS14".into()),
         "unsupported TLS version \"VersionTLS14\", supported values are: VersionTLS10, VersionTLS11, VersionTLS12, VersionTLS13"
     );
     for v in [
@@ -720,10 +568,7 @@ fn rule_16_tls_version() {
 #[test]
 fn rule_17_cipher_suites() {
     let o = parse(&["--cipher-suites=TLS_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]);
-    let o = ServerOptions {
-        server_ca_cert: valid().server_ca_cert,
-        ..o
-    };
+    let o = with_valid_ca(o);
     assert_eq!(o.validate(), Ok(()));
     let o = ServerOptions {
         cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
@@ -737,58 +582,52 @@ fn rule_17_cipher_suites() {
 
 #[test]
 fn rule_18_lease_label_only_checked_with_lease_controller() {
-    let o = ServerOptions {
-        lease_label: String::new(),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
-    let o = ServerOptions {
-        lease_label: String::new(),
-        enable_lease_controller: true,
-        ..valid()
-    };
-    assert_eq!(invalid_message(&o), "empty string provided");
-    let o = ServerOptions {
-        lease_label: "a=b,c".into(),
-        enable_lease_controller: true,
-        ..valid()
-    };
-    assert_eq!(invalid_message(&o), "invalid label format: c");
+    assert_eq!(checked(valid(), |o| o.lease_label = String::new()), Ok(()));
+    assert_eq!(
+        rejected(valid(), |o| {
+            o.lease_label = String::new();
+            o.enable_lease_controller = true;
+        }),
+        "empty string provided"
+    );
+    assert_eq!(
+        rejected(valid(), |o| {
+            o.lease_label = "a=b,c".into();
+            o.enable_lease_controller = true;
+        }),
+        "invalid label format: c"
+    );
     let o = ServerOptions {
         lease_label: "b=2, a = 1".into(),
         enable_lease_controller: true,
         ..valid()
     };
     assert_eq!(o.validate(), Ok(()));
-    assert_eq!(labels::format_labels(&o.lease_labels().unwrap()), "a=1,b=2");
+    let want = [("a", "1"), ("b", "2")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    assert_eq!(o.lease_labels().unwrap(), want.into());
     assert!(o.needs_kubernetes_client());
 }
 
 #[test]
 fn rule_19_negative_durations() {
     let o = parse(&["--graceful-shutdown-timeout=-1s"]);
-    let o = ServerOptions {
-        server_ca_cert: valid().server_ca_cert,
-        ..o
-    };
+    let o = with_valid_ca(o);
     assert_eq!(
         invalid_message(&o),
         "graceful-shutdown-timeout must be >= 0, got -1s"
     );
-    let o = ServerOptions {
-        backend_dial_timeout: GoDuration::from_millis(-1500),
-        ..valid()
-    };
     assert_eq!(
-        invalid_message(&o),
+        rejected(valid(), |o| o.backend_dial_timeout =
+            GoDuration::from_millis(-1500)),
         "backend-dial-timeout must be >= 0, got -1.5s"
     );
-    let o = ServerOptions {
-        backend_dial_timeout: GoDuration::from_secs(5),
-        graceful_shutdown_timeout: GoDuration::from_secs(1),
-        ..valid()
-    };
-    assert_eq!(o.validate(), Ok(()));
+    assert_eq!(
+        checked(valid(), |o| {
+            o.backend_dial_timeout = GoDuration::from_secs(5);
+            o.graceful_shutdown_timeout = GoDuration::from_secs(1);
+        }),
+        Ok(())
+    );
 }
 
 #[test]
