@@ -2,6 +2,7 @@
 //! destination servers and child processes. Nothing here is used by the proxy itself.
 //!
 //! - [`argv`]: proxy-server and proxy-agent command lines (certificates, ports, frontend);
+//! - [`exposition`]: golden files of a `/metrics` page's names, HELP, TYPE and label sets;
 //! - [`go_interop`]: building and running the Go interop client (`tests/go-interop`);
 //! - [`kube`]: a stand-in kube-apiserver on loopback and a kubeconfig pointing at it;
 //! - [`netns`]: network namespaces, veth links, a bridged control plane with nodes;
@@ -16,6 +17,7 @@
 //!   lossy (root, iproute2, iptables).
 
 pub mod argv;
+pub mod exposition;
 pub mod go_interop;
 #[cfg(feature = "inproc")]
 pub mod inproc;
