@@ -442,11 +442,11 @@ pub fn health_router(a: Arc<Agent>) -> Router {
                 )
             }
         }
-        "/metrics" => Reply::metrics(
-            a.metrics.render()
-                + &a.metrics
-                    .render_extra(a.connected(), a.server_count(), &a.budget),
-        ),
+        "/metrics" => {
+            a.metrics
+                .set_scrape_state(a.connected(), a.server_count(), &a.budget);
+            Reply::metrics(a.metrics.render())
+        }
         _ => Reply::not_found(),
     })
 }

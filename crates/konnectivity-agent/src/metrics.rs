@@ -1,117 +1,75 @@
 //! The agent's Prometheus metrics: upstream's catalogue for the agent (same names,
-//! labels and HELP texts), rendered by hand so the agent does not link a metrics
-//! library. Label sets that were never touched are not rendered (no zero series), as
-//! with upstream's vectors; the label-less histogram is always rendered.
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+//! labels and HELP texts), konnectivity-rs additions prefixed `konnectivity_rs_agent_`,
+//! and the `process_*` metrics, on [`konnectivity_runtime::metrics`]. Label sets that
+//! were never touched are not rendered (no zero series), as with upstream's vectors; the
+//! label-less histogram is always rendered.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_proto::Packet;
+use konnectivity_runtime::metrics::{Counter, Family, Gauge, Histogram, Registry};
 use konnectivity_tunnel::budget::MemoryBudget;
 
 const NS: &str = "konnectivity_network_proxy_agent";
+const RS: &str = "konnectivity_rs_agent";
 
-/// The agent's metric values.
-#[derive(Debug, Default)]
+/// The agent's metrics.
+#[derive(Debug)]
 pub struct Metrics {
     /// `open_server_connections`.
-    pub open_server_connections: AtomicI64,
+    pub open_server_connections: Arc<Gauge>,
     /// `known_server_count`.
-    pub known_server_count: AtomicI64,
+    pub known_server_count: Arc<Gauge>,
     /// `open_endpoint_connections`.
-    pub open_endpoint_connections: AtomicI64,
-    dial_timeout: AtomicU64,
-    dial_unknown: AtomicU64,
-    dial_protocol: AtomicU64,
-    dial_duration: Histogram,
-    /// `stream_packets_total`, by [`Segment`] and packet type index ([`TYPES`]).
-    packets: [[AtomicU64; TYPES.len()]; 2],
-    /// `stream_errors_total`, by (segment, gRPC code name, packet type).
-    stream_errors: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
-    /// `server_connection_failure_count{direction="from_server"}`.
-    failures_from_server: AtomicU64,
-    /// `lease_lists_total`, by (HTTP status code, reason).
-    lease_lists: Mutex<BTreeMap<(u16, String), u64>>,
-    /// `lease_list_latency_seconds`, by HTTP status code.
-    lease_list_latency: Mutex<BTreeMap<u16, Histogram>>,
+    pub open_endpoint_connections: Arc<Gauge>,
+    dial_failures: Arc<Family<Counter>>,
+    dial_duration: Arc<Histogram>,
+    /// `stream_packets_total{packet_type, segment}`.
+    packets: Arc<Family<Counter>>,
+    /// Resolved `packets` children, by [`Segment`] and packet type index ([`TYPES`]),
+    /// created on first use.
+    packet_handles: [[OnceLock<Arc<Counter>>; TYPES.len()]; 2],
+    stream_errors: Arc<Family<Counter>>,
+    /// `server_connection_failure_count{direction}`.
+    failures: Arc<Family<Counter>>,
+    lease_lists: Arc<Family<Counter>>,
+    lease_list_latency: Arc<Family<Histogram>>,
     /// UDP connections (an extension, `konnectivity_rs_agent_udp_*`).
     pub udp: UdpCounters,
+    /// Set when scraped ([`Metrics::set_scrape_state`]).
+    degraded: Arc<Gauge>,
+    udp_open: Arc<Gauge>,
+    buffered: Arc<Gauge>,
+    buffer_budget: Arc<Gauge>,
+    pauses: Arc<Counter>,
+    stalled: Arc<Counter>,
+    cert_reloads: Arc<Counter>,
+    cert_reload_failures: Arc<Counter>,
+    registry: Registry,
 }
 
 /// The agent's UDP counters (`konnectivity_rs_agent_udp_*`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UdpCounters {
     /// UDP sockets open now; `--max-udp-sockets` bounds it.
-    pub open: std::sync::atomic::AtomicUsize,
+    pub open: AtomicUsize,
     /// UDP dials that opened a socket.
-    pub dials: AtomicU64,
+    pub dials: Arc<Counter>,
     /// UDP dials refused at `--max-udp-sockets`.
-    pub refused: AtomicU64,
+    pub refused: Arc<Counter>,
     /// Datagrams written to destinations.
-    pub to_destination: AtomicU64,
+    pub to_destination: Arc<Counter>,
     /// Datagrams read from destinations and sent to the server.
-    pub from_destination: AtomicU64,
+    pub from_destination: Arc<Counter>,
     /// Datagrams from destinations dropped because the server's window was spent.
-    pub dropped: AtomicU64,
+    pub dropped: Arc<Counter>,
 }
 
 /// Upstream's agent latency buckets (dials and lease lists), in seconds.
-const DIAL_BUCKETS: [f64; 7] = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
-
-/// A label-less histogram with [`DIAL_BUCKETS`].
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Non-cumulative counts per bucket; the last slot is above every bound.
-    counts: [AtomicU64; DIAL_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = DIAL_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(DIAL_BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    fn render(&self, o: &mut String, name: &str, help: &str) {
-        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} histogram\n");
-        self.render_series(o, name, "");
-    }
-
-    /// The series of one label set; `labels` is empty or `name="value",`.
-    fn render_series(&self, o: &mut String, name: &str, labels: &str) {
-        let mut total = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Ordering::Relaxed);
-            match DIAL_BUCKETS.get(i) {
-                Some(b) => {
-                    let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{b}\"}} {total}");
-                }
-                None => {
-                    let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
-                }
-            }
-        }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let braced = labels.trim_end_matches(',');
-        if braced.is_empty() {
-            let _ = writeln!(o, "{name}_sum {sum}");
-            let _ = writeln!(o, "{name}_count {total}");
-        } else {
-            let _ = writeln!(o, "{name}_sum{{{braced}}} {sum}");
-            let _ = writeln!(o, "{name}_count{{{braced}}} {total}");
-        }
-    }
-}
+const DIAL_BUCKETS: &[f64] = &[0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 30.0];
 
 /// Which way a packet went on an agent stream (`stream_packets_total{segment}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,35 +89,80 @@ impl Segment {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::default();
+        let up = |name: &str| format!("{NS}_{name}");
+        let rs = |name: &str| format!("{RS}_{name}");
+        // Declared as upstream does; the agent lists leases and never watches them.
+        r.counters(up("lease_watches_total"), "Count of server lease watch calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason", &["http_response_code", "reason"]);
+        r.process();
+        Self {
+            open_server_connections: r.gauge(up("open_server_connections"), "Current number of open server connections."),
+            known_server_count: r.gauge(up("known_server_count"), "Current number of servers agent is trying to connect to."),
+            open_endpoint_connections: r.gauge(up("open_endpoint_connections"), "Current number of open endpoint connections."),
+            dial_failures: r.counters(up("endpoint_dial_failure_total"), "Number of failures dialing the remote endpoint, by reason (example: timeout).", &["reason"]),
+            dial_duration: r.metric(up("dial_duration_seconds"), "Latency of dial to the remote endpoint in seconds", DIAL_BUCKETS),
+            packets: r.counters(up("stream_packets_total"), "Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)", &["segment", "packet_type"]),
+            packet_handles: Default::default(),
+            stream_errors: r.counters(up("stream_errors_total"), "Count of gRPC stream errors, by segment, grpc Code, packet type. (example: from_agent, Code.Unavailable, DIAL_RSP)", &["segment", "code", "packet_type"]),
+            failures: r.counters(up("server_connection_failure_count"), "Count of failures to send to or receive from the proxy server, labeled by the direction (from_server or to_server). DEPRECATED, please use stream_events_error_total", &["direction"]),
+            lease_lists: r.counters(up("lease_lists_total"), "Count of server lease list calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason", &["http_response_code", "reason"]),
+            lease_list_latency: r.family(up("lease_list_latency_seconds"), "Latency of server lease listing in seconds", &["http_response_code"], DIAL_BUCKETS),
+            udp: UdpCounters {
+                open: AtomicUsize::new(0),
+                dials: r.counter(rs("udp_dials_total"), "UDP dials that opened a socket."),
+                refused: r.counter(rs("udp_dials_refused_total"), "UDP dials refused because --max-udp-sockets sockets were open."),
+                to_destination: r.counter(rs("udp_datagrams_to_destination_total"), "Datagrams written to destinations, one per DATA packet."),
+                from_destination: r.counter(rs("udp_datagrams_from_destination_total"), "Datagrams read from destinations and sent to the server, one per DATA packet."),
+                dropped: r.counter(rs("udp_datagrams_dropped_total"), "Datagrams from destinations dropped (not queued) because the server's flow-control window was spent."),
+            },
+            degraded: r.gauge(rs("degraded"), "1 while the agent is connected to fewer servers than it should be."),
+            udp_open: r.gauge(rs("udp_open_sockets"), "UDP sockets open for tunneled connections (--max-udp-sockets bounds them)."),
+            buffered: r.gauge(rs("buffered_bytes"), "Data queued on the agent for destinations that have not taken it yet, summed over connections."),
+            buffer_budget: r.gauge(rs("buffer_budget_bytes"), "The process-wide budget of queued bytes (--max-buffered-bytes); server streams pause above it. 0 is unlimited."),
+            pauses: r.counter(rs("stream_pauses_total"), "Times a server stream's reader paused because a connection or the process was over its buffer budget (servers without flow control)."),
+            stalled: r.counter(rs("stalled_connections_total"), "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget."),
+            cert_reloads: r.counter(rs("certificate_reloads_total"), "Times the client certificate was re-read after its files changed; new connections use it."),
+            cert_reload_failures: r.counter(rs("certificate_reload_failures_total"), "Changed certificate files that did not load; the previous certificate stays in use."),
+            registry: r,
+        }
+    }
+}
+
 impl Metrics {
     /// Counts a failed destination dial.
     pub fn dial_failure(&self, why: DialFailure) {
-        match why {
-            DialFailure::Timeout => self.dial_timeout.fetch_add(1, Ordering::Relaxed),
-            DialFailure::Unknown => self.dial_unknown.fetch_add(1, Ordering::Relaxed),
-            DialFailure::ProtocolNotAllowed => self.dial_protocol.fetch_add(1, Ordering::Relaxed),
+        let label = match why {
+            DialFailure::Timeout => "timeout",
+            DialFailure::Unknown => "unknown",
+            DialFailure::ProtocolNotAllowed => "protocol_not_allowed",
         };
+        self.dial_failures.with(&[label]).inc();
     }
 
     /// Records a successful destination dial and how long it took.
     pub fn dial_done(&self, took: Duration) {
-        self.dial_duration.observe(took);
+        self.dial_duration.observe(took.as_secs_f64());
     }
 
     /// Counts a packet sent or received on a server stream.
     pub fn packet(&self, segment: Segment, p: &Packet) {
-        self.packets[segment as usize][type_index(p)].fetch_add(1, Ordering::Relaxed);
+        let t = type_index(p);
+        self.packet_handles[segment as usize][t]
+            .get_or_init(|| self.packets.with(&[segment.name(), TYPES[t]]))
+            .inc();
     }
 
     /// Counts a failed server stream: `stream_errors_total{segment, code, packet_type}`
     /// and the deprecated `server_connection_failure_count{direction}`. Receive errors
     /// carry `packet_type="Unknown"`, as upstream.
     pub fn stream_error(&self, segment: Segment, code: &'static str, packet_type: &'static str) {
-        if let Ok(mut m) = self.stream_errors.lock() {
-            *m.entry((segment.name(), code, packet_type)).or_default() += 1;
-        }
+        self.stream_errors
+            .with(&[segment.name(), code, packet_type])
+            .inc();
         if segment == Segment::ToAgent {
-            self.failures_from_server.fetch_add(1, Ordering::Relaxed);
+            self.failures.with(&["from_server"]).inc();
         }
     }
 
@@ -171,236 +174,33 @@ impl Metrics {
         let Some((code, reason)) = status else {
             return;
         };
-        if let Ok(mut m) = self.lease_lists.lock() {
-            *m.entry((code, reason)).or_default() += 1;
-        }
-        if let Ok(mut m) = self.lease_list_latency.lock() {
-            m.entry(code).or_default().observe(took);
-        }
+        let code = code.to_string();
+        self.lease_lists.with(&[&code, &reason]).inc();
+        self.lease_list_latency
+            .with(&[&code])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets the values read when scraped: whether the agent is `connected` to fewer
+    /// servers than it `want`s, the memory budget's, the certificate reloads counted
+    /// by `konnectivity_tls`, and the open UDP sockets.
+    pub fn set_scrape_state(&self, connected: usize, want: usize, budget: &MemoryBudget) {
+        self.degraded.set(i64::from(connected < want));
+        self.udp_open
+            .set(self.udp.open.load(Ordering::Relaxed) as i64);
+        self.buffered.set(budget.used() as i64);
+        self.buffer_budget.set(budget.limit() as i64);
+        let (reloads, failures) = konnectivity_tls::reloads();
+        self.pauses.catch_up(budget.pauses());
+        self.stalled.catch_up(budget.stalled());
+        self.cert_reloads.catch_up(reloads);
+        self.cert_reload_failures.catch_up(failures);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::with_capacity(4096);
-        self.dial_duration.render(
-            &mut o,
-            &format!("{NS}_dial_duration_seconds"),
-            "Latency of dial to the remote endpoint in seconds",
-        );
-        let failures = self.failures_from_server.load(Ordering::Relaxed);
-        let _ = write!(
-            o,
-            "# HELP {NS}_server_connection_failure_count Count of failures to send to or receive from the proxy server, labeled by the direction (from_server or to_server). DEPRECATED, please use stream_events_error_total\n# TYPE {NS}_server_connection_failure_count counter\n"
-        );
-        if failures > 0 {
-            let _ = writeln!(
-                o,
-                "{NS}_server_connection_failure_count{{direction=\"from_server\"}} {failures}"
-            );
-        }
-        let _ = write!(
-            o,
-            "# HELP {NS}_stream_packets_total Count of packets processed, by segment and packet type (example: from_client, DIAL_REQ)\n# TYPE {NS}_stream_packets_total counter\n"
-        );
-        for seg in [Segment::FromAgent, Segment::ToAgent] {
-            for (t, c) in TYPES.iter().zip(&self.packets[seg as usize]) {
-                let v = c.load(Ordering::Relaxed);
-                if v > 0 {
-                    let _ = writeln!(
-                        o,
-                        "{NS}_stream_packets_total{{packet_type=\"{t}\",segment=\"{}\"}} {v}",
-                        seg.name()
-                    );
-                }
-            }
-        }
-        let _ = write!(
-            o,
-            "# HELP {NS}_stream_errors_total Count of gRPC stream errors, by segment, grpc Code, packet type. (example: from_agent, Code.Unavailable, DIAL_RSP)\n# TYPE {NS}_stream_errors_total counter\n"
-        );
-        if let Ok(m) = self.stream_errors.lock() {
-            for ((seg, code, t), v) in m.iter() {
-                let _ = writeln!(
-                    o,
-                    "{NS}_stream_errors_total{{code=\"{code}\",packet_type=\"{t}\",segment=\"{seg}\"}} {v}"
-                );
-            }
-        }
-        let _ = write!(
-            o,
-            "# HELP {NS}_lease_lists_total Count of server lease list calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason\n# TYPE {NS}_lease_lists_total counter\n"
-        );
-        if let Ok(m) = self.lease_lists.lock() {
-            for ((code, reason), v) in m.iter() {
-                let _ = writeln!(
-                    o,
-                    "{NS}_lease_lists_total{{http_response_code=\"{code}\",reason=\"{}\"}} {v}",
-                    escape_label(reason)
-                );
-            }
-        }
-        // Declared as upstream does; the agent lists leases and never watches them.
-        let _ = write!(
-            o,
-            "# HELP {NS}_lease_watches_total Count of server lease watch calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason\n# TYPE {NS}_lease_watches_total counter\n"
-        );
-        let name = format!("{NS}_lease_list_latency_seconds");
-        let _ = write!(
-            o,
-            "# HELP {name} Latency of server lease listing in seconds\n# TYPE {name} histogram\n"
-        );
-        if let Ok(m) = self.lease_list_latency.lock() {
-            for (code, h) in m.iter() {
-                h.render_series(&mut o, &name, &format!("http_response_code=\"{code}\","));
-            }
-        }
-        let _ = write!(
-            o,
-            "# HELP {NS}_endpoint_dial_failure_total Number of failures dialing the remote endpoint, by reason (example: timeout).\n# TYPE {NS}_endpoint_dial_failure_total counter\n"
-        );
-        for (label, v) in [
-            ("timeout", &self.dial_timeout),
-            ("unknown", &self.dial_unknown),
-            ("protocol_not_allowed", &self.dial_protocol),
-        ] {
-            let v = v.load(Ordering::Relaxed);
-            if v > 0 {
-                let _ = writeln!(
-                    o,
-                    "{NS}_endpoint_dial_failure_total{{reason=\"{label}\"}} {v}"
-                );
-            }
-        }
-        for (name, help, v) in [
-            (
-                "known_server_count",
-                "Current number of servers agent is trying to connect to.",
-                &self.known_server_count,
-            ),
-            (
-                "open_endpoint_connections",
-                "Current number of open endpoint connections.",
-                &self.open_endpoint_connections,
-            ),
-            (
-                "open_server_connections",
-                "Current number of open server connections.",
-                &self.open_server_connections,
-            ),
-        ] {
-            let _ = write!(
-                o,
-                "# HELP {NS}_{name} {help}\n# TYPE {NS}_{name} gauge\n{NS}_{name} {}\n",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        o
+        self.registry.render()
     }
-
-    /// konnectivity-rs additions, rendered after upstream's metrics.
-    pub fn render_extra(&self, connected: usize, want: usize, budget: &MemoryBudget) -> String {
-        let mut o = format!(
-            "# HELP konnectivity_rs_agent_degraded 1 while the agent is connected to fewer servers than it should be.\n# TYPE konnectivity_rs_agent_degraded gauge\nkonnectivity_rs_agent_degraded {}\n",
-            u8::from(connected < want)
-        );
-        let udp = &self.udp;
-        let open = udp.open.load(Ordering::Relaxed) as u64;
-        let [dials, refused, to_destination, from_destination, dropped] = [
-            &udp.dials,
-            &udp.refused,
-            &udp.to_destination,
-            &udp.from_destination,
-            &udp.dropped,
-        ]
-        .map(|c| c.load(Ordering::Relaxed));
-        for (name, kind, help, v) in [
-            (
-                "buffered_bytes",
-                "gauge",
-                "Data queued on the agent for destinations that have not taken it yet, summed over connections.",
-                budget.used() as u64,
-            ),
-            (
-                "buffer_budget_bytes",
-                "gauge",
-                "The process-wide budget of queued bytes (--max-buffered-bytes); server streams pause above it. 0 is unlimited.",
-                budget.limit() as u64,
-            ),
-            (
-                "stream_pauses_total",
-                "counter",
-                "Times a server stream's reader paused because a connection or the process was over its buffer budget (servers without flow control).",
-                budget.pauses(),
-            ),
-            (
-                "stalled_connections_total",
-                "counter",
-                "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget.",
-                budget.stalled(),
-            ),
-            (
-                "certificate_reloads_total",
-                "counter",
-                "Times the client certificate was re-read after its files changed; new connections use it.",
-                konnectivity_tls::reloads().0,
-            ),
-            (
-                "certificate_reload_failures_total",
-                "counter",
-                "Changed certificate files that did not load; the previous certificate stays in use.",
-                konnectivity_tls::reloads().1,
-            ),
-            (
-                "udp_open_sockets",
-                "gauge",
-                "UDP sockets open for tunneled connections (--max-udp-sockets bounds them).",
-                open,
-            ),
-            (
-                "udp_dials_total",
-                "counter",
-                "UDP dials that opened a socket.",
-                dials,
-            ),
-            (
-                "udp_dials_refused_total",
-                "counter",
-                "UDP dials refused because --max-udp-sockets sockets were open.",
-                refused,
-            ),
-            (
-                "udp_datagrams_to_destination_total",
-                "counter",
-                "Datagrams written to destinations, one per DATA packet.",
-                to_destination,
-            ),
-            (
-                "udp_datagrams_from_destination_total",
-                "counter",
-                "Datagrams read from destinations and sent to the server, one per DATA packet.",
-                from_destination,
-            ),
-            (
-                "udp_datagrams_dropped_total",
-                "counter",
-                "Datagrams from destinations dropped (not queued) because the server's flow-control window was spent.",
-                dropped,
-            ),
-        ] {
-            let _ = write!(
-                o,
-                "# HELP konnectivity_rs_agent_{name} {help}\n# TYPE konnectivity_rs_agent_{name} {kind}\nkonnectivity_rs_agent_{name} {v}\n"
-            );
-        }
-        o
-    }
-}
-
-/// Escapes a label value for the text exposition.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -527,6 +327,5 @@ mod tests {
         assert!(
             text.contains("# TYPE konnectivity_network_proxy_agent_lease_watches_total counter")
         );
-        assert_eq!(escape_label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

@@ -48,7 +48,8 @@ fn every_family_touched_matches_the_golden_shape() {
         c.fetch_add(1, Relaxed);
     }
     let budget = MemoryBudget::new(100, Duration::ZERO);
-    let text = m.render() + &m.render_extra(1, 2, &budget);
+    m.set_scrape_state(1, 2, &budget);
+    let text = m.render();
     if let Some(dir) = std::env::var_os("METRICS_DUMP") {
         let _ = std::fs::write(Path::new(&dir).join("agent.txt"), &text);
     }
