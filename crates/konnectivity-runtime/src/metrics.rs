@@ -52,24 +52,6 @@ impl Counter {
     }
 }
 
-impl Deref for Counter {
-    type Target = AtomicU64;
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
-    }
-}
-
-impl Metric for Counter {
-    const TYPE: &'static str = "counter";
-    type Config = ();
-    fn new((): ()) -> Self {
-        Self::default()
-    }
-    fn write(&self, o: &mut String, name: &str, labels: &str) {
-        sample(o, name, "", labels, self.get());
-    }
-}
-
 /// An integer gauge. It derefs to its atomic, like [`Counter`].
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);
@@ -93,24 +75,6 @@ impl Gauge {
     }
 }
 
-impl Deref for Gauge {
-    type Target = AtomicI64;
-    fn deref(&self) -> &AtomicI64 {
-        &self.0
-    }
-}
-
-impl Metric for Gauge {
-    const TYPE: &'static str = "gauge";
-    type Config = ();
-    fn new((): ()) -> Self {
-        Self::default()
-    }
-    fn write(&self, o: &mut String, name: &str, labels: &str) {
-        sample(o, name, "", labels, self.get());
-    }
-}
-
 /// A gauge with a fractional value.
 #[derive(Debug, Default)]
 pub struct FloatGauge(AtomicU64);
@@ -126,16 +90,32 @@ impl FloatGauge {
     }
 }
 
-impl Metric for FloatGauge {
-    const TYPE: &'static str = "gauge";
-    type Config = ();
-    fn new((): ()) -> Self {
-        Self::default()
-    }
-    fn write(&self, o: &mut String, name: &str, labels: &str) {
-        sample(o, name, "", labels, Float(self.get()));
-    }
+/// [`Metric`] for a label-less value type (and `Deref` to its atomic).
+macro_rules! scalar {
+    ($t:ident, $kind:literal, |$m:ident| $value:expr $(, deref $atomic:ty)?) => {
+        impl Metric for $t {
+            const TYPE: &'static str = $kind;
+            type Config = ();
+            fn new((): ()) -> Self {
+                Self::default()
+            }
+            fn write(&self, o: &mut String, name: &str, labels: &str) {
+                let $m = self;
+                sample(o, name, "", labels, $value);
+            }
+        }
+        $(impl Deref for $t {
+            type Target = $atomic;
+            fn deref(&self) -> &$atomic {
+                &self.0
+            }
+        })?
+    };
 }
+
+scalar!(Counter, "counter", |m| m.get(), deref AtomicU64);
+scalar!(Gauge, "gauge", |m| m.get(), deref AtomicI64);
+scalar!(FloatGauge, "gauge", |m| Float(m.get()));
 
 /// The `prometheus` crate's (and Go client's) default buckets, in seconds.
 pub const DEFAULT_BUCKETS: &[f64] = &[

@@ -29,9 +29,13 @@ pub fn shape(text: &str) -> String {
 }
 
 /// Compares the shape of `text` with the golden file at `path`; with
-/// `UPDATE_GOLDEN=1` in the environment it writes the file instead.
+/// `UPDATE_GOLDEN=1` in the environment it writes the file instead. With
+/// `EXPOSITION_DUMP=dir`, `text` itself is written to `dir`, under the golden's name.
 #[track_caller]
 pub fn assert_golden(text: &str, path: &std::path::Path) {
+    if let (Some(dir), Some(file)) = (std::env::var_os("EXPOSITION_DUMP"), path.file_name()) {
+        let _ = std::fs::write(std::path::Path::new(&dir).join(file), text);
+    }
     let got = shape(text);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
