@@ -46,8 +46,6 @@ pub struct Metrics {
     buffer_budget: Arc<Gauge>,
     pauses: Arc<Counter>,
     stalled: Arc<Counter>,
-    cert_reloads: Arc<Counter>,
-    cert_reload_failures: Arc<Counter>,
     registry: Registry,
 }
 
@@ -96,6 +94,13 @@ impl Default for Metrics {
         let rs = |name: &str| format!("{RS}_{name}");
         // Declared as upstream does; the agent lists leases and never watches them.
         r.counters(up("lease_watches_total"), "Count of server lease watch calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason", &["http_response_code", "reason"]);
+        // Counted by `konnectivity_tls` for the whole process.
+        r.counter_fn(rs("certificate_reloads_total"), "Times the client certificate was re-read after its files changed; new connections use it.", || konnectivity_tls::reloads().0);
+        r.counter_fn(
+            rs("certificate_reload_failures_total"),
+            "Changed certificate files that did not load; the previous certificate stays in use.",
+            || konnectivity_tls::reloads().1,
+        );
         r.process();
         Self {
             open_server_connections: r.gauge(up("open_server_connections"), "Current number of open server connections."),
@@ -123,8 +128,6 @@ impl Default for Metrics {
             buffer_budget: r.gauge(rs("buffer_budget_bytes"), "The process-wide budget of queued bytes (--max-buffered-bytes); server streams pause above it. 0 is unlimited."),
             pauses: r.counter(rs("stream_pauses_total"), "Times a server stream's reader paused because a connection or the process was over its buffer budget (servers without flow control)."),
             stalled: r.counter(rs("stalled_connections_total"), "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget."),
-            cert_reloads: r.counter(rs("certificate_reloads_total"), "Times the client certificate was re-read after its files changed; new connections use it."),
-            cert_reload_failures: r.counter(rs("certificate_reload_failures_total"), "Changed certificate files that did not load; the previous certificate stays in use."),
             registry: r,
         }
     }
@@ -182,19 +185,15 @@ impl Metrics {
     }
 
     /// Sets the values read when scraped: whether the agent is `connected` to fewer
-    /// servers than it `want`s, the memory budget's, the certificate reloads counted
-    /// by `konnectivity_tls`, and the open UDP sockets.
+    /// servers than it `want`s, the memory budget's, and the open UDP sockets.
     pub fn set_scrape_state(&self, connected: usize, want: usize, budget: &MemoryBudget) {
         self.degraded.set(i64::from(connected < want));
         self.udp_open
             .set(self.udp.open.load(Ordering::Relaxed) as i64);
         self.buffered.set(budget.used() as i64);
         self.buffer_budget.set(budget.limit() as i64);
-        let (reloads, failures) = konnectivity_tls::reloads();
         self.pauses.catch_up(budget.pauses());
         self.stalled.catch_up(budget.stalled());
-        self.cert_reloads.catch_up(reloads);
-        self.cert_reload_failures.catch_up(failures);
     }
 
     /// The Prometheus text exposition.

@@ -317,6 +317,17 @@ impl Registry {
         self.metric(name, help, ())
     }
 
+    /// A counter kept elsewhere, read by `total` when rendering.
+    pub fn counter_fn(
+        &mut self,
+        name: impl Into<String>,
+        help: &'static str,
+        total: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        let write = Box::new(move |o: &mut String, name: &str| sample(o, name, "", "", total()));
+        self.add(name.into(), help, Counter::TYPE, Source::Metric(write));
+    }
+
     /// A family of counters.
     pub fn counters(
         &mut self,
@@ -513,6 +524,7 @@ mod tests {
         let c = r.counter("b_total", "B.");
         let f = r.counters("a_total", "A \\ help.\nmore", &["zone", "code"]);
         let g = r.metric::<FloatGauge>("c", "C.", ());
+        r.counter_fn("e_total", "E.", || 7);
         let h = r.family::<Histogram>("d_seconds", "D.", &["code"], &[0.000001, 0.5, 2.0]);
         c.inc_by(3);
         f.with(&["z\"1\n", "500"]).inc();
@@ -539,7 +551,8 @@ mod tests {
              d_seconds_bucket{code=\"200\",le=\"2\"} 2\n\
              d_seconds_bucket{code=\"200\",le=\"+Inf\"} 3\n\
              d_seconds_sum{code=\"200\"} +Inf\n\
-             d_seconds_count{code=\"200\"} 3\n"
+             d_seconds_count{code=\"200\"} 3\n\
+             # HELP e_total E.\n# TYPE e_total counter\ne_total 7\n"
         );
     }
 

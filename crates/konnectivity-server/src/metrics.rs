@@ -102,8 +102,6 @@ pub struct Metrics {
     pauses: Arc<Counter>,
     stalled: Arc<Counter>,
     foreign_ids: Arc<Counter>,
-    cert_reloads: Arc<Counter>,
-    cert_reload_failures: Arc<Counter>,
     socks5_udp_dropped: Arc<Family<Counter>>,
 }
 
@@ -124,6 +122,13 @@ impl Metrics {
             "Number of current grpc connections, partitioned by service method.",
             &["service_method"],
             (),
+        );
+        // Counted by `konnectivity_tls` for the whole process.
+        r.counter_fn(rs("certificate_reloads_total"), "Times a serving certificate was re-read after its files changed; new connections use it.", || konnectivity_tls::reloads().0);
+        r.counter_fn(
+            rs("certificate_reload_failures_total"),
+            "Changed certificate files that did not load; the previous certificate stays in use.",
+            || konnectivity_tls::reloads().1,
         );
         r.process();
         let m = Self {
@@ -159,8 +164,6 @@ impl Metrics {
             pauses: r.counter(rs("stream_pauses_total"), "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control)."),
             stalled: r.counter(rs("stalled_connections_total"), "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget."),
             foreign_ids: r.counter(rs("foreign_connect_id_total"), "Packets from gRPC frontends that named a connect ID (or dial ID) their own dial did not establish; never forwarded to an agent."),
-            cert_reloads: r.counter(rs("certificate_reloads_total"), "Times a serving certificate was re-read after its files changed; new connections use it."),
-            cert_reload_failures: r.counter(rs("certificate_reload_failures_total"), "Changed certificate files that did not load; the previous certificate stays in use."),
             socks5_udp_dropped: r.counters(rs("socks5_udp_datagrams_dropped_total"), "SOCKS5 UDP ASSOCIATE datagrams dropped (UDP semantics: never queued without bound), by reason: foreign_source, malformed, too_many_destinations, queue_full, window_spent.", &["reason"]),
             registry: r,
         };
@@ -296,17 +299,13 @@ impl Metrics {
         self.policy_denied.inc();
     }
 
-    /// Sets the scrape-time gauges, and the counters kept by the memory budget and by
-    /// `konnectivity_tls` (certificate reloads).
+    /// Sets the scrape-time gauges, and the counters kept by the memory budget.
     pub fn set_scrape_state(&self, oldest_pending: Duration, budget: &MemoryBudget) {
         self.oldest_pending.set(oldest_pending.as_secs_f64());
         self.buffered.set(budget.used() as i64);
         self.buffer_budget.set(budget.limit() as i64);
-        let (reloads, failures) = konnectivity_tls::reloads();
         self.pauses.catch_up(budget.pauses());
         self.stalled.catch_up(budget.stalled());
-        self.cert_reloads.catch_up(reloads);
-        self.cert_reload_failures.catch_up(failures);
     }
 
     /// Open gRPC frontend streams.
@@ -330,26 +329,34 @@ impl Metrics {
     }
 }
 
+/// Counts an API call by status code and reason, and observes its latency by status
+/// code; a call that got no status from the API server is not counted.
+fn api_call(
+    calls: &Family<Counter>,
+    latency: &Family<Histogram>,
+    status: Option<(u16, String)>,
+    took: Duration,
+) {
+    if let Some((code, reason)) = status {
+        let code = code.to_string();
+        calls.with(&[&code, &reason]).inc();
+        latency.with(&[&code]).observe(took.as_secs_f64());
+    }
+}
+
 /// The lease controller reports its API calls here.
 impl konnectivity_k8s::lease::LeaseEvents for Metrics {
     fn listed(&self, status: Option<(u16, String)>, took: Duration) {
-        if let Some((code, reason)) = status {
-            let code = code.to_string();
-            self.lease_lists.with(&[&code, &reason]).inc();
-            self.lease_list_latency
-                .with(&[&code])
-                .observe(took.as_secs_f64());
-        }
+        api_call(&self.lease_lists, &self.lease_list_latency, status, took);
     }
 
     fn deleted(&self, status: Option<(u16, String)>, took: Duration) {
-        if let Some((code, reason)) = status {
-            let code = code.to_string();
-            self.lease_deletes.with(&[&code, &reason]).inc();
-            self.lease_delete_latency
-                .with(&[&code])
-                .observe(took.as_secs_f64());
-        }
+        api_call(
+            &self.lease_deletes,
+            &self.lease_delete_latency,
+            status,
+            took,
+        );
     }
 
     fn culled(&self) {
