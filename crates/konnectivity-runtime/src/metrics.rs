@@ -4,8 +4,9 @@
 //! [`Histogram`] (static bucket bounds) and labelled [`Family`]s of them — and the
 //! [`Registry`] that renders them: HELP and TYPE headers, label-value escaping, families
 //! sorted by name and series by label values (as the `prometheus` crate did), and the
-//! `process_*` metrics read from `/proc/self` (those of the `prometheus` crate's process
-//! collector, which upstream's Go binaries export too).
+//! `process_*` metrics read from `/proc/self`, with the names, types and HELP texts of
+//! the `prometheus` crate's process collector (upstream's Go binaries export process
+//! metrics too).
 //!
 //! Values are atomics, so counting (per packet, on the hot path) takes no lock; only
 //! resolving a family's label set does, and callers that count per packet resolve it
@@ -247,11 +248,12 @@ impl<M: Metric + std::fmt::Debug> Family<M> {
     }
 }
 
-type Write = Box<dyn Fn(&mut String, &str) + Send + Sync>;
+/// Writes a family's samples under its name.
+type Render = Box<dyn Fn(&mut String, &str) + Send + Sync>;
 
 /// How a family's samples are produced.
 enum Source {
-    Metric(Write),
+    Metric(Render),
     /// A `process_*` value, read when rendering; no family without it.
     Process(fn(&Process) -> Option<f64>),
 }
