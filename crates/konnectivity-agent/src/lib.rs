@@ -134,9 +134,9 @@ impl Agent {
     pub fn with_budget(settings: Settings, budget: Arc<MemoryBudget>) -> Arc<Self> {
         let settings_identifiers = settings.hello.identifiers.clone();
         Arc::new(Self {
+            metrics: Arc::new(Metrics::new(&budget)),
             budget,
             settings,
-            metrics: Arc::new(Metrics::default()),
             servers: Mutex::new(HashMap::new()),
             addr_owner: Mutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
@@ -443,8 +443,7 @@ pub fn health_router(a: Arc<Agent>) -> Router {
             }
         }
         "/metrics" => {
-            a.metrics
-                .set_scrape_state(a.connected(), a.server_count(), &a.budget);
+            a.metrics.set_scrape_state(a.connected(), a.server_count());
             Reply::metrics(a.metrics.render())
         }
         _ => Reply::not_found(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use konnectivity_core::address::DialFailure;
 use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_proto::Packet;
-use konnectivity_runtime::metrics::{Counter, Family, Gauge, Histogram, Registry};
+use konnectivity_runtime::metrics::{Binary, Counter, Family, Gauge, Histogram, Registry};
 use konnectivity_tunnel::budget::MemoryBudget;
 
 const NS: &str = "konnectivity_network_proxy_agent";
@@ -42,10 +42,6 @@ pub struct Metrics {
     /// Set when scraped ([`Metrics::set_scrape_state`]).
     degraded: Arc<Gauge>,
     udp_open: Arc<Gauge>,
-    buffered: Arc<Gauge>,
-    buffer_budget: Arc<Gauge>,
-    pauses: Arc<Counter>,
-    stalled: Arc<Counter>,
     registry: Registry,
 }
 
@@ -87,21 +83,15 @@ impl Segment {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The agent's metrics; the buffer metrics read `budget` when rendered.
+    pub fn new(budget: &Arc<MemoryBudget>) -> Self {
         let mut r = Registry::default();
         let up = |name: &str| format!("{NS}_{name}");
         let rs = |name: &str| format!("{RS}_{name}");
         // Declared as upstream does; the agent lists leases and never watches them.
         r.counters(up("lease_watches_total"), "Count of server lease watch calls made by the agent to the k8s apiserver, labeled by HTTP response code and reason", &["http_response_code", "reason"]);
-        // Counted by `konnectivity_tls` for the whole process.
-        r.counter_fn(rs("certificate_reloads_total"), "Times the client certificate was re-read after its files changed; new connections use it.", || konnectivity_tls::reloads().0);
-        r.counter_fn(
-            rs("certificate_reload_failures_total"),
-            "Changed certificate files that did not load; the previous certificate stays in use.",
-            || konnectivity_tls::reloads().1,
-        );
-        r.process();
+        r.shared(&format!("{RS}_"), Binary::Agent, budget);
         Self {
             open_server_connections: r.gauge(up("open_server_connections"), "Current number of open server connections."),
             known_server_count: r.gauge(up("known_server_count"), "Current number of servers agent is trying to connect to."),
@@ -124,16 +114,10 @@ impl Default for Metrics {
             },
             degraded: r.gauge(rs("degraded"), "1 while the agent is connected to fewer servers than it should be."),
             udp_open: r.gauge(rs("udp_open_sockets"), "UDP sockets open for tunneled connections (--max-udp-sockets bounds them)."),
-            buffered: r.gauge(rs("buffered_bytes"), "Data queued on the agent for destinations that have not taken it yet, summed over connections."),
-            buffer_budget: r.gauge(rs("buffer_budget_bytes"), "The process-wide budget of queued bytes (--max-buffered-bytes); server streams pause above it. 0 is unlimited."),
-            pauses: r.counter(rs("stream_pauses_total"), "Times a server stream's reader paused because a connection or the process was over its buffer budget (servers without flow control)."),
-            stalled: r.counter(rs("stalled_connections_total"), "Connections closed because their destination made no progress within --stall-timeout while over its buffer budget."),
             registry: r,
         }
     }
-}
 
-impl Metrics {
     /// Counts a failed destination dial.
     pub fn dial_failure(&self, why: DialFailure) {
         let label = match why {
@@ -185,15 +169,11 @@ impl Metrics {
     }
 
     /// Sets the values read when scraped: whether the agent is `connected` to fewer
-    /// servers than it `want`s, the memory budget's, and the open UDP sockets.
-    pub fn set_scrape_state(&self, connected: usize, want: usize, budget: &MemoryBudget) {
+    /// servers than it `want`s, and the open UDP sockets.
+    pub fn set_scrape_state(&self, connected: usize, want: usize) {
         self.degraded.set(i64::from(connected < want));
         self.udp_open
             .set(self.udp.open.load(Ordering::Relaxed) as i64);
-        self.buffered.set(budget.used() as i64);
-        self.buffer_budget.set(budget.limit() as i64);
-        self.pauses.catch_up(budget.pauses());
-        self.stalled.catch_up(budget.stalled());
     }
 
     /// The Prometheus text exposition.
@@ -221,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_histogram_is_cumulative_and_untouched_series_are_absent() {
-        let m = Metrics::default();
+        let m = Metrics::new(&MemoryBudget::default_budget());
         let text = m.render();
         assert_eq!(
             value(
@@ -290,7 +270,7 @@ mod tests {
 
     #[test]
     fn lease_lists_are_counted_by_status_and_reason() {
-        let m = Metrics::default();
+        let m = Metrics::new(&MemoryBudget::default_budget());
         assert!(!m.render().contains("lease_lists_total{"));
         m.lease_list(Some((200, String::new())), Duration::from_millis(3));
         m.lease_list(Some((200, String::new())), Duration::from_millis(30));

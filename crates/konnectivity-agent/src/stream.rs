@@ -569,6 +569,7 @@ mod tests {
 
     fn stream_state() -> (Arc<StreamState>, Outbound) {
         let (tx, out) = outbound::channel();
+        let budget = MemoryBudget::new(0, Duration::from_secs(10));
         let st = Arc::new(StreamState {
             tx,
             conns: Mutex::new(HashMap::new()),
@@ -577,9 +578,9 @@ mod tests {
             peer_window: None,
             max_chunk: 4096,
             policy: Default::default(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new(&budget)),
             server_id: "s".into(),
-            budget: MemoryBudget::new(0, Duration::from_secs(10)),
+            budget,
             udp: udp::UdpSettings::default(),
         });
         (st, out)

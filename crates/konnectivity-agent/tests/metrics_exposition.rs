@@ -13,7 +13,8 @@ use konnectivity_tunnel::budget::MemoryBudget;
 
 #[test]
 fn every_family_touched_matches_the_golden_shape() {
-    let m = Metrics::default();
+    let budget = MemoryBudget::new(100, Duration::ZERO);
+    let m = Metrics::new(&budget);
     m.open_server_connections.fetch_add(1, Relaxed);
     m.known_server_count.fetch_add(2, Relaxed);
     m.open_endpoint_connections.fetch_add(3, Relaxed);
@@ -47,8 +48,7 @@ fn every_family_touched_matches_the_golden_shape() {
     ] {
         c.fetch_add(1, Relaxed);
     }
-    let budget = MemoryBudget::new(100, Duration::ZERO);
-    m.set_scrape_state(1, 2, &budget);
+    m.set_scrape_state(1, 2);
     let text = m.render();
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/agent-metrics.txt");
     assert_golden(&text, &golden);

@@ -96,28 +96,9 @@ fn common(name: &str) -> Support {
         "keepalive-time" => Support::Different(
             "a ping not answered within the same period (at most 20 s) drops the peer",
         ),
-        "logging-format"
-        | "allowed-destination-cidrs"
-        | "allowed-destination-ports"
-        | "max-pending-dials-per-agent"
-        | "max-connections-per-agent"
-        | "dial-deadline"
-        | "authentication-cache-ttl"
-        | "connect-header-timeout"
-        | "drain-timeout"
-        | "max-buffered-bytes"
-        | "socks5-port"
-        | "socks5-bind-address"
-        | "socks5-uds"
-        | "socks5-auth-file"
-        | "socks5-tls-cert-file"
-        | "socks5-tls-key-file"
-        | "socks5-tls-client-ca-file"
-        | "enable-udp"
-        | "udp-idle-timeout"
-        | "node-name"
-        | "max-udp-sockets"
-        | "stall-timeout" => Support::Extension,
+        // Every row of the extension table, and klog's one addition of ours.
+        "logging-format" => Support::Extension,
+        _ if crate::extensions::EXT_FLAGS.iter().any(|f| f.name == name) => Support::Extension,
         _ => Support::Same,
     }
 }

@@ -12,11 +12,14 @@
 //! resolving a family's label set does, and callers that count per packet resolve it
 //! once. A family renders a label set only once it has been touched (no zero series up
 //! front), as upstream's vectors do.
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use konnectivity_tunnel::budget::MemoryBudget;
 
 /// A metric type a [`Registry`] renders, alone or in a [`Family`].
 pub trait Metric: Send + Sync + 'static {
@@ -258,11 +261,20 @@ enum Source {
     Process(fn(&Process) -> Option<f64>),
 }
 
+/// Which binary a [`Registry`] serves ([`Registry::shared`] words its HELP texts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// proxy-server.
+    Server,
+    /// proxy-agent.
+    Agent,
+}
+
 /// A set of metric families and their rendering.
 #[derive(Default)]
 pub struct Registry {
     /// By name: HELP, TYPE and the samples.
-    families: BTreeMap<String, (&'static str, &'static str, Source)>,
+    families: BTreeMap<String, (Cow<'static, str>, &'static str, Source)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -272,12 +284,18 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    fn add(&mut self, name: String, help: &'static str, kind: &'static str, s: Source) {
+    fn add(
+        &mut self,
+        name: String,
+        help: impl Into<Cow<'static, str>>,
+        kind: &'static str,
+        s: Source,
+    ) {
         debug_assert!(
             !self.families.contains_key(&name),
             "{name} registered twice"
         );
-        self.families.insert(name, (help, kind, s));
+        self.families.insert(name, (help.into(), kind, s));
     }
 
     /// A metric without labels.
@@ -319,15 +337,70 @@ impl Registry {
         self.metric(name, help, ())
     }
 
-    /// A counter kept elsewhere, read by `total` when rendering.
-    pub fn counter_fn(
+    /// A label-less metric of type `M` kept elsewhere (`r.read::<Counter, _>(…)`),
+    /// read by `value` when rendering.
+    pub fn read<M: Metric, V: Display>(
         &mut self,
         name: impl Into<String>,
-        help: &'static str,
-        total: impl Fn() -> u64 + Send + Sync + 'static,
+        help: impl Into<Cow<'static, str>>,
+        value: impl Fn() -> V + Send + Sync + 'static,
     ) {
-        let write = Box::new(move |o: &mut String, name: &str| sample(o, name, "", "", total()));
-        self.add(name.into(), help, Counter::TYPE, Source::Metric(write));
+        let write = Box::new(move |o: &mut String, name: &str| sample(o, name, "", "", value()));
+        self.add(name.into(), help, M::TYPE, Source::Metric(write));
+    }
+
+    /// What both binaries export beside their own metrics: `process_*`, and under
+    /// `prefix` the certificate reload counters (kept by `konnectivity_tls` for the whole
+    /// process) and the process-wide buffer budget, read from `budget` when rendered
+    /// (`buffered_bytes`, `buffer_budget_bytes`, `stream_pauses_total`,
+    /// `stalled_connections_total`). `binary` picks the words of their HELP texts.
+    pub fn shared(&mut self, prefix: &str, binary: Binary, budget: &Arc<MemoryBudget>) {
+        let (certificate, here, consumers, peer) = match binary {
+            Binary::Agent => ("the client certificate", "agent", "destinations", "server"),
+            Binary::Server => (
+                "a serving certificate",
+                "server",
+                "frontends (and, between our peers, for agents)",
+                "agent",
+            ),
+        };
+        self.process();
+        self.read::<Counter, _>(
+            format!("{prefix}certificate_reloads_total"),
+            format!(
+                "Times {certificate} was re-read after its files changed; new connections use it."
+            ),
+            || konnectivity_tls::reloads().0,
+        );
+        self.read::<Counter, _>(
+            format!("{prefix}certificate_reload_failures_total"),
+            "Changed certificate files that did not load; the previous certificate stays in use.",
+            || konnectivity_tls::reloads().1,
+        );
+        let b = budget.clone();
+        self.read::<Gauge, _>(
+            format!("{prefix}buffered_bytes"),
+            format!("Data queued on the {here} for {consumers} that have not taken it yet, summed over connections."),
+            move || b.used() as i64,
+        );
+        let limit = budget.limit() as i64;
+        self.read::<Gauge, _>(
+            format!("{prefix}buffer_budget_bytes"),
+            format!("The process-wide budget of queued bytes (--max-buffered-bytes); {peer} streams pause above it. 0 is unlimited."),
+            move || limit,
+        );
+        let b = budget.clone();
+        self.read::<Counter, _>(
+            format!("{prefix}stream_pauses_total"),
+            format!("Times the reader of a {peer} stream paused because a connection or the process was over its buffer budget ({peer}s without flow control)."),
+            move || b.pauses(),
+        );
+        let b = budget.clone();
+        self.read::<Counter, _>(
+            format!("{prefix}stalled_connections_total"),
+            "Connections closed because the side receiving their data made no progress within --stall-timeout while over its buffer budget.",
+            move || b.stalled(),
+        );
     }
 
     /// A family of counters.
@@ -399,7 +472,7 @@ impl Display for Float {
 }
 
 /// Escapes `\` and newlines, and `"` in label values.
-fn escape(v: &str, quote: bool) -> std::borrow::Cow<'_, str> {
+fn escape(v: &str, quote: bool) -> Cow<'_, str> {
     if !(v.contains(['\\', '\n']) || quote && v.contains('"')) {
         return v.into();
     }
@@ -521,12 +594,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shared_metrics_render_the_budgets_limit_and_usage_with_the_binarys_words() {
+        let mut r = Registry::default();
+        let budget = MemoryBudget::new(4096, std::time::Duration::from_secs(1));
+        r.shared("x_", Binary::Agent, &budget);
+        let text = r.render();
+        for line in [
+            "x_buffer_budget_bytes 4096",
+            "x_buffered_bytes 0",
+            "x_stream_pauses_total 0",
+            "x_stalled_connections_total 0",
+            "# TYPE x_buffered_bytes gauge",
+            "# TYPE x_stream_pauses_total counter",
+            "# HELP x_buffered_bytes Data queued on the agent for destinations that have not taken it yet, summed over connections.",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+        assert!(text.contains("server streams pause above it"));
+    }
+
+    #[test]
     fn families_render_sorted_with_touched_label_sets_only() {
         let mut r = Registry::default();
         let c = r.counter("b_total", "B.");
         let f = r.counters("a_total", "A \\ help.\nmore", &["zone", "code"]);
         let g = r.metric::<FloatGauge>("c", "C.", ());
-        r.counter_fn("e_total", "E.", || 7);
+        r.read::<Counter, _>("e_total", "E.", || 7);
         let h = r.family::<Histogram>("d_seconds", "D.", &["code"], &[0.000001, 0.5, 2.0]);
         c.inc_by(3);
         f.with(&["z\"1\n", "500"]).inc();

@@ -12,7 +12,7 @@ use konnectivity_core::packet::{TYPE_NAMES as TYPES, type_index};
 use konnectivity_core::select::Strategy;
 use konnectivity_proto::Packet;
 use konnectivity_runtime::metrics::{
-    Counter, DEFAULT_BUCKETS, Family, FloatGauge, Gauge as IntGauge, Histogram, Registry,
+    Binary, Counter, DEFAULT_BUCKETS, Family, FloatGauge, Gauge as IntGauge, Histogram, Registry,
 };
 use konnectivity_tunnel::budget::MemoryBudget;
 
@@ -97,10 +97,6 @@ pub struct Metrics {
     /// Resolved `bytes` children (from_agent, to_agent), created on first use.
     bytes_handles: [OnceLock<Arc<Counter>>; 2],
     oldest_pending: Arc<FloatGauge>,
-    buffered: Arc<IntGauge>,
-    buffer_budget: Arc<IntGauge>,
-    pauses: Arc<Counter>,
-    stalled: Arc<Counter>,
     foreign_ids: Arc<Counter>,
     socks5_udp_dropped: Arc<Family<Counter>>,
 }
@@ -112,8 +108,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for the configured strategies; gauges at 0.
-    pub fn new(strategies: &[Strategy]) -> Self {
+    /// Metrics for the configured strategies, gauges at 0; the buffer metrics read
+    /// `budget` when rendered.
+    pub fn new(strategies: &[Strategy], budget: &Arc<MemoryBudget>) -> Self {
         let mut r = Registry::default();
         let up = |name: &str| format!("{NS}_{name}");
         let rs = |name: &str| format!("{RS}_{name}");
@@ -123,14 +120,7 @@ impl Metrics {
             &["service_method"],
             (),
         );
-        // Counted by `konnectivity_tls` for the whole process.
-        r.counter_fn(rs("certificate_reloads_total"), "Times a serving certificate was re-read after its files changed; new connections use it.", || konnectivity_tls::reloads().0);
-        r.counter_fn(
-            rs("certificate_reload_failures_total"),
-            "Changed certificate files that did not load; the previous certificate stays in use.",
-            || konnectivity_tls::reloads().1,
-        );
-        r.process();
+        r.shared(&format!("{RS}_"), Binary::Server, budget);
         let m = Self {
             ready_backends: r.family(up("ready_backends"), "Number of konnectivity agent connected to the proxy server", &["proxy_strategy"], ()),
             ready_backend_connections: r.gauge(up("ready_backend_connections"), "Number of konnectivity agent connected to the proxy server. DEPRECATED, please use ready_backends"),
@@ -159,10 +149,6 @@ impl Metrics {
             bytes: r.counters(rs("bytes_total"), "Payload bytes relayed, by direction (to_agent, from_agent).", &["direction"]),
             bytes_handles: Default::default(),
             oldest_pending: r.metric(rs("oldest_pending_dial_seconds"), "Age of the oldest dial still waiting for its agent's answer.", ()),
-            buffered: r.gauge(rs("buffered_bytes"), "Data queued on the server for frontends (and, between our peers, for agents) that have not taken it yet, summed over connections."),
-            buffer_budget: r.gauge(rs("buffer_budget_bytes"), "The process-wide budget of queued bytes (--max-buffered-bytes); agent streams pause above it. 0 is unlimited."),
-            pauses: r.counter(rs("stream_pauses_total"), "Times an agent stream's reader paused because a connection or the process was over its buffer budget (agents without flow control)."),
-            stalled: r.counter(rs("stalled_connections_total"), "Connections closed because their consumer made no progress within --stall-timeout while over its buffer budget."),
             foreign_ids: r.counter(rs("foreign_connect_id_total"), "Packets from gRPC frontends that named a connect ID (or dial ID) their own dial did not establish; never forwarded to an agent."),
             socks5_udp_dropped: r.counters(rs("socks5_udp_datagrams_dropped_total"), "SOCKS5 UDP ASSOCIATE datagrams dropped (UDP semantics: never queued without bound), by reason: foreign_source, malformed, too_many_destinations, queue_full, window_spent.", &["reason"]),
             registry: r,
@@ -299,13 +285,9 @@ impl Metrics {
         self.policy_denied.inc();
     }
 
-    /// Sets the scrape-time gauges, and the counters kept by the memory budget.
-    pub fn set_scrape_state(&self, oldest_pending: Duration, budget: &MemoryBudget) {
+    /// Sets the scrape-time gauge: the oldest pending dial's age.
+    pub fn set_oldest_pending(&self, oldest_pending: Duration) {
         self.oldest_pending.set(oldest_pending.as_secs_f64());
-        self.buffered.set(budget.used() as i64);
-        self.buffer_budget.set(budget.limit() as i64);
-        self.pauses.catch_up(budget.pauses());
-        self.stalled.catch_up(budget.stalled());
     }
 
     /// Open gRPC frontend streams.

@@ -351,8 +351,8 @@ impl Shared {
         auth: Option<konnectivity_k8s::auth::TokenAuthenticator>,
     ) -> Arc<Self> {
         let table = BackendTable::new(settings.strategies.clone());
-        let metrics = Arc::new(Metrics::new(&settings.strategies));
         let budget = MemoryBudget::new(settings.max_buffered_bytes, settings.stall_timeout);
+        let metrics = Arc::new(Metrics::new(&settings.strategies, &budget));
         Arc::new(Self {
             budget,
             settings,
@@ -380,8 +380,7 @@ impl Shared {
     pub fn ready(&self) -> bool {
         self.table().ready()
     }
-    /// Updates the gauges computed at scrape time: the oldest pending dial's age and the
-    /// bytes queued for frontends.
+    /// Updates the gauge computed at scrape time: the oldest pending dial's age.
     pub fn refresh_scrape_gauges(&self) {
         let oldest = self
             .pending()
@@ -389,7 +388,7 @@ impl Shared {
             .map(|p| p.started.elapsed())
             .max()
             .unwrap_or_default();
-        self.metrics.set_scrape_state(oldest, &self.budget);
+        self.metrics.set_oldest_pending(oldest);
     }
 
     /// Refreshes the `ready_backends` gauges from the table.

@@ -18,7 +18,7 @@ fn every_family_touched_matches_the_golden_shape() {
         Strategy::DestHost,
         Strategy::DefaultRoute,
     ];
-    let m = Metrics::new(&strategies);
+    let m = Metrics::new(&strategies, &MemoryBudget::new(100, Duration::ZERO));
     let _held = [
         Gauge::GrpcProxy,
         Gauge::GrpcConnect,
@@ -61,10 +61,7 @@ fn every_family_touched_matches_the_golden_shape() {
     m.socks5_udp_dropped("queue_full");
     m.policy_denied();
     m.foreign_id();
-    m.set_scrape_state(
-        Duration::from_millis(1500),
-        &MemoryBudget::new(100, Duration::ZERO),
-    );
+    m.set_oldest_pending(Duration::from_millis(1500));
     m.listed(Some((200, String::new())), Duration::from_millis(4));
     m.listed(None, Duration::from_millis(4));
     m.deleted(
