@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Statically linked proxy-server and proxy-agent for this host (glibc, static-pie), to
-# measure memory the way the image runs them: one static binary, no shared C libraries
-# mapped. The image links musl instead (see Dockerfile); this is the nearest build a
-# machine without the musl Rust target can make (Containerfile.local packs it into an
-# image). Host names resolve through glibc's built-in `files` and `dns` sources (glibc
-# 2.34 and later), not through loadable NSS modules (LDAP, mdns, systemd's).
+# Statically linked binaries (glibc, static-pie): what the image ships (Dockerfile and
+# scripts/build-image.sh run this with the dist profile), and what `konnectivity bench
+# --bin-dir` measures to see memory the way the image runs it: one static binary, no
+# shared C libraries mapped. glibc rather than musl for its allocator: with musl's the
+# same code was 1.5 x slower on bulk data and held 19 % more memory per tunneled
+# connection (BENCHMARKS.md, "The image's C library"). Host names resolve through
+# glibc's built-in `files` and `dns` sources (glibc 2.34 and later), not through
+# loadable NSS modules (LDAP, mdns, systemd's); the tunnel tests check it with the
+# image's binaries.
 #
 #   bash scripts/build-static.sh        # prints the directory to give `bench --bin-dir`
 #
-# STATIC_PROFILE (default release) and STATIC_BINS (default "proxy-server proxy-agent")
-# choose what is built: scripts/build-image.sh builds the image's three binaries with
-# the dist profile.
+# STATIC_PROFILE (default release), STATIC_BINS (default "proxy-server proxy-agent") and
+# STATIC_TARGET_DIR (default target/static) choose what is built and where.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${STATIC_TARGET_DIR:-target/static}"

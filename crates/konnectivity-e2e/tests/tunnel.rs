@@ -54,6 +54,33 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
     Ok(())
 }
 
+/// The binaries resolve host names themselves (the image's are statically linked, with
+/// glibc's built-in `files` and `dns` sources): an agent given its server as `localhost`
+/// registers, and a destination named `localhost:<port>` is resolved and dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_resolve_for_the_server_address_and_for_destinations() -> anyhow::Result<()> {
+    let (dir, pki) = temp_pki(&[])?;
+    let sock = dir.path().join("s.sock");
+    let spec = ServerSpec::grpc_uds(sock.clone());
+    let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
+    let (_agent, _) = start_agent(
+        AgentKind::Ours,
+        "agent",
+        &pki,
+        "localhost",
+        ports.agent,
+        &[],
+        None,
+        dir.path(),
+    )?;
+    wait_server_ready("127.0.0.1", ports.health)?;
+    let backend = servers::http_hello("127.0.0.1:0", "node says hi, by name").await?;
+    let named = format!("localhost:{}", backend.port());
+    let rsp = get_through(grpc_dial(&Frontend::Uds(sock), &named, T).await?).await?;
+    assert!(rsp.contains("node says hi, by name"), "{rsp}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_connect_frontend_answers_exactly_200_and_keeps_pipelined_bytes() -> anyhow::Result<()>
 {
