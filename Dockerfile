@@ -15,5 +15,8 @@ FROM scratch
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/dist/proxy-server /proxy-server
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/dist/proxy-agent /proxy-agent
 COPY --from=build /src/target/x86_64-unknown-linux-gnu/dist/konnectivity /konnectivity
+# glibc's allocator keeps the data path's chunks instead of faulting them in again
+# (konnectivity_runtime::process::ALLOCATOR_TUNABLES says why; a test keeps these equal).
+ENV GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608
 USER 65534:65534
 ENTRYPOINT ["/proxy-server"]

@@ -63,6 +63,14 @@ bh images --format '{{.Name}}:{{.Tag}} {{.Size}} (unpacked)' "$tag" | sed 's/^/i
 echo "image: $(du -b "$out/konnectivity-rs.oci.tar" | cut -f1) bytes as an OCI archive" \
   "(gzip layers): $out/konnectivity-rs.oci.tar"
 bh inspect --format $'image: entrypoint {{.OCIv1.Config.Entrypoint}} user {{.OCIv1.Config.User}}\n' "$tag"
+# The allocator settings (konnectivity_runtime::process::ALLOCATOR_TUNABLES) are in the
+# image's environment.
+env=$(bh inspect --format '{{.OCIv1.Config.Env}}' "$tag")
+grep -q 'GLIBC_TUNABLES=glibc.malloc.mmap_threshold=' <<<"$env" || {
+  echo "image: GLIBC_TUNABLES missing from the image's environment: $env" >&2
+  exit 1
+}
+echo "image: environment $env"
 
 echo "== image: extract the binaries"
 ctr=$(bh from --quiet "$tag")
