@@ -168,10 +168,9 @@ pub(crate) fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A running proxy-server process, its frontend's UNIX socket and its ports.
 pub(crate) struct ServerProc {
     pub(crate) proc: Proc,
-    pub(crate) agent_port: u16,
-    pub(crate) health: String,
     pub(crate) uds: PathBuf,
     pub(crate) ports: ServerPorts,
 }
@@ -206,6 +205,11 @@ impl ServerPorts {
             admin: free_port(),
         }
     }
+
+    /// `host:port` of the health listener (/healthz, /readyz, /metrics).
+    pub(crate) fn health_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.health)
+    }
 }
 
 /// [`start_server_proc`] on the given ports, with `extra` flags (ours only: e.g.
@@ -219,27 +223,26 @@ pub(crate) async fn start_server_proc_on(
     ports: ServerPorts,
     extra: &[String],
 ) -> anyhow::Result<ServerProc> {
-    let (agent_port, health_port, admin_port) = (ports.agent, ports.health, ports.admin);
     let uds = dir.join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&uds);
     let args = ServerArgv::new(name, mode, pki)
-        .listeners("127.0.0.1", agent_port, health_port, admin_port)
+        .listeners("127.0.0.1", ports.agent, ports.health, ports.admin)
         .uds_frontend(&uds)
         .args(extra.iter().cloned())
         .build();
     let mut proc = Proc::spawn(name, program, &args, None, dir)?;
-    let health = format!("127.0.0.1:{health_port}");
-    if let Err(e) = wait_http(&health, "/healthz", 200, Duration::from_secs(20)).await {
+    if let Err(e) = wait_http(
+        &ports.health_addr(),
+        "/healthz",
+        200,
+        Duration::from_secs(20),
+    )
+    .await
+    {
         proc.alive()?;
         return Err(e);
     }
-    Ok(ServerProc {
-        proc,
-        agent_port,
-        health,
-        uds,
-        ports,
-    })
+    Ok(ServerProc { proc, uds, ports })
 }
 
 /// A proxy-server process (`NAME-server`) and one proxy-agent process (`NAME-agent`)
@@ -286,11 +289,18 @@ impl TunnelProcs {
             extra,
         )
         .await?;
-        let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.agent_port)
+        let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.ports.agent)
             .ports(free_port())
             .build();
         let mut agent = Proc::spawn(&format!("{name}-agent"), agent_program, &args, None, dir)?;
-        if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
+        if let Err(e) = wait_http(
+            &server.ports.health_addr(),
+            "/readyz",
+            200,
+            Duration::from_secs(20),
+        )
+        .await
+        {
             agent.alive()?;
             server.proc.alive()?;
             return Err(e);

@@ -68,7 +68,7 @@ pub(crate) async fn phase_rtt_processes(
     let mut alone = serde_json::Map::new();
     let direct = ("direct", Hop::Tcp(echo.addr));
     for (key, hop) in std::iter::once(direct).chain(routes.iter().map(|r| (r.0, r.2.clone()))) {
-        let mut s = round_trips_on_thread(hop, env.cfg.rtt_samples, warm, env.cfg.rtt_time_cap)
+        let mut s = round_trips_on_thread(hop, env.cfg.rtt_samples, warm, env.cfg.rtt_time_cap())
             .await
             .with_context(|| format!("round trips via {key}"))?;
         ensure!(!s.is_empty(), "no round trip completed via {key}");
@@ -99,11 +99,11 @@ pub(crate) async fn phase_rtt_processes(
             .collect()
     };
     let cpu0 = cpu_now();
-    let dials = dials_on_thread(dial_hops, env.cfg.dials, env.cfg.warmup_dials).await?;
+    let dials = dials_on_thread(dial_hops, env.cfg.dials, env.cfg.warmup_dials()).await?;
     let cpu1 = cpu_now();
     // Every path was dialled `warmup_dials + dials` times; processes serving two paths
     // (HTTP-CONNECT and SOCKS5) served twice as many, and each path gets the average.
-    let per = 1e6 / (env.cfg.dials + env.cfg.warmup_dials).max(1) as f64;
+    let per = 1e6 / (env.cfg.dials + env.cfg.warmup_dials()).max(1) as f64;
     let dial_cpu: serde_json::Map<String, Value> = dial_pids
         .iter()
         .zip(cpu0.iter().zip(&cpu1))
@@ -134,7 +134,7 @@ pub(crate) async fn phase_rtt_processes(
             echo_hop.clone(),
             env.cfg.rtt_samples,
             warm,
-            env.cfg.rtt_time_cap,
+            env.cfg.rtt_time_cap(),
         )
         .await;
         let window = t0.elapsed();

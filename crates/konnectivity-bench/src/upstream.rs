@@ -226,7 +226,7 @@ pub(crate) async fn phase_upstream(
     let mut failed: BTreeMap<usize, String> = BTreeMap::new();
     for r in 0..rounds {
         let per = cfg.dials / rounds + usize::from(r < cfg.dials % rounds);
-        let warm = if r == 0 { cfg.warmup_dials } else { 0 };
+        let warm = if r == 0 { cfg.warmup_dials() } else { 0 };
         for i in 0..=pairings.len() {
             if failed.contains_key(&i) {
                 continue;
@@ -272,7 +272,7 @@ pub(crate) async fn phase_upstream(
         cap: if cfg.smoke {
             Duration::from_secs(2)
         } else {
-            cfg.rtt_time_cap
+            cfg.rtt_time_cap()
         },
     };
     for i in 0..=pairings.len() {
@@ -297,11 +297,11 @@ pub(crate) async fn phase_upstream(
     progress("upstream: round trips done");
 
     // Bulk downloads: one connection, then N, repetitions interleaved over the paths.
-    for (what, conns) in [("bulk_1conn", 1), ("bulk_parallel", cfg.parallel)] {
-        let per = (cfg.size / conns as u64).max(1);
+    for (what, conns) in [("bulk_1conn", 1), ("bulk_parallel", cfg.transfer.parallel)] {
+        let per = (cfg.transfer.size / conns as u64).max(1);
         let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut failed: BTreeMap<usize, String> = BTreeMap::new();
-        for rep in 0..cfg.reps.min(3) {
+        for rep in 0..cfg.transfer.reps.min(3) {
             for i in 0..=pairings.len() {
                 if failed.contains_key(&i) {
                     continue;

@@ -139,8 +139,8 @@ pub(super) fn report(
     let mut ratios_null = Map::new();
     let mut lines = vec![format!(
         "ours beside upstream v0.36.0 (separate processes, gRPC frontend on a UNIX socket, Rust client unless marked Go client; server+agent; bulk {} over 1 and {} conns; ratio to the null tunnel in parentheses)",
-        human_bytes(cfg.size),
-        cfg.parallel
+        human_bytes(cfg.transfer.size),
+        cfg.transfer.parallel
     )];
     let mut head = format!("{:<38}  {:>9}", "measurement", "null");
     for p in &pairings {
@@ -212,8 +212,8 @@ pub(super) fn report(
         "what": "ours and upstream's proxy-server and proxy-agent (sigs.k8s.io/apiserver-network-proxy v0.36.0, tests/upstream) in the four pairings (key = server_agent), each a separate server and agent process with the gRPC frontend on a UNIX socket, driven by the Rust client (grpc_dial: one Proxy stream per HTTP/2 connection, as konnectivity-client), beside the null tunnel in its own process (TLS middle hop; plain for dials); the round-trip and dialing client on a dedicated thread, the echo backend on dedicated threads, the idle connections' echo backend in a helper process; repetitions interleaved over the paths",
         "client": "konnectivity_client::grpc_dial (Rust); go_client: the Go konnectivity-client through tests/go-interop's bench mode (single-use tunnels)",
         "upstream_bin_dir": upstream.display().to_string(),
-        "bulk_bytes": cfg.size,
-        "parallel": cfg.parallel,
+        "bulk_bytes": cfg.transfer.size,
+        "parallel": cfg.transfer.parallel,
         "idle_connections": cfg.idle_conns.first().copied().unwrap_or(0),
         "null_tls": Value::Object(null_out),
         "pairings": Value::Object(by_key),
