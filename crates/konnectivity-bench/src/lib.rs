@@ -96,7 +96,7 @@ pub use null::{NullArgs, null_helper};
 pub use procs::backend_helper;
 
 use config::Cfg;
-use report::{Results, cpu_split, cpu_times, machine, nofile_limit, print_table, progress};
+use report::{Beside, Results, cpu_split, cpu_times, machine, nofile_limit, print_table, progress};
 use stats::{human_bytes, round};
 use world::{Target, World};
 
@@ -305,6 +305,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("faults")?;
     }
 
+    upstream::beside_rows(&mut res);
     let cpu = cpu_split(&cpu0, &cpu_times());
     let targets: Vec<Value> = res
         .rows
@@ -314,6 +315,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "id": r.id, "measurement": r.label, "value": r.value, "baseline": r.baseline,
                 "ratio": r.ratio.map(round), "judged": round(r.judged), "unit": r.unit,
                 "target": r.target, "source": r.source, "pass": r.pass,
+                "upstream": r.upstream.map(Beside::to_json),
             })
         })
         .collect();
@@ -333,6 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         "measurements": Value::Object(res.measurements.clone()),
         "targets": targets,
+        "upstream_column": res.upstream_note.as_deref().unwrap_or(report::UPSTREAM_FOOTNOTE),
         "elapsed_seconds": round(started.elapsed().as_secs_f64()),
         "cpu_percent_during_run": cpu,
     });

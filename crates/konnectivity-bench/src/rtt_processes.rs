@@ -209,6 +209,7 @@ pub(crate) async fn phase_rtt_processes(
     res.measurements
         .insert("dial_processes".into(), Value::Object(dm));
     let dp50 = |k: &str| num(&d, &[k, "p50_us"]);
+    let dp99 = |k: &str| num(&d, &[k, "p99_us"]);
     let (g50, n50) = (
         num(&a, &["grpc_uds", "p50_us"]),
         num(&a, &["null_tls", "p50_us"]),
@@ -229,6 +230,20 @@ pub(crate) async fn phase_rtt_processes(
             ),
             Some(dp50("grpc_uds") / dp50("null_plain")),
             dp50("grpc_uds"),
+            "µs",
+        ),
+        Row::info(
+            "dial_p99_processes",
+            "dial + first byte p99, gRPC/UDS, separate processes".into(),
+            format!("{:.0} µs", dp99("grpc_uds")),
+            format!(
+                "null {:.0}, CONNECT {:.0} (direct {:.0})",
+                dp99("null_plain"),
+                dp99("http_connect_uds"),
+                dp99("direct")
+            ),
+            Some(dp99("grpc_uds") / dp99("null_plain")),
+            dp99("grpc_uds"),
             "µs",
         ),
         Row::info(
@@ -257,6 +272,7 @@ pub(crate) async fn phase_rtt_processes(
             pass: g99.is_finite().then_some(g99 <= 1000.0),
             judged: g99,
             unit: "µs",
+            upstream: None,
         },
     ];
     // Next to the in-process RTT rows, before the in-process figure beside bulk.

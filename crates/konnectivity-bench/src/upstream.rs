@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use konnectivity_testkit::pki::Pki;
+use konnectivity_testkit::process::cpu_s;
 use serde_json::{Map, Value, json};
 
+use crate::GIB;
 use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
 use crate::load::{Background, download};
@@ -34,8 +36,11 @@ use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, round, summary};
 use crate::world::BoxIo;
 
+mod beside;
 mod go_client;
 mod table;
+
+pub(crate) use beside::beside_rows;
 
 /// The upstream binaries' file names (as `tests/upstream/build.sh` writes them).
 const SERVER: &str = "upstream-proxy-server";
@@ -301,16 +306,23 @@ pub(crate) async fn phase_upstream(
         let per = (cfg.transfer.size / conns as u64).max(1);
         let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut failed: BTreeMap<usize, String> = BTreeMap::new();
+        // CPU seconds of the path's processes over its completed transfers.
+        let mut cpu: BTreeMap<usize, f64> = BTreeMap::new();
         for rep in 0..cfg.transfer.reps.min(3) {
             for i in 0..=pairings.len() {
                 if failed.contains_key(&i) {
                     continue;
                 }
                 let hop = path_hop(&mut pairings, i, &null_hops.2, source);
+                let pids = path_pids(&mut pairings, i, null.pid());
+                let cpu0 = cpu_seconds(&pids);
                 let r = match hop {
                     Ok(h) => bulk(&h, conns, per).await.map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };
+                if r.is_ok() {
+                    *cpu.entry(i).or_default() += cpu_seconds(&pids) - cpu0;
+                }
                 let key = if i == 0 {
                     "null_tls"
                 } else {
@@ -338,10 +350,20 @@ pub(crate) async fn phase_upstream(
                 }
                 None => summary(rates.get(&i).map_or(&[][..], |v| v)),
             };
-            if i == 0 {
-                null_out.insert(format!("{what}_gbps"), v);
+            let runs = rates.get(&i).map_or(0, Vec::len) as u64;
+            let gib = (per * conns as u64 * runs) as f64 / GIB as f64;
+            let cpu = json!({
+                "total": round(cpu.get(&i).copied().unwrap_or(f64::NAN) / gib),
+                "what": "user + system CPU seconds of the path's processes (server + agent, or bench-null) per GiB moved",
+            });
+            let out = if i == 0 {
+                &mut null_out
             } else {
-                pairings[i - 1].out.insert(format!("{what}_gbps"), v);
+                &mut pairings[i - 1].out
+            };
+            out.insert(format!("{what}_gbps"), v);
+            if runs > 0 {
+                out.insert(format!("{what}_cpu_s_per_gib"), cpu);
             }
         }
     }
@@ -409,6 +431,22 @@ async fn memory(cfg: &Cfg, pairings: &mut [Pairing], echo: &str) {
         p.record("memory", r);
         progress(format!("upstream: memory {} done", p.key));
     }
+}
+
+/// The processes of path `i` (see [`path_hop`]): the null tunnel's, or the pairing's
+/// server and agent while they are alive.
+fn path_pids(pairings: &mut [Pairing], i: usize, null: u32) -> Vec<u32> {
+    match i.checked_sub(1) {
+        None => vec![null],
+        Some(k) => pairings[k]
+            .live()
+            .map_or_else(|_| Vec::new(), |p| vec![p.server.proc.pid(), p.agent.pid()]),
+    }
+}
+
+/// User + system CPU seconds `pids` have spent so far (`/proc/<pid>/stat`).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_s(&p.to_string())).sum()
 }
 
 fn or_error(r: anyhow::Result<Value>) -> Value {

@@ -18,7 +18,7 @@ fn get<'a>(o: &'a Map<String, Value>, k: &str) -> &'a Value {
 
 /// The rows of the side-by-side table: (label, JSON path in a path's measurements,
 /// unit divisor, decimals, whether the null tunnel has the number).
-const METRICS: [(&str, &str, [&str; 2], f64, usize); 13] = [
+const METRICS: [(&str, &str, [&str; 2], f64, usize); 14] = [
     (
         "bulk 1 conn, Gbit/s",
         "bulk_1conn",
@@ -30,6 +30,13 @@ const METRICS: [(&str, &str, [&str; 2], f64, usize); 13] = [
         "bulk N conns, Gbit/s",
         "bulk_parallel",
         ["bulk_parallel_gbps", "median"],
+        1.0,
+        2,
+    ),
+    (
+        "CPU s per GiB, bulk 1 conn",
+        "cpu_per_gib",
+        ["bulk_1conn_cpu_s_per_gib", "total"],
         1.0,
         2,
     ),
