@@ -327,19 +327,27 @@ pub(crate) fn start_null(
     source: SocketAddr,
     echo: SocketAddr,
 ) -> anyhow::Result<Helper> {
+    start_null_to(pki, &[source, echo], &[echo])
+}
+
+/// `konnectivity bench-null` with an entrance per backend in `tls` (TLS middle hop,
+/// the agent link's certificates), then one per backend in `plain` (plain middle hop):
+/// `addrs` in that order.
+pub(crate) fn start_null_to(
+    pki: &Pki,
+    tls: &[SocketAddr],
+    plain: &[SocketAddr],
+) -> anyhow::Result<Helper> {
     let p = |x: &Path| x.display().to_string();
-    Helper::start(
-        &[
-            "bench-null".into(),
-            format!("--target={source}"),
-            format!("--target={echo}"),
-            format!("--ca={}", p(&pki.ca)),
-            format!("--cert={}", p(&pki.server_cert)),
-            format!("--key={}", p(&pki.server_key)),
-            format!("--client-cert={}", p(&pki.agent_cert)),
-            format!("--client-key={}", p(&pki.agent_key)),
-            format!("--plain-target={echo}"),
-        ],
-        3,
-    )
+    let mut args = vec!["bench-null".to_owned()];
+    args.extend(tls.iter().map(|t| format!("--target={t}")));
+    args.extend([
+        format!("--ca={}", p(&pki.ca)),
+        format!("--cert={}", p(&pki.server_cert)),
+        format!("--key={}", p(&pki.server_key)),
+        format!("--client-cert={}", p(&pki.agent_cert)),
+        format!("--client-key={}", p(&pki.agent_key)),
+    ]);
+    args.extend(plain.iter().map(|t| format!("--plain-target={t}")));
+    Helper::start(&args, tls.len() + plain.len())
 }

@@ -6,7 +6,8 @@
 //! Rust client (`grpc_dial`, one Proxy stream per HTTP/2 connection, as
 //! konnectivity-client). Measured per pairing: idle RSS, RSS per idle tunneled
 //! connection, dial + first byte, 1-byte round trips alone and beside a download,
-//! bulk download over one and over N connections; repetitions interleaved over the
+//! bulk download over one and over N connections, bulk upload over one (to a sink,
+//! beside a null tunnel of its own), the CPU per GiB of each; repetitions interleaved over the
 //! pairings so that each sees the same host. Then, when its driver is built, the
 //! dials, round trips and downloads again through the real Go konnectivity-client
 //! ([`go_client`]).
@@ -29,9 +30,9 @@ use serde_json::{Map, Value, json};
 use crate::GIB;
 use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
-use crate::load::{Background, download};
+use crate::load::{Background, download, sink_server, upload};
 use crate::memory::open_idle;
-use crate::procs::{Helper, TunnelProcs, settled_rss, start_null};
+use crate::procs::{Helper, TunnelProcs, settled_rss, start_null, start_null_to};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, round, summary};
 use crate::world::BoxIo;
@@ -186,6 +187,9 @@ pub(crate) async fn phase_upstream(
     };
     let echo = EchoThreads::start()?;
     let null = start_null(pki, source, echo.addr)?;
+    // Uploads go to a sink, through a null tunnel of their own.
+    let sink = sink_server().await?;
+    let null_sink = start_null_to(pki, &[sink], &[])?;
     let idle_backend = Helper::start(&["bench-backend".into()], 1)?;
     let mut pairings = Vec::new();
     for (key, label, s, a) in PAIRINGS {
@@ -301,8 +305,30 @@ pub(crate) async fn phase_upstream(
     }
     progress("upstream: round trips done");
 
-    // Bulk downloads: one connection, then N, repetitions interleaved over the paths.
-    for (what, conns) in [("bulk_1conn", 1), ("bulk_parallel", cfg.transfer.parallel)] {
+    // Bulk: a download and an upload on one connection, then downloads on N;
+    // repetitions interleaved over the paths.
+    let null_sink_hop = Hop::Tcp(null_sink.addrs[0]);
+    let transfers = [
+        (
+            "bulk_1conn",
+            1,
+            Direction::Download,
+            (source, &null_hops.2, null.pid()),
+        ),
+        (
+            "bulk_1conn_upload",
+            1,
+            Direction::Upload,
+            (sink, &null_sink_hop, null_sink.pid()),
+        ),
+        (
+            "bulk_parallel",
+            cfg.transfer.parallel,
+            Direction::Download,
+            (source, &null_hops.2, null.pid()),
+        ),
+    ];
+    for (what, conns, direction, (backend, null_hop, null_pid)) in transfers {
         let per = (cfg.transfer.size / conns as u64).max(1);
         let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut failed: BTreeMap<usize, String> = BTreeMap::new();
@@ -313,11 +339,13 @@ pub(crate) async fn phase_upstream(
                 if failed.contains_key(&i) {
                     continue;
                 }
-                let hop = path_hop(&mut pairings, i, &null_hops.2, source);
-                let pids = path_pids(&mut pairings, i, null.pid());
+                let hop = path_hop(&mut pairings, i, null_hop, backend);
+                let pids = path_pids(&mut pairings, i, null_pid);
                 let cpu0 = cpu_seconds(&pids);
                 let r = match hop {
-                    Ok(h) => bulk(&h, conns, per).await.map_err(|e| format!("{e:#}")),
+                    Ok(h) => bulk(&h, direction, conns, per)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };
                 if r.is_ok() {
@@ -395,6 +423,7 @@ pub(crate) async fn phase_upstream(
         }
     }
     drop(idle_backend);
+    drop(null_sink);
     drop(null);
     drop(echo);
 
@@ -484,17 +513,29 @@ async fn rtt_loaded(rtt: Rtt, echo: Hop, source: Hop) -> anyhow::Result<Value> {
     Ok(l)
 }
 
-/// `conns` downloads of `per` bytes each at once through `hop`; Gbit/s of all of them.
-async fn bulk(hop: &Hop, conns: usize, per: u64) -> anyhow::Result<f64> {
+/// Which way a bulk transfer goes.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// Backend (the source) to client.
+    Download,
+    /// Client to backend (the sink).
+    Upload,
+}
+
+/// `conns` transfers of `per` bytes each at once through `hop`, all in `direction`;
+/// Gbit/s of all of them.
+async fn bulk(hop: &Hop, direction: Direction, conns: usize, per: u64) -> anyhow::Result<f64> {
     let mut ios = Vec::with_capacity(conns);
     for _ in 0..conns {
         ios.push(hop.open().await?);
     }
     let start = Instant::now();
-    let ends = futures::future::join_all(
-        ios.into_iter()
-            .map(|mut io| async move { download(&mut io, per).await }),
-    )
+    let ends = futures::future::join_all(ios.into_iter().map(|mut io| async move {
+        match direction {
+            Direction::Download => download(&mut io, per).await,
+            Direction::Upload => upload(&mut io, per).await,
+        }
+    }))
     .await;
     let mut last = start;
     for e in ends {

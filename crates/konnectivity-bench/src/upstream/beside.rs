@@ -1,8 +1,8 @@
 //! Upstream's figures in the main table: for each row that upstream has an equivalent
 //! of (the separate-process rows: bulk, dials, round trips, CPU per GiB, memory), the
 //! upstream + upstream figure of the upstream phase and ours + ours measured beside it
-//! ([`Beside`]), plus the parallel bulk row through processes, which only that phase
-//! measures. In-process rows get nothing: upstream's binaries cannot run inside the
+//! ([`Beside`]), plus the rows through processes that only that phase measures (bulk
+//! upload on one connection, bulk download on N). In-process rows get nothing: upstream's binaries cannot run inside the
 //! bench process. Without the phase's results the table says why in one line.
 use serde_json::Value;
 
@@ -11,7 +11,13 @@ use crate::stats::{human_bytes, num};
 
 /// The rows with an upstream equivalent: (row id, JSON path in a pairing's
 /// measurements, divisor into the row's unit, decimals).
-const EQUIVALENTS: [(&str, &[&str], f64, usize); 9] = [
+const EQUIVALENTS: [(&str, &[&str], f64, usize); 10] = [
+    (
+        "bulk_1conn_upload_processes",
+        &["bulk_1conn_upload_gbps", "median"],
+        1.0,
+        2,
+    ),
     (
         "bulk_1conn_processes",
         &["bulk_1conn_gbps", "median"],
@@ -70,13 +76,14 @@ pub(crate) fn beside_rows(res: &mut Results) {
     };
     let ours = &up["pairings"]["ours_ours"];
     let theirs = &up["pairings"]["upstream_upstream"];
-    if let Some(row) = parallel_row(&up) {
-        let at = res
-            .rows
-            .iter()
-            .position(|r| r.id == "bulk_1conn_processes")
-            .map_or(res.rows.len(), |i| i + 1);
-        res.rows.insert(at, row);
+    // After the one-connection download through processes, in this order.
+    let at = res
+        .rows
+        .iter()
+        .position(|r| r.id == "bulk_1conn_processes")
+        .map_or(res.rows.len(), |i| i + 1);
+    for (k, row) in phase_rows(&up).into_iter().enumerate() {
+        res.rows.insert(at + k, row);
     }
     for row in &mut res.rows {
         let Some((_, path, div, decimals)) = EQUIVALENTS.iter().find(|e| e.0 == row.id) else {
@@ -93,33 +100,52 @@ pub(crate) fn beside_rows(res: &mut Results) {
     }
 }
 
-/// Bulk over N connections through ours + ours, against the null tunnel's process:
-/// only the upstream phase measures it through processes.
-fn parallel_row(up: &Value) -> Option<Row> {
-    let path = ["bulk_parallel_gbps", "median"];
-    let ours = num(&up["pairings"]["ours_ours"], &path);
-    let null = num(&up["null_tls"], &path);
-    let (n, bytes) = (up["parallel"].as_u64()?, up["bulk_bytes"].as_u64()?);
-    if !ours.is_finite() || n == 0 {
-        return None;
-    }
-    let baseline = if null.is_finite() {
-        format!("null {null:.2}")
-    } else {
-        "—".into()
+/// The rows only the upstream phase measures through processes, ours + ours against
+/// the null tunnel's process: bulk upload on one connection, bulk download on N.
+fn phase_rows(up: &Value) -> Vec<Row> {
+    let (Some(n), Some(bytes)) = (up["parallel"].as_u64(), up["bulk_bytes"].as_u64()) else {
+        return Vec::new();
     };
-    Some(Row::info(
-        "bulk_parallel_processes",
-        format!(
-            "bulk {n} conns × {}, gRPC/UDS, separate processes",
-            human_bytes(bytes / n)
+    let rows = [
+        (
+            "bulk_1conn_upload_processes",
+            format!(
+                "bulk 1 conn {} upload, gRPC/UDS, separate processes",
+                human_bytes(bytes)
+            ),
+            "bulk_1conn_upload_gbps",
         ),
-        format!("{ours:.2} Gbit/s"),
-        baseline,
-        null.is_finite().then_some(ours / null),
-        ours,
-        "Gbit/s",
-    ))
+        (
+            "bulk_parallel_processes",
+            format!(
+                "bulk {n} conns × {}, gRPC/UDS, separate processes",
+                human_bytes(bytes / n.max(1))
+            ),
+            "bulk_parallel_gbps",
+        ),
+    ];
+    rows.into_iter()
+        .filter_map(|(id, label, key)| {
+            let ours = num(&up["pairings"]["ours_ours"], &[key, "median"]);
+            let null = num(&up["null_tls"], &[key, "median"]);
+            ours.is_finite().then(|| {
+                let known = null.is_finite();
+                Row::info(
+                    id,
+                    label,
+                    format!("{ours:.2} Gbit/s"),
+                    if known {
+                        format!("null {null:.2}")
+                    } else {
+                        "—".into()
+                    },
+                    known.then_some(ours / null),
+                    ours,
+                    "Gbit/s",
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,6 +172,7 @@ mod tests {
             json!({
                 "bulk_1conn_gbps": { "median": gbps },
                 "bulk_parallel_gbps": { "median": par },
+                "bulk_1conn_upload_gbps": { "median": gbps * 0.9 },
                 "bulk_1conn_cpu_s_per_gib": { "total": 1.5 },
                 "dial": { "p50_us": dial, "p99_us": dial * 3.0 },
                 "rtt": { "p50_us": rtt },
@@ -157,7 +184,10 @@ mod tests {
             "available": true,
             "bulk_bytes": 1u64 << 30,
             "parallel": 16,
-            "null_tls": { "bulk_parallel_gbps": { "median": 4.0 } },
+            "null_tls": {
+                "bulk_parallel_gbps": { "median": 4.0 },
+                "bulk_1conn_upload_gbps": { "median": 5.0 },
+            },
             "pairings": {
                 "ours_ours": pairing(3.53, 3.2, 1036.0, 247.0, 38.5, 8908),
                 "upstream_upstream": pairing(1.01, 1.12, 1680.0, 379.0, 68.5, 34304),
@@ -191,63 +221,57 @@ mod tests {
             .map_or("", String::as_str)
     }
 
+    /// Asserts that the row labelled `label` has every one of `cells`.
+    fn assert_cells(lines: &[String], label: &str, cells: &[&str]) {
+        let l = line(lines, label);
+        for c in cells {
+            assert!(l.contains(c), "{c:?} not in the row {label:?}: {l}");
+        }
+    }
+
     #[test]
     fn process_rows_show_upstream_beside_ours_and_their_ratio() {
         let mut res = results(Some(measured()));
         beside_rows(&mut res);
         assert_eq!(res.upstream_note, None);
         let lines = table_lines(&res.rows);
-        assert!(lines[0].contains("upstream") && lines[0].contains("ours/up"));
-        let bulk = line(&lines, "bulk 1 conn, processes");
-        assert!(bulk.contains("1.01 (ours 3.53)"), "{bulk}");
-        assert!(bulk.contains("  3.50  "), "{bulk}");
-        let dial = line(&lines, "dial p50, processes");
-        assert!(
-            dial.contains("1680 (ours 1036)") && dial.contains("  0.62  "),
-            "{dial}"
-        );
-        let rss = line(&lines, "idle proxy-agent RSS");
-        assert!(
-            rss.contains("33.5 (ours 8.7)") && rss.contains("  0.26  "),
-            "{rss}"
-        );
+        assert_cells(&lines, "measurement", &["  upstream  ", "ours/up"]);
+        let bulk = ["6.28 Gbit/s", "1.01 (ours 3.53)", "  3.50  "];
+        assert_cells(&lines, "bulk 1 conn, processes", &bulk);
+        let dial = ["823 µs", "1680 (ours 1036)", "  0.62  "];
+        assert_cells(&lines, "dial p50, processes", &dial);
+        let rss = ["8.4 MiB", "33.5 (ours 8.7)", "  0.26  "];
+        assert_cells(&lines, "idle proxy-agent RSS", &rss);
     }
 
     #[test]
     fn in_process_rows_have_no_upstream_figure() {
         let mut res = results(Some(measured()));
         beside_rows(&mut res);
-        let lines = table_lines(&res.rows);
-        let inproc = line(&lines, "bulk 1 conn, in-process");
-        assert!(
-            inproc.contains("  —  ") && !inproc.contains("ours "),
-            "{inproc}"
-        );
         assert_eq!(res.rows[0].upstream, None);
+        let lines = table_lines(&res.rows);
+        assert_cells(&lines, "bulk 1 conn, in-process", &["null 1  ", "  —  "]);
+        assert!(!line(&lines, "bulk 1 conn, in-process").contains("ours "));
     }
 
     #[test]
-    fn parallel_bulk_through_processes_gets_a_row_after_the_one_connection_row() {
+    fn upload_and_parallel_bulk_through_processes_get_rows_after_the_download_row() {
         let mut res = results(Some(measured()));
         beside_rows(&mut res);
         let ids: Vec<&str> = res.rows.iter().map(|r| r.id).collect();
-        assert_eq!(
-            ids[1..3],
-            ["bulk_1conn_processes", "bulk_parallel_processes"]
-        );
+        let expected = [
+            "bulk_1conn_processes",
+            "bulk_1conn_upload_processes",
+            "bulk_parallel_processes",
+        ];
+        assert_eq!(ids[1..4], expected);
         let lines = table_lines(&res.rows);
-        let par = line(
-            &lines,
-            "bulk 16 conns × 64 MiB, gRPC/UDS, separate processes",
-        );
-        assert!(
-            par.contains("3.20 Gbit/s") && par.contains("null 4.00"),
-            "{par}"
-        );
-        assert!(
-            par.contains("1.12 (ours 3.20)") && par.contains("  2.86  "),
-            "{par}"
-        );
+        let upload = ["3.18 Gbit/s", "null 5.00", "0.91 (ours 3.18)", "  3.50  "];
+        let label = "bulk 1 conn 1 GiB upload, gRPC/UDS, separate processes";
+        assert_cells(&lines, label, &upload);
+        let parallel = ["3.20 Gbit/s", "null 4.00", "1.12 (ours 3.20)", "  2.86  "];
+        let label = "bulk 16 conns × 64 MiB, gRPC/UDS, separate processes";
+        assert_cells(&lines, label, &parallel);
     }
 
     #[test]

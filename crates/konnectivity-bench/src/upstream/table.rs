@@ -18,11 +18,18 @@ fn get<'a>(o: &'a Map<String, Value>, k: &str) -> &'a Value {
 
 /// The rows of the side-by-side table: (label, JSON path in a path's measurements,
 /// unit divisor, decimals, whether the null tunnel has the number).
-const METRICS: [(&str, &str, [&str; 2], f64, usize); 14] = [
+const METRICS: [(&str, &str, [&str; 2], f64, usize); 15] = [
     (
-        "bulk 1 conn, Gbit/s",
+        "bulk 1 conn download, Gbit/s",
         "bulk_1conn",
         ["bulk_1conn_gbps", "median"],
+        1.0,
+        2,
+    ),
+    (
+        "bulk 1 conn upload, Gbit/s",
+        "bulk_1conn_upload",
+        ["bulk_1conn_upload_gbps", "median"],
         1.0,
         2,
     ),
@@ -34,7 +41,7 @@ const METRICS: [(&str, &str, [&str; 2], f64, usize); 14] = [
         2,
     ),
     (
-        "CPU s per GiB, bulk 1 conn",
+        "CPU s per GiB, bulk 1 conn download",
         "cpu_per_gib",
         ["bulk_1conn_cpu_s_per_gib", "total"],
         1.0,
