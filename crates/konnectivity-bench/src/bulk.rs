@@ -23,7 +23,7 @@ pub(crate) async fn bulk_rounds(
     up: bool,
     what: &str,
 ) -> anyhow::Result<BTreeMap<PathKind, Vec<f64>>> {
-    let per = (cfg.size / conns as u64).max(1);
+    let per = (cfg.transfer.size / conns as u64).max(1);
     let total = per * conns as u64;
     let target = if up { &w.sink } else { &w.source };
     let mut rates: BTreeMap<PathKind, Vec<f64>> = BTreeMap::new();
@@ -38,7 +38,7 @@ pub(crate) async fn bulk_rounds(
         }
         .with_context(|| format!("{what} warm-up via {}", p.key()))?;
     }
-    for rep in 0..cfg.reps {
+    for rep in 0..cfg.transfer.reps {
         for &p in paths {
             let mut ios = Vec::with_capacity(conns);
             for _ in 0..conns {
@@ -61,7 +61,7 @@ pub(crate) async fn bulk_rounds(
             progress(format!(
                 "{what} rep {}/{} {:<17} {r:6.2} Gbit/s",
                 rep + 1,
-                cfg.reps,
+                cfg.transfer.reps,
                 p.key()
             ));
             rates.entry(p).or_default().push(r);
@@ -115,7 +115,7 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     let paths = [Direct, NullPlain, NullTls, Grpc, Connect];
     let down = bulk_rounds(w, cfg, &paths, 1, false, "bulk download").await?;
     let mut m = rates_json(&down);
-    m.insert("bytes".into(), json!(cfg.size));
+    m.insert("bytes".into(), json!(cfg.transfer.size));
     m.insert("direction".into(), json!("download (backend → client)"));
     let c = med(&down, Connect) / med(&down, NullTls);
     m.insert("ratio_connect_vs_null_tls".into(), json!(round(c)));
@@ -123,7 +123,7 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
         "ratio_grpc_vs_direct".into(),
         json!(round(med(&down, Grpc) / med(&down, Direct))),
     );
-    let size = human_bytes(cfg.size);
+    let size = human_bytes(cfg.transfer.size);
     let label = format!("bulk 1 conn {size} download, gRPC/UDS");
     grpc_vs_null(res, "bulk_1conn", label, &down, m);
     res.ratio_row(
@@ -139,7 +139,7 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
 
     let upl = bulk_rounds(w, cfg, &[Direct, NullTls, Grpc], 1, true, "bulk upload").await?;
     let mut m = rates_json(&upl);
-    m.insert("bytes".into(), json!(cfg.size));
+    m.insert("bytes".into(), json!(cfg.transfer.size));
     m.insert("direction".into(), json!("upload (client → backend)"));
     let label = format!("bulk 1 conn {size} upload, gRPC/UDS");
     grpc_vs_null(res, "bulk_1conn_upload", label, &upl, m);
@@ -148,7 +148,7 @@ pub(crate) async fn phase_bulk(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
 
 pub(crate) async fn phase_parallel(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
     use PathKind::*;
-    let n = cfg.parallel;
+    let n = cfg.transfer.parallel;
     let r = bulk_rounds(
         w,
         cfg,
@@ -160,14 +160,17 @@ pub(crate) async fn phase_parallel(w: &World, cfg: &Cfg, res: &mut Results) -> a
     .await?;
     let mut m = rates_json(&r);
     m.insert("connections".into(), json!(n));
-    m.insert("bytes_total".into(), json!(cfg.size / n as u64 * n as u64));
+    m.insert(
+        "bytes_total".into(),
+        json!(cfg.transfer.size / n as u64 * n as u64),
+    );
     m.insert(
         "ratio_connect_vs_null_tls".into(),
         json!(round(med(&r, Connect) / med(&r, NullTls))),
     );
     let label = format!(
         "bulk {n} conns × {}, gRPC/UDS",
-        human_bytes(cfg.size / n as u64)
+        human_bytes(cfg.transfer.size / n as u64)
     );
     grpc_vs_null(res, "bulk_parallel", label, &r, m);
     Ok(())

@@ -146,27 +146,25 @@ fn steps(given: &Option<Vec<usize>>, default: &[usize]) -> Vec<usize> {
     v
 }
 
-/// Resolved configuration.
+/// Resolved configuration: which phases run, and how much each one measures.
 #[derive(Debug, Clone)]
 pub(crate) struct Cfg {
+    /// The seconds-long CI run (`--smoke`): tiny sizes and counts, shorter caps.
     pub(crate) smoke: bool,
-    pub(crate) size: u64,
-    pub(crate) parallel: usize,
+    pub(crate) phases: Vec<Phase>,
+    pub(crate) transfer: Transfer,
+    /// Dials per path of the connection set-up phases.
     pub(crate) dials: usize,
+    /// 1-byte round trips per path.
     pub(crate) rtt_samples: usize,
     /// Datagrams per run of the UDP phase.
     pub(crate) udp_datagrams: usize,
-    pub(crate) reps: usize,
+    /// Idle tunneled connection counts of the memory phase, ascending.
     pub(crate) idle_conns: Vec<usize>,
+    /// Agent counts of the scale phase (the largest is the restart phase's), ascending.
     pub(crate) agents: Vec<usize>,
-    pub(crate) phases: Vec<Phase>,
-    pub(crate) stall_size: u64,
+    /// Per-connection flow-control window of the in-process tunnel (both directions).
     pub(crate) window: u32,
-    pub(crate) warmup_dials: usize,
-    pub(crate) rtt_time_cap: Duration,
-    pub(crate) scale_deadline: Duration,
-    /// How long the restart phase waits for every agent to be back.
-    pub(crate) restart_window: Duration,
     /// How long the soak phase starts new rounds.
     pub(crate) soak: Duration,
 }
@@ -174,13 +172,9 @@ pub(crate) struct Cfg {
 impl Cfg {
     pub(crate) fn from(a: &BenchArgs) -> anyhow::Result<Self> {
         let smoke = a.smoke;
-        let size = a.size.unwrap_or(if smoke { 8 * MIB } else { GIB });
-        let parallel = a.parallel.unwrap_or(16).max(1);
-        let idle_conns = steps(
-            &a.idle_conns,
-            if smoke { &[20, 100] } else { &[1000, 10_000] },
-        );
-        let agents = steps(&a.agents, if smoke { &[10, 50] } else { &[1000, 10_000] });
+        let pick = Defaults { smoke };
+        let idle_conns = steps(&a.idle_conns, pick.of(&[1000, 10_000], &[20, 100]));
+        let agents = steps(&a.agents, pick.of(&[1000, 10_000], &[10, 50]));
         let phases = a.only.clone().unwrap_or_else(|| {
             vec![
                 Phase::Bulk,
@@ -207,36 +201,81 @@ impl Cfg {
         );
         Ok(Self {
             smoke,
-            size,
-            parallel,
-            dials: a.dials.unwrap_or(if smoke { 40 } else { 2000 }).max(1),
-            rtt_samples: a
-                .rtt_samples
-                .unwrap_or(if smoke { 300 } else { 10_000 })
-                .max(1),
+            phases,
+            transfer: Transfer {
+                size: a.size.unwrap_or(pick.of(GIB, 8 * MIB)),
+                parallel: a.parallel.unwrap_or(16).max(1),
+                reps: a.reps.unwrap_or(pick.of(5, 1)).max(1),
+            },
+            dials: a.dials.unwrap_or(pick.of(2000, 40)).max(1),
+            rtt_samples: a.rtt_samples.unwrap_or(pick.of(10_000, 300)).max(1),
             udp_datagrams: a
                 .udp_datagrams
-                .unwrap_or(if smoke { 200 } else { 2000 })
+                .unwrap_or(pick.of(2000, 200))
                 .clamp(1, 1_000_000),
-            reps: a.reps.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             idle_conns,
             agents,
-            phases,
-            stall_size: (size / 4).max(MIB),
             window: match a.window {
                 Some(w) => u32::try_from(w).context("--window must be below 4GiB")?,
                 None => konnectivity_core::flow::DEFAULT_WINDOW,
             },
-            warmup_dials: if smoke { 3 } else { 50 },
-            rtt_time_cap: Duration::from_secs(if smoke { 10 } else { 60 }),
-            scale_deadline: Duration::from_secs(if smoke { 30 } else { 120 }),
-            restart_window: Duration::from_secs(60),
-            soak: Duration::from_secs(a.soak_seconds.unwrap_or(if smoke { 3 } else { 3600 })),
+            soak: Duration::from_secs(a.soak_seconds.unwrap_or(pick.of(3600, 3))),
         })
+    }
+
+    fn defaults(&self) -> Defaults {
+        Defaults { smoke: self.smoke }
+    }
+
+    /// Bytes the healthy connection of the stalled-reader phase moves.
+    pub(crate) fn stall_size(&self) -> u64 {
+        (self.transfer.size / 4).max(MIB)
+    }
+
+    /// Dials before the measured ones (connection pools, page faults).
+    pub(crate) fn warmup_dials(&self) -> usize {
+        self.defaults().of(50, 3)
+    }
+
+    /// The longest a path's round trips may take.
+    pub(crate) fn rtt_time_cap(&self) -> Duration {
+        Duration::from_secs(self.defaults().of(60, 10))
+    }
+
+    /// How long the scale phase waits for every agent.
+    pub(crate) fn scale_deadline(&self) -> Duration {
+        Duration::from_secs(self.defaults().of(120, 30))
+    }
+
+    /// How long the restart phase waits for every agent to be back.
+    pub(crate) fn restart_window(&self) -> Duration {
+        Duration::from_secs(60)
     }
 
     pub(crate) fn has(&self, p: Phase) -> bool {
         self.phases.contains(&p)
+    }
+}
+
+/// What each bulk measurement moves, and how often.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transfer {
+    /// Bytes per bulk transfer (split over the connections of the parallel phase).
+    pub(crate) size: u64,
+    pub(crate) parallel: usize,
+    /// Repetitions of each throughput measurement, interleaved across paths.
+    pub(crate) reps: usize,
+}
+
+/// Which of two defaults applies: the full run's or the smoke run's.
+#[derive(Clone, Copy)]
+struct Defaults {
+    smoke: bool,
+}
+
+impl Defaults {
+    fn of<T>(self, full: T, smoke_run: T) -> T {
+        if self.smoke { smoke_run } else { full }
     }
 }
 
@@ -251,5 +290,44 @@ mod tests {
         assert_eq!(parse_size("100000"), Ok(100_000));
         assert!(parse_size("1").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    fn cfg(flags: &[&str]) -> Cfg {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from(
+            std::iter::once("bench").chain(flags.iter().copied()),
+        );
+        Cfg::from(&cli.bench).expect("valid flags")
+    }
+
+    #[test]
+    fn smoke_run_takes_the_smoke_defaults_and_flags_win_over_both() {
+        let full = cfg(&[]);
+        assert_eq!(
+            (full.transfer.size, full.transfer.reps, full.dials),
+            (GIB, 5, 2000)
+        );
+        assert_eq!(
+            (full.warmup_dials(), full.soak),
+            (50, Duration::from_secs(3600))
+        );
+        assert_eq!(full.stall_size(), GIB / 4);
+        let smoke = cfg(&["--smoke"]);
+        assert_eq!(
+            (smoke.transfer.size, smoke.transfer.reps, smoke.dials),
+            (8 * MIB, 1, 40)
+        );
+        assert_eq!(
+            (smoke.warmup_dials(), smoke.soak),
+            (3, Duration::from_secs(3))
+        );
+        assert_eq!(smoke.stall_size(), 2 * MIB);
+        assert_eq!(smoke.idle_conns, [20, 100]);
+        let flagged = cfg(&["--smoke", "--dials", "7", "--agents", "5,0,5,2"]);
+        assert_eq!((flagged.dials, flagged.agents.as_slice()), (7, &[2, 5][..]));
     }
 }

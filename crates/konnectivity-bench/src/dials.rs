@@ -26,7 +26,7 @@ pub(crate) async fn phase_dial(w: &World, cfg: &Cfg, res: &mut Results) -> anyho
     use PathKind::*;
     let paths = [Direct, NullPlain, NullTls, Grpc, Connect, Socks5];
     for &p in &paths {
-        for i in 0..cfg.warmup_dials {
+        for i in 0..cfg.warmup_dials() {
             dial_once(w, p, i)
                 .await
                 .with_context(|| format!("warm-up dial via {}", p.key()))?;

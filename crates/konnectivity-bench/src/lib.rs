@@ -96,7 +96,7 @@ pub use null::{NullArgs, null_helper};
 pub use procs::backend_helper;
 
 use config::Cfg;
-use report::{Results, cpu_split, cpu_times, machine, nofile_limit, print_table, progress};
+use report::{Beside, Results, cpu_split, cpu_times, machine, nofile_limit, print_table, progress};
 use stats::{human_bytes, round};
 use world::{Target, World};
 
@@ -182,11 +182,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mode = if cfg.smoke { "smoke" } else { "full" };
     progress(format!(
         "{mode} run: size {}, {} parallel, {} dials, {} RTT samples, {} reps, idle conns {:?}, agents {:?}",
-        human_bytes(cfg.size),
-        cfg.parallel,
+        human_bytes(cfg.transfer.size),
+        cfg.transfer.parallel,
         cfg.dials,
         cfg.rtt_samples,
-        cfg.reps,
+        cfg.transfer.reps,
         cfg.idle_conns,
         cfg.agents
     ));
@@ -227,14 +227,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
             }
         };
-        let (inproc, [grpc, connect], socks5) = world::start_inproc(&pki, &dir, cfg.window).await?;
+        let (inproc, frontends) = world::start_inproc(&pki, &dir, cfg.window).await?;
         let world = Arc::new(World {
             source: target(source).await?,
             sink: target(sink).await?,
             echo: target(echo).await?,
-            grpc,
-            connect,
-            socks5,
+            frontends,
         });
         let w = &world;
         run_phase(
@@ -307,6 +305,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("faults")?;
     }
 
+    upstream::beside_rows(&mut res);
     let cpu = cpu_split(&cpu0, &cpu_times());
     let targets: Vec<Value> = res
         .rows
@@ -316,6 +315,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "id": r.id, "measurement": r.label, "value": r.value, "baseline": r.baseline,
                 "ratio": r.ratio.map(round), "judged": round(r.judged), "unit": r.unit,
                 "target": r.target, "source": r.source, "pass": r.pass,
+                "upstream": r.upstream.map(Beside::to_json),
             })
         })
         .collect();
@@ -325,9 +325,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "mode": mode,
         "machine": machine(),
         "config": {
-            "bulk_bytes": cfg.size, "parallel": cfg.parallel, "dials": cfg.dials,
-            "rtt_samples": cfg.rtt_samples, "udp_datagrams": cfg.udp_datagrams, "reps": cfg.reps, "idle_conns": cfg.idle_conns,
-            "agents": cfg.agents, "soak_seconds": cfg.soak.as_secs(), "stall_bytes": cfg.stall_size,
+            "bulk_bytes": cfg.transfer.size, "parallel": cfg.transfer.parallel, "dials": cfg.dials,
+            "rtt_samples": cfg.rtt_samples, "udp_datagrams": cfg.udp_datagrams, "reps": cfg.transfer.reps, "idle_conns": cfg.idle_conns,
+            "agents": cfg.agents, "soak_seconds": cfg.soak.as_secs(), "stall_bytes": cfg.stall_size(),
             "phases": cfg.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "flow_window_in_process": cfg.window,
             "flow_window_processes": konnectivity_core::flow::DEFAULT_WINDOW,
@@ -335,6 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         "measurements": Value::Object(res.measurements.clone()),
         "targets": targets,
+        "upstream_column": res.upstream_note.as_deref().unwrap_or(report::UPSTREAM_FOOTNOTE),
         "elapsed_seconds": round(started.elapsed().as_secs_f64()),
         "cpu_percent_during_run": cpu,
     });

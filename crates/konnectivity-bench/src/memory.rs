@@ -117,10 +117,10 @@ pub(crate) async fn phase_memory(env: ProcessEnv<'_>, res: &mut Results) -> anyh
     while fds(sp) > 64 && t.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let n_bulk = env.cfg.size;
+    let n_bulk = env.cfg.transfer.size;
     let mut rates = Vec::new();
     let cpu0 = (cpu_s(&sp.to_string()), cpu_s(&ap.to_string()));
-    for _ in 0..env.cfg.reps.min(3) {
+    for _ in 0..env.cfg.transfer.reps.min(3) {
         let mut io: BoxIo =
             Box::new(konnectivity_client::grpc_dial(&f, &env.source.to_string(), DIAL).await?);
         let start = Instant::now();

@@ -168,10 +168,9 @@ pub(crate) fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A running proxy-server process, its frontend's UNIX socket and its ports.
 pub(crate) struct ServerProc {
     pub(crate) proc: Proc,
-    pub(crate) agent_port: u16,
-    pub(crate) health: String,
     pub(crate) uds: PathBuf,
     pub(crate) ports: ServerPorts,
 }
@@ -206,6 +205,11 @@ impl ServerPorts {
             admin: free_port(),
         }
     }
+
+    /// `host:port` of the health listener (/healthz, /readyz, /metrics).
+    pub(crate) fn health_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.health)
+    }
 }
 
 /// [`start_server_proc`] on the given ports, with `extra` flags (ours only: e.g.
@@ -219,27 +223,26 @@ pub(crate) async fn start_server_proc_on(
     ports: ServerPorts,
     extra: &[String],
 ) -> anyhow::Result<ServerProc> {
-    let (agent_port, health_port, admin_port) = (ports.agent, ports.health, ports.admin);
     let uds = dir.join(format!("{name}.sock"));
     let _ = std::fs::remove_file(&uds);
     let args = ServerArgv::new(name, mode, pki)
-        .listeners("127.0.0.1", agent_port, health_port, admin_port)
+        .listeners("127.0.0.1", ports.agent, ports.health, ports.admin)
         .uds_frontend(&uds)
         .args(extra.iter().cloned())
         .build();
     let mut proc = Proc::spawn(name, program, &args, None, dir)?;
-    let health = format!("127.0.0.1:{health_port}");
-    if let Err(e) = wait_http(&health, "/healthz", 200, Duration::from_secs(20)).await {
+    if let Err(e) = wait_http(
+        &ports.health_addr(),
+        "/healthz",
+        200,
+        Duration::from_secs(20),
+    )
+    .await
+    {
         proc.alive()?;
         return Err(e);
     }
-    Ok(ServerProc {
-        proc,
-        agent_port,
-        health,
-        uds,
-        ports,
-    })
+    Ok(ServerProc { proc, uds, ports })
 }
 
 /// A proxy-server process (`NAME-server`) and one proxy-agent process (`NAME-agent`)
@@ -286,11 +289,18 @@ impl TunnelProcs {
             extra,
         )
         .await?;
-        let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.agent_port)
+        let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.ports.agent)
             .ports(free_port())
             .build();
         let mut agent = Proc::spawn(&format!("{name}-agent"), agent_program, &args, None, dir)?;
-        if let Err(e) = wait_http(&server.health, "/readyz", 200, Duration::from_secs(20)).await {
+        if let Err(e) = wait_http(
+            &server.ports.health_addr(),
+            "/readyz",
+            200,
+            Duration::from_secs(20),
+        )
+        .await
+        {
             agent.alive()?;
             server.proc.alive()?;
             return Err(e);
@@ -317,19 +327,27 @@ pub(crate) fn start_null(
     source: SocketAddr,
     echo: SocketAddr,
 ) -> anyhow::Result<Helper> {
+    start_null_to(pki, &[source, echo], &[echo])
+}
+
+/// `konnectivity bench-null` with an entrance per backend in `tls` (TLS middle hop,
+/// the agent link's certificates), then one per backend in `plain` (plain middle hop):
+/// `addrs` in that order.
+pub(crate) fn start_null_to(
+    pki: &Pki,
+    tls: &[SocketAddr],
+    plain: &[SocketAddr],
+) -> anyhow::Result<Helper> {
     let p = |x: &Path| x.display().to_string();
-    Helper::start(
-        &[
-            "bench-null".into(),
-            format!("--target={source}"),
-            format!("--target={echo}"),
-            format!("--ca={}", p(&pki.ca)),
-            format!("--cert={}", p(&pki.server_cert)),
-            format!("--key={}", p(&pki.server_key)),
-            format!("--client-cert={}", p(&pki.agent_cert)),
-            format!("--client-key={}", p(&pki.agent_key)),
-            format!("--plain-target={echo}"),
-        ],
-        3,
-    )
+    let mut args = vec!["bench-null".to_owned()];
+    args.extend(tls.iter().map(|t| format!("--target={t}")));
+    args.extend([
+        format!("--ca={}", p(&pki.ca)),
+        format!("--cert={}", p(&pki.server_cert)),
+        format!("--key={}", p(&pki.server_key)),
+        format!("--client-cert={}", p(&pki.agent_cert)),
+        format!("--client-key={}", p(&pki.agent_key)),
+    ]);
+    args.extend(plain.iter().map(|t| format!("--plain-target={t}")));
+    Helper::start(&args, tls.len() + plain.len())
 }

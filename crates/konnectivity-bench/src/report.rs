@@ -1,5 +1,6 @@
 //! The results: measurements (the `measurements` object of bench-results.json, one key
-//! per phase), the rows of the target table with their verdicts, the machine and its
+//! per phase), the rows of the target table with their verdicts and, where upstream has
+//! the same measurement, upstream's figure beside ours ([`Beside`]), the machine and its
 //! CPU split during the run (steal), the JSON document and the printed table.
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +23,44 @@ pub(crate) struct Row {
     /// The number the target is judged on (ratio or absolute, in `unit`).
     pub(crate) judged: f64,
     pub(crate) unit: &'static str,
+    /// Upstream's figure for the same measurement, set after the phases ran
+    /// (`upstream::beside_rows`); `None` where upstream has no equivalent or was not
+    /// measured.
+    pub(crate) upstream: Option<Beside>,
+}
+
+/// Upstream + upstream beside ours + ours, as the upstream phase measured both (same
+/// set-up, repetitions interleaved): the like-for-like comparison of a row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Beside {
+    /// Upstream's proxy-server with upstream's proxy-agent, in the row's unit.
+    pub(crate) upstream: f64,
+    /// Our proxy-server with our proxy-agent, measured beside it.
+    pub(crate) ours: f64,
+    /// Decimals to print both with.
+    pub(crate) decimals: usize,
+}
+
+impl Beside {
+    /// Ours divided by upstream (throughput: higher is better; time and memory: lower).
+    pub(crate) fn ratio(&self) -> f64 {
+        self.ours / self.upstream
+    }
+
+    /// The upstream cell of the table: upstream's figure, ours beside it in parentheses.
+    fn cell(&self) -> String {
+        let d = self.decimals;
+        format!("{:.d$} (ours {:.d$})", self.upstream, self.ours)
+    }
+
+    /// The `upstream` object of a target in bench-results.json.
+    pub(crate) fn to_json(self) -> Value {
+        json!({
+            "upstream_upstream": round(self.upstream),
+            "ours_ours": round(self.ours),
+            "ratio_ours_vs_upstream": round(self.ratio()),
+        })
+    }
 }
 
 impl Row {
@@ -46,6 +85,7 @@ impl Row {
             pass: None,
             judged,
             unit,
+            upstream: None,
         }
     }
 }
@@ -56,6 +96,8 @@ pub(crate) struct Results {
     pub(crate) rows: Vec<Row>,
     /// Tables of their own, printed after the target table (e.g. ours beside upstream).
     pub(crate) sections: Vec<String>,
+    /// Why the table's upstream column is empty, when it is (one line).
+    pub(crate) upstream_note: Option<String>,
 }
 
 impl Results {
@@ -96,6 +138,7 @@ impl Results {
             pass,
             judged: ratio,
             unit: "ratio",
+            upstream: None,
         });
     }
 
@@ -123,6 +166,7 @@ impl Results {
             pass,
             judged,
             unit,
+            upstream: None,
         });
     }
 }
@@ -199,34 +243,40 @@ pub(crate) fn machine() -> Value {
     })
 }
 
-pub(crate) fn print_table(res: &Results, mode: &str, took: Duration, out: &Path, cpu: &Value) {
-    let m = machine();
-    println!(
-        "\nkonnectivity bench ({mode}, {} build) — {} CPUs ({}), {}, kernel {}",
-        m["build"].as_str().unwrap_or(""),
-        m["cpus"],
-        m["cpu_model"].as_str().unwrap_or(""),
-        m["memory"].as_str().unwrap_or(""),
-        m["kernel"].as_str().unwrap_or("")
-    );
+/// What the upstream column means, printed under the table.
+pub(crate) const UPSTREAM_FOOTNOTE: &str = "upstream = upstream's proxy-server + proxy-agent (v0.36.0) as separate processes, measured in this run's \
+     upstream phase; in parentheses ours + ours measured beside it there (same set-up, repetitions interleaved), and ours/up is \
+     the ratio of those two, so it can differ from tunnel ÷ upstream (throughput: above 1 is better; time and memory: below 1). \
+     — = no upstream equivalent: in-process rows (upstream's binaries cannot run inside the bench process), and rows upstream \
+     is not measured for.";
+
+/// The target table: a header line, then one line per row.
+pub(crate) fn table_lines(rows: &[Row]) -> Vec<String> {
+    let upstream = |r: &Row| r.upstream.map_or("—".into(), |b| b.cell());
+    let ours_up = |r: &Row| {
+        r.upstream
+            .map(|b| b.ratio())
+            .filter(|x| x.is_finite())
+            .map_or("—".into(), |x| format!("{x:.2}"))
+    };
     // Column widths: the widest cell, at least the header (the label column at least 11
     // even when there are no rows).
-    let width = |cell: fn(&Row) -> &String, empty: usize, least: usize| {
-        res.rows
-            .iter()
+    let width = |cell: &dyn Fn(&Row) -> String, least: usize| {
+        rows.iter()
             .map(|r| cell(r).chars().count())
             .max()
-            .unwrap_or(empty)
+            .unwrap_or(0)
             .max(least)
     };
-    let w = width(|r| &r.label, 10, 11);
-    let wv = width(|r| &r.value, 6, 6);
-    let wb = width(|r| &r.baseline, 8, 8);
-    println!(
-        "{:<w$}  {:<wv$}  {:<wb$}  {:>6}  {:<8}  result",
-        "measurement", "tunnel", "baseline", "ratio", "target"
-    );
-    for r in &res.rows {
+    let w = width(&|r| r.label.clone(), 11);
+    let wv = width(&|r| r.value.clone(), 6);
+    let wb = width(&|r| r.baseline.clone(), 8);
+    let wu = width(&upstream, 8);
+    let mut lines = vec![format!(
+        "{:<w$}  {:<wv$}  {:<wb$}  {:>6}  {:<wu$}  {:>7}  {:<8}  result",
+        "measurement", "tunnel", "baseline", "ratio", "upstream", "ours/up", "target"
+    )];
+    for r in rows {
         let ratio = r.ratio.map_or("—".into(), |x| format!("{x:.2}"));
         let verdict = match (r.pass, r.source) {
             (Some(true), _) => "ok",
@@ -240,16 +290,42 @@ pub(crate) fn print_table(res: &Results, mode: &str, took: Duration, out: &Path,
         } else {
             r.target.clone()
         };
-        println!(
-            "{:<w$}  {:<wv$}  {:<wb$}  {:>6}  {:<8}  {verdict}",
-            r.label, r.value, r.baseline, ratio, target
-        );
+        lines.push(format!(
+            "{:<w$}  {:<wv$}  {:<wb$}  {:>6}  {:<wu$}  {:>7}  {:<8}  {verdict}",
+            r.label,
+            r.value,
+            r.baseline,
+            ratio,
+            upstream(r),
+            ours_up(r),
+            target
+        ));
+    }
+    lines
+}
+
+pub(crate) fn print_table(res: &Results, mode: &str, took: Duration, out: &Path, cpu: &Value) {
+    let m = machine();
+    println!(
+        "\nkonnectivity bench ({mode}, {} build) — {} CPUs ({}), {}, kernel {}",
+        m["build"].as_str().unwrap_or(""),
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or(""),
+        m["memory"].as_str().unwrap_or(""),
+        m["kernel"].as_str().unwrap_or("")
+    );
+    for line in table_lines(&res.rows) {
+        println!("{line}");
     }
     println!(
         "Throughput in Gbit/s (10^9 bit/s), medians; baselines measured in the same run. \"null\" = null tunnel \
          (TLS middle hop for throughput and RTT, plain middle hop for dials), in-process like the tunnel it is compared with, \
          and a process of its own in the \"separate processes\" rows. * = target from perf-anchors §5.4, informational."
     );
+    println!("{UPSTREAM_FOOTNOTE}");
+    if let Some(note) = &res.upstream_note {
+        println!("{note}");
+    }
     for section in &res.sections {
         println!("\n{section}\n");
     }

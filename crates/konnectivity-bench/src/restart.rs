@@ -37,13 +37,13 @@ pub(crate) async fn phase_restart(env: ProcessEnv<'_>, res: &mut Results) -> any
     let mut server =
         start_server_proc("restart-server-0", "grpc", &program, env.pki, env.dir).await?;
     let stop = CancellationToken::new();
-    let tasks = spawn_agents(n, server.agent_port, &tls, &stop);
-    let health = server.health.clone();
-    let cold = wait_ready(&health, n, env.cfg.scale_deadline).await?;
+    let tasks = spawn_agents(n, server.ports.agent, &tls, &stop);
+    let health = server.ports.health_addr();
+    let cold = wait_ready(&health, n, env.cfg.scale_deadline()).await?;
     ensure!(
         cold.is_some(),
         "restart: only some of the {n} agents were ready after {:?} (before the restart)",
-        env.cfg.scale_deadline
+        env.cfg.scale_deadline()
     );
     let rss_before = settled_rss(server.proc.pid()).await;
     progress(format!(
@@ -70,7 +70,7 @@ pub(crate) async fn phase_restart(env: ProcessEnv<'_>, res: &mut Results) -> any
     let pid = server.proc.pid();
     let cpu0 = cpu_s(&pid.to_string());
     let me0 = cpu_s("self");
-    let window = env.cfg.restart_window;
+    let window = env.cfg.restart_window();
     let poller = std::thread::spawn(move || sample_curve(&health, pid, n as u64, t0, window));
     let (curve, polls) = tokio::task::spawn_blocking(move || poller.join())
         .await?

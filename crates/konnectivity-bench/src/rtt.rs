@@ -20,7 +20,7 @@ pub(crate) async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> a
     let mut alone = serde_json::Map::new();
     for p in [Direct, NullTls, Grpc, Connect] {
         let mut io = w.open(p, &w.echo).await?;
-        let mut s = round_trips(&mut io, cfg.rtt_samples, warm, cfg.rtt_time_cap)
+        let mut s = round_trips(&mut io, cfg.rtt_samples, warm, cfg.rtt_time_cap())
             .await
             .with_context(|| format!("round trips via {}", p.key()))?;
         ensure!(!s.is_empty(), "no round trip completed via {}", p.key());
@@ -33,7 +33,7 @@ pub(crate) async fn phase_rtt(w: &Arc<World>, cfg: &Cfg, res: &mut Results) -> a
         let mut io = w.open(p, &w.echo).await?;
         let before = bulk.moved();
         let t0 = Instant::now();
-        let r = round_trips(&mut io, cfg.rtt_samples, warm, cfg.rtt_time_cap).await;
+        let r = round_trips(&mut io, cfg.rtt_samples, warm, cfg.rtt_time_cap()).await;
         let window = t0.elapsed();
         let during = bulk.moved() - before;
         let b = bulk.finish(p.key()).await;

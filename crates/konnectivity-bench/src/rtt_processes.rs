@@ -68,7 +68,7 @@ pub(crate) async fn phase_rtt_processes(
     let mut alone = serde_json::Map::new();
     let direct = ("direct", Hop::Tcp(echo.addr));
     for (key, hop) in std::iter::once(direct).chain(routes.iter().map(|r| (r.0, r.2.clone()))) {
-        let mut s = round_trips_on_thread(hop, env.cfg.rtt_samples, warm, env.cfg.rtt_time_cap)
+        let mut s = round_trips_on_thread(hop, env.cfg.rtt_samples, warm, env.cfg.rtt_time_cap())
             .await
             .with_context(|| format!("round trips via {key}"))?;
         ensure!(!s.is_empty(), "no round trip completed via {key}");
@@ -99,11 +99,11 @@ pub(crate) async fn phase_rtt_processes(
             .collect()
     };
     let cpu0 = cpu_now();
-    let dials = dials_on_thread(dial_hops, env.cfg.dials, env.cfg.warmup_dials).await?;
+    let dials = dials_on_thread(dial_hops, env.cfg.dials, env.cfg.warmup_dials()).await?;
     let cpu1 = cpu_now();
     // Every path was dialled `warmup_dials + dials` times; processes serving two paths
     // (HTTP-CONNECT and SOCKS5) served twice as many, and each path gets the average.
-    let per = 1e6 / (env.cfg.dials + env.cfg.warmup_dials).max(1) as f64;
+    let per = 1e6 / (env.cfg.dials + env.cfg.warmup_dials()).max(1) as f64;
     let dial_cpu: serde_json::Map<String, Value> = dial_pids
         .iter()
         .zip(cpu0.iter().zip(&cpu1))
@@ -134,7 +134,7 @@ pub(crate) async fn phase_rtt_processes(
             echo_hop.clone(),
             env.cfg.rtt_samples,
             warm,
-            env.cfg.rtt_time_cap,
+            env.cfg.rtt_time_cap(),
         )
         .await;
         let window = t0.elapsed();
@@ -209,6 +209,7 @@ pub(crate) async fn phase_rtt_processes(
     res.measurements
         .insert("dial_processes".into(), Value::Object(dm));
     let dp50 = |k: &str| num(&d, &[k, "p50_us"]);
+    let dp99 = |k: &str| num(&d, &[k, "p99_us"]);
     let (g50, n50) = (
         num(&a, &["grpc_uds", "p50_us"]),
         num(&a, &["null_tls", "p50_us"]),
@@ -229,6 +230,20 @@ pub(crate) async fn phase_rtt_processes(
             ),
             Some(dp50("grpc_uds") / dp50("null_plain")),
             dp50("grpc_uds"),
+            "µs",
+        ),
+        Row::info(
+            "dial_p99_processes",
+            "dial + first byte p99, gRPC/UDS, separate processes".into(),
+            format!("{:.0} µs", dp99("grpc_uds")),
+            format!(
+                "null {:.0}, CONNECT {:.0} (direct {:.0})",
+                dp99("null_plain"),
+                dp99("http_connect_uds"),
+                dp99("direct")
+            ),
+            Some(dp99("grpc_uds") / dp99("null_plain")),
+            dp99("grpc_uds"),
             "µs",
         ),
         Row::info(
@@ -257,6 +272,7 @@ pub(crate) async fn phase_rtt_processes(
             pass: g99.is_finite().then_some(g99 <= 1000.0),
             judged: g99,
             unit: "µs",
+            upstream: None,
         },
     ];
     // Next to the in-process RTT rows, before the in-process figure beside bulk.

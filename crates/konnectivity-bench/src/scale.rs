@@ -88,8 +88,8 @@ pub(crate) async fn phase_scale(env: ProcessEnv<'_>, res: &mut Results) -> anyho
         let me0 = cpu_s("self");
         let stop = CancellationToken::new();
         // The poller runs on its own thread so that a busy runtime does not delay it.
-        let health = server.health.clone();
-        let deadline = env.cfg.scale_deadline;
+        let health = server.ports.health_addr();
+        let deadline = env.cfg.scale_deadline();
         let t0 = Instant::now();
         let poller = std::thread::spawn(move || {
             let mut seen = 0u64;
@@ -116,7 +116,7 @@ pub(crate) async fn phase_scale(env: ProcessEnv<'_>, res: &mut Results) -> anyho
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let tasks = spawn_agents(n, server.agent_port, &tls, &stop);
+        let tasks = spawn_agents(n, server.ports.agent, &tls, &stop);
         let (took, seen, curve) = tokio::task::spawn_blocking(move || poller.join())
             .await?
             .map_err(|_| anyhow::anyhow!("metrics poller panicked"))?;
@@ -170,7 +170,7 @@ pub(crate) async fn phase_scale(env: ProcessEnv<'_>, res: &mut Results) -> anyho
             format!("{n} agents all ready"),
             match took {
                 Some(_) => format!("{secs:.2} s"),
-                None => format!("{seen} of {n} after {:?}", env.cfg.scale_deadline),
+                None => format!("{seen} of {n} after {:?}", env.cfg.scale_deadline()),
             },
             secs,
             10.0,

@@ -43,13 +43,13 @@ async fn read_mib(
 }
 
 pub(crate) async fn phase_stalled(w: &World, cfg: &Cfg, res: &mut Results) -> anyhow::Result<()> {
-    let n = cfg.stall_size;
+    let n = cfg.stall_size();
     let p = PathKind::Grpc;
     let mut io = w.open(p, &w.source).await?;
     let t = Instant::now();
     download(&mut io, (8 * MIB).min(n)).await?;
     let _ = t;
-    let reps = cfg.reps.max(if cfg.smoke { 1 } else { 3 });
+    let reps = cfg.transfer.reps.max(if cfg.smoke { 1 } else { 3 });
     let (mut alone, mut beside) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         alone.push(healthy(w, p, n, "healthy transfer alone").await?);

@@ -6,7 +6,8 @@
 //! Rust client (`grpc_dial`, one Proxy stream per HTTP/2 connection, as
 //! konnectivity-client). Measured per pairing: idle RSS, RSS per idle tunneled
 //! connection, dial + first byte, 1-byte round trips alone and beside a download,
-//! bulk download over one and over N connections; repetitions interleaved over the
+//! bulk download over one and over N connections, bulk upload over one (to a sink,
+//! beside a null tunnel of its own), the CPU per GiB of each; repetitions interleaved over the
 //! pairings so that each sees the same host. Then, when its driver is built, the
 //! dials, round trips and downloads again through the real Go konnectivity-client
 //! ([`go_client`]).
@@ -23,19 +24,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use konnectivity_testkit::pki::Pki;
+use konnectivity_testkit::process::cpu_s;
 use serde_json::{Map, Value, json};
 
+use crate::GIB;
 use crate::config::Cfg;
 use crate::hops::{EchoThreads, Hop, dials_on_thread, round_trips_on_thread};
-use crate::load::{Background, download};
+use crate::load::{Background, download, sink_server, upload};
 use crate::memory::open_idle;
-use crate::procs::{Helper, TunnelProcs, settled_rss, start_null};
+use crate::procs::{Helper, TunnelProcs, settled_rss, start_null, start_null_to};
 use crate::report::{Results, Row, progress};
 use crate::stats::{gbps, latency, round, summary};
 use crate::world::BoxIo;
 
+mod beside;
 mod go_client;
 mod table;
+
+pub(crate) use beside::beside_rows;
 
 /// The upstream binaries' file names (as `tests/upstream/build.sh` writes them).
 const SERVER: &str = "upstream-proxy-server";
@@ -181,6 +187,9 @@ pub(crate) async fn phase_upstream(
     };
     let echo = EchoThreads::start()?;
     let null = start_null(pki, source, echo.addr)?;
+    // Uploads go to a sink, through a null tunnel of their own.
+    let sink = sink_server().await?;
+    let null_sink = start_null_to(pki, &[sink], &[])?;
     let idle_backend = Helper::start(&["bench-backend".into()], 1)?;
     let mut pairings = Vec::new();
     for (key, label, s, a) in PAIRINGS {
@@ -226,7 +235,7 @@ pub(crate) async fn phase_upstream(
     let mut failed: BTreeMap<usize, String> = BTreeMap::new();
     for r in 0..rounds {
         let per = cfg.dials / rounds + usize::from(r < cfg.dials % rounds);
-        let warm = if r == 0 { cfg.warmup_dials } else { 0 };
+        let warm = if r == 0 { cfg.warmup_dials() } else { 0 };
         for i in 0..=pairings.len() {
             if failed.contains_key(&i) {
                 continue;
@@ -272,7 +281,7 @@ pub(crate) async fn phase_upstream(
         cap: if cfg.smoke {
             Duration::from_secs(2)
         } else {
-            cfg.rtt_time_cap
+            cfg.rtt_time_cap()
         },
     };
     for i in 0..=pairings.len() {
@@ -296,21 +305,52 @@ pub(crate) async fn phase_upstream(
     }
     progress("upstream: round trips done");
 
-    // Bulk downloads: one connection, then N, repetitions interleaved over the paths.
-    for (what, conns) in [("bulk_1conn", 1), ("bulk_parallel", cfg.parallel)] {
-        let per = (cfg.size / conns as u64).max(1);
+    // Bulk: a download and an upload on one connection, then downloads on N;
+    // repetitions interleaved over the paths.
+    let null_sink_hop = Hop::Tcp(null_sink.addrs[0]);
+    let transfers = [
+        (
+            "bulk_1conn",
+            1,
+            Direction::Download,
+            (source, &null_hops.2, null.pid()),
+        ),
+        (
+            "bulk_1conn_upload",
+            1,
+            Direction::Upload,
+            (sink, &null_sink_hop, null_sink.pid()),
+        ),
+        (
+            "bulk_parallel",
+            cfg.transfer.parallel,
+            Direction::Download,
+            (source, &null_hops.2, null.pid()),
+        ),
+    ];
+    for (what, conns, direction, (backend, null_hop, null_pid)) in transfers {
+        let per = (cfg.transfer.size / conns as u64).max(1);
         let mut rates: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
         let mut failed: BTreeMap<usize, String> = BTreeMap::new();
-        for rep in 0..cfg.reps.min(3) {
+        // CPU seconds of the path's processes over its completed transfers.
+        let mut cpu: BTreeMap<usize, f64> = BTreeMap::new();
+        for rep in 0..cfg.transfer.reps.min(3) {
             for i in 0..=pairings.len() {
                 if failed.contains_key(&i) {
                     continue;
                 }
-                let hop = path_hop(&mut pairings, i, &null_hops.2, source);
+                let hop = path_hop(&mut pairings, i, null_hop, backend);
+                let pids = path_pids(&mut pairings, i, null_pid);
+                let cpu0 = cpu_seconds(&pids);
                 let r = match hop {
-                    Ok(h) => bulk(&h, conns, per).await.map_err(|e| format!("{e:#}")),
+                    Ok(h) => bulk(&h, direction, conns, per)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
                     Err(e) => Err(e),
                 };
+                if r.is_ok() {
+                    *cpu.entry(i).or_default() += cpu_seconds(&pids) - cpu0;
+                }
                 let key = if i == 0 {
                     "null_tls"
                 } else {
@@ -338,10 +378,20 @@ pub(crate) async fn phase_upstream(
                 }
                 None => summary(rates.get(&i).map_or(&[][..], |v| v)),
             };
-            if i == 0 {
-                null_out.insert(format!("{what}_gbps"), v);
+            let runs = rates.get(&i).map_or(0, Vec::len) as u64;
+            let gib = (per * conns as u64 * runs) as f64 / GIB as f64;
+            let cpu = json!({
+                "total": round(cpu.get(&i).copied().unwrap_or(f64::NAN) / gib),
+                "what": "user + system CPU seconds of the path's processes (server + agent, or bench-null) per GiB moved",
+            });
+            let out = if i == 0 {
+                &mut null_out
             } else {
-                pairings[i - 1].out.insert(format!("{what}_gbps"), v);
+                &mut pairings[i - 1].out
+            };
+            out.insert(format!("{what}_gbps"), v);
+            if runs > 0 {
+                out.insert(format!("{what}_cpu_s_per_gib"), cpu);
             }
         }
     }
@@ -373,6 +423,7 @@ pub(crate) async fn phase_upstream(
         }
     }
     drop(idle_backend);
+    drop(null_sink);
     drop(null);
     drop(echo);
 
@@ -411,6 +462,22 @@ async fn memory(cfg: &Cfg, pairings: &mut [Pairing], echo: &str) {
     }
 }
 
+/// The processes of path `i` (see [`path_hop`]): the null tunnel's, or the pairing's
+/// server and agent while they are alive.
+fn path_pids(pairings: &mut [Pairing], i: usize, null: u32) -> Vec<u32> {
+    match i.checked_sub(1) {
+        None => vec![null],
+        Some(k) => pairings[k]
+            .live()
+            .map_or_else(|_| Vec::new(), |p| vec![p.server.proc.pid(), p.agent.pid()]),
+    }
+}
+
+/// User + system CPU seconds `pids` have spent so far (`/proc/<pid>/stat`).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_s(&p.to_string())).sum()
+}
+
 fn or_error(r: anyhow::Result<Value>) -> Value {
     r.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }))
 }
@@ -446,17 +513,29 @@ async fn rtt_loaded(rtt: Rtt, echo: Hop, source: Hop) -> anyhow::Result<Value> {
     Ok(l)
 }
 
-/// `conns` downloads of `per` bytes each at once through `hop`; Gbit/s of all of them.
-async fn bulk(hop: &Hop, conns: usize, per: u64) -> anyhow::Result<f64> {
+/// Which way a bulk transfer goes.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    /// Backend (the source) to client.
+    Download,
+    /// Client to backend (the sink).
+    Upload,
+}
+
+/// `conns` transfers of `per` bytes each at once through `hop`, all in `direction`;
+/// Gbit/s of all of them.
+async fn bulk(hop: &Hop, direction: Direction, conns: usize, per: u64) -> anyhow::Result<f64> {
     let mut ios = Vec::with_capacity(conns);
     for _ in 0..conns {
         ios.push(hop.open().await?);
     }
     let start = Instant::now();
-    let ends = futures::future::join_all(
-        ios.into_iter()
-            .map(|mut io| async move { download(&mut io, per).await }),
-    )
+    let ends = futures::future::join_all(ios.into_iter().map(|mut io| async move {
+        match direction {
+            Direction::Download => download(&mut io, per).await,
+            Direction::Upload => upload(&mut io, per).await,
+        }
+    }))
     .await;
     let mut last = start;
     for e in ends {

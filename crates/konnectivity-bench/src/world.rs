@@ -57,6 +57,12 @@ pub(crate) struct World {
     pub(crate) source: Target,
     pub(crate) sink: Target,
     pub(crate) echo: Target,
+    pub(crate) frontends: Frontends,
+}
+
+/// The in-process proxy-server's frontends, each on a UNIX socket of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct Frontends {
     pub(crate) grpc: Frontend,
     pub(crate) connect: Frontend,
     /// The SOCKS5 frontend's UNIX socket (`--socks5-uds`).
@@ -102,9 +108,9 @@ impl World {
             PathKind::Direct => tcp(t.addr).await,
             PathKind::NullPlain => tcp(t.null_plain).await,
             PathKind::NullTls => tcp(t.null_tls).await,
-            PathKind::Grpc => grpc(&self.grpc, t.addr).await,
-            PathKind::Connect => connect(&self.connect, t.addr).await,
-            PathKind::Socks5 => socks5(&self.socks5.display().to_string(), t.addr).await,
+            PathKind::Grpc => grpc(&self.frontends.grpc, t.addr).await,
+            PathKind::Connect => connect(&self.frontends.connect, t.addr).await,
+            PathKind::Socks5 => socks5(&self.frontends.socks5.display().to_string(), t.addr).await,
         }
     }
 }
@@ -115,11 +121,13 @@ pub(crate) struct InProc {
     pub(crate) agent: tokio::task::JoinHandle<()>,
 }
 
+/// Starts the in-process proxy-server and proxy-agent with flow-control window
+/// `window`; returns once the agent is connected.
 pub(crate) async fn start_inproc(
     pki: &Pki,
     dir: &Path,
     window: u32,
-) -> anyhow::Result<(InProc, [Frontend; 2], PathBuf)> {
+) -> anyhow::Result<(InProc, Frontends)> {
     let agent_l = TcpListener::bind("127.0.0.1:0").await?;
     let agent_port = agent_l.local_addr()?.port();
     let grpc_sock = dir.join("grpc.sock");
@@ -188,8 +196,11 @@ pub(crate) async fn start_inproc(
             server,
             agent,
         },
-        [Frontend::Uds(grpc_sock), Frontend::Uds(connect_sock)],
-        socks5_sock,
+        Frontends {
+            grpc: Frontend::Uds(grpc_sock),
+            connect: Frontend::Uds(connect_sock),
+            socks5: socks5_sock,
+        },
     ))
 }
 

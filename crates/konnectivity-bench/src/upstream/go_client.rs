@@ -48,9 +48,9 @@ pub(crate) async fn measure(
         .arg(format!("-bench-source={source}"))
         .arg(format!("-bench-dials={}", cfg.dials.min(500)))
         .arg(format!("-bench-rtts={}", cfg.rtt_samples.min(2000)))
-        .arg(format!("-bench-bytes={}", cfg.size))
-        .arg(format!("-bench-conns={}", cfg.parallel))
-        .arg(format!("-bench-reps={}", cfg.reps.min(3)))
+        .arg(format!("-bench-bytes={}", cfg.transfer.size))
+        .arg(format!("-bench-conns={}", cfg.transfer.parallel))
+        .arg(format!("-bench-reps={}", cfg.transfer.reps.min(3)))
         .arg(format!("-timeout={}s", limit.as_secs()))
         .stdin(Stdio::null());
     let out = tokio::task::spawn_blocking(move || cmd.output())

@@ -18,11 +18,18 @@ fn get<'a>(o: &'a Map<String, Value>, k: &str) -> &'a Value {
 
 /// The rows of the side-by-side table: (label, JSON path in a path's measurements,
 /// unit divisor, decimals, whether the null tunnel has the number).
-const METRICS: [(&str, &str, [&str; 2], f64, usize); 13] = [
+const METRICS: [(&str, &str, [&str; 2], f64, usize); 15] = [
     (
-        "bulk 1 conn, Gbit/s",
+        "bulk 1 conn download, Gbit/s",
         "bulk_1conn",
         ["bulk_1conn_gbps", "median"],
+        1.0,
+        2,
+    ),
+    (
+        "bulk 1 conn upload, Gbit/s",
+        "bulk_1conn_upload",
+        ["bulk_1conn_upload_gbps", "median"],
         1.0,
         2,
     ),
@@ -30,6 +37,13 @@ const METRICS: [(&str, &str, [&str; 2], f64, usize); 13] = [
         "bulk N conns, Gbit/s",
         "bulk_parallel",
         ["bulk_parallel_gbps", "median"],
+        1.0,
+        2,
+    ),
+    (
+        "CPU s per GiB, bulk 1 conn download",
+        "cpu_per_gib",
+        ["bulk_1conn_cpu_s_per_gib", "total"],
         1.0,
         2,
     ),
@@ -139,8 +153,8 @@ pub(super) fn report(
     let mut ratios_null = Map::new();
     let mut lines = vec![format!(
         "ours beside upstream v0.36.0 (separate processes, gRPC frontend on a UNIX socket, Rust client unless marked Go client; server+agent; bulk {} over 1 and {} conns; ratio to the null tunnel in parentheses)",
-        human_bytes(cfg.size),
-        cfg.parallel
+        human_bytes(cfg.transfer.size),
+        cfg.transfer.parallel
     )];
     let mut head = format!("{:<38}  {:>9}", "measurement", "null");
     for p in &pairings {
@@ -212,8 +226,8 @@ pub(super) fn report(
         "what": "ours and upstream's proxy-server and proxy-agent (sigs.k8s.io/apiserver-network-proxy v0.36.0, tests/upstream) in the four pairings (key = server_agent), each a separate server and agent process with the gRPC frontend on a UNIX socket, driven by the Rust client (grpc_dial: one Proxy stream per HTTP/2 connection, as konnectivity-client), beside the null tunnel in its own process (TLS middle hop; plain for dials); the round-trip and dialing client on a dedicated thread, the echo backend on dedicated threads, the idle connections' echo backend in a helper process; repetitions interleaved over the paths",
         "client": "konnectivity_client::grpc_dial (Rust); go_client: the Go konnectivity-client through tests/go-interop's bench mode (single-use tunnels)",
         "upstream_bin_dir": upstream.display().to_string(),
-        "bulk_bytes": cfg.size,
-        "parallel": cfg.parallel,
+        "bulk_bytes": cfg.transfer.size,
+        "parallel": cfg.transfer.parallel,
         "idle_connections": cfg.idle_conns.first().copied().unwrap_or(0),
         "null_tls": Value::Object(null_out),
         "pairings": Value::Object(by_key),
