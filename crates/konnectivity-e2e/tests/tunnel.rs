@@ -61,19 +61,14 @@ async fn grpc_frontend_over_uds_carries_http_to_a_node_backend() -> anyhow::Resu
 async fn host_names_resolve_for_the_server_address_and_for_destinations() -> anyhow::Result<()> {
     let (dir, pki) = temp_pki(&[])?;
     let sock = dir.path().join("s.sock");
-    let spec = ServerSpec::grpc_uds(sock.clone());
-    let (_server, ports) = start_server("server", &pki, &spec, None, dir.path())?;
-    let (_agent, _) = start_agent(
-        AgentKind::Ours,
-        "agent",
+    // `--proxy-server-host` given again, by name: the last value wins, as in pflag.
+    let by_name = ["--proxy-server-host=localhost".to_string()];
+    let _tunnel = start_loopback(
         &pki,
-        "localhost",
-        ports.agent,
-        &[],
-        None,
+        &ServerSpec::grpc_uds(sock.clone()),
+        &by_name,
         dir.path(),
     )?;
-    wait_server_ready("127.0.0.1", ports.health)?;
     let backend = servers::http_hello("127.0.0.1:0", "node says hi, by name").await?;
     let named = format!("localhost:{}", backend.port());
     let rsp = get_through(grpc_dial(&Frontend::Uds(sock), &named, T).await?).await?;
