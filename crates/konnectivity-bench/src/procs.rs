@@ -30,6 +30,15 @@ pub(crate) struct ProcessEnv<'a> {
     pub(crate) source: SocketAddr,
 }
 
+/// The environment the image gives our binaries (`ENV` in the Dockerfile), given to every
+/// process the bench starts: glibc's allocator settings, which decide whether the
+/// server faults in its HTTP/2 read buffers again for every frame (BENCHMARKS.md, "The
+/// allocator's settings"). Upstream's Go binaries ignore it.
+pub(crate) const IMAGE_ENV: &[(&str, &str)] = &[(
+    "GLIBC_TUNABLES",
+    konnectivity_runtime::process::ALLOCATOR_TUNABLES,
+)];
+
 /// A helper process running this executable (`konnectivity bench-backend`, the echo
 /// backend; `konnectivity bench-null`, the null tunnel): it prints one address per
 /// line and runs until its standard input closes.
@@ -45,6 +54,7 @@ impl Helper {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args(args)
+            .envs(IMAGE_ENV.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -230,7 +240,7 @@ pub(crate) async fn start_server_proc_on(
         .uds_frontend(&uds)
         .args(extra.iter().cloned())
         .build();
-    let mut proc = Proc::spawn(name, program, &args, None, dir)?;
+    let mut proc = Proc::spawn_with_env(name, program, &args, IMAGE_ENV, None, dir)?;
     if let Err(e) = wait_http(
         &ports.health_addr(),
         "/healthz",
@@ -292,7 +302,9 @@ impl TunnelProcs {
         let args = AgentArgv::new("bench-node", pki, "127.0.0.1", server.ports.agent)
             .ports(free_port())
             .build();
-        let mut agent = Proc::spawn(&format!("{name}-agent"), agent_program, &args, None, dir)?;
+        let agent_name = format!("{name}-agent");
+        let mut agent =
+            Proc::spawn_with_env(&agent_name, agent_program, &args, IMAGE_ENV, None, dir)?;
         if let Err(e) = wait_http(
             &server.ports.health_addr(),
             "/readyz",

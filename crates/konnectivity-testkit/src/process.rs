@@ -53,6 +53,18 @@ impl Proc {
         netns: Option<&str>,
         log_dir: &Path,
     ) -> anyhow::Result<Proc> {
+        Self::spawn_with_env(name, program, args, &[], netns, log_dir)
+    }
+
+    /// [`Proc::spawn`] with `env` added to the inherited environment.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
         let log = log_dir.join(format!("{name}.log"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -67,6 +79,7 @@ impl Proc {
             None => Command::new(program),
         };
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdout(f.try_clone()?)
             .stderr(f)
             .stdin(Stdio::null());
