@@ -50,10 +50,6 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
-    /// Raises the count to `total`, a count kept elsewhere (never lowers it).
-    pub fn catch_up(&self, total: u64) {
-        self.0.fetch_max(total, Relaxed);
-    }
 }
 
 /// An integer gauge. It derefs to its atomic, like [`Counter`].
